@@ -1,0 +1,1 @@
+//! Loading the data people actually have: numpy pickles (gzipped or not) and MNIST.

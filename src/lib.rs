@@ -1,0 +1,26 @@
+//! # convinit
+//!
+//! Build, initialise, train and *understand* small convolutional networks on the CPU,
+//! in pure Rust on [`ndarray`] tensors (NCHW, `f32`).
+//!
+//! The crate grew from the fast.ai lesson "why sqrt(5)": what does an initialisation do
+//! to the statistics of a conv net, and why is PyTorch's default
+//! `kaiming_uniform_(a = sqrt 5)` a poor one for ReLU networks?
+//!
+//! ## Modules
+//! - [`data`]: numpy pickle reader (gzip detected), MNIST from `mnist.pkl.gz` or IDX files.
+//! - [`gemm`]: the single matrix-multiply entry point all ops use.
+//! - [`ops`]: conv2d, activations, pooling, flatten, linear and MSE, forward and backward.
+//! - [`nn`]: layers owning parameters and gradients, and a `Sequential` container.
+//! - [`init`]: `torch.nn.init`, formula for formula.
+//! - [`error`]: the crate's [`Error`] and [`Result`].
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod error;
+pub mod gemm;
+pub mod init;
+pub mod nn;
+pub mod ops;
+
+pub use error::{Error, Result};

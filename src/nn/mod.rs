@@ -1,0 +1,1 @@
+//! Layers with state: parameters, gradients and what backward needs from forward.

@@ -1,0 +1,1 @@
+//! Tensor operations on ndarray (NCHW), each forward beside its hand-written backward.
