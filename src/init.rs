@@ -8,6 +8,89 @@ use rand_distr::{Distribution, Uniform};
 
 use crate::error::{Error, Result};
 
+/// A nonlinearity, as named by `torch.nn.init.calculate_gain`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Nonlinearity {
+    /// `linear`: gain 1.
+    Linear,
+    /// `conv1d`: gain 1.
+    Conv1d,
+    /// `conv2d`: gain 1.
+    Conv2d,
+    /// `conv3d`: gain 1.
+    Conv3d,
+    /// `conv_transpose1d`: gain 1.
+    ConvTranspose1d,
+    /// `conv_transpose2d`: gain 1.
+    ConvTranspose2d,
+    /// `conv_transpose3d`: gain 1.
+    ConvTranspose3d,
+    /// `sigmoid`: gain 1.
+    Sigmoid,
+    /// `tanh`: gain 5/3.
+    Tanh,
+    /// `relu`: gain sqrt(2).
+    Relu,
+    /// `leaky_relu` with the given negative slope: gain sqrt(2 / (1 + slope^2)).
+    /// PyTorch's default slope is 0.01 ([`Nonlinearity::LEAKY_RELU_DEFAULT`]).
+    LeakyRelu(f64),
+    /// `selu`: gain 3/4.
+    Selu,
+}
+
+impl Nonlinearity {
+    /// `leaky_relu` with PyTorch's default slope 0.01.
+    pub const LEAKY_RELU_DEFAULT: Nonlinearity = Nonlinearity::LeakyRelu(0.01);
+
+    /// Parses PyTorch's name (`"relu"`, `"tanh"`, `"leaky_relu"` with slope 0.01, ...).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "linear" => Nonlinearity::Linear,
+            "conv1d" => Nonlinearity::Conv1d,
+            "conv2d" => Nonlinearity::Conv2d,
+            "conv3d" => Nonlinearity::Conv3d,
+            "conv_transpose1d" => Nonlinearity::ConvTranspose1d,
+            "conv_transpose2d" => Nonlinearity::ConvTranspose2d,
+            "conv_transpose3d" => Nonlinearity::ConvTranspose3d,
+            "sigmoid" => Nonlinearity::Sigmoid,
+            "tanh" => Nonlinearity::Tanh,
+            "relu" => Nonlinearity::Relu,
+            "leaky_relu" => Nonlinearity::LEAKY_RELU_DEFAULT,
+            "selu" => Nonlinearity::Selu,
+            other => {
+                return Err(Error::config(
+                    "calculate_gain",
+                    format!("unsupported nonlinearity {other:?}"),
+                ));
+            }
+        })
+    }
+}
+
+/// The recommended gain for a nonlinearity, as `torch.nn.init.calculate_gain`:
+/// 1 for linear, conv and sigmoid; 5/3 for tanh; sqrt(2) for relu;
+/// sqrt(2 / (1 + a^2)) for leaky_relu with slope `a`; 3/4 for selu.
+pub fn calculate_gain(nonlinearity: Nonlinearity) -> f64 {
+    match nonlinearity {
+        Nonlinearity::Linear
+        | Nonlinearity::Conv1d
+        | Nonlinearity::Conv2d
+        | Nonlinearity::Conv3d
+        | Nonlinearity::ConvTranspose1d
+        | Nonlinearity::ConvTranspose2d
+        | Nonlinearity::ConvTranspose3d
+        | Nonlinearity::Sigmoid => 1.0,
+        Nonlinearity::Tanh => 5.0 / 3.0,
+        Nonlinearity::Relu => 2.0f64.sqrt(),
+        Nonlinearity::LeakyRelu(a) => (2.0 / (1.0 + a * a)).sqrt(),
+        Nonlinearity::Selu => 3.0 / 4.0,
+    }
+}
+
 /// `fan_in` and `fan_out` of a weight of rank >= 2: `fan_in = shape[1] * prod(shape[2..])`,
 /// `fan_out = shape[0] * prod(shape[2..])` (PyTorch's `_calculate_fan_in_and_fan_out`).
 ///
