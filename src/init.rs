@@ -107,9 +107,28 @@ pub fn fans(shape: &[usize]) -> Result<(usize, usize)> {
     Ok((shape[1] * receptive, shape[0] * receptive))
 }
 
-/// PyTorch's default reset of `Conv2d` / `Linear`: weight `kaiming_uniform_(a = sqrt 5)`,
-/// i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-/// where `fan_in` comes from the weight (so it counts `C_in / groups` for a conv).
+/// The bounds of PyTorch's default reset of `Conv2d` / `Linear` for a weight shape:
+/// `(weight_bound, bias_bound)`.
+///
+/// The weight gets `kaiming_uniform_(a = sqrt 5)`: gain = sqrt(2 / (1 + 5)),
+/// std = gain / sqrt(fan_in), bound = sqrt(3) * std (= 1 / sqrt(fan_in)); the bias gets
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)). `fan_in` comes from the weight, so for a grouped
+/// conv it counts `C_in / groups`. A zero `fan_in` gives zero bounds.
+///
+/// # Errors
+/// [`Error::Shape`] for a weight of rank < 2.
+pub fn default_bounds(weight_shape: &[usize]) -> Result<(f64, f64)> {
+    let (fan_in, _) = fans(weight_shape)?;
+    if fan_in == 0 {
+        return Ok((0.0, 0.0));
+    }
+    let gain = calculate_gain(Nonlinearity::LeakyRelu(5.0f64.sqrt()));
+    let std = gain / (fan_in as f64).sqrt();
+    Ok((3.0f64.sqrt() * std, 1.0 / (fan_in as f64).sqrt()))
+}
+
+/// PyTorch's default reset of `Conv2d` / `Linear`: weight U(-w, w) and bias U(-b, b)
+/// with `(w, b)` from [`default_bounds`].
 ///
 /// # Errors
 /// [`Error::Shape`] for a weight of rank < 2.
@@ -118,17 +137,15 @@ pub fn pytorch_default_reset<R: Rng + ?Sized>(
     bias: Option<ArrayViewMut1<'_, f32>>,
     rng: &mut R,
 ) -> Result<()> {
-    let (fan_in, _) = fans(weight.shape())?;
-    // gain = sqrt(2 / (1 + 5)), std = gain / sqrt(fan_in), bound = sqrt(3) * std.
-    let gain = (2.0f64 / (1.0 + 5.0)).sqrt();
-    let bound = 3.0f64.sqrt() * gain / (fan_in.max(1) as f64).sqrt();
-    let dist = Uniform::new_inclusive(-bound as f32, bound as f32)
-        .map_err(|e| Error::config("pytorch_default_reset", e.to_string()))?;
+    let (wb, bb) = default_bounds(weight.shape())?;
+    let fill = |bound: f64| -> Result<Uniform<f32>> {
+        Uniform::new_inclusive(-bound as f32, bound as f32)
+            .map_err(|e| Error::config("pytorch_default_reset", e.to_string()))
+    };
+    let dist = fill(wb)?;
     weight.iter_mut().for_each(|w| *w = dist.sample(rng));
     if let Some(mut b) = bias {
-        let bb = if fan_in > 0 { 1.0 / (fan_in as f64).sqrt() } else { 0.0 };
-        let dist = Uniform::new_inclusive(-bb as f32, bb as f32)
-            .map_err(|e| Error::config("pytorch_default_reset", e.to_string()))?;
+        let dist = fill(bb)?;
         b.iter_mut().for_each(|v| *v = dist.sample(rng));
     }
     Ok(())
