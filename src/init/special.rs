@@ -233,7 +233,7 @@ pub fn erfinv(y: f64) -> f64 {
         p = 0.246_640_727 + p * w;
         p = 1.501_409_41 + p * w;
         p * t
-    } else {
+    } else if w < 16.0 {
         let w = w.sqrt() - 3.0;
         let mut p = -0.000_200_214_257;
         p = 0.000_100_950_558 + p * w;
@@ -245,12 +245,19 @@ pub fn erfinv(y: f64) -> f64 {
         p = 1.001_674_06 + p * w;
         p = 2.832_976_82 + p * w;
         p * t
+    } else {
+        // Beyond single precision (1 - t < 1e-7), where Giles' fit extrapolates badly: the
+        // tail asymptote erfc(x) ~ exp(-x^2) / (x sqrt(pi)) = 1 - t, solved by one
+        // fixed-point step from x0 = sqrt(-ln(1 - t)); within 1e-3 of the root.
+        let lc = -(1.0 - t).ln();
+        let x0 = lc.sqrt();
+        (lc - (x0 * std::f64::consts::PI.sqrt()).ln()).sqrt()
     };
     // Halley on f(x) = erf(x) - t: f' = 2/sqrt(pi) exp(-x^2), f''/f' = -2x, so
     // x <- x - d / (1 + x d) with d = f / f'. Cubic convergence: two steps suffice from
-    // 1e-7; the loop stops once the step is below an ulp or so.
+    // 1e-3; the loop stops once the step is below an ulp or so.
     let two_over_sqrt_pi = std::f64::consts::FRAC_2_SQRT_PI;
-    for _ in 0..6 {
+    for _ in 0..8 {
         let f = if t <= 0.5 {
             erf(x) - t
         } else {
