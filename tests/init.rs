@@ -732,7 +732,8 @@ fn bias_rule_per_scheme() {
     }
     // Explicit bias rules.
     let w0 = ArrayD::<f32>::zeros(IxDyn(&[16, 8]));
-    let cases: [(BiasInit, fn(&Array1<f32>) -> bool); 5] = [
+    type Check = fn(&Array1<f32>) -> bool;
+    let cases: [(BiasInit, Check); 5] = [
         (BiasInit::Unchanged, |b| b.iter().all(|&v| v == 7.0)),
         (BiasInit::Constant(0.1), |b| b.iter().all(|&v| v == 0.1f32)),
         (BiasInit::Zeros, |b| b.iter().all(|&v| v == 0.0)),
@@ -1200,5 +1201,33 @@ fn erfinv_matches_known_values() {
             1e-12 * c,
             &format!("erfc(erfinv(1 - 2^-{e}))"),
         );
+    }
+}
+
+#[test]
+fn orthogonal_first_vector_is_the_normalised_draw_like_pytorch() {
+    // PyTorch draws A = N(0, 1) of shape (rows, cols) in row-major order, transposes it if
+    // rows < cols, and makes R's diagonal positive. Then Q's first column is A's first
+    // column (first row if transposed) divided by its norm, whatever Householder sign
+    // convention the QR uses. A missing sign(diag R) step, a different draw order or a
+    // transpose mix-up all break this.
+    use rand_distr::{Distribution, StandardNormal};
+    for (rows, cols, gain) in [(12usize, 5usize, 1.0), (5, 12, 2.0), (7, 7, 1.0)] {
+        let mut w = Array2::<f32>::zeros((rows, cols));
+        init::orthogonal(w.view_mut(), gain, &mut rng(30)).unwrap();
+        let mut r = rng(30);
+        let a: Vec<f64> = (0..rows * cols)
+            .map(|_| StandardNormal.sample(&mut r))
+            .collect();
+        let a = Array2::from_shape_vec((rows, cols), a).unwrap();
+        let (first, got) = if rows < cols {
+            (a.row(0).to_owned(), w.row(0).mapv(|v| v as f64))
+        } else {
+            (a.column(0).to_owned(), w.column(0).mapv(|v| v as f64))
+        };
+        let norm = first.dot(&first).sqrt();
+        for (g, x) in got.iter().zip(first.iter()) {
+            assert_close(*g, gain * x / norm, 1e-6 * gain, &format!("{rows}x{cols}"));
+        }
     }
 }
