@@ -24,6 +24,15 @@
 //!   parameters). This is also what makes `fan = 0` harmless: a weight of rank >= 2 with a
 //!   zero fan has zero elements, so no `1 / sqrt(0)` is ever used.
 //!
+//! ## What [`Init`] does to the bias
+//! | scheme | weight | bias ([`Init::bias_init`]) |
+//! |---|---|---|
+//! | [`Init::PytorchDefault`] | U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (`kaiming_uniform_(a = sqrt 5)`) | U(-1/sqrt(fan_in), 1/sqrt(fan_in)), untouched if `fan_in = 0` |
+//! | every other scheme | as named | zeros |
+//!
+//! [`Init::apply_with_bias`] takes any other [`BiasInit`] (constant, uniform, normal,
+//! unchanged, or PyTorch's rule under a different weight scheme).
+//!
 //! ## Example
 //! ```
 //! use convinit::init::{self, FanMode, Init, Nonlinearity};
@@ -240,7 +249,7 @@ pub fn default_bounds(weight_shape: &[usize]) -> Result<(f64, f64)> {
 /// `kaiming_uniform_(a = sqrt 5)`, i.e. U(-w, w), then, if `fan_in != 0`, the bias gets
 /// U(-b, b), with `(w, b)` from [`default_bounds`] (`w = b = 1 / sqrt(fan_in)`, `fan_in`
 /// counting `C_in / groups`). As in PyTorch, the weight is drawn first, then the bias; a
-/// zero-element weight leaves both untouched.
+/// zero-element weight is left untouched, and so is the bias when `fan_in = 0`.
 ///
 /// The bias length is not checked against the weight (for a transposed conv it is not
 /// `shape[0]`).
