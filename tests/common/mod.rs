@@ -1,6 +1,8 @@
 //! Reading the PyTorch reference cases (`*.safetensors`), shared by the tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod naive;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
