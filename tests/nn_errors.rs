@@ -623,3 +623,45 @@ fn corrected_calls_succeed() {
     let y = net.forward(x4((1, 2, 5, 5)).into_dyn().view()).unwrap();
     net.backward(y.view()).unwrap();
 }
+
+/// Degenerate but valid shapes (empty batch, no input or output channels) work.
+#[test]
+fn degenerate_shapes_do_not_panic() {
+    let y = conv2d(
+        x4((0, 2, 5, 5)).view(),
+        x4((3, 2, 3, 3)).view(),
+        None,
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(y.dim(), (0, 3, 3, 3));
+    let g = conv2d_backward(
+        x4((0, 2, 5, 5)).view(),
+        x4((3, 2, 3, 3)).view(),
+        true,
+        y.view(),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(g.dw, Array4::<f32>::zeros((3, 2, 3, 3)));
+    let b = Array1::from_elem(3, 0.5f32);
+    let y = conv2d(
+        x4((1, 0, 5, 5)).view(),
+        x4((3, 0, 3, 3)).view(),
+        Some(b.view()),
+        &opts(),
+    )
+    .unwrap();
+    assert!(y.iter().all(|&v| v == 0.5));
+    let y = conv2d(
+        x4((1, 2, 5, 5)).view(),
+        x4((0, 2, 3, 3)).view(),
+        None,
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(y.dim(), (1, 0, 3, 3));
+    let r =
+        catch_unwind(|| adaptive_avg_pool2d(x4((1, 1, 1, 1)).view(), (1 << 62, 1 << 62)).is_err());
+    assert!(matches!(r, Ok(true)));
+}

@@ -33,6 +33,10 @@ use crate::error::{Error, Result};
 ///
 /// // Inspect what the first layer produced, then backpropagate a gradient.
 /// assert_eq!(net.output(0).unwrap().shape(), &[2, 4, 4, 4]);
+/// for (i, layer, out) in net.outputs() {
+///     let out = out.unwrap();
+///     println!("{i} {}: mean {:.3}", layer.name(), out.mean().unwrap());
+/// }
 /// let dx = net.backward(ndarray::ArrayD::<f32>::ones(out.raw_dim()).view())?;
 /// assert_eq!(dx.shape(), x.shape());
 ///
@@ -123,6 +127,18 @@ impl Sequential {
     /// layers after one that failed).
     pub fn output(&self, index: usize) -> Option<ArrayViewD<'_, f32>> {
         self.outputs.get(index)?.as_ref().map(|o| o.view())
+    }
+
+    /// Every layer with its output from the last forward pass, in order: `(index, layer,
+    /// output)`, e.g. to print activation means and standard deviations per layer.
+    pub fn outputs(
+        &self,
+    ) -> impl Iterator<Item = (usize, &dyn Layer, Option<ArrayViewD<'_, f32>>)> + '_ {
+        self.layers
+            .iter()
+            .zip(&self.outputs)
+            .enumerate()
+            .map(|(i, (l, o))| (i, l.as_ref(), o.as_ref().map(|o| o.view())))
     }
 
     /// Runs the layers in order, keeping each output, and returns the last one.

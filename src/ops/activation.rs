@@ -64,3 +64,30 @@ pub fn leaky_relu_backward<D: Dimension>(
         .and(&dy)
         .map_collect(|&v, &g| if v > 0.0 { g } else { g * negative_slope }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn nan_and_infinity_propagate() {
+        let x = array![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0, 2.0];
+        let y = relu(x.view());
+        assert!(y[0].is_nan());
+        assert_eq!(
+            y.slice(ndarray::s![1..]),
+            array![f32::INFINITY, 0.0, 0.0, 2.0]
+        );
+        let y = leaky_relu(x.view(), 0.5);
+        assert!(y[0].is_nan());
+        assert_eq!(
+            y.slice(ndarray::s![1..]),
+            array![f32::INFINITY, f32::NEG_INFINITY, -0.5, 2.0]
+        );
+        let dy = array![1.0f32, 1.0, 1.0, 1.0, f32::NAN];
+        let dx = leaky_relu_backward(x.view(), dy.view(), 5.0f32.sqrt()).unwrap();
+        assert!(dx[4].is_nan());
+        assert_eq!(dx[3], 5.0f32.sqrt());
+    }
+}

@@ -38,6 +38,16 @@ fn validate(x_shape: &[usize], output_size: (usize, usize)) -> Result<()> {
             format!("output size {output_size:?} is too large for x {x_shape:?}"),
         ));
     }
+    let total = [x_shape[0], x_shape[1], output_size.0, output_size.1]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&t| t <= isize::MAX as usize / 4);
+    if total.is_none() {
+        return Err(Error::config(
+            OP,
+            format!("output size {output_size:?} for x {x_shape:?} is too large to allocate"),
+        ));
+    }
     Ok(())
 }
 
@@ -101,4 +111,30 @@ pub fn adaptive_avg_pool2d_backward(
             .mapv_inplace(|v| v + share);
     }
     Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array4;
+
+    #[test]
+    fn windows_follow_pytorch() {
+        // 7 -> 3: [0, 3), [2, 5), [4, 7) (overlapping).
+        let w: Vec<_> = (0..3).map(|i| window(i, 7, 3)).collect();
+        assert_eq!(w, [(0, 3), (2, 5), (4, 7)]);
+        // 2 -> 5 (output larger than input): every window holds at least one element.
+        let w: Vec<_> = (0..5).map(|i| window(i, 2, 5)).collect();
+        assert_eq!(w, [(0, 1), (0, 1), (0, 2), (1, 2), (1, 2)]);
+        assert!(w.iter().all(|&(a, b)| b > a));
+    }
+
+    #[test]
+    fn nan_propagates() {
+        let mut x = Array4::<f32>::ones((1, 1, 4, 4));
+        x[[0, 0, 0, 0]] = f32::NAN;
+        let y = adaptive_avg_pool2d(x.view(), (2, 2)).unwrap();
+        assert!(y[[0, 0, 0, 0]].is_nan());
+        assert_eq!(y[[0, 0, 1, 1]], 1.0);
+    }
 }
