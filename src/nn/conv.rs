@@ -5,7 +5,10 @@ use std::any::Any;
 use ndarray::{Array1, Array4, ArrayD, ArrayViewD, Ix4};
 use rand::Rng;
 
-use super::{Layer, Param, ParamMut, check_grad_shape, not_run, to_rank};
+use super::{
+    Layer, Param, ParamMut, check_bias, check_grad_shape, not_run, to_rank, weight_bias_params,
+    weight_bias_params_mut,
+};
 use crate::error::{Error, Result};
 use crate::init::pytorch_default_reset;
 use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward};
@@ -186,30 +189,13 @@ impl Conv2d {
                 ),
             ));
         }
-        match (&bias, config.bias) {
-            (Some(b), true) if b.len() != config.out_channels => {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "bias has length {}, weight {:?} has {} output channels",
-                        b.len(),
-                        weight.shape(),
-                        config.out_channels
-                    ),
-                ));
-            }
-            (Some(_), false) | (None, true) => {
-                return Err(Error::config(
-                    OP,
-                    format!(
-                        "config.bias is {} but a bias was {}given",
-                        config.bias,
-                        if bias.is_some() { "" } else { "not " }
-                    ),
-                ));
-            }
-            _ => {}
-        }
+        check_bias(
+            OP,
+            config.bias,
+            bias.as_ref(),
+            config.out_channels,
+            weight.shape(),
+        )?;
         Ok(Conv2d {
             config,
             weight_grad: Array4::zeros(weight.raw_dim()),
@@ -317,35 +303,13 @@ impl Layer for Conv2d {
     }
 
     fn params(&self) -> Vec<Param<'_>> {
-        let mut out = vec![Param {
-            name: "weight".into(),
-            value: self.weight.view().into_dyn(),
-            grad: self.weight_grad.view().into_dyn(),
-        }];
-        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
-            out.push(Param {
-                name: "bias".into(),
-                value: b.view().into_dyn(),
-                grad: g.view().into_dyn(),
-            });
-        }
-        out
+        let bias = self.bias.as_ref().zip(self.bias_grad.as_ref());
+        weight_bias_params(&self.weight, &self.weight_grad, bias)
     }
 
     fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        let mut out = vec![ParamMut {
-            name: "weight".into(),
-            value: self.weight.view_mut().into_dyn(),
-            grad: self.weight_grad.view_mut().into_dyn(),
-        }];
-        if let (Some(b), Some(g)) = (&mut self.bias, &mut self.bias_grad) {
-            out.push(ParamMut {
-                name: "bias".into(),
-                value: b.view_mut().into_dyn(),
-                grad: g.view_mut().into_dyn(),
-            });
-        }
-        out
+        let bias = self.bias.as_mut().zip(self.bias_grad.as_mut());
+        weight_bias_params_mut(&mut self.weight, &mut self.weight_grad, bias)
     }
 
     fn as_any(&self) -> &dyn Any {

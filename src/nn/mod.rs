@@ -11,7 +11,7 @@
 use std::any::Any;
 use std::fmt;
 
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Dimension};
+use ndarray::{Array, Array1, ArrayD, ArrayViewD, ArrayViewMutD, Dimension};
 
 use crate::error::{Error, Result};
 
@@ -133,4 +133,73 @@ pub(crate) fn check_grad_shape(op: &'static str, grad: &[usize], out: &[usize]) 
         ));
     }
     Ok(())
+}
+
+/// Checks a given bias against the config's `bias` flag and the output count.
+pub(crate) fn check_bias(
+    op: &'static str,
+    config_bias: bool,
+    bias: Option<&Array1<f32>>,
+    outputs: usize,
+    weight_shape: &[usize],
+) -> Result<()> {
+    match (bias, config_bias) {
+        (Some(b), true) if b.len() != outputs => Err(Error::shape(
+            op,
+            format!(
+                "bias has length {}, weight {weight_shape:?} has {outputs} outputs",
+                b.len()
+            ),
+        )),
+        (Some(_), false) | (None, true) => Err(Error::config(
+            op,
+            format!(
+                "config.bias is {config_bias} but a bias was {}given",
+                if bias.is_some() { "" } else { "not " }
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The `weight` and (if any) `bias` parameters of a layer, with their gradients.
+pub(crate) fn weight_bias_params<'a, D: Dimension>(
+    weight: &'a Array<f32, D>,
+    weight_grad: &'a Array<f32, D>,
+    bias: Option<(&'a Array1<f32>, &'a Array1<f32>)>,
+) -> Vec<Param<'a>> {
+    let mut out = vec![Param {
+        name: "weight".into(),
+        value: weight.view().into_dyn(),
+        grad: weight_grad.view().into_dyn(),
+    }];
+    if let Some((b, g)) = bias {
+        out.push(Param {
+            name: "bias".into(),
+            value: b.view().into_dyn(),
+            grad: g.view().into_dyn(),
+        });
+    }
+    out
+}
+
+/// As [`weight_bias_params`], mutable.
+pub(crate) fn weight_bias_params_mut<'a, D: Dimension>(
+    weight: &'a mut Array<f32, D>,
+    weight_grad: &'a mut Array<f32, D>,
+    bias: Option<(&'a mut Array1<f32>, &'a mut Array1<f32>)>,
+) -> Vec<ParamMut<'a>> {
+    let mut out = vec![ParamMut {
+        name: "weight".into(),
+        value: weight.view_mut().into_dyn(),
+        grad: weight_grad.view_mut().into_dyn(),
+    }];
+    if let Some((b, g)) = bias {
+        out.push(ParamMut {
+            name: "bias".into(),
+            value: b.view_mut().into_dyn(),
+            grad: g.view_mut().into_dyn(),
+        });
+    }
+    out
 }
