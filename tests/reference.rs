@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Case, case_paths, compare, load_case, reference_dir};
+use common::{Case, Score, case_paths, compare, load_case, reference_dir};
 use convinit::init::{Nonlinearity, calculate_gain, default_bounds, fans};
 use convinit::nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Relu, Sequential,
@@ -15,7 +15,7 @@ use convinit::nn::{
 use convinit::ops::{mse, mse_backward};
 use ndarray::{Array1, Array4, ArrayD, Ix1, Ix4};
 
-type Outcome = Result<f32, String>;
+type Outcome = Result<Score, String>;
 
 fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
@@ -222,7 +222,10 @@ fn run_init_stats(case: &Case) -> Outcome {
         bb,
         case.meta_num("default_bias_bound")?,
     )?;
-    Ok(worst as f32)
+    Ok(Score {
+        abs: worst,
+        of_tol: worst / 1e-12,
+    })
 }
 
 fn run_case(case: &Case) -> Outcome {
@@ -247,7 +250,7 @@ fn run_dir(dir: &Path) -> Result<BTreeMap<String, usize>, String> {
     println!("reference cases from {}", dir.display());
     let mut passed: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures = Vec::new();
-    let mut largest = 0.0f32;
+    let mut largest = Score::default();
     for path in &paths {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let outcome = load_case(path).and_then(|case| {
@@ -256,7 +259,11 @@ fn run_dir(dir: &Path) -> Result<BTreeMap<String, usize>, String> {
         });
         match outcome {
             Ok((op, e)) => {
-                println!("ok   {name} ({op}): largest error {e:.3e}");
+                println!(
+                    "ok   {name} ({op}): largest error {:.3e} ({:.2}% of its tolerance)",
+                    e.abs,
+                    100.0 * e.of_tol
+                );
                 largest = largest.max(e);
                 *passed.entry(op).or_default() += 1;
             }
@@ -270,9 +277,11 @@ fn run_dir(dir: &Path) -> Result<BTreeMap<String, usize>, String> {
         println!("{op}: {n} passed");
     }
     println!(
-        "{} of {} cases passed, largest error {largest:.3e}",
+        "{} of {} cases passed, largest error {:.3e}, at most {:.2}% of a tolerance",
         paths.len() - failures.len(),
-        paths.len()
+        paths.len(),
+        largest.abs,
+        100.0 * largest.of_tol
     );
     if failures.is_empty() {
         Ok(passed)

@@ -123,13 +123,31 @@ pub fn load_case(path: &Path) -> Result<Case, String> {
     })
 }
 
+/// How close a result came: the largest absolute error and the largest fraction of the
+/// tolerance used, over the tensors compared so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Score {
+    pub abs: f64,
+    pub of_tol: f64,
+}
+
+impl Score {
+    /// The worse of two scores, component by component.
+    pub fn max(self, other: Score) -> Score {
+        Score {
+            abs: self.abs.max(other.abs),
+            of_tol: self.of_tol.max(other.of_tol),
+        }
+    }
+}
+
 /// max |ours - reference| after checking shapes, and whether it is within
 /// `1e-4 * max(1, max |reference|)`. NaN anywhere fails.
 pub fn compare(
     what: &str,
     ours: ArrayViewD<'_, f32>,
     reference: ArrayViewD<'_, f32>,
-) -> Result<f32, String> {
+) -> Result<Score, String> {
     if ours.shape() != reference.shape() {
         return Err(format!(
             "{what}: shape {:?}, reference {:?}",
@@ -152,5 +170,8 @@ pub fn compare(
     if err > tol {
         return Err(format!("{what}: max error {err:e} > tolerance {tol:e}"));
     }
-    Ok(err)
+    Ok(Score {
+        abs: f64::from(err),
+        of_tol: f64::from(err / tol),
+    })
 }
