@@ -21,19 +21,17 @@ fn check(x: &ArrayView2<'_, f32>, w: &ArrayView2<'_, f32>, bias_len: Option<usiz
             ),
         ));
     }
-    if let Some(len) = bias_len
-        && len != w.nrows()
-    {
-        return Err(Error::shape(
+    match bias_len {
+        Some(len) if len != w.nrows() => Err(Error::shape(
             OP,
             format!(
                 "bias has length {len}, weight {:?} has {} outputs",
                 w.shape(),
                 w.nrows()
             ),
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// `y = x W^T + b` with `x` (N, in), `weight` (out, in), optional `bias` (out); returns
