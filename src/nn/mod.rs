@@ -203,3 +203,26 @@ pub(crate) fn weight_bias_params_mut<'a, D: Dimension>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+
+    #[test]
+    fn layers_are_object_safe_and_thread_safe() {
+        assert_send_sync::<dyn Layer>();
+        assert_send_sync::<Sequential>();
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(Relu::new()),
+            Box::new(LeakyRelu::default()),
+            Box::new(Flatten::default()),
+            Box::new(AdaptiveAvgPool2d::new((1, 1)).unwrap()),
+        ];
+        let names: Vec<_> = layers.iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["ReLU", "LeakyReLU", "Flatten", "AdaptiveAvgPool2d"]);
+        assert_eq!(LeakyRelu::default().negative_slope(), 0.01);
+        assert_eq!(Flatten::default().dims(), (1, -1));
+    }
+}
