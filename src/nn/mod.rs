@@ -225,4 +225,31 @@ mod tests {
         assert_eq!(LeakyRelu::default().negative_slope(), 0.01);
         assert_eq!(Flatten::default().dims(), (1, -1));
     }
+
+    #[test]
+    fn conv_config_defaults_are_pytorchs_and_new_uses_the_default_reset() {
+        use rand::SeedableRng;
+        let cfg = Conv2dConfig::new(4, 6, (3, 2));
+        assert_eq!(
+            (cfg.stride, cfg.padding, cfg.dilation, cfg.groups, cfg.bias),
+            ((1, 1), (0, 0), (1, 1), 1, true)
+        );
+        assert!(LinearConfig::new(3, 2).bias);
+        let conv = Conv2d::new(
+            cfg.with_groups(2),
+            &mut rand::rngs::StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        // fan_in = (4 / 2) * 3 * 2 = 12: both bounds are 1 / sqrt(12).
+        let bound = 1.0 / 12f32.sqrt();
+        let w = conv.weight();
+        assert_eq!(w.dim(), (6, 2, 3, 2));
+        assert!(
+            w.iter()
+                .chain(conv.bias().unwrap())
+                .all(|v| v.abs() <= bound)
+        );
+        assert!(w.iter().any(|&v| v != w[[0, 0, 0, 0]]));
+        assert!(conv.weight_grad().iter().all(|&g| g == 0.0));
+    }
 }
