@@ -1,1 +1,255 @@
 //! Layers with state: parameters, gradients and what backward needs from forward.
+//!
+//! Every layer implements [`Layer`]: [`Layer::forward`] keeps what the backward pass
+//! needs, [`Layer::backward`] takes the gradient of the output, **adds** the parameter
+//! gradients (`+=`, like PyTorch's `.grad`) and returns the gradient of the input.
+//! [`Layer::zero_grad`] clears the gradients. [`Sequential`] chains layers and names
+//! their parameters like PyTorch's `state_dict` (`"0.weight"`, `"0.bias"`, ...).
+//!
+//! The layers call the functional ops in [`crate::ops`].
+
+use std::any::Any;
+use std::fmt;
+
+use ndarray::{Array, Array1, ArrayD, ArrayViewD, ArrayViewMutD, Dimension};
+
+use crate::error::{Error, Result};
+
+mod activation;
+mod conv;
+mod flatten;
+mod linear;
+mod pool;
+mod sequential;
+
+pub use activation::{LeakyRelu, Relu};
+pub use conv::{Conv2d, Conv2dConfig};
+pub use flatten::Flatten;
+pub use linear::{Linear, LinearConfig};
+pub use pool::AdaptiveAvgPool2d;
+pub use sequential::Sequential;
+
+/// A parameter and its gradient, read-only.
+#[derive(Debug, Clone)]
+pub struct Param<'a> {
+    /// `"weight"` or `"bias"` inside a layer; `"<index>.weight"` from
+    /// [`Sequential::named_parameters`].
+    pub name: String,
+    /// The parameter's value.
+    pub value: ArrayViewD<'a, f32>,
+    /// Its accumulated gradient (same shape).
+    pub grad: ArrayViewD<'a, f32>,
+}
+
+/// A parameter and its gradient, mutable (to apply an initialisation or an optimiser step).
+#[derive(Debug)]
+pub struct ParamMut<'a> {
+    /// As [`Param::name`].
+    pub name: String,
+    /// The parameter's value.
+    pub value: ArrayViewMutD<'a, f32>,
+    /// Its accumulated gradient (same shape).
+    pub grad: ArrayViewMutD<'a, f32>,
+}
+
+/// A layer: forward keeps what backward needs; backward accumulates parameter gradients
+/// and returns the input gradient.
+///
+/// Object safe and `Send + Sync`, so a [`Sequential`] holds `Box<dyn Layer>`. Use
+/// [`Layer::as_any`] (or [`Sequential::get`]) to get back the concrete type.
+pub trait Layer: Send + Sync + fmt::Debug {
+    /// The layer's type name as PyTorch prints it, e.g. `"Conv2d"`.
+    fn name(&self) -> &'static str;
+
+    /// Computes the output and keeps what [`Layer::backward`] needs.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the input does not fit the layer (wrong rank, channels,
+    /// features ...), or whatever the underlying op rejects.
+    fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>>;
+
+    /// Given the gradient of the last forward output, adds the parameter gradients and
+    /// returns the gradient of the last forward input.
+    ///
+    /// # Errors
+    /// [`Error::State`] when called before [`Layer::forward`]; [`Error::Shape`] when
+    /// `grad_out` is not the shape of the last output.
+    fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>>;
+
+    /// The parameters and their gradients (none for parameter-free layers).
+    fn params(&self) -> Vec<Param<'_>> {
+        Vec::new()
+    }
+
+    /// The parameters and their gradients, mutable.
+    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        Vec::new()
+    }
+
+    /// Sets every parameter gradient to zero.
+    fn zero_grad(&mut self) {
+        for mut p in self.params_mut() {
+            p.grad.fill(0.0);
+        }
+    }
+
+    /// `self` as [`Any`], to downcast to the concrete layer.
+    fn as_any(&self) -> &dyn Any;
+
+    /// `self` as mutable [`Any`], to downcast to the concrete layer.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// Converts a dynamic-rank input to the rank a layer needs, or says which shape it got.
+pub(crate) fn to_rank<'a, D: Dimension>(
+    op: &'static str,
+    what: &str,
+    expected: &str,
+    x: ArrayViewD<'a, f32>,
+) -> Result<ndarray::ArrayView<'a, f32, D>> {
+    let shape = x.shape().to_vec();
+    x.into_dimensionality::<D>().map_err(|_| {
+        Error::shape(
+            op,
+            format!("{what} must be {expected}, got shape {shape:?}"),
+        )
+    })
+}
+
+/// The error of a backward pass that has nothing to work from.
+pub(crate) fn not_run(op: &'static str) -> Error {
+    Error::state(
+        op,
+        "backward called before forward: there is no saved input",
+    )
+}
+
+/// Checks that `grad_out` has the shape the last forward produced.
+pub(crate) fn check_grad_shape(op: &'static str, grad: &[usize], out: &[usize]) -> Result<()> {
+    if grad != out {
+        return Err(Error::shape(
+            op,
+            format!("grad_out is {grad:?} but the last output was {out:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a given bias against the config's `bias` flag and the output count.
+pub(crate) fn check_bias(
+    op: &'static str,
+    config_bias: bool,
+    bias: Option<&Array1<f32>>,
+    outputs: usize,
+    weight_shape: &[usize],
+) -> Result<()> {
+    match (bias, config_bias) {
+        (Some(b), true) if b.len() != outputs => Err(Error::shape(
+            op,
+            format!(
+                "bias has length {}, weight {weight_shape:?} has {outputs} outputs",
+                b.len()
+            ),
+        )),
+        (Some(_), false) | (None, true) => Err(Error::config(
+            op,
+            format!(
+                "config.bias is {config_bias} but a bias was {}given",
+                if bias.is_some() { "" } else { "not " }
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The `weight` and (if any) `bias` parameters of a layer, with their gradients.
+pub(crate) fn weight_bias_params<'a, D: Dimension>(
+    weight: &'a Array<f32, D>,
+    weight_grad: &'a Array<f32, D>,
+    bias: Option<(&'a Array1<f32>, &'a Array1<f32>)>,
+) -> Vec<Param<'a>> {
+    let mut out = vec![Param {
+        name: "weight".into(),
+        value: weight.view().into_dyn(),
+        grad: weight_grad.view().into_dyn(),
+    }];
+    if let Some((b, g)) = bias {
+        out.push(Param {
+            name: "bias".into(),
+            value: b.view().into_dyn(),
+            grad: g.view().into_dyn(),
+        });
+    }
+    out
+}
+
+/// As [`weight_bias_params`], mutable.
+pub(crate) fn weight_bias_params_mut<'a, D: Dimension>(
+    weight: &'a mut Array<f32, D>,
+    weight_grad: &'a mut Array<f32, D>,
+    bias: Option<(&'a mut Array1<f32>, &'a mut Array1<f32>)>,
+) -> Vec<ParamMut<'a>> {
+    let mut out = vec![ParamMut {
+        name: "weight".into(),
+        value: weight.view_mut().into_dyn(),
+        grad: weight_grad.view_mut().into_dyn(),
+    }];
+    if let Some((b, g)) = bias {
+        out.push(ParamMut {
+            name: "bias".into(),
+            value: b.view_mut().into_dyn(),
+            grad: g.view_mut().into_dyn(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+
+    #[test]
+    fn layers_are_object_safe_and_thread_safe() {
+        assert_send_sync::<dyn Layer>();
+        assert_send_sync::<Sequential>();
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(Relu::new()),
+            Box::new(LeakyRelu::default()),
+            Box::new(Flatten::default()),
+            Box::new(AdaptiveAvgPool2d::new((1, 1)).unwrap()),
+        ];
+        let names: Vec<_> = layers.iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["ReLU", "LeakyReLU", "Flatten", "AdaptiveAvgPool2d"]);
+        assert_eq!(LeakyRelu::default().negative_slope(), 0.01);
+        assert_eq!(Flatten::default().dims(), (1, -1));
+    }
+
+    #[test]
+    fn conv_config_defaults_are_pytorchs_and_new_uses_the_default_reset() {
+        use rand::SeedableRng;
+        let cfg = Conv2dConfig::new(4, 6, (3, 2));
+        assert_eq!(
+            (cfg.stride, cfg.padding, cfg.dilation, cfg.groups, cfg.bias),
+            ((1, 1), (0, 0), (1, 1), 1, true)
+        );
+        assert!(LinearConfig::new(3, 2).bias);
+        let conv = Conv2d::new(
+            cfg.with_groups(2),
+            &mut rand::rngs::StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        // fan_in = (4 / 2) * 3 * 2 = 12: both bounds are 1 / sqrt(12).
+        let bound = 1.0 / 12f32.sqrt();
+        let w = conv.weight();
+        assert_eq!(w.dim(), (6, 2, 3, 2));
+        assert!(
+            w.iter()
+                .chain(conv.bias().unwrap())
+                .all(|v| v.abs() <= bound)
+        );
+        assert!(w.iter().any(|&v| v != w[[0, 0, 0, 0]]));
+        assert!(conv.weight_grad().iter().all(|&g| g == 0.0));
+    }
+}

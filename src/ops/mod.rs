@@ -1,1 +1,30 @@
 //! Tensor operations on ndarray (NCHW), each forward beside its hand-written backward.
+//!
+//! Functional and stateless: a forward takes its inputs and parameters, a backward takes
+//! what the forward saw plus the upstream gradient and returns the gradients. The layers
+//! in [`crate::nn`] keep that state for you.
+//!
+//! - [`conv2d`] / [`conv2d_backward`]: im2col + [`crate::gemm::sgemm`], geometry in
+//!   [`Conv2dGeometry`] (output size from [`conv_out_size`], the one place it is computed).
+//! - [`relu`], [`leaky_relu`] and their backwards.
+//! - [`adaptive_avg_pool2d`] and its backward.
+//! - [`flatten`] and its backward.
+//! - [`linear`] and its backward.
+//! - [`mse`] and [`mse_backward`].
+
+mod activation;
+mod conv;
+mod flatten;
+mod geometry;
+mod im2col;
+mod linear;
+mod loss;
+mod pool;
+
+pub use activation::{leaky_relu, leaky_relu_backward, relu, relu_backward};
+pub use conv::{Conv2dGrads, REDUCTION_CHUNK, conv2d, conv2d_backward};
+pub use flatten::{flatten, flatten_backward, flatten_shape};
+pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
+pub use linear::{LinearGrads, linear, linear_backward};
+pub use loss::{mse, mse_backward};
+pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_backward};

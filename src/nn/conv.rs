@@ -1,0 +1,322 @@
+//! The `Conv2d` layer: owns its weight, bias and their gradients.
+
+use std::any::Any;
+
+use ndarray::{Array1, Array4, ArrayD, ArrayViewD, Ix4};
+use rand::Rng;
+
+use super::{
+    Layer, Param, ParamMut, check_bias, check_grad_shape, not_run, to_rank, weight_bias_params,
+    weight_bias_params_mut,
+};
+use crate::error::{Error, Result};
+use crate::init::pytorch_default_reset;
+use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward};
+
+const OP: &str = "Conv2d";
+
+/// Configuration of a [`Conv2d`], with PyTorch's `nn.Conv2d` defaults.
+///
+/// ```
+/// use convinit::nn::Conv2dConfig;
+/// let cfg = Conv2dConfig::new(1, 8, (5, 5)).with_stride((2, 2)).with_padding((2, 2));
+/// assert_eq!(cfg.weight_shape(), (8, 1, 5, 5));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2dConfig {
+    /// Input channels `C`.
+    pub in_channels: usize,
+    /// Output channels `O`.
+    pub out_channels: usize,
+    /// Kernel size `(kh, kw)`.
+    pub kernel_size: (usize, usize),
+    /// Stride `(h, w)`. Default `(1, 1)`.
+    pub stride: (usize, usize),
+    /// Zero padding on both sides `(h, w)`. Default `(0, 0)`.
+    pub padding: (usize, usize),
+    /// Dilation `(h, w)`. Default `(1, 1)`.
+    pub dilation: (usize, usize),
+    /// Channel groups; must divide both channel counts. Default `1`.
+    pub groups: usize,
+    /// Whether the layer has a bias. Default `true`.
+    pub bias: bool,
+}
+
+impl Conv2dConfig {
+    /// A config with PyTorch's defaults: stride 1, padding 0, dilation 1, groups 1, bias.
+    pub fn new(in_channels: usize, out_channels: usize, kernel_size: (usize, usize)) -> Self {
+        Conv2dConfig {
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+            bias: true,
+        }
+    }
+
+    /// Sets the stride `(h, w)`.
+    pub fn with_stride(mut self, stride: (usize, usize)) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the padding `(h, w)`.
+    pub fn with_padding(mut self, padding: (usize, usize)) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation `(h, w)`.
+    pub fn with_dilation(mut self, dilation: (usize, usize)) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// Sets the number of groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Sets whether the layer has a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// The functional options (stride, padding, dilation, groups) for [`crate::ops::conv2d`].
+    pub fn options(&self) -> Conv2dOptions {
+        Conv2dOptions {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+
+    /// Weight shape `(O, C / groups, kh, kw)` (with `groups` 0 counted as 1).
+    pub fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        (
+            self.out_channels,
+            self.in_channels / self.groups.max(1),
+            self.kernel_size.0,
+            self.kernel_size.1,
+        )
+    }
+
+    /// Checks the config on its own: positive stride, dilation, groups and kernel size,
+    /// groups dividing both channel counts.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `Conv2d` and the offending values.
+    pub fn validate(&self) -> Result<()> {
+        self.options().validate(OP)?;
+        let (kh, kw) = self.kernel_size;
+        if kh == 0 || kw == 0 {
+            return Err(Error::config(
+                OP,
+                format!("kernel size must be positive, got {:?}", self.kernel_size),
+            ));
+        }
+        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+            return Err(Error::config(
+                OP,
+                format!(
+                    "groups {} must divide in_channels {} and out_channels {}",
+                    self.groups, self.in_channels, self.out_channels
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A 2-d convolution layer, as `torch.nn.Conv2d`: weight (O, C / groups, kh, kw), optional
+/// bias (O), their gradients, and the last input (kept for backward).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    config: Conv2dConfig,
+    weight: Array4<f32>,
+    bias: Option<Array1<f32>>,
+    weight_grad: Array4<f32>,
+    bias_grad: Option<Array1<f32>>,
+    input: Option<Array4<f32>>,
+}
+
+impl Conv2d {
+    /// A layer initialised as PyTorch does by default
+    /// ([`crate::init::pytorch_default_reset`]: `kaiming_uniform_(a = sqrt 5)` weight,
+    /// `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` bias).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the config is invalid (see [`Conv2dConfig::validate`]).
+    pub fn new<R: Rng + ?Sized>(config: Conv2dConfig, rng: &mut R) -> Result<Self> {
+        config.validate()?;
+        let mut weight = Array4::<f32>::zeros(config.weight_shape());
+        let mut bias = config
+            .bias
+            .then(|| Array1::<f32>::zeros(config.out_channels));
+        pytorch_default_reset(
+            weight.view_mut().into_dyn(),
+            bias.as_mut().map(|b| b.view_mut()),
+            rng,
+        )?;
+        Self::from_parts(config, weight, bias)
+    }
+
+    /// A layer with the given weight and bias; gradients start at zero.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the config is invalid or `bias.is_some()` disagrees with
+    /// `config.bias`; [`Error::Shape`] when the weight is not
+    /// [`Conv2dConfig::weight_shape`] or the bias length is not `out_channels`.
+    pub fn from_parts(
+        config: Conv2dConfig,
+        weight: Array4<f32>,
+        bias: Option<Array1<f32>>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if weight.dim() != config.weight_shape() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight is {:?}, the config needs {:?}",
+                    weight.shape(),
+                    config.weight_shape()
+                ),
+            ));
+        }
+        check_bias(
+            OP,
+            config.bias,
+            bias.as_ref(),
+            config.out_channels,
+            weight.shape(),
+        )?;
+        Ok(Conv2d {
+            config,
+            weight_grad: Array4::zeros(weight.raw_dim()),
+            bias_grad: bias.as_ref().map(|b| Array1::zeros(b.raw_dim())),
+            weight,
+            bias,
+            input: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+
+    /// The weight, (O, C / groups, kh, kw).
+    pub fn weight(&self) -> &Array4<f32> {
+        &self.weight
+    }
+
+    /// The weight, mutable (to apply any initialisation).
+    pub fn weight_mut(&mut self) -> &mut Array4<f32> {
+        &mut self.weight
+    }
+
+    /// The bias, (O), if the layer has one.
+    pub fn bias(&self) -> Option<&Array1<f32>> {
+        self.bias.as_ref()
+    }
+
+    /// The bias, mutable.
+    pub fn bias_mut(&mut self) -> Option<&mut Array1<f32>> {
+        self.bias.as_mut()
+    }
+
+    /// The accumulated weight gradient (`m[0].weight.grad` in PyTorch).
+    pub fn weight_grad(&self) -> &Array4<f32> {
+        &self.weight_grad
+    }
+
+    /// The accumulated weight gradient, mutable.
+    pub fn weight_grad_mut(&mut self) -> &mut Array4<f32> {
+        &mut self.weight_grad
+    }
+
+    /// The accumulated bias gradient, if the layer has a bias.
+    pub fn bias_grad(&self) -> Option<&Array1<f32>> {
+        self.bias_grad.as_ref()
+    }
+
+    /// The accumulated bias gradient, mutable.
+    pub fn bias_grad_mut(&mut self) -> Option<&mut Array1<f32>> {
+        self.bias_grad.as_mut()
+    }
+
+    /// The geometry this layer would use on an input of shape `x_shape`.
+    ///
+    /// # Errors
+    /// As [`Conv2dGeometry::new`].
+    pub fn geometry(&self, x_shape: [usize; 4]) -> Result<Conv2dGeometry> {
+        Conv2dGeometry::new(
+            OP,
+            x_shape,
+            self.weight.dim().into(),
+            &self.config.options(),
+        )
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        let x = to_rank::<Ix4>(OP, "input", "(N, C, H, W)", x)?;
+        let y = conv2d(
+            x,
+            self.weight.view(),
+            self.bias.as_ref().map(|b| b.view()),
+            &self.config.options(),
+        )?;
+        self.input = Some(x.to_owned());
+        Ok(y.into_dyn())
+    }
+
+    fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        let geo = self.geometry(x.dim().into())?;
+        let (n, o, oh, ow) = geo.y_shape();
+        check_grad_shape(OP, grad_out.shape(), &[n, o, oh, ow])?;
+        let dy = to_rank::<Ix4>(OP, "grad_out", "(N, O, out_h, out_w)", grad_out)?;
+        let grads = conv2d_backward(
+            x.view(),
+            self.weight.view(),
+            self.bias.is_some(),
+            dy,
+            &self.config.options(),
+        )?;
+        self.weight_grad += &grads.dw;
+        if let (Some(acc), Some(db)) = (self.bias_grad.as_mut(), grads.db.as_ref()) {
+            *acc += db;
+        }
+        Ok(grads.dx.into_dyn())
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        let bias = self.bias.as_ref().zip(self.bias_grad.as_ref());
+        weight_bias_params(&self.weight, &self.weight_grad, bias)
+    }
+
+    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        let bias = self.bias.as_mut().zip(self.bias_grad.as_mut());
+        weight_bias_params_mut(&mut self.weight, &mut self.weight_grad, bias)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}

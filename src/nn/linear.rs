@@ -1,0 +1,200 @@
+//! The `Linear` layer: owns its weight, bias and their gradients.
+
+use std::any::Any;
+
+use ndarray::{Array1, Array2, ArrayD, ArrayViewD, Ix2};
+use rand::Rng;
+
+use super::{
+    Layer, Param, ParamMut, check_bias, check_grad_shape, not_run, to_rank, weight_bias_params,
+    weight_bias_params_mut,
+};
+use crate::error::{Error, Result};
+use crate::init::pytorch_default_reset;
+use crate::ops::{linear, linear_backward};
+
+const OP: &str = "Linear";
+
+/// Configuration of a [`Linear`] layer, with PyTorch's `nn.Linear` defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinearConfig {
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// Whether the layer has a bias. Default `true`.
+    pub bias: bool,
+}
+
+impl LinearConfig {
+    /// A config with a bias, as PyTorch's default.
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        LinearConfig {
+            in_features,
+            out_features,
+            bias: true,
+        }
+    }
+
+    /// Sets whether the layer has a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+}
+
+/// A fully connected layer, as `torch.nn.Linear`: `y = x W^T + b` on inputs (N, in).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    config: LinearConfig,
+    weight: Array2<f32>,
+    bias: Option<Array1<f32>>,
+    weight_grad: Array2<f32>,
+    bias_grad: Option<Array1<f32>>,
+    input: Option<Array2<f32>>,
+}
+
+impl Linear {
+    /// A layer initialised as PyTorch does by default
+    /// ([`crate::init::pytorch_default_reset`]).
+    ///
+    /// # Errors
+    /// Only if the initialisation fails (it does not for finite bounds).
+    pub fn new<R: Rng + ?Sized>(config: LinearConfig, rng: &mut R) -> Result<Self> {
+        let mut weight = Array2::<f32>::zeros((config.out_features, config.in_features));
+        let mut bias = config
+            .bias
+            .then(|| Array1::<f32>::zeros(config.out_features));
+        pytorch_default_reset(
+            weight.view_mut().into_dyn(),
+            bias.as_mut().map(|b| b.view_mut()),
+            rng,
+        )?;
+        Self::from_parts(config, weight, bias)
+    }
+
+    /// A layer with the given weight (out, in) and bias (out); gradients start at zero.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the weight or bias shape does not match the config;
+    /// [`Error::Config`] when `bias.is_some()` disagrees with `config.bias`.
+    pub fn from_parts(
+        config: LinearConfig,
+        weight: Array2<f32>,
+        bias: Option<Array1<f32>>,
+    ) -> Result<Self> {
+        let expected = (config.out_features, config.in_features);
+        if weight.dim() != expected {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight is {:?}, the config needs {expected:?}",
+                    weight.shape()
+                ),
+            ));
+        }
+        check_bias(
+            OP,
+            config.bias,
+            bias.as_ref(),
+            config.out_features,
+            weight.shape(),
+        )?;
+        Ok(Linear {
+            config,
+            weight_grad: Array2::zeros(weight.raw_dim()),
+            bias_grad: bias.as_ref().map(|b| Array1::zeros(b.raw_dim())),
+            weight,
+            bias,
+            input: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LinearConfig {
+        &self.config
+    }
+
+    /// The weight, (out, in).
+    pub fn weight(&self) -> &Array2<f32> {
+        &self.weight
+    }
+
+    /// The weight, mutable.
+    pub fn weight_mut(&mut self) -> &mut Array2<f32> {
+        &mut self.weight
+    }
+
+    /// The bias, (out), if any.
+    pub fn bias(&self) -> Option<&Array1<f32>> {
+        self.bias.as_ref()
+    }
+
+    /// The bias, mutable.
+    pub fn bias_mut(&mut self) -> Option<&mut Array1<f32>> {
+        self.bias.as_mut()
+    }
+
+    /// The accumulated weight gradient.
+    pub fn weight_grad(&self) -> &Array2<f32> {
+        &self.weight_grad
+    }
+
+    /// The accumulated weight gradient, mutable.
+    pub fn weight_grad_mut(&mut self) -> &mut Array2<f32> {
+        &mut self.weight_grad
+    }
+
+    /// The accumulated bias gradient, if any.
+    pub fn bias_grad(&self) -> Option<&Array1<f32>> {
+        self.bias_grad.as_ref()
+    }
+
+    /// The accumulated bias gradient, mutable.
+    pub fn bias_grad_mut(&mut self) -> Option<&mut Array1<f32>> {
+        self.bias_grad.as_mut()
+    }
+}
+
+impl Layer for Linear {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        let x = to_rank::<Ix2>(OP, "input", "(N, in_features)", x)?;
+        let y = linear(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()))?;
+        self.input = Some(x.to_owned());
+        Ok(y.into_dyn())
+    }
+
+    fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        check_grad_shape(OP, grad_out.shape(), &[x.nrows(), self.weight.nrows()])?;
+        let dy = to_rank::<Ix2>(OP, "grad_out", "(N, out_features)", grad_out)?;
+        let grads = linear_backward(x.view(), self.weight.view(), self.bias.is_some(), dy)?;
+        self.weight_grad += &grads.dw;
+        if let (Some(acc), Some(db)) = (self.bias_grad.as_mut(), grads.db.as_ref()) {
+            *acc += db;
+        }
+        Ok(grads.dx.into_dyn())
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        let bias = self.bias.as_ref().zip(self.bias_grad.as_ref());
+        weight_bias_params(&self.weight, &self.weight_grad, bias)
+    }
+
+    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        let bias = self.bias.as_mut().zip(self.bias_grad.as_mut());
+        weight_bias_params_mut(&mut self.weight, &mut self.weight_grad, bias)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}

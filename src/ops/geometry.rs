@@ -1,0 +1,260 @@
+//! Convolution options and geometry: the one place the output size is computed.
+
+use crate::error::{Error, Result};
+
+/// Stride, padding, dilation and groups of a 2-d convolution, each per dimension `(h, w)`.
+///
+/// [`Default`] gives PyTorch's `nn.Conv2d` defaults: stride 1, padding 0, dilation 1,
+/// groups 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2dOptions {
+    /// Step between neighbouring output positions, `(h, w)`; must be positive. Default `(1, 1)`.
+    pub stride: (usize, usize),
+    /// Zeros added on both sides of the input, `(h, w)`. Default `(0, 0)`.
+    pub padding: (usize, usize),
+    /// Spacing between kernel taps, `(h, w)`; must be positive. Default `(1, 1)`.
+    pub dilation: (usize, usize),
+    /// Number of channel groups; must divide both channel counts. Default `1`.
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dOptions {
+    /// PyTorch's defaults (same as [`Default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the stride `(h, w)`.
+    pub fn with_stride(mut self, stride: (usize, usize)) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the padding `(h, w)`.
+    pub fn with_padding(mut self, padding: (usize, usize)) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation `(h, w)`.
+    pub fn with_dilation(mut self, dilation: (usize, usize)) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// Sets the number of groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Checks what can be checked without shapes: positive stride, dilation and groups.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `op` when the stride, dilation or groups is zero.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if self.stride.0 == 0 || self.stride.1 == 0 {
+            return Err(Error::config(
+                op,
+                format!("stride must be positive, got {:?}", self.stride),
+            ));
+        }
+        if self.dilation.0 == 0 || self.dilation.1 == 0 {
+            return Err(Error::config(
+                op,
+                format!("dilation must be positive, got {:?}", self.dilation),
+            ));
+        }
+        if self.groups == 0 {
+            return Err(Error::config(op, "groups must be positive, got 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Output size of a convolution along one dimension, as PyTorch:
+/// `(input + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1`.
+///
+/// Returns `None` when the dilated kernel does not fit in the padded input, when
+/// `kernel`, `stride` or `dilation` is zero, or when the arithmetic overflows.
+///
+/// # Examples
+/// ```
+/// use convinit::ops::conv_out_size;
+/// assert_eq!(conv_out_size(28, 5, 2, 2, 1), Some(14));
+/// assert_eq!(conv_out_size(3, 5, 1, 0, 1), None);
+/// ```
+pub fn conv_out_size(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return None;
+    }
+    let padded = padding.checked_mul(2)?.checked_add(input)?;
+    let extent = dilation.checked_mul(kernel - 1)?.checked_add(1)?;
+    let span = padded.checked_sub(extent)?;
+    Some(span / stride + 1)
+}
+
+/// The validated shapes of one convolution: input `(N, C, H, W)`, weight
+/// `(O, C / groups, kh, kw)`, output `(N, O, out_h, out_w)` and the options.
+///
+/// Built only by [`Conv2dGeometry::new`], which checks that everything fits, so holding
+/// one means the convolution is well defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Conv2dGeometry {
+    /// Batch size `N`.
+    pub batch: usize,
+    /// Input channels `C`.
+    pub in_channels: usize,
+    /// Input height `H`.
+    pub in_h: usize,
+    /// Input width `W`.
+    pub in_w: usize,
+    /// Output channels `O`.
+    pub out_channels: usize,
+    /// Kernel size `(kh, kw)`.
+    pub kernel: (usize, usize),
+    /// Output height, from [`conv_out_size`].
+    pub out_h: usize,
+    /// Output width, from [`conv_out_size`].
+    pub out_w: usize,
+    /// Stride, padding, dilation and groups.
+    pub options: Conv2dOptions,
+}
+
+impl Conv2dGeometry {
+    /// Validates an input shape and a weight shape against the options.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero stride, dilation, groups or kernel size, or groups not
+    /// dividing the channel counts; [`Error::Shape`] when the weight's channels do not
+    /// match `C / groups` or the dilated kernel is larger than the padded input. The
+    /// message names `op` and the shapes.
+    pub fn new(
+        op: &'static str,
+        x_shape: [usize; 4],
+        w_shape: [usize; 4],
+        options: &Conv2dOptions,
+    ) -> Result<Self> {
+        options.validate(op)?;
+        let [n, c, h, w] = x_shape;
+        let [o, cg, kh, kw] = w_shape;
+        let g = options.groups;
+        if kh == 0 || kw == 0 {
+            return Err(Error::config(
+                op,
+                format!("kernel size must be positive, weight is {w_shape:?}"),
+            ));
+        }
+        if c % g != 0 || o % g != 0 {
+            return Err(Error::config(
+                op,
+                format!(
+                    "groups {g} must divide both the input channels of x {x_shape:?} and \
+                     the output channels of weight {w_shape:?}"
+                ),
+            ));
+        }
+        if cg != c / g {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "x {x_shape:?} has {c} channels, so weight {w_shape:?} with groups {g} \
+                     should have {} input channels per group, not {cg}",
+                    c / g
+                ),
+            ));
+        }
+        let (sh, sw) = options.stride;
+        let (ph, pw) = options.padding;
+        let (dh, dw) = options.dilation;
+        let out = |input, k, s, p, d, axis: &str| {
+            conv_out_size(input, k, s, p, d).ok_or_else(|| {
+                Error::shape(
+                    op,
+                    format!(
+                        "kernel {w_shape:?} with dilation {:?} does not fit the {axis} of x \
+                         {x_shape:?} padded by {:?}",
+                        options.dilation, options.padding
+                    ),
+                )
+            })
+        };
+        let out_h = out(h, kh, sh, ph, dh, "height")?;
+        let out_w = out(w, kw, sw, pw, dw, "width")?;
+        // Sizes of the buffers the op will allocate must not overflow.
+        let fits = [
+            n.checked_mul(o)
+                .and_then(|v| v.checked_mul(out_h))
+                .and_then(|v| v.checked_mul(out_w)),
+            c.checked_mul(kh)
+                .and_then(|v| v.checked_mul(kw))
+                .and_then(|v| v.checked_mul(out_h))
+                .and_then(|v| v.checked_mul(out_w)),
+        ];
+        if fits.iter().any(Option::is_none) {
+            return Err(Error::shape(
+                op,
+                format!("x {x_shape:?} and weight {w_shape:?} give a buffer too large to index"),
+            ));
+        }
+        Ok(Conv2dGeometry {
+            batch: n,
+            in_channels: c,
+            in_h: h,
+            in_w: w,
+            out_channels: o,
+            kernel: (kh, kw),
+            out_h,
+            out_w,
+            options: *options,
+        })
+    }
+
+    /// Input shape `(N, C, H, W)`.
+    pub fn x_shape(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.in_channels, self.in_h, self.in_w)
+    }
+
+    /// Weight shape `(O, C / groups, kh, kw)`.
+    pub fn w_shape(&self) -> (usize, usize, usize, usize) {
+        (
+            self.out_channels,
+            self.in_channels / self.options.groups,
+            self.kernel.0,
+            self.kernel.1,
+        )
+    }
+
+    /// Output shape `(N, O, out_h, out_w)`.
+    pub fn y_shape(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.out_channels, self.out_h, self.out_w)
+    }
+
+    /// Rows of the im2col matrix of one image: `C * kh * kw`.
+    pub(crate) fn col_rows(&self) -> usize {
+        self.in_channels * self.kernel.0 * self.kernel.1
+    }
+
+    /// Columns of the im2col matrix of one image: `out_h * out_w`.
+    pub(crate) fn col_cols(&self) -> usize {
+        self.out_h * self.out_w
+    }
+}

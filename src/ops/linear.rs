@@ -1,0 +1,101 @@
+//! Fully connected layer `y = x W^T + b`, forward and backward, through
+//! [`crate::gemm::sgemm`].
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+
+use crate::error::{Error, Result};
+use crate::gemm::sgemm;
+
+const OP: &str = "linear";
+
+fn check(x: &ArrayView2<'_, f32>, w: &ArrayView2<'_, f32>, bias_len: Option<usize>) -> Result<()> {
+    if x.ncols() != w.ncols() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "x {:?} has {} features, weight {:?} expects {}",
+                x.shape(),
+                x.ncols(),
+                w.shape(),
+                w.ncols()
+            ),
+        ));
+    }
+    match bias_len {
+        Some(len) if len != w.nrows() => Err(Error::shape(
+            OP,
+            format!(
+                "bias has length {len}, weight {:?} has {} outputs",
+                w.shape(),
+                w.nrows()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `y = x W^T + b` with `x` (N, in), `weight` (out, in), optional `bias` (out); returns
+/// (N, out), as `torch.nn.functional.linear`.
+///
+/// # Errors
+/// [`Error::Shape`] when the feature counts or the bias length do not match.
+pub fn linear(
+    x: ArrayView2<'_, f32>,
+    weight: ArrayView2<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+) -> Result<Array2<f32>> {
+    check(&x, &weight, bias.map(|b| b.len()))?;
+    let mut y = Array2::<f32>::zeros((x.nrows(), weight.nrows()));
+    sgemm(1.0, x, weight.t(), 0.0, y.view_mut())?;
+    if let Some(b) = bias {
+        y += &b;
+    }
+    Ok(y)
+}
+
+/// Gradients of [`linear`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearGrads {
+    /// Gradient of the input, (N, in).
+    pub dx: Array2<f32>,
+    /// Gradient of the weight, (out, in).
+    pub dw: Array2<f32>,
+    /// Gradient of the bias, (out), when the forward pass had one.
+    pub db: Option<Array1<f32>>,
+}
+
+/// Backward of [`linear`]: `dx = dy W`, `dW = dy^T x`, `db = sum over N of dy` (summed
+/// in f64, in row order).
+///
+/// # Errors
+/// [`Error::Shape`] when `x` and `weight` do not match or `dy` is not (N, out).
+pub fn linear_backward(
+    x: ArrayView2<'_, f32>,
+    weight: ArrayView2<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView2<'_, f32>,
+) -> Result<LinearGrads> {
+    check(&x, &weight, None)?;
+    if dy.dim() != (x.nrows(), weight.nrows()) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "grad_out is {:?}, but x {:?} and weight {:?} give an output of {:?}",
+                dy.shape(),
+                x.shape(),
+                weight.shape(),
+                (x.nrows(), weight.nrows())
+            ),
+        ));
+    }
+    let mut dx = Array2::<f32>::zeros(x.raw_dim());
+    sgemm(1.0, dy, weight, 0.0, dx.view_mut())?;
+    let mut dw = Array2::<f32>::zeros(weight.raw_dim());
+    sgemm(1.0, dy.t(), x, 0.0, dw.view_mut())?;
+    let db = with_bias.then(|| {
+        dy.map_axis(Axis(0), |col| {
+            col.iter().map(|&v| f64::from(v)).sum::<f64>() as f32
+        })
+    });
+    Ok(LinearGrads { dx, dw, db })
+}

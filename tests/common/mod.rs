@@ -1,0 +1,177 @@
+//! Reading the PyTorch reference cases (`*.safetensors`), shared by the tests.
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod naive;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+
+/// One reference case: its file name, metadata and float32 tensors.
+pub struct Case {
+    pub name: String,
+    pub meta: HashMap<String, String>,
+    pub tensors: HashMap<String, ArrayD<f32>>,
+}
+
+impl Case {
+    pub fn op(&self) -> Result<&str, String> {
+        self.meta_str("op")
+    }
+
+    pub fn meta_str(&self, key: &str) -> Result<&str, String> {
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| format!("metadata {key:?} missing"))
+    }
+
+    /// Parses `"a,b,..."` metadata as a list of numbers.
+    pub fn meta_list<T: std::str::FromStr>(&self, key: &str) -> Result<Vec<T>, String> {
+        self.meta_str(key)?
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| format!("metadata {key:?}: cannot parse {s:?}"))
+            })
+            .collect()
+    }
+
+    /// Parses `"h,w"` metadata.
+    pub fn meta_pair(&self, key: &str) -> Result<(usize, usize), String> {
+        match self.meta_list::<usize>(key)?.as_slice() {
+            [h, w] => Ok((*h, *w)),
+            other => Err(format!("metadata {key:?}: expected \"h,w\", got {other:?}")),
+        }
+    }
+
+    pub fn meta_num<T: std::str::FromStr>(&self, key: &str) -> Result<T, String> {
+        let s = self.meta_str(key)?;
+        s.trim()
+            .parse()
+            .map_err(|_| format!("metadata {key:?}: cannot parse {s:?}"))
+    }
+
+    pub fn tensor(&self, key: &str) -> Result<&ArrayD<f32>, String> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| format!("tensor {key:?} missing"))
+    }
+}
+
+/// The directory of reference cases: `$CONVINIT_REFERENCE_DIR`, or the crate's
+/// `tests/fixtures`.
+pub fn reference_dir() -> PathBuf {
+    match std::env::var_os("CONVINIT_REFERENCE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
+}
+
+/// Every `*.safetensors` file directly in `dir`, sorted by name.
+pub fn case_paths(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Reads one case; any problem (I/O, format, a non-f32 tensor) is an error.
+pub fn load_case(path: &Path) -> Result<Case, String> {
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let (_, metadata) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| format!("bad safetensors header: {e}"))?;
+    let meta = metadata.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("bad safetensors: {e}"))?;
+    let mut tensors = HashMap::new();
+    for (key, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(format!(
+                "tensor {key:?} is {:?}, expected F32",
+                view.dtype()
+            ));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let array = ArrayD::from_shape_vec(IxDyn(view.shape()), data)
+            .map_err(|e| format!("tensor {key:?}: {e}"))?;
+        tensors.insert(key, array);
+    }
+    Ok(Case {
+        name,
+        meta,
+        tensors,
+    })
+}
+
+/// How close a result came: the largest absolute error and the largest fraction of the
+/// tolerance used, over the tensors compared so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Score {
+    pub abs: f64,
+    pub of_tol: f64,
+}
+
+impl Score {
+    /// The worse of two scores, component by component.
+    pub fn max(self, other: Score) -> Score {
+        Score {
+            abs: self.abs.max(other.abs),
+            of_tol: self.of_tol.max(other.of_tol),
+        }
+    }
+}
+
+/// max |ours - reference| after checking shapes, and whether it is within
+/// `1e-4 * max(1, max |reference|)`. NaN anywhere fails.
+pub fn compare(
+    what: &str,
+    ours: ArrayViewD<'_, f32>,
+    reference: ArrayViewD<'_, f32>,
+) -> Result<Score, String> {
+    if ours.shape() != reference.shape() {
+        return Err(format!(
+            "{what}: shape {:?}, reference {:?}",
+            ours.shape(),
+            reference.shape()
+        ));
+    }
+    let scale = reference.iter().fold(1.0f32, |m, &v| m.max(v.abs()));
+    let tol = 1e-4 * scale;
+    let mut err = 0.0f32;
+    for (&a, &b) in ours.iter().zip(reference.iter()) {
+        let d = (a - b).abs();
+        if d.is_nan() || !b.is_finite() {
+            return Err(format!(
+                "{what}: non-finite value (ours {a}, reference {b})"
+            ));
+        }
+        err = err.max(d);
+    }
+    if err > tol {
+        return Err(format!("{what}: max error {err:e} > tolerance {tol:e}"));
+    }
+    Ok(Score {
+        abs: f64::from(err),
+        of_tol: f64::from(err / tol),
+    })
+}
