@@ -10,7 +10,7 @@ use super::{
     weight_bias_params_mut,
 };
 use crate::error::{Error, Result};
-use crate::init::pytorch_default_reset;
+use crate::init::Init;
 use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward};
 
 const OP: &str = "Conv2d";
@@ -154,12 +154,36 @@ impl Conv2d {
     /// # Errors
     /// [`Error::Config`] when the config is invalid (see [`Conv2dConfig::validate`]).
     pub fn new<R: Rng + ?Sized>(config: Conv2dConfig, rng: &mut R) -> Result<Self> {
+        Self::with_init(config, &Init::PytorchDefault, rng)
+    }
+
+    /// A layer initialised with the given scheme ([`Init::apply`]: the weight by the
+    /// scheme, the bias by the scheme's bias rule, e.g. zeroed for kaiming).
+    ///
+    /// ```
+    /// use convinit::init::Init;
+    /// use convinit::nn::{Conv2d, Conv2dConfig};
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// # let cfg = Conv2dConfig::new(1, 8, (5, 5));
+    /// let layer = Conv2d::with_init(cfg, &Init::KAIMING_UNIFORM, &mut rng)?;
+    /// assert!(layer.bias().unwrap().iter().all(|&b| b == 0.0));
+    /// # Ok::<(), convinit::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the config or the scheme's parameters are invalid.
+    pub fn with_init<R: Rng + ?Sized>(
+        config: Conv2dConfig,
+        init: &Init,
+        rng: &mut R,
+    ) -> Result<Self> {
         config.validate()?;
         let mut weight = Array4::<f32>::zeros(config.weight_shape());
         let mut bias = config
             .bias
             .then(|| Array1::<f32>::zeros(config.out_channels));
-        pytorch_default_reset(
+        init.apply(
             weight.view_mut().into_dyn(),
             bias.as_mut().map(|b| b.view_mut()),
             rng,

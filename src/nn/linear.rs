@@ -10,7 +10,7 @@ use super::{
     weight_bias_params_mut,
 };
 use crate::error::{Error, Result};
-use crate::init::pytorch_default_reset;
+use crate::init::Init;
 use crate::ops::{linear, linear_backward};
 
 const OP: &str = "Linear";
@@ -61,11 +61,35 @@ impl Linear {
     /// # Errors
     /// Only if the initialisation fails (it does not for finite bounds).
     pub fn new<R: Rng + ?Sized>(config: LinearConfig, rng: &mut R) -> Result<Self> {
+        Self::with_init(config, &Init::PytorchDefault, rng)
+    }
+
+    /// A layer initialised with the given scheme ([`Init::apply`]: the weight by the
+    /// scheme, the bias by the scheme's bias rule, e.g. zeroed for kaiming).
+    ///
+    /// ```
+    /// use convinit::init::Init;
+    /// use convinit::nn::{Linear, LinearConfig};
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// # let cfg = LinearConfig::new(784, 50);
+    /// let layer = Linear::with_init(cfg, &Init::KAIMING_UNIFORM, &mut rng)?;
+    /// assert!(layer.bias().unwrap().iter().all(|&b| b == 0.0));
+    /// # Ok::<(), convinit::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the config or the scheme's parameters are invalid.
+    pub fn with_init<R: Rng + ?Sized>(
+        config: LinearConfig,
+        init: &Init,
+        rng: &mut R,
+    ) -> Result<Self> {
         let mut weight = Array2::<f32>::zeros((config.out_features, config.in_features));
         let mut bias = config
             .bias
             .then(|| Array1::<f32>::zeros(config.out_features));
-        pytorch_default_reset(
+        init.apply(
             weight.view_mut().into_dyn(),
             bias.as_mut().map(|b| b.view_mut()),
             rng,
