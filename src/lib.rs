@@ -13,6 +13,7 @@
 //! - [`ops`]: conv2d, activations, pooling, flatten, linear and MSE, forward and backward.
 //! - [`nn`]: layers owning parameters and gradients, and a `Sequential` container.
 //! - [`init`]: `torch.nn.init`, formula for formula.
+//! - [`train`]: cross-entropy, SGD, mini-batches, the training loop, telemetry, LSUV.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 #![warn(missing_docs)]
 
@@ -22,5 +23,6 @@ pub mod gemm;
 pub mod init;
 pub mod nn;
 pub mod ops;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,100 @@
+//! Mini-batches: shuffled (or in-order) index batches and gathering rows into tensors.
+
+use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, Axis};
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use crate::error::{Error, Result};
+
+const OP: &str = "batches";
+
+/// Splits `0..n` into batches of `batch_size` indices (the last one may be smaller), in a
+/// random order drawn from `rng` when `shuffle` is given, else in order.
+///
+/// The order depends only on `n` and the generator's state, so a seeded generator gives
+/// the same batches on every run and platform.
+///
+/// # Errors
+/// [`Error::Config`] when `batch_size` is zero.
+///
+/// # Examples
+/// ```
+/// use convinit::train::batch_indices;
+/// use rand::SeedableRng;
+/// let in_order = batch_indices::<rand::rngs::StdRng>(5, 2, None)?;
+/// assert_eq!(in_order, vec![vec![0, 1], vec![2, 3], vec![4]]);
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let shuffled = batch_indices(5, 2, Some(&mut rng))?;
+/// let mut all: Vec<usize> = shuffled.concat();
+/// all.sort();
+/// assert_eq!(all, [0, 1, 2, 3, 4]);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn batch_indices<R: Rng + ?Sized>(
+    n: usize,
+    batch_size: usize,
+    shuffle: Option<&mut R>,
+) -> Result<Vec<Vec<usize>>> {
+    if batch_size == 0 {
+        return Err(Error::config(OP, "batch_size must be positive, got 0"));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    if let Some(rng) = shuffle {
+        idx.shuffle(rng);
+    }
+    Ok(idx.chunks(batch_size).map(<[usize]>::to_vec).collect())
+}
+
+/// Gathers rows `idx` of `x` (n, C*H*W) as images (len, C, H, W) and the matching labels.
+///
+/// # Errors
+/// [`Error::Shape`] when an index is out of range, `y` does not have one label per row of
+/// `x`, or a row does not hold `C*H*W` values.
+pub fn gather_images(
+    x: ArrayView2<'_, f32>,
+    y: ArrayView1<'_, i64>,
+    idx: &[usize],
+    (c, h, w): (usize, usize, usize),
+) -> Result<(Array4<f32>, Array1<i64>)> {
+    let (xb, yb) = gather_rows(x, y, idx)?;
+    let shape = xb.shape().to_vec();
+    let xb = xb
+        .into_shape_with_order((idx.len(), c, h, w))
+        .map_err(|_| {
+            Error::shape(
+                OP,
+                format!("rows {shape:?} cannot be viewed as images ({c}, {h}, {w})"),
+            )
+        })?;
+    Ok((xb, yb))
+}
+
+/// Gathers rows `idx` of `x` (n, F) and the matching labels of `y` (n).
+///
+/// # Errors
+/// [`Error::Shape`] when an index is out of range or `y` does not have one label per row.
+pub fn gather_rows(
+    x: ArrayView2<'_, f32>,
+    y: ArrayView1<'_, i64>,
+    idx: &[usize],
+) -> Result<(Array2<f32>, Array1<i64>)> {
+    if y.len() != x.nrows() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "x {:?} has {} rows but y has {} labels",
+                x.shape(),
+                x.nrows(),
+                y.len()
+            ),
+        ));
+    }
+    if let Some(&bad) = idx.iter().find(|&&i| i >= x.nrows()) {
+        return Err(Error::shape(
+            OP,
+            format!("index {bad} is out of range for x {:?}", x.shape()),
+        ));
+    }
+    Ok((x.select(Axis(0), idx), y.select(Axis(0), idx)))
+}

@@ -1,0 +1,324 @@
+//! The training loop: shuffled mini-batches, cross-entropy, SGD with a learning-rate
+//! schedule, and per-epoch loss and accuracy.
+
+use std::time::Instant;
+
+use ndarray::{ArrayD, ArrayView1, ArrayView2, Ix2};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::data::{batch_indices, gather_images};
+use super::loss::{correct, cross_entropy_with_grad};
+use super::optim::Sgd;
+use crate::error::{Error, Result};
+use crate::nn::Sequential;
+
+const OP: &str = "fit";
+
+/// How the learning rate moves over the steps of a [`fit`] run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrSchedule {
+    /// The same rate at every step.
+    Constant(f32),
+    /// Linear warm-up from `peak / warmup_steps` to `peak` over the first
+    /// `warmup` fraction of the steps, then cosine annealing to zero (a one-cycle
+    /// schedule without the momentum cycle).
+    WarmupCosine {
+        /// The largest rate, reached at the end of the warm-up.
+        peak: f32,
+        /// Fraction of all steps spent warming up, in `[0, 1]`.
+        warmup: f32,
+    },
+}
+
+impl LrSchedule {
+    /// The rate at `step` (0-based) of `total` steps.
+    pub fn lr(&self, step: usize, total: usize) -> f32 {
+        match *self {
+            LrSchedule::Constant(lr) => lr,
+            LrSchedule::WarmupCosine { peak, warmup } => {
+                let total = total.max(1);
+                let warm = ((f64::from(warmup) * total as f64).ceil() as usize).min(total);
+                if step < warm {
+                    return peak * (step + 1) as f32 / warm as f32;
+                }
+                let rest = (total - warm).max(1) as f64;
+                let t = ((step - warm) as f64 / rest).min(1.0);
+                (f64::from(peak) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (lr, warmup) = match *self {
+            LrSchedule::Constant(lr) => (lr, 0.0),
+            LrSchedule::WarmupCosine { peak, warmup } => (peak, warmup),
+        };
+        if !(lr.is_finite() && lr >= 0.0) || !(0.0..=1.0).contains(&warmup) {
+            return Err(Error::config(
+                OP,
+                format!("schedule {self:?}: the rate must be finite and >= 0, warmup in [0, 1]"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a [`fit`] run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Shape `(C, H, W)` of one image: each row of the training matrix is reshaped to it.
+    pub image_shape: (usize, usize, usize),
+    /// Seeds the shuffling: the same seed gives the same batches.
+    pub seed: u64,
+    /// The learning rate per step, set on the optimiser before each update.
+    pub schedule: LrSchedule,
+}
+
+impl FitConfig {
+    /// `epochs` passes in batches of `batch_size` over MNIST-shaped `(1, 28, 28)` images,
+    /// seed 0, at the constant rate `lr`.
+    pub fn new(epochs: usize, batch_size: usize, lr: f32) -> Self {
+        FitConfig {
+            epochs,
+            batch_size,
+            image_shape: (1, 28, 28),
+            seed: 0,
+            schedule: LrSchedule::Constant(lr),
+        }
+    }
+
+    /// Sets the image shape `(C, H, W)`.
+    pub fn with_image_shape(mut self, shape: (usize, usize, usize)) -> Self {
+        self.image_shape = shape;
+        self
+    }
+
+    /// Sets the shuffling seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the learning-rate schedule.
+    pub fn with_schedule(mut self, schedule: LrSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+}
+
+/// What happened at one training step, given to the [`fit`] callback.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInfo {
+    /// Epoch, 0-based.
+    pub epoch: usize,
+    /// Step over the whole run, 0-based.
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total_steps: usize,
+    /// Cross-entropy of this batch.
+    pub loss: f32,
+    /// Images in this batch.
+    pub batch_size: usize,
+    /// Learning rate used for this step's update.
+    pub lr: f32,
+}
+
+/// Loss and accuracy after one epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochReport {
+    /// Epoch, 0-based.
+    pub epoch: usize,
+    /// Mean cross-entropy over the epoch's training batches (weighted by batch size),
+    /// each measured before its update.
+    pub train_loss: f32,
+    /// Accuracy over the epoch's training batches, each measured before its update.
+    pub train_accuracy: f32,
+    /// Validation cross-entropy at the end of the epoch, when a validation set is given.
+    pub valid_loss: Option<f32>,
+    /// Validation accuracy at the end of the epoch, when a validation set is given.
+    pub valid_accuracy: Option<f32>,
+    /// Wall time of the epoch (training and validation), in seconds.
+    pub seconds: f64,
+}
+
+/// Labelled images as rows: `x` (n, C*H*W) and class indices `y` (n).
+#[derive(Debug, Clone, Copy)]
+pub struct Split<'a> {
+    /// One image per row.
+    pub x: ArrayView2<'a, f32>,
+    /// One class index per row.
+    pub y: ArrayView1<'a, i64>,
+}
+
+impl<'a> Split<'a> {
+    /// A split from its images and labels.
+    pub fn new(x: ArrayView2<'a, f32>, y: ArrayView1<'a, i64>) -> Self {
+        Split { x, y }
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.x.nrows()
+    }
+
+    /// Whether the split is empty.
+    pub fn is_empty(&self) -> bool {
+        self.x.nrows() == 0
+    }
+}
+
+fn logits(out: ArrayD<f32>) -> Result<ndarray::Array2<f32>> {
+    let shape = out.shape().to_vec();
+    out.into_dimensionality::<Ix2>().map_err(|_| {
+        Error::shape(
+            OP,
+            format!("the network must output logits (N, classes), got {shape:?}"),
+        )
+    })
+}
+
+/// Mean cross-entropy and accuracy of `net` on `data`, in batches of `batch_size` (the
+/// network's saved activations are those of the last batch afterwards).
+///
+/// # Errors
+/// [`Error::Config`] for a zero batch size or a label out of range; [`Error::Shape`] when
+/// the data or the network's output do not fit (the output must be (N, classes)); any
+/// layer error.
+pub fn evaluate(
+    net: &mut Sequential,
+    data: Split<'_>,
+    image_shape: (usize, usize, usize),
+    batch_size: usize,
+) -> Result<(f32, f32)> {
+    if data.is_empty() {
+        return Err(Error::shape(OP, "cannot evaluate on an empty split"));
+    }
+    let mut loss = 0.0f64;
+    let mut right = 0usize;
+    for idx in batch_indices::<StdRng>(data.len(), batch_size, None)? {
+        let (xb, yb) = gather_images(data.x, data.y, &idx, image_shape)?;
+        let out = logits(net.forward(xb.into_dyn().view())?)?;
+        let (l, _) = cross_entropy_with_grad(out.view(), yb.view())?;
+        loss += f64::from(l) * idx.len() as f64;
+        right += correct(out.view(), yb.view())?;
+    }
+    let n = data.len() as f64;
+    Ok(((loss / n) as f32, (right as f64 / n) as f32))
+}
+
+/// Trains `net` with `opt` on `train` for `config.epochs` epochs and returns one
+/// [`EpochReport`] per epoch (with validation figures when `valid` is given).
+///
+/// Each step: gather a shuffled batch, `zero_grad`, forward, [`cross_entropy`]
+/// (`super::cross_entropy`) and its gradient, backward, then `on_step` (which sees the
+/// batch's activations in [`Sequential::output`] and the parameter gradients, e.g. for a
+/// [`super::Telemetry`] or a progress bar), then the learning rate from the schedule and
+/// [`Sgd::step`]. The run is deterministic for a seed (and the same for any number of
+/// threads, since the ops are).
+///
+/// # Errors
+/// [`Error::Config`] for zero epochs or batch size, a bad schedule or a label out of
+/// range; [`Error::Shape`] when the data does not fit `image_shape` or the network does
+/// not output (N, classes); any layer or callback error (training stops there).
+///
+/// # Examples
+/// ```
+/// use convinit::init::Init;
+/// use convinit::nn::{Flatten, Linear, LinearConfig, Sequential};
+/// use convinit::train::{fit, FitConfig, Sgd, SgdConfig, Split};
+/// use ndarray::{Array1, Array2};
+/// use rand::SeedableRng;
+///
+/// // Two classes of 2x2 "images": bright on the left or on the right.
+/// let x = Array2::from_shape_fn((64, 4), |(i, j)| if (j % 2 == 0) == (i % 2 == 0) { 1.0 } else { 0.0 });
+/// let y = Array1::from_shape_fn(64, |i| (i % 2) as i64);
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut net = Sequential::new()
+///     .with(Flatten::new(1, -1))
+///     .with(Linear::with_init(LinearConfig::new(4, 2), &Init::KAIMING_UNIFORM, &mut rng)?);
+/// let mut opt = Sgd::new(SgdConfig::new(0.5).with_momentum(0.9))?;
+/// let config = FitConfig::new(3, 16, 0.5).with_image_shape((1, 2, 2));
+/// let data = Split::new(x.view(), y.view());
+/// let history = fit(&mut net, &mut opt, data, Some(data), &config, |_step, _net| Ok(()))?;
+/// assert_eq!(history.len(), 3);
+/// assert_eq!(history[2].valid_accuracy, Some(1.0));
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn fit<F>(
+    net: &mut Sequential,
+    opt: &mut Sgd,
+    train: Split<'_>,
+    valid: Option<Split<'_>>,
+    config: &FitConfig,
+    mut on_step: F,
+) -> Result<Vec<EpochReport>>
+where
+    F: FnMut(&StepInfo, &Sequential) -> Result<()>,
+{
+    if config.epochs == 0 || config.batch_size == 0 {
+        return Err(Error::config(
+            OP,
+            format!(
+                "epochs ({}) and batch_size ({}) must be positive",
+                config.epochs, config.batch_size
+            ),
+        ));
+    }
+    if train.is_empty() {
+        return Err(Error::shape(OP, "cannot train on an empty split"));
+    }
+    config.schedule.validate()?;
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let per_epoch = train.len().div_ceil(config.batch_size);
+    let total_steps = per_epoch * config.epochs;
+    let mut step = 0;
+    let mut history = Vec::with_capacity(config.epochs);
+    for epoch in 0..config.epochs {
+        let start = Instant::now();
+        let (mut loss_sum, mut right) = (0.0f64, 0usize);
+        for idx in batch_indices(train.len(), config.batch_size, Some(&mut rng))? {
+            let (xb, yb) = gather_images(train.x, train.y, &idx, config.image_shape)?;
+            net.zero_grad();
+            let out = logits(net.forward(xb.into_dyn().view())?)?;
+            let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
+            right += correct(out.view(), yb.view())?;
+            loss_sum += f64::from(loss) * idx.len() as f64;
+            net.backward(grad.into_dyn().view())?;
+            let lr = config.schedule.lr(step, total_steps);
+            let info = StepInfo {
+                epoch,
+                step,
+                total_steps,
+                loss,
+                batch_size: idx.len(),
+                lr,
+            };
+            on_step(&info, net)?;
+            opt.set_lr(lr)?;
+            opt.step(net)?;
+            step += 1;
+        }
+        let n = train.len() as f64;
+        let (valid_loss, valid_accuracy) = match valid {
+            Some(v) => {
+                let (l, a) = evaluate(net, v, config.image_shape, config.batch_size.max(256))?;
+                (Some(l), Some(a))
+            }
+            None => (None, None),
+        };
+        history.push(EpochReport {
+            epoch,
+            train_loss: (loss_sum / n) as f32,
+            train_accuracy: (right as f64 / n) as f32,
+            valid_loss,
+            valid_accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(history)
+}

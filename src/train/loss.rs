@@ -1,0 +1,193 @@
+//! Softmax cross-entropy on logits and classification accuracy.
+//!
+//! `cross_entropy(logits, target)` is `torch.nn.functional.cross_entropy` with its
+//! defaults: log-softmax over the classes (log-sum-exp shifted by the row maximum, so
+//! large logits do not overflow), the negative log-likelihood of each target class, and
+//! the mean over the batch. Its gradient with respect to the logits is
+//! `(softmax(logits) - one_hot(target)) / N`.
+
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Zip};
+
+use crate::error::{Error, Result};
+
+const OP: &str = "cross_entropy";
+
+/// Checks `logits` (N, K) against `target` (N) of class indices in `0..K`; returns N.
+fn check(
+    op: &'static str,
+    logits: &ArrayView2<'_, f32>,
+    target: &ArrayView1<'_, i64>,
+) -> Result<usize> {
+    let (n, k) = logits.dim();
+    if target.len() != n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "logits {:?} need a target of shape [{n}], got {:?}",
+                logits.shape(),
+                target.shape()
+            ),
+        ));
+    }
+    if n == 0 || k == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "logits {:?}: the batch and the classes must be non-empty",
+                logits.shape()
+            ),
+        ));
+    }
+    if let Some((i, &t)) = target
+        .iter()
+        .enumerate()
+        .find(|&(_, &t)| t < 0 || t as u64 >= k as u64)
+    {
+        return Err(Error::config(
+            op,
+            format!("target[{i}] = {t} is not a class index in 0..{k}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Per row: the maximum logit and `log(sum(exp(logit - max)))`, in f64.
+fn row_lse(row: ArrayView1<'_, f32>) -> (f64, f64) {
+    let max = row.fold(
+        f32::NEG_INFINITY,
+        |m, &v| if v > m || v.is_nan() { v } else { m },
+    );
+    let max = f64::from(max);
+    let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+    (max, sum.ln())
+}
+
+/// Mean softmax cross-entropy of `logits` (N, K) against class indices `target` (N), as
+/// `torch.nn.functional.cross_entropy(logits, target)`.
+///
+/// Computed in f64 with the log-sum-exp trick, so logits in the hundreds are fine. A NaN
+/// logit makes the loss NaN.
+///
+/// # Errors
+/// [`Error::Shape`] when `target` is not (N) or N or K is zero; [`Error::Config`] when a
+/// target is outside `0..K` (the message names its index and value).
+///
+/// # Examples
+/// ```
+/// use convinit::train::cross_entropy;
+/// use ndarray::array;
+/// // Two equally likely classes: the loss is ln 2 whatever the target.
+/// let logits = array![[3.0f32, 3.0], [0.0, 0.0]];
+/// let loss = cross_entropy(logits.view(), array![0i64, 1].view())?;
+/// assert!((loss - 2f32.ln()).abs() < 1e-6);
+/// assert!(cross_entropy(logits.view(), array![0i64, 2].view()).is_err());
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn cross_entropy(logits: ArrayView2<'_, f32>, target: ArrayView1<'_, i64>) -> Result<f32> {
+    let n = check(OP, &logits, &target)?;
+    let total: f64 = logits
+        .outer_iter()
+        .zip(target.iter())
+        .map(|(row, &t)| {
+            let (max, lse) = row_lse(row);
+            max + lse - f64::from(row[t as usize])
+        })
+        .sum();
+    Ok((total / n as f64) as f32)
+}
+
+/// Gradient of [`cross_entropy`] with respect to the logits:
+/// `(softmax(logits) - one_hot(target)) / N`, shaped (N, K).
+///
+/// # Errors
+/// As [`cross_entropy`].
+pub fn cross_entropy_backward(
+    logits: ArrayView2<'_, f32>,
+    target: ArrayView1<'_, i64>,
+) -> Result<Array2<f32>> {
+    Ok(cross_entropy_with_grad(logits, target)?.1)
+}
+
+/// [`cross_entropy`] and [`cross_entropy_backward`] in one pass over the logits (what a
+/// training step needs).
+///
+/// # Errors
+/// As [`cross_entropy`].
+pub fn cross_entropy_with_grad(
+    logits: ArrayView2<'_, f32>,
+    target: ArrayView1<'_, i64>,
+) -> Result<(f32, Array2<f32>)> {
+    let n = check(OP, &logits, &target)?;
+    let inv_n = 1.0 / n as f64;
+    let mut grad = Array2::<f32>::zeros(logits.raw_dim());
+    let mut total = 0.0f64;
+    Zip::from(grad.axis_iter_mut(Axis(0)))
+        .and(logits.axis_iter(Axis(0)))
+        .and(&target)
+        .for_each(|mut g, row, &t| {
+            let (max, lse) = row_lse(row);
+            let t = t as usize;
+            total += max + lse - f64::from(row[t]);
+            for (k, (gk, &v)) in g.iter_mut().zip(row.iter()).enumerate() {
+                let p = (f64::from(v) - max - lse).exp();
+                let y = if k == t { 1.0 } else { 0.0 };
+                *gk = ((p - y) * inv_n) as f32;
+            }
+        });
+    Ok(((total * inv_n) as f32, grad))
+}
+
+/// The index of the largest logit in each row (the first one on ties; NaN counts as
+/// largest, as `torch.argmax`).
+///
+/// # Errors
+/// [`Error::Shape`] when there are no classes (K = 0).
+pub fn argmax(logits: ArrayView2<'_, f32>) -> Result<Vec<i64>> {
+    if logits.ncols() == 0 {
+        return Err(Error::shape(
+            "argmax",
+            format!("logits {:?} have no classes", logits.shape()),
+        ));
+    }
+    Ok(logits
+        .outer_iter()
+        .map(|row| {
+            let mut best = 0;
+            for (k, &v) in row.iter().enumerate() {
+                let b = row[best];
+                if (v > b || v.is_nan()) && !b.is_nan() {
+                    best = k;
+                }
+            }
+            best as i64
+        })
+        .collect())
+}
+
+/// The fraction of rows whose largest logit is the target class, in `[0, 1]`.
+///
+/// # Errors
+/// As [`cross_entropy`] (shape mismatch, empty batch, target out of range).
+///
+/// # Examples
+/// ```
+/// use convinit::train::accuracy;
+/// use ndarray::array;
+/// let logits = array![[0.1f32, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]];
+/// assert_eq!(accuracy(logits.view(), array![1i64, 0, 0, 0].view())?, 0.75);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn accuracy(logits: ArrayView2<'_, f32>, target: ArrayView1<'_, i64>) -> Result<f32> {
+    let n = check("accuracy", &logits, &target)?;
+    Ok(correct(logits, target)? as f32 / n as f32)
+}
+
+/// The number of rows whose largest logit is the target class (unchecked targets: a
+/// target out of range simply never matches).
+pub(crate) fn correct(logits: ArrayView2<'_, f32>, target: ArrayView1<'_, i64>) -> Result<usize> {
+    Ok(argmax(logits)?
+        .iter()
+        .zip(target.iter())
+        .filter(|(p, t)| p == t)
+        .count())
+}

@@ -1,0 +1,224 @@
+//! Layer-sequential unit-variance initialisation (Mishkin & Matas 2015, "All you need is
+//! a good init"), with fast.ai's mean correction through the bias.
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::error::{Error, Result};
+use crate::nn::Sequential;
+
+const OP: &str = "lsuv";
+
+/// Where LSUV measures a layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LsuvPoint {
+    /// The layer's own output (before its activation), as Mishkin & Matas.
+    #[default]
+    LayerOutput,
+    /// The output of the last parameter-free layer that follows it (its activation,
+    /// pooling ...), as fast.ai's `lsuv_module` on a conv + `GeneralRelu` block.
+    /// Centering there only makes sense with an activation that can be negative, e.g.
+    /// [`crate::nn::GeneralRelu`] with a shift.
+    AfterActivation,
+}
+
+/// Settings of [`lsuv`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LsuvConfig {
+    /// The standard deviation to reach. Default 1.
+    pub target_std: f32,
+    /// Stop when `|std - target_std| <= tol` (and `|mean| <= tol` when centering).
+    /// Default 1e-3.
+    pub tol: f32,
+    /// At most this many measure-and-rescale rounds per layer. Default 10.
+    pub max_iters: usize,
+    /// Also subtract the output mean through the bias (fast.ai's variant). Default true.
+    pub center: bool,
+    /// Where the output is measured. Default [`LsuvPoint::LayerOutput`].
+    pub point: LsuvPoint,
+}
+
+impl Default for LsuvConfig {
+    fn default() -> Self {
+        LsuvConfig {
+            target_std: 1.0,
+            tol: 1e-3,
+            max_iters: 10,
+            center: true,
+            point: LsuvPoint::LayerOutput,
+        }
+    }
+}
+
+/// What [`lsuv`] did to one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LsuvLayer {
+    /// The layer's index in the [`Sequential`].
+    pub layer: usize,
+    /// The layer's type name.
+    pub name: &'static str,
+    /// Rescaling rounds applied.
+    pub iterations: usize,
+    /// Whether the tolerance was reached within `max_iters`.
+    pub converged: bool,
+    /// Output mean before LSUV.
+    pub mean_before: f32,
+    /// Output standard deviation before LSUV.
+    pub std_before: f32,
+    /// Output mean after.
+    pub mean: f32,
+    /// Output standard deviation after.
+    pub std: f32,
+}
+
+fn mean_std(y: &ArrayD<f32>) -> (f64, f64) {
+    let n = y.len().max(1) as f64;
+    let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = y
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean, var.sqrt())
+}
+
+/// Runs layers `from..=to` of `net` on `x`.
+fn run(net: &mut Sequential, x: &ArrayD<f32>, from: usize, to: usize) -> Result<ArrayD<f32>> {
+    let mut y = x.clone();
+    for i in from..=to {
+        let layer = net
+            .layer_mut(i)
+            .ok_or_else(|| Error::state(OP, format!("layer {i} vanished")))?;
+        y = layer.forward(y.view())?;
+    }
+    Ok(y)
+}
+
+/// LSUV: for each layer with a `weight` in order, measure its output on the batch `x`
+/// (see [`LsuvPoint`]), then (when `center`) subtract the output mean from the bias and
+/// divide the weight (and bias) by `std / target_std`, until the output's standard
+/// deviation is within `tol` of `target_std` or `max_iters` rounds are done. Earlier
+/// layers are fixed before later ones are measured, so each sees its final input.
+///
+/// Returns what was done per layer (layers that did not converge are reported with
+/// `converged: false`, not as an error). Parameter gradients are untouched; the saved
+/// activations of the layers are those of the last measuring pass.
+///
+/// # Errors
+/// [`Error::Config`] for a non-positive or non-finite `target_std` or `tol`, or zero
+/// `max_iters`; [`Error::State`] when a layer's output has zero (or non-finite) standard
+/// deviation, which no rescaling can fix (the message names the layer); any layer error.
+///
+/// # Examples
+/// ```
+/// use convinit::nn::{Conv2d, Conv2dConfig, Relu, Sequential};
+/// use convinit::train::{lsuv, LsuvConfig};
+/// use ndarray::Array4;
+/// use rand::SeedableRng;
+/// use rand_distr::{Distribution, StandardNormal};
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut net = Sequential::new()
+///     .with(Conv2d::new(Conv2dConfig::new(1, 4, (3, 3)), &mut rng)?)
+///     .with(Relu::new())
+///     .with(Conv2d::new(Conv2dConfig::new(4, 4, (3, 3)), &mut rng)?);
+/// let x = Array4::<f32>::from_shape_fn((8, 1, 10, 10), |_| StandardNormal.sample(&mut rng));
+/// let report = lsuv(&mut net, x.view().into_dyn(), &LsuvConfig::default())?;
+/// assert_eq!(report.len(), 2);
+/// assert!(report.iter().all(|l| l.converged && (l.std - 1.0).abs() <= 1e-3));
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn lsuv(
+    net: &mut Sequential,
+    x: ArrayViewD<'_, f32>,
+    config: &LsuvConfig,
+) -> Result<Vec<LsuvLayer>> {
+    let LsuvConfig {
+        target_std,
+        tol,
+        max_iters,
+        center,
+        point,
+    } = *config;
+    if !(target_std.is_finite() && target_std > 0.0 && tol.is_finite() && tol > 0.0)
+        || max_iters == 0
+    {
+        return Err(Error::config(
+            OP,
+            format!(
+                "target_std ({target_std}) and tol ({tol}) must be finite and positive, max_iters ({max_iters}) at least 1"
+            ),
+        ));
+    }
+    let with_weight: Vec<usize> = (0..net.len())
+        .filter(|&i| {
+            net.layer(i)
+                .is_some_and(|l| l.params().iter().any(|p| p.name == "weight"))
+        })
+        .collect();
+    let mut report = Vec::with_capacity(with_weight.len());
+    // The input of the next layer to process, and that layer's index.
+    let mut input = x.to_owned();
+    let mut at = 0;
+    for &i in &with_weight {
+        if i > at {
+            input = run(net, &input, at, i - 1)?;
+        }
+        at = i;
+        // The measuring point: layer i, or the last parameter-free layer after it.
+        let end = match point {
+            LsuvPoint::LayerOutput => i,
+            LsuvPoint::AfterActivation => {
+                let mut e = i;
+                while e + 1 < net.len() && net.layer(e + 1).is_some_and(|l| l.params().is_empty()) {
+                    e += 1;
+                }
+                e
+            }
+        };
+        let name = net.layer(i).map_or("?", |l| l.name());
+        let measure = |net: &mut Sequential| -> Result<(f64, f64)> {
+            let (mean, std) = mean_std(&run(net, &input, i, end)?);
+            if !(std.is_finite() && std > 1e-12 && mean.is_finite()) {
+                return Err(Error::state(
+                    OP,
+                    format!(
+                        "the output of layer {end} (measuring layer {i}, {name}) has mean {mean} and std {std}: no rescaling of the weight can give it std {target_std}"
+                    ),
+                ));
+            }
+            Ok((mean, std))
+        };
+        let (mean_before, std_before) = measure(net)?;
+        let (mut mean, mut std) = (mean_before, std_before);
+        let mut iterations = 0;
+        let done = |mean: f64, std: f64| {
+            (std - f64::from(target_std)).abs() <= f64::from(tol)
+                && (!center || mean.abs() <= f64::from(tol))
+        };
+        while !done(mean, std) && iterations < max_iters {
+            let scale = (f64::from(target_std) / std) as f32;
+            let layer = net
+                .layer_mut(i)
+                .ok_or_else(|| Error::state(OP, format!("layer {i} vanished")))?;
+            for mut p in layer.params_mut() {
+                if p.name == "bias" && center {
+                    p.value.mapv_inplace(|b| b - mean as f32);
+                }
+                p.value.mapv_inplace(|v| v * scale);
+            }
+            iterations += 1;
+            (mean, std) = measure(net)?;
+        }
+        report.push(LsuvLayer {
+            layer: i,
+            name,
+            iterations,
+            converged: done(mean, std),
+            mean_before: mean_before as f32,
+            std_before: std_before as f32,
+            mean: mean as f32,
+            std: std as f32,
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,26 @@
+//! Training, and watching what an initialisation does to it.
+//!
+//! - [`cross_entropy`] / [`cross_entropy_backward`] (softmax cross-entropy on logits,
+//!   `torch.nn.functional.cross_entropy`) and [`accuracy`].
+//! - [`Sgd`]: `torch.optim.SGD`'s exact update (momentum, dampening, weight decay,
+//!   Nesterov).
+//! - [`batch_indices`] and [`gather_images`]: seeded shuffled mini-batches.
+//! - [`fit`]: the training loop, reporting loss and accuracy per epoch ([`EpochReport`]),
+//!   with a per-step callback and an [`LrSchedule`]; [`evaluate`] for a held-out split.
+//! - [`Telemetry`]: per-layer activation mean, std, near-zero fraction, gradient std and
+//!   activation histograms at every step, as CSV.
+//! - [`lsuv`]: layer-sequential unit-variance initialisation.
+
+mod data;
+mod fit;
+mod loss;
+mod lsuv;
+mod optim;
+mod telemetry;
+
+pub use data::{batch_indices, gather_images, gather_rows};
+pub use fit::{EpochReport, FitConfig, LrSchedule, Split, StepInfo, evaluate, fit};
+pub use loss::{accuracy, argmax, cross_entropy, cross_entropy_backward, cross_entropy_with_grad};
+pub use lsuv::{LsuvConfig, LsuvLayer, LsuvPoint, lsuv};
+pub use optim::{Sgd, SgdConfig};
+pub use telemetry::{Histogram, LayerStats, Telemetry};
