@@ -197,7 +197,13 @@ fn split(v: Value, name: &str) -> Result<(Array2<f32>, Array1<i64>)> {
             y.len()
         )));
     }
-    Ok((x.as_standard_layout().into_owned(), y))
+    // Already C order for every pickle numpy writes of a 2-D array; copy only if not.
+    let x = if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    };
+    Ok((x, y))
 }
 
 fn find(dir: &Path, base: &str) -> Result<PathBuf> {
