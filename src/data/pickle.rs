@@ -276,6 +276,23 @@ accessors! {
     Bool, bool, as_bool, into_bool;
 }
 
+macro_rules! from_array {
+    ($($variant:ident, $t:ty);* $(;)?) => {
+        $(
+            impl From<ArrayD<$t>> for NdArray {
+                fn from(a: ArrayD<$t>) -> Self {
+                    NdArray::$variant(a)
+                }
+            }
+        )*
+    };
+}
+
+from_array! {
+    F32, f32; F64, f64; I64, i64; I32, i32; I16, i16; I8, i8;
+    U8, u8; U16, u16; U32, u32; U64, u64; Bool, bool;
+}
+
 impl NdArray {
     /// The element type.
     pub fn dtype(&self) -> DType {
@@ -715,6 +732,35 @@ impl<R: Read> Input<R> {
         Ok(Raw { chunks, len })
     }
 
+    /// Reads `count` elements of `N` bytes each, converting them with `f` through one
+    /// reused staging buffer of at most [`CHUNK`] bytes. The result grows with the data
+    /// actually read, so a lying count fails at end of input without a huge allocation.
+    pub(crate) fn typed<T, const N: usize>(
+        &mut self,
+        count: usize,
+        f: impl Fn([u8; N]) -> T,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let total = count.checked_mul(N).ok_or_else(|| self.truncated(what))?;
+        let mut out: Vec<T> = Vec::new();
+        let mut stage = vec![0u8; total.min(CHUNK)];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            let Some(buf) = stage.get_mut(..n) else { break };
+            self.exact(buf, what)?;
+            out.reserve(n / N);
+            out.extend(buf.chunks_exact(N).map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                f(a)
+            }));
+            left -= n;
+        }
+        out.shrink_to_fit();
+        Ok(out)
+    }
+
     /// A protocol 0 text line (without the newline), at most [`MAX_LINE`] bytes, every
     /// byte checked by `ok`.
     fn line(&mut self, what: &str, ok: fn(u8) -> bool) -> Result<String> {
@@ -842,9 +888,52 @@ enum ArrayObj {
     Built(NdArray),
 }
 
+/// A byte payload: raw chunks, or (when the stack showed that it is the data of the
+/// ndarray being rebuilt) already converted to the element type while it was read.
+#[derive(Clone, Debug)]
+enum Payload {
+    Raw(Raw),
+    /// A 1-D array of the elements and whether the bytes were big-endian.
+    Typed(NdArray, bool),
+}
+
+impl Payload {
+    /// The bytes as they were in the pickle.
+    fn into_raw(self) -> Raw {
+        match self {
+            Payload::Raw(r) => r,
+            Payload::Typed(a, be) => {
+                macro_rules! bytes {
+                    ($a:expr) => {
+                        if be {
+                            $a.iter().flat_map(|v| v.to_be_bytes()).collect()
+                        } else {
+                            $a.iter().flat_map(|v| v.to_le_bytes()).collect()
+                        }
+                    };
+                }
+                let v: Vec<u8> = match &a {
+                    NdArray::F32(x) => bytes!(x),
+                    NdArray::F64(x) => bytes!(x),
+                    NdArray::I64(x) => bytes!(x),
+                    NdArray::I32(x) => bytes!(x),
+                    NdArray::I16(x) => bytes!(x),
+                    NdArray::I8(x) => bytes!(x),
+                    NdArray::U8(x) => bytes!(x),
+                    NdArray::U16(x) => bytes!(x),
+                    NdArray::U32(x) => bytes!(x),
+                    NdArray::U64(x) => bytes!(x),
+                    NdArray::Bool(x) => x.iter().map(|&b| u8::from(b)).collect(),
+                };
+                Raw::from_vec(v)
+            }
+        }
+    }
+}
+
 /// A byte payload shared between the stack and the memo; emptied when an array takes
 /// its data.
-type RawCell = RefCell<Option<Raw>>;
+type RawCell = RefCell<Option<Payload>>;
 
 #[derive(Debug)]
 struct Seq {
@@ -926,7 +1015,10 @@ impl Obj {
     fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Obj::Str(s) => Some(Cow::Borrowed(s)),
-            Obj::Str2(r) => r.borrow().as_ref().map(|r| Cow::Owned(r.latin1())),
+            Obj::Str2(r) => r
+                .borrow()
+                .as_ref()
+                .map(|p| Cow::Owned(p.clone().into_raw().latin1())),
             _ => None,
         }
     }
@@ -1233,6 +1325,65 @@ impl<R: Read> Machine<R> {
         self.push(v)
     }
 
+    /// Reads a bytes payload. When it is long and the stack above the last MARK is the
+    /// start of an ndarray state `([version,] shape, dtype, is_fortran` with the data
+    /// to come), and the length is exactly shape x itemsize, the payload is converted
+    /// to the element type while it is read: no second copy of the data is ever held.
+    fn bytes_payload(&mut self, len: u64) -> Result<Payload> {
+        if len >= 1 << 16 {
+            if let Some((dt, count)) = self.predict(len) {
+                let what = format!(
+                    "{} payload ({len} bytes claimed by the opcode at byte {})",
+                    self.op, self.at
+                );
+                let inp = &mut self.input;
+                macro_rules! typed {
+                    ($v:ident, $t:ty, $n:literal) => {{
+                        let v = if dt.big_endian {
+                            inp.typed::<$t, $n>(count, <$t>::from_be_bytes, &what)?
+                        } else {
+                            inp.typed::<$t, $n>(count, <$t>::from_le_bytes, &what)?
+                        };
+                        NdArray::$v(ArrayD::from_shape_vec(IxDyn(&[count]), v).map_err(|e| {
+                            self.invalid(format!("cannot hold {count} elements: {e}"))
+                        })?)
+                    }};
+                }
+                let a = match dt.kind {
+                    DType::F32 => typed!(F32, f32, 4),
+                    DType::F64 => typed!(F64, f64, 8),
+                    DType::I64 => typed!(I64, i64, 8),
+                    DType::I32 => typed!(I32, i32, 4),
+                    DType::I16 => typed!(I16, i16, 2),
+                    DType::I8 => typed!(I8, i8, 1),
+                    DType::U8 => typed!(U8, u8, 1),
+                    DType::U16 => typed!(U16, u16, 2),
+                    DType::U32 => typed!(U32, u32, 4),
+                    DType::U64 => typed!(U64, u64, 8),
+                    DType::Bool => return self.payload(len).map(Payload::Raw),
+                };
+                return Ok(Payload::Typed(a, dt.big_endian));
+            }
+        }
+        self.payload(len).map(Payload::Raw)
+    }
+
+    fn predict(&self, len: u64) -> Option<(DtypeObj, usize)> {
+        let m = *self.marks.last()?;
+        let (shape, dtype) = match self.stack.get(m..)? {
+            [Obj::Int(_), s @ Obj::Tuple(_), Obj::Dtype(d), _] => (s, d),
+            [s @ Obj::Tuple(_), Obj::Dtype(d), _] => (s, d),
+            _ => return None,
+        };
+        let dt = dtype.get();
+        let count = self
+            .shape_arg(shape)
+            .ok()?
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        (count.checked_mul(dt.kind.itemsize())? as u64 == len).then_some((dt, count))
+    }
+
     fn payload(&mut self, len: u64) -> Result<Raw> {
         let what = format!(
             "{} payload ({len} bytes claimed by the opcode at byte {})",
@@ -1249,7 +1400,7 @@ impl<R: Read> Machine<R> {
     }
 
     fn bytes(raw: Raw) -> Obj {
-        Obj::Bytes(Rc::new(RefCell::new(Some(raw))))
+        Obj::Bytes(Rc::new(RefCell::new(Some(Payload::Raw(raw)))))
     }
 
     fn run(mut self) -> Result<Value> {
@@ -1387,18 +1538,18 @@ impl<R: Read> Machine<R> {
             b'T' => {
                 let n = i32::from_le_bytes(inp.array("BINSTRING length")?);
                 let n = u64::try_from(n).map_err(|_| self.invalid("negative length"))?;
-                let raw = self.payload(n)?;
-                self.push(Obj::Str2(Rc::new(RefCell::new(Some(raw)))))?;
+                let p = self.bytes_payload(n)?;
+                self.push(Obj::Str2(Rc::new(RefCell::new(Some(p)))))?;
             }
             b'U' => {
                 let n = inp.u8("SHORT_BINSTRING length")?;
                 let raw = self.payload(n.into())?;
-                self.push(Obj::Str2(Rc::new(RefCell::new(Some(raw)))))?;
+                self.push(Obj::Str2(Rc::new(RefCell::new(Some(Payload::Raw(raw))))))?;
             }
             b'B' => {
                 let n = u32::from_le_bytes(inp.array("BINBYTES length")?);
-                let raw = self.payload(n.into())?;
-                self.push(Self::bytes(raw))?;
+                let p = self.bytes_payload(n.into())?;
+                self.push(Obj::Bytes(Rc::new(RefCell::new(Some(p)))))?;
             }
             b'C' => {
                 let n = inp.u8("SHORT_BINBYTES length")?;
@@ -1407,8 +1558,8 @@ impl<R: Read> Machine<R> {
             }
             0x8e | 0x96 => {
                 let n = u64::from_le_bytes(inp.array("length")?);
-                let raw = self.payload(n)?;
-                self.push(Self::bytes(raw))?;
+                let p = self.bytes_payload(n)?;
+                self.push(Obj::Bytes(Rc::new(RefCell::new(Some(p)))))?;
             }
             b')' => {
                 let t = self.tuple(Vec::new())?;
@@ -1680,8 +1831,8 @@ impl<R: Read> Machine<R> {
                         self.encode(&s, &enc)
                     }
                     (Some(b @ (Obj::Bytes(_) | Obj::Str2(_))), None) => {
-                        let raw = self.take_raw(&b)?;
-                        Ok(Self::bytes(raw))
+                        let p = self.take_raw(&b)?;
+                        Ok(Obj::Bytes(Rc::new(RefCell::new(Some(p)))))
                     }
                     _ => Err(self.unsupported(format!("{} with these arguments", g.name()))),
                 }
@@ -1733,7 +1884,7 @@ impl<R: Read> Machine<R> {
             .collect()
     }
 
-    fn take_raw(&self, o: &Obj) -> Result<Raw> {
+    fn take_raw(&self, o: &Obj) -> Result<Payload> {
         match o {
             Obj::Bytes(r) | Obj::Str2(r) => r
                 .borrow_mut()
@@ -1813,7 +1964,7 @@ impl<R: Read> Machine<R> {
 
     fn make_array(
         &self,
-        raw: Raw,
+        payload: Payload,
         dt: DtypeObj,
         shape: &[usize],
         fortran: bool,
@@ -1823,6 +1974,20 @@ impl<R: Read> Machine<R> {
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .filter(|&n| isize::try_from(n).is_ok())
             .ok_or_else(|| self.invalid(format!("shape {shape:?} is too large")))?;
+        let raw = match payload {
+            Payload::Typed(a, be)
+                if a.dtype() == dt.kind && be == dt.big_endian && a.len() == count =>
+            {
+                let dim = IxDyn(shape).set_f(fortran);
+                let r = each_array!(a, x => {
+                    let (v, _) = x.into_raw_vec_and_offset();
+                    ArrayD::from_shape_vec(dim, v).map(NdArray::from)
+                });
+                return r
+                    .map_err(|e| self.invalid(format!("cannot shape array as {shape:?}: {e}")));
+            }
+            other => other.into_raw(),
+        };
         let need = count
             .checked_mul(dt.kind.itemsize())
             .ok_or_else(|| self.invalid(format!("shape {shape:?} is too large")))?;
@@ -1953,8 +2118,8 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
         Obj::Int(i) => Value::Int(i),
         Obj::Float(f) => Value::Float(f),
         Obj::Str(s) => Value::Str(s.to_string()),
-        Obj::Bytes(r) => Value::Bytes(take_or_clone(r)?.concat()),
-        Obj::Str2(r) => Value::Str(take_or_clone(r)?.latin1()),
+        Obj::Bytes(r) => Value::Bytes(take_or_clone(r)?.into_raw().concat()),
+        Obj::Str2(r) => Value::Str(take_or_clone(r)?.into_raw().latin1()),
         Obj::Tuple(t) => Value::Tuple(seq(match Rc::try_unwrap(t) {
             Ok(t) => t.items,
             Err(t) => t.items.clone(),
@@ -2011,7 +2176,7 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
     })
 }
 
-fn take_or_clone(r: Rc<RawCell>) -> Result<Raw> {
+fn take_or_clone(r: Rc<RawCell>) -> Result<Payload> {
     let raw = match Rc::try_unwrap(r) {
         Ok(c) => c.into_inner(),
         Err(r) => r.borrow().clone(),
