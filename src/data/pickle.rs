@@ -1421,6 +1421,11 @@ impl<R: Read> Machine<R> {
             self.op = opname(op).unwrap_or("?");
             if op == b'.' {
                 let top = self.pop()?;
+                if self.input.gz {
+                    // Read to the end of the gzip stream so its CRC and length are
+                    // checked: a cut or corrupted file is an error, not a silent success.
+                    while self.input.fill()? {}
+                }
                 // Drop everything else first so the result's Rc's are unique.
                 self.stack.clear();
                 self.memo.clear();
