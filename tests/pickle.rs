@@ -637,12 +637,8 @@ fn nesting_depth_is_bounded() {
     expect_invalid(&deep, "nested deeper");
     // Through list appends as well.
     let mut deep = b"\x80\x02".to_vec();
-    for _ in 0..100_000 {
-        deep.push(b']');
-    }
-    for _ in 0..99_999 {
-        deep.push(b'a');
-    }
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    deep.extend(std::iter::repeat_n(b'a', 99_999));
     deep.push(b'.');
     expect_invalid(&deep, "nested deeper");
 }

@@ -540,13 +540,13 @@ pub fn load(path: impl AsRef<Path>) -> Result<Value> {
 /// ```
 /// use convinit::data::pickle::{self, DType};
 /// # fn main() -> convinit::Result<()> {
-/// // numpy 2: pickle.dumps(np.arange(3, dtype=np.int16), protocol=5), prefix only.
-/// let bytes: &[u8] = b"\x80\x05\x95\x00\x00\x00\x00\x00\x00\x00\x00\
-///     \x8c\x13numpy._core.numeric\x8c\x0b_frombuffer\x93\
-///     \x96\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x02\x00\
-///     \x8c\x05numpy\x8c\x05dtype\x93\x8c\x02i2\x89\x88\x87R\
-///     (K\x03\x8c\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\
-///     K\x03\x85\x8c\x01C\x94tR.";
+/// // numpy 2: pickle.dumps(np.arange(3, dtype=np.int16), protocol=5)
+/// let bytes: &[u8] = b"\x80\x05\x95z\x00\x00\x00\x00\x00\x00\x00\
+///     \x8c\x13numpy._core.numeric\x94\x8c\x0b_frombuffer\x94\x93\x94\
+///     (\x96\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x02\x00\x94\
+///     \x8c\x05numpy\x94\x8c\x05dtype\x94\x93\x94\x8c\x02i2\x94\x89\x88\x87\x94R\x94\
+///     (K\x03\x8c\x01<\x94NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t\x94b\
+///     K\x03\x85\x94\x8c\x01C\x94t\x94R\x94.";
 /// let a = pickle::from_reader(bytes)?.into_array().unwrap();
 /// assert_eq!(a.dtype(), DType::I16);
 /// assert_eq!(a.as_i16().unwrap().as_slice().unwrap(), &[0, 1, 2]);
@@ -2087,6 +2087,9 @@ fn same_key(a: &Obj, b: &Obj) -> bool {
         (Obj::Bool(x), Obj::Bool(y)) => x == y,
         (Obj::None, Obj::None) => true,
         (Obj::Float(x), Obj::Float(y)) => x == y,
+        (Obj::Str(_) | Obj::Str2(_), Obj::Str(_) | Obj::Str2(_)) => {
+            matches!((a.text(), b.text()), (Some(x), Some(y)) if x == y)
+        }
         _ => false,
     }
 }
