@@ -27,7 +27,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array2, Ix1, Ix2, s};
+use ndarray::{Array1, Array2, ArrayView2, Ix1, Ix2, s};
 
 use super::idx;
 use super::pickle::{self, NdArray, Value};
@@ -137,18 +137,22 @@ impl Mnist {
             )));
         }
         let cut = n - VALID_SIZE;
-        let train = (
-            x.slice(s![..cut, ..]).to_owned(),
-            y.slice(s![..cut]).to_owned(),
-        );
-        let valid = (
-            x.slice(s![cut.., ..]).to_owned(),
-            y.slice(s![cut..]).to_owned(),
-        );
+        // Scale each split straight from the u8 pixels: no full-size f32 copy.
+        let train = (scale(x.slice(s![..cut, ..])), y.slice(s![..cut]).to_owned());
+        let valid = (scale(x.slice(s![cut.., ..])), y.slice(s![cut..]).to_owned());
         drop((x, y));
-        let test = idx_pair(dir, "t10k")?;
-        Ok(Mnist { train, valid, test })
+        let (x, y) = idx_pair(dir, "t10k")?;
+        Ok(Mnist {
+            train,
+            valid,
+            test: (scale(x.view()), y),
+        })
     }
+}
+
+/// `pixel / 256` as `f32`, the pickle's convention.
+fn scale(x: ArrayView2<'_, u8>) -> Array2<f32> {
+    x.mapv(|p| f32::from(p) / 256.0)
 }
 
 fn split(v: Value, name: &str) -> Result<(Array2<f32>, Array1<i64>)> {
@@ -221,7 +225,8 @@ fn find(dir: &Path, base: &str) -> Result<PathBuf> {
     ))
 }
 
-fn idx_pair(dir: &Path, prefix: &str) -> Result<(Array2<f32>, Array1<i64>)> {
+/// The images of one IDX pair flattened to `(n, rows * cols)` `u8`, and the labels.
+fn idx_pair(dir: &Path, prefix: &str) -> Result<(Array2<u8>, Array1<i64>)> {
     let ipath = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let lpath = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let images = idx::load(&ipath)?;
@@ -254,7 +259,6 @@ fn idx_pair(dir: &Path, prefix: &str) -> Result<(Array2<f32>, Array1<i64>)> {
     let flat = images
         .into_shape_with_order((n, pixels))
         .map_err(|e| bad(&ipath, format!("cannot flatten: {e}")))?;
-    let x = flat.mapv(|p| f32::from(p) / 256.0);
     let y: Array1<i64> = labels.iter().map(|&v| i64::from(v)).collect();
-    Ok((x, y))
+    Ok((flat, y))
 }
