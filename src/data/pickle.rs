@@ -38,6 +38,16 @@
 //! memory is the arrays plus a chunk, and a lying length field fails at end of input
 //! without ever allocating the claimed size.
 //!
+//! When the machine's stack shows that a long payload is the data of the ndarray being
+//! rebuilt (the `_reconstruct` state `(version, shape, dtype, is_fortran, data)` with
+//! only `data` to come, and the length is exactly shape x itemsize), the payload is
+//! converted to the element type *while it is read*, through one reused staging
+//! buffer: then not even the raw chunks are held. Measured on the 16 MB
+//! `mnist.pkl.gz` (2 shared cores): about 0.2 s and a peak RSS of 1.02x the returned
+//! arrays, against 0.58 s and 2.1x for Python's
+//! `pickle.load(gzip.open(path), encoding='latin-1')`. Decompressing on a second
+//! thread was tried and did not measurably help, so reading is single-threaded.
+//!
 //! ## Errors
 //! Bad input never panics; every error names what is wrong and the byte offset in the
 //! decompressed stream: [`Error::Truncated`] (input ended), [`Error::InvalidData`]
