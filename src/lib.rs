@@ -22,5 +22,6 @@ pub mod gemm;
 pub mod init;
 pub mod nn;
 pub mod ops;
+pub mod stats;
 
 pub use error::{Error, Result};
