@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod init;
 pub mod nn;
 pub mod ops;
+pub mod stats;
 pub mod train;
 
 pub use error::{Error, Result};
