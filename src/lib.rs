@@ -13,6 +13,7 @@
 //! - [`ops`]: conv2d, activations, pooling, flatten, linear and MSE, forward and backward.
 //! - [`nn`]: layers owning parameters and gradients, and a `Sequential` container.
 //! - [`init`]: `torch.nn.init`, formula for formula.
+//! - [`io`]: save and load a model's parameters as safetensors, with PyTorch's key names.
 //! - [`train`]: cross-entropy, SGD, mini-batches, the training loop, telemetry, LSUV.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod data;
 pub mod error;
 pub mod gemm;
 pub mod init;
+pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod stats;
