@@ -21,7 +21,7 @@ pub enum LrSchedule {
     /// The same rate at every step.
     Constant(f32),
     /// Linear warm-up from `peak / warmup_steps` to `peak` over the first
-    /// `warmup` fraction of the steps, then cosine annealing to zero (a one-cycle
+    /// `warmup` fraction of the steps (rounded, at least one step), then cosine annealing to zero (a one-cycle
     /// schedule without the momentum cycle).
     WarmupCosine {
         /// The largest rate, reached at the end of the warm-up.
@@ -38,7 +38,7 @@ impl LrSchedule {
             LrSchedule::Constant(lr) => lr,
             LrSchedule::WarmupCosine { peak, warmup } => {
                 let total = total.max(1);
-                let warm = ((f64::from(warmup) * total as f64).ceil() as usize).min(total);
+                let warm = ((f64::from(warmup) * total as f64).round() as usize).clamp(1, total);
                 if step < warm {
                     return peak * (step + 1) as f32 / warm as f32;
                 }
@@ -54,7 +54,7 @@ impl LrSchedule {
             LrSchedule::Constant(lr) => (lr, 0.0),
             LrSchedule::WarmupCosine { peak, warmup } => (peak, warmup),
         };
-        if !(lr.is_finite() && lr >= 0.0) || !(0.0..=1.0).contains(&warmup) {
+        if !(lr.is_finite() && lr >= 0.0 && (0.0..=1.0).contains(&warmup)) {
             return Err(Error::config(
                 OP,
                 format!("schedule {self:?}: the rate must be finite and >= 0, warmup in [0, 1]"),
@@ -214,8 +214,8 @@ pub fn evaluate(
 /// Trains `net` with `opt` on `train` for `config.epochs` epochs and returns one
 /// [`EpochReport`] per epoch (with validation figures when `valid` is given).
 ///
-/// Each step: gather a shuffled batch, `zero_grad`, forward, [`cross_entropy`]
-/// (`super::cross_entropy`) and its gradient, backward, then `on_step` (which sees the
+/// Each step: gather a shuffled batch, `zero_grad`, forward, [`super::cross_entropy`]
+/// and its gradient, backward, then `on_step` (which sees the
 /// batch's activations in [`Sequential::output`] and the parameter gradients, e.g. for a
 /// [`super::Telemetry`] or a progress bar), then the learning rate from the schedule and
 /// [`Sgd::step`]. The run is deterministic for a seed (and the same for any number of
