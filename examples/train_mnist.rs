@@ -8,7 +8,9 @@
 //! `--init default|kaiming|xavier|lsuv|all` [kaiming], `--epochs N` [3],
 //! `--batch-size N` [128], `--lr X` (peak of a warm-up + cosine schedule) [0.2],
 //! `--width N` (channels of the first conv; the others are 2x, 4x) [16], `--seed N` [0],
-//! `--csv PATH` (per-step telemetry of the last init run, as CSV).
+//! `--csv PATH` (per-step telemetry of the last init run, as CSV), `--save DIR` (write
+//! each trained model to `DIR/<init>.safetensors`, loadable by PyTorch's
+//! `load_state_dict`).
 //!
 //! The net is the notebook's, grown to 10 outputs: Conv2d(1,w,5,s2,p2) ReLU
 //! Conv2d(w,2w,3,s2,p1) ReLU Conv2d(2w,4w,3,s2,p1) ReLU Conv2d(4w,10,3,s2,p1)
@@ -39,6 +41,7 @@ struct Args {
     width: usize,
     seed: u64,
     csv: Option<String>,
+    save: Option<String>,
 }
 
 const INITS: [&str; 4] = ["default", "kaiming", "xavier", "lsuv"];
@@ -53,6 +56,7 @@ fn parse() -> Result<Args, String> {
         width: 16,
         seed: 0,
         csv: None,
+        save: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,8 +84,9 @@ fn parse() -> Result<Args, String> {
             "--width" => a.width = num(value()?)? as usize,
             "--seed" => a.seed = num(value()?)? as u64,
             "--csv" => a.csv = Some(value()?),
+            "--save" => a.save = Some(value()?),
             "-h" | "--help" => {
-                return Err("usage: train_mnist [--data PATH] [--init default|kaiming|xavier|lsuv|all] [--epochs N] [--batch-size N] [--lr X] [--width N] [--seed N] [--csv PATH]".into());
+                return Err("usage: train_mnist [--data PATH] [--init default|kaiming|xavier|lsuv|all] [--epochs N] [--batch-size N] [--lr X] [--width N] [--seed N] [--csv PATH] [--save DIR]".into());
             }
             other => return Err(format!("unknown option {other:?} (try --help)")),
         }
@@ -199,6 +204,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 e.valid_accuracy.unwrap_or(f32::NAN),
                 e.seconds
             );
+        }
+        if let Some(dir) = &args.save {
+            std::fs::create_dir_all(dir)?;
+            let path = std::path::Path::new(dir).join(format!("{init}.safetensors"));
+            convinit::io::save_safetensors(&net, &path)?;
+            println!("{init:>8} saved to {}", path.display());
         }
         if let Some(path) = &args.csv {
             telemetry.write_csv(std::fs::File::create(path)?)?;
