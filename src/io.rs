@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -123,7 +124,10 @@ fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    // Process id and a per-process counter: concurrent saves never share a temporary.
+    static SAVES: AtomicUsize = AtomicUsize::new(0);
+    let n = SAVES.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
 }
 
 /// Saves the model's parameters to `path` as safetensors (see [`to_safetensors_bytes`]).

@@ -860,3 +860,18 @@ fn lsuv_errors_on_zero_std_and_bad_config() {
         "{report:?}"
     );
 }
+
+#[test]
+fn lsuv_rescales_layers_without_bias() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let x = Array4::<f32>::from_shape_fn((16, 2, 6, 6), |_| {
+        let v: f32 = StandardNormal.sample(&mut rng);
+        v + 3.0
+    });
+    let cfg = Conv2dConfig::new(2, 4, (3, 3)).with_bias(false);
+    let mut net = Sequential::new().with(Conv2d::new(cfg, &mut rng).unwrap());
+    let report = lsuv(&mut net, x.view().into_dyn(), &LsuvConfig::default()).unwrap();
+    assert!(report[0].converged, "{report:?}");
+    assert!((report[0].std - 1.0).abs() <= 1e-3);
+    assert!(report[0].mean.abs() > 0.01, "no bias: the mean stays");
+}

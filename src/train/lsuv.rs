@@ -26,7 +26,8 @@ pub enum LsuvPoint {
 pub struct LsuvConfig {
     /// The standard deviation to reach. Default 1.
     pub target_std: f32,
-    /// Stop when `|std - target_std| <= tol` (and `|mean| <= tol` when centering).
+    /// Stop when `|std - target_std| <= tol` (and `|mean| <= tol` when centering a layer
+    /// with a bias).
     /// Default 1e-3.
     pub tol: f32,
     /// At most this many measure-and-rescale rounds per layer. Default 10.
@@ -99,9 +100,10 @@ fn run(net: &mut Sequential, x: &ArrayD<f32>, from: usize, to: usize) -> Result<
 /// deviation is within `tol` of `target_std` or `max_iters` rounds are done. Earlier
 /// layers are fixed before later ones are measured, so each sees its final input.
 ///
-/// Returns what was done per layer (layers that did not converge are reported with
-/// `converged: false`, not as an error). Parameter gradients are untouched; the saved
-/// activations of the layers are those of the last measuring pass.
+/// Layers without a bias are only rescaled (their mean is left as it is). Returns what
+/// was done per layer (layers that did not converge are reported with
+/// `converged: false`, not as an error). Parameter gradients are untouched, and so are
+/// the outputs [`Sequential::output`] keeps: run a forward pass to refresh them.
 ///
 /// # Errors
 /// [`Error::Config`] for a non-positive or non-finite `target_std` or `tol`, or zero
@@ -176,6 +178,11 @@ pub fn lsuv(
             }
         };
         let name = net.layer(i).map_or("?", |l| l.name());
+        // A layer without a bias cannot be centred: only its std is brought to target.
+        let center = center
+            && net
+                .layer(i)
+                .is_some_and(|l| l.params().iter().any(|p| p.name == "bias"));
         let measure = |net: &mut Sequential| -> Result<(f64, f64)> {
             let (mean, std) = mean_std(&run(net, &input, i, end)?);
             if !(std.is_finite() && std > 1e-12 && mean.is_finite()) {
