@@ -21,7 +21,7 @@ const SEED_NET: &str = concat!(
 );
 const STATE_DICT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/seed_net_8_state_dict.safetensors"
+    "/tests/fixtures/weights_io/seed_net_8_state_dict.safetensors"
 );
 
 /// The notebook's conv net (the architecture of the seed_net fixtures), randomly
@@ -154,7 +154,7 @@ fn missing_keys_and_shape_mismatches_name_the_key() {
 
 #[test]
 fn writes_the_bytes_pytorch_writes() {
-    // tests/fixtures/seed_net_8_state_dict.safetensors is safetensors.torch.save_file of a
+    // tests/fixtures/weights_io/seed_net_8_state_dict.safetensors is safetensors.torch.save_file of a
     // torch.nn.Sequential's state_dict (tools/weights_io_torch.py make). Writing the same
     // weights must give the same bytes, so PyTorch reads ours as it reads its own.
     let reference = std::fs::read(STATE_DICT).unwrap();

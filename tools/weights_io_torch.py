@@ -3,7 +3,7 @@ convinit writes.
 
 usage:
   python tools/weights_io_torch.py make
-      writes tests/fixtures/seed_net_8_state_dict.safetensors: the state_dict of the
+      writes tests/fixtures/weights_io/seed_net_8_state_dict.safetensors: the state_dict of the
       seed net (the notebook's conv net) holding the weights of seed_net_8.safetensors,
       saved by safetensors.torch.save_file(..., metadata={"format": "pt"}). The Rust test
       checks convinit's writer produces these exact bytes.
@@ -34,7 +34,7 @@ def main():
     m = seed_net()
     if sys.argv[1] == "make":
         m.load_state_dict({k: v for k, v in case.items() if k[0].isdigit()})
-        save_file(m.state_dict(), "tests/fixtures/seed_net_8_state_dict.safetensors",
+        save_file(m.state_dict(), "tests/fixtures/weights_io/seed_net_8_state_dict.safetensors",
                   metadata={"format": "pt"})
     else:
         m.load_state_dict(load_file(sys.argv[2]), strict=True)
