@@ -13,6 +13,7 @@
 //! - [`ops`]: conv2d, activations, pooling, flatten, linear and MSE, forward and backward.
 //! - [`nn`]: layers owning parameters and gradients, and a `Sequential` container.
 //! - [`init`]: `torch.nn.init`, formula for formula.
+//! - [`stats`]: mean / std with PyTorch's conventions, normalisation, (N, 784) to NCHW.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 #![warn(missing_docs)]
 
