@@ -26,3 +26,8 @@ pub mod ops;
 pub mod stats;
 
 pub use error::{Error, Result};
+
+/// The README's code blocks, compiled and run as doc tests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

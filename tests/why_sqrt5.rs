@@ -113,7 +113,10 @@ fn embedded_sample_every_key_and_where_pytorch_falls() {
     for key in KEYS {
         // (serde_json's default float parser may be off by one ulp)
         let back = parsed[*key].as_f64().unwrap();
-        assert!((back - figures[*key]).abs() <= 1e-14 * figures[*key].abs(), "{key}");
+        assert!(
+            (back - figures[*key]).abs() <= 1e-14 * figures[*key].abs(),
+            "{key}"
+        );
     }
 }
 
