@@ -13,6 +13,7 @@
 //! - [`ops`]: conv2d, activations, pooling, flatten, linear and MSE, forward and backward.
 //! - [`nn`]: layers owning parameters and gradients, and a `Sequential` container.
 //! - [`init`]: `torch.nn.init`, formula for formula.
+//! - [`stats`]: mean / std with PyTorch's conventions, normalisation, (N, 784) to NCHW.
 //! - [`io`]: save and load a model's parameters as safetensors, with PyTorch's key names.
 //! - [`train`]: cross-entropy, SGD, mini-batches, the training loop, telemetry, LSUV.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
@@ -29,3 +30,8 @@ pub mod stats;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// The README's code blocks, compiled and run as doc tests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
