@@ -91,6 +91,9 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown option {other:?} (try --help)")),
         }
     }
+    if a.epochs == 0 || a.batch_size == 0 || a.width == 0 {
+        return Err("--epochs, --batch-size and --width must be positive".into());
+    }
     Ok(a)
 }
 
