@@ -119,6 +119,15 @@ fn cross_entropy_is_stable_and_rejects_bad_targets() {
     let grad = cross_entropy_backward(huge.view(), array![0i64, 0].view()).unwrap();
     assert!(grad.iter().all(|g| g.is_finite()));
 
+    // NaN propagates to the loss; argmax picks it, as torch.argmax.
+    let nan = array![[0.0f32, f32::NAN, 1.0]];
+    assert!(
+        cross_entropy(nan.view(), array![2i64].view())
+            .unwrap()
+            .is_nan()
+    );
+    assert_eq!(convinit::train::argmax(nan.view()).unwrap(), [1]);
+
     let (logits, _) = ce_case();
     for bad in [array![0i64, 1, 5, 0], array![0i64, -1, 2, 0]] {
         let e = cross_entropy(logits.view(), bad.view()).unwrap_err();
