@@ -584,9 +584,10 @@ fn fit_learns_mnist_and_is_deterministic() {
             },
         )
         .unwrap();
-        (history, steps, net.named_parameters()[0].value.to_owned())
+        let w = net.named_parameters()[0].value.to_owned();
+        (history, steps, w, net)
     };
-    let (history, steps, w) = run();
+    let (history, steps, w, mut trained) = run();
     assert_eq!(history.len(), 5);
     assert_eq!(steps.len(), 5 * 13);
     assert_eq!(steps.last().map(|s| (s.0, s.1)), Some((64, 4)));
@@ -599,7 +600,7 @@ fn fit_learns_mnist_and_is_deterministic() {
         "validation accuracy after 5 epochs on 400 images: {acc}"
     );
     // Same seed, same everything (timings aside).
-    let (history2, steps2, w2) = run();
+    let (history2, steps2, w2, _) = run();
     assert_eq!(steps, steps2);
     assert_eq!(w, w2);
     for (a, b) in history.iter().zip(&history2) {
@@ -609,9 +610,13 @@ fn fit_learns_mnist_and_is_deterministic() {
         );
     }
     // evaluate agrees with the last epoch's validation figures.
-    let mut net = small_net(&Init::KAIMING_NORMAL, 1);
-    let (l, a) = evaluate(&mut net, valid, (1, 28, 28), 100).unwrap();
-    assert!(l.is_finite() && (0.0..=1.0).contains(&a));
+    let (l, a) = evaluate(&mut trained, valid, (1, 28, 28), 100).unwrap();
+    let last = history[4];
+    assert!(
+        (l - last.valid_loss.unwrap()).abs() < 1e-5,
+        "{l} vs {last:?}"
+    );
+    assert_eq!(a, last.valid_accuracy.unwrap());
 }
 
 #[test]
