@@ -1,0 +1,158 @@
+//! The BLIS loop nest: blocks of B (loop 5, `NC` columns), depth blocks (loop 4, `KC`),
+//! then tasks of `MC` rows x `NB` columns of C (loops 3 and 2), each running the
+//! macro-kernel (loops 2..1 and the micro-kernel) over packed panels.
+//!
+//! Threading: for each `(jc, pc)` block, B and A are packed (in parallel over panels) into
+//! buffers shared read-only, then the tasks, disjoint tiles of C, run in parallel. K is
+//! never split across threads and each element of C always sees the same `KC` blocks in
+//! the same order with the same arithmetic, so the result is bit-identical for any
+//! number of threads.
+
+use std::cell::RefCell;
+
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
+use rayon::prelude::*;
+
+use super::kernel::{self, Kernel};
+use super::pack::{pack_a, pack_b};
+
+/// Below this many multiply-adds (`m * n * k`) the product runs on the calling thread
+/// without touching rayon: the fork/join costs more than it saves.
+pub(crate) const PARALLEL_THRESHOLD: usize = 64 * 64 * 64;
+
+/// Tasks per thread to aim for, for load balance.
+const TASKS_PER_THREAD: usize = 3;
+
+thread_local! {
+    /// Packing buffers of the calling thread, reused across calls.
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The first `len` elements of `buf` from a 64-byte aligned start, growing `buf` if
+/// needed.
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const ALIGN_F32: usize = 64 / size_of::<f32>();
+    if buf.len() < len + ALIGN_F32 {
+        buf.resize(len + ALIGN_F32, 0.0);
+    }
+    let off = buf.as_ptr().align_offset(64);
+    let off = if off < ALIGN_F32 { off } else { 0 };
+    &mut buf[off..off + len]
+}
+
+/// Splits `v` along `axis` into consecutive pieces of `step` (the last may be shorter).
+fn split_chunks<'a>(
+    mut v: ArrayViewMut2<'a, f32>,
+    axis: Axis,
+    step: usize,
+    out: &mut Vec<ArrayViewMut2<'a, f32>>,
+) {
+    while v.len_of(axis) > step {
+        let (head, tail) = v.split_at(axis, step);
+        out.push(head);
+        v = tail;
+    }
+    out.push(v);
+}
+
+/// `C = alpha * A * B + beta * C` with `kernel` on up to `threads` rayon threads.
+/// Shapes are already checked.
+pub(crate) fn gemm(
+    kernel: Kernel,
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    c: ArrayViewMut2<'_, f32>,
+    threads: usize,
+) {
+    let (m, n) = c.dim();
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The kernels want unit stride along the NR side of the tile (the columns of C):
+    // if C is column-major, compute C^T = B^T A^T instead, which is the same arithmetic.
+    let unit_n = n == 1 || c.strides()[1] == 1;
+    let unit_m = m == 1 || c.strides()[0] == 1;
+    if (unit_m && !unit_n) || (unit_m && unit_n && m > n) {
+        return gemm_oriented(
+            kernel,
+            alpha,
+            b.t(),
+            a.t(),
+            beta,
+            c.reversed_axes(),
+            threads,
+        );
+    }
+    gemm_oriented(kernel, alpha, a, b, beta, c, threads);
+}
+
+/// [`gemm`] after choosing the orientation.
+fn gemm_oriented(
+    kernel: Kernel,
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+    threads: usize,
+) {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    if k == 0 {
+        if beta == 0.0 {
+            c.fill(0.0);
+        } else {
+            c.mapv_inplace(|x| beta * x);
+        }
+        return;
+    }
+    let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD;
+    let bs = kernel.blocks();
+    let (mut abuf, mut bbuf) = BUFFERS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    let kc_max = bs.kc.min(k);
+    let ap = aligned(&mut abuf, m.div_ceil(bs.mr) * bs.mr * kc_max);
+    let bp = aligned(&mut bbuf, n.min(bs.nc).div_ceil(bs.nr) * bs.nr * kc_max);
+
+    for jc in (0..n).step_by(bs.nc) {
+        let ncb = bs.nc.min(n - jc);
+        for pc in (0..k).step_by(bs.kc) {
+            let kcb = bs.kc.min(k - pc);
+            // Later depth blocks accumulate onto what the first one wrote.
+            let beta_k = if pc == 0 { beta } else { 1.0 };
+            pack_b(b.slice(s![pc..pc + kcb, jc..jc + ncb]), bs.nr, bp, parallel);
+            pack_a(a.slice(s![.., pc..pc + kcb]), bs.mr, ap, parallel);
+            let (ap, bp) = (&*ap, &*bp);
+
+            // Tasks: MC rows x NB columns, narrower columns if that gives too few tasks.
+            let row_blocks = m.div_ceil(bs.mc);
+            let mut nb = bs.nb;
+            if parallel {
+                let want_cols = (TASKS_PER_THREAD * threads).div_ceil(row_blocks);
+                nb = nb
+                    .min(ncb.div_ceil(want_cols).next_multiple_of(bs.nr))
+                    .max(bs.nr);
+            }
+            let mut rows = Vec::new();
+            split_chunks(c.slice_mut(s![.., jc..jc + ncb]), Axis(0), bs.mc, &mut rows);
+            let mut tasks = Vec::new();
+            for (ib, r) in rows.into_iter().enumerate() {
+                let mut cols = Vec::new();
+                split_chunks(r, Axis(1), nb, &mut cols);
+                tasks.extend(cols.into_iter().enumerate().map(|(jb, t)| (ib, jb, t)));
+            }
+            let run = |(ib, jb, tile): (usize, usize, ArrayViewMut2<'_, f32>)| {
+                let a_off = ib * bs.mc * kcb;
+                let b_off = jb * nb * kcb;
+                kernel::macro_kernel(kernel, kcb, &ap[a_off..], &bp[b_off..], alpha, beta_k, tile);
+            };
+            if parallel {
+                tasks.into_par_iter().with_max_len(1).for_each(run);
+            } else {
+                tasks.into_iter().for_each(run);
+            }
+        }
+    }
+    BUFFERS.with(|cell| *cell.borrow_mut() = (abuf, bbuf));
+}
