@@ -37,6 +37,8 @@ unsafe impl Simd for Fallback {
         std::array::from_fn(|l| a[l] * b[l] + c[l])
     }
     #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
+    #[inline(always)]
     unsafe fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         std::array::from_fn(|l| a[l] * b[l])
     }

@@ -108,11 +108,22 @@ impl Kernel {
 
     /// Block sizes of this kernel's loop nest.
     pub(crate) fn blocks(self) -> BlockSizes {
-        match self {
+        let mut b = match self {
             Kernel::Avx512 => archparam::AVX512,
             Kernel::Avx2 => archparam::AVX2,
             Kernel::Fallback => archparam::FALLBACK,
+        };
+        let g = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<usize>().ok());
+        if let Some(x) = g("XKC") {
+            b.kc = x;
         }
+        if let Some(x) = g("XMC") {
+            b.mc = x;
+        }
+        if let Some(x) = g("XNB") {
+            b.nb = x;
+        }
+        b
     }
 }
 
@@ -141,6 +152,8 @@ pub(crate) unsafe trait Simd {
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a * b`.
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Hints that the cache line holding `p` is about to be used (may do nothing).
+    unsafe fn prefetch(p: *const f32);
 }
 
 /// Arguments of one macro-kernel call: an `m x n` block of C, the packed A panels for its
@@ -165,14 +178,16 @@ pub(crate) struct MacroArgs {
 /// written without being read.
 ///
 /// # Safety
-/// `a` holds `k * MR` and `b` holds `k * NR` readable f32 (`NR = NV * S::LANES`); for
-/// `i < MR`, `c + i * rsc` starts `NR` writable (and, unless `beta == 0`, readable)
-/// contiguous f32; the caller runs under `S`'s target features.
+/// `a` holds `k * MR` readable f32; `b + p * rsb` starts `NR = NV * S::LANES` readable
+/// f32 for `p < k`; for `i < MR`, `c + i * rsc` starts `NR` writable (and, unless
+/// `beta == 0`, readable) contiguous f32; the caller runs under `S`'s target features.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn micro_body<S: Simd, const MR: usize, const NV: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
+    rsb: usize,
     c: *mut f32,
     rsc: isize,
     alpha: f32,
@@ -181,6 +196,13 @@ unsafe fn micro_body<S: Simd, const MR: usize, const NV: usize>(
     // SAFETY: the caller guarantees the panel lengths, the tile and the ISA (see above);
     // every pointer below stays inside those ranges.
     unsafe {
+        // Start pulling the C tile in now; it is needed after the k loop.
+        for i in 0..MR {
+            let ci = c.offset(i as isize * rsc);
+            for v in 0..NV {
+                S::prefetch(ci.add(v * S::LANES));
+            }
+        }
         let mut acc = [[S::zero(); NV]; MR];
         let mut a = a;
         let mut b = b;
@@ -196,7 +218,7 @@ unsafe fn micro_body<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
             a = a.add(MR);
-            b = b.add(NV * S::LANES);
+            b = b.add(rsb);
         }
         let alpha_v = S::splat(alpha);
         if beta == 0.0 {
@@ -240,7 +262,8 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
         alpha,
         beta,
     } = *args;
-    debug_assert!(MR * nr <= MAX_TILE);
+    // Edge panels use 1 or 2 vectors, full ones NV: NV must be at most 3.
+    debug_assert!(MR * nr <= MAX_TILE && NV <= 3);
     // SAFETY: tile offsets stay below (m, n) and panel offsets below the panel counts,
     // as the caller guarantees; the stack buffer is MAX_TILE >= MR * NR long.
     unsafe {
@@ -251,30 +274,34 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
                 let b_panel = b.add(jp * nr * kc);
                 let cols = nr.min(n - jp * nr);
                 let c_tile = c.offset((ip * MR) as isize * rsc + (jp * nr) as isize * csc);
-                if rows == MR && cols == nr && csc == 1 {
-                    micro_body::<S, MR, NV>(kc, a_panel, b_panel, c_tile, rsc, alpha, beta);
+                // The last panel may be narrower: use only the vectors it needs.
+                let nv = cols.div_ceil(S::LANES);
+                let width = nv * S::LANES;
+                let direct = rows == MR && cols == width && csc == 1;
+                let mut buf = [0.0f32; MAX_TILE];
+                let (dst, rsd) = if direct {
+                    (c_tile, rsc)
                 } else {
-                    let mut buf = [0.0f32; MAX_TILE];
                     if beta != 0.0 {
                         for i in 0..rows {
                             for j in 0..cols {
-                                buf[i * nr + j] =
+                                buf[i * width + j] =
                                     *c_tile.offset(i as isize * rsc + j as isize * csc);
                             }
                         }
                     }
-                    micro_body::<S, MR, NV>(
-                        kc,
-                        a_panel,
-                        b_panel,
-                        buf.as_mut_ptr(),
-                        nr as isize,
-                        alpha,
-                        beta,
-                    );
+                    (buf.as_mut_ptr(), width as isize)
+                };
+                match nv {
+                    1 => micro_body::<S, MR, 1>(kc, a_panel, b_panel, nr, dst, rsd, alpha, beta),
+                    2 => micro_body::<S, MR, 2>(kc, a_panel, b_panel, nr, dst, rsd, alpha, beta),
+                    _ => micro_body::<S, MR, NV>(kc, a_panel, b_panel, nr, dst, rsd, alpha, beta),
+                }
+                if !direct {
                     for i in 0..rows {
                         for j in 0..cols {
-                            *c_tile.offset(i as isize * rsc + j as isize * csc) = buf[i * nr + j];
+                            *c_tile.offset(i as isize * rsc + j as isize * csc) =
+                                buf[i * width + j];
                         }
                     }
                 }
