@@ -263,9 +263,10 @@ fn large_k_and_sizes_beyond_the_blocks() {
 
 #[test]
 fn every_layout_combination() {
-    // Small (serial) and large enough to run on the rayon pool (m n k >= 64^3).
+    // Small (serial) and large enough to run on the rayon pool (m n k >= 64^3); few rows
+    // (B read in place rather than packed).
     for kernel in kernels() {
-        for (m, k, n) in [(19, 37, 53), (70, 300, 101)] {
+        for (m, k, n) in [(19, 37, 53), (70, 300, 101), (5, 37, 100), (8, 300, 130)] {
             let a = matrix(m, k, 10);
             let b = matrix(k, n, 11);
             let c0 = matrix(m, n, 12);

@@ -8,11 +8,17 @@
 //! there, and sensible on any x86-64 with L1d >= 32 KiB and L2 >= 512 KiB:
 //!
 //! * `KC`: the A micro-panel (`MR * KC * 4` bytes) plus a few B micro-panels fit L1d.
-//! * `NB`: the B chunk of one task (`KC * NB * 4` bytes) takes about half of L2.
+//!   The depth is split into equal blocks of at most `KC` (k = 576 runs as 2 x 288).
+//! * `NB`: the B chunk of one task (`KC * NB * 4` bytes) takes about half of L2
+//!   (`L2_BUDGET` bytes); computed from the actual depth block, so short k gets wide
+//!   chunks.
 //! * `MC`: rows of C per task (a multiple of `MR`): sets the task granularity.
 //! * `NC`: the packed B block (`KC * NC * 4` bytes) fits a share of L3.
 
 /// Block sizes for one micro-kernel.
+///
+/// The depth block is at most `kc`; the columns per task are
+/// [`BlockSizes::nb`]`(depth)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BlockSizes {
     /// Rows of the micro-tile (broadcast side, from packed A).
@@ -23,8 +29,8 @@ pub(crate) struct BlockSizes {
     pub kc: usize,
     /// Rows of C per task (a multiple of `mr`).
     pub mc: usize,
-    /// Columns of C per task: the L2-resident chunk of packed B (a multiple of `nr`).
-    pub nb: usize,
+    /// Bytes of L2 for the packed B chunk of one task (sets `NB`).
+    pub l2_budget: usize,
     /// Columns of one packed B block (a multiple of `nb`).
     pub nc: usize,
 }
@@ -33,9 +39,9 @@ pub(crate) struct BlockSizes {
 pub(crate) const AVX512: BlockSizes = BlockSizes {
     mr: 8,
     nr: 48,
-    kc: 256,
+    kc: 512,
     mc: 128,
-    nb: 480,
+    l2_budget: 512 * 1024,
     nc: 5760,
 };
 
@@ -45,7 +51,7 @@ pub(crate) const AVX2: BlockSizes = BlockSizes {
     nr: 16,
     kc: 256,
     mc: 120,
-    nb: 480,
+    l2_budget: 512 * 1024,
     nc: 5760,
 };
 
@@ -55,6 +61,20 @@ pub(crate) const FALLBACK: BlockSizes = BlockSizes {
     nr: 8,
     kc: 256,
     mc: 128,
-    nb: 512,
+    l2_budget: 512 * 1024,
     nc: 4096,
 };
+
+impl BlockSizes {
+    /// The depth block for a product of depth `k`: equal blocks of at most `kc`.
+    pub(crate) fn kc_for(&self, k: usize) -> usize {
+        k.div_ceil(k.div_ceil(self.kc).max(1)).max(1)
+    }
+
+    /// Columns of C per task for depth block `kc`: as many `nr` panels as fit the L2
+    /// budget, at least one, at most `nc`.
+    pub(crate) fn nb(&self, kc: usize) -> usize {
+        let panels = self.l2_budget / (kc.max(1) * self.nr * size_of::<f32>());
+        (panels.max(1) * self.nr).min(self.nc)
+    }
+}

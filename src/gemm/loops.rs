@@ -13,12 +13,20 @@ use std::cell::RefCell;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
 
-use super::kernel::{self, Kernel};
+use super::kernel::{self, BPanels, Kernel};
 use super::pack::{pack_a, pack_b};
 
 /// Below this many multiply-adds (`m * n * k`) the product runs on the calling thread
 /// without touching rayon: the fork/join costs more than it saves.
 pub(crate) const PARALLEL_THRESHOLD: usize = 64 * 64 * 64;
+
+/// Largest number of rows of C for which B is read in place rather than packed.
+fn direct_b_max_rows(mr: usize) -> usize {
+    std::env::var("XDM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(mr)
+}
 
 /// Tasks per thread to aim for, for load balance.
 const TASKS_PER_THREAD: usize = 3;
@@ -110,24 +118,41 @@ fn gemm_oriented(
     }
     let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD;
     let bs = kernel.blocks();
+    let kc = bs.kc_for(k);
+    let nb_max = bs.nb(kc);
+    // With few rows of C each B panel is used once or twice: read B in place instead of
+    // copying it, when its rows are contiguous.
+    let direct_b = b.strides()[1] == 1 && m <= DIRECT_B_MAX_PANELS * bs.mr;
     let (mut abuf, mut bbuf) = BUFFERS.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    let kc_max = bs.kc.min(k);
-    let ap = aligned(&mut abuf, m.div_ceil(bs.mr) * bs.mr * kc_max);
-    let bp = aligned(&mut bbuf, n.min(bs.nc).div_ceil(bs.nr) * bs.nr * kc_max);
+    let ap = aligned(&mut abuf, m.div_ceil(bs.mr) * bs.mr * kc);
+    let bp_len = if direct_b {
+        bs.nr * kc
+    } else {
+        n.min(bs.nc).div_ceil(bs.nr) * bs.nr * kc
+    };
+    let bp = aligned(&mut bbuf, bp_len);
 
     for jc in (0..n).step_by(bs.nc) {
         let ncb = bs.nc.min(n - jc);
-        for pc in (0..k).step_by(bs.kc) {
-            let kcb = bs.kc.min(k - pc);
+        for pc in (0..k).step_by(kc) {
+            let kcb = kc.min(k - pc);
             // Later depth blocks accumulate onto what the first one wrote.
             let beta_k = if pc == 0 { beta } else { 1.0 };
-            pack_b(b.slice(s![pc..pc + kcb, jc..jc + ncb]), bs.nr, bp, parallel);
+            let b_blk = b.slice(s![pc..pc + kcb, jc..jc + ncb]);
+            if direct_b {
+                let full = ncb / bs.nr * bs.nr;
+                if full < ncb {
+                    pack_b(b_blk.slice(s![.., full..]), bs.nr, bp, false);
+                }
+            } else {
+                pack_b(b_blk, bs.nr, bp, parallel);
+            }
             pack_a(a.slice(s![.., pc..pc + kcb]), bs.mr, ap, parallel);
             let (ap, bp) = (&*ap, &*bp);
 
             // Tasks: MC rows x NB columns, narrower columns if that gives too few tasks.
             let row_blocks = m.div_ceil(bs.mc);
-            let mut nb = bs.nb;
+            let mut nb = nb_max;
             if parallel {
                 let want_cols = (TASKS_PER_THREAD * threads).div_ceil(row_blocks);
                 nb = nb
@@ -144,8 +169,16 @@ fn gemm_oriented(
             }
             let run = |(ib, jb, tile): (usize, usize, ArrayViewMut2<'_, f32>)| {
                 let a_off = ib * bs.mc * kcb;
-                let b_off = jb * nb * kcb;
-                kernel::macro_kernel(kernel, kcb, &ap[a_off..], &bp[b_off..], alpha, beta_k, tile);
+                let j0 = jb * nb;
+                let panels = if direct_b {
+                    BPanels::Direct {
+                        b: b_blk.slice(s![.., j0..j0 + tile.ncols()]),
+                        edge: bp,
+                    }
+                } else {
+                    BPanels::Packed(&bp[j0 * kcb..])
+                };
+                kernel::macro_kernel(kernel, kcb, &ap[a_off..], panels, alpha, beta_k, tile);
             };
             if parallel {
                 tasks.into_par_iter().with_max_len(1).for_each(run);

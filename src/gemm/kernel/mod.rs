@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 
-use ndarray::ArrayViewMut2;
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::archparam::{self, BlockSizes};
 
@@ -120,8 +120,8 @@ impl Kernel {
         if let Some(x) = g("XMC") {
             b.mc = x;
         }
-        if let Some(x) = g("XNB") {
-            b.nb = x;
+        if let Some(x) = g("XL2") {
+            b.l2_budget = x;
         }
         b
     }
@@ -156,15 +156,36 @@ pub(crate) unsafe trait Simd {
     unsafe fn prefetch(p: *const f32);
 }
 
+/// Where a macro-kernel reads the B micro-panels of its columns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BPanels<'a> {
+    /// `ceil(n / NR)` packed micro-panels (`kc` steps of `NR` values), zero-padded.
+    Packed(&'a [f32]),
+    /// B itself (`kc x n`, unit column stride), read in place for the full panels; the
+    /// last, partial panel (if `n % NR != 0`) packed in `edge`. Saves the copy of B when
+    /// each panel is used only once or twice (few rows of C).
+    Direct {
+        /// The `kc x n` block of B.
+        b: ArrayView2<'a, f32>,
+        /// The packed last panel (`kc * NR` values), unused when `n % NR == 0`.
+        edge: &'a [f32],
+    },
+}
+
 /// Arguments of one macro-kernel call: an `m x n` block of C, the packed A panels for its
-/// rows and the packed B panels for its columns, all of depth `kc`.
+/// rows and the B panels for its columns, all of depth `kc`.
 #[derive(Clone, Copy)]
 pub(crate) struct MacroArgs {
     m: usize,
     n: usize,
     kc: usize,
     a: *const f32,
+    /// Packed panels, or B itself when `direct`.
     b: *const f32,
+    /// B is read in place with row stride `rsb` for full panels, `b_edge` for the last.
+    direct: bool,
+    rsb: isize,
+    b_edge: *const f32,
     c: *mut f32,
     rsc: isize,
     csc: isize,
@@ -187,7 +208,7 @@ unsafe fn micro_body<S: Simd, const MR: usize, const NV: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
-    rsb: usize,
+    rsb: isize,
     c: *mut f32,
     rsc: isize,
     alpha: f32,
@@ -218,7 +239,7 @@ unsafe fn micro_body<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
             a = a.add(MR);
-            b = b.add(rsb);
+            b = b.offset(rsb);
         }
         let alpha_v = S::splat(alpha);
         if beta == 0.0 {
@@ -256,6 +277,9 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
         kc,
         a,
         b,
+        direct,
+        rsb,
+        b_edge,
         c,
         rsc,
         csc,
@@ -271,7 +295,13 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
             let a_panel = a.add(ip * MR * kc);
             let rows = MR.min(m - ip * MR);
             for jp in 0..n.div_ceil(nr) {
-                let b_panel = b.add(jp * nr * kc);
+                let (b_panel, rsb) = if !direct {
+                    (b.add(jp * nr * kc), nr as isize)
+                } else if (jp + 1) * nr <= n {
+                    (b.add(jp * nr), rsb)
+                } else {
+                    (b_edge, nr as isize)
+                };
                 let cols = nr.min(n - jp * nr);
                 let c_tile = c.offset((ip * MR) as isize * rsc + (jp * nr) as isize * csc);
                 // The last panel may be narrower: use only the vectors it needs.
@@ -293,9 +323,9 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
                     (buf.as_mut_ptr(), width as isize)
                 };
                 match nv {
-                    1 => micro_body::<S, MR, 1>(kc, a_panel, b_panel, nr, dst, rsd, alpha, beta),
-                    2 => micro_body::<S, MR, 2>(kc, a_panel, b_panel, nr, dst, rsd, alpha, beta),
-                    _ => micro_body::<S, MR, NV>(kc, a_panel, b_panel, nr, dst, rsd, alpha, beta),
+                    1 => micro_body::<S, MR, 1>(kc, a_panel, b_panel, rsb, dst, rsd, alpha, beta),
+                    2 => micro_body::<S, MR, 2>(kc, a_panel, b_panel, rsb, dst, rsd, alpha, beta),
+                    _ => micro_body::<S, MR, NV>(kc, a_panel, b_panel, rsb, dst, rsd, alpha, beta),
                 }
                 if !direct {
                     for i in 0..rows {
@@ -313,17 +343,16 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
 /// `C = alpha * A * B + beta * C` for a block of C, from packed panels.
 ///
 /// `a` holds `ceil(m / MR)` A micro-panels (`MR * kc` f32 each, `kc` steps of `MR`
-/// values), `b` holds `ceil(n / NR)` B micro-panels (`kc` steps of `NR` values), both
-/// zero-padded past the edge of the matrix, as written by `pack`.
+/// values, zero-padded past the last row, as written by `pack`); `b` gives the B panels.
 ///
 /// # Panics
-/// If the panels are shorter than that, `MR x NR` is not `kernel`'s tile, or the CPU
-/// cannot run `kernel` (callers check [`Kernel::is_supported`] first).
+/// If the panels are shorter than that or a direct B has the wrong shape or strides, or
+/// the CPU cannot run `kernel` (callers check [`Kernel::is_supported`] first).
 pub(crate) fn macro_kernel(
     kernel: Kernel,
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: BPanels<'_>,
     alpha: f32,
     beta: f32,
     mut c: ArrayViewMut2<'_, f32>,
@@ -334,7 +363,24 @@ pub(crate) fn macro_kernel(
     }
     let BlockSizes { mr, nr, .. } = kernel.blocks();
     assert!(a.len() >= m.div_ceil(mr) * mr * kc, "packed A too short");
-    assert!(b.len() >= n.div_ceil(nr) * nr * kc, "packed B too short");
+    let (b, direct, rsb, b_edge) = match b {
+        BPanels::Packed(p) => {
+            assert!(p.len() >= n.div_ceil(nr) * nr * kc, "packed B too short");
+            (p.as_ptr(), false, 0, p.as_ptr())
+        }
+        BPanels::Direct { b, edge } => {
+            assert_eq!(b.dim(), (kc, n), "direct B has the wrong shape");
+            assert!(
+                n < nr || b.strides()[1] == 1,
+                "direct B needs unit column stride"
+            );
+            assert!(
+                n % nr == 0 || edge.len() >= nr * kc,
+                "packed edge of B too short"
+            );
+            (b.as_ptr(), true, b.strides()[0], edge.as_ptr())
+        }
+    };
     assert!(
         kernel.is_supported(),
         "{kernel:?} not supported by this CPU"
@@ -345,16 +391,21 @@ pub(crate) fn macro_kernel(
         n,
         kc,
         a: a.as_ptr(),
-        b: b.as_ptr(),
+        b,
+        direct,
+        rsb,
+        b_edge,
         c: c.as_mut_ptr(),
         rsc,
         csc,
         alpha,
         beta,
     };
-    // SAFETY: the asserts above check the panel lengths and the CPU; `c` is an exclusive
-    // view, so `as_mut_ptr + i * rsc + j * csc` is valid for every i < m, j < n (ndarray
-    // views keep that invariant, negative strides included).
+    // SAFETY: the asserts above check the panel lengths, the direct B's shape and unit
+    // column stride (so a full panel `b + p * rsb + jp * NR .. + NR`, p < kc, lies inside
+    // its rows) and the CPU; `c` is an exclusive view, so `as_mut_ptr + i * rsc + j * csc`
+    // is valid for every i < m, j < n (ndarray views keep that invariant, negative
+    // strides included).
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
