@@ -80,7 +80,7 @@ pub(crate) fn gemm(
     // if C is column-major, compute C^T = B^T A^T instead, which is the same arithmetic.
     let unit_n = n == 1 || c.strides()[1] == 1;
     let unit_m = m == 1 || c.strides()[0] == 1;
-    if (unit_m && !unit_n) || (unit_m && unit_n && m > n) {
+    if unit_m && (!unit_n || m > n) {
         return gemm_oriented(
             kernel,
             alpha,
