@@ -137,15 +137,27 @@ fn gemm_oriented(
             // Later depth blocks accumulate onto what the first one wrote.
             let beta_k = if pc == 0 { beta } else { 1.0 };
             let b_blk = b.slice(s![pc..pc + kcb, jc..jc + ncb]);
-            if direct_b {
-                let full = ncb / bs.nr * bs.nr;
-                if full < ncb {
-                    pack_b(b_blk.slice(s![.., full..]), bs.nr, bp, false);
+            // Pack B (or just its last, partial panel) and A side by side.
+            let ap_ref = &mut *ap;
+            let bp_ref = &mut *bp;
+            let mut pack_b_side = move || {
+                if direct_b {
+                    let full = ncb / bs.nr * bs.nr;
+                    if full < ncb {
+                        pack_b(b_blk.slice(s![.., full..]), bs.nr, bp_ref, false);
+                    }
+                } else {
+                    pack_b(b_blk, bs.nr, bp_ref, parallel);
                 }
+            };
+            let mut pack_a_side =
+                move || pack_a(a.slice(s![.., pc..pc + kcb]), bs.mr, ap_ref, parallel);
+            if parallel {
+                rayon::join(pack_b_side, pack_a_side);
             } else {
-                pack_b(b_blk, bs.nr, bp, parallel);
+                pack_b_side();
+                pack_a_side();
             }
-            pack_a(a.slice(s![.., pc..pc + kcb]), bs.mr, ap, parallel);
             let (ap, bp) = (&*ap, &*bp);
 
             // Tasks: MC rows x NB columns, narrower columns if that gives too few tasks.

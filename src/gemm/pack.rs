@@ -11,6 +11,9 @@ use rayon::prelude::*;
 fn pack_b_panel(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32]) {
     let (kc, w) = b.dim();
     debug_assert!(w <= nr && out.len() == kc * nr);
+    if super::kernel::pack_b_rows(b, nr, out) {
+        return;
+    }
     if w == 1
         || b.strides()[1] == 1
         || b.strides()[0].unsigned_abs() >= b.strides()[1].unsigned_abs()
@@ -42,6 +45,9 @@ fn pack_b_panel(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32]) {
 fn pack_a_panel(a: ArrayView2<'_, f32>, mr: usize, out: &mut [f32]) {
     let (h, kc) = a.dim();
     debug_assert!(h <= mr && out.len() == kc * mr);
+    if super::kernel::pack_a_rows(a, mr, out) {
+        return;
+    }
     if kc == 1 || a.strides()[0].unsigned_abs() < a.strides()[1].unsigned_abs() && h > 1 {
         // Columns of A are the cheap direction (A = x.t() of a row-major x).
         for (col, dst) in a.columns().into_iter().zip(out.chunks_exact_mut(mr)) {

@@ -480,3 +480,81 @@ unsafe fn fma_loop_body<S: Simd>(iters: u64) -> f64 {
         (iters * 16 * 2 * S::LANES as u64) as f64
     }
 }
+
+/// Packs a full `kc x nr` block of B whose rows are contiguous into one micro-panel
+/// (`kc` steps of `nr`), with fixed-size row copies. Returns `false`, doing nothing, when
+/// the block is not of that kind (the caller then packs it the general way).
+pub(crate) fn pack_b_rows(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32]) -> bool {
+    let (kc, w) = b.dim();
+    if w != nr || b.strides()[1] != 1 || out.len() < kc * nr {
+        return false;
+    }
+    let (src, rs, dst) = (b.as_ptr(), b.strides()[0], out.as_mut_ptr());
+    // SAFETY: `b` is a `kc x nr` view with unit column stride, so `src + p * rs` starts
+    // `nr` readable f32 for p < kc; `out` holds at least `kc * nr` f32.
+    unsafe {
+        match nr {
+            48 => copy_rows::<48>(src, rs, kc, dst),
+            16 => copy_rows::<16>(src, rs, kc, dst),
+            8 => copy_rows::<8>(src, rs, kc, dst),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Copies `kc` rows of `N` f32, `rs` apart, to `dst` back to back.
+///
+/// # Safety
+/// `src + p * rs` starts `N` readable f32 for `p < kc`; `dst` has `kc * N` writable f32.
+#[inline(always)]
+unsafe fn copy_rows<const N: usize>(src: *const f32, rs: isize, kc: usize, dst: *mut f32) {
+    for p in 0..kc {
+        // SAFETY: in range by the contract above; unaligned reads and writes.
+        unsafe {
+            let row = src
+                .offset(p as isize * rs)
+                .cast::<[f32; N]>()
+                .read_unaligned();
+            dst.add(p * N).cast::<[f32; N]>().write_unaligned(row);
+        }
+    }
+}
+
+/// Packs a full `mr x kc` block of A whose rows are contiguous into one micro-panel
+/// (`kc` steps of `mr`), reading the `mr` rows side by side. Returns `false`, doing
+/// nothing, when the block is not of that kind.
+pub(crate) fn pack_a_rows(a: ArrayView2<'_, f32>, mr: usize, out: &mut [f32]) -> bool {
+    let (h, kc) = a.dim();
+    if h != mr || a.strides()[1] != 1 || out.len() < kc * mr {
+        return false;
+    }
+    let (src, rs, dst) = (a.as_ptr(), a.strides()[0], out.as_mut_ptr());
+    // SAFETY: `a` is an `mr x kc` view with unit column stride, so `src + i * rs + p` is
+    // readable for i < mr, p < kc; `out` holds at least `kc * mr` f32.
+    unsafe {
+        match mr {
+            8 => gather_rows::<8>(src, rs, kc, dst),
+            6 => gather_rows::<6>(src, rs, kc, dst),
+            4 => gather_rows::<4>(src, rs, kc, dst),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Interleaves `M` rows of `kc` f32 (`rs` apart) into `dst`: `dst[p * M + i] = row_i[p]`.
+///
+/// # Safety
+/// `src + i * rs + p` is readable for `i < M`, `p < kc`; `dst` has `kc * M` writable f32.
+#[inline(always)]
+unsafe fn gather_rows<const M: usize>(src: *const f32, rs: isize, kc: usize, dst: *mut f32) {
+    // SAFETY: in range by the contract above.
+    unsafe {
+        let rows: [*const f32; M] = std::array::from_fn(|i| src.offset(i as isize * rs));
+        for p in 0..kc {
+            let col: [f32; M] = std::array::from_fn(|i| *rows[i].add(p));
+            dst.add(p * M).cast::<[f32; M]>().write_unaligned(col);
+        }
+    }
+}
