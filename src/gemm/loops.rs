@@ -160,26 +160,31 @@ fn gemm_oriented(
             }
             let (ap, bp) = (&*ap, &*bp);
 
-            // Tasks: MC rows x NB columns, narrower columns if that gives too few tasks.
+            // Tasks: MC rows x column chunks of whole NR panels, as few chunks as the L2
+            // budget allows (more when that gives too few tasks), spread evenly.
             let row_blocks = m.div_ceil(bs.mc);
-            let mut nb = nb_max;
+            let panels = ncb.div_ceil(bs.nr);
+            let mut chunks = panels.div_ceil(nb_max / bs.nr);
             if parallel {
-                let want_cols = (TASKS_PER_THREAD * threads).div_ceil(row_blocks);
-                nb = nb
-                    .min(ncb.div_ceil(want_cols).next_multiple_of(bs.nr))
-                    .max(bs.nr);
+                chunks = chunks
+                    .max((TASKS_PER_THREAD * threads).div_ceil(row_blocks))
+                    .next_multiple_of(threads);
             }
+            let chunks = chunks.clamp(1, panels);
+            // First column of chunk `i` (and `ncb` for `i == chunks`).
+            let col0 = |i: usize| (i * panels / chunks * bs.nr).min(ncb);
             let mut rows = Vec::new();
             split_chunks(c.slice_mut(s![.., jc..jc + ncb]), Axis(0), bs.mc, &mut rows);
             let mut tasks = Vec::new();
-            for (ib, r) in rows.into_iter().enumerate() {
-                let mut cols = Vec::new();
-                split_chunks(r, Axis(1), nb, &mut cols);
-                tasks.extend(cols.into_iter().enumerate().map(|(jb, t)| (ib, jb, t)));
+            for (ib, mut r) in rows.into_iter().enumerate() {
+                for jb in 0..chunks {
+                    let (tile, rest) = r.split_at(Axis(1), col0(jb + 1) - col0(jb));
+                    tasks.push((ib, col0(jb), tile));
+                    r = rest;
+                }
             }
-            let run = |(ib, jb, tile): (usize, usize, ArrayViewMut2<'_, f32>)| {
+            let run = |(ib, j0, tile): (usize, usize, ArrayViewMut2<'_, f32>)| {
                 let a_off = ib * bs.mc * kcb;
-                let j0 = jb * nb;
                 let panels = if direct_b {
                     BPanels::Direct {
                         b: b_blk.slice(s![.., j0..j0 + tile.ncols()]),
