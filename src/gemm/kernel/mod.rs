@@ -108,22 +108,11 @@ impl Kernel {
 
     /// Block sizes of this kernel's loop nest.
     pub(crate) fn blocks(self) -> BlockSizes {
-        let mut b = match self {
+        match self {
             Kernel::Avx512 => archparam::AVX512,
             Kernel::Avx2 => archparam::AVX2,
             Kernel::Fallback => archparam::FALLBACK,
-        };
-        let g = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<usize>().ok());
-        if let Some(x) = g("XKC") {
-            b.kc = x;
         }
-        if let Some(x) = g("XMC") {
-            b.mc = x;
-        }
-        if let Some(x) = g("XL2") {
-            b.l2_budget = x;
-        }
-        b
     }
 }
 
