@@ -263,10 +263,10 @@ fn large_k_and_sizes_beyond_the_blocks() {
 
 #[test]
 fn every_layout_combination() {
-    // Small (serial) and large enough to run on the rayon pool (m n k >= 64^3); few rows
+    // Small (serial) and large enough to run on the rayon pool (m n k >= 1.5 M); few rows
     // (B read in place rather than packed).
     for kernel in kernels() {
-        for (m, k, n) in [(19, 37, 53), (70, 300, 101), (5, 37, 100), (8, 300, 130)] {
+        for (m, k, n) in [(19, 37, 53), (70, 300, 101), (5, 37, 100), (8, 300, 700)] {
             let a = matrix(m, k, 10);
             let b = matrix(k, n, 11);
             let c0 = matrix(m, n, 12);
@@ -420,7 +420,7 @@ fn infinities_nans_and_denormals_match_the_reference() {
 #[test]
 fn bit_identical_for_1_2_and_7_threads() {
     for kernel in kernels() {
-        for (m, k, n) in [(200, 700, 300), (8, 25, 2000), (129, 64, 97)] {
+        for (m, k, n) in [(200, 700, 300), (8, 25, 20000), (129, 128, 97)] {
             let a = matrix(m, k, 23);
             let b = matrix(k, n, 24);
             let c0 = matrix(m, n, 25);

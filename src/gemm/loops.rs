@@ -16,9 +16,12 @@ use rayon::prelude::*;
 use super::kernel::{self, BPanels, Kernel};
 use super::pack::{pack_a, pack_b};
 
-/// Below this many multiply-adds (`m * n * k`) the product runs on the calling thread
-/// without touching rayon: the fork/join costs more than it saves.
-pub(crate) const PARALLEL_THRESHOLD: usize = 64 * 64 * 64;
+/// Below this many multiply-adds (`m * n * k`, about 116^3) the product runs on the
+/// calling thread without touching rayon: waking the pool costs more than it saves.
+/// Measured with the AVX-512 kernel on 2 cores: at 2 M (128^3) two threads break even,
+/// at 1.8 M (32 x 144 x 400) and 2 M (8 x 25 x 10000) they win by 1.3-1.6x, at 0.9 M
+/// (96^3) and below they lose.
+pub(crate) const PARALLEL_THRESHOLD: usize = 3 << 19;
 
 /// B is read in place rather than packed when C has at most this many micro-panels of
 /// rows (`m <= 4 * MR`): each B panel is then used at most 4 times, and copying it costs

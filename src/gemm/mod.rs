@@ -13,9 +13,9 @@
 //! fastest the CPU supports is chosen once at run time, or forced with the environment
 //! variable `CONVINIT_GEMM_KERNEL=avx512|avx2|fallback` (read once).
 //!
-//! Products of at least 64^3 multiply-adds run on the rayon pool, split over tiles of C
-//! only; smaller ones run on the calling thread. The result does not depend on the number
-//! of threads, bit for bit.
+//! Products of at least 1.5 M multiply-adds (about 116^3) run on the rayon pool, split
+//! over tiles of C only; smaller ones run on the calling thread. The result does not
+//! depend on the number of threads, bit for bit.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
