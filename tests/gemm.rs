@@ -529,3 +529,26 @@ fn kernel_names_and_selection() {
         assert_eq!(selected, wanted);
     }
 }
+
+#[test]
+fn env_var_forces_the_kernel() {
+    // Re-run `kernel_names_and_selection` in a child process with the variable set: the
+    // child asserts that `Kernel::selected()` is the forced kernel.
+    if std::env::var_os("CONVINIT_GEMM_KERNEL").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    for kernel in kernels() {
+        let out = std::process::Command::new(&exe)
+            .args(["kernel_names_and_selection", "--exact", "--test-threads=1"])
+            .env("CONVINIT_GEMM_KERNEL", kernel.name())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{kernel:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
