@@ -6,12 +6,14 @@
 use ndarray::{ArrayView2, Axis, s};
 use rayon::prelude::*;
 
+use super::kernel::{pack_copy, pack_interleave};
+
 /// Packs `b` (`kc x w`, `w <= nr`) into one B micro-panel: `kc` steps of `nr` values,
 /// columns past `w` zero. `out.len() == kc * nr`.
 fn pack_b_panel(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32]) {
     let (kc, w) = b.dim();
     debug_assert!(w <= nr && out.len() == kc * nr);
-    if super::kernel::pack_b_rows(b, nr, out) {
+    if pack_copy(b, nr, out) || pack_interleave(b.t(), nr, out) {
         return;
     }
     if w == 1
@@ -45,7 +47,7 @@ fn pack_b_panel(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32]) {
 fn pack_a_panel(a: ArrayView2<'_, f32>, mr: usize, out: &mut [f32]) {
     let (h, kc) = a.dim();
     debug_assert!(h <= mr && out.len() == kc * mr);
-    if super::kernel::pack_a_rows(a, mr, out) {
+    if pack_interleave(a, mr, out) || pack_copy(a.t(), mr, out) {
         return;
     }
     if kc == 1 || a.strides()[0].unsigned_abs() < a.strides()[1].unsigned_abs() && h > 1 {

@@ -470,23 +470,35 @@ unsafe fn fma_loop_body<S: Simd>(iters: u64) -> f64 {
     }
 }
 
-/// Packs a full `kc x nr` block of B whose rows are contiguous into one micro-panel
-/// (`kc` steps of `nr`), with fixed-size row copies. Returns `false`, doing nothing, when
-/// the block is not of that kind (the caller then packs it the general way).
-pub(crate) fn pack_b_rows(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32]) -> bool {
-    let (kc, w) = b.dim();
-    if w != nr || b.strides()[1] != 1 || out.len() < kc * nr {
+/// Packs a `kc x w` block whose rows are contiguous into one micro-panel of width
+/// `width >= w` (`kc` steps of `width` values, columns past `w` zero), with fixed-size
+/// row copies for full panels. Returns `false`, doing nothing, when the rows of the block
+/// are not contiguous.
+///
+/// Used for B (rows of a row-major B) and for A given transposed (columns of A).
+pub(crate) fn pack_copy(x: ArrayView2<'_, f32>, width: usize, out: &mut [f32]) -> bool {
+    let (kc, w) = x.dim();
+    if (w > 1 && x.strides()[1] != 1) || w > width || out.len() < kc * width {
         return false;
     }
-    let (src, rs, dst) = (b.as_ptr(), b.strides()[0], out.as_mut_ptr());
-    // SAFETY: `b` is a `kc x nr` view with unit column stride, so `src + p * rs` starts
-    // `nr` readable f32 for p < kc; `out` holds at least `kc * nr` f32.
+    let (src, rs, dst) = (x.as_ptr(), x.strides()[0], out.as_mut_ptr());
+    // SAFETY: `x` is a `kc x w` view with unit column stride (or one column), so
+    // `src + p * rs` starts `w` readable f32 for p < kc; `out` holds at least
+    // `kc * width` f32 and `w <= width`.
     unsafe {
-        match nr {
-            48 => copy_rows::<48>(src, rs, kc, dst),
-            16 => copy_rows::<16>(src, rs, kc, dst),
-            8 => copy_rows::<8>(src, rs, kc, dst),
-            _ => return false,
+        match (w == width, w) {
+            (true, 48) => copy_rows::<48>(src, rs, kc, dst),
+            (true, 16) => copy_rows::<16>(src, rs, kc, dst),
+            (true, 8) => copy_rows::<8>(src, rs, kc, dst),
+            (true, 6) => copy_rows::<6>(src, rs, kc, dst),
+            (true, 4) => copy_rows::<4>(src, rs, kc, dst),
+            _ => {
+                for p in 0..kc {
+                    let d = dst.add(p * width);
+                    std::ptr::copy_nonoverlapping(src.offset(p as isize * rs), d, w);
+                    std::ptr::write_bytes(d.add(w), 0, width - w);
+                }
+            }
         }
     }
     true
@@ -510,40 +522,84 @@ unsafe fn copy_rows<const N: usize>(src: *const f32, rs: isize, kc: usize, dst: 
     }
 }
 
-/// Packs a full `mr x kc` block of A whose rows are contiguous into one micro-panel
-/// (`kc` steps of `mr`), reading the `mr` rows side by side. Returns `false`, doing
-/// nothing, when the block is not of that kind.
-pub(crate) fn pack_a_rows(a: ArrayView2<'_, f32>, mr: usize, out: &mut [f32]) -> bool {
-    let (h, kc) = a.dim();
-    if h != mr || a.strides()[1] != 1 || out.len() < kc * mr {
+/// Packs an `h x kc` block whose rows are contiguous into one micro-panel of width
+/// `width >= h` (`kc` steps of `width` values, entries past `h` zero), reading the rows
+/// side by side. Returns `false`, doing nothing, when the rows are not contiguous.
+///
+/// Used for A (rows of a row-major A) and for B given transposed (columns of B).
+pub(crate) fn pack_interleave(x: ArrayView2<'_, f32>, width: usize, out: &mut [f32]) -> bool {
+    let (h, kc) = x.dim();
+    if (kc > 1 && x.strides()[1] != 1) || h > width || out.len() < kc * width {
         return false;
     }
-    let (src, rs, dst) = (a.as_ptr(), a.strides()[0], out.as_mut_ptr());
-    // SAFETY: `a` is an `mr x kc` view with unit column stride, so `src + i * rs + p` is
-    // readable for i < mr, p < kc; `out` holds at least `kc * mr` f32.
+    let (src, rs, dst) = (x.as_ptr(), x.strides()[0], out.as_mut_ptr());
+    // SAFETY: `x` is an `h x kc` view with unit column stride (or one column), so
+    // `src + i * rs + p` is readable for i < h, p < kc; `out` holds at least `kc * width`
+    // f32 and `h <= width`, so every `dst + p * width + i` written is inside it.
     unsafe {
-        match mr {
-            8 => gather_rows::<8>(src, rs, kc, dst),
-            6 => gather_rows::<6>(src, rs, kc, dst),
-            4 => gather_rows::<4>(src, rs, kc, dst),
-            _ => return false,
+        match (h == width, h) {
+            (true, 48) => gather_rows::<48>(src, rs, kc, dst),
+            (true, 16) => gather_rows::<16>(src, rs, kc, dst),
+            (true, 8) => gather_rows::<8>(src, rs, kc, dst),
+            (true, 6) => gather_rows::<6>(src, rs, kc, dst),
+            (true, 4) => gather_rows::<4>(src, rs, kc, dst),
+            _ => {
+                std::ptr::write_bytes(dst, 0, kc * width);
+                let full = h / 8 * 8;
+                for i0 in (0..full).step_by(8) {
+                    let s0 = src.offset(i0 as isize * rs);
+                    gather_group::<8>(s0, rs, kc, dst.add(i0), width);
+                }
+                for i in full..h {
+                    let row = src.offset(i as isize * rs);
+                    for p in 0..kc {
+                        *dst.add(p * width + i) = *row.add(p);
+                    }
+                }
+            }
         }
     }
     true
 }
 
-/// Interleaves `M` rows of `kc` f32 (`rs` apart) into `dst`: `dst[p * M + i] = row_i[p]`.
+/// Interleaves `M` rows of `kc` f32 (`rs` apart) into `dst`: `dst[p * M + i] = row_i[p]`,
+/// 8 rows at a time (so the row pointers stay in registers) when `M` is a multiple of 8.
 ///
 /// # Safety
 /// `src + i * rs + p` is readable for `i < M`, `p < kc`; `dst` has `kc * M` writable f32.
 #[inline(always)]
 unsafe fn gather_rows<const M: usize>(src: *const f32, rs: isize, kc: usize, dst: *mut f32) {
+    // SAFETY: in range by the contract above: rows `i0 .. i0 + G` with `i0 + G <= M`.
+    unsafe {
+        if M % 8 == 0 {
+            for i0 in (0..M).step_by(8) {
+                gather_group::<8>(src.offset(i0 as isize * rs), rs, kc, dst.add(i0), M);
+            }
+        } else {
+            gather_group::<M>(src, rs, kc, dst, M);
+        }
+    }
+}
+
+/// `dst[p * stride + i] = row_i[p]` for `G` rows `rs` apart.
+///
+/// # Safety
+/// `src + i * rs + p` is readable for `i < G`, `p < kc`; `dst + p * stride + i` is
+/// writable for the same range, `G <= stride`.
+#[inline(always)]
+unsafe fn gather_group<const G: usize>(
+    src: *const f32,
+    rs: isize,
+    kc: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
     // SAFETY: in range by the contract above.
     unsafe {
-        let rows: [*const f32; M] = std::array::from_fn(|i| src.offset(i as isize * rs));
+        let rows: [*const f32; G] = std::array::from_fn(|i| src.offset(i as isize * rs));
         for p in 0..kc {
-            let col: [f32; M] = std::array::from_fn(|i| *rows[i].add(p));
-            dst.add(p * M).cast::<[f32; M]>().write_unaligned(col);
+            let col: [f32; G] = std::array::from_fn(|i| *rows[i].add(p));
+            dst.add(p * stride).cast::<[f32; G]>().write_unaligned(col);
         }
     }
 }
