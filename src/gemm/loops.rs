@@ -1,12 +1,21 @@
-//! The BLIS loop nest: blocks of B (loop 5, `NC` columns), depth blocks (loop 4, `KC`),
-//! then tasks of `MC` rows x `NB` columns of C (loops 3 and 2), each running the
-//! macro-kernel (loops 2..1 and the micro-kernel) over packed panels.
+//! The BLIS loop nest, around the macro-kernel of [`super::kernel`]:
+//!
+//! * loop 5: `jc` over blocks of `NC` columns of C and B;
+//! * loop 4: `pc` over depth blocks of at most `KC` (equal sizes); B's block is packed into
+//!   `NR`-column micro-panels (or, for few rows of C, only its last partial panel: the rest
+//!   is read in place), and all rows of A's block into `MR`-row micro-panels;
+//! * loop 3: tasks of `MC` rows x a chunk of whole `NR` panels sized to the L2 budget;
+//! * in the macro-kernel, loop 2 over the task's `MR` panels of A (one in L1 at a time),
+//!   loop 1 over its `NR` panels of B (streamed from L2), then the micro-kernel.
 //!
 //! Threading: for each `(jc, pc)` block, B and A are packed (in parallel over panels) into
 //! buffers shared read-only, then the tasks, disjoint tiles of C, run in parallel. K is
 //! never split across threads and each element of C always sees the same `KC` blocks in
 //! the same order with the same arithmetic, so the result is bit-identical for any
-//! number of threads.
+//! number of threads. Products below [`PARALLEL_THRESHOLD`] never touch rayon.
+//!
+//! Packing buffers are thread-local to the calling thread and reused: they grow to the
+//! largest product seen (`(m + min(n, NC)) * KC` floats) and are not shrunk.
 
 use std::cell::RefCell;
 

