@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 
-use ndarray::{ArrayView2, ArrayViewMut2, Axis, s};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, Slice};
 use rayon::prelude::*;
 
 use super::kernel::{self, BPanels, Kernel};
@@ -148,7 +148,9 @@ fn gemm_oriented(
             let kcb = kc.min(k - pc);
             // Later depth blocks accumulate onto what the first one wrote.
             let beta_k = if pc == 0 { beta } else { 1.0 };
-            let b_blk = b.slice(s![pc..pc + kcb, jc..jc + ncb]);
+            let b_blk = b
+                .slice_axis(Axis(0), Slice::from(pc..pc + kcb))
+                .slice_axis_move(Axis(1), Slice::from(jc..jc + ncb));
             // Pack B (or just its last, partial panel) and A side by side.
             let ap_ref = &mut *ap;
             let bp_ref = &mut *bp;
@@ -156,14 +158,25 @@ fn gemm_oriented(
                 if direct_b {
                     let full = ncb / bs.nr * bs.nr;
                     if full < ncb {
-                        pack_b(b_blk.slice(s![.., full..]), bs.nr, bp_ref, false);
+                        pack_b(
+                            b_blk.slice_axis(Axis(1), Slice::from(full..)),
+                            bs.nr,
+                            bp_ref,
+                            false,
+                        );
                     }
                 } else {
                     pack_b(b_blk, bs.nr, bp_ref, parallel);
                 }
             };
-            let mut pack_a_side =
-                move || pack_a(a.slice(s![.., pc..pc + kcb]), bs.mr, ap_ref, parallel);
+            let mut pack_a_side = move || {
+                pack_a(
+                    a.slice_axis(Axis(1), Slice::from(pc..pc + kcb)),
+                    bs.mr,
+                    ap_ref,
+                    parallel,
+                )
+            };
             if parallel {
                 rayon::join(pack_b_side, pack_a_side);
             } else {
@@ -185,21 +198,11 @@ fn gemm_oriented(
             let chunks = chunks.clamp(1, panels);
             // First column of chunk `i` (and `ncb` for `i == chunks`).
             let col0 = |i: usize| (i * panels / chunks * bs.nr).min(ncb);
-            let mut rows = Vec::new();
-            split_chunks(c.slice_mut(s![.., jc..jc + ncb]), Axis(0), bs.mc, &mut rows);
-            let mut tasks = Vec::new();
-            for (ib, mut r) in rows.into_iter().enumerate() {
-                for jb in 0..chunks {
-                    let (tile, rest) = r.split_at(Axis(1), col0(jb + 1) - col0(jb));
-                    tasks.push((ib, col0(jb), tile));
-                    r = rest;
-                }
-            }
             let run = |(ib, j0, tile): (usize, usize, ArrayViewMut2<'_, f32>)| {
                 let a_off = ib * bs.mc * kcb;
                 let panels = if direct_b {
                     BPanels::Direct {
-                        b: b_blk.slice(s![.., j0..j0 + tile.ncols()]),
+                        b: b_blk.slice_axis(Axis(1), Slice::from(j0..j0 + tile.ncols())),
                         edge: bp,
                     }
                 } else {
@@ -207,10 +210,32 @@ fn gemm_oriented(
                 };
                 kernel::macro_kernel(kernel, kcb, &ap[a_off..], panels, alpha, beta_k, tile);
             };
+            let c_blk = c.slice_axis_mut(Axis(1), Slice::from(jc..jc + ncb));
             if parallel {
+                let mut rows = Vec::new();
+                split_chunks(c_blk, Axis(0), bs.mc, &mut rows);
+                let mut tasks = Vec::new();
+                for (ib, mut r) in rows.into_iter().enumerate() {
+                    for jb in 0..chunks {
+                        let (tile, rest) = r.split_at(Axis(1), col0(jb + 1) - col0(jb));
+                        tasks.push((ib, col0(jb), tile));
+                        r = rest;
+                    }
+                }
                 tasks.into_par_iter().with_max_len(1).for_each(run);
             } else {
-                tasks.into_iter().for_each(run);
+                // The same tiles in the same order, without collecting them.
+                let mut rest_rows = c_blk;
+                for ib in 0..row_blocks {
+                    let h = bs.mc.min(rest_rows.nrows());
+                    let (mut r, tail) = rest_rows.split_at(Axis(0), h);
+                    rest_rows = tail;
+                    for jb in 0..chunks {
+                        let (tile, rest) = r.split_at(Axis(1), col0(jb + 1) - col0(jb));
+                        run((ib, col0(jb), tile));
+                        r = rest;
+                    }
+                }
             }
         }
     }

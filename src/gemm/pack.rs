@@ -3,7 +3,7 @@
 //! nothing extra: the copy that every block needs anyway reads them in whatever order
 //! their strides make cheapest.
 
-use ndarray::{ArrayView2, Axis, s};
+use ndarray::{ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::kernel::{pack_copy, pack_interleave};
@@ -88,7 +88,7 @@ pub(super) fn pack_b(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32], paralle
     let (kc, n) = b.dim();
     let panel = |(p, dst): (usize, &mut [f32])| {
         let j0 = p * nr;
-        pack_b_panel(b.slice(s![.., j0..n.min(j0 + nr)]), nr, dst);
+        pack_b_panel(b.slice_axis(Axis(1), (j0..n.min(j0 + nr)).into()), nr, dst);
     };
     let out = &mut out[..n.div_ceil(nr) * nr * kc];
     if parallel {
