@@ -280,6 +280,9 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
     // SAFETY: tile offsets stay below (m, n) and panel offsets below the panel counts,
     // as the caller guarantees; the stack buffer is MAX_TILE >= MR * NR long.
     unsafe {
+        // Edge tiles are computed here and copied out. Entries outside the valid part may
+        // hold values of an earlier tile: they feed only padding lanes, never copied out.
+        let mut buf = [0.0f32; MAX_TILE];
         for ip in 0..m.div_ceil(MR) {
             let a_panel = a.add(ip * MR * kc);
             let rows = MR.min(m - ip * MR);
@@ -297,7 +300,6 @@ unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs
                 let nv = cols.div_ceil(S::LANES);
                 let width = nv * S::LANES;
                 let direct = rows == MR && cols == width && csc == 1;
-                let mut buf = [0.0f32; MAX_TILE];
                 let (dst, rsd) = if direct {
                     (c_tile, rsc)
                 } else {
