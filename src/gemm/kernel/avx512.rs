@@ -1,0 +1,75 @@
+//! AVX-512F micro-kernel: 8 x 48 tile, 24 zmm accumulators.
+//!
+//! The AVX-512 intrinsics and `#[target_feature(enable = "avx512f")]` are stable since
+//! Rust 1.89, above the manifest's `rust-version = "1.85"`: this kernel needs the
+//! manifest's MSRV raised to 1.89 (the manifest is not this module's to change).
+#![allow(clippy::incompatible_msrv)]
+
+use std::arch::x86_64::*;
+
+use super::{MacroArgs, Simd};
+
+/// The AVX-512F vector operations.
+pub(super) struct Avx512;
+
+// SAFETY: every method uses AVX-512F only; they are called from the wrappers below,
+// which enable avx512f and are only reached after `is_x86_feature_detected!("avx512f")`.
+unsafe impl Simd for Avx512 {
+    type V = __m512;
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        // SAFETY: AVX-512F is available (trait contract).
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        // SAFETY: as above.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable f32 at `p`.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        // SAFETY: the caller guarantees 16 writable f32 at `p`.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: AVX-512F is available.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F is available.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+}
+
+/// The macro-kernel compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU supports AVX-512F and `args` satisfies `macro_body`'s contract.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn macro_kernel(args: &MacroArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
+    unsafe { super::macro_body::<Avx512, 8, 3>(args) }
+}
+
+/// The FMA peak loop compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
+    // SAFETY: this function enables the ISA of `Avx512`.
+    unsafe { super::fma_loop_body::<Avx512>(iters) }
+}

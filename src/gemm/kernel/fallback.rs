@@ -1,0 +1,60 @@
+//! Portable micro-kernel: 4 x 8 tile of plain `f32` arrays, which the compiler
+//! vectorises with whatever the build target has (SSE2 on baseline x86-64).
+//!
+//! Uses a separate multiply and add (no fused multiply-add), so it is exact to the same
+//! rounding on every target without needing an FMA unit.
+
+use super::{MacroArgs, Simd};
+
+/// Eight f32 in an array: the "vector" of the portable kernel.
+pub(super) struct Fallback;
+
+// SAFETY: plain Rust, no target features; only `load`/`store` touch memory, within the
+// ranges their callers guarantee.
+unsafe impl Simd for Fallback {
+    type V = [f32; 8];
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> [f32; 8] {
+        [x; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> [f32; 8] {
+        // SAFETY: the caller guarantees 8 readable f32 at `p`.
+        unsafe { p.cast::<[f32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [f32; 8]) {
+        // SAFETY: the caller guarantees 8 writable f32 at `p`.
+        unsafe { p.cast::<[f32; 8]>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| a[l] * b[l] + c[l])
+    }
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
+    #[inline(always)]
+    unsafe fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| a[l] * b[l])
+    }
+}
+
+/// The portable macro-kernel.
+///
+/// # Safety
+/// `args` satisfies `macro_body`'s contract.
+pub(super) unsafe fn macro_kernel(args: &MacroArgs) {
+    // SAFETY: forwarded contract; `Fallback` needs no target feature.
+    unsafe { super::macro_body::<Fallback, 4, 1>(args) }
+}
+
+/// The FMA peak loop in portable code (multiply and add).
+pub(super) fn fma_loop(iters: u64) -> f64 {
+    // SAFETY: `Fallback` needs no target feature.
+    unsafe { super::fma_loop_body::<Fallback>(iters) }
+}

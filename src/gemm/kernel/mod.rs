@@ -1,0 +1,607 @@
+//! Micro-kernels and the macro-kernel that drives them: all the `unsafe` of the GEMM.
+//!
+//! One generic `#[inline(always)]` body ([`macro_body`], [`micro_body`]) is written
+//! against the small [`Simd`] trait; each ISA implements the trait over its vector type
+//! and adds a thin `#[target_feature]` wrapper, so the three kernels share one source:
+//!
+//! | kernel      | vector   | tile (MR x NR) | accumulators |
+//! |-------------|----------|----------------|--------------|
+//! | `avx512`    | `__m512` | 8 x 48         | 24 zmm       |
+//! | `avx2`      | `__m256` | 6 x 16         | 12 ymm       |
+//! | `fallback`  | `[f32;8]`| 4 x 8          | plain Rust   |
+//!
+//! The tile's `NR` side runs along the rows of C (C is made row-major by the loop nest
+//! when it can be), so full tiles load and store C with unit stride. Edge tiles and C
+//! with other strides go through a stack buffer holding the tile, so every element of C
+//! sees exactly the same arithmetic wherever it sits.
+//!
+//! The kernel chosen for [`Kernel::selected`] is detected once at run time with
+//! `is_x86_feature_detected!` and can be forced with `CONVINIT_GEMM_KERNEL`.
+
+use std::sync::OnceLock;
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::archparam::{self, BlockSizes};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod fallback;
+
+/// A micro-kernel implementation (instruction set) of the GEMM.
+///
+/// Not part of the stable API: tests and benchmarks use it to run every path in one
+/// process (see `sgemm_with_kernel`).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// AVX-512F, 512-bit FMA.
+    Avx512,
+    /// AVX2 with FMA, 256-bit.
+    Avx2,
+    /// Portable Rust, no target features.
+    Fallback,
+}
+
+impl Kernel {
+    /// All kernels, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Fallback];
+
+    /// The name used by `CONVINIT_GEMM_KERNEL` and in benchmark names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Fallback => "fallback",
+        }
+    }
+
+    /// Parses a name as written by [`Kernel::name`].
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Whether this CPU can run the kernel (detected once).
+    pub fn is_supported(self) -> bool {
+        static DETECTED: OnceLock<[bool; 2]> = OnceLock::new();
+        let [avx512, avx2] = *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                [
+                    std::is_x86_feature_detected!("avx512f"),
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+                ]
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                [false, false]
+            }
+        });
+        match self {
+            Kernel::Avx512 => avx512,
+            Kernel::Avx2 => avx2,
+            Kernel::Fallback => true,
+        }
+    }
+
+    /// The kernel `sgemm` uses: `CONVINIT_GEMM_KERNEL` (`avx512`, `avx2` or `fallback`)
+    /// if set, else the fastest supported one. Read once per process; a requested kernel
+    /// this CPU cannot run is replaced by the fastest supported one below it.
+    pub fn selected() -> Kernel {
+        static SELECTED: OnceLock<Kernel> = OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            let wanted = std::env::var("CONVINIT_GEMM_KERNEL")
+                .ok()
+                .and_then(|v| Kernel::from_name(&v))
+                .unwrap_or(Kernel::Avx512);
+            Kernel::ALL
+                .into_iter()
+                .skip_while(|&k| k != wanted)
+                .find(|k| k.is_supported())
+                .unwrap_or(Kernel::Fallback)
+        })
+    }
+
+    /// Block sizes of this kernel's loop nest.
+    pub(crate) fn blocks(self) -> BlockSizes {
+        match self {
+            Kernel::Avx512 => archparam::AVX512,
+            Kernel::Avx2 => archparam::AVX2,
+            Kernel::Fallback => archparam::FALLBACK,
+        }
+    }
+}
+
+/// Largest `MR * NR` of any kernel: the size of the stack buffer for edge tiles.
+const MAX_TILE: usize = 512;
+
+/// The vector operations the generic kernel body needs.
+///
+/// # Safety
+/// Implementations use instructions of one ISA; callers must only call the methods from
+/// code compiled (inlined) under that ISA's `#[target_feature]` on a CPU that has it.
+pub(crate) unsafe trait Simd {
+    /// A vector of `LANES` f32.
+    type V: Copy;
+    /// Number of f32 in [`Simd::V`].
+    const LANES: usize;
+    /// All zeros.
+    unsafe fn zero() -> Self::V;
+    /// `x` in every lane.
+    unsafe fn splat(x: f32) -> Self::V;
+    /// `LANES` f32 from `p` (unaligned).
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `LANES` f32 to `p` (unaligned).
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a * b + c` (fused where the ISA has FMA).
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a * b`.
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Hints that the cache line holding `p` is about to be used (may do nothing).
+    unsafe fn prefetch(p: *const f32);
+}
+
+/// Where a macro-kernel reads the B micro-panels of its columns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BPanels<'a> {
+    /// `ceil(n / NR)` packed micro-panels (`kc` steps of `NR` values), zero-padded.
+    Packed(&'a [f32]),
+    /// B itself (`kc x n`, unit column stride), read in place for the full panels; the
+    /// last, partial panel (if `n % NR != 0`) packed in `edge`. Saves the copy of B when
+    /// each panel is used only once or twice (few rows of C).
+    Direct {
+        /// The `kc x n` block of B.
+        b: ArrayView2<'a, f32>,
+        /// The packed last panel (`kc * NR` values), unused when `n % NR == 0`.
+        edge: &'a [f32],
+    },
+}
+
+/// Arguments of one macro-kernel call: an `m x n` block of C, the packed A panels for its
+/// rows and the B panels for its columns, all of depth `kc`.
+#[derive(Clone, Copy)]
+pub(crate) struct MacroArgs {
+    m: usize,
+    n: usize,
+    kc: usize,
+    a: *const f32,
+    /// Packed panels, or B itself when `direct`.
+    b: *const f32,
+    /// B is read in place with row stride `rsb` for full panels, `b_edge` for the last.
+    direct: bool,
+    rsb: isize,
+    b_edge: *const f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+    alpha: f32,
+    beta: f32,
+}
+
+/// `C = alpha * A * B + beta * C` for one `MR x NR` tile whose rows are contiguous.
+///
+/// Accumulates over `k` in increasing order, then updates C once. With `beta == 0`, C is
+/// written without being read.
+///
+/// # Safety
+/// `a` holds `k * MR` readable f32; `b + p * rsb` starts `NR = NV * S::LANES` readable
+/// f32 for `p < k`; for `i < MR`, `c + i * rsc` starts `NR` writable (and, unless
+/// `beta == 0`, readable) contiguous f32; the caller runs under `S`'s target features.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_body<S: Simd, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    rsb: isize,
+    c: *mut f32,
+    rsc: isize,
+    alpha: f32,
+    beta: f32,
+) {
+    // SAFETY: the caller guarantees the panel lengths, the tile and the ISA (see above);
+    // every pointer below stays inside those ranges.
+    unsafe {
+        // Start pulling the C tile in now; it is needed after the k loop.
+        for i in 0..MR {
+            let ci = c.offset(i as isize * rsc);
+            for v in 0..NV {
+                S::prefetch(ci.add(v * S::LANES));
+            }
+        }
+        let mut acc = [[S::zero(); NV]; MR];
+        let mut a = a;
+        let mut b = b;
+        for _ in 0..k {
+            let mut bv = [S::zero(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = S::load(b.add(v * S::LANES));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = S::splat(*a.add(i));
+                for (x, bvv) in row.iter_mut().zip(bv) {
+                    *x = S::fma(ai, bvv, *x);
+                }
+            }
+            a = a.add(MR);
+            b = b.offset(rsb);
+        }
+        let alpha_v = S::splat(alpha);
+        if beta == 0.0 {
+            for (i, row) in acc.iter().enumerate() {
+                let ci = c.offset(i as isize * rsc);
+                for (v, &x) in row.iter().enumerate() {
+                    S::store(ci.add(v * S::LANES), S::mul(alpha_v, x));
+                }
+            }
+        } else {
+            let beta_v = S::splat(beta);
+            for (i, row) in acc.iter().enumerate() {
+                let ci = c.offset(i as isize * rsc);
+                for (v, &x) in row.iter().enumerate() {
+                    let p = ci.add(v * S::LANES);
+                    S::store(p, S::fma(alpha_v, x, S::mul(beta_v, S::load(p))));
+                }
+            }
+        }
+    }
+}
+
+/// All tiles of one macro block: for each A micro-panel (kept in L1), every B micro-panel.
+///
+/// # Safety
+/// `args` describes valid memory: `a` holds `ceil(m / MR) * MR * kc` f32, `b` holds
+/// `ceil(n / NR) * NR * kc` f32, and `c + i * rsc + j * csc` is a valid, exclusively
+/// borrowed f32 for `i < m, j < n`; the caller runs under `S`'s target features.
+#[inline(always)]
+unsafe fn macro_body<S: Simd, const MR: usize, const NV: usize>(args: &MacroArgs) {
+    let nr = NV * S::LANES;
+    let MacroArgs {
+        m,
+        n,
+        kc,
+        a,
+        b,
+        direct,
+        rsb,
+        b_edge,
+        c,
+        rsc,
+        csc,
+        alpha,
+        beta,
+    } = *args;
+    // Edge panels use 1 or 2 vectors, full ones NV: NV must be at most 3.
+    debug_assert!(MR * nr <= MAX_TILE && NV <= 3);
+    // SAFETY: tile offsets stay below (m, n) and panel offsets below the panel counts,
+    // as the caller guarantees; the stack buffer is MAX_TILE >= MR * NR long.
+    unsafe {
+        // Edge tiles are computed here and copied out. Entries outside the valid part may
+        // hold values of an earlier tile: they feed only padding lanes, never copied out.
+        let mut buf = [0.0f32; MAX_TILE];
+        for ip in 0..m.div_ceil(MR) {
+            let a_panel = a.add(ip * MR * kc);
+            let rows = MR.min(m - ip * MR);
+            for jp in 0..n.div_ceil(nr) {
+                let (b_panel, rsb) = if !direct {
+                    (b.add(jp * nr * kc), nr as isize)
+                } else if (jp + 1) * nr <= n {
+                    (b.add(jp * nr), rsb)
+                } else {
+                    (b_edge, nr as isize)
+                };
+                let cols = nr.min(n - jp * nr);
+                let c_tile = c.offset((ip * MR) as isize * rsc + (jp * nr) as isize * csc);
+                // The last panel may be narrower: use only the vectors it needs.
+                let nv = cols.div_ceil(S::LANES);
+                let width = nv * S::LANES;
+                let direct = rows == MR && cols == width && csc == 1;
+                let (dst, rsd) = if direct {
+                    (c_tile, rsc)
+                } else {
+                    if beta != 0.0 {
+                        for i in 0..rows {
+                            for j in 0..cols {
+                                buf[i * width + j] =
+                                    *c_tile.offset(i as isize * rsc + j as isize * csc);
+                            }
+                        }
+                    }
+                    (buf.as_mut_ptr(), width as isize)
+                };
+                match nv {
+                    1 => micro_body::<S, MR, 1>(kc, a_panel, b_panel, rsb, dst, rsd, alpha, beta),
+                    2 => micro_body::<S, MR, 2>(kc, a_panel, b_panel, rsb, dst, rsd, alpha, beta),
+                    _ => micro_body::<S, MR, NV>(kc, a_panel, b_panel, rsb, dst, rsd, alpha, beta),
+                }
+                if !direct {
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            *c_tile.offset(i as isize * rsc + j as isize * csc) =
+                                buf[i * width + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `C = alpha * A * B + beta * C` for a block of C, from packed panels.
+///
+/// `a` holds `ceil(m / MR)` A micro-panels (`MR * kc` f32 each, `kc` steps of `MR`
+/// values, zero-padded past the last row, as written by `pack`); `b` gives the B panels.
+///
+/// # Panics
+/// If the panels are shorter than that or a direct B has the wrong shape or strides, or
+/// the CPU cannot run `kernel` (callers check [`Kernel::is_supported`] first).
+pub(crate) fn macro_kernel(
+    kernel: Kernel,
+    kc: usize,
+    a: &[f32],
+    b: BPanels<'_>,
+    alpha: f32,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+) {
+    let (m, n) = c.dim();
+    if m == 0 || n == 0 {
+        return;
+    }
+    let BlockSizes { mr, nr, .. } = kernel.blocks();
+    assert!(a.len() >= m.div_ceil(mr) * mr * kc, "packed A too short");
+    let (b, direct, rsb, b_edge) = match b {
+        BPanels::Packed(p) => {
+            assert!(p.len() >= n.div_ceil(nr) * nr * kc, "packed B too short");
+            (p.as_ptr(), false, 0, p.as_ptr())
+        }
+        BPanels::Direct { b, edge } => {
+            assert_eq!(b.dim(), (kc, n), "direct B has the wrong shape");
+            assert!(
+                n < nr || b.strides()[1] == 1,
+                "direct B needs unit column stride"
+            );
+            assert!(
+                n % nr == 0 || edge.len() >= nr * kc,
+                "packed edge of B too short"
+            );
+            (b.as_ptr(), true, b.strides()[0], edge.as_ptr())
+        }
+    };
+    assert!(
+        kernel.is_supported(),
+        "{kernel:?} not supported by this CPU"
+    );
+    let (rsc, csc) = (c.strides()[0], c.strides()[1]);
+    let args = MacroArgs {
+        m,
+        n,
+        kc,
+        a: a.as_ptr(),
+        b,
+        direct,
+        rsb,
+        b_edge,
+        c: c.as_mut_ptr(),
+        rsc,
+        csc,
+        alpha,
+        beta,
+    };
+    // SAFETY: the asserts above check the panel lengths, the direct B's shape and unit
+    // column stride (so a full panel `b + p * rsb + jp * NR .. + NR`, p < kc, lies inside
+    // its rows) and the CPU; `c` is an exclusive view, so `as_mut_ptr + i * rsc + j * csc`
+    // is valid for every i < m, j < n (ndarray views keep that invariant, negative
+    // strides included).
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::macro_kernel(&args),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::macro_kernel(&args),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
+            Kernel::Fallback => fallback::macro_kernel(&args),
+        }
+    }
+}
+
+/// Measured peak of fused multiply-adds on this machine, in GFLOP/s (2 flops per lane
+/// per FMA), over `threads` OS threads each running `iters` rounds of independent FMA
+/// chains (the widest supported vectors: 512-bit, else 256-bit, else scalar mul+add).
+///
+/// A yardstick to read GEMM figures as a fraction of peak; not part of the stable API.
+#[doc(hidden)]
+pub fn fma_peak_gflops(threads: usize, iters: u64) -> f64 {
+    let threads = threads.max(1);
+    let kernel = Kernel::ALL
+        .into_iter()
+        .find(|k| k.is_supported())
+        .unwrap_or(Kernel::Fallback);
+    let start = std::time::Instant::now();
+    let flops: f64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || fma_loop(kernel, iters)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    });
+    flops / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Runs the FMA loop of `kernel`, returns the flops done.
+fn fma_loop(kernel: Kernel, iters: u64) -> f64 {
+    match kernel {
+        // SAFETY: `kernel` was chosen among the supported ones.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::fma_loop(iters) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2::fma_loop(iters) },
+        _ => fallback::fma_loop(iters),
+    }
+}
+
+/// The generic FMA loop: 16 independent accumulators, `iters` rounds.
+///
+/// # Safety
+/// The caller runs under `S`'s target features.
+#[inline(always)]
+unsafe fn fma_loop_body<S: Simd>(iters: u64) -> f64 {
+    // SAFETY: only register arithmetic and one store to a local array of LANES f32.
+    unsafe {
+        let x = S::splat(std::hint::black_box(0.999_999));
+        let y = S::splat(std::hint::black_box(1e-7));
+        let mut acc = [S::splat(1.0); 16];
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = S::fma(*r, x, y);
+            }
+        }
+        let mut sum = S::zero();
+        for r in acc {
+            sum = S::fma(r, x, sum);
+        }
+        let mut out = [0.0f32; 16];
+        S::store(out.as_mut_ptr(), sum);
+        std::hint::black_box(out);
+        (iters * 16 * 2 * S::LANES as u64) as f64
+    }
+}
+
+/// Packs a `kc x w` block whose rows are contiguous into one micro-panel of width
+/// `width >= w` (`kc` steps of `width` values, columns past `w` zero), with fixed-size
+/// row copies for full panels. Returns `false`, doing nothing, when the rows of the block
+/// are not contiguous.
+///
+/// Used for B (rows of a row-major B) and for A given transposed (columns of A).
+pub(crate) fn pack_copy(x: ArrayView2<'_, f32>, width: usize, out: &mut [f32]) -> bool {
+    let (kc, w) = x.dim();
+    if (w > 1 && x.strides()[1] != 1) || w > width || out.len() < kc * width {
+        return false;
+    }
+    let (src, rs, dst) = (x.as_ptr(), x.strides()[0], out.as_mut_ptr());
+    // SAFETY: `x` is a `kc x w` view with unit column stride (or one column), so
+    // `src + p * rs` starts `w` readable f32 for p < kc; `out` holds at least
+    // `kc * width` f32 and `w <= width`.
+    unsafe {
+        match (w == width, w) {
+            (true, 48) => copy_rows::<48>(src, rs, kc, dst),
+            (true, 16) => copy_rows::<16>(src, rs, kc, dst),
+            (true, 8) => copy_rows::<8>(src, rs, kc, dst),
+            (true, 6) => copy_rows::<6>(src, rs, kc, dst),
+            (true, 4) => copy_rows::<4>(src, rs, kc, dst),
+            _ => {
+                for p in 0..kc {
+                    let d = dst.add(p * width);
+                    std::ptr::copy_nonoverlapping(src.offset(p as isize * rs), d, w);
+                    std::ptr::write_bytes(d.add(w), 0, width - w);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Copies `kc` rows of `N` f32, `rs` apart, to `dst` back to back.
+///
+/// # Safety
+/// `src + p * rs` starts `N` readable f32 for `p < kc`; `dst` has `kc * N` writable f32.
+#[inline(always)]
+unsafe fn copy_rows<const N: usize>(src: *const f32, rs: isize, kc: usize, dst: *mut f32) {
+    for p in 0..kc {
+        // SAFETY: in range by the contract above; unaligned reads and writes.
+        unsafe {
+            let row = src
+                .offset(p as isize * rs)
+                .cast::<[f32; N]>()
+                .read_unaligned();
+            dst.add(p * N).cast::<[f32; N]>().write_unaligned(row);
+        }
+    }
+}
+
+/// Packs an `h x kc` block whose rows are contiguous into one micro-panel of width
+/// `width >= h` (`kc` steps of `width` values, entries past `h` zero), reading the rows
+/// side by side. Returns `false`, doing nothing, when the rows are not contiguous.
+///
+/// Used for A (rows of a row-major A) and for B given transposed (columns of B).
+pub(crate) fn pack_interleave(x: ArrayView2<'_, f32>, width: usize, out: &mut [f32]) -> bool {
+    let (h, kc) = x.dim();
+    if (kc > 1 && x.strides()[1] != 1) || h > width || out.len() < kc * width {
+        return false;
+    }
+    let (src, rs, dst) = (x.as_ptr(), x.strides()[0], out.as_mut_ptr());
+    // SAFETY: `x` is an `h x kc` view with unit column stride (or one column), so
+    // `src + i * rs + p` is readable for i < h, p < kc; `out` holds at least `kc * width`
+    // f32 and `h <= width`, so every `dst + p * width + i` written is inside it.
+    unsafe {
+        match (h == width, h) {
+            (true, 48) => gather_rows::<48>(src, rs, kc, dst),
+            (true, 16) => gather_rows::<16>(src, rs, kc, dst),
+            (true, 8) => gather_rows::<8>(src, rs, kc, dst),
+            (true, 6) => gather_rows::<6>(src, rs, kc, dst),
+            (true, 4) => gather_rows::<4>(src, rs, kc, dst),
+            _ => {
+                std::ptr::write_bytes(dst, 0, kc * width);
+                let full = h / 8 * 8;
+                for i0 in (0..full).step_by(8) {
+                    let s0 = src.offset(i0 as isize * rs);
+                    gather_group::<8>(s0, rs, kc, dst.add(i0), width);
+                }
+                for i in full..h {
+                    let row = src.offset(i as isize * rs);
+                    for p in 0..kc {
+                        *dst.add(p * width + i) = *row.add(p);
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Interleaves `M` rows of `kc` f32 (`rs` apart) into `dst`: `dst[p * M + i] = row_i[p]`,
+/// 8 rows at a time (so the row pointers stay in registers) when `M` is a multiple of 8.
+///
+/// # Safety
+/// `src + i * rs + p` is readable for `i < M`, `p < kc`; `dst` has `kc * M` writable f32.
+#[inline(always)]
+unsafe fn gather_rows<const M: usize>(src: *const f32, rs: isize, kc: usize, dst: *mut f32) {
+    // SAFETY: in range by the contract above: rows `i0 .. i0 + G` with `i0 + G <= M`.
+    unsafe {
+        if M % 8 == 0 {
+            for i0 in (0..M).step_by(8) {
+                gather_group::<8>(src.offset(i0 as isize * rs), rs, kc, dst.add(i0), M);
+            }
+        } else {
+            gather_group::<M>(src, rs, kc, dst, M);
+        }
+    }
+}
+
+/// `dst[p * stride + i] = row_i[p]` for `G` rows `rs` apart.
+///
+/// # Safety
+/// `src + i * rs + p` is readable for `i < G`, `p < kc`; `dst + p * stride + i` is
+/// writable for the same range, `G <= stride`.
+#[inline(always)]
+unsafe fn gather_group<const G: usize>(
+    src: *const f32,
+    rs: isize,
+    kc: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
+    // SAFETY: in range by the contract above.
+    unsafe {
+        let rows: [*const f32; G] = std::array::from_fn(|i| src.offset(i as isize * rs));
+        for p in 0..kc {
+            let col: [f32; G] = std::array::from_fn(|i| *rows[i].add(p));
+            dst.add(p * stride).cast::<[f32; G]>().write_unaligned(col);
+        }
+    }
+}
