@@ -1,9 +1,7 @@
 //! AVX-512F micro-kernel: 8 x 48 tile, 24 zmm accumulators.
 //!
 //! The AVX-512 intrinsics and `#[target_feature(enable = "avx512f")]` are stable since
-//! Rust 1.89, above the manifest's `rust-version = "1.85"`: this kernel needs the
-//! manifest's MSRV raised to 1.89 (the manifest is not this module's to change).
-#![allow(clippy::incompatible_msrv)]
+//! Rust 1.89, which is why the crate's `rust-version` is 1.89.
 
 use std::arch::x86_64::*;
 
