@@ -1,0 +1,268 @@
+//! Benchmarks of the crate's kernels on the shapes `../shared/tools/torch_anchor.py`
+//! measures in PyTorch, with the same JSON names, so the two can be compared side by side.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --json [--threads T] [--only NAME] [--reps R]
+//! ```
+//!
+//! Every figure is the median of several runs after a warm-up. `--only` runs one item
+//! (`sgemm`, `fma`, `seed_net`, or a conv name such as `resnet_64`), e.g. to measure the
+//! peak memory of one shape with `/usr/bin/time -v`.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use convinit::gemm::sgemm;
+use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
+use convinit::ops::{Conv2dOptions, conv2d, conv2d_backward, mse, mse_backward};
+use ndarray::{Array, Array1, Array2, Array4, Dimension, ShapeBuilder};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use serde_json::{Value, json};
+
+/// conv2d shapes: (name, N, C_in, H, W, C_out, k, stride, pad), as torch_anchor.py.
+const CONV_SHAPES: &[(&str, [usize; 8])] = &[
+    ("seed_l1", [100, 1, 28, 28, 8, 5, 2, 2]),
+    ("seed_l2", [100, 8, 14, 14, 16, 3, 2, 1]),
+    ("seed_l3", [100, 16, 7, 7, 32, 3, 2, 1]),
+    ("seed_l4", [100, 32, 4, 4, 1, 3, 2, 1]),
+    ("nb_32x1x5", [200, 1, 28, 28, 32, 5, 1, 0]),
+    ("resnet_64", [32, 64, 56, 56, 64, 3, 1, 1]),
+    ("resnet_128s2", [32, 64, 56, 56, 128, 3, 2, 1]),
+    ("vgg_256", [8, 256, 28, 28, 256, 3, 1, 1]),
+];
+
+#[derive(Debug)]
+struct Options {
+    json: bool,
+    threads: usize,
+    only: Option<String>,
+    reps: usize,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        json: false,
+        threads: 2,
+        only: None,
+        reps: 7,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> Result<usize, String> {
+            let v = it.next().ok_or(format!("{name} needs a number"))?;
+            v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+        };
+        match a.as_str() {
+            "--json" => o.json = true,
+            "--threads" => o.threads = num("--threads")?.max(1),
+            "--reps" => o.reps = num("--reps")?.max(1),
+            "--only" => o.only = Some(it.next().ok_or("--only needs a NAME")?),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: bench [--json] [--threads T] [--reps R] [--only sgemm|fma|seed_net|<conv name>]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(o)
+}
+
+/// Median seconds of `reps` timed runs of `inner` calls each, after one warm-up call.
+fn median_secs(reps: usize, inner: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..inner {
+                f();
+            }
+            t.elapsed().as_secs_f64() / inner as f64
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    ts[ts.len() / 2]
+}
+
+fn randn<D: Dimension, Sh: ShapeBuilder<Dim = D>>(shape: Sh, rng: &mut StdRng) -> Array<f32, D> {
+    Array::from_shape_simple_fn(shape, || rng.sample::<f32, _>(StandardNormal))
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let p = 10f64.powi(places);
+    (x * p).round() / p
+}
+
+/// Median of three short FMA-loop runs (about 0.1 s each) on `threads` threads.
+fn fma_peak(threads: usize) -> f64 {
+    let mut v: Vec<f64> = (0..3)
+        .map(|_| convinit::gemm::fma_peak_gflops(threads, 50_000_000))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[1]
+}
+
+fn bench_sgemm(reps: usize, rng: &mut StdRng) -> Value {
+    let mut out = serde_json::Map::new();
+    for n in [256usize, 512, 1024, 2048] {
+        let a: Array2<f32> = randn((n, n), rng);
+        let b: Array2<f32> = randn((n, n), rng);
+        let mut c = Array2::<f32>::zeros((n, n));
+        let t = median_secs(reps, (2048 / n).max(1), || {
+            sgemm(1.0, a.view(), b.view(), 0.0, c.view_mut()).expect("sgemm shapes agree");
+            black_box(&c);
+        });
+        out.insert(
+            n.to_string(),
+            json!(round(2.0 * (n as f64).powi(3) / t / 1e9, 1)),
+        );
+    }
+    Value::Object(out)
+}
+
+fn bench_conv(name: &str, s: [usize; 8], reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
+    let [n, c, h, w, o, k, st, p] = s;
+    let x: Array4<f32> = randn((n, c, h, w), rng);
+    let mut crng = StdRng::seed_from_u64(1);
+    let cfg = Conv2dConfig::new(c, o, (k, k))
+        .with_stride((st, st))
+        .with_padding((p, p));
+    let layer = Conv2d::new(cfg, &mut crng)?;
+    let opts = Conv2dOptions::new()
+        .with_stride((st, st))
+        .with_padding((p, p));
+    let bias = layer.bias().map(|b| b.view());
+    let y = conv2d(x.view(), layer.weight().view(), bias, &opts)?;
+    let (ho, wo) = (y.dim().2, y.dim().3);
+    let dy: Array4<f32> = randn(y.raw_dim(), rng);
+    let flops = 2.0 * (n * o * ho * wo * c * k * k) as f64;
+    let fwd = median_secs(reps, 1, || {
+        black_box(conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv"));
+    });
+    let fwd_bwd = median_secs(reps, 1, || {
+        black_box(conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv"));
+        black_box(
+            conv2d_backward(x.view(), layer.weight().view(), true, dy.view(), &opts)
+                .expect("valid conv"),
+        );
+    });
+    let _ = name;
+    Ok(json!({
+        "shape": s,
+        "fwd_ms": round(fwd * 1e3, 4),
+        "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
+        "fwd_gflops": round(flops / fwd / 1e9, 1),
+        "fwd_bwd_gflops": round(3.0 * flops / fwd_bwd / 1e9, 1),
+    }))
+}
+
+fn seed_net(rng: &mut StdRng) -> convinit::Result<Sequential> {
+    let conv = |i, o, k, p| {
+        Conv2dConfig::new(i, o, (k, k))
+            .with_stride((2, 2))
+            .with_padding((p, p))
+    };
+    Ok(Sequential::new()
+        .with(Conv2d::new(conv(1, 8, 5, 2), rng)?)
+        .with(Relu::new())
+        .with(Conv2d::new(conv(8, 16, 3, 1), rng)?)
+        .with(Relu::new())
+        .with(Conv2d::new(conv(16, 32, 3, 1), rng)?)
+        .with(Relu::new())
+        .with(Conv2d::new(conv(32, 1, 3, 1), rng)?)
+        .with(AdaptiveAvgPool2d::new((1, 1))?)
+        .with(Flatten::new(0, -1)))
+}
+
+fn bench_seed_net(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for n in [100usize, 1000, 10000] {
+        let mut net = seed_net(rng)?;
+        let x: Array4<f32> = randn((n, 1, 28, 28), rng);
+        let y: Array1<f32> = randn(n, rng);
+        let x = x.into_dyn();
+        let mut step = || -> convinit::Result<()> {
+            net.zero_grad();
+            let out = net.forward(x.view())?;
+            black_box(mse(out.view(), y.view())?);
+            net.backward(mse_backward(out.view(), y.view())?.view())?;
+            Ok(())
+        };
+        let t = median_secs(reps.min(5), 1, || step().expect("seed net runs"));
+        out.insert(n.to_string(), json!(round(t * 1e3, 3)));
+    }
+    Ok(Value::Object(out))
+}
+
+fn run(o: &Options) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let want = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
+    let mut out = BTreeMap::<String, Value>::new();
+    out.insert(
+        "crate".into(),
+        json!(format!("convinit {}", env!("CARGO_PKG_VERSION"))),
+    );
+    out.insert("threads".into(), json!(o.threads));
+    if want("fma") {
+        out.insert(
+            "fma_peak_gflops".into(),
+            json!(round(fma_peak(o.threads), 1)),
+        );
+    }
+    if want("sgemm") {
+        out.insert("sgemm_gflops".into(), bench_sgemm(o.reps, &mut rng));
+    }
+    let mut conv = serde_json::Map::new();
+    for (name, s) in CONV_SHAPES {
+        if want(name) || o.only.as_deref() == Some("conv2d") {
+            conv.insert(name.to_string(), bench_conv(name, *s, o.reps, &mut rng)?);
+        }
+    }
+    if !conv.is_empty() {
+        out.insert("conv2d".into(), Value::Object(conv));
+    }
+    if want("seed_net") {
+        out.insert(
+            "seed_net_fwd_bwd_ms".into(),
+            bench_seed_net(o.reps, &mut rng)?,
+        );
+    }
+    Ok(json!(out))
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bench: cannot build a pool of {} threads: {e}", o.threads);
+            std::process::exit(1);
+        }
+    };
+    match pool.install(|| run(&o)) {
+        Ok(v) => {
+            if o.json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
