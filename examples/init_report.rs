@@ -379,10 +379,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             dead.join("   ")
         );
     }
-    if let Some(parent) = std::path::Path::new(&args.out).parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent)?;
-        }
+    if let Some(parent) = std::path::Path::new(&args.out).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
     }
     draw(&runs, &args.out, steps)?;
     println!("\nwrote {}", args.out);

@@ -1288,7 +1288,7 @@ impl<R: Read> Machine<R> {
     }
 
     fn extend_dict(&self, d: &Map, items: Vec<Obj>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.invalid("odd number of items for a dict"));
         }
         for i in &items {
@@ -1340,40 +1340,42 @@ impl<R: Read> Machine<R> {
     /// to come), and the length is exactly shape x itemsize, the payload is converted
     /// to the element type while it is read: no second copy of the data is ever held.
     fn bytes_payload(&mut self, len: u64) -> Result<Payload> {
-        if len >= 1 << 16 {
-            if let Some((dt, count)) = self.predict(len) {
-                let what = format!(
-                    "{} payload ({len} bytes claimed by the opcode at byte {})",
-                    self.op, self.at
-                );
-                let inp = &mut self.input;
-                macro_rules! typed {
-                    ($v:ident, $t:ty, $n:literal) => {{
-                        let v = if dt.big_endian {
-                            inp.typed::<$t, $n>(count, <$t>::from_be_bytes, &what)?
-                        } else {
-                            inp.typed::<$t, $n>(count, <$t>::from_le_bytes, &what)?
-                        };
-                        NdArray::$v(ArrayD::from_shape_vec(IxDyn(&[count]), v).map_err(|e| {
+        if len >= 1 << 16
+            && let Some((dt, count)) = self.predict(len)
+        {
+            let what = format!(
+                "{} payload ({len} bytes claimed by the opcode at byte {})",
+                self.op, self.at
+            );
+            let inp = &mut self.input;
+            macro_rules! typed {
+                ($v:ident, $t:ty, $n:literal) => {{
+                    let v = if dt.big_endian {
+                        inp.typed::<$t, $n>(count, <$t>::from_be_bytes, &what)?
+                    } else {
+                        inp.typed::<$t, $n>(count, <$t>::from_le_bytes, &what)?
+                    };
+                    NdArray::$v(
+                        ArrayD::from_shape_vec(IxDyn(&[count]), v).map_err(|e| {
                             self.invalid(format!("cannot hold {count} elements: {e}"))
-                        })?)
-                    }};
-                }
-                let a = match dt.kind {
-                    DType::F32 => typed!(F32, f32, 4),
-                    DType::F64 => typed!(F64, f64, 8),
-                    DType::I64 => typed!(I64, i64, 8),
-                    DType::I32 => typed!(I32, i32, 4),
-                    DType::I16 => typed!(I16, i16, 2),
-                    DType::I8 => typed!(I8, i8, 1),
-                    DType::U8 => typed!(U8, u8, 1),
-                    DType::U16 => typed!(U16, u16, 2),
-                    DType::U32 => typed!(U32, u32, 4),
-                    DType::U64 => typed!(U64, u64, 8),
-                    DType::Bool => return self.payload(len).map(Payload::Raw),
-                };
-                return Ok(Payload::Typed(a, dt.big_endian));
+                        })?,
+                    )
+                }};
             }
+            let a = match dt.kind {
+                DType::F32 => typed!(F32, f32, 4),
+                DType::F64 => typed!(F64, f64, 8),
+                DType::I64 => typed!(I64, i64, 8),
+                DType::I32 => typed!(I32, i32, 4),
+                DType::I16 => typed!(I16, i16, 2),
+                DType::I8 => typed!(I8, i8, 1),
+                DType::U8 => typed!(U8, u8, 1),
+                DType::U16 => typed!(U16, u16, 2),
+                DType::U32 => typed!(U32, u32, 4),
+                DType::U64 => typed!(U64, u64, 8),
+                DType::Bool => return self.payload(len).map(Payload::Raw),
+            };
+            return Ok(Payload::Typed(a, dt.big_endian));
         }
         self.payload(len).map(Payload::Raw)
     }

@@ -121,7 +121,9 @@ impl Conv2dConfig {
                 format!("kernel size must be positive, got {:?}", self.kernel_size),
             ));
         }
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return Err(Error::config(
                 OP,
                 format!(

@@ -124,10 +124,10 @@ impl Layer for GeneralRelu {
         let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
         check_grad_shape(OP, grad_out.shape(), x.shape())?;
         Ok(Zip::from(x).and(&grad_out).map_collect(|&v, &g| {
-            if let Some(m) = self.maxv {
-                if self.unclamped(v) >= m {
-                    return 0.0;
-                }
+            if let Some(m) = self.maxv
+                && self.unclamped(v) >= m
+            {
+                return 0.0;
             }
             match self.leak {
                 _ if v > 0.0 => g,

@@ -174,18 +174,18 @@ impl Sgd {
         let mut params = net.named_parameters_mut();
         // Check every existing buffer first so that a mismatch updates nothing.
         for p in &params {
-            if let Some(buf) = self.momentum_buffer(&p.name) {
-                if buf.shape() != p.value.shape() {
-                    return Err(Error::shape(
-                        OP,
-                        format!(
-                            "parameter {} is {:?} but its momentum buffer is {:?}",
-                            p.name,
-                            p.value.shape(),
-                            buf.shape()
-                        ),
-                    ));
-                }
+            if let Some(buf) = self.momentum_buffer(&p.name)
+                && buf.shape() != p.value.shape()
+            {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "parameter {} is {:?} but its momentum buffer is {:?}",
+                        p.name,
+                        p.value.shape(),
+                        buf.shape()
+                    ),
+                ));
             }
         }
         for p in params.iter_mut() {

@@ -573,7 +573,7 @@ pub(crate) fn pack_interleave(x: ArrayView2<'_, f32>, width: usize, out: &mut [f
 unsafe fn gather_rows<const M: usize>(src: *const f32, rs: isize, kc: usize, dst: *mut f32) {
     // SAFETY: in range by the contract above: rows `i0 .. i0 + G` with `i0 + G <= M`.
     unsafe {
-        if M % 8 == 0 {
+        if M.is_multiple_of(8) {
             for i0 in (0..M).step_by(8) {
                 gather_group::<8>(src.offset(i0 as isize * rs), rs, kc, dst.add(i0), M);
             }
