@@ -54,7 +54,9 @@
 //! (not a pickle, stack underflow, missing MARK, memo miss, data length that does not
 //! match shape x itemsize, corrupt gzip, nesting deeper than [`MAX_DEPTH`], ...) and
 //! [`Error::Unsupported`] (unknown globals or opcodes, unsupported dtypes, integers
-//! wider than 64 bits, recursive structures, out-of-band buffers).
+//! wider than 64 bits, recursive structures, out-of-band buffers, and shared references
+//! that would expand the result to more than 256 bytes per input byte plus 4 MiB: a
+//! [`Value`] is a tree, so each reference to a shared object is a copy).
 //!
 //! # Examples
 //! ```
@@ -1439,7 +1441,12 @@ impl<R: Read> Machine<R> {
                 // Drop everything else first so the result's Rc's are unique.
                 self.stack.clear();
                 self.memo.clear();
-                return to_value(top, 0);
+                let limit = self
+                    .input
+                    .offset()
+                    .saturating_mul(MAX_EXPANSION)
+                    .saturating_add(EXPANSION_SLACK);
+                return to_value(top, 0, &mut Budget { left: limit, limit });
             }
             if let Err(e) = self.step(op) {
                 return Err(if self.at == 0 { annotate_first(e) } else { e });
@@ -2119,7 +2126,43 @@ fn annotate_first(e: Error) -> Error {
     }
 }
 
-fn to_value(o: Obj, depth: u32) -> Result<Value> {
+/// Bytes of result (`Value` nodes and copies of shared data) allowed per byte of
+/// decompressed input, on top of [`EXPANSION_SLACK`]. A pickle shares objects by
+/// reference (`DUP`, memo `GET`) and [`Value`] is a tree, so every shared object is copied
+/// once per reference: without a cap, `N` followed by 60 times `DUP TUPLE2` (123 bytes)
+/// would expand to 2^60 nodes. A legitimate pickle stays far below: one opcode byte
+/// makes at most one node of `size_of::<Value>()` (120) bytes.
+const MAX_EXPANSION: u64 = 256;
+/// Expansion allowed whatever the input's size (4 MiB).
+const EXPANSION_SLACK: u64 = 1 << 22;
+
+/// What is left of the expansion allowed to the result.
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        match self.left.checked_sub(bytes as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(Error::Unsupported {
+                format: FORMAT,
+                offset: 0,
+                message: format!(
+                    "the result expands shared references to more than {} bytes \
+                     ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a pickle bomb?",
+                    self.limit
+                ),
+            }),
+        }
+    }
+}
+
+fn to_value(o: Obj, depth: u32, budget: &mut Budget) -> Result<Value> {
     if depth > MAX_DEPTH + 1 {
         return Err(Error::InvalidData {
             format: FORMAT,
@@ -2127,8 +2170,13 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
             message: format!("result nested deeper than {MAX_DEPTH}"),
         });
     }
-    let seq = |items: Vec<Obj>| -> Result<Vec<Value>> {
-        items.into_iter().map(|i| to_value(i, depth + 1)).collect()
+    budget.charge(std::mem::size_of::<Value>())?;
+    let mut seq = |items: Vec<Obj>| -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            out.push(to_value(i, depth + 1, budget)?);
+        }
+        Ok(out)
     };
     Ok(match o {
         Obj::None => Value::None,
@@ -2136,8 +2184,8 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
         Obj::Int(i) => Value::Int(i),
         Obj::Float(f) => Value::Float(f),
         Obj::Str(s) => Value::Str(s.to_string()),
-        Obj::Bytes(r) => Value::Bytes(take_or_clone(r)?.into_raw().concat()),
-        Obj::Str2(r) => Value::Str(take_or_clone(r)?.into_raw().latin1()),
+        Obj::Bytes(r) => Value::Bytes(take_or_clone(r, budget)?.into_raw().concat()),
+        Obj::Str2(r) => Value::Str(take_or_clone(r, budget)?.into_raw().latin1()),
         Obj::Tuple(t) => Value::Tuple(seq(match Rc::try_unwrap(t) {
             Ok(t) => t.items,
             Err(t) => t.items.clone(),
@@ -2154,7 +2202,12 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
             Value::Dict(
                 items
                     .into_iter()
-                    .map(|(k, v)| Ok((to_value(k, depth + 1)?, to_value(v, depth + 1)?)))
+                    .map(|(k, v)| {
+                        Ok((
+                            to_value(k, depth + 1, budget)?,
+                            to_value(v, depth + 1, budget)?,
+                        ))
+                    })
                     .collect::<Result<_>>()?,
             )
         }
@@ -2162,7 +2215,10 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
             let a = match Rc::try_unwrap(a) {
                 Ok(a) => a.into_inner(),
                 Err(a) => match &*a.borrow() {
-                    ArrayObj::Built(x) => ArrayObj::Built(x.clone()),
+                    ArrayObj::Built(x) => {
+                        budget.charge(x.len().saturating_mul(x.dtype().itemsize()))?;
+                        ArrayObj::Built(x.clone())
+                    }
                     ArrayObj::Pending => ArrayObj::Pending,
                 },
             };
@@ -2194,10 +2250,18 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
     })
 }
 
-fn take_or_clone(r: Rc<RawCell>) -> Result<Payload> {
+fn take_or_clone(r: Rc<RawCell>, budget: &mut Budget) -> Result<Payload> {
     let raw = match Rc::try_unwrap(r) {
         Ok(c) => c.into_inner(),
-        Err(r) => r.borrow().clone(),
+        Err(r) => {
+            let len = match &*r.borrow() {
+                Some(Payload::Raw(raw)) => raw.len,
+                Some(Payload::Typed(a, _)) => (a.len() * a.dtype().itemsize()) as u64,
+                None => 0,
+            };
+            budget.charge(usize::try_from(len).unwrap_or(usize::MAX))?;
+            r.borrow().clone()
+        }
     };
     raw.ok_or_else(|| Error::Unsupported {
         format: FORMAT,
