@@ -135,23 +135,23 @@ pub(crate) fn check_grad_shape(op: &'static str, grad: &[usize], out: &[usize]) 
     Ok(())
 }
 
-/// Checks that each parameter still has its gradient's shape: `weight_mut` / `bias_mut`
-/// (or the gradient accessors) may have replaced one with an array of another shape, and
+/// Checks that a parameter still has its gradient's shape: `weight_mut` / `bias_mut` (or
+/// the gradient accessors) may have replaced one with an array of another shape, and
 /// accumulating a gradient into a differently shaped one would panic.
-pub(crate) fn check_param_shapes(
+pub(crate) fn check_param_shape(
     op: &'static str,
-    params: &[(&str, &[usize], Option<&[usize]>)],
+    name: &str,
+    param: &[usize],
+    grad: &[usize],
 ) -> Result<()> {
-    for &(name, param, grad) in params {
-        if let Some(grad) = grad.filter(|g| *g != param) {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{name} is {param:?} but its gradient is {grad:?}: a parameter replaced \
-                     through a `_mut` accessor must keep its shape"
-                ),
-            ));
-        }
+    if param != grad {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{name} is {param:?} but its gradient is {grad:?}: a parameter replaced \
+                 through a `_mut` accessor must keep its shape"
+            ),
+        ));
     }
     Ok(())
 }
