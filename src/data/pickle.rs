@@ -1775,6 +1775,13 @@ impl<R: Read> Machine<R> {
 
     fn args(&self, args: Obj, what: &str) -> Result<Vec<Obj>> {
         match args {
+            // No accepted callable or state takes more than 5 items. Checked before the
+            // copy below: a memoised 100 000-item tuple passed to REDUCE again and again
+            // would otherwise be copied whole each time (quadratic time from a small file).
+            Obj::Tuple(t) if t.items.len() > 5 => Err(self.unsupported(format!(
+                "{what} with {} arguments (at most 5 are used)",
+                t.items.len()
+            ))),
             Obj::Tuple(t) => Ok(match Rc::try_unwrap(t) {
                 Ok(t) => t.items,
                 Err(t) => t.items.clone(),

@@ -336,3 +336,19 @@ fn large_dicts_build_in_linear_time() {
     // Quadratic was minutes; linear is well under a second even unoptimised.
     assert!(took.as_secs() < 20, "took {took:?}");
 }
+
+#[test]
+fn long_argument_tuples_are_not_copied_per_call() {
+    // (numpy.ndarray, None x 100 000) memoised, then 100 000 x (REDUCE of _reconstruct
+    // on it, POP): each REDUCE copied the whole tuple (160 GB of copying from 700 kB).
+    let mut p = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x01(cnumpy\nndarray\n".to_vec();
+    p.extend(std::iter::repeat_n(b'N', 100_000));
+    p.extend_from_slice(b"tq\x00");
+    for _ in 0..100_000 {
+        p.extend_from_slice(b"h\x01h\x00R0");
+    }
+    p.push(b'.');
+    let start = std::time::Instant::now();
+    pickle_err("long REDUCE arguments", &p, "at most 5");
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+}
