@@ -1589,3 +1589,99 @@ fn every_error_displays_its_origin() {
         }
     }
 }
+
+/// Random small shapes and configurations, zeros included (empty batches, zero
+/// channels, zero-sized kernels, stride / dilation / groups 0): every op returns `Ok` or
+/// a typed error, never panics, and an `Ok` has the shape the geometry promises.
+#[test]
+fn random_small_shapes_never_panic() {
+    use rand::Rng;
+    let mut rng = StdRng::seed_from_u64(42);
+    let (mut ok, mut err) = (0, 0);
+    for i in 0..4000 {
+        let mut d = |hi: usize| rng.random_range(0..=hi);
+        let (n, c, h, w) = (d(3), d(4), d(6), d(6));
+        let (o, cg, kh, kw) = (d(4), d(4), d(4), d(4));
+        let opts = Conv2dOptions::new()
+            .with_stride((d(3), d(3)))
+            .with_padding((d(3), d(3)))
+            .with_dilation((d(2), d(2)))
+            .with_groups(d(3));
+        let bias_len = if d(1) == 0 { None } else { Some(d(5)) };
+        let (oh, ow) = (d(4), d(4));
+        let (m, k, nn) = (d(3), d(3), d(3));
+        let (sd, ed) = (d(6) as isize - 3, d(6) as isize - 3);
+        let x = Array4::<f32>::ones((n, c, h, w));
+        let wt = Array4::<f32>::ones((o, cg, kh, kw));
+        let b = bias_len.map(Array1::<f32>::ones);
+        let r = catch_unwind(AssertUnwindSafe(|| -> Vec<bool> {
+            let mut outcomes = Vec::new();
+            let y = conv2d(x.view(), wt.view(), b.as_ref().map(|b| b.view()), &opts);
+            if let Ok(y) = &y {
+                let geo =
+                    Conv2dGeometry::new("conv2d", [n, c, h, w], [o, cg, kh, kw], &opts).unwrap();
+                assert_eq!(y.dim(), geo.y_shape());
+                let dy = Array4::<f32>::ones(y.raw_dim());
+                let g =
+                    conv2d_backward(x.view(), wt.view(), b.is_some(), dy.view(), &opts).unwrap();
+                assert_eq!(g.dx.dim(), x.dim());
+                assert_eq!(g.dw.dim(), wt.dim());
+            }
+            outcomes.push(y.is_ok());
+            let p = adaptive_avg_pool2d(x.view(), (oh, ow));
+            if let Ok(p) = &p {
+                assert_eq!(p.dim(), (n, c, oh, ow));
+                adaptive_avg_pool2d_backward(x.dim(), Array4::ones(p.raw_dim()).view()).unwrap();
+            }
+            outcomes.push(p.is_ok());
+            let xl = Array2::<f32>::ones((m, k));
+            let wl = Array2::<f32>::ones((nn, k + usize::from(i % 5 == 0)));
+            let l = linear(xl.view(), wl.view(), b.as_ref().map(|b| b.view()));
+            if l.is_ok() {
+                linear_backward(
+                    xl.view(),
+                    wl.view(),
+                    b.is_some(),
+                    Array2::ones((m, nn)).view(),
+                )
+                .unwrap();
+            }
+            outcomes.push(l.is_ok());
+            let f = flatten(x.view().into_dyn(), sd, ed);
+            if let Ok(f) = &f {
+                assert_eq!(f.len(), x.len());
+                flatten_backward(x.shape(), f.view(), sd, ed).unwrap();
+            }
+            outcomes.push(f.is_ok());
+            outcomes
+                .push(mse(Array1::<f32>::ones(m).view(), Array1::<f32>::ones(k).view()).is_ok());
+            outcomes.push(to_images(&xl).is_ok());
+            let mut c = Array2::<f32>::zeros((m, nn));
+            outcomes.push(
+                sgemm(
+                    1.0,
+                    xl.view(),
+                    Array2::ones((k, nn)).view(),
+                    0.0,
+                    c.view_mut(),
+                )
+                .is_ok(),
+            );
+            outcomes
+        }));
+        let outcomes = r.unwrap_or_else(|_| {
+            panic!(
+                "case {i} panicked: x {:?} w {:?} {opts:?} bias {bias_len:?} pool {:?} \
+                 linear ({m}, {k}) x ({nn}, ..) flatten {sd} {ed}",
+                (n, c, h, w),
+                (o, cg, kh, kw),
+                (oh, ow)
+            )
+        });
+        ok += outcomes.iter().filter(|&&b| b).count();
+        err += outcomes.iter().filter(|&&b| !b).count();
+    }
+    println!("random shapes: {ok} ok, {err} errors");
+    // Both outcomes are exercised often.
+    assert!(ok > 5000 && err > 5000, "ok {ok}, err {err}");
+}
