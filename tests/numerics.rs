@@ -14,7 +14,7 @@
 //!   output channel's `dw` and `db`.
 //! - mse, mse_backward, stats, normalize.
 //! - sgemm against an f64-accumulated naive reference, with infinities, denormals and
-//!   NaN, in contiguous, transposed and strided layouts: NaN and infinity positions
+//!   NaN, in contiguous, transposed, strided and negative-stride layouts: NaN and infinity positions
 //!   equal, finite values within a bound relative to `sum |a| |b|` (which also catches a
 //!   kernel that flushes denormals to zero).
 
@@ -388,15 +388,20 @@ fn sgemm_handles_inf_nan_and_denormals_in_every_layout() {
     a_wide.slice_mut(s![.., ..;2]).assign(&a);
     let mut b_tall = Array2::<f32>::from_elem((3 * k, n), -7.0);
     b_tall.slice_mut(s![1..;3, ..]).assign(&b);
-    let a_views: [(&str, ArrayView2<'_, f32>); 3] = [
+    // Negative strides: stored reversed, viewed reversed back.
+    let a_rev = a.slice(s![..;-1, ..]).to_owned();
+    let b_rev = b.slice(s![.., ..;-1]).to_owned();
+    let a_views: [(&str, ArrayView2<'_, f32>); 4] = [
         ("A", a.view()),
         ("A^T^T", at.t()),
         ("A strided", a_wide.slice(s![.., ..;2])),
+        ("A negative stride", a_rev.slice(s![..;-1, ..])),
     ];
-    let b_views: [(&str, ArrayView2<'_, f32>); 3] = [
+    let b_views: [(&str, ArrayView2<'_, f32>); 4] = [
         ("B", b.view()),
         ("B^T^T", bt.t()),
         ("B strided", b_tall.slice(s![1..;3, ..])),
+        ("B negative stride", b_rev.slice(s![.., ..;-1])),
     ];
     let c0: Array2<f32> = uniform(&mut rng, (m, n));
     let mut checked_nan = 0;
@@ -432,7 +437,7 @@ fn sgemm_handles_inf_nan_and_denormals_in_every_layout() {
     }
     // The reference really has NaN (inf - inf, inf * 0, NaN rows) and the denormal row
     // is not flushed to zero.
-    assert!(checked_nan >= 27 * 3, "{checked_nan}");
+    assert!(checked_nan >= 48 * 3, "{checked_nan}");
     let mut c = Array2::<f32>::zeros((m, n));
     sgemm(1.0, a.view(), b.view(), 0.0, c.view_mut()).unwrap();
     assert!(
