@@ -1453,8 +1453,45 @@ fn bad_calls_return_typed_errors_and_never_panic() {
 /// The number of bad calls, printed for the report (`cargo test -- --nocapture`).
 #[test]
 fn panic_table_size() {
-    let n = table().len();
-    println!("panic table: {n} bad calls");
+    let table = table();
+    let n = table.len();
+    let module = |name: &str| -> &'static str {
+        let head = name.split([':', '.']).next().unwrap_or_default();
+        match head {
+            "pickle" => "data::pickle",
+            "idx" => "data::idx",
+            "mnist" => "data::Mnist",
+            "sgemm" => "gemm",
+            "to_images" => "stats",
+            "Conv2d" | "Linear" | "AdaptiveAvgPool2d" | "Relu" | "LeakyRelu" | "Flatten"
+            | "Sequential" => "nn",
+            h if h.starts_with(char::is_uppercase) || h.contains("_std") || h == "fans" => {
+                if h.starts_with("Conv2d") {
+                    "ops"
+                } else {
+                    "init"
+                }
+            }
+            "uniform"
+            | "normal"
+            | "trunc_normal"
+            | "constant"
+            | "kaiming_uniform"
+            | "kaiming_normal"
+            | "xavier_uniform"
+            | "xavier_normal"
+            | "orthogonal"
+            | "pytorch_default_reset"
+            | "default_bounds" => "init",
+            _ => "ops",
+        }
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for c in &table {
+        *counts.entry(module(c.name)).or_insert(0) += 1;
+    }
+    println!("panic table: {n} bad calls: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), n);
     assert!(n >= 80);
 }
 
