@@ -378,3 +378,32 @@ fn embedded_sample_peak_memory_is_about_its_arrays() {
         report.peak
     );
 }
+
+#[test]
+fn a_long_dict_key_repeated_through_the_memo_is_bounded() {
+    // A 1 MiB str key memoised, then inserted 100 000 times: each insert copied and
+    // hashed the whole key (100 GiB of work from 1.3 MB of pickle).
+    let mut p = b"\x80\x03X".to_vec();
+    p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(b'k', 1 << 20));
+    p.extend_from_slice(b"q\x00}(");
+    for _ in 0..100_000 {
+        p.extend_from_slice(b"h\x00N");
+    }
+    p.extend_from_slice(b"u.");
+    let start = std::time::Instant::now();
+    pickle_err("long key x 100 000", &p, "a long key repeated");
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    // A few repeats of the same long key are fine (the last value wins).
+    let mut p = b"\x80\x03X".to_vec();
+    p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(b'k', 1 << 20));
+    p.extend_from_slice(b"q\x00}(h\x00Nh\x00K\x07u.");
+    let got = guarded("long key x 2", p.len(), || {
+        let v = pickle::from_reader(&p[..])?;
+        assert_eq!(v.as_dict().map(<[_]>::len), Some(1));
+        assert_eq!(v.as_dict().unwrap()[0].1.as_int(), Some(7));
+        Ok(())
+    });
+    assert_eq!(got, Ok(()));
+}
