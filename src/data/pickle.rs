@@ -1060,10 +1060,11 @@ struct Machine<R> {
     /// Offset of the opcode being executed.
     at: u64,
     op: &'static str,
-    /// Bytes of dict key text hashed so far, bounded like the result's expansion: a long
-    /// key inserted again and again through the memo would otherwise be copied and
-    /// hashed in full each time (a 1 MB key x 100 000 inserts from 1.3 MB of pickle).
-    key_bytes: Cell<u64>,
+    /// Bytes copied out of shared objects so far (dict key text hashed, strings
+    /// encoded to bytes), bounded like the result's expansion: a long key or string
+    /// used again and again through the memo would otherwise be copied in full each time
+    /// (a 1 MB key x 100 000 dict inserts, or 1000 `_codecs.encode` calls on a 1 MB str).
+    copied: Cell<u64>,
 }
 
 fn opname(op: u8) -> Option<&'static str> {
@@ -1188,7 +1189,7 @@ impl<R: Read> Machine<R> {
             memo: HashMap::new(),
             at: 0,
             op: "",
-            key_bytes: Cell::new(0),
+            copied: Cell::new(0),
         }
     }
 
@@ -1322,19 +1323,7 @@ impl<R: Read> Machine<R> {
         let mut map = d.items.borrow_mut();
         let mut index = d.index.borrow_mut();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            let used = self.key_bytes.get().saturating_add(KeyId::text_len(&k));
-            let limit = self
-                .input
-                .offset()
-                .saturating_mul(MAX_EXPANSION)
-                .saturating_add(EXPANSION_SLACK);
-            if used > limit {
-                return Err(self.unsupported(format!(
-                    "dict keys add up to more than {limit} bytes of text \
-                     ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a long key repeated?"
-                )));
-            }
-            self.key_bytes.set(used);
+            self.charge_copy("dict key text", KeyId::text_len(&k))?;
             match KeyId::of(&k).map(|id| index.entry(id)) {
                 Some(Entry::Occupied(e)) => {
                     if let Some(slot) = map.get_mut(*e.get()) {
@@ -1348,6 +1337,24 @@ impl<R: Read> Machine<R> {
                 None => map.push((k, v)),
             }
         }
+        Ok(())
+    }
+
+    /// Charges `len` bytes copied out of a shared object to the budget of `copied`.
+    fn charge_copy(&self, what: &str, len: u64) -> Result<()> {
+        let used = self.copied.get().saturating_add(len);
+        let limit = self
+            .input
+            .offset()
+            .saturating_mul(MAX_EXPANSION)
+            .saturating_add(EXPANSION_SLACK);
+        if used > limit {
+            return Err(self.unsupported(format!(
+                "{what}: copies of shared data add up to more than {limit} bytes \
+                 ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a pickle bomb?"
+            )));
+        }
+        self.copied.set(used);
         Ok(())
     }
 
@@ -1903,6 +1910,7 @@ impl<R: Read> Machine<R> {
     }
 
     fn encode(&self, s: &str, enc: &str) -> Result<Obj> {
+        self.charge_copy("encoded string", s.len() as u64)?;
         let v: Vec<u8> = match enc {
             "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1" => {
                 let mut v = Vec::with_capacity(s.len());
