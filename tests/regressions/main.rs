@@ -392,7 +392,11 @@ fn a_long_dict_key_repeated_through_the_memo_is_bounded() {
     }
     p.extend_from_slice(b"u.");
     let start = std::time::Instant::now();
-    pickle_err("long key x 100 000", &p, "a long key repeated");
+    pickle_err(
+        "long key x 100 000",
+        &p,
+        "dict key text: copies of shared data",
+    );
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
     // A few repeats of the same long key are fine (the last value wins).
     let mut p = b"\x80\x03X".to_vec();
@@ -406,4 +410,19 @@ fn a_long_dict_key_repeated_through_the_memo_is_bounded() {
         Ok(())
     });
     assert_eq!(got, Ok(()));
+}
+
+#[test]
+fn encoding_a_shared_string_again_and_again_is_bounded() {
+    // A 1 MiB str memoised, then 1000 x `_codecs.encode(s, 'latin1')` kept on the stack:
+    // each call made a fresh 1 MiB bytes object (1 GiB from 1 MB of pickle).
+    let mut p = b"\x80\x03X".to_vec();
+    p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(b's', 1 << 20));
+    p.extend_from_slice(b"q\x00c_codecs\nencode\nq\x01(");
+    for _ in 0..1000 {
+        p.extend_from_slice(b"h\x01h\x00U\x06latin1\x86R");
+    }
+    p.extend_from_slice(b"t.");
+    pickle_err("encode x 1000", &p, "encoded string: copies of shared data");
 }
