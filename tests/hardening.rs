@@ -34,7 +34,7 @@
 //! | `init::kaiming_uniform`, `kaiming_normal`, `xavier_uniform`, `xavier_normal`, `orthogonal`, `pytorch_default_reset` | rank < 2; non-finite a / gain | one entry each |
 //! | `init::Init::apply`, `apply_with_bias` | the scheme's own checks; bad bias rule | `Init::apply: *`, `Init::apply_with_bias: *` |
 //! | `stats::to_images` | width not a square; zero width | `to_images: *` |
-//! | `data::pickle::from_reader`, `load` | empty; truncated; unknown opcode / protocol; stack underflow; no MARK; memo miss; negative / lying lengths; bad UTF-8; odd dict; append to non-list; unsupported globals, opcodes, dtypes, wide ints; nesting too deep; recursive structures; array data length; pending array; bad gzip (garbage, truncated, CRC); pickle bomb; missing file | `pickle: *` |
+//! | `data::pickle::from_reader`, `load` | empty; truncated; unknown opcode / protocol; stack underflow; no MARK; memo miss; negative / lying lengths; bad UTF-8; odd dict; append to non-list; unsupported globals, opcodes, dtypes, wide ints; nesting too deep; recursive structures; more than 5 call arguments; array data length; pending array; bad gzip (garbage, truncated, CRC); pickle bomb (result expansion; copies of shared keys / strings: `tests/regressions`); missing file | `pickle: *` |
 //! | `data::idx::from_reader`, `load` | truncated magic / dims / data; bad magic; type code; zero dims; trailing bytes; too large; bad gzip; missing file | `idx: *` |
 //! | `data::Mnist::from_value`, `from_pickle_reader`, `load`, `from_idx_dir` | not 3 splits; split not (x, y); x not 2-D f32; y not 1-D ints; counts differ; bad pickle; missing files; too few train images; wrong IDX types / ranks | `mnist: *` |
 //!
@@ -1314,6 +1314,7 @@ fn data_cases() -> Vec<Case> {
         case("pickle: odd dict items", InvalidData, &["pickle", "odd number"], pkl(b"\x80\x02(K\x01d.")),
         case("pickle: APPEND to an int", Unsupported, &["pickle", "append to a int"], pkl(b"\x80\x02K\x01K\x02a.")),
         case("pickle: SETITEM on a list", Unsupported, &["pickle", "set items of a list"], pkl(b"\x80\x02]K\x01K\x02s.")),
+        case("pickle: REDUCE with 6 arguments", Unsupported, &["pickle", "6 arguments", "at most 5"], pkl(b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n(NNNNNNtR.")),
         case("pickle: calling an int", Unsupported, &["pickle", "calling a int"], pkl(b"\x80\x02K\x01)R.")),
         case("pickle: BUILD on an int", Unsupported, &["pickle", "BUILD on a int"], pkl(b"\x80\x02K\x01)b.")),
         case("pickle: persistent id", Unsupported, &["pickle", "persistent"], pkl(b"\x80\x02K\x01Q.")),
