@@ -1,13 +1,34 @@
-//! Results are bit-identical for any rayon thread count (1, 2 and 7 threads).
+//! Results are bit-identical for any rayon thread count: every op (conv forward and
+//! backward in several configurations, pooling, activations, linear, MSE, flatten), every
+//! initialiser, the seed network (forward, MSE, backward, every parameter gradient) and
+//! the GEMM, in rayon pools of 1, 2 and 7 threads ([`THREADS`]), compared with
+//! `to_bits()`. [`rayon_num_threads_env_var_gives_identical_hashes`] also runs this test
+//! binary as a child process with `RAYON_NUM_THREADS` = 1, 2 and 7 (how users set it)
+//! and compares a hash of all the outputs.
 
 mod common;
 
+use std::hash::Hasher;
+
 use common::{load_case, reference_dir};
-use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
-use convinit::ops::{Conv2dOptions, conv2d, conv2d_backward, mse, mse_backward};
-use ndarray::{Array, Array1, Array4, ArrayD};
+use convinit::gemm::sgemm;
+use convinit::init::{BiasInit, FanMode, Init, Nonlinearity};
+use convinit::nn::{
+    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, LeakyRelu, Linear, LinearConfig, Relu,
+    Sequential,
+};
+use convinit::ops::{
+    Conv2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward,
+    flatten, leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward, relu,
+    relu_backward,
+};
+use ndarray::{Array, Array1, Array2, Array4, ArrayD, s};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// The rayon thread counts compared: serial, the laptop, and more threads than cores
+/// and than most work splits divide evenly by.
+const THREADS: [usize; 3] = [1, 2, 7];
 
 fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
     rayon::ThreadPoolBuilder::new()
@@ -25,25 +46,210 @@ fn uniform<Sh: ndarray::ShapeBuilder>(rng: &mut StdRng, shape: Sh) -> Array<f32,
     Array::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
 }
 
-/// Conv forward and backward on a batch large enough for several reduction chunks.
+/// Conv forward and backward in several configurations: groups, stride, padding,
+/// dilation, 1x1, and batches that are not a multiple of the reduction chunk (8).
 fn conv_run() -> Vec<Vec<u32>> {
     let mut rng = StdRng::seed_from_u64(1);
-    let x: Array4<f32> = uniform(&mut rng, (37, 4, 13, 11));
-    let w: Array4<f32> = uniform(&mut rng, (6, 2, 3, 3));
-    let b: Array1<f32> = uniform(&mut rng, 6);
-    let opts = Conv2dOptions::new()
-        .with_padding((1, 2))
-        .with_stride((2, 1))
-        .with_groups(2);
-    let y = conv2d(x.view(), w.view(), Some(b.view()), &opts).unwrap();
-    let dy: Array4<f32> = uniform(&mut rng, y.raw_dim());
-    let g = conv2d_backward(x.view(), w.view(), true, dy.view(), &opts).unwrap();
-    vec![
-        bits(&y),
-        bits(&g.dx),
-        bits(&g.dw),
-        bits(g.db.as_ref().unwrap()),
-    ]
+    // (N, C, H, W), (O, C/g, kh, kw), options
+    let configs = [
+        (
+            (37, 4, 13, 11),
+            (6, 2, 3, 3),
+            Conv2dOptions::new()
+                .with_padding((1, 2))
+                .with_stride((2, 1))
+                .with_groups(2),
+        ),
+        ((1, 3, 9, 9), (5, 3, 3, 3), Conv2dOptions::new()),
+        (
+            (9, 4, 12, 10),
+            (8, 1, 3, 2),
+            Conv2dOptions::new()
+                .with_groups(4)
+                .with_dilation((2, 3))
+                .with_padding((2, 0)),
+        ),
+        (
+            (17, 6, 5, 5),
+            (3, 6, 1, 1),
+            Conv2dOptions::new().with_stride((2, 2)),
+        ),
+        (
+            (23, 1, 28, 28),
+            (8, 1, 5, 5),
+            Conv2dOptions::new()
+                .with_stride((2, 2))
+                .with_padding((2, 2)),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (xs, ws, opts) in configs {
+        let x: Array4<f32> = uniform(&mut rng, xs);
+        let w: Array4<f32> = uniform(&mut rng, ws);
+        let b: Array1<f32> = uniform(&mut rng, ws.0);
+        let y = conv2d(x.view(), w.view(), Some(b.view()), &opts).unwrap();
+        let dy: Array4<f32> = uniform(&mut rng, y.raw_dim());
+        let g = conv2d_backward(x.view(), w.view(), true, dy.view(), &opts).unwrap();
+        out.extend([
+            bits(&y),
+            bits(&g.dx),
+            bits(&g.dw),
+            bits(g.db.as_ref().unwrap()),
+        ]);
+    }
+    out
+}
+
+/// Pooling (global, uneven and upsampling windows), activations, linear, MSE and
+/// flatten, forward and backward.
+fn small_ops_run() -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut out = Vec::new();
+    let x: Array4<f32> = uniform(&mut rng, (19, 5, 7, 9));
+    for size in [(1, 1), (3, 4), (9, 11)] {
+        let y = adaptive_avg_pool2d(x.view(), size).unwrap();
+        let dy: Array4<f32> = uniform(&mut rng, y.raw_dim());
+        let dx = adaptive_avg_pool2d_backward(x.dim(), dy.view()).unwrap();
+        out.extend([bits(&y), bits(&dx)]);
+    }
+    let dy: Array4<f32> = uniform(&mut rng, x.raw_dim());
+    out.push(bits(&relu(x.view())));
+    out.push(bits(&relu_backward(x.view(), dy.view()).unwrap()));
+    out.push(bits(&leaky_relu(x.view(), 0.1)));
+    out.push(bits(
+        &leaky_relu_backward(x.view(), dy.view(), 5f32.sqrt()).unwrap(),
+    ));
+    let xl: Array2<f32> = uniform(&mut rng, (67, 300));
+    let wl: Array2<f32> = uniform(&mut rng, (50, 300));
+    let bl: Array1<f32> = uniform(&mut rng, 50);
+    let yl = linear(xl.view(), wl.view(), Some(bl.view())).unwrap();
+    let dyl: Array2<f32> = uniform(&mut rng, yl.raw_dim());
+    let gl = linear_backward(xl.view(), wl.view(), true, dyl.view()).unwrap();
+    out.extend([
+        bits(&yl),
+        bits(&gl.dx),
+        bits(&gl.dw),
+        bits(gl.db.as_ref().unwrap()),
+    ]);
+    let pred: Array1<f32> = uniform(&mut rng, 1001);
+    let target: Array1<f32> = uniform(&mut rng, 1001);
+    out.push(vec![mse(pred.view(), target.view()).unwrap().to_bits()]);
+    out.push(bits(&mse_backward(pred.view(), target.view()).unwrap()));
+    out.push(bits(&flatten(x.view().into_dyn(), 1, -1).unwrap()));
+    out
+}
+
+/// Layers with parameters, forward and backward (gradients accumulated twice).
+fn layers_run() -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut net = Sequential::new()
+        .with(
+            Conv2d::new(
+                Conv2dConfig::new(2, 6, (3, 3))
+                    .with_groups(2)
+                    .with_padding((1, 1)),
+                &mut rng,
+            )
+            .unwrap(),
+        )
+        .with(LeakyRelu::new(0.2))
+        .with(AdaptiveAvgPool2d::new((2, 2)).unwrap())
+        .with(Flatten::new(1, -1))
+        .with(Linear::new(LinearConfig::new(24, 3), &mut rng).unwrap());
+    let x: ArrayD<f32> = uniform(&mut rng, (21, 2, 10, 10)).into_dyn();
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let y = net.forward(x.view()).unwrap();
+        let dy: ArrayD<f32> = uniform(&mut rng, y.raw_dim());
+        let dx = net.backward(dy.view()).unwrap();
+        out.extend([bits(&y), bits(&dx)]);
+    }
+    out.extend(net.named_parameters().iter().map(|p| bits(p.grad.iter())));
+    out
+}
+
+/// Every initialiser, through `Init` (weight and bias) and the layers' constructors.
+fn init_run() -> Vec<Vec<u32>> {
+    let schemes = [
+        Init::PytorchDefault,
+        Init::KAIMING_UNIFORM,
+        Init::KAIMING_NORMAL,
+        Init::KaimingNormal {
+            a: 0.1,
+            mode: FanMode::FanOut,
+            nonlinearity: Nonlinearity::Tanh,
+        },
+        Init::XAVIER_UNIFORM,
+        Init::XAVIER_NORMAL,
+        Init::UNIFORM,
+        Init::NORMAL,
+        Init::TRUNC_NORMAL,
+        Init::Constant(0.25),
+        Init::Zeros,
+        Init::Ones,
+        Init::ORTHOGONAL,
+        Init::Orthogonal { gain: 2.0 },
+    ];
+    let mut out = Vec::new();
+    for (i, scheme) in schemes.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(100 + i as u64);
+        let mut w = ArrayD::<f32>::zeros(ndarray::IxDyn(&[16, 8, 3, 3]));
+        let mut b = Array1::<f32>::zeros(16);
+        scheme
+            .apply(w.view_mut(), Some(b.view_mut()), &mut rng)
+            .unwrap();
+        out.extend([bits(&w), bits(&b)]);
+        let mut b2 = Array1::<f32>::zeros(16);
+        scheme
+            .apply_with_bias(
+                w.view_mut(),
+                Some(b2.view_mut()),
+                BiasInit::Uniform {
+                    low: -0.5,
+                    high: 0.5,
+                },
+                &mut rng,
+            )
+            .unwrap();
+        out.extend([bits(&w), bits(&b2)]);
+    }
+    let mut rng = StdRng::seed_from_u64(5);
+    let c = Conv2d::new(Conv2dConfig::new(3, 32, (5, 5)), &mut rng).unwrap();
+    let l = Linear::new(LinearConfig::new(784, 50), &mut rng).unwrap();
+    out.extend([bits(c.weight()), bits(c.bias().unwrap())]);
+    out.extend([bits(l.weight()), bits(l.bias().unwrap())]);
+    out
+}
+
+/// `sgemm` on shapes big enough for a parallel kernel, in every layout: contiguous,
+/// transposed, strided (every other row / column), and with beta != 0.
+fn gemm_run() -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(6);
+    let (m, k, n) = (300, 500, 700);
+    let a: Array2<f32> = uniform(&mut rng, (m, k));
+    let b: Array2<f32> = uniform(&mut rng, (k, n));
+    let at: Array2<f32> = a.t().as_standard_layout().into_owned();
+    let bt: Array2<f32> = b.t().as_standard_layout().into_owned();
+    let a2: Array2<f32> = uniform(&mut rng, (2 * m, 2 * k));
+    let b2: Array2<f32> = uniform(&mut rng, (2 * k, 2 * n));
+    let c0: Array2<f32> = uniform(&mut rng, (m, n));
+    let mut out = Vec::new();
+    let mut run = |a: ndarray::ArrayView2<'_, f32>, b: ndarray::ArrayView2<'_, f32>, beta| {
+        let mut c = c0.clone();
+        sgemm(0.75, a, b, beta, c.view_mut()).unwrap();
+        out.push(bits(&c));
+    };
+    run(a.view(), b.view(), 0.0);
+    run(at.t(), b.view(), 0.0);
+    run(a.view(), bt.t(), 0.0);
+    run(at.t(), bt.t(), 1.0);
+    run(a2.slice(s![..;2, ..;2]), b2.slice(s![..;2, 1..;2]), 0.5);
+    run(
+        a2.slice(s![1..;2, ..k]).t().t(),
+        b2.slice(s![..k, ..;2]),
+        0.0,
+    );
+    out
 }
 
 /// The notebook's seed net on the reference weights and a larger random batch.
@@ -87,27 +293,157 @@ fn seed_net_run() -> Vec<Vec<u32>> {
     let mut all = vec![bits(&out), vec![loss.to_bits()], bits(&dx)];
     all.extend(net.named_parameters().iter().map(|p| bits(p.grad.iter())));
     assert_eq!(net.layer(0).unwrap().name(), "Conv2d");
+    // Every parameter's gradient is there (4 convs x weight and bias).
+    assert_eq!(all.len(), 3 + 8);
     all
+}
+
+/// Runs `f` in a pool of each of [`THREADS`] and asserts the results are identical.
+fn assert_same_in_every_pool(what: &str, f: fn() -> Vec<Vec<u32>>) {
+    let one = in_pool(THREADS[0], f);
+    assert!(one.iter().all(|v| !v.is_empty()), "{what}: an empty output");
+    for &t in &THREADS[1..] {
+        let other = in_pool(t, f);
+        assert_eq!(other.len(), one.len());
+        for (i, (a, b)) in one.iter().zip(&other).enumerate() {
+            let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+            assert!(
+                a == b,
+                "{what}: output {i} differs in {diff} of {} values with {t} threads",
+                a.len()
+            );
+        }
+    }
 }
 
 #[test]
 fn conv_is_bit_identical_across_thread_counts() {
-    let one = in_pool(1, conv_run);
-    for t in [2, 7] {
-        assert!(
-            in_pool(t, conv_run) == one,
-            "conv results differ with {t} threads"
-        );
-    }
+    assert_same_in_every_pool("conv", conv_run);
 }
 
 #[test]
 fn seed_net_is_bit_identical_across_thread_counts() {
-    let one = in_pool(1, seed_net_run);
-    for t in [2, 7] {
-        assert!(
-            in_pool(t, seed_net_run) == one,
-            "seed net results differ with {t} threads"
-        );
+    assert_same_in_every_pool("seed net", seed_net_run);
+}
+
+#[test]
+fn pooling_activations_linear_mse_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("small ops", small_ops_run);
+}
+
+#[test]
+fn layers_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("layers", layers_run);
+}
+
+#[test]
+fn initialisers_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("init", init_run);
+}
+
+#[test]
+fn gemm_is_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("sgemm", gemm_run);
+}
+
+/// The comparison can fail: a different seed gives different bits.
+#[test]
+fn the_comparison_sees_a_difference() {
+    let a = init_run();
+    let mut rng = StdRng::seed_from_u64(99);
+    let mut w = ArrayD::<f32>::zeros(ndarray::IxDyn(&[16, 8, 3, 3]));
+    Init::PytorchDefault
+        .apply(w.view_mut(), None, &mut rng)
+        .unwrap();
+    assert_ne!(a[0], bits(&w));
+}
+
+// ---------------------------------------------------------------------------------------
+// RAYON_NUM_THREADS, set the way users set it: in a child process.
+
+const CHILD_ENV: &str = "CONVINIT_DETERMINISM_CHILD";
+
+/// FNV-1a over every output's length and bits.
+fn hash_all() -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    for run in [
+        conv_run,
+        seed_net_run,
+        small_ops_run,
+        layers_run,
+        init_run,
+        gemm_run,
+    ] {
+        for v in run() {
+            h.write_usize(v.len());
+            for x in v {
+                h.write_u32(x);
+            }
+        }
     }
+    h.finish()
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// In a child process (the env var set by the parent test below): prints the global
+/// pool's thread count and the hash. A no-op in a normal run.
+#[test]
+fn child_prints_hash_of_all_outputs() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    println!(
+        "THREADS={} HASH={:016x}",
+        rayon::current_num_threads(),
+        hash_all()
+    );
+}
+
+#[test]
+fn rayon_num_threads_env_var_gives_identical_hashes() {
+    let exe = std::env::current_exe().unwrap();
+    let mut hashes = Vec::new();
+    for t in THREADS {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "child_prints_hash_of_all_outputs",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .env("RAYON_NUM_THREADS", t.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child with {t} threads failed: {stdout}"
+        );
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("THREADS=").map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no hash from the child with {t} threads: {stdout}"));
+        let (threads, hash) = line.split_once(" HASH=").unwrap();
+        // The env var reached the child's global pool.
+        assert_eq!(threads, t.to_string());
+        hashes.push(hash.to_string());
+    }
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "hashes differ by RAYON_NUM_THREADS {THREADS:?}: {hashes:?}"
+    );
 }

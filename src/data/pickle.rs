@@ -54,7 +54,9 @@
 //! (not a pickle, stack underflow, missing MARK, memo miss, data length that does not
 //! match shape x itemsize, corrupt gzip, nesting deeper than [`MAX_DEPTH`], ...) and
 //! [`Error::Unsupported`] (unknown globals or opcodes, unsupported dtypes, integers
-//! wider than 64 bits, recursive structures, out-of-band buffers).
+//! wider than 64 bits, recursive structures, out-of-band buffers, and shared references
+//! that would expand the result to more than 256 bytes per input byte plus 4 MiB: a
+//! [`Value`] is a tree, so each reference to a shared object is a copy).
 //!
 //! # Examples
 //! ```
@@ -74,6 +76,7 @@
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -956,6 +959,10 @@ struct Seq {
 #[derive(Debug)]
 struct Map {
     items: RefCell<Vec<(Obj, Obj)>>,
+    /// Position in `items` of each key that can be equal to another ([`KeyId`]), so
+    /// that building a dict of n items is O(n), not O(n^2) (a 600 kB pickle of a
+    /// 100 000-item dict took minutes with a linear search per item).
+    index: RefCell<HashMap<KeyId, usize>>,
     depth: Cell<u32>,
     embedded: Cell<bool>,
 }
@@ -1053,6 +1060,11 @@ struct Machine<R> {
     /// Offset of the opcode being executed.
     at: u64,
     op: &'static str,
+    /// Bytes copied out of shared objects so far (dict key text hashed, strings
+    /// encoded to bytes), bounded like the result's expansion: a long key or string
+    /// used again and again through the memo would otherwise be copied in full each time
+    /// (a 1 MB key x 100 000 dict inserts, or 1000 `_codecs.encode` calls on a 1 MB str).
+    copied: Cell<u64>,
 }
 
 fn opname(op: u8) -> Option<&'static str> {
@@ -1177,6 +1189,7 @@ impl<R: Read> Machine<R> {
             memo: HashMap::new(),
             at: 0,
             op: "",
+            copied: Cell::new(0),
         }
     }
 
@@ -1280,6 +1293,7 @@ impl<R: Read> Machine<R> {
     fn dict(&self, items: Vec<Obj>) -> Result<Obj> {
         let d = Rc::new(Map {
             items: RefCell::new(Vec::new()),
+            index: RefCell::new(HashMap::new()),
             depth: Cell::new(1),
             embedded: Cell::new(false),
         });
@@ -1307,13 +1321,40 @@ impl<R: Read> Machine<R> {
         d.depth.set(d.depth.get().max(depth));
         let mut it = items.into_iter();
         let mut map = d.items.borrow_mut();
+        let mut index = d.index.borrow_mut();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            if let Some(slot) = map.iter_mut().find(|(old, _)| same_key(old, &k)) {
-                slot.1 = v;
-            } else {
-                map.push((k, v));
+            self.charge_copy("dict key text", KeyId::text_len(&k))?;
+            match KeyId::of(&k).map(|id| index.entry(id)) {
+                Some(Entry::Occupied(e)) => {
+                    if let Some(slot) = map.get_mut(*e.get()) {
+                        slot.1 = v;
+                    }
+                }
+                Some(Entry::Vacant(e)) => {
+                    e.insert(map.len());
+                    map.push((k, v));
+                }
+                None => map.push((k, v)),
             }
         }
+        Ok(())
+    }
+
+    /// Charges `len` bytes copied out of a shared object to the budget of `copied`.
+    fn charge_copy(&self, what: &str, len: u64) -> Result<()> {
+        let used = self.copied.get().saturating_add(len);
+        let limit = self
+            .input
+            .offset()
+            .saturating_mul(MAX_EXPANSION)
+            .saturating_add(EXPANSION_SLACK);
+        if used > limit {
+            return Err(self.unsupported(format!(
+                "{what}: copies of shared data add up to more than {limit} bytes \
+                 ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a pickle bomb?"
+            )));
+        }
+        self.copied.set(used);
         Ok(())
     }
 
@@ -1441,7 +1482,12 @@ impl<R: Read> Machine<R> {
                 // Drop everything else first so the result's Rc's are unique.
                 self.stack.clear();
                 self.memo.clear();
-                return to_value(top, 0);
+                let limit = self
+                    .input
+                    .offset()
+                    .saturating_mul(MAX_EXPANSION)
+                    .saturating_add(EXPANSION_SLACK);
+                return to_value(top, 0, &mut Budget { left: limit, limit });
             }
             if let Err(e) = self.step(op) {
                 return Err(if self.at == 0 { annotate_first(e) } else { e });
@@ -1756,6 +1802,13 @@ impl<R: Read> Machine<R> {
 
     fn args(&self, args: Obj, what: &str) -> Result<Vec<Obj>> {
         match args {
+            // No accepted callable or state takes more than 5 items. Checked before the
+            // copy below: a memoised 100 000-item tuple passed to REDUCE again and again
+            // would otherwise be copied whole each time (quadratic time from a small file).
+            Obj::Tuple(t) if t.items.len() > 5 => Err(self.unsupported(format!(
+                "{what} with {} arguments (at most 5 are used)",
+                t.items.len()
+            ))),
             Obj::Tuple(t) => Ok(match Rc::try_unwrap(t) {
                 Ok(t) => t.items,
                 Err(t) => t.items.clone(),
@@ -1859,6 +1912,7 @@ impl<R: Read> Machine<R> {
     }
 
     fn encode(&self, s: &str, enc: &str) -> Result<Obj> {
+        self.charge_copy("encoded string", s.len() as u64)?;
         let v: Vec<u8> = match enc {
             "latin1" | "latin-1" | "iso-8859-1" | "iso8859-1" | "l1" => {
                 let mut v = Vec::with_capacity(s.len());
@@ -2092,17 +2146,42 @@ pub(crate) fn convert<T, const N: usize>(
     convert_chunks(raw.chunks, count, f)
 }
 
-fn same_key(a: &Obj, b: &Obj) -> bool {
-    match (a, b) {
-        (Obj::Str(x), Obj::Str(y)) => x == y,
-        (Obj::Int(x), Obj::Int(y)) => x == y,
-        (Obj::Bool(x), Obj::Bool(y)) => x == y,
-        (Obj::None, Obj::None) => true,
-        (Obj::Float(x), Obj::Float(y)) => x == y,
-        (Obj::Str(_) | Obj::Str2(_), Obj::Str(_) | Obj::Str2(_)) => {
-            matches!((a.text(), b.text()), (Some(x), Some(y)) if x == y)
+/// What makes two dict keys the same key: `str` and Python 2 `str` by their text, ints,
+/// bools, `None`, and floats by value (`0.0 == -0.0`; NaN is never equal). Other keys
+/// (tuples, bytes, ...) are never merged.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum KeyId {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Text(String),
+}
+
+impl KeyId {
+    /// The length of a text key, without copying it (0 for other keys).
+    fn text_len(o: &Obj) -> u64 {
+        match o {
+            Obj::Str(s) => s.len() as u64,
+            Obj::Str2(r) => match &*r.borrow() {
+                Some(Payload::Raw(raw)) => raw.len,
+                Some(Payload::Typed(a, _)) => (a.len() * a.dtype().itemsize()) as u64,
+                None => 0,
+            },
+            _ => 0,
         }
-        _ => false,
+    }
+
+    fn of(o: &Obj) -> Option<KeyId> {
+        Some(match o {
+            Obj::None => KeyId::None,
+            Obj::Bool(b) => KeyId::Bool(*b),
+            Obj::Int(i) => KeyId::Int(*i),
+            Obj::Float(f) if f.is_nan() => return None,
+            Obj::Float(f) => KeyId::Float(if *f == 0.0 { 0 } else { f.to_bits() }),
+            Obj::Str(_) | Obj::Str2(_) => KeyId::Text(o.text()?.into_owned()),
+            _ => return None,
+        })
     }
 }
 
@@ -2121,7 +2200,43 @@ fn annotate_first(e: Error) -> Error {
     }
 }
 
-fn to_value(o: Obj, depth: u32) -> Result<Value> {
+/// Bytes of result (`Value` nodes and copies of shared data) allowed per byte of
+/// decompressed input, on top of [`EXPANSION_SLACK`]. A pickle shares objects by
+/// reference (`DUP`, memo `GET`) and [`Value`] is a tree, so every shared object is copied
+/// once per reference: without a cap, `N` followed by 60 times `DUP TUPLE2` (123 bytes)
+/// would expand to 2^60 nodes. A legitimate pickle stays far below: one opcode byte
+/// makes at most one node of `size_of::<Value>()` (120) bytes.
+const MAX_EXPANSION: u64 = 256;
+/// Expansion allowed whatever the input's size (4 MiB).
+const EXPANSION_SLACK: u64 = 1 << 22;
+
+/// What is left of the expansion allowed to the result.
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        match self.left.checked_sub(bytes as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(Error::Unsupported {
+                format: FORMAT,
+                offset: 0,
+                message: format!(
+                    "the result expands shared references to more than {} bytes \
+                     ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a pickle bomb?",
+                    self.limit
+                ),
+            }),
+        }
+    }
+}
+
+fn to_value(o: Obj, depth: u32, budget: &mut Budget) -> Result<Value> {
     if depth > MAX_DEPTH + 1 {
         return Err(Error::InvalidData {
             format: FORMAT,
@@ -2129,8 +2244,13 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
             message: format!("result nested deeper than {MAX_DEPTH}"),
         });
     }
-    let seq = |items: Vec<Obj>| -> Result<Vec<Value>> {
-        items.into_iter().map(|i| to_value(i, depth + 1)).collect()
+    budget.charge(std::mem::size_of::<Value>())?;
+    let mut seq = |items: Vec<Obj>| -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            out.push(to_value(i, depth + 1, budget)?);
+        }
+        Ok(out)
     };
     Ok(match o {
         Obj::None => Value::None,
@@ -2138,8 +2258,8 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
         Obj::Int(i) => Value::Int(i),
         Obj::Float(f) => Value::Float(f),
         Obj::Str(s) => Value::Str(s.to_string()),
-        Obj::Bytes(r) => Value::Bytes(take_or_clone(r)?.into_raw().concat()),
-        Obj::Str2(r) => Value::Str(take_or_clone(r)?.into_raw().latin1()),
+        Obj::Bytes(r) => Value::Bytes(take_or_clone(r, budget)?.into_raw().concat()),
+        Obj::Str2(r) => Value::Str(take_or_clone(r, budget)?.into_raw().latin1()),
         Obj::Tuple(t) => Value::Tuple(seq(match Rc::try_unwrap(t) {
             Ok(t) => t.items,
             Err(t) => t.items.clone(),
@@ -2156,7 +2276,12 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
             Value::Dict(
                 items
                     .into_iter()
-                    .map(|(k, v)| Ok((to_value(k, depth + 1)?, to_value(v, depth + 1)?)))
+                    .map(|(k, v)| {
+                        Ok((
+                            to_value(k, depth + 1, budget)?,
+                            to_value(v, depth + 1, budget)?,
+                        ))
+                    })
                     .collect::<Result<_>>()?,
             )
         }
@@ -2164,7 +2289,10 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
             let a = match Rc::try_unwrap(a) {
                 Ok(a) => a.into_inner(),
                 Err(a) => match &*a.borrow() {
-                    ArrayObj::Built(x) => ArrayObj::Built(x.clone()),
+                    ArrayObj::Built(x) => {
+                        budget.charge(x.len().saturating_mul(x.dtype().itemsize()))?;
+                        ArrayObj::Built(x.clone())
+                    }
                     ArrayObj::Pending => ArrayObj::Pending,
                 },
             };
@@ -2196,10 +2324,18 @@ fn to_value(o: Obj, depth: u32) -> Result<Value> {
     })
 }
 
-fn take_or_clone(r: Rc<RawCell>) -> Result<Payload> {
+fn take_or_clone(r: Rc<RawCell>, budget: &mut Budget) -> Result<Payload> {
     let raw = match Rc::try_unwrap(r) {
         Ok(c) => c.into_inner(),
-        Err(r) => r.borrow().clone(),
+        Err(r) => {
+            let len = match &*r.borrow() {
+                Some(Payload::Raw(raw)) => raw.len,
+                Some(Payload::Typed(a, _)) => (a.len() * a.dtype().itemsize()) as u64,
+                None => 0,
+            };
+            budget.charge(usize::try_from(len).unwrap_or(usize::MAX))?;
+            r.borrow().clone()
+        }
     };
     raw.ok_or_else(|| Error::Unsupported {
         format: FORMAT,

@@ -6,8 +6,8 @@ use ndarray::{Array1, Array4, ArrayD, ArrayViewD, Ix4};
 use rand::Rng;
 
 use super::{
-    Layer, Param, ParamMut, check_bias, check_grad_shape, not_run, to_rank, weight_bias_params,
-    weight_bias_params_mut,
+    Layer, Param, ParamMut, check_bias, check_grad_shape, check_param_shape, not_run, to_rank,
+    weight_bias_params, weight_bias_params_mut,
 };
 use crate::error::{Error, Result};
 use crate::init::Init;
@@ -310,6 +310,10 @@ impl Layer for Conv2d {
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        check_param_shape(OP, "weight", self.weight.shape(), self.weight_grad.shape())?;
+        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
+            check_param_shape(OP, "bias", b.shape(), g.shape())?;
+        }
         let geo = self.geometry(x.dim().into())?;
         let (n, o, oh, ow) = geo.y_shape();
         check_grad_shape(OP, grad_out.shape(), &[n, o, oh, ow])?;

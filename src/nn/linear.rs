@@ -6,8 +6,8 @@ use ndarray::{Array1, Array2, ArrayD, ArrayViewD, Ix2};
 use rand::Rng;
 
 use super::{
-    Layer, Param, ParamMut, check_bias, check_grad_shape, not_run, to_rank, weight_bias_params,
-    weight_bias_params_mut,
+    Layer, Param, ParamMut, check_bias, check_grad_shape, check_param_shape, not_run, to_rank,
+    weight_bias_params, weight_bias_params_mut,
 };
 use crate::error::{Error, Result};
 use crate::init::Init;
@@ -194,6 +194,10 @@ impl Layer for Linear {
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        check_param_shape(OP, "weight", self.weight.shape(), self.weight_grad.shape())?;
+        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
+            check_param_shape(OP, "bias", b.shape(), g.shape())?;
+        }
         check_grad_shape(OP, grad_out.shape(), &[x.nrows(), self.weight.nrows()])?;
         let dy = to_rank::<Ix2>(OP, "grad_out", "(N, out_features)", grad_out)?;
         let grads = linear_backward(x.view(), self.weight.view(), self.bias.is_some(), dy)?;

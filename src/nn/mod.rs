@@ -137,6 +137,27 @@ pub(crate) fn check_grad_shape(op: &'static str, grad: &[usize], out: &[usize]) 
     Ok(())
 }
 
+/// Checks that a parameter still has its gradient's shape: `weight_mut` / `bias_mut` (or
+/// the gradient accessors) may have replaced one with an array of another shape, and
+/// accumulating a gradient into a differently shaped one would panic.
+pub(crate) fn check_param_shape(
+    op: &'static str,
+    name: &str,
+    param: &[usize],
+    grad: &[usize],
+) -> Result<()> {
+    if param != grad {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{name} is {param:?} but its gradient is {grad:?}: a parameter replaced \
+                 through a `_mut` accessor must keep its shape"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a given bias against the config's `bias` flag and the output count.
 pub(crate) fn check_bias(
     op: &'static str,

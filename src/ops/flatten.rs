@@ -37,7 +37,17 @@ pub fn flatten_shape(shape: &[usize], start_dim: isize, end_dim: isize) -> Resul
         return Ok(vec![1]);
     }
     let mut out = shape[..s].to_vec();
-    out.push(shape[s..=e].iter().product());
+    // `flatten_backward` takes the shape from the caller: the product may overflow.
+    let merged = shape[s..=e]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::shape(
+                OP,
+                format!("flattening dims {s}..={e} of {shape:?} overflows usize"),
+            )
+        })?;
+    out.push(merged);
     out.extend_from_slice(&shape[e + 1..]);
     Ok(out)
 }

@@ -209,10 +209,21 @@ impl Conv2dGeometry {
                 .and_then(|v| v.checked_mul(out_h))
                 .and_then(|v| v.checked_mul(out_w)),
         ];
-        if fits.iter().any(Option::is_none) {
+        // In bytes, within `isize::MAX`: a larger `Vec` panics ("capacity overflow")
+        // instead of failing to allocate.
+        let allocatable = |elems: &Option<usize>| {
+            elems
+                .and_then(|e| e.checked_mul(std::mem::size_of::<f32>()))
+                .is_some_and(|bytes| bytes <= isize::MAX as usize)
+        };
+        if !fits.iter().all(allocatable) {
             return Err(Error::shape(
                 op,
-                format!("x {x_shape:?} and weight {w_shape:?} give a buffer too large to index"),
+                format!(
+                    "x {x_shape:?} and weight {w_shape:?} with padding {:?} give a buffer too \
+                     large to allocate",
+                    options.padding
+                ),
             ));
         }
         Ok(Conv2dGeometry {

@@ -93,6 +93,14 @@ pub fn adaptive_avg_pool2d_backward(
     let (dn, dc, oh, ow) = dy.dim();
     let shape = [n, c, h, w];
     validate(&shape, (oh, ow))?;
+    // `x_shape` is the caller's: dx must be allocatable (a larger Vec panics).
+    let elems = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if elems.is_none_or(|e| e > isize::MAX as usize / 4) {
+        return Err(Error::shape(
+            OP,
+            format!("input shape {shape:?} is too large to allocate its gradient"),
+        ));
+    }
     if (dn, dc) != (n, c) {
         return Err(Error::shape(
             OP,
