@@ -23,6 +23,8 @@ mod pool;
 
 pub use activation::{leaky_relu, leaky_relu_backward, relu, relu_backward};
 pub use conv::{Conv2dGrads, REDUCTION_CHUNK, conv2d, conv2d_backward};
+#[doc(hidden)]
+pub use conv::{ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub use linear::{LinearGrads, linear, linear_backward};
