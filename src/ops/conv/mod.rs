@@ -53,9 +53,21 @@ pub struct ConvPlan {
     pub use_map: bool,
 }
 
-/// Bytes of one column buffer: a tile of `K x tile_cols` floats. Measured on resnet_64
-/// / vgg_256 / nb_32x1x5 (2 threads, fwd+bwd): see the table in [`ConvPlan::choose`].
-const TILE_BYTES: usize = 512 * 1024;
+/// Bytes of one column buffer: a tile of `K x tile_cols` floats, `tile_cols` a multiple
+/// of the AVX-512 kernel's 48 columns. Measured with `examples/plan_sweep` (2 threads,
+/// back to back): resnet_64 (K = 576) runs best at 384-576 columns, 227 columns (512
+/// KiB) is 3% slower and 96-192 up to 20% slower.
+const TILE_BYTES: usize = 1 << 20;
+
+/// Fewest columns per tile, whatever `K`: vgg_256 (K = 2304) at 56 columns runs 1.3x
+/// slower forward than at 96-960 (the GEMM's 48-column panels run half empty).
+const MIN_TILE_COLS: usize = 192;
+
+/// Most columns per tile, whatever `K`: small images are grouped up to this many
+/// columns. nb_32x1x5 (K = 25, 576 columns per image) runs fwd+bwd 1.3x faster one image
+/// per tile than 18 images (10 464 columns) per tile, whose column and output buffers
+/// (2.3 MB) spill from L2; seed_l1..l4 do not care between 384 and 3 600 columns.
+const MAX_TILE_COLS: usize = 1024;
 
 /// Images whose column matrix has at most this many entries are lowered through an
 /// index map.
@@ -76,16 +88,19 @@ impl ConvPlan {
             Lowering::Im2col
         };
         let k = geo.col_rows().max(1);
-        let tile_cols = (TILE_BYTES / (k * size_of::<f32>())).max(16);
+        let tile_cols =
+            (TILE_BYTES / (k * size_of::<f32>()) / 48 * 48).clamp(MIN_TILE_COLS, MAX_TILE_COLS);
         let macs = geo.batch * geo.out_channels * geo.col_cols() * (k / o.groups);
         ConvPlan {
             lowering,
             tile_cols,
             parallel: macs >= PARALLEL_MACS && rayon::current_num_threads() > 1,
-            // Short output rows (seed_l2..l4: 7, 4, 2 wide) gather faster through the
-            // map (seed_l2 fwd 0.23 -> 0.19 ms); 14-24 wide ones copy rows faster
-            // (nb_32x1x5 fwd 1.45 ms by rows, 2.8 ms by map).
-            use_map: geo.out_w <= 8,
+            // Short output rows gather faster through the map (`plan_sweep`, 2 threads,
+            // fwd / bwd ms by rows -> by map: seed_l1 (14 wide) 0.22 / 0.60 -> 0.13 /
+            // 0.40, seed_l2 (7) 0.23 / 0.56 -> 0.11 / 0.29, seed_l4 (2) 0.36 / 0.72 ->
+            // 0.08 / 0.17); 24-wide rows of nb_32x1x5 copy as fast by rows (fwd 2.2 ms
+            // both) and scatter faster by rows (bwd 8.4 ms vs 9.3 ms).
+            use_map: geo.out_w <= 16,
         }
     }
 
