@@ -4,7 +4,7 @@
 //! what the forward saw plus the upstream gradient and returns the gradients. The layers
 //! in [`crate::nn`] keep that state for you.
 //!
-//! - [`conv2d`] / [`conv2d_backward`]: im2col + [`crate::gemm::sgemm`], geometry in
+//! - [`conv2d`] / [`conv2d_backward`]: tiled im2col (or pointwise) + the crate's GEMM, geometry in
 //!   [`Conv2dGeometry`] (output size from [`conv_out_size`], the one place it is computed).
 //! - [`relu`], [`leaky_relu`] and their backwards.
 //! - [`adaptive_avg_pool2d`] and its backward.
