@@ -51,7 +51,7 @@ fn main() {
         let kk = c * k * k;
         let mut plans = vec![("chosen".to_string(), base)];
         let _ = kk;
-        for tile_cols in [96usize, 192, 384, 576, 960] {
+        for tile_cols in [96usize, 192, 384, 576, 960, 1 << 20] {
             plans.push((format!("tile {tile_cols}"), ConvPlan { tile_cols, ..base }));
         }
         plans.push(("map on".into(), ConvPlan { use_map: true, ..base }));
