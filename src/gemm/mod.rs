@@ -74,6 +74,27 @@ pub fn sgemm(
     Ok(())
 }
 
+/// [`sgemm`] that runs on the calling thread alone when `parallel` is false (for callers
+/// that already split their work over rayon tasks), else as [`sgemm`]. Same result, bit
+/// for bit, either way.
+pub(crate) fn sgemm_par(
+    parallel: bool,
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    c: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    check_shapes(&a, &b, &c)?;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    loops::gemm(Kernel::selected(), alpha, a, b, beta, c, threads);
+    Ok(())
+}
+
 /// [`sgemm`] with an explicit micro-kernel, so one process can test and benchmark every
 /// instruction-set path. Not part of the stable API.
 ///

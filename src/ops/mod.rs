@@ -4,7 +4,7 @@
 //! what the forward saw plus the upstream gradient and returns the gradients. The layers
 //! in [`crate::nn`] keep that state for you.
 //!
-//! - [`conv2d`] / [`conv2d_backward`]: im2col + [`crate::gemm::sgemm`], geometry in
+//! - [`conv2d`] / [`conv2d_backward`]: tiled im2col (or pointwise) + the crate's GEMM, geometry in
 //!   [`Conv2dGeometry`] (output size from [`conv_out_size`], the one place it is computed).
 //! - [`relu`], [`leaky_relu`] and their backwards.
 //! - [`adaptive_avg_pool2d`] and its backward.
@@ -23,6 +23,8 @@ mod pool;
 
 pub use activation::{leaky_relu, leaky_relu_backward, relu, relu_backward};
 pub use conv::{Conv2dGrads, REDUCTION_CHUNK, conv2d, conv2d_backward};
+#[doc(hidden)]
+pub use conv::{ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub use linear::{LinearGrads, linear, linear_backward};

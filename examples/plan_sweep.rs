@@ -1,0 +1,76 @@
+//! Compares conv paths (tile sizes, index map, parallel split) on one shape, back to back
+//! in one process: the measurements behind `ConvPlan::choose`.
+//!
+//! ```sh
+//! cargo run --release --example plan_sweep -- N C H W O k s p [threads]
+//! ```
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use convinit::ops::{
+    Conv2dGeometry, Conv2dOptions, ConvPlan, conv2d_backward_with_plan, conv2d_with_plan,
+};
+use ndarray::Array4;
+
+fn median(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    ts[reps / 2]
+}
+
+fn main() {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().expect("numbers"))
+        .collect();
+    let [n, c, h, w, o, k, s, p] = a[..8] else {
+        panic!("usage: plan_sweep N C H W O k s p [threads]")
+    };
+    let threads = a.get(8).copied().unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        let x = Array4::from_shape_fn((n, c, h, w), |(a, b, c, d)| ((a + 3 * b + 5 * c + 7 * d) % 13) as f32 - 6.0);
+        let wt = Array4::from_shape_fn((o, c, k, k), |(a, b, c, d)| ((a + b + c + d) % 5) as f32 - 2.0);
+        let opts = Conv2dOptions::new().with_stride((s, s)).with_padding((p, p));
+        let geo = Conv2dGeometry::new("sweep", [n, c, h, w], [o, c, k, k], &opts).expect("geometry");
+        let base = ConvPlan::choose(&geo);
+        let y = conv2d_with_plan(x.view(), wt.view(), None, &opts, base).expect("conv");
+        let dy = y.mapv(|v| v * 1e-3);
+        let reps = if n * o * h * w * c * k * k > 100_000_000 { 5 } else { 21 };
+        let kk = c * k * k;
+        let mut plans = vec![("chosen".to_string(), base)];
+        let _ = kk;
+        for tile_cols in [96usize, 192, 384, 576, 960, 1 << 20] {
+            plans.push((format!("tile {tile_cols}"), ConvPlan { tile_cols, ..base }));
+        }
+        plans.push(("map on".into(), ConvPlan { use_map: true, ..base }));
+        plans.push(("map off".into(), ConvPlan { use_map: false, ..base }));
+        plans.push(("serial".into(), ConvPlan { parallel: false, ..base }));
+        plans.push(("parallel".into(), ConvPlan { parallel: true, ..base }));
+        for round in 0..2 {
+            for (name, plan) in &plans {
+                let f = median(reps, || {
+                    black_box(conv2d_with_plan(x.view(), wt.view(), None, &opts, *plan).expect("conv"));
+                });
+                let b = median(reps, || {
+                    black_box(
+                        conv2d_backward_with_plan(x.view(), wt.view(), true, dy.view(), &opts, *plan)
+                            .expect("conv"),
+                    );
+                });
+                println!("round {round} {name:>14}: fwd {f:8.4} ms  bwd {b:8.4} ms  (tile_cols {}, map {}, par {})", plan.tile_cols, plan.use_map, plan.parallel);
+            }
+        }
+    });
+}

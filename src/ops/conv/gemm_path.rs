@@ -1,0 +1,310 @@
+//! The GEMM conv path, forward and backward: the output positions of the batch are cut
+//! into tiles, each tile's columns are lowered into a small buffer and multiplied by the
+//! weights with [`sgemm_par`].
+//!
+//! A tile is either a run of whole images side by side (small images: one GEMM for
+//! several images, `n = images * L`) or a run of output columns of one image (large
+//! images: the column buffer stays at [`ConvPlan::tile_cols`] columns instead of the
+//! whole `C * kh * kw x L` matrix). The lowering is im2col, or for a 1x1 stride-1
+//! unpadded conv ([`Lowering::Pointwise`]) the input itself (no copy for one image).
+//!
+//! Forward: `y[tile] = W x cols[tile]` per group, then the bias. Backward, per fixed chunk
+//! of images (see [`backward_chunk`]): `dW += dy[tile] x cols[tile]^T`,
+//! `dcols = W^T x dy[tile]`, `dx += col2im(dcols)`, `db += sum(dy)`.
+
+use ndarray::parallel::prelude::*;
+use ndarray::{
+    Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
+};
+
+use super::{ConvPlan, Lowering, REDUCTION_CHUNK, shape_err};
+use crate::error::Result;
+use crate::gemm::sgemm_par;
+use crate::ops::geometry::Conv2dGeometry;
+use crate::ops::im2col::{Im2colMap, col2im_range, im2col_range};
+
+/// Fewest tasks (forward) or reduction chunks (backward) to cut a batch into when images
+/// are small, so two threads get a balanced share. A constant, never the thread count, so
+/// the chunks, and the floating-point sums, are the same on any pool.
+const MIN_SPLIT: usize = 8;
+
+/// The shared read-only inputs of one conv.
+pub(super) struct Operands<'a> {
+    /// The input, (N, C * H * W).
+    pub x: ArrayView2<'a, f32>,
+    /// The weights, (O, C / groups * kh * kw).
+    pub w: ArrayView2<'a, f32>,
+    pub geo: &'a Conv2dGeometry,
+    pub plan: ConvPlan,
+    /// The im2col index map, for small images (whole-image tiles only).
+    pub map: Option<Im2colMap>,
+}
+
+/// Whole images per tile when an image has at most `tile_cols` output positions, else 1.
+fn images_per_tile(plan: &ConvPlan, l: usize) -> usize {
+    (plan.tile_cols / l.max(1)).max(1)
+}
+
+/// Writes the lowered columns `l0..l0 + lt` of images `n0..n0 + b` side by side into
+/// `cols` (K rows of `b * lt`).
+fn lower(ops: &Operands<'_>, n0: usize, b: usize, l0: usize, lt: usize, cols: &mut [f32]) {
+    let nc = b * lt;
+    for bi in 0..b {
+        let x = ops.x.row(n0 + bi);
+        let x = x.as_slice().expect("input rows are contiguous");
+        match ops.plan.lowering {
+            Lowering::Im2col => match &ops.map {
+                Some(map) if lt == ops.geo.col_cols() => map.gather(x, &mut cols[bi * lt..], nc),
+                _ => im2col_range(x, ops.geo, l0, l0 + lt, &mut cols[bi * lt..], nc),
+            },
+            Lowering::Pointwise => {
+                let l = ops.geo.col_cols();
+                for (c, dst) in cols.chunks_exact_mut(nc).enumerate() {
+                    dst[bi * lt..(bi + 1) * lt].copy_from_slice(&x[c * l + l0..c * l + l0 + lt]);
+                }
+            }
+        }
+    }
+}
+
+/// The B operand (K, b * lt) of a tile: the input itself for one image of a pointwise
+/// conv, else lowered into `buf`.
+fn operand_b<'a: 'r, 'r>(
+    ops: &Operands<'a>,
+    n0: usize,
+    b: usize,
+    l0: usize,
+    lt: usize,
+    buf: &'r mut Vec<f32>,
+) -> Result<ArrayView2<'r, f32>> {
+    let k = ops.geo.col_rows();
+    if ops.plan.lowering == Lowering::Pointwise && b == 1 {
+        let l = ops.geo.col_cols();
+        let x = ops
+            .x
+            .index_axis_move(Axis(0), n0)
+            .into_shape_with_order((k, l))
+            .map_err(shape_err)?;
+        return Ok(x.slice_move(s![.., l0..l0 + lt]));
+    }
+    buf.resize(k * b * lt, 0.0);
+    lower(ops, n0, b, l0, lt, buf);
+    ArrayView2::from_shape((k, b * lt), &buf[..]).map_err(shape_err)
+}
+
+/// Forward into `y` (N, O, L): splits it into disjoint tiles and runs them, on the rayon
+/// pool when the plan says so.
+pub(super) fn forward(
+    ops: &Operands<'_>,
+    bias: Option<ArrayView1<'_, f32>>,
+    mut y: ArrayViewMut3<'_, f32>,
+) -> Result<()> {
+    let (n, _, l) = y.dim();
+    let per = images_per_tile(&ops.plan, l);
+    let mut tiles: Vec<(usize, usize, ArrayViewMut3<'_, f32>)> = Vec::new();
+    if per > 1 || l <= ops.plan.tile_cols {
+        let per = per.min(n.div_ceil(MIN_SPLIT)).max(1);
+        for (i, chunk) in y.axis_chunks_iter_mut(Axis(0), per).enumerate() {
+            tiles.push((i * per, 0, chunk));
+        }
+    } else {
+        for (i, yn) in y.axis_chunks_iter_mut(Axis(0), 1).enumerate() {
+            let mut rest = yn;
+            let mut l0 = 0;
+            while rest.len_of(Axis(2)) > 0 {
+                let lt = ops.plan.tile_cols.min(rest.len_of(Axis(2)));
+                let (head, tail) = rest.split_at(Axis(2), lt);
+                tiles.push((i, l0, head));
+                rest = tail;
+                l0 += lt;
+            }
+        }
+    }
+    let run = |bufs: &mut (Vec<f32>, Vec<f32>),
+               (n0, l0, yt): (usize, usize, ArrayViewMut3<'_, f32>)|
+     -> Result<()> { forward_tile(ops, bias, n0, l0, yt, bufs) };
+    if ops.plan.parallel {
+        tiles
+            .into_par_iter()
+            .with_max_len(1)
+            .try_for_each_init(|| (Vec::new(), Vec::new()), run)
+    } else {
+        let mut bufs = (Vec::new(), Vec::new());
+        tiles.into_iter().try_for_each(|t| run(&mut bufs, t))
+    }
+}
+
+/// One forward tile: images `n0..n0 + b`, columns `l0..l0 + lt`, output `yt` (b, O, lt).
+fn forward_tile(
+    ops: &Operands<'_>,
+    bias: Option<ArrayView1<'_, f32>>,
+    n0: usize,
+    l0: usize,
+    mut yt: ArrayViewMut3<'_, f32>,
+    (cbuf, obuf): &mut (Vec<f32>, Vec<f32>),
+) -> Result<()> {
+    let (b, o, lt) = yt.dim();
+    let g = ops.geo.options.groups;
+    let (og, kg) = (o / g, ops.w.ncols());
+    // Inside a parallel split each GEMM stays on its thread.
+    let par = !ops.plan.parallel;
+    let cols = operand_b(ops, n0, b, l0, lt, cbuf)?;
+    let gemm_into = |mut out: ArrayViewMut2<'_, f32>| -> Result<()> {
+        for gi in 0..g {
+            sgemm_par(
+                par,
+                1.0,
+                ops.w.slice(s![gi * og..(gi + 1) * og, ..]),
+                cols.slice(s![gi * kg..(gi + 1) * kg, ..]),
+                0.0,
+                out.slice_mut(s![gi * og..(gi + 1) * og, ..]),
+            )?;
+        }
+        Ok(())
+    };
+    if b == 1 {
+        gemm_into(yt.index_axis_mut(Axis(0), 0))?;
+    } else {
+        obuf.resize(o * b * lt, 0.0);
+        let mut out = ArrayViewMut2::from_shape((o, b * lt), &mut obuf[..]).map_err(shape_err)?;
+        gemm_into(out.view_mut())?;
+        for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
+            yn.assign(&out.slice(s![.., bi * lt..(bi + 1) * lt]));
+        }
+    }
+    if let Some(bias) = bias {
+        for (oi, &bv) in bias.iter().enumerate() {
+            yt.slice_mut(s![.., oi, ..]).mapv_inplace(|v| v + bv);
+        }
+    }
+    Ok(())
+}
+
+/// Images per reduction chunk of the backward pass: `ceil(N / MIN_SPLIT)`, at most
+/// [`REDUCTION_CHUNK`]. Depends on the batch size only.
+pub(super) fn chunk_images(n: usize) -> usize {
+    n.div_ceil(MIN_SPLIT).clamp(1, REDUCTION_CHUNK)
+}
+
+/// Backward: `dx` (N, C * H * W, zeroed) is filled per chunk of [`chunk_images`] images;
+/// returns one `(dW, db)` partial per chunk, in chunk order.
+pub(super) fn backward(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    with_bias: bool,
+    mut dx: ArrayViewMut2<'_, f32>,
+) -> Result<Vec<(Array2<f32>, Array1<f64>)>> {
+    let cb = chunk_images(dy.len_of(Axis(0)));
+    let chunks: Vec<_> = dx.axis_chunks_iter_mut(Axis(0), cb).enumerate().collect();
+    let run = |(ci, dxc): (usize, ArrayViewMut2<'_, f32>)| {
+        backward_chunk(ops, dy, with_bias, ci * cb, dxc)
+    };
+    if ops.plan.parallel {
+        chunks.into_par_iter().with_max_len(1).map(run).collect()
+    } else {
+        chunks.into_iter().map(run).collect()
+    }
+}
+
+/// One reduction chunk: images `n0..n0 + dxc.nrows()`, tiles in a fixed order.
+fn backward_chunk(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    with_bias: bool,
+    n0: usize,
+    mut dxc: ArrayViewMut2<'_, f32>,
+) -> Result<(Array2<f32>, Array1<f64>)> {
+    let (_, o, l) = dy.dim();
+    let nb = dxc.nrows();
+    let g = ops.geo.options.groups;
+    let (og, kg, k) = (o / g, ops.w.ncols(), ops.geo.col_rows());
+    let par = !ops.plan.parallel;
+    let mut dw = Array2::<f32>::zeros((o, kg));
+    let mut db = Array1::<f64>::zeros(o);
+    let (mut cbuf, mut dybuf, mut dcbuf) = (Vec::new(), Vec::new(), Vec::new());
+    // Tiles of this chunk: (first image, images, first column, columns).
+    let per = images_per_tile(&ops.plan, l);
+    let mut tiles = Vec::new();
+    if per > 1 || l <= ops.plan.tile_cols {
+        for i in (0..nb).step_by(per) {
+            tiles.push((i, per.min(nb - i), 0, l));
+        }
+    } else {
+        for i in 0..nb {
+            for l0 in (0..l).step_by(ops.plan.tile_cols) {
+                tiles.push((i, 1, l0, ops.plan.tile_cols.min(l - l0)));
+            }
+        }
+    }
+    for (i, b, l0, lt) in tiles {
+        let n = n0 + i;
+        let nc = b * lt;
+        let cols = operand_b(ops, n, b, l0, lt, &mut cbuf)?;
+        let dyt = if b == 1 {
+            dy.index_axis(Axis(0), n).slice_move(s![.., l0..l0 + lt])
+        } else {
+            dybuf.resize(o * nc, 0.0);
+            for (oi, dst) in dybuf.chunks_exact_mut(nc).enumerate() {
+                for bi in 0..b {
+                    let src = dy.slice(s![n + bi, oi, l0..l0 + lt]);
+                    let src = src.as_slice().expect("standard layout rows are contiguous");
+                    dst[bi * lt..(bi + 1) * lt].copy_from_slice(src);
+                }
+            }
+            ArrayView2::from_shape((o, nc), &dybuf[..]).map_err(shape_err)?
+        };
+        let pointwise_direct = ops.plan.lowering == Lowering::Pointwise && b == 1;
+        if !pointwise_direct {
+            dcbuf.resize(k * nc, 0.0);
+        }
+        for gi in 0..g {
+            let (orange, krange) = (gi * og..(gi + 1) * og, gi * kg..(gi + 1) * kg);
+            let dy_g = dyt.slice(s![orange.clone(), ..]);
+            // dW[g] += dy[g] (Og, nc) x cols[g]^T (nc, Kg)
+            sgemm_par(
+                par,
+                1.0,
+                dy_g,
+                cols.slice(s![krange.clone(), ..]).t(),
+                1.0,
+                dw.slice_mut(s![orange.clone(), ..]),
+            )?;
+            // dcols[g] = W[g]^T (Kg, Og) x dy[g] (Og, nc)
+            let wt = ops.w.slice(s![orange, ..]);
+            if pointwise_direct {
+                // The column matrix is the image itself: write dx directly.
+                let dxn = dxc
+                    .row_mut(i)
+                    .into_shape_with_order((k, l))
+                    .map_err(shape_err)?;
+                let mut dxn = dxn.slice_move(s![krange, l0..l0 + lt]);
+                sgemm_par(par, 1.0, wt.t(), dy_g, 0.0, dxn.view_mut())?;
+            } else {
+                let mut dcols =
+                    ArrayViewMut2::from_shape((k, nc), &mut dcbuf[..]).map_err(shape_err)?;
+                sgemm_par(par, 1.0, wt.t(), dy_g, 0.0, dcols.slice_mut(s![krange, ..]))?;
+            }
+        }
+        if !pointwise_direct {
+            for bi in 0..b {
+                let mut dxn = dxc.row_mut(i + bi);
+                let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
+                match &ops.map {
+                    Some(map) if lt == l => map.scatter_add(&dcbuf[bi * lt..], nc, dxn),
+                    _ => col2im_range(&dcbuf[bi * lt..], nc, ops.geo, l0, l0 + lt, dxn),
+                }
+            }
+        }
+    }
+    if with_bias {
+        for i in 0..nb {
+            for (acc, row) in db
+                .iter_mut()
+                .zip(dy.index_axis(Axis(0), n0 + i).outer_iter())
+            {
+                *acc += row.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+        }
+    }
+    Ok((dw, db))
+}

@@ -1,0 +1,345 @@
+//! 2-d convolution (cross-correlation, as PyTorch) on top of the GEMM, and its backward.
+//!
+//! Layout of the conv code:
+//! - [`crate::ops::geometry`]: options, output sizes, buffer sizes (the one place).
+//! - [`crate::ops::im2col`]: im2col / col2im over a range of output positions, and the
+//!   index map used for small images.
+//! - this module: the public API, the per-shape chooser [`ConvPlan::choose`] (every
+//!   threshold cites its measurement) and the final reduction of the weight gradient.
+//! - `gemm_path`: the one conv path, forward beside backward: output positions cut into
+//!   tiles of at most `tile_cols` columns (several small images side by side in one
+//!   GEMM, or a run of columns of one large image so the column buffer stays bounded),
+//!   each lowered by im2col (rows, or the index map for short output rows) or, for a
+//!   1x1 / stride-1 / unpadded conv, taken as the input itself (`Lowering::Pointwise`:
+//!   a plain GEMM `y_n = W x_n`, no copy).
+//!
+//! Forward, per tile and group `g`: `y[g] (Og, cols) = W[g] (Og, Cg*kh*kw) x cols[g]`.
+//! Backward, per tile: `dW[g] += dy[g] x cols[g]^T`, `dcols[g] = W[g]^T x dy[g]`,
+//! `dx += col2im(dcols)`, `db[o] += sum(dy[o])`. All products go through the crate's
+//! GEMM ([`crate::gemm::sgemm`]'s loop nest), on one thread inside a parallel split.
+//!
+//! Determinism: the tiles depend on the shape only; output tiles are disjoint; the weight
+//! and bias gradients are summed per fixed chunk of images (`ceil(N / 8)`, at most
+//! [`REDUCTION_CHUNK`]; tiles in a fixed order inside a chunk) and the chunk partials
+//! are then added in chunk order, so the result does not depend on how many threads
+//! rayon uses.
+
+use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView4};
+
+use super::geometry::{Conv2dGeometry, Conv2dOptions};
+use super::im2col::Im2colMap;
+use crate::error::{Error, Result};
+
+mod gemm_path;
+
+use gemm_path::Operands;
+
+/// At most this many images per partial sum of the weight and bias gradients (fewer for
+/// small batches: `ceil(N / 8)`). Fixed by the batch size alone, never by the thread
+/// count, so the floating-point summation order is always the same.
+pub const REDUCTION_CHUNK: usize = 8;
+
+/// How a conv path turns output positions into GEMM columns.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lowering {
+    /// im2col of the columns of a tile: any geometry.
+    Im2col,
+    /// The input is the column matrix: 1x1 kernel, stride 1, no padding only.
+    Pointwise,
+}
+
+/// The conv path for one shape, from [`ConvPlan::choose`]. Not part of the stable API:
+/// tests and benchmarks force paths through [`conv2d_with_plan`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvPlan {
+    /// How columns are formed.
+    pub lowering: Lowering,
+    /// Most output positions per tile (per column buffer); images with fewer run several
+    /// side by side in one GEMM.
+    pub tile_cols: usize,
+    /// Split the tiles (forward) or reduction chunks (backward) over the rayon pool;
+    /// otherwise run them in order on the calling thread (each GEMM may still go
+    /// parallel on its own when it is large).
+    pub parallel: bool,
+    /// Lower small images through an index map ([`MAP_ENTRIES`]) rather than by rows.
+    pub use_map: bool,
+}
+
+/// Bytes of one column buffer: a tile of `K x tile_cols` floats, `tile_cols` a multiple
+/// of the AVX-512 kernel's 48 columns. Measured with `examples/plan_sweep` (2 threads,
+/// back to back): resnet_64 (K = 576) runs best at 384-576 columns, 227 columns (512
+/// KiB) is 3% slower and 96-192 up to 20% slower.
+const TILE_BYTES: usize = 1 << 20;
+
+/// Fewest columns per tile, whatever `K`: vgg_256 (K = 2304) at 56 columns runs 1.3x
+/// slower forward than at 96-960 (the GEMM's 48-column panels run half empty).
+const MIN_TILE_COLS: usize = 192;
+
+/// An image whose column matrix takes at most this many bytes is never cut into tiles.
+/// resnet_128s2 (K = 576, 784 columns, 1.8 MB), 1 thread, `plan_sweep` fwd / bwd ms:
+/// whole images 32-36 / 72-74, tiles of 384-576 columns 36-41 / 84-88. resnet_64
+/// (7.2 MB per image) is 1.6x faster forward in tiles than whole (71 vs 114 ms, 1
+/// thread, against the previous whole-image im2col).
+const WHOLE_IMAGE_BYTES: usize = 2 << 20;
+
+/// Most columns per tile, whatever `K`: small images are grouped up to this many
+/// columns. nb_32x1x5 (K = 25, 576 columns per image) runs fwd+bwd 1.3x faster one image
+/// per tile than 18 images (10 464 columns) per tile, whose column and output buffers
+/// (2.3 MB) spill from L2; seed_l1..l4 do not care between 384 and 3 600 columns.
+const MAX_TILE_COLS: usize = 1024;
+
+/// Images whose column matrix has at most this many entries are lowered through an
+/// index map.
+const MAP_ENTRIES: usize = 1 << 16;
+
+/// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
+/// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
+/// fwd ms serial -> parallel: seed_l4 (0.1 M MACs) 0.081 -> 0.085, seed_l1 (3.9 M)
+/// 0.40 -> 0.22, seed_l2 (5.6 M) 0.19 -> 0.11.
+const PARALLEL_MACS: usize = 1 << 20;
+
+impl ConvPlan {
+    /// The path for `geo`: pointwise for 1x1 / stride 1 / unpadded, else im2col; tiles of
+    /// [`TILE_BYTES`] of columns; parallel from [`PARALLEL_MACS`] up.
+    pub fn choose(geo: &Conv2dGeometry) -> ConvPlan {
+        let o = &geo.options;
+        let lowering = if geo.kernel == (1, 1) && o.stride == (1, 1) && o.padding == (0, 0) {
+            Lowering::Pointwise
+        } else {
+            Lowering::Im2col
+        };
+        let k = geo.col_rows().max(1);
+        let mut tile_cols =
+            (TILE_BYTES / (k * size_of::<f32>()) / 48 * 48).clamp(MIN_TILE_COLS, MAX_TILE_COLS);
+        let l = geo.col_cols();
+        if l > tile_cols && k * l * size_of::<f32>() <= WHOLE_IMAGE_BYTES {
+            tile_cols = l;
+        }
+        let macs = geo.batch * geo.out_channels * geo.col_cols() * (k / o.groups);
+        ConvPlan {
+            lowering,
+            tile_cols,
+            parallel: macs >= PARALLEL_MACS && rayon::current_num_threads() > 1,
+            // Short output rows gather faster through the map (`plan_sweep`, 2 threads,
+            // fwd / bwd ms by rows -> by map: seed_l1 (14 wide) 0.22 / 0.60 -> 0.13 /
+            // 0.40, seed_l2 (7) 0.23 / 0.56 -> 0.11 / 0.29, seed_l4 (2) 0.36 / 0.72 ->
+            // 0.08 / 0.17); 24-wide rows of nb_32x1x5 copy as fast by rows (fwd 2.2 ms
+            // both) and scatter faster by rows (bwd 8.4 ms vs 9.3 ms).
+            use_map: geo.out_w <= 16,
+        }
+    }
+
+    fn check(&self, geo: &Conv2dGeometry) -> Result<()> {
+        let o = &geo.options;
+        if self.tile_cols == 0 {
+            return Err(Error::config(OP, "a plan needs tile_cols > 0"));
+        }
+        if self.lowering == Lowering::Pointwise
+            && !(geo.kernel == (1, 1) && o.stride == (1, 1) && o.padding == (0, 0))
+        {
+            return Err(Error::config(
+                OP,
+                "the pointwise path needs a 1x1 kernel, stride 1 and no padding",
+            ));
+        }
+        Ok(())
+    }
+}
+
+const OP: &str = "conv2d";
+
+fn shape_err(e: ndarray::ShapeError) -> Error {
+    Error::shape(OP, e.to_string())
+}
+
+fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) -> Result<()> {
+    match bias_len {
+        Some(len) if len != geo.out_channels => Err(Error::shape(
+            OP,
+            format!(
+                "bias has length {len}, weight {w_shape:?} has {} output channels",
+                geo.out_channels
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// 2-d convolution of `x` (N, C, H, W) with `weight` (O, C / groups, kh, kw) and an
+/// optional `bias` (O), as `torch.nn.functional.conv2d`. Returns (N, O, out_h, out_w)
+/// with the sizes from [`super::conv_out_size`].
+///
+/// Runs the images in parallel with rayon, each with its own im2col workspace; the result
+/// is the same for any number of threads.
+///
+/// # Errors
+/// [`Error::Config`] for a zero stride, dilation or groups, or groups not dividing the
+/// channels; [`Error::Shape`] when the weight does not match the input's channels, the
+/// dilated kernel is larger than the padded input, or the bias length is not `O`.
+///
+/// # Examples
+/// ```
+/// use convinit::ops::{conv2d, Conv2dOptions};
+/// use ndarray::{Array1, Array4};
+///
+/// let x = Array4::<f32>::ones((2, 3, 8, 8));
+/// let w = Array4::<f32>::ones((4, 3, 3, 3));
+/// let b = Array1::<f32>::zeros(4);
+/// let opts = Conv2dOptions::new().with_stride((2, 2)).with_padding((1, 1));
+/// let y = conv2d(x.view(), w.view(), Some(b.view()), &opts)?;
+/// assert_eq!(y.dim(), (2, 4, 4, 4));
+/// // An interior output sees the full 3x3x3 window of ones.
+/// assert_eq!(y[[0, 0, 1, 1]], 27.0);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn conv2d(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    options: &Conv2dOptions,
+) -> Result<Array4<f32>> {
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    conv2d_with_plan(x, weight, bias, options, ConvPlan::choose(&geo))
+}
+
+/// [`conv2d`] on a given path (tests and benchmarks force each path). Not part of the
+/// stable API.
+///
+/// # Errors
+/// As [`conv2d`], and [`Error::Config`] when `plan` cannot run this geometry.
+#[doc(hidden)]
+pub fn conv2d_with_plan(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    options: &Conv2dOptions,
+    plan: ConvPlan,
+) -> Result<Array4<f32>> {
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    check_bias(&geo, weight.shape(), bias.map(|b| b.len()))?;
+    plan.check(&geo)?;
+    let x = x.as_standard_layout();
+    let weight = weight.as_standard_layout();
+    let ops = operands(&geo, x.view(), weight.view(), plan)?;
+    let mut y = Array4::<f32>::zeros(geo.y_shape());
+    let y3 = y
+        .view_mut()
+        .into_shape_with_order((geo.batch, geo.out_channels, geo.col_cols()))
+        .map_err(shape_err)?;
+    gemm_path::forward(&ops, bias, y3)?;
+    Ok(y)
+}
+
+/// The input as (N, C * H * W) and the weights as (O, C / groups * kh * kw).
+fn operands<'a>(
+    geo: &'a Conv2dGeometry,
+    x: ArrayView4<'a, f32>,
+    weight: ArrayView4<'a, f32>,
+    plan: ConvPlan,
+) -> Result<Operands<'a>> {
+    let image = geo.in_channels * geo.in_h * geo.in_w;
+    let kg = geo.col_rows() / geo.options.groups;
+    Ok(Operands {
+        x: x.into_shape_with_order((geo.batch, image))
+            .map_err(shape_err)?,
+        w: weight
+            .into_shape_with_order((geo.out_channels, kg))
+            .map_err(shape_err)?,
+        geo,
+        plan,
+        map: (plan.lowering == Lowering::Im2col && plan.use_map)
+            .then(|| Im2colMap::new(geo, MAP_ENTRIES))
+            .flatten(),
+    })
+}
+
+/// Gradients of [`conv2d`] with respect to its input, weight and bias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv2dGrads {
+    /// Gradient of the input, (N, C, H, W).
+    pub dx: Array4<f32>,
+    /// Gradient of the weight, (O, C / groups, kh, kw).
+    pub dw: Array4<f32>,
+    /// Gradient of the bias, (O), when the forward pass had one.
+    pub db: Option<Array1<f32>>,
+}
+
+/// Backward pass of [`conv2d`]: given the forward input `x`, `weight`, whether there was
+/// a bias, and the upstream gradient `dy` (N, O, out_h, out_w), returns `dx`, `dw` and
+/// (when `with_bias`) `db`.
+///
+/// `dx` is computed per image in parallel; `dw` and `db` are summed over images in a fixed
+/// order (see the module docs), so the result is the same for any number of threads.
+///
+/// # Errors
+/// Everything [`conv2d`] rejects, and [`Error::Shape`] when `dy` is not the shape the
+/// forward pass produces.
+pub fn conv2d_backward(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView4<'_, f32>,
+    options: &Conv2dOptions,
+) -> Result<Conv2dGrads> {
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    conv2d_backward_with_plan(x, weight, with_bias, dy, options, ConvPlan::choose(&geo))
+}
+
+/// [`conv2d_backward`] on a given path. Not part of the stable API.
+///
+/// # Errors
+/// As [`conv2d_backward`], and [`Error::Config`] when `plan` cannot run this geometry.
+#[doc(hidden)]
+pub fn conv2d_backward_with_plan(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView4<'_, f32>,
+    options: &Conv2dOptions,
+    plan: ConvPlan,
+) -> Result<Conv2dGrads> {
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    if dy.dim() != geo.y_shape() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "grad_out is {:?}, but x {:?} and weight {:?} give an output of {:?}",
+                dy.shape(),
+                x.shape(),
+                weight.shape(),
+                geo.y_shape()
+            ),
+        ));
+    }
+    plan.check(&geo)?;
+    let x = x.as_standard_layout();
+    let weight = weight.as_standard_layout();
+    let dy = dy.as_standard_layout();
+    let ops = operands(&geo, x.view(), weight.view(), plan)?;
+    let (o, kg) = ops.w.dim();
+    let dy3 = dy
+        .view()
+        .into_shape_with_order((geo.batch, o, geo.col_cols()))
+        .map_err(shape_err)?;
+    let mut dx = Array4::<f32>::zeros(geo.x_shape());
+    let dx2 = dx
+        .view_mut()
+        .into_shape_with_order((geo.batch, ops.x.ncols()))
+        .map_err(shape_err)?;
+    // One (dW, db) partial per chunk of images, added in chunk order.
+    let partials = gemm_path::backward(&ops, dy3, with_bias, dx2)?;
+    let mut dw = Array2::<f32>::zeros((o, kg));
+    let mut db = Array1::<f64>::zeros(o);
+    for (pw, pb) in &partials {
+        dw += pw;
+        db += pb;
+    }
+    let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
+    Ok(Conv2dGrads {
+        dx,
+        dw,
+        db: with_bias.then(|| db.mapv(|v| v as f32)),
+    })
+}

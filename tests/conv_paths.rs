@@ -1,0 +1,185 @@
+//! Every conv path, forced through `conv2d_with_plan` / `conv2d_backward_with_plan`,
+//! against the naive f64 convolution of `common/naive.rs` on edge shapes: column tiles
+//! that cut output rows and images, several images per GEMM, the im2col index map and
+//! the row-wise im2col, the pointwise lowering, serial and parallel splits.
+
+mod common;
+
+use common::naive::{self, Params};
+use convinit::ops::{
+    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan,
+};
+use ndarray::{Array, Array1, Array4, ArrayView, Dimension};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn random_array<Sh: ndarray::ShapeBuilder>(rng: &mut StdRng, shape: Sh) -> Array<f32, Sh::Dim> {
+    Array::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
+}
+
+fn to64<D: Dimension>(a: &Array<f32, D>) -> Array<f64, D> {
+    a.mapv(f64::from)
+}
+
+fn assert_close<D: Dimension>(
+    what: &str,
+    ctx: &str,
+    ours: ArrayView<'_, f32, D>,
+    r: &Array<f64, D>,
+) {
+    assert_eq!(ours.shape(), r.shape(), "{what} shape, {ctx}");
+    let scale = r.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let err = ours
+        .iter()
+        .zip(r.iter())
+        .map(|(&a, &b)| (f64::from(a) - b).abs())
+        .fold(0.0f64, f64::max);
+    assert!(err <= 1e-5 * scale, "{what}: max error {err:e} for {ctx}");
+}
+
+/// (N, C, H, W, O, (kh, kw), stride, padding, dilation, groups)
+type Shape = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    usize,
+);
+
+const SHAPES: &[Shape] = &[
+    // N = 1, odd sizes, padding larger than the kernel, stride 2.
+    (1, 3, 9, 7, 4, (3, 3), (2, 2), (4, 4), (1, 1), 1),
+    // Groups and dilation, several images.
+    (5, 4, 11, 13, 6, (3, 2), (1, 2), (1, 0), (2, 1), 2),
+    // Output rows longer than small tiles.
+    (3, 2, 6, 40, 3, (1, 5), (1, 1), (0, 2), (1, 1), 1),
+    // 1x1 stride 1 unpadded (pointwise-capable), with groups.
+    (4, 6, 5, 9, 4, (1, 1), (1, 1), (0, 0), (1, 1), 2),
+    // 1x1 stride 1 unpadded, one image.
+    (1, 8, 12, 12, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    // 1x1 strided and padded (im2col only).
+    (2, 3, 7, 8, 5, (1, 1), (2, 3), (1, 2), (1, 1), 1),
+    // The first layers' kind: one input channel, 5x5.
+    (9, 1, 12, 12, 8, (5, 5), (2, 2), (2, 2), (1, 1), 1),
+    // Output 1x1.
+    (3, 2, 3, 3, 2, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+];
+
+fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
+    let base = ConvPlan::choose(geo);
+    let mut out = Vec::new();
+    let pointwise =
+        geo.kernel == (1, 1) && geo.options.stride == (1, 1) && geo.options.padding == (0, 0);
+    let lowerings: &[Lowering] = if pointwise {
+        &[Lowering::Im2col, Lowering::Pointwise]
+    } else {
+        &[Lowering::Im2col]
+    };
+    for &lowering in lowerings {
+        // 1 column, a few (cutting output rows), one image, several images, all images.
+        for tile_cols in [
+            1,
+            5,
+            17,
+            geo.out_h * geo.out_w,
+            3 * geo.out_h * geo.out_w + 1,
+            4096,
+        ] {
+            for use_map in [false, true] {
+                for parallel in [false, true] {
+                    out.push(ConvPlan {
+                        lowering,
+                        tile_cols: tile_cols.max(1),
+                        parallel,
+                        use_map,
+                    });
+                }
+            }
+        }
+    }
+    out.push(base);
+    out
+}
+
+fn check_shape(s: Shape, rng: &mut StdRng) {
+    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
+    let p = Params {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    let x: Array4<f32> = random_array(rng, (n, c, h, w));
+    let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
+    let b: Array1<f32> = random_array(rng, o);
+    let opts = Conv2dOptions::new()
+        .with_stride(stride)
+        .with_padding(padding)
+        .with_dilation(dilation)
+        .with_groups(groups);
+    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
+    let y_ref = naive::conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
+    let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
+    let (dx_ref, dw_ref, db_ref) = naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+    for plan in plans(&geo) {
+        let ctx = format!("{s:?} {plan:?}");
+        let y = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &opts, plan).unwrap();
+        assert_close("y", &ctx, y.view(), &y_ref);
+        let g =
+            conv2d_backward_with_plan(x.view(), wt.view(), true, dy.view(), &opts, plan).unwrap();
+        assert_close("dx", &ctx, g.dx.view(), &dx_ref);
+        assert_close("dw", &ctx, g.dw.view(), &dw_ref);
+        assert_close("db", &ctx, g.db.unwrap().view(), &db_ref);
+    }
+}
+
+#[test]
+fn every_path_matches_naive_on_edge_shapes() {
+    let mut rng = StdRng::seed_from_u64(0xc0ffee);
+    for &s in SHAPES {
+        check_shape(s, &mut rng);
+    }
+}
+
+#[test]
+fn every_path_matches_naive_in_a_pool_of_three() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(every_path_matches_naive_on_edge_shapes);
+}
+
+#[test]
+fn pointwise_plan_rejects_other_geometries() {
+    let x = Array4::<f32>::zeros((1, 2, 5, 5));
+    let w = Array4::<f32>::zeros((3, 2, 3, 3));
+    let opts = Conv2dOptions::new();
+    let geo = Conv2dGeometry::new("test", [1, 2, 5, 5], [3, 2, 3, 3], &opts).unwrap();
+    let plan = ConvPlan {
+        lowering: Lowering::Pointwise,
+        ..ConvPlan::choose(&geo)
+    };
+    assert!(conv2d_with_plan(x.view(), w.view(), None, &opts, plan).is_err());
+    let dy = Array4::<f32>::zeros((1, 3, 3, 3));
+    assert!(conv2d_backward_with_plan(x.view(), w.view(), false, dy.view(), &opts, plan).is_err());
+    let zero = ConvPlan {
+        tile_cols: 0,
+        ..ConvPlan::choose(&geo)
+    };
+    assert!(conv2d_with_plan(x.view(), w.view(), None, &opts, zero).is_err());
+}
+
+#[test]
+fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
+    let opts = Conv2dOptions::new();
+    let geo = Conv2dGeometry::new("test", [2, 8, 6, 6], [4, 8, 1, 1], &opts).unwrap();
+    assert_eq!(ConvPlan::choose(&geo).lowering, Lowering::Pointwise);
+    let geo = Conv2dGeometry::new("test", [2, 8, 6, 6], [4, 8, 3, 3], &opts).unwrap();
+    assert_eq!(ConvPlan::choose(&geo).lowering, Lowering::Im2col);
+}
