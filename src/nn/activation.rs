@@ -230,3 +230,56 @@ impl Layer for LeakyRelu {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    #[test]
+    fn relu_reuses_buffers_and_works_in_place_when_nothing_else_holds_them() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[3, 50_000]), |i| i[1] as f32 - 25_000.5);
+        let x = x.into_shared();
+        let want = x.mapv(|v| v.max(0.0));
+        let mut r = Relu::new();
+        let y = r.forward_shared(x.clone()).unwrap();
+        assert_eq!(y, want);
+        let first = y.as_ptr();
+        drop(y);
+        // The previous output is written over when nothing else holds it ...
+        r.clear_saved();
+        let y = r.forward_shared(x.clone()).unwrap();
+        assert_eq!(y.as_ptr(), first);
+        assert_eq!(y, want);
+        drop(y);
+        // ... and an input nobody else holds is overwritten itself.
+        let own = x.to_owned().into_shared();
+        let at = own.as_ptr();
+        let y = r.forward_shared(own).unwrap();
+        assert_eq!(y.as_ptr(), at);
+        assert_eq!(y, want);
+        // Backward masks the gradient in its own buffer.
+        let g = ArrayD::from_elem(x.raw_dim(), 2.0f32);
+        let at = g.as_ptr();
+        let dx = r.backward_owned(g).unwrap();
+        assert_eq!(dx.as_ptr(), at);
+        assert_eq!(dx, x.mapv(|v| if v > 0.0 { 2.0 } else { 0.0 }));
+    }
+
+    #[test]
+    fn leaky_relu_with_a_negative_slope_keeps_its_input() {
+        let x = ndarray::array![-2.0f32, -0.0, 3.0, f32::NAN].into_dyn();
+        for slope in [-0.5f32, 0.0, 0.5, f32::INFINITY] {
+            let mut a = LeakyRelu::new(slope);
+            let mut b = LeakyRelu::new(slope);
+            let ya = a.forward(x.view()).unwrap();
+            let yb = b.forward_shared(x.to_owned().into_shared()).unwrap();
+            let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ya), bits(&yb.to_owned()), "slope {slope}");
+            let dy = ndarray::array![1.0f32, 1.0, 1.0, 1.0].into_dyn();
+            let da = a.backward(dy.view()).unwrap();
+            let db = b.backward_owned(dy).unwrap();
+            assert_eq!(bits(&da), bits(&db), "slope {slope}");
+        }
+    }
+}
