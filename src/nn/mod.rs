@@ -86,7 +86,8 @@ pub trait Layer: Send + Sync + fmt::Debug {
 
     /// As [`Layer::forward`], on a shared input and giving a shared output, so the layer
     /// can keep `x` (or its output) for backward without copying it, or compute in place
-    /// when `x` is not shared. [`Sequential`] calls this for every layer after the first.
+    /// when `x` is not shared. [`Sequential`] calls this for every layer (but the first
+    /// when [`Sequential::forward`] was given a borrowed input).
     ///
     /// The default calls [`Layer::forward`] (which copies what it keeps).
     ///
