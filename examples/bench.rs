@@ -184,12 +184,14 @@ fn bench_seed_net(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
         let mut net = seed_net(rng)?;
         let x: Array4<f32> = randn((n, 1, 28, 28), rng);
         let y: Array1<f32> = randn(n, rng);
-        let x = x.into_dyn();
+        // Shared, so the first conv keeps the batch for backward without copying it (as
+        // PyTorch keeps a reference to its input).
+        let x = x.into_dyn().into_shared();
         let mut step = || -> convinit::Result<()> {
             net.zero_grad();
-            let out = net.forward(x.view())?;
+            let out = net.forward_shared(x.clone())?;
             black_box(mse(out.view(), y.view())?);
-            net.backward(mse_backward(out.view(), y.view())?.view())?;
+            net.backward_owned(mse_backward(out.view(), y.view())?)?;
             Ok(())
         };
         let t = median_secs(reps.min(5), 1, || step().expect("seed net runs"));

@@ -2,16 +2,104 @@
 
 use std::any::Any;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use super::{Layer, check_grad_shape, not_run};
 use crate::error::Result;
-use crate::ops::{leaky_relu, leaky_relu_backward, relu, relu_backward};
+use crate::ops::{
+    leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
+    update_array, update_array_with, zip_map_array,
+};
 
-/// `nn.ReLU`: `max(x, 0)` on any shape. Keeps its last input for backward.
+/// What an element-wise activation keeps between forward and backward.
+///
+/// `values` is the last forward's input, or its output when that decides the gradient
+/// just as well (ReLU: `x <= 0` exactly when `relu(x) <= 0`). Keeping the output lets
+/// [`Layer::forward_shared`] compute in place on an input nobody else holds, and keep
+/// one buffer instead of two. `spare` is the previous output after
+/// [`Layer::clear_saved`]: the next forward writes over it when nobody else holds it,
+/// instead of allocating (and page-faulting) a new one.
+#[derive(Debug, Clone, Default)]
+struct Saved {
+    values: Option<ArcArrayD<f32>>,
+    spare: Option<ArcArrayD<f32>>,
+}
+
+impl Saved {
+    fn clear(&mut self) {
+        if let Some(v) = self.values.take() {
+            self.spare = Some(v);
+        }
+    }
+
+    /// Forward through `f` on the view path: a new output, and a copy of the input kept.
+    fn forward_view(
+        &mut self,
+        x: ArrayViewD<'_, f32>,
+        f: impl Fn(f32) -> f32 + Sync + Send,
+    ) -> ArrayD<f32> {
+        self.spare = None;
+        let y = map_array(x.view(), f);
+        self.values = Some(x.to_owned().into_shared());
+        y
+    }
+
+    /// Forward through `f` on a shared input, keeping the output (`f` must be such that
+    /// the output decides the gradient).
+    fn forward_keep_output(
+        &mut self,
+        x: ArcArrayD<f32>,
+        f: impl Fn(f32) -> f32 + Sync + Send,
+    ) -> ArcArrayD<f32> {
+        let spare = self.spare.take().or_else(|| self.values.take());
+        self.values = None;
+        let y = if x.is_unique() && x.is_standard_layout() {
+            // Nobody else sees `x`: overwrite it.
+            let mut y = x.into_owned();
+            update_array(y.view_mut(), f);
+            y
+        } else {
+            let reuse = spare
+                .filter(|b| b.is_unique() && b.len() == x.len() && b.is_standard_layout())
+                .and_then(|b| b.into_owned().into_shape_with_order(x.raw_dim()).ok());
+            match (reuse, x.as_slice()) {
+                (Some(mut y), Some(xs)) => {
+                    map_slice(xs, y.as_slice_mut().expect("standard layout"), f);
+                    y
+                }
+                _ => map_array(x.view(), f),
+            }
+        };
+        let y = y.into_shared();
+        self.values = Some(y.clone());
+        y
+    }
+
+    /// Forward through `f` on a shared input, keeping the input (no copy).
+    fn forward_keep_input(
+        &mut self,
+        x: ArcArrayD<f32>,
+        f: impl Fn(f32) -> f32 + Sync + Send,
+    ) -> ArcArrayD<f32> {
+        self.spare = None;
+        let y = map_array(x.view(), f).into_shared();
+        self.values = Some(x);
+        y
+    }
+
+    fn values(&self, op: &'static str, grad: &[usize]) -> Result<&ArcArrayD<f32>> {
+        let v = self.values.as_ref().ok_or_else(|| not_run(op))?;
+        check_grad_shape(op, grad, v.shape())?;
+        Ok(v)
+    }
+}
+
+/// `nn.ReLU`: `max(x, 0)` on any shape (NaN stays NaN). Keeps its last input, or in a
+/// [`super::Sequential`] its output (which gives the same gradient mask without a copy),
+/// for backward.
 #[derive(Debug, Clone, Default)]
 pub struct Relu {
-    input: Option<ArrayD<f32>>,
+    saved: Saved,
 }
 
 impl Relu {
@@ -27,15 +115,26 @@ impl Layer for Relu {
     }
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let y = relu(x.view());
-        self.input = Some(x.to_owned());
-        Ok(y)
+        Ok(self.saved.forward_view(x, relu_value))
+    }
+
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        Ok(self.saved.forward_keep_output(x, relu_value))
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let x = self.input.as_ref().ok_or_else(|| not_run("ReLU"))?;
-        check_grad_shape("ReLU", grad_out.shape(), x.shape())?;
-        relu_backward(x.view(), grad_out)
+        let v = self.saved.values("ReLU", grad_out.shape())?;
+        Ok(zip_map_array(v.view(), grad_out, relu_grad_value))
+    }
+
+    fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let v = self.saved.values("ReLU", grad_out.shape())?;
+        update_array_with(grad_out.view_mut(), v.view(), relu_grad_value);
+        Ok(grad_out)
+    }
+
+    fn clear_saved(&mut self) {
+        self.saved.clear();
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -48,11 +147,13 @@ impl Layer for Relu {
 }
 
 /// `nn.LeakyReLU(negative_slope)`: `x` where `x > 0`, else `negative_slope * x`. Any
-/// slope works, including 0 (ReLU) and slopes above 1 (e.g. `sqrt 5`).
+/// slope works, including 0 (ReLU) and slopes above 1 (e.g. `sqrt 5`). Keeps its last
+/// input, or in a [`super::Sequential`] with a slope that is not negative its output
+/// (`x > 0` exactly when the output is), for backward.
 #[derive(Debug, Clone)]
 pub struct LeakyRelu {
     negative_slope: f32,
-    input: Option<ArrayD<f32>>,
+    saved: Saved,
 }
 
 impl Default for LeakyRelu {
@@ -67,7 +168,7 @@ impl LeakyRelu {
     pub fn new(negative_slope: f32) -> Self {
         LeakyRelu {
             negative_slope,
-            input: None,
+            saved: Saved::default(),
         }
     }
 
@@ -83,15 +184,42 @@ impl Layer for LeakyRelu {
     }
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let y = leaky_relu(x.view(), self.negative_slope);
-        self.input = Some(x.to_owned());
-        Ok(y)
+        let s = self.negative_slope;
+        Ok(self.saved.forward_view(x, |v| leaky_relu_value(v, s)))
+    }
+
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        let s = self.negative_slope;
+        let f = move |v| leaky_relu_value(v, s);
+        // A negative slope flips the sign of negative inputs: only the input tells them
+        // apart then. Any other slope (0, NaN and infinities included) keeps `x > 0`
+        // exactly where the output is `> 0`.
+        Ok(if s < 0.0 {
+            self.saved.forward_keep_input(x, f)
+        } else {
+            self.saved.forward_keep_output(x, f)
+        })
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let x = self.input.as_ref().ok_or_else(|| not_run("LeakyReLU"))?;
-        check_grad_shape("LeakyReLU", grad_out.shape(), x.shape())?;
-        leaky_relu_backward(x.view(), grad_out, self.negative_slope)
+        let s = self.negative_slope;
+        let v = self.saved.values("LeakyReLU", grad_out.shape())?;
+        Ok(zip_map_array(v.view(), grad_out, |v, g| {
+            leaky_relu_grad_value(v, g, s)
+        }))
+    }
+
+    fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let s = self.negative_slope;
+        let v = self.saved.values("LeakyReLU", grad_out.shape())?;
+        update_array_with(grad_out.view_mut(), v.view(), |v, g| {
+            leaky_relu_grad_value(v, g, s)
+        });
+        Ok(grad_out)
+    }
+
+    fn clear_saved(&mut self) {
+        self.saved.clear();
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -100,5 +228,58 @@ impl Layer for LeakyRelu {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    #[test]
+    fn relu_reuses_buffers_and_works_in_place_when_nothing_else_holds_them() {
+        let x = ArrayD::from_shape_fn(IxDyn(&[3, 50_000]), |i| i[1] as f32 - 25_000.5);
+        let x = x.into_shared();
+        let want = x.mapv(|v| v.max(0.0));
+        let mut r = Relu::new();
+        let y = r.forward_shared(x.clone()).unwrap();
+        assert_eq!(y, want);
+        let first = y.as_ptr();
+        drop(y);
+        // The previous output is written over when nothing else holds it ...
+        r.clear_saved();
+        let y = r.forward_shared(x.clone()).unwrap();
+        assert_eq!(y.as_ptr(), first);
+        assert_eq!(y, want);
+        drop(y);
+        // ... and an input nobody else holds is overwritten itself.
+        let own = x.to_owned().into_shared();
+        let at = own.as_ptr();
+        let y = r.forward_shared(own).unwrap();
+        assert_eq!(y.as_ptr(), at);
+        assert_eq!(y, want);
+        // Backward masks the gradient in its own buffer.
+        let g = ArrayD::from_elem(x.raw_dim(), 2.0f32);
+        let at = g.as_ptr();
+        let dx = r.backward_owned(g).unwrap();
+        assert_eq!(dx.as_ptr(), at);
+        assert_eq!(dx, x.mapv(|v| if v > 0.0 { 2.0 } else { 0.0 }));
+    }
+
+    #[test]
+    fn leaky_relu_with_a_negative_slope_keeps_its_input() {
+        let x = ndarray::array![-2.0f32, -0.0, 3.0, f32::NAN].into_dyn();
+        for slope in [-0.5f32, 0.0, 0.5, f32::INFINITY] {
+            let mut a = LeakyRelu::new(slope);
+            let mut b = LeakyRelu::new(slope);
+            let ya = a.forward(x.view()).unwrap();
+            let yb = b.forward_shared(x.to_owned().into_shared()).unwrap();
+            let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ya), bits(&yb.to_owned()), "slope {slope}");
+            let dy = ndarray::array![1.0f32, 1.0, 1.0, 1.0].into_dyn();
+            let da = a.backward(dy.view()).unwrap();
+            let db = b.backward_owned(dy).unwrap();
+            assert_eq!(bits(&da), bits(&db), "slope {slope}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use ndarray::{Array1, Array4, ArrayD, ArrayViewD, Ix4};
+use ndarray::{ArcArray, ArcArrayD, Array1, Array4, ArrayD, ArrayViewD, Ix4};
 use rand::Rng;
 
 use super::{
@@ -137,7 +137,8 @@ impl Conv2dConfig {
 }
 
 /// A 2-d convolution layer, as `torch.nn.Conv2d`: weight (O, C / groups, kh, kw), optional
-/// bias (O), their gradients, and the last input (kept for backward).
+/// bias (O), their gradients, and the last input (kept for backward: a copy from
+/// [`Layer::forward`], the shared array itself from [`Layer::forward_shared`]).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     config: Conv2dConfig,
@@ -145,7 +146,7 @@ pub struct Conv2d {
     bias: Option<Array1<f32>>,
     weight_grad: Array4<f32>,
     bias_grad: Option<Array1<f32>>,
-    input: Option<Array4<f32>>,
+    input: Option<ArcArray<f32, Ix4>>,
 }
 
 impl Conv2d {
@@ -291,6 +292,18 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The convolution of `x` with this layer's weight and bias.
+    fn run(&self, x: ndarray::ArrayView4<'_, f32>) -> Result<Array4<f32>> {
+        conv2d(
+            x,
+            self.weight.view(),
+            self.bias.as_ref().map(|b| b.view()),
+            &self.config.options(),
+        )
+    }
+}
+
 impl Layer for Conv2d {
     fn name(&self) -> &'static str {
         OP
@@ -298,14 +311,24 @@ impl Layer for Conv2d {
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = to_rank::<Ix4>(OP, "input", "(N, C, H, W)", x)?;
-        let y = conv2d(
-            x,
-            self.weight.view(),
-            self.bias.as_ref().map(|b| b.view()),
-            &self.config.options(),
-        )?;
-        self.input = Some(x.to_owned());
+        let y = self.run(x)?;
+        self.input = Some(x.to_owned().into_shared());
         Ok(y.into_dyn())
+    }
+
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        // Checks the rank and gives the error message of the view path.
+        to_rank::<Ix4>(OP, "input", "(N, C, H, W)", x.view())?;
+        let x = x
+            .into_dimensionality::<Ix4>()
+            .expect("the rank was just checked");
+        let y = self.run(x.view())?;
+        self.input = Some(x);
+        Ok(y.into_dyn().into_shared())
+    }
+
+    fn clear_saved(&mut self) {
+        self.input = None;
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {

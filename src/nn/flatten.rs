@@ -2,16 +2,17 @@
 
 use std::any::Any;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArcArrayD, ArrayD, ArrayViewD, IxDyn};
 
 use super::{Layer, not_run};
 use crate::error::Result;
-use crate::ops::{flatten, flatten_backward};
+use crate::ops::{flatten, flatten_backward, flatten_shape};
 
 /// `nn.Flatten(start_dim, end_dim)`: merges dimensions `start_dim..=end_dim` (negative
 /// values count from the end). [`Default`] is PyTorch's `(1, -1)`, keeping the batch
 /// dimension; `Flatten::new(0, -1)` flattens everything, as the notebook's seed net does
-/// to turn (N, 1, 1, 1) into (N).
+/// to turn (N, 1, 1, 1) into (N). In a [`super::Sequential`] a row-major input is
+/// reshaped in place, sharing its buffer, and so is the gradient in backward.
 #[derive(Debug, Clone)]
 pub struct Flatten {
     start_dim: isize,
@@ -50,6 +51,32 @@ impl Layer for Flatten {
         let y = flatten(x.view(), self.start_dim, self.end_dim)?;
         self.input_shape = Some(x.shape().to_vec());
         Ok(y)
+    }
+
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        let shape = flatten_shape(x.shape(), self.start_dim, self.end_dim)?;
+        self.input_shape = Some(x.shape().to_vec());
+        if x.is_standard_layout() {
+            let x = x
+                .into_shape_with_order(IxDyn(&shape))
+                .expect("a row-major array takes any shape of the same size");
+            return Ok(x);
+        }
+        Ok(flatten(x.view(), self.start_dim, self.end_dim)?.into_shared())
+    }
+
+    fn backward_owned(&mut self, grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let shape = self
+            .input_shape
+            .as_ref()
+            .ok_or_else(|| not_run("Flatten"))?;
+        let expected = flatten_shape(shape, self.start_dim, self.end_dim)?;
+        if grad_out.shape() == expected.as_slice() && grad_out.is_standard_layout() {
+            return Ok(grad_out
+                .into_shape_with_order(IxDyn(shape))
+                .expect("a row-major array takes any shape of the same size"));
+        }
+        flatten_backward(shape, grad_out.view(), self.start_dim, self.end_dim)
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {

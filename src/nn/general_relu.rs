@@ -2,10 +2,11 @@
 
 use std::any::Any;
 
-use ndarray::{ArrayD, ArrayViewD, Zip};
+use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use super::{Layer, check_grad_shape, not_run};
 use crate::error::{Error, Result};
+use crate::ops::{map_array, update_array_with, zip_map_array};
 
 const OP: &str = "GeneralRelu";
 
@@ -36,7 +37,7 @@ pub struct GeneralRelu {
     leak: Option<f32>,
     sub: Option<f32>,
     maxv: Option<f32>,
-    input: Option<ArrayD<f32>>,
+    input: Option<ArcArrayD<f32>>,
 }
 
 impl Default for GeneralRelu {
@@ -100,6 +101,37 @@ impl GeneralRelu {
             None => r,
         }
     }
+
+    /// The forward of one value.
+    fn value(&self, v: f32) -> f32 {
+        let u = self.unclamped(v);
+        match self.maxv {
+            // `u > m` is false for NaN, so NaN passes through, as torch.clamp_max.
+            Some(m) if u > m => m,
+            _ => u,
+        }
+    }
+
+    /// The gradient at input `v` given the output gradient `g`.
+    fn grad(&self, v: f32, g: f32) -> f32 {
+        if let Some(m) = self.maxv
+            && self.unclamped(v) >= m
+        {
+            return 0.0;
+        }
+        match self.leak {
+            _ if v > 0.0 => g,
+            Some(leak) => g * leak,
+            None if v <= 0.0 => 0.0,
+            None => g,
+        }
+    }
+
+    fn saved_input(&self, grad: &[usize]) -> Result<&ArcArrayD<f32>> {
+        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        check_grad_shape(OP, grad, x.shape())?;
+        Ok(x)
+    }
 }
 
 impl Layer for GeneralRelu {
@@ -108,34 +140,30 @@ impl Layer for GeneralRelu {
     }
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let y = x.mapv(|v| {
-            let u = self.unclamped(v);
-            match self.maxv {
-                // `u > m` is false for NaN, so NaN passes through, as torch.clamp_max.
-                Some(m) if u > m => m,
-                _ => u,
-            }
-        });
-        self.input = Some(x.to_owned());
+        let y = map_array(x.view(), |v| self.value(v));
+        self.input = Some(x.to_owned().into_shared());
+        Ok(y)
+    }
+
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        let y = map_array(x.view(), |v| self.value(v)).into_shared();
+        self.input = Some(x);
         Ok(y)
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
-        check_grad_shape(OP, grad_out.shape(), x.shape())?;
-        Ok(Zip::from(x).and(&grad_out).map_collect(|&v, &g| {
-            if let Some(m) = self.maxv
-                && self.unclamped(v) >= m
-            {
-                return 0.0;
-            }
-            match self.leak {
-                _ if v > 0.0 => g,
-                Some(leak) => g * leak,
-                None if v <= 0.0 => 0.0,
-                None => g,
-            }
-        }))
+        let x = self.saved_input(grad_out.shape())?;
+        Ok(zip_map_array(x.view(), grad_out, |v, g| self.grad(v, g)))
+    }
+
+    fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let x = self.saved_input(grad_out.shape())?;
+        update_array_with(grad_out.view_mut(), x.view(), |v, g| self.grad(v, g));
+        Ok(grad_out)
+    }
+
+    fn clear_saved(&mut self) {
+        self.input = None;
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use ndarray::{Array1, Array2, ArrayD, ArrayViewD, Ix2};
+use ndarray::{ArcArray, ArcArrayD, Array1, Array2, ArrayD, ArrayViewD, Ix2};
 use rand::Rng;
 
 use super::{
@@ -51,7 +51,7 @@ pub struct Linear {
     bias: Option<Array1<f32>>,
     weight_grad: Array2<f32>,
     bias_grad: Option<Array1<f32>>,
-    input: Option<Array2<f32>>,
+    input: Option<ArcArray<f32, Ix2>>,
 }
 
 impl Linear {
@@ -188,8 +188,26 @@ impl Layer for Linear {
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = to_rank::<Ix2>(OP, "input", "(N, in_features)", x)?;
         let y = linear(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()))?;
-        self.input = Some(x.to_owned());
+        self.input = Some(x.to_owned().into_shared());
         Ok(y.into_dyn())
+    }
+
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        to_rank::<Ix2>(OP, "input", "(N, in_features)", x.view())?;
+        let x = x
+            .into_dimensionality::<Ix2>()
+            .expect("the rank was just checked");
+        let y = linear(
+            x.view(),
+            self.weight.view(),
+            self.bias.as_ref().map(|b| b.view()),
+        )?;
+        self.input = Some(x);
+        Ok(y.into_dyn().into_shared())
+    }
+
+    fn clear_saved(&mut self) {
+        self.input = None;
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {

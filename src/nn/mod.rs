@@ -7,11 +7,17 @@
 //! their parameters like PyTorch's `state_dict` (`"0.weight"`, `"0.bias"`, ...).
 //!
 //! The layers call the functional ops in [`crate::ops`].
+//!
+//! Inside a [`Sequential`], activations travel as shared arrays ([`ArcArrayD`]):
+//! [`Layer::forward_shared`] lets a layer keep its input (or output) for backward
+//! without copying it, and [`Layer::backward_owned`] lets it write the input gradient
+//! over the output gradient's buffer. Both default to [`Layer::forward`] /
+//! [`Layer::backward`], so a layer only overrides them to save copies.
 
 use std::any::Any;
 use std::fmt;
 
-use ndarray::{Array, Array1, ArrayD, ArrayViewD, ArrayViewMutD, Dimension};
+use ndarray::{ArcArrayD, Array, Array1, ArrayD, ArrayViewD, ArrayViewMutD, Dimension};
 
 use crate::error::{Error, Result};
 
@@ -77,6 +83,38 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// [`Error::State`] when called before [`Layer::forward`]; [`Error::Shape`] when
     /// `grad_out` is not the shape of the last output.
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>>;
+
+    /// As [`Layer::forward`], on a shared input and giving a shared output, so the layer
+    /// can keep `x` (or its output) for backward without copying it, or compute in place
+    /// when `x` is not shared. [`Sequential`] calls this for every layer (but the first
+    /// when [`Sequential::forward`] was given a borrowed input).
+    ///
+    /// The default calls [`Layer::forward`] (which copies what it keeps).
+    ///
+    /// # Errors
+    /// As [`Layer::forward`].
+    fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        self.forward(x.view()).map(ArrayD::into_shared)
+    }
+
+    /// As [`Layer::backward`], taking the output gradient by value so the layer can
+    /// return the input gradient in the same buffer (e.g. ReLU masks it in place).
+    /// [`Sequential::backward`] calls this.
+    ///
+    /// The default calls [`Layer::backward`].
+    ///
+    /// # Errors
+    /// As [`Layer::backward`].
+    fn backward_owned(&mut self, grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.backward(grad_out.view())
+    }
+
+    /// Drops what the last forward pass kept for backward (a backward before the next
+    /// forward then fails with [`Error::State`]). [`Sequential::forward`] calls it on
+    /// every layer before running them, so buffers the layers shared are free to reuse.
+    ///
+    /// The default does nothing.
+    fn clear_saved(&mut self) {}
 
     /// The parameters and their gradients (none for parameter-free layers).
     fn params(&self) -> Vec<Param<'_>> {

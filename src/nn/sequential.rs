@@ -1,6 +1,6 @@
 //! `Sequential`: layers chained in order, backward in reverse.
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use super::{Layer, Param, ParamMut};
 use crate::error::{Error, Result};
@@ -9,6 +9,15 @@ use crate::error::{Error, Result};
 ///
 /// [`Sequential::forward`] keeps every layer's output (for activation statistics,
 /// [`Sequential::output`]); [`Sequential::backward`] runs the layers in reverse.
+///
+/// Activations are handed from layer to layer as shared arrays
+/// ([`Layer::forward_shared`]), so keeping them costs no copy: the output a layer
+/// returns, the copy [`Sequential::output`] shows and the input the next layer keeps
+/// for backward are one buffer. Retaining the outputs is the default (the notebook's
+/// activation statistics need them);
+/// [`Sequential::with_retain_outputs`]`(false)` keeps only what backward needs, which
+/// lets ReLU compute in place over the convolution's output (less memory, one
+/// allocation less per ReLU).
 /// Parameters are named like PyTorch's `state_dict`: `"0.weight"`, `"0.bias"`,
 /// `"2.weight"`, ... by layer index.
 ///
@@ -48,10 +57,21 @@ use crate::error::{Error, Result};
 /// assert!(net.get::<Conv2d>(0).unwrap().weight_grad().iter().all(|&g| g == 0.0));
 /// # Ok::<(), convinit::Error>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sequential {
     layers: Vec<Box<dyn Layer>>,
-    outputs: Vec<Option<ArrayD<f32>>>,
+    outputs: Vec<Option<ArcArrayD<f32>>>,
+    retain_outputs: bool,
+}
+
+impl Default for Sequential {
+    fn default() -> Self {
+        Sequential {
+            layers: Vec::new(),
+            outputs: Vec::new(),
+            retain_outputs: true,
+        }
+    }
 }
 
 /// Adds the layer index and name to a shape or state error from inside the chain.
@@ -73,6 +93,28 @@ impl Sequential {
     /// An empty container (its forward and backward are the identity).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets whether [`Sequential::forward`] keeps every layer's output for
+    /// [`Sequential::output`] (default `true`), builder style. Without, `output` is `None`
+    /// and each layer keeps only what its backward needs.
+    pub fn with_retain_outputs(mut self, retain: bool) -> Self {
+        self.set_retain_outputs(retain);
+        self
+    }
+
+    /// As [`Sequential::with_retain_outputs`]; turning retention off drops the outputs
+    /// kept so far.
+    pub fn set_retain_outputs(&mut self, retain: bool) {
+        self.retain_outputs = retain;
+        if !retain {
+            self.outputs.iter_mut().for_each(|o| *o = None);
+        }
+    }
+
+    /// Whether [`Sequential::forward`] keeps every layer's output.
+    pub fn retains_outputs(&self) -> bool {
+        self.retain_outputs
     }
 
     /// Appends a layer, builder style.
@@ -123,8 +165,9 @@ impl Sequential {
         self.layers.iter().map(|l| l.as_ref())
     }
 
-    /// The output of layer `index` from the last forward pass (`None` before one, or for
-    /// layers after one that failed).
+    /// The output of layer `index` from the last forward pass (`None` before one, for
+    /// layers after one that failed, or when outputs are not retained, see
+    /// [`Sequential::with_retain_outputs`]).
     pub fn output(&self, index: usize) -> Option<ArrayViewD<'_, f32>> {
         self.outputs.get(index)?.as_ref().map(|o| o.view())
     }
@@ -141,29 +184,58 @@ impl Sequential {
             .map(|(i, (l, o))| (i, l.as_ref(), o.as_ref().map(|o| o.view())))
     }
 
-    /// Runs the layers in order, keeping each output, and returns the last one.
+    /// Runs the layers in order, keeping each output (unless retention is off), and
+    /// returns the last one. The first layer copies what it keeps of `x`; to save that
+    /// copy, hand over a shared array with [`Sequential::forward_shared`].
     ///
     /// # Errors
     /// The first error of a layer, with the layer index added to its message.
     pub fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        self.outputs.iter_mut().for_each(|o| *o = None);
-        for i in 0..self.layers.len() {
-            let input = match i {
-                0 => x.view(),
-                _ => self.outputs[i - 1]
-                    .as_ref()
-                    .expect("the previous layer's output was just stored")
-                    .view(),
-            };
-            let y = self.layers[i]
-                .forward(input)
-                .map_err(|e| in_layer(e, i, self.layers[i].name()))?;
-            self.outputs[i] = Some(y);
+        self.clear();
+        let Some(first) = self.layers.first_mut() else {
+            return Ok(x.to_owned());
+        };
+        let y = first.forward(x).map_err(|e| in_layer(e, 0, first.name()))?;
+        self.run_from(1, y.into_shared())
+    }
+
+    /// As [`Sequential::forward`] on a shared input, which the first layer keeps for
+    /// backward without copying it (e.g. `net.forward_shared(x.clone())` on an
+    /// `ArcArrayD` `x` used step after step, or `xb.into_shared()` on a fresh batch).
+    ///
+    /// # Errors
+    /// As [`Sequential::forward`].
+    pub fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.clear();
+        if self.layers.is_empty() {
+            return Ok(x.into_owned());
         }
-        Ok(match self.outputs.last() {
-            Some(Some(y)) => y.clone(),
-            _ => x.to_owned(),
-        })
+        self.run_from(0, x)
+    }
+
+    /// Drops the last pass's outputs and what the layers kept for backward, so their
+    /// buffers are free to reuse.
+    fn clear(&mut self) {
+        self.outputs.iter_mut().for_each(|o| *o = None);
+        self.layers.iter_mut().for_each(|l| l.clear_saved());
+    }
+
+    /// Runs layers `start..` on `x`, the output of layer `start - 1` (or the input when
+    /// `start` is 0), and returns the last output.
+    fn run_from(&mut self, start: usize, mut x: ArcArrayD<f32>) -> Result<ArrayD<f32>> {
+        if start > 0 && self.retain_outputs {
+            self.outputs[start - 1] = Some(x.clone());
+        }
+        for i in start..self.layers.len() {
+            let layer = &mut self.layers[i];
+            x = layer
+                .forward_shared(x)
+                .map_err(|e| in_layer(e, i, layer.name()))?;
+            if self.retain_outputs {
+                self.outputs[i] = Some(x.clone());
+            }
+        }
+        Ok(x.into_owned())
     }
 
     /// Runs every layer's backward in reverse order, accumulating parameter gradients, and
@@ -173,10 +245,19 @@ impl Sequential {
     /// [`Error::State`] before a forward pass; [`Error::Shape`] when `grad_out` is not the
     /// shape of the last output; the layer index is added to the message.
     pub fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let mut grad = grad_out.to_owned();
+        self.backward_owned(grad_out.to_owned())
+    }
+
+    /// As [`Sequential::backward`], taking the gradient by value (its buffer may be
+    /// reused for the returned gradient).
+    ///
+    /// # Errors
+    /// As [`Sequential::backward`].
+    pub fn backward_owned(&mut self, grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let mut grad = grad_out;
         for (i, layer) in self.layers.iter_mut().enumerate().rev() {
             grad = layer
-                .backward(grad.view())
+                .backward_owned(grad)
                 .map_err(|e| in_layer(e, i, layer.name()))?;
         }
         Ok(grad)
@@ -215,5 +296,131 @@ impl Sequential {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{
+        AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu, LeakyRelu, Relu,
+    };
+    use ndarray::{Array4, ArrayD, IxDyn};
+    use rand::{Rng, SeedableRng};
+
+    fn bits(a: &ArrayD<f32>) -> Vec<u32> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A net exercising every activation's shared path, with NaN and negative slopes.
+    fn net(seed: u64) -> Sequential {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let cfg = |i, o| {
+            Conv2dConfig::new(i, o, (3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1))
+        };
+        Sequential::new()
+            .with(Conv2d::new(cfg(2, 4), &mut rng).unwrap())
+            .with(Relu::new())
+            .with(Conv2d::new(cfg(4, 4), &mut rng).unwrap())
+            .with(LeakyRelu::new(-0.5))
+            .with(Conv2d::new(cfg(4, 6), &mut rng).unwrap())
+            .with(LeakyRelu::new(0.1))
+            .with(GeneralRelu::new(Some(0.1), Some(0.4), Some(6.0)).unwrap())
+            .with(AdaptiveAvgPool2d::new((1, 1)).unwrap())
+            .with(Flatten::new(1, -1))
+    }
+
+    /// Runs two steps (so buffers are reused) and returns output, input gradient and
+    /// parameter gradients, as bits.
+    fn run(net: &mut Sequential, shared: bool) -> Vec<Vec<u32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut x =
+            Array4::from_shape_simple_fn((20, 2, 64, 64), || rng.random_range(-1.0f32..1.0))
+                .into_dyn();
+        x[[1, 0, 5, 7]] = f32::NAN;
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            net.zero_grad();
+            let y = if shared {
+                net.forward_shared(x.clone().into_shared()).unwrap()
+            } else {
+                net.forward(x.view()).unwrap()
+            };
+            let dx = net.backward(ArrayD::ones(y.raw_dim()).view()).unwrap();
+            out = vec![bits(&y), bits(&dx)];
+            out.extend(
+                net.named_parameters()
+                    .iter()
+                    .map(|p| p.grad.iter().map(|v| v.to_bits()).collect::<Vec<_>>()),
+            );
+        }
+        out
+    }
+
+    /// The layer-by-layer view path, as reference.
+    fn run_views(net: &mut Sequential) -> Vec<Vec<u32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut x =
+            Array4::from_shape_simple_fn((20, 2, 64, 64), || rng.random_range(-1.0f32..1.0))
+                .into_dyn();
+        x[[1, 0, 5, 7]] = f32::NAN;
+        net.zero_grad();
+        let mut y = x;
+        for i in 0..net.len() {
+            y = net.layer_mut(i).unwrap().forward(y.view()).unwrap();
+        }
+        let mut g = ArrayD::ones(y.raw_dim());
+        for i in (0..net.len()).rev() {
+            g = net.layer_mut(i).unwrap().backward(g.view()).unwrap();
+        }
+        let mut out = vec![bits(&y), bits(&g)];
+        out.extend(
+            net.named_parameters()
+                .iter()
+                .map(|p| p.grad.iter().map(|v| v.to_bits()).collect::<Vec<_>>()),
+        );
+        out
+    }
+
+    #[test]
+    fn shared_in_place_and_retained_paths_agree_bit_for_bit() {
+        let want = run_views(&mut net(1));
+        assert!(want[0].iter().any(|&b| f32::from_bits(b).is_nan()));
+        for (shared, retain) in [(false, true), (true, true), (false, false), (true, false)] {
+            let mut n = net(1).with_retain_outputs(retain);
+            assert_eq!(run(&mut n, shared), want, "shared {shared} retain {retain}");
+            assert_eq!(n.retains_outputs(), retain);
+            assert_eq!(n.output(0).is_some(), retain);
+        }
+    }
+
+    #[test]
+    fn retained_outputs_are_each_layers_own() {
+        let mut n = net(2);
+        let x = ArrayD::from_elem(IxDyn(&[2, 2, 8, 8]), -1.0f32);
+        n.forward(x.view()).unwrap();
+        // The conv output keeps its negative values although ReLU ran after it.
+        let conv = n.output(0).unwrap().to_owned();
+        let relu = n.output(1).unwrap();
+        assert_eq!(relu, conv.mapv(|v| v.max(0.0)));
+        assert!(conv.iter().any(|&v| v < 0.0));
+        n.set_retain_outputs(false);
+        assert!(n.outputs().all(|(_, _, o)| o.is_none()));
+    }
+
+    #[test]
+    fn a_failed_forward_leaves_no_stale_state_for_backward() {
+        let mut n = net(3);
+        let y = n
+            .forward(ArrayD::zeros(IxDyn(&[1, 2, 8, 8])).view())
+            .unwrap();
+        assert!(
+            n.forward(ArrayD::zeros(IxDyn(&[1, 3, 8, 8])).view())
+                .is_err()
+        );
+        let e = n.backward(ArrayD::zeros(y.raw_dim()).view()).unwrap_err();
+        assert!(matches!(e, Error::State { .. }), "{e}");
     }
 }

@@ -1,8 +1,133 @@
 //! ReLU and leaky ReLU, forward and backward. NaN propagates: `relu(NaN) = NaN`.
+//!
+//! Element-wise work runs on rayon in chunks of [`PAR_CHUNK`] elements once an array is
+//! large enough; every element is computed on its own, so the result does not depend on
+//! the thread count.
 
-use ndarray::{Array, ArrayView, Dimension, Zip};
+use ndarray::parallel::prelude::*;
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
+use rayon::slice::{ParallelSlice, ParallelSliceMut};
 
 use crate::error::{Error, Result};
+
+/// Elements per rayon task in the element-wise ops; arrays of up to twice this many
+/// elements run on the calling thread (splitting them costs more than it saves).
+pub(crate) const PAR_CHUNK: usize = 1 << 15;
+
+fn parallel(len: usize) -> bool {
+    len > 2 * PAR_CHUNK
+}
+
+/// `out[i] = f(x[i])`; both slices have the same length.
+pub(crate) fn map_slice(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    debug_assert_eq!(x.len(), out.len());
+    let run = |out: &mut [f32], x: &[f32]| {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f(v);
+        }
+    };
+    if parallel(x.len()) {
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(x.par_chunks(PAR_CHUNK))
+            .for_each(|(o, x)| run(o, x));
+    } else {
+        run(out, x);
+    }
+}
+
+/// `f` applied to every element of `x`, in a new array (as `x.mapv(f)`).
+pub(crate) fn map_array<D: Dimension>(
+    x: ArrayView<'_, f32, D>,
+    f: impl Fn(f32) -> f32 + Sync + Send,
+) -> Array<f32, D> {
+    if parallel(x.len()) {
+        Zip::from(&x).par_map_collect(|&v| f(v))
+    } else {
+        x.mapv(f)
+    }
+}
+
+/// `f(x, dy)` element by element, in a new array; `x` and `dy` have the same shape.
+pub(crate) fn zip_map_array<D: Dimension>(
+    x: ArrayView<'_, f32, D>,
+    dy: ArrayView<'_, f32, D>,
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
+) -> Array<f32, D> {
+    let zip = Zip::from(&x).and(&dy);
+    if parallel(x.len()) {
+        zip.par_map_collect(|&v, &g| f(v, g))
+    } else {
+        zip.map_collect(|&v, &g| f(v, g))
+    }
+}
+
+/// `y = f(y)` in place, any layout.
+pub(crate) fn update_array<D: Dimension>(
+    mut y: ArrayViewMut<'_, f32, D>,
+    f: impl Fn(f32) -> f32 + Sync + Send,
+) {
+    let run = |s: &mut [f32]| s.iter_mut().for_each(|v| *v = f(*v));
+    match y.as_slice_memory_order_mut() {
+        Some(s) if parallel(s.len()) => s.par_chunks_mut(PAR_CHUNK).for_each(run),
+        Some(s) => run(s),
+        None => y.mapv_inplace(&f),
+    }
+}
+
+/// `dy = f(x, dy)` in place, element by element; `x` and `dy` have the same shape.
+pub(crate) fn update_array_with<D: Dimension>(
+    mut dy: ArrayViewMut<'_, f32, D>,
+    x: ArrayView<'_, f32, D>,
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
+) {
+    debug_assert_eq!(dy.shape(), x.shape());
+    let run = |g: &mut [f32], x: &[f32]| {
+        for (g, &v) in g.iter_mut().zip(x) {
+            *g = f(v, *g);
+        }
+    };
+    let same_layout = dy.strides() == x.strides();
+    if let (true, Some(xs)) = (same_layout, x.as_slice_memory_order())
+        && let Some(gs) = dy.as_slice_memory_order_mut()
+    {
+        if parallel(gs.len()) {
+            gs.par_chunks_mut(PAR_CHUNK)
+                .zip(xs.par_chunks(PAR_CHUNK))
+                .for_each(|(g, x)| run(g, x));
+        } else {
+            run(gs, xs);
+        }
+        return;
+    }
+    Zip::from(dy).and(&x).for_each(|g, &v| *g = f(v, *g));
+}
+
+/// The ReLU of one value (`v <= 0` is false for NaN, so NaN passes through).
+#[inline]
+pub(crate) fn relu_value(v: f32) -> f32 {
+    if v <= 0.0 { 0.0 } else { v }
+}
+
+/// The ReLU gradient: `g` where the input was positive (or NaN), else 0. `v` may be the
+/// input or the output of the ReLU: `x <= 0` exactly when `relu(x) <= 0`.
+#[inline]
+pub(crate) fn relu_grad_value(v: f32, g: f32) -> f32 {
+    if v <= 0.0 { 0.0 } else { g }
+}
+
+/// The leaky ReLU of one value.
+#[inline]
+pub(crate) fn leaky_relu_value(v: f32, negative_slope: f32) -> f32 {
+    if v > 0.0 { v } else { v * negative_slope }
+}
+
+/// The leaky ReLU gradient: `g` where `v > 0`, else `negative_slope * g`. `v` may be the
+/// input, or (for a slope that is not negative) the output: then `x > 0` exactly when
+/// `leaky_relu(x) > 0`.
+#[inline]
+pub(crate) fn leaky_relu_grad_value(v: f32, g: f32, negative_slope: f32) -> f32 {
+    if v > 0.0 { g } else { g * negative_slope }
+}
 
 fn check_same<D: Dimension>(
     op: &'static str,
@@ -24,8 +149,7 @@ fn check_same<D: Dimension>(
 
 /// `max(x, 0)` element-wise, as `torch.relu` (NaN stays NaN).
 pub fn relu<D: Dimension>(x: ArrayView<'_, f32, D>) -> Array<f32, D> {
-    // `v <= 0` is false for NaN, so NaN passes through.
-    x.mapv(|v| if v <= 0.0 { 0.0 } else { v })
+    map_array(x, relu_value)
 }
 
 /// Backward of [`relu`]: `dx = dy` where `x > 0` (or NaN), else 0, as PyTorch's
@@ -38,15 +162,13 @@ pub fn relu_backward<D: Dimension>(
     dy: ArrayView<'_, f32, D>,
 ) -> Result<Array<f32, D>> {
     check_same("relu", &x, &dy)?;
-    Ok(Zip::from(&x)
-        .and(&dy)
-        .map_collect(|&v, &g| if v <= 0.0 { 0.0 } else { g }))
+    Ok(zip_map_array(x, dy, relu_grad_value))
 }
 
 /// `x` where `x > 0`, else `negative_slope * x`, as `torch.nn.functional.leaky_relu`.
 /// Any slope is allowed, including 0 and slopes above 1.
 pub fn leaky_relu<D: Dimension>(x: ArrayView<'_, f32, D>, negative_slope: f32) -> Array<f32, D> {
-    x.mapv(|v| if v > 0.0 { v } else { v * negative_slope })
+    map_array(x, |v| leaky_relu_value(v, negative_slope))
 }
 
 /// Backward of [`leaky_relu`]: `dx = dy` where `x > 0`, else `negative_slope * dy`
@@ -60,9 +182,9 @@ pub fn leaky_relu_backward<D: Dimension>(
     negative_slope: f32,
 ) -> Result<Array<f32, D>> {
     check_same("leaky_relu", &x, &dy)?;
-    Ok(Zip::from(&x)
-        .and(&dy)
-        .map_collect(|&v, &g| if v > 0.0 { g } else { g * negative_slope }))
+    Ok(zip_map_array(x, dy, |v, g| {
+        leaky_relu_grad_value(v, g, negative_slope)
+    }))
 }
 
 #[cfg(test)]

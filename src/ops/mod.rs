@@ -22,6 +22,10 @@ mod loss;
 mod pool;
 
 pub use activation::{leaky_relu, leaky_relu_backward, relu, relu_backward};
+pub(crate) use activation::{
+    leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
+    update_array, update_array_with, zip_map_array,
+};
 pub use conv::{Conv2dGrads, REDUCTION_CHUNK, conv2d, conv2d_backward};
 #[doc(hidden)]
 pub use conv::{ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan};

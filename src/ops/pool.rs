@@ -4,8 +4,10 @@
 //! (likewise for columns). Windows may overlap, and when `out > H` each still holds at
 //! least one element.
 
-use ndarray::{Array4, ArrayView4, s};
+use ndarray::parallel::prelude::*;
+use ndarray::{Array4, ArrayView3, ArrayView4, ArrayViewMut3, Axis, s};
 
+use super::activation::PAR_CHUNK;
 use crate::error::{Error, Result};
 
 const OP: &str = "adaptive_avg_pool2d";
@@ -65,17 +67,45 @@ pub fn adaptive_avg_pool2d(
     let (n, c, h, w) = x.dim();
     let (oh, ow) = output_size;
     let mut y = Array4::<f32>::zeros((n, c, oh, ow));
-    for ((ni, ci, i, j), out) in y.indexed_iter_mut() {
-        let (h0, h1) = window(i, h, oh);
-        let (w0, w1) = window(j, w, ow);
-        let sum: f64 = x
-            .slice(s![ni, ci, h0..h1, w0..w1])
-            .iter()
-            .map(|&v| f64::from(v))
-            .sum();
-        *out = (sum / ((h1 - h0) * (w1 - w0)) as f64) as f32;
-    }
+    per_image(
+        c * h * w,
+        y.axis_iter_mut(Axis(0)),
+        x.axis_iter(Axis(0)),
+        |mut y, x| {
+            for ((ci, i, j), out) in y.indexed_iter_mut() {
+                let (h0, h1) = window(i, h, oh);
+                let (w0, w1) = window(j, w, ow);
+                let sum: f64 = x
+                    .slice(s![ci, h0..h1, w0..w1])
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .sum();
+                *out = (sum / ((h1 - h0) * (w1 - w0)) as f64) as f32;
+            }
+        },
+    );
     Ok(y)
+}
+
+/// Runs `f` on every image of `a` with the matching image of `b`, on rayon when the
+/// batch holds more than a couple of [`PAR_CHUNK`]s (`per_image` elements per image).
+/// Images are independent, so the result does not depend on the thread count.
+fn per_image<'a, 'b>(
+    per_image: usize,
+    a: ndarray::iter::AxisIterMut<'a, f32, ndarray::Ix3>,
+    b: ndarray::iter::AxisIter<'b, f32, ndarray::Ix3>,
+    f: impl Fn(ArrayViewMut3<'a, f32>, ArrayView3<'b, f32>) + Sync + Send,
+) {
+    let images = a.len();
+    if images.saturating_mul(per_image) > 2 * PAR_CHUNK {
+        let min = (PAR_CHUNK / per_image.max(1)).max(1);
+        a.into_par_iter()
+            .zip(b.into_par_iter())
+            .with_min_len(min)
+            .for_each(|(a, b)| f(a, b));
+    } else {
+        a.zip(b).for_each(|(a, b)| f(a, b));
+    }
 }
 
 /// Backward of [`adaptive_avg_pool2d`]: each `dy` element is spread evenly over its
@@ -111,13 +141,20 @@ pub fn adaptive_avg_pool2d_backward(
         ));
     }
     let mut dx = Array4::<f32>::zeros(x_shape);
-    for ((ni, ci, i, j), &g) in dy.indexed_iter() {
-        let (h0, h1) = window(i, h, oh);
-        let (w0, w1) = window(j, w, ow);
-        let share = g / ((h1 - h0) * (w1 - w0)) as f32;
-        dx.slice_mut(s![ni, ci, h0..h1, w0..w1])
-            .mapv_inplace(|v| v + share);
-    }
+    per_image(
+        c * h * w,
+        dx.axis_iter_mut(Axis(0)),
+        dy.axis_iter(Axis(0)),
+        |mut dx, dy| {
+            for ((ci, i, j), &g) in dy.indexed_iter() {
+                let (h0, h1) = window(i, h, oh);
+                let (w0, w1) = window(j, w, ow);
+                let share = g / ((h1 - h0) * (w1 - w0)) as f32;
+                dx.slice_mut(s![ci, h0..h1, w0..w1])
+                    .mapv_inplace(|v| v + share);
+            }
+        },
+    );
     Ok(dx)
 }
 
