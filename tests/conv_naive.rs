@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::naive::{self, Params};
+use common::naive::{self, Params, assert_close, random_array, to64};
 use convinit::ops::{Conv2dOptions, conv2d, conv2d_backward};
-use ndarray::{Array, Array1, Array4, ArrayView, Dimension};
+use ndarray::{Array1, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -19,38 +19,6 @@ struct Cfg {
     k: (usize, usize),
     p: Params,
     bias: bool,
-}
-
-fn random_array<Sh: ndarray::ShapeBuilder>(rng: &mut StdRng, shape: Sh) -> Array<f32, Sh::Dim> {
-    Array::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
-}
-
-fn to64<D: Dimension>(a: &Array<f32, D>) -> Array<f64, D> {
-    a.mapv(f64::from)
-}
-
-/// f32 results against the f64 reference: |ours - ref| <= 1e-5 * max(1, max |ref|).
-/// Each element sums at most a few hundred products of values in [-1, 1], so f32
-/// rounding stays below ~1e-6 relative; a wrong or missing tap changes an element by
-/// O(0.1) and fails.
-fn assert_close<D: Dimension>(
-    what: &str,
-    cfg: &Cfg,
-    ours: ArrayView<'_, f32, D>,
-    reference: &Array<f64, D>,
-) {
-    assert_eq!(ours.shape(), reference.shape(), "{what} shape, {cfg:?}");
-    let scale = reference.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let err = ours
-        .iter()
-        .zip(reference.iter())
-        .map(|(&a, &b)| (f64::from(a) - b).abs())
-        .fold(0.0f64, f64::max);
-    assert!(
-        err <= 1e-5 * scale,
-        "{what}: max error {err:e} > {:e} for {cfg:?}",
-        1e-5 * scale
-    );
 }
 
 fn check(cfg: Cfg, rng: &mut StdRng) {

@@ -5,37 +5,13 @@
 
 mod common;
 
-use common::naive::{self, Params};
+use common::naive::{self, Params, assert_close, random_array, to64};
 use convinit::ops::{
     Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan,
 };
-use ndarray::{Array, Array1, Array4, ArrayView, Dimension};
+use ndarray::{Array1, Array4};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-fn random_array<Sh: ndarray::ShapeBuilder>(rng: &mut StdRng, shape: Sh) -> Array<f32, Sh::Dim> {
-    Array::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
-}
-
-fn to64<D: Dimension>(a: &Array<f32, D>) -> Array<f64, D> {
-    a.mapv(f64::from)
-}
-
-fn assert_close<D: Dimension>(
-    what: &str,
-    ctx: &str,
-    ours: ArrayView<'_, f32, D>,
-    r: &Array<f64, D>,
-) {
-    assert_eq!(ours.shape(), r.shape(), "{what} shape, {ctx}");
-    let scale = r.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    let err = ours
-        .iter()
-        .zip(r.iter())
-        .map(|(&a, &b)| (f64::from(a) - b).abs())
-        .fold(0.0f64, f64::max);
-    assert!(err <= 1e-5 * scale, "{what}: max error {err:e} for {ctx}");
-}
 
 /// (N, C, H, W, O, (kh, kw), stride, padding, dilation, groups)
 type Shape = (

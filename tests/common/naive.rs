@@ -106,3 +106,37 @@ pub fn conv2d_backward(
     }
     (dx, dw, db)
 }
+
+/// A seeded array of uniform values in [-1, 1).
+pub fn random_array<Sh: ndarray::ShapeBuilder>(
+    rng: &mut rand::rngs::StdRng,
+    shape: Sh,
+) -> ndarray::Array<f32, Sh::Dim> {
+    use rand::Rng;
+    ndarray::Array::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
+}
+
+/// The same array in f64, for the reference.
+pub fn to64<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> ndarray::Array<f64, D> {
+    a.mapv(f64::from)
+}
+
+/// f32 results against the f64 reference: |ours - ref| <= 1e-5 * max(1, max |ref|).
+/// Each element sums at most a few hundred products of values in [-1, 1], so f32
+/// rounding stays below ~1e-6 relative; a wrong or missing tap changes an element by
+/// O(0.1) and fails. `ctx` names the configuration in the failure message.
+pub fn assert_close<D: ndarray::Dimension>(
+    what: &str,
+    ctx: &dyn std::fmt::Debug,
+    ours: ndarray::ArrayView<'_, f32, D>,
+    reference: &ndarray::Array<f64, D>,
+) {
+    assert_eq!(ours.shape(), reference.shape(), "{what} shape, {ctx:?}");
+    let scale = reference.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let err = ours
+        .iter()
+        .zip(reference.iter())
+        .map(|(&a, &b)| (f64::from(a) - b).abs())
+        .fold(0.0f64, f64::max);
+    assert!(err <= 1e-5 * scale, "{what}: max error {err:e} for {ctx:?}");
+}
