@@ -7,7 +7,8 @@ mod common;
 
 use common::naive::{self, Params, assert_close, random_array, to64};
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward, conv2d_backward_params,
+    conv2d_backward_with_plan, conv2d_with_plan,
 };
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;
@@ -111,6 +112,17 @@ fn check_shape(s: Shape, rng: &mut StdRng) {
         assert_close("dx", &ctx, g.dx.view(), &dx_ref);
         assert_close("dw", &ctx, g.dw.view(), &dw_ref);
         assert_close("db", &ctx, g.db.unwrap().view(), &db_ref);
+    }
+    // Without the input gradient: the same dw and db, bit for bit.
+    let full = conv2d_backward(x.view(), wt.view(), true, dy.view(), &opts).unwrap();
+    for with_bias in [true, false] {
+        let p = conv2d_backward_params(x.view(), wt.view(), with_bias, dy.view(), &opts).unwrap();
+        assert_eq!(p.dw, full.dw, "{s:?} params-only dw");
+        assert_eq!(
+            p.db,
+            with_bias.then(|| full.db.clone().unwrap()),
+            "{s:?} db"
+        );
     }
 }
 

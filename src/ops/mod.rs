@@ -26,7 +26,9 @@ pub(crate) use activation::{
     leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
     update_array, update_array_with, zip_map_array,
 };
-pub use conv::{Conv2dGrads, REDUCTION_CHUNK, conv2d, conv2d_backward};
+pub use conv::{
+    Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,
+};
 #[doc(hidden)]
 pub use conv::{ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
 pub use flatten::{flatten, flatten_backward, flatten_shape};

@@ -186,18 +186,29 @@ pub(super) fn chunk_images(n: usize) -> usize {
     n.div_ceil(MIN_SPLIT).clamp(1, REDUCTION_CHUNK)
 }
 
-/// Backward: `dx` (N, C * H * W, zeroed) is filled per chunk of [`chunk_images`] images;
-/// returns one `(dW, db)` partial per chunk, in chunk order.
+/// Backward: `dx` (N, C * H * W, zeroed), when wanted, is filled per chunk of
+/// [`chunk_images`] images; returns one `(dW, db)` partial per chunk, in chunk order.
 pub(super) fn backward(
     ops: &Operands<'_>,
     dy: ArrayView3<'_, f32>,
     with_bias: bool,
-    mut dx: ArrayViewMut2<'_, f32>,
+    dx: Option<ArrayViewMut2<'_, f32>>,
 ) -> Result<Vec<(Array2<f32>, Array1<f64>)>> {
-    let cb = chunk_images(dy.len_of(Axis(0)));
-    let chunks: Vec<_> = dx.axis_chunks_iter_mut(Axis(0), cb).enumerate().collect();
-    let run = |(ci, dxc): (usize, ArrayViewMut2<'_, f32>)| {
-        backward_chunk(ops, dy, with_bias, ci * cb, dxc)
+    let n = dy.len_of(Axis(0));
+    let cb = chunk_images(n);
+    let mut chunks: Vec<(usize, usize, Option<ArrayViewMut2<'_, f32>>)> = Vec::new();
+    let mut rest = dx;
+    for n0 in (0..n).step_by(cb) {
+        let nb = cb.min(n - n0);
+        let head = rest.take().map(|d| {
+            let (head, tail) = d.split_at(Axis(0), nb);
+            rest = Some(tail);
+            head
+        });
+        chunks.push((n0, nb, head));
+    }
+    let run = |(n0, nb, dxc): (usize, usize, Option<ArrayViewMut2<'_, f32>>)| {
+        backward_chunk(ops, dy, with_bias, n0, nb, dxc)
     };
     if ops.plan.parallel {
         chunks.into_par_iter().with_max_len(1).map(run).collect()
@@ -206,16 +217,17 @@ pub(super) fn backward(
     }
 }
 
-/// One reduction chunk: images `n0..n0 + dxc.nrows()`, tiles in a fixed order.
+/// One reduction chunk: images `n0..n0 + nb`, tiles in a fixed order; `dxc` (their
+/// rows of dx) is left out when the input gradient is not wanted.
 fn backward_chunk(
     ops: &Operands<'_>,
     dy: ArrayView3<'_, f32>,
     with_bias: bool,
     n0: usize,
-    mut dxc: ArrayViewMut2<'_, f32>,
+    nb: usize,
+    mut dxc: Option<ArrayViewMut2<'_, f32>>,
 ) -> Result<(Array2<f32>, Array1<f64>)> {
     let (_, o, l) = dy.dim();
-    let nb = dxc.nrows();
     let g = ops.geo.options.groups;
     let (og, kg, k) = (o / g, ops.w.ncols(), ops.geo.col_rows());
     let par = !ops.plan.parallel;
@@ -254,7 +266,7 @@ fn backward_chunk(
             ArrayView2::from_shape((o, nc), &dybuf[..]).map_err(shape_err)?
         };
         let pointwise_direct = ops.plan.lowering == Lowering::Pointwise && b == 1;
-        if !pointwise_direct {
+        if !pointwise_direct && dxc.is_some() {
             dcbuf.resize(k * nc, 0.0);
         }
         for gi in 0..g {
@@ -270,6 +282,7 @@ fn backward_chunk(
                 dw.slice_mut(s![orange.clone(), ..]),
             )?;
             // dcols[g] = W[g]^T (Kg, Og) x dy[g] (Og, nc)
+            let Some(dxc) = dxc.as_mut() else { continue };
             let wt = ops.w.slice(s![orange, ..]);
             if pointwise_direct {
                 // The column matrix is the image itself: write dx directly.
@@ -285,7 +298,7 @@ fn backward_chunk(
                 sgemm_par(par, 1.0, wt.t(), dy_g, 0.0, dcols.slice_mut(s![krange, ..]))?;
             }
         }
-        if !pointwise_direct {
+        if let (false, Some(dxc)) = (pointwise_direct, dxc.as_mut()) {
             for bi in 0..b {
                 let mut dxn = dxc.row_mut(i + bi);
                 let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");

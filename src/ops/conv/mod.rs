@@ -287,6 +287,52 @@ pub fn conv2d_backward(
     conv2d_backward_with_plan(x, weight, with_bias, dy, options, ConvPlan::choose(&geo))
 }
 
+/// Gradients of [`conv2d`] with respect to its weight and bias only, from
+/// [`conv2d_backward_params`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv2dParamGrads {
+    /// Gradient of the weight, (O, C / groups, kh, kw).
+    pub dw: Array4<f32>,
+    /// Gradient of the bias, (O), when the forward pass had one.
+    pub db: Option<Array1<f32>>,
+}
+
+/// [`conv2d_backward`] without the input gradient: only `dw` and (when `with_bias`)
+/// `db`, bit for bit as `conv2d_backward` computes them. For a layer whose input needs
+/// no gradient (the first layer of a network, as PyTorch skips it for an input without
+/// `requires_grad`), this saves the `W^T x dy` product and the col2im scatter.
+///
+/// # Errors
+/// As [`conv2d_backward`].
+///
+/// # Examples
+/// ```
+/// use convinit::ops::{conv2d_backward, conv2d_backward_params, Conv2dOptions};
+/// use ndarray::Array4;
+///
+/// let x = Array4::<f32>::ones((2, 3, 6, 6));
+/// let w = Array4::<f32>::ones((4, 3, 3, 3));
+/// let dy = Array4::<f32>::ones((2, 4, 4, 4));
+/// let opts = Conv2dOptions::new();
+/// let p = conv2d_backward_params(x.view(), w.view(), true, dy.view(), &opts)?;
+/// let full = conv2d_backward(x.view(), w.view(), true, dy.view(), &opts)?;
+/// assert_eq!(p.dw, full.dw);
+/// assert_eq!(p.db, full.db);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn conv2d_backward_params(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView4<'_, f32>,
+    options: &Conv2dOptions,
+) -> Result<Conv2dParamGrads> {
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    let plan = ConvPlan::choose(&geo);
+    let (_, dw, db) = backward_impl(x, weight, with_bias, dy, options, plan, false)?;
+    Ok(Conv2dParamGrads { dw, db })
+}
+
 /// [`conv2d_backward`] on a given path. Not part of the stable API.
 ///
 /// # Errors
@@ -300,6 +346,25 @@ pub fn conv2d_backward_with_plan(
     options: &Conv2dOptions,
     plan: ConvPlan,
 ) -> Result<Conv2dGrads> {
+    let (dx, dw, db) = backward_impl(x, weight, with_bias, dy, options, plan, true)?;
+    Ok(Conv2dGrads {
+        dx: dx.expect("the input gradient was asked for"),
+        dw,
+        db,
+    })
+}
+
+/// The gradients `(dx when want_dx, dw, db when with_bias)`.
+#[allow(clippy::type_complexity)]
+fn backward_impl(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView4<'_, f32>,
+    options: &Conv2dOptions,
+    plan: ConvPlan,
+    want_dx: bool,
+) -> Result<(Option<Array4<f32>>, Array4<f32>, Option<Array1<f32>>)> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
     if dy.dim() != geo.y_shape() {
         return Err(Error::shape(
@@ -323,11 +388,15 @@ pub fn conv2d_backward_with_plan(
         .view()
         .into_shape_with_order((geo.batch, o, geo.col_cols()))
         .map_err(shape_err)?;
-    let mut dx = Array4::<f32>::zeros(geo.x_shape());
-    let dx2 = dx
-        .view_mut()
-        .into_shape_with_order((geo.batch, ops.x.ncols()))
-        .map_err(shape_err)?;
+    let mut dx = want_dx.then(|| Array4::<f32>::zeros(geo.x_shape()));
+    let dx2 = match dx.as_mut() {
+        Some(dx) => Some(
+            dx.view_mut()
+                .into_shape_with_order((geo.batch, ops.x.ncols()))
+                .map_err(shape_err)?,
+        ),
+        None => None,
+    };
     // One (dW, db) partial per chunk of images, added in chunk order.
     let partials = gemm_path::backward(&ops, dy3, with_bias, dx2)?;
     let mut dw = Array2::<f32>::zeros((o, kg));
@@ -337,9 +406,5 @@ pub fn conv2d_backward_with_plan(
         db += pb;
     }
     let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
-    Ok(Conv2dGrads {
-        dx,
-        dw,
-        db: with_bias.then(|| db.mapv(|v| v as f32)),
-    })
+    Ok((dx, dw, with_bias.then(|| db.mapv(|v| v as f32))))
 }
