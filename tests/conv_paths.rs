@@ -53,9 +53,9 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
     let pointwise =
         geo.kernel == (1, 1) && geo.options.stride == (1, 1) && geo.options.padding == (0, 0);
     let lowerings: &[Lowering] = if pointwise {
-        &[Lowering::Im2col, Lowering::Pointwise]
+        &[Lowering::Im2col, Lowering::Pointwise, Lowering::Phase]
     } else {
-        &[Lowering::Im2col]
+        &[Lowering::Im2col, Lowering::Phase]
     };
     for &lowering in lowerings {
         // 1 column, a few (cutting output rows), one image, several images, all images.

@@ -268,4 +268,54 @@ impl Conv2dGeometry {
     pub(crate) fn col_cols(&self) -> usize {
         self.out_h * self.out_w
     }
+
+    /// The polyphase layout of one image for the phase lowering (see [`PhaseGeometry`]).
+    pub(crate) fn phase(&self) -> PhaseGeometry {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.options.stride;
+        let (dh, dw) = self.options.dilation;
+        let rows = self.out_h + (kh - 1) * dh / sh;
+        let cols = self.out_w + (kw - 1) * dw / sw;
+        PhaseGeometry {
+            rows,
+            cols,
+            plane: rows * cols + (cols - self.out_w),
+            ext: self.out_h * cols,
+        }
+    }
+
+    /// Where tap `(c, i, j)` starts in the phase planes of an image: row
+    /// `(c * kh + i) * kw + j` of the extended column matrix is the `ext` floats from
+    /// there.
+    pub(crate) fn phase_tap(&self, pg: &PhaseGeometry, c: usize, i: usize, j: usize) -> usize {
+        let (sh, sw) = self.options.stride;
+        let (dh, dw) = self.options.dilation;
+        let (py, qy) = ((i * dh) % sh, (i * dh) / sh);
+        let (px, qx) = ((j * dw) % sw, (j * dw) / sw);
+        ((c * sh + py) * sw + px) * pg.plane + qy * pg.cols + qx
+    }
+}
+
+/// The polyphase ("space to depth") layout of one padded input image, which turns any
+/// strided, dilated, padded conv into shifted contiguous reads.
+///
+/// Channel `c` of the padded image is split into `sh * sw` planes, plane `(py, px)`
+/// holding the padded pixels `(r * sh + py, q * sw + px)` at `(r, q)`, for `r < rows`
+/// and `q < cols`. Tap `(i, j)` of output `(oy, ox)` reads padded pixel
+/// `(oy * sh + i * dh, ox * sw + j * dw)`, which is plane
+/// `((i * dh) % sh, (j * dw) % sw)` at `(oy + (i * dh) / sh, ox + (j * dw) / sw)`. So on
+/// the *extended* output grid `e = oy * cols + ox` (`ox < cols`, the columns from
+/// `out_w` on are discarded), each im2col row is one contiguous run of `ext` floats of a
+/// plane ([`Conv2dGeometry::phase_tap`]). Planes are `plane` floats apart: the last
+/// discarded columns read up to `cols - out_w` floats past a plane's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PhaseGeometry {
+    /// Rows of a plane: `out_h + (kh - 1) * dh / sh`.
+    pub rows: usize,
+    /// Columns of a plane, and of the extended output grid: `out_w + (kw - 1) * dw / sw`.
+    pub cols: usize,
+    /// Floats from one plane to the next: `rows * cols + cols - out_w`.
+    pub plane: usize,
+    /// Extended output positions of one image: `out_h * cols`.
+    pub ext: usize,
 }

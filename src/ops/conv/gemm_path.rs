@@ -57,6 +57,7 @@ fn lower(ops: &Operands<'_>, n0: usize, b: usize, l0: usize, lt: usize, cols: &m
                 Some(map) if lt == ops.geo.col_cols() => map.gather(x, &mut cols[bi * lt..], nc),
                 _ => im2col_range(x, ops.geo, l0, l0 + lt, &mut cols[bi * lt..], nc),
             },
+            Lowering::Phase => unreachable!("the phase path lowers its own tiles"),
             Lowering::Pointwise => {
                 let l = ops.geo.col_cols();
                 for (c, dst) in cols.chunks_exact_mut(nc).enumerate() {
@@ -99,6 +100,9 @@ pub(super) fn forward(
     bias: Option<ArrayView1<'_, f32>>,
     mut y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
+    if ops.plan.lowering == Lowering::Phase {
+        return super::phase_path::forward(ops, bias, y);
+    }
     let (n, _, l) = y.dim();
     let per = images_per_tile(&ops.plan, l);
     let mut tiles: Vec<(usize, usize, ArrayViewMut3<'_, f32>)> = Vec::new();
@@ -208,7 +212,11 @@ pub(super) fn backward(
         chunks.push((n0, nb, head));
     }
     let run = |(n0, nb, dxc): (usize, usize, Option<ArrayViewMut2<'_, f32>>)| {
-        backward_chunk(ops, dy, with_bias, n0, nb, dxc)
+        if ops.plan.lowering == Lowering::Phase {
+            super::phase_path::backward_chunk(ops, dy, with_bias, n0, nb, dxc)
+        } else {
+            backward_chunk(ops, dy, with_bias, n0, nb, dxc)
+        }
     };
     if ops.plan.parallel {
         chunks.into_par_iter().with_max_len(1).map(run).collect()
@@ -310,14 +318,21 @@ fn backward_chunk(
         }
     }
     if with_bias {
-        for i in 0..nb {
-            for (acc, row) in db
-                .iter_mut()
-                .zip(dy.index_axis(Axis(0), n0 + i).outer_iter())
-            {
-                *acc += row.iter().map(|&v| f64::from(v)).sum::<f64>();
-            }
-        }
+        db = bias_partial(dy, n0, nb);
     }
     Ok((dw, db))
+}
+
+/// The bias gradient of images `n0..n0 + nb`: `sum(dy[n, o, :])` per channel, in f64.
+pub(super) fn bias_partial(dy: ArrayView3<'_, f32>, n0: usize, nb: usize) -> Array1<f64> {
+    let mut db = Array1::<f64>::zeros(dy.len_of(Axis(1)));
+    for i in 0..nb {
+        for (acc, row) in db
+            .iter_mut()
+            .zip(dy.index_axis(Axis(0), n0 + i).outer_iter())
+        {
+            *acc += row.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+    }
+    db
 }

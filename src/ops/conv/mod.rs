@@ -31,6 +31,7 @@ use super::im2col::Im2colMap;
 use crate::error::{Error, Result};
 
 mod gemm_path;
+mod phase_path;
 
 use gemm_path::Operands;
 
@@ -47,6 +48,9 @@ pub enum Lowering {
     Im2col,
     /// The input is the column matrix: 1x1 kernel, stride 1, no padding only.
     Pointwise,
+    /// Whole images split into polyphase planes, whose extended column matrix is made
+    /// of contiguous copies: any geometry (`phase_path`).
+    Phase,
 }
 
 /// The conv path for one shape, from [`ConvPlan::choose`]. Not part of the stable API:
@@ -90,6 +94,14 @@ const WHOLE_IMAGE_BYTES: usize = 2 << 20;
 /// (2.3 MB) spill from L2; seed_l1..l4 do not care between 384 and 3 600 columns.
 const MAX_TILE_COLS: usize = 1024;
 
+/// Strided convs whose output rows are at least this long, with an image's extended
+/// column matrix within [`WHOLE_IMAGE_BYTES`], take the phase path. Measured 1 thread
+/// (fwd / bwd ms, im2col -> phase): seed_l1 (14 wide) 0.23 / 0.73 -> 0.155 / 0.61,
+/// resnet_128s2 (28 wide) 25.0 / 53.7 -> 22.1 / 49.7; seed_l2 (7 wide) 0.17 / 0.50 ->
+/// 0.44 / 0.71 (splitting tiny images into planes costs more than the gather it saves).
+/// Stride-1 rows already lower by contiguous copies (nb_32x1x5: bwd 6.6 -> 7.6 ms).
+const PHASE_MIN_OUT_W: usize = 12;
+
 /// Images whose column matrix has at most this many entries are lowered through an
 /// index map.
 const MAP_ENTRIES: usize = 1 << 16;
@@ -101,12 +113,19 @@ const MAP_ENTRIES: usize = 1 << 16;
 const PARALLEL_MACS: usize = 1 << 20;
 
 impl ConvPlan {
-    /// The path for `geo`: pointwise for 1x1 / stride 1 / unpadded, else im2col; tiles of
+    /// The path for `geo`: pointwise for 1x1 / stride 1 / unpadded, phase for strided
+    /// convs with long enough output rows ([`PHASE_MIN_OUT_W`]), else im2col; tiles of
     /// [`TILE_BYTES`] of columns; parallel from [`PARALLEL_MACS`] up.
     pub fn choose(geo: &Conv2dGeometry) -> ConvPlan {
         let o = &geo.options;
+        let pg = geo.phase();
         let lowering = if geo.kernel == (1, 1) && o.stride == (1, 1) && o.padding == (0, 0) {
             Lowering::Pointwise
+        } else if o.stride != (1, 1)
+            && geo.out_w >= PHASE_MIN_OUT_W
+            && geo.col_rows() * pg.ext * size_of::<f32>() <= WHOLE_IMAGE_BYTES
+        {
+            Lowering::Phase
         } else {
             Lowering::Im2col
         };

@@ -1,0 +1,248 @@
+//! The phase conv path, for images small enough to lower whole: each image is split into
+//! its polyphase planes ([`crate::ops::geometry::PhaseGeometry`]), so every row of its
+//! *extended* column matrix (`ext = out_h * cols` positions, the `cols - out_w` extra
+//! columns of each output row discarded) is one contiguous copy instead of a gather, and
+//! the backward scatter is one contiguous add per row. Several images sit side by side
+//! in one GEMM, as on the im2col path.
+//!
+//! Forward, per tile of `b` images: `out (O, b * ext) = W x cols`, then the real columns
+//! of `out` plus the bias go to `y`. Backward, per tile: `dy` is spread onto the extended
+//! grid (zero in the discarded columns), `dW += dy_ext x cols^T` (the discarded columns
+//! of `cols` are zeroed first, so values the conv never reads cannot reach `dW`),
+//! `dcols = W^T x dy_ext`, `dx += merge(scatter(dcols))`.
+//!
+//! The extra columns cost `cols / out_w - 1` more GEMM work (1/7 for the notebook's
+//! first layer) and save the im2col gather, which dominated these shapes.
+
+use std::cell::RefCell;
+
+use ndarray::parallel::prelude::*;
+use ndarray::{
+    Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
+};
+
+use super::gemm_path::{Operands, bias_partial};
+use super::shape_err;
+use crate::error::Result;
+use crate::gemm::sgemm_par;
+use crate::ops::geometry::PhaseGeometry;
+use crate::ops::im2col::{phase_gather, phase_merge_add, phase_scatter_add, phase_split};
+
+/// Fewest tasks (forward) to cut a batch into, so two threads get a balanced share; a
+/// constant, never the thread count.
+const MIN_SPLIT: usize = 8;
+
+/// Whole images per tile: as many extended images as `tile_cols` holds, at least one.
+fn images_per_tile(ops: &Operands<'_>, pg: &PhaseGeometry) -> usize {
+    (ops.plan.tile_cols / pg.ext.max(1)).max(1)
+}
+
+/// Scratch buffers of one worker: phase planes, extended columns, GEMM output (forward)
+/// or extended `dy` (backward), and the column gradient.
+#[derive(Default)]
+struct Scratch {
+    planes: Vec<f32>,
+    cols: Vec<f32>,
+    out: Vec<f32>,
+    dcols: Vec<f32>,
+}
+
+thread_local! {
+    /// Each thread's scratch, reused across calls: fresh buffers of a few hundred KiB
+    /// per call cost page faults and zeroing that showed as 12% of the notebook layers'
+    /// forward time. Taken out while in use, so a re-entrant call just starts afresh.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// Runs `f` with this thread's scratch.
+fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let out = f(&mut scratch);
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
+    out
+}
+
+impl Scratch {
+    /// The extended column matrix (K, b * ext) of images `n0..n0 + b`.
+    fn lower(&mut self, ops: &Operands<'_>, pg: &PhaseGeometry, n0: usize, b: usize) {
+        let geo = ops.geo;
+        let (sh, sw) = geo.options.stride;
+        let ld = b * pg.ext;
+        self.planes.resize(geo.in_channels * sh * sw * pg.plane, 0.0);
+        self.cols.resize(geo.col_rows() * ld, 0.0);
+        for bi in 0..b {
+            let x = ops.x.row(n0 + bi);
+            let x = x.as_slice().expect("input rows are contiguous");
+            phase_split(x, geo, pg, &mut self.planes);
+            phase_gather(&self.planes, geo, pg, &mut self.cols[bi * pg.ext..], ld);
+        }
+    }
+}
+
+/// Forward into `y` (N, O, L): tiles of whole images, on the rayon pool when the plan
+/// says so.
+pub(super) fn forward(
+    ops: &Operands<'_>,
+    bias: Option<ArrayView1<'_, f32>>,
+    mut y: ArrayViewMut3<'_, f32>,
+) -> Result<()> {
+    let pg = ops.geo.phase();
+    let n = y.len_of(Axis(0));
+    let per = images_per_tile(ops, &pg).min(n.div_ceil(MIN_SPLIT)).max(1);
+    let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
+    let run = |(i, yt): (usize, ArrayViewMut3<'_, f32>)| {
+        with_scratch(|scratch| forward_tile(ops, &pg, bias, i * per, yt, scratch))
+    };
+    if ops.plan.parallel {
+        tiles.into_par_iter().with_max_len(1).try_for_each(run)
+    } else {
+        tiles.into_iter().try_for_each(run)
+    }
+}
+
+/// One forward tile: images `n0..n0 + b` into `yt` (b, O, L).
+fn forward_tile(
+    ops: &Operands<'_>,
+    pg: &PhaseGeometry,
+    bias: Option<ArrayView1<'_, f32>>,
+    n0: usize,
+    mut yt: ArrayViewMut3<'_, f32>,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let (b, o, _) = yt.dim();
+    let g = ops.geo.options.groups;
+    let (og, kg) = (o / g, ops.w.ncols());
+    let ld = b * pg.ext;
+    scratch.lower(ops, pg, n0, b);
+    scratch.out.resize(o * ld, 0.0);
+    let cols = ArrayView2::from_shape((ops.geo.col_rows(), ld), &scratch.cols[..])
+        .map_err(shape_err)?;
+    let mut out = ArrayViewMut2::from_shape((o, ld), &mut scratch.out[..]).map_err(shape_err)?;
+    for gi in 0..g {
+        sgemm_par(
+            !ops.plan.parallel,
+            1.0,
+            ops.w.slice(s![gi * og..(gi + 1) * og, ..]),
+            cols.slice(s![gi * kg..(gi + 1) * kg, ..]),
+            0.0,
+            out.slice_mut(s![gi * og..(gi + 1) * og, ..]),
+        )?;
+    }
+    // The real columns, plus the bias.
+    let ow = ops.geo.out_w;
+    for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
+        for (oi, mut yo) in yn.outer_iter_mut().enumerate() {
+            let bv = bias.map_or(0.0, |b| b[oi]);
+            let yo = yo.as_slice_mut().expect("output rows are contiguous");
+            let src = &scratch.out[oi * ld + bi * pg.ext..oi * ld + (bi + 1) * pg.ext];
+            for (dst, src) in yo.chunks_exact_mut(ow).zip(src.chunks_exact(pg.cols)) {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v + bv;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One reduction chunk of the backward pass: images `n0..n0 + nb`, tiles in a fixed
+/// order; `dxc` (their rows of dx) is left out when the input gradient is not wanted.
+pub(super) fn backward_chunk(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    with_bias: bool,
+    n0: usize,
+    nb: usize,
+    dxc: Option<ArrayViewMut2<'_, f32>>,
+) -> Result<(Array2<f32>, Array1<f64>)> {
+    with_scratch(|scratch| backward_chunk_in(ops, dy, with_bias, n0, nb, dxc, scratch))
+}
+
+/// [`backward_chunk`] with the thread's scratch.
+fn backward_chunk_in(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    with_bias: bool,
+    n0: usize,
+    nb: usize,
+    mut dxc: Option<ArrayViewMut2<'_, f32>>,
+    scratch: &mut Scratch,
+) -> Result<(Array2<f32>, Array1<f64>)> {
+    let geo = ops.geo;
+    let pg = geo.phase();
+    let o = dy.len_of(Axis(1));
+    let g = geo.options.groups;
+    let (og, kg, k) = (o / g, ops.w.ncols(), geo.col_rows());
+    let (ow, pc) = (geo.out_w, pg.cols);
+    let par = !ops.plan.parallel;
+    let mut dw = Array2::<f32>::zeros((o, kg));
+
+    let per = images_per_tile(ops, &pg);
+    for i in (0..nb).step_by(per) {
+        let b = per.min(nb - i);
+        let ld = b * pg.ext;
+        scratch.lower(ops, &pg, n0 + i, b);
+        // The discarded columns read pixels the conv never reads: zero them for dW.
+        if pc > ow {
+            for row in scratch.cols.chunks_exact_mut(ld) {
+                for ext_row in row.chunks_exact_mut(pc) {
+                    ext_row[ow..].fill(0.0);
+                }
+            }
+        }
+        // dy on the extended grid, zero in the discarded columns.
+        scratch.out.resize(o * ld, 0.0);
+        for (oi, dst) in scratch.out.chunks_exact_mut(ld).enumerate() {
+            for bi in 0..b {
+                let src = dy.slice(s![n0 + i + bi, oi, ..]);
+                let src = src.as_slice().expect("standard layout rows are contiguous");
+                let dst = &mut dst[bi * pg.ext..(bi + 1) * pg.ext];
+                for (d, s) in dst.chunks_exact_mut(pc).zip(src.chunks_exact(ow)) {
+                    d[..ow].copy_from_slice(s);
+                    d[ow..].fill(0.0);
+                }
+            }
+        }
+        let cols = ArrayView2::from_shape((k, ld), &scratch.cols[..]).map_err(shape_err)?;
+        let dyt = ArrayView2::from_shape((o, ld), &scratch.out[..]).map_err(shape_err)?;
+        if dxc.is_some() {
+            scratch.dcols.resize(k * ld, 0.0);
+        }
+        for gi in 0..g {
+            let (orange, krange) = (gi * og..(gi + 1) * og, gi * kg..(gi + 1) * kg);
+            let dy_g = dyt.slice(s![orange.clone(), ..]);
+            // dW[g] += dy[g] (Og, ld) x cols[g]^T (ld, Kg)
+            sgemm_par(
+                par,
+                1.0,
+                dy_g,
+                cols.slice(s![krange.clone(), ..]).t(),
+                1.0,
+                dw.slice_mut(s![orange.clone(), ..]),
+            )?;
+            if dxc.is_some() {
+                // dcols[g] = W[g]^T (Kg, Og) x dy[g] (Og, ld)
+                let mut dcols =
+                    ArrayViewMut2::from_shape((k, ld), &mut scratch.dcols[..]).map_err(shape_err)?;
+                let wt = ops.w.slice(s![orange, ..]);
+                sgemm_par(par, 1.0, wt.t(), dy_g, 0.0, dcols.slice_mut(s![krange, ..]))?;
+            }
+        }
+        if let Some(dxc) = dxc.as_mut() {
+            for bi in 0..b {
+                let planes = &mut scratch.planes;
+                planes.fill(0.0);
+                phase_scatter_add(&scratch.dcols[bi * pg.ext..], ld, geo, &pg, planes);
+                let mut dxn = dxc.row_mut(i + bi);
+                let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
+                phase_merge_add(planes, geo, &pg, dxn);
+            }
+        }
+    }
+    let db = if with_bias {
+        bias_partial(dy, n0, nb)
+    } else {
+        Array1::zeros(o)
+    };
+    Ok((dw, db))
+}
