@@ -45,6 +45,9 @@ const SHAPES: &[Shape] = &[
     (9, 1, 12, 12, 8, (5, 5), (2, 2), (2, 2), (1, 1), 1),
     // Output 1x1.
     (3, 2, 3, 3, 2, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    // More output channels than one register tile holds (50: 48 + 2 on AVX-512), with
+    // dilation, stride and uneven padding, groups of 1 (the direct path).
+    (2, 3, 9, 8, 50, (3, 2), (2, 1), (2, 1), (2, 3), 1),
 ];
 
 fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
@@ -69,12 +72,18 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
         ] {
             for use_map in [false, true] {
                 for parallel in [false, true] {
-                    out.push(ConvPlan {
-                        lowering,
-                        tile_cols: tile_cols.max(1),
-                        parallel,
-                        use_map,
-                    });
+                    for direct in [false, true] {
+                        if direct && geo.options.groups != 1 {
+                            continue;
+                        }
+                        out.push(ConvPlan {
+                            lowering,
+                            tile_cols: tile_cols.max(1),
+                            parallel,
+                            use_map,
+                            direct,
+                        });
+                    }
                 }
             }
         }

@@ -32,6 +32,7 @@ mod loops;
 mod naive;
 mod pack;
 
+pub(crate) use kernel::indirect_gemm;
 #[doc(hidden)]
 pub use kernel::{Kernel, fma_peak_gflops};
 #[doc(hidden)]

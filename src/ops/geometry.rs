@@ -296,6 +296,58 @@ impl Conv2dGeometry {
     }
 }
 
+/// The direct path's indexing of one image: the padded region every window reads, `(C,
+/// rows, cols)` row-major, the corner of each output position's window in it and the
+/// offset of each tap from the corner. Input `x` of output `(oy, ox)` and tap
+/// `(c, i, j)` is `padded[bases[oy * out_w + ox] + offs[(c * kh + i) * kw + j]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirectIndex {
+    /// Rows of the padded region: `(out_h - 1) * sh + (kh - 1) * dh + 1`.
+    pub rows: usize,
+    /// Columns of the padded region: `(out_w - 1) * sw + (kw - 1) * dw + 1`.
+    pub cols: usize,
+    /// Window corner of each output position.
+    pub bases: Vec<usize>,
+    /// Offset of each tap from its window's corner.
+    pub offs: Vec<usize>,
+}
+
+impl DirectIndex {
+    /// Whether the padded region is the input itself (no padding, no unread rows or
+    /// columns), so no copy is needed.
+    pub(crate) fn is_input(&self, geo: &Conv2dGeometry) -> bool {
+        self.rows == geo.in_h && self.cols == geo.in_w && geo.options.padding == (0, 0)
+    }
+}
+
+impl Conv2dGeometry {
+    /// The indexing of the direct path (groups of 1).
+    pub(crate) fn direct_index(&self) -> DirectIndex {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.options.stride;
+        let (dh, dw) = self.options.dilation;
+        let rows = (self.out_h - 1) * sh + (kh - 1) * dh + 1;
+        let cols = (self.out_w - 1) * sw + (kw - 1) * dw + 1;
+        let bases = (0..self.out_h)
+            .flat_map(|oy| (0..self.out_w).map(move |ox| oy * sh * cols + ox * sw))
+            .collect();
+        let mut offs = Vec::with_capacity(self.col_rows());
+        for c in 0..self.in_channels {
+            for i in 0..kh {
+                for j in 0..kw {
+                    offs.push((c * rows + i * dh) * cols + j * dw);
+                }
+            }
+        }
+        DirectIndex {
+            rows,
+            cols,
+            bases,
+            offs,
+        }
+    }
+}
+
 /// The polyphase ("space to depth") layout of one padded input image, which turns any
 /// strided, dilated, padded conv into shifted contiguous reads.
 ///

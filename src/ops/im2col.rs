@@ -217,12 +217,7 @@ impl Im2colMap {
 /// Splits image `x` (C, H, W, row-major) into its phase planes: `C * sh * sw` planes of
 /// `pg.plane` floats in `planes`, plane `(c, py, px)` at `((c * sh + py) * sw + px) *
 /// pg.plane`. Every float of `planes` is written (zero in the padding and the slack).
-pub(crate) fn phase_split(
-    x: &[f32],
-    geo: &Conv2dGeometry,
-    pg: &PhaseGeometry,
-    planes: &mut [f32],
-) {
+pub(crate) fn phase_split(x: &[f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, planes: &mut [f32]) {
     debug_assert_eq!(x.len(), geo.in_channels * geo.in_h * geo.in_w);
     for_each_phase_row(geo, pg, planes, |row, piece| match piece {
         None => row.fill(0.0),

@@ -68,3 +68,14 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
     // SAFETY: this function enables the ISA of `Avx2`.
     unsafe { super::fma_loop_body::<Avx2>(iters) }
 }
+
+/// The indirect (direct conv) kernel compiled for AVX2 and FMA: 6 positions x up to 16
+/// channels.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA and `args` satisfies `indirect_body`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
+    unsafe { super::indirect::indirect_body::<Avx2, 6, 2>(args) }
+}

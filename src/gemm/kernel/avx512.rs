@@ -71,3 +71,14 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
     // SAFETY: this function enables the ISA of `Avx512`.
     unsafe { super::fma_loop_body::<Avx512>(iters) }
 }
+
+/// The indirect (direct conv) kernel compiled for AVX-512F: 8 positions x up to 48
+/// channels.
+///
+/// # Safety
+/// The CPU supports AVX-512F and `args` satisfies `indirect_body`'s contract.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
+    unsafe { super::indirect::indirect_body::<Avx512, 8, 3>(args) }
+}

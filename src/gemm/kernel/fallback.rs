@@ -58,3 +58,12 @@ pub(super) fn fma_loop(iters: u64) -> f64 {
     // SAFETY: `Fallback` needs no target feature.
     unsafe { super::fma_loop_body::<Fallback>(iters) }
 }
+
+/// The portable indirect (direct conv) kernel: 4 positions x 8 channels.
+///
+/// # Safety
+/// `args` satisfies `indirect_body`'s contract.
+pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; `Fallback` needs no target feature.
+    unsafe { super::indirect::indirect_body::<Fallback, 4, 1>(args) }
+}

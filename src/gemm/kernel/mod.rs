@@ -29,6 +29,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod fallback;
+mod indirect;
 
 /// A micro-kernel implementation (instruction set) of the GEMM.
 ///
@@ -104,6 +105,14 @@ impl Kernel {
                 .find(|k| k.is_supported())
                 .unwrap_or(Kernel::Fallback)
         })
+    }
+
+    /// Floats per vector of the kernel (the indirect kernel's channel granularity).
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            Kernel::Avx512 => 16,
+            Kernel::Avx2 | Kernel::Fallback => 8,
+        }
     }
 
     /// Block sizes of this kernel's loop nest.
@@ -406,6 +415,73 @@ pub(crate) fn macro_kernel(
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
             Kernel::Fallback => fallback::macro_kernel(&args),
+        }
+    }
+}
+
+/// The indirect GEMM of the direct conv path:
+/// `out[p * ldw + o] = sum_k x[bases[p] + offs[k]] * w[k * ldw + o]` for every position
+/// `p < bases.len()` and channel `o < ldw` (see the `indirect` module).
+///
+/// `w` is `offs.len() x ldw` (the weights packed tap-major, channels padded with zeros
+/// to `ldw`, a multiple of [`Kernel::lanes`]); `out` receives `bases.len() x ldw`.
+///
+/// # Panics
+/// If `ldw` is not a positive multiple of the kernel's vector width, `w` or `out` is
+/// too short, some `bases[p] + offs[k]` is outside `x`, or the CPU cannot run
+/// `kernel`: all bugs of the caller, checked before any unsafe code runs.
+pub(crate) fn indirect_gemm(
+    kernel: Kernel,
+    x: &[f32],
+    bases: &[usize],
+    offs: &[usize],
+    w: &[f32],
+    ldw: usize,
+    out: &mut [f32],
+) {
+    let (rows, k) = (bases.len(), offs.len());
+    assert!(
+        ldw > 0 && ldw.is_multiple_of(kernel.lanes()),
+        "indirect: ldw {ldw} is not a multiple of {}",
+        kernel.lanes()
+    );
+    assert!(w.len() >= k * ldw, "indirect: packed weights too short");
+    assert!(out.len() >= rows * ldw, "indirect: output too short");
+    if rows == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..rows * ldw].fill(0.0);
+        return;
+    }
+    let last = bases.iter().max().copied().unwrap_or(0) + offs.iter().max().copied().unwrap_or(0);
+    assert!(last < x.len(), "indirect: a window reads past the input");
+    assert!(
+        kernel.is_supported(),
+        "{kernel:?} not supported by this CPU"
+    );
+    let args = indirect::IndirectArgs {
+        x: x.as_ptr(),
+        bases: bases.as_ptr(),
+        rows,
+        offs: offs.as_ptr(),
+        k,
+        w: w.as_ptr(),
+        ldw,
+        c: out.as_mut_ptr(),
+    };
+    // SAFETY: the asserts above check every read of `x` (the largest base plus the
+    // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the
+    // vector width, and the CPU.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::indirect_kernel(&args),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::indirect_kernel(&args),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
+            Kernel::Fallback => fallback::indirect_kernel(&args),
         }
     }
 }

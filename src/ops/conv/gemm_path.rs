@@ -100,6 +100,9 @@ pub(super) fn forward(
     bias: Option<ArrayView1<'_, f32>>,
     mut y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
+    if ops.plan.direct {
+        return super::direct_path::forward(ops, bias, y);
+    }
     if ops.plan.lowering == Lowering::Phase {
         return super::phase_path::forward(ops, bias, y);
     }

@@ -68,7 +68,8 @@ impl Scratch {
         let geo = ops.geo;
         let (sh, sw) = geo.options.stride;
         let ld = b * pg.ext;
-        self.planes.resize(geo.in_channels * sh * sw * pg.plane, 0.0);
+        self.planes
+            .resize(geo.in_channels * sh * sw * pg.plane, 0.0);
         self.cols.resize(geo.col_rows() * ld, 0.0);
         for bi in 0..b {
             let x = ops.x.row(n0 + bi);
@@ -115,8 +116,8 @@ fn forward_tile(
     let ld = b * pg.ext;
     scratch.lower(ops, pg, n0, b);
     scratch.out.resize(o * ld, 0.0);
-    let cols = ArrayView2::from_shape((ops.geo.col_rows(), ld), &scratch.cols[..])
-        .map_err(shape_err)?;
+    let cols =
+        ArrayView2::from_shape((ops.geo.col_rows(), ld), &scratch.cols[..]).map_err(shape_err)?;
     let mut out = ArrayViewMut2::from_shape((o, ld), &mut scratch.out[..]).map_err(shape_err)?;
     for gi in 0..g {
         sgemm_par(
@@ -222,8 +223,8 @@ fn backward_chunk_in(
             )?;
             if dxc.is_some() {
                 // dcols[g] = W[g]^T (Kg, Og) x dy[g] (Og, ld)
-                let mut dcols =
-                    ArrayViewMut2::from_shape((k, ld), &mut scratch.dcols[..]).map_err(shape_err)?;
+                let mut dcols = ArrayViewMut2::from_shape((k, ld), &mut scratch.dcols[..])
+                    .map_err(shape_err)?;
                 let wt = ops.w.slice(s![orange, ..]);
                 sgemm_par(par, 1.0, wt.t(), dy_g, 0.0, dcols.slice_mut(s![krange, ..]))?;
             }

@@ -1,0 +1,125 @@
+//! The indirect micro-kernel behind the direct conv path: a GEMM whose A operand is
+//! never formed. Row `p` of A, column `k`, is read straight from the input image at
+//! `bases[p] + offs[k]`, so a convolution needs no im2col buffer:
+//!
+//! `out[p * ldw + o] = sum_k x[bases[p] + offs[k]] * w[k * ldw + o]`
+//!
+//! with `p` an output position (`bases[p]` its window's corner in the padded image), `k`
+//! a tap `(c, i, j)` (`offs[k]` its offset in the window) and `o` an output channel
+//! (the weights packed as `K x ldw`, `ldw` a multiple of the vector width). The register
+//! tile is `MR` positions by up to `NVMAX` vectors of channels; each step loads the
+//! weight vectors once and broadcasts one input value per position.
+
+use super::Simd;
+
+/// Raw arguments of one indirect call, checked by [`super::indirect_gemm`].
+#[derive(Clone, Copy)]
+pub(crate) struct IndirectArgs {
+    /// The (padded) input image.
+    pub x: *const f32,
+    /// `rows` window corners, offsets into `x`.
+    pub bases: *const usize,
+    pub rows: usize,
+    /// `k` tap offsets inside a window.
+    pub offs: *const usize,
+    pub k: usize,
+    /// Packed weights, `k x ldw`.
+    pub w: *const f32,
+    /// Channels per weight row and per output row (a multiple of the vector width).
+    pub ldw: usize,
+    /// Output, `rows x ldw`.
+    pub c: *mut f32,
+}
+
+/// All tiles of one indirect call.
+///
+/// # Safety
+/// For every `p < rows` and `k' < k`, `x + bases[p] + offs[k']` is readable; `w` holds
+/// `k * ldw` readable f32 and `c` `rows * ldw` writable f32; `ldw` is a positive
+/// multiple of `S::LANES`; the caller runs under `S`'s target features.
+#[inline(always)]
+pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>(
+    args: &IndirectArgs,
+) {
+    let IndirectArgs {
+        x,
+        bases,
+        rows,
+        offs,
+        k,
+        w,
+        ldw,
+        c,
+    } = *args;
+    let nvec = ldw / S::LANES;
+    // SAFETY: positions below `rows` and channels below `ldw` only; an edge tile points
+    // its missing rows at the last valid position (valid reads), and stores only the
+    // valid rows.
+    unsafe {
+        // Channel panels outside, positions inside: one panel of weights (`k x NR`)
+        // stays in cache while every position streams past it.
+        // Panels as even as possible: 4 vectors run as 2 + 2, not 3 + 1 (a one-vector
+        // tile does one weight load per MR broadcasts and is load-bound).
+        let panels = nvec.div_ceil(NVMAX);
+        let mut v0 = 0;
+        for panel in 0..panels {
+            let nv = (nvec - v0).div_ceil(panels - panel);
+            let wv = w.add(v0 * S::LANES);
+            for p0 in (0..rows).step_by(MR) {
+                let valid = MR.min(rows - p0);
+                let mut xs = [x; MR];
+                for (i, xi) in xs.iter_mut().enumerate() {
+                    *xi = x.add(*bases.add(p0 + i.min(valid - 1)));
+                }
+                let cv = c.add(p0 * ldw + v0 * S::LANES);
+                if nv >= 3 {
+                    tile::<S, MR, 3>(&xs, offs, k, wv, ldw, cv, valid);
+                } else if nv == 2 {
+                    tile::<S, MR, 2>(&xs, offs, k, wv, ldw, cv, valid);
+                } else {
+                    tile::<S, MR, 1>(&xs, offs, k, wv, ldw, cv, valid);
+                }
+            }
+            v0 += nv;
+        }
+    }
+}
+
+/// One `MR x NV` vector tile: `valid` rows of `c` (row stride `ldw`).
+///
+/// # Safety
+/// As [`indirect_body`], for the `NV` vectors of channels at `w` and `c`.
+#[inline(always)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    xs: &[*const f32; MR],
+    offs: *const usize,
+    k: usize,
+    w: *const f32,
+    ldw: usize,
+    c: *mut f32,
+    valid: usize,
+) {
+    // SAFETY: the caller's contract covers every read and the `valid` rows written.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        for kk in 0..k {
+            let off = *offs.add(kk);
+            let wk = w.add(kk * ldw);
+            let mut bv = [S::zero(); NV];
+            for (v, b) in bv.iter_mut().enumerate() {
+                *b = S::load(wk.add(v * S::LANES));
+            }
+            for (row, xi) in acc.iter_mut().zip(xs) {
+                let a = S::splat(*xi.add(off));
+                for (x, b) in row.iter_mut().zip(bv) {
+                    *x = S::fma(a, b, *x);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate().take(valid) {
+            for (v, &x) in row.iter().enumerate() {
+                S::store(c.add(i * ldw + v * S::LANES), x);
+            }
+        }
+    }
+}
