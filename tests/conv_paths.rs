@@ -82,6 +82,7 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
                             parallel,
                             use_map,
                             direct,
+                            direct_backward: direct,
                         });
                     }
                 }

@@ -348,6 +348,88 @@ impl Conv2dGeometry {
     }
 }
 
+/// The direct path's indexing of the input gradient, a transposed convolution run as a
+/// gather: `dx` pixel `(iy, ix)` sums `W[o, c, i, j] * dy[o, oy, ox]` over the taps with
+/// `oy * sh + i * dh = iy + ph` (and the same across). Pixels fall into `sh * sw`
+/// classes by `((iy + ph) % sh, (ix + pw) % sw)`; within a class the taps that reach a
+/// pixel are fixed (`(i * dh) % sh` equal to its class), and tap `(i, j)` reads `dy` at
+/// `((iy + ph) / sh - (i * dh) / sh, ...)`. With `dy` copied into a zero-padded region
+/// (`rows x cols` per channel, real `dy` at offset `(ty, tx)`), every read is
+/// `dy_padded[bases[p] + tap_offs[t] + o * rows * cols]`, out-of-range ones landing on
+/// zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TransposeIndex {
+    /// Rows of the padded `dy` region of one channel.
+    pub rows: usize,
+    /// Columns of the padded `dy` region of one channel.
+    pub cols: usize,
+    /// Row and column of `dy[o, 0, 0]` in the padded region.
+    pub origin: (usize, usize),
+    /// The pixel classes (some may have no taps: their pixels get no gradient).
+    pub classes: Vec<TransposeClass>,
+}
+
+/// One pixel class of [`TransposeIndex`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TransposeClass {
+    /// The class's pixels, as offsets `iy * W + ix` in one channel of the input.
+    pub pixels: Vec<usize>,
+    /// Each pixel's window corner in the padded `dy` region of one channel.
+    pub bases: Vec<usize>,
+    /// The taps `(i, j)` of the class.
+    pub taps: Vec<(usize, usize)>,
+    /// Each tap's offset from a window corner.
+    pub tap_offs: Vec<usize>,
+}
+
+impl Conv2dGeometry {
+    /// The indexing of the direct path's input gradient (groups of 1).
+    pub(crate) fn transpose_index(&self) -> TransposeIndex {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.options.stride;
+        let (ph, pw) = self.options.padding;
+        let (dh, dw) = self.options.dilation;
+        let (ty, tx) = ((kh - 1) * dh / sh, (kw - 1) * dw / sw);
+        // Highest window row / column any real pixel uses, and room for all of dy.
+        let qy_max = (ph + self.in_h).saturating_sub(1) / sh;
+        let qx_max = (pw + self.in_w).saturating_sub(1) / sw;
+        let rows = (qy_max + 1).max(self.out_h) + ty;
+        let cols = (qx_max + 1).max(self.out_w) + tx;
+        let mut classes = Vec::with_capacity(sh * sw);
+        for ry in 0..sh {
+            for rx in 0..sw {
+                let mut taps = Vec::new();
+                let mut tap_offs = Vec::new();
+                for i in (0..kh).filter(|i| i * dh % sh == ry) {
+                    for j in (0..kw).filter(|j| j * dw % sw == rx) {
+                        taps.push((i, j));
+                        tap_offs.push((ty - i * dh / sh) * cols + tx - j * dw / sw);
+                    }
+                }
+                let (mut pixels, mut bases) = (Vec::new(), Vec::new());
+                for iy in (0..self.in_h).filter(|iy| (iy + ph) % sh == ry) {
+                    for ix in (0..self.in_w).filter(|ix| (ix + pw) % sw == rx) {
+                        pixels.push(iy * self.in_w + ix);
+                        bases.push((iy + ph) / sh * cols + (ix + pw) / sw);
+                    }
+                }
+                classes.push(TransposeClass {
+                    pixels,
+                    bases,
+                    taps,
+                    tap_offs,
+                });
+            }
+        }
+        TransposeIndex {
+            rows,
+            cols,
+            origin: (ty, tx),
+            classes,
+        }
+    }
+}
+
 /// The polyphase ("space to depth") layout of one padded input image, which turns any
 /// strided, dilated, padded conv into shifted contiguous reads.
 ///

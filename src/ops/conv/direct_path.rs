@@ -1,31 +1,61 @@
-//! The direct conv path (forward): no column matrix at all. Each image is copied once
-//! into its padded region (skipped when there is no padding), and the indirect GEMM
-//! kernel ([`crate::gemm::indirect_gemm`]) reads every tap straight from it, computing
-//! a tile of output positions by output channels in registers; the tile is then written
-//! out channel-major with the bias.
+//! The direct conv path, forward beside backward: no column matrix at all. Every product
+//! runs on the indirect GEMM kernel ([`crate::gemm::indirect_gemm`]), which reads its
+//! A operand in place at `base + offset` from a zero-padded copy of one image:
 //!
-//! It pays where im2col does not: small images with few channels, whose column matrix
-//! is cheap to multiply but costs a gather per element to build (the notebook's layers,
-//! where the gather was two thirds of the forward time). Groups of 1 only; the backward
-//! pass of a conv on this path runs on the im2col path.
+//! - forward: `y[p, o] = sum_k xpad[bases[p] + offs[k]] * W[k, o]` (positions by
+//!   output channels, [`DirectIndex`]), then written channel-major with the bias;
+//! - weight gradient: the same gather with the roles swapped,
+//!   `dW[k, o] += sum_p xpad[offs[k] + bases[p]] * dy[p, o]`, summed per image;
+//! - input gradient: a transposed conv, run per pixel class as a gather from a
+//!   zero-padded `dy` ([`TransposeIndex`]): `dx[pix, c] = sum_(o, tap)
+//!   dypad[bases[pix] + off(o, tap)] * W[o, c, tap]`.
+//!
+//! It pays where im2col does not: the column matrix costs a gather per element to build
+//! and a scatter per element to fold back, which dominated the notebook's small layers
+//! (two thirds of their forward time), and an extra pass over memory on large ones.
+//! Groups of 1 only.
 
 use std::cell::RefCell;
 
 use ndarray::parallel::prelude::*;
-use ndarray::{ArrayView1, ArrayViewMut3, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
-use super::gemm_path::Operands;
+use super::gemm_path::{Operands, bias_partial};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
-use crate::ops::geometry::DirectIndex;
+use crate::ops::geometry::{DirectIndex, TransposeIndex};
 
 /// Fewest tasks to cut a batch into, so two threads get a balanced share; a constant,
 /// never the thread count.
 const MIN_SPLIT: usize = 8;
 
 thread_local! {
-    /// Each thread's padded image and output tile, reused across calls.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
+    /// Each thread's buffers (padded images, tiles), reused across calls: fresh ones
+    /// cost page faults and zeroing on every call.
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = RefCell::default();
+}
+
+/// Runs `f` with `N` of this thread's scratch buffers (taken out while in use, so a
+/// re-entrant call just starts with new ones).
+fn with_scratch<const N: usize, T>(f: impl FnOnce(&mut [Vec<f32>; N]) -> T) -> T {
+    let mut bufs: [Vec<f32>; N] = SCRATCH.with(|s| {
+        let mut pool = s.borrow_mut();
+        std::array::from_fn(|_| pool.pop().unwrap_or_default())
+    });
+    let out = f(&mut bufs);
+    SCRATCH.with(|s| s.borrow_mut().extend(bufs));
+    out
+}
+
+/// Weights `(O, K)` packed `K x ldw`, tap-major, channels padded with zeros.
+fn pack_weights(w: ndarray::ArrayView2<'_, f32>, ldw: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.ncols() * ldw];
+    for (oi, row) in w.outer_iter().enumerate() {
+        for (ki, &v) in row.iter().enumerate() {
+            out[ki * ldw + oi] = v;
+        }
+    }
+    out
 }
 
 /// Forward into `y` (N, O, L), on the rayon pool when the plan says so.
@@ -42,20 +72,11 @@ pub(super) fn forward(
     let (n, o, _) = y.dim();
     let ldw = o.next_multiple_of(kernel.lanes());
     let idx = geo.direct_index();
-    // Weights tap-major, channels padded to whole vectors: w[k * ldw + o].
-    let k = ops.w.ncols();
-    let mut w = vec![0.0f32; k * ldw];
-    for (oi, row) in ops.w.outer_iter().enumerate() {
-        for (ki, &v) in row.iter().enumerate() {
-            w[ki * ldw + oi] = v;
-        }
-    }
+    let w = pack_weights(ops.w, ldw);
     let per = n.div_ceil(MIN_SPLIT).max(1);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
     let run = |(t, yt): (usize, ArrayViewMut3<'_, f32>)| {
-        let mut bufs = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        forward_tile(ops, &idx, kernel, &w, ldw, bias, t * per, yt, &mut bufs);
-        SCRATCH.with(|s| *s.borrow_mut() = bufs);
+        with_scratch(|bufs| forward_tile(ops, &idx, kernel, &w, ldw, bias, t * per, yt, bufs));
     };
     if ops.plan.parallel {
         tiles.into_par_iter().with_max_len(1).for_each(run);
@@ -76,7 +97,7 @@ fn forward_tile(
     bias: Option<ArrayView1<'_, f32>>,
     n0: usize,
     mut yt: ArrayViewMut3<'_, f32>,
-    (padded, out): &mut (Vec<f32>, Vec<f32>),
+    [padded, out]: &mut [Vec<f32>; 2],
 ) {
     let geo = ops.geo;
     let l = geo.col_cols();
@@ -93,7 +114,14 @@ fn forward_tile(
         let x = ops.x.row(n0 + bi);
         let x = x.as_slice().expect("input rows are contiguous");
         let src = if copy {
-            pad_image(x, geo, idx, padded);
+            pad_into(
+                x,
+                geo.in_channels,
+                (geo.in_h, geo.in_w),
+                geo.options.padding,
+                (idx.rows, idx.cols),
+                padded,
+            );
             &padded[..]
         } else {
             x
@@ -127,25 +155,33 @@ fn transpose_bias(t: &[f32], ldw: usize, bias: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Copies image `x` (C, H, W) into the inside of its padded region (C, rows, cols);
-/// the border is left as it is (zeroed once per tile by the caller).
-fn pad_image(x: &[f32], geo: &super::Conv2dGeometry, idx: &DirectIndex, padded: &mut [f32]) {
-    let (h, w) = (geo.in_h, geo.in_w);
-    let (ph, pw) = geo.options.padding;
-    // Padded rows ph..ph + h and columns pw..pw + w, clipped to the region read.
-    let rows = h.min(idx.rows.saturating_sub(ph));
-    let cols = w.min(idx.cols.saturating_sub(pw));
-    if rows == 0 || cols == 0 {
+/// Copies `src` (`channels` planes of `h x w`) into the inside of a padded region
+/// (`channels` planes of `rows x cols`) at `(top, left)`, clipped to the region; the
+/// border is left as it is (zeroed once per tile by the callers).
+fn pad_into(
+    src: &[f32],
+    channels: usize,
+    (h, w): (usize, usize),
+    (top, left): (usize, usize),
+    (rows, cols): (usize, usize),
+    dst: &mut [f32],
+) {
+    let hh = h.min(rows.saturating_sub(top));
+    let ww = w.min(cols.saturating_sub(left));
+    if hh == 0 || ww == 0 {
         return;
     }
-    let plane = idx.rows * idx.cols;
-    for (xc, dst) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(plane)) {
-        for (src, row) in xc
+    for (sc, dc) in src
+        .chunks_exact(h * w)
+        .zip(dst.chunks_exact_mut(rows * cols))
+        .take(channels)
+    {
+        for (s, d) in sc
             .chunks_exact(w)
-            .zip(dst[ph * idx.cols..].chunks_exact_mut(idx.cols))
-            .take(rows)
+            .zip(dc[top * cols..].chunks_exact_mut(cols))
+            .take(hh)
         {
-            copy_short(&mut row[pw..pw + cols], &src[..cols]);
+            copy_short(&mut d[left..left + ww], &s[..ww]);
         }
     }
 }
@@ -162,5 +198,180 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
     for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *d = s;
+    }
+}
+
+/// The per-conv part of the direct backward, shared by every reduction chunk.
+pub(super) struct Backward {
+    kernel: Kernel,
+    idx: DirectIndex,
+    /// Output channels padded to whole vectors (`dW`'s tile width).
+    ldo: usize,
+    /// For the input gradient, when wanted.
+    dx: Option<InputGrad>,
+}
+
+/// The input gradient's part of [`Backward`].
+struct InputGrad {
+    /// The pixel classes.
+    index: TransposeIndex,
+    /// Input channels padded to whole vectors (the tile width).
+    ldc: usize,
+    /// Per class, the weights packed `(O * taps) x ldc` and each row's offset.
+    classes: Vec<(Vec<f32>, Vec<usize>)>,
+}
+
+impl Backward {
+    /// Indexing and packed weights of `ops`' conv; the input gradient's only when
+    /// `want_dx`.
+    pub(super) fn new(ops: &Operands<'_>, want_dx: bool) -> Self {
+        let geo = ops.geo;
+        let kernel = Kernel::selected();
+        let lanes = kernel.lanes();
+        let (o, c) = (geo.out_channels, geo.in_channels);
+        let (kh, kw) = geo.kernel;
+        let dx = want_dx.then(|| {
+            let t = geo.transpose_index();
+            let ldc = c.next_multiple_of(lanes).max(lanes);
+            let plane = t.rows * t.cols;
+            let classes = t
+                .classes
+                .iter()
+                .map(|cl| {
+                    let nt = cl.taps.len();
+                    let mut w = vec![0.0f32; o * nt * ldc];
+                    let mut offs = Vec::with_capacity(o * nt);
+                    for oi in 0..o {
+                        for (ti, (&(i, j), &off)) in cl.taps.iter().zip(&cl.tap_offs).enumerate() {
+                            offs.push(oi * plane + off);
+                            let row = &mut w[(oi * nt + ti) * ldc..][..c];
+                            for (ci, d) in row.iter_mut().enumerate() {
+                                *d = ops.w[[oi, (ci * kh + i) * kw + j]];
+                            }
+                        }
+                    }
+                    (w, offs)
+                })
+                .collect();
+            InputGrad {
+                index: t,
+                ldc,
+                classes,
+            }
+        });
+        Backward {
+            kernel,
+            idx: geo.direct_index(),
+            ldo: o.next_multiple_of(lanes).max(lanes),
+            dx,
+        }
+    }
+
+    /// One reduction chunk: images `n0..n0 + nb` in order; fills their rows of `dxc`
+    /// (zeroed) when the input gradient is wanted; returns the chunk's `(dW, db)`.
+    pub(super) fn chunk(
+        &self,
+        ops: &Operands<'_>,
+        dy: ArrayView3<'_, f32>,
+        with_bias: bool,
+        n0: usize,
+        nb: usize,
+        dxc: Option<ArrayViewMut2<'_, f32>>,
+    ) -> (Array2<f32>, Array1<f64>) {
+        let dw = with_scratch(|bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs));
+        let db = if with_bias {
+            bias_partial(dy, n0, nb)
+        } else {
+            Array1::zeros(dy.len_of(Axis(1)))
+        };
+        (dw, db)
+    }
+
+    fn chunk_in(
+        &self,
+        ops: &Operands<'_>,
+        dy: ArrayView3<'_, f32>,
+        n0: usize,
+        nb: usize,
+        mut dxc: Option<ArrayViewMut2<'_, f32>>,
+        [xpad, dyt, tmp, acc, dypad, tile]: &mut [Vec<f32>; 6],
+    ) -> Array2<f32> {
+        let geo = ops.geo;
+        let (o, l, k) = (geo.out_channels, geo.col_cols(), geo.col_rows());
+        let (ldo, idx) = (self.ldo, &self.idx);
+        let copy = !idx.is_input(geo);
+        // Borders (and padding lanes) are zero for the whole chunk; insides are rewritten
+        // per image.
+        if copy {
+            xpad.clear();
+            xpad.resize(geo.in_channels * idx.rows * idx.cols, 0.0);
+        }
+        dyt.clear();
+        dyt.resize(l * ldo, 0.0);
+        tmp.resize(k * ldo, 0.0);
+        acc.clear();
+        acc.resize(k * ldo, 0.0);
+        if let Some(g) = &self.dx {
+            dypad.clear();
+            dypad.resize(o * g.index.rows * g.index.cols, 0.0);
+        }
+        for i in 0..nb {
+            let x = ops.x.row(n0 + i);
+            let x = x.as_slice().expect("input rows are contiguous");
+            let src = if copy {
+                let pad = geo.options.padding;
+                pad_into(
+                    x,
+                    geo.in_channels,
+                    (geo.in_h, geo.in_w),
+                    pad,
+                    (idx.rows, idx.cols),
+                    xpad,
+                );
+                &xpad[..]
+            } else {
+                x
+            };
+            let dyn_ = dy.index_axis(Axis(0), n0 + i);
+            let dyn_ = dyn_.as_slice().expect("standard layout dy");
+            // dW^T (K x O) += sum_p xpad[offs[k] + bases[p]] * dy^T[p, o]
+            for (oi, row) in dyn_.chunks_exact(l).enumerate() {
+                for (p, &v) in row.iter().enumerate() {
+                    dyt[p * ldo + oi] = v;
+                }
+            }
+            indirect_gemm(self.kernel, src, &idx.offs, &idx.bases, dyt, ldo, tmp);
+            for (a, &t) in acc.iter_mut().zip(tmp.iter()) {
+                *a += t;
+            }
+            // dx, one pixel class at a time.
+            if let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) {
+                let (t, ldc) = (&g.index, g.ldc);
+                pad_into(
+                    dyn_,
+                    o,
+                    (geo.out_h, geo.out_w),
+                    t.origin,
+                    (t.rows, t.cols),
+                    dypad,
+                );
+                let mut dxn = dxc.row_mut(i);
+                let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
+                let hw = geo.in_h * geo.in_w;
+                for (cl, (w, offs)) in t.classes.iter().zip(&g.classes) {
+                    if cl.taps.is_empty() || cl.pixels.is_empty() {
+                        continue;
+                    }
+                    tile.resize(cl.pixels.len() * ldc, 0.0);
+                    indirect_gemm(self.kernel, dypad, &cl.bases, offs, w, ldc, tile);
+                    for (&pix, row) in cl.pixels.iter().zip(tile.chunks_exact(ldc)) {
+                        for (ci, &v) in row[..geo.in_channels].iter().enumerate() {
+                            dxn[ci * hw + pix] = v;
+                        }
+                    }
+                }
+            }
+        }
+        Array2::from_shape_fn((o, k), |(oi, ki)| acc[ki * ldo + oi])
     }
 }

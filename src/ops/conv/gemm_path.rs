@@ -214,8 +214,14 @@ pub(super) fn backward(
         });
         chunks.push((n0, nb, head));
     }
+    let direct = ops
+        .plan
+        .direct_backward
+        .then(|| super::direct_path::Backward::new(ops, chunks.iter().any(|c| c.2.is_some())));
     let run = |(n0, nb, dxc): (usize, usize, Option<ArrayViewMut2<'_, f32>>)| {
-        if ops.plan.lowering == Lowering::Phase {
+        if let Some(direct) = &direct {
+            Ok(direct.chunk(ops, dy, with_bias, n0, nb, dxc))
+        } else if ops.plan.lowering == Lowering::Phase {
             super::phase_path::backward_chunk(ops, dy, with_bias, n0, nb, dxc)
         } else {
             backward_chunk(ops, dy, with_bias, n0, nb, dxc)

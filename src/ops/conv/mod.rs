@@ -71,8 +71,11 @@ pub struct ConvPlan {
     /// Lower small images through an index map ([`MAP_ENTRIES`]) rather than by rows.
     pub use_map: bool,
     /// Run the forward pass on the direct path (no column matrix; groups of 1 only),
-    /// whatever `lowering` says; the backward pass always follows `lowering`.
+    /// whatever `lowering` says.
     pub direct: bool,
+    /// Run the backward pass on the direct path (groups of 1 only), whatever `lowering`
+    /// says.
+    pub direct_backward: bool,
 }
 
 /// Bytes of one column buffer: a tile of `K x tile_cols` floats, `tile_cols` a multiple
@@ -105,6 +108,13 @@ const MAX_TILE_COLS: usize = 1024;
 /// 0.44 / 0.71 (splitting tiny images into planes costs more than the gather it saves).
 /// Stride-1 rows already lower by contiguous copies (nb_32x1x5: bwd 6.6 -> 7.6 ms).
 const PHASE_MIN_OUT_W: usize = 12;
+
+/// Fewest input channels for the direct backward: its input gradient vectorises over
+/// input channels, so one channel fills 1/16 of an AVX-512 vector. 1 thread, bwd ms,
+/// column path -> direct: seed_l2 (8 channels) 0.51 -> 0.40, seed_l3 (16) 0.43 -> 0.35,
+/// seed_l4 (32) 0.16 -> 0.14, resnet_64 114 -> 87; but seed_l1 (1 channel) 0.75 -> 1.07
+/// and nb_32x1x5 (1) 6.4 -> 26.6.
+const DIRECT_DX_MIN_CHANNELS: usize = 8;
 
 /// Images whose column matrix has at most this many entries are lowered through an
 /// index map.
@@ -157,6 +167,9 @@ impl ConvPlan {
             // 47.5 -> 38.2, resnet_128s2 22.4 -> 17.6, vgg_256 37.7 -> 36.4. A 1x1
             // stride-1 conv is a plain GEMM already, without the direct path's transpose.
             direct: o.groups == 1 && lowering != Lowering::Pointwise,
+            direct_backward: o.groups == 1
+                && lowering != Lowering::Pointwise
+                && geo.in_channels >= DIRECT_DX_MIN_CHANNELS,
         }
     }
 
@@ -173,7 +186,7 @@ impl ConvPlan {
                 "the pointwise path needs a 1x1 kernel, stride 1 and no padding",
             ));
         }
-        if self.direct && o.groups != 1 {
+        if (self.direct || self.direct_backward) && o.groups != 1 {
             return Err(Error::config(OP, "the direct path needs groups = 1"));
         }
         Ok(())
