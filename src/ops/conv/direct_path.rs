@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 
 use ndarray::parallel::prelude::*;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::gemm_path::{Operands, bias_partial};
 use crate::error::Result;
@@ -28,6 +28,11 @@ use crate::ops::geometry::{DirectIndex, TransposeIndex};
 /// Fewest tasks to cut a batch into, so two threads get a balanced share; a constant,
 /// never the thread count.
 const MIN_SPLIT: usize = 8;
+
+/// Most bytes of (padded) images per kernel call. Small images go several to a call,
+/// so the last register tile of one image is not left half empty (seed_l4 has 4
+/// positions per image, half of an 8-position tile) and per-call work is shared.
+const CALL_BYTES: usize = 128 << 10;
 
 thread_local! {
     /// Each thread's buffers (padded images, tiles), reused across calls: fresh ones
@@ -86,7 +91,7 @@ pub(super) fn forward(
     Ok(())
 }
 
-/// Images `n0..n0 + b` into `yt` (b, O, L).
+/// Images `n0..n0 + b` into `yt` (b, O, L), [`images_per_call`] images per kernel call.
 #[allow(clippy::too_many_arguments)]
 fn forward_tile(
     ops: &Operands<'_>,
@@ -102,55 +107,97 @@ fn forward_tile(
     let geo = ops.geo;
     let l = geo.col_cols();
     let copy = !idx.is_input(geo);
+    let img = image_len(geo, idx);
+    let (b, o) = (yt.len_of(Axis(0)), yt.len_of(Axis(1)));
+    let per_call = images_per_call(img, b);
+    let bases = multi_bases(&idx.bases, img, per_call);
     if copy {
-        // The border stays zero for every image of the tile.
+        // The borders stay zero for every image of the tile.
         padded.clear();
-        padded.resize(geo.in_channels * idx.rows * idx.cols, 0.0);
+        padded.resize(per_call * img, 0.0);
     }
-    out.resize(l * ldw, 0.0);
-    let o = yt.len_of(Axis(1));
+    out.resize(per_call * l * ldw, 0.0);
     let bias_v: Vec<f32> = bias.map_or_else(|| vec![0.0; o], |b| b.to_vec());
-    for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
-        let x = ops.x.row(n0 + bi);
-        let x = x.as_slice().expect("input rows are contiguous");
+    for c0 in (0..b).step_by(per_call) {
+        let nc = per_call.min(b - c0);
+        let xs = ops.x.slice(s![n0 + c0..n0 + c0 + nc, ..]);
+        let xs = xs.to_slice().expect("input rows are contiguous");
         let src = if copy {
-            pad_into(
-                x,
-                geo.in_channels,
-                (geo.in_h, geo.in_w),
-                geo.options.padding,
-                (idx.rows, idx.cols),
-                padded,
-            );
+            for (x, dst) in xs
+                .chunks_exact(ops.x.ncols())
+                .zip(padded.chunks_exact_mut(img))
+            {
+                pad_into(
+                    x,
+                    geo.in_channels,
+                    (geo.in_h, geo.in_w),
+                    geo.options.padding,
+                    (idx.rows, idx.cols),
+                    dst,
+                );
+            }
             &padded[..]
         } else {
-            x
+            xs
         };
-        indirect_gemm(kernel, src, &idx.bases, &idx.offs, w, ldw, out);
-        let yn = yn.as_slice_mut().expect("output images are contiguous");
-        transpose_bias(&out[..l * ldw], ldw, &bias_v, yn);
+        indirect_gemm(kernel, src, &bases[..nc * l], &idx.offs, w, ldw, out);
+        for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
+            let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
+            let yn = yn.as_slice_mut().expect("output images are contiguous");
+            transpose_add(t, ldw, (l, o), Some(&bias_v), yn, l);
+        }
     }
 }
 
-/// `y[o * l + p] = t[p * ldw + o] + bias[o]` for `o < bias.len()`, `p < l`: the kernel's
-/// position-major tile to the channel-major output. Eight positions at a time, so each
-/// output row gets whole 8-float stores (a scalar strided loop took 40% of the direct
-/// forward of seed_l2).
-fn transpose_bias(t: &[f32], ldw: usize, bias: &[f32], y: &mut [f32]) {
-    let l = t.len() / ldw;
-    let o = bias.len();
-    let mut p0 = 0;
-    for block in t.chunks_exact(8 * ldw) {
-        let rows: [&[f32]; 8] = std::array::from_fn(|i| &block[i * ldw..i * ldw + o]);
-        for (oi, (yo, &bv)) in y.chunks_exact_mut(l).zip(bias).enumerate() {
-            let v: [f32; 8] = std::array::from_fn(|i| rows[i][oi] + bv);
-            yo[p0..p0 + 8].copy_from_slice(&v);
-        }
-        p0 += 8;
+/// Floats of one image as the direct kernels read it: its padded region, or the input
+/// itself.
+fn image_len(geo: &super::Conv2dGeometry, idx: &DirectIndex) -> usize {
+    if idx.is_input(geo) {
+        geo.in_channels * geo.in_h * geo.in_w
+    } else {
+        geo.in_channels * idx.rows * idx.cols
     }
-    for (p, row) in t.chunks_exact(ldw).enumerate().skip(p0) {
-        for (yo, (&v, &bv)) in y.chunks_exact_mut(l).zip(row.iter().zip(bias)) {
-            yo[p] = v + bv;
+}
+
+/// Images side by side in one kernel call (their positions one after the other, so
+/// register tiles run across image boundaries): as many of `b` as fit
+/// [`CALL_BYTES`], at least one.
+fn images_per_call(image_len: usize, b: usize) -> usize {
+    (CALL_BYTES / (image_len * size_of::<f32>()).max(1)).clamp(1, b.max(1))
+}
+
+/// `bases` of one image repeated for `images` images `image_len` apart.
+fn multi_bases(bases: &[usize], image_len: usize, images: usize) -> Vec<usize> {
+    (0..images)
+        .flat_map(|i| bases.iter().map(move |&b| i * image_len + b))
+        .collect()
+}
+
+/// `y[j * ldy + i] = t[i * ldt + j] (+ add[j])` for `i < n`, `j < m`: a transpose
+/// between the kernel's position-major tiles and channel-major tensors. Eight `i` at a
+/// time, so each `y` row gets whole 8-float stores (a scalar strided loop took 40% of
+/// the direct forward of seed_l2).
+fn transpose_add(
+    t: &[f32],
+    ldt: usize,
+    (n, m): (usize, usize),
+    add: Option<&[f32]>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let bias = |j: usize| add.map_or(0.0, |a| a[j]);
+    let full = n / 8 * 8;
+    for i0 in (0..full).step_by(8) {
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| &t[(i0 + r) * ldt..][..m]);
+        for j in 0..m {
+            let b = bias(j);
+            let v: [f32; 8] = std::array::from_fn(|r| rows[r][j] + b);
+            y[j * ldy + i0..][..8].copy_from_slice(&v);
+        }
+    }
+    for i in full..n {
+        for (j, &v) in t[i * ldt..][..m].iter().enumerate() {
+            y[j * ldy + i] = v + bias(j);
         }
     }
 }
@@ -190,14 +237,23 @@ fn pad_into(
 /// a few floats cost more than the copy (a third of the direct forward of seed_l3).
 #[inline]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d, s) in (&mut d).zip(&mut s) {
-        let s: [f32; 8] = s.try_into().expect("chunks of 8");
-        d.copy_from_slice(&s);
+    let n = dst.len().min(src.len());
+    if n < 8 {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s;
+        }
+        return;
     }
-    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = s;
+    // Whole 8-float moves; the last one overlaps the one before when n % 8 != 0.
+    let mut i = 0;
+    loop {
+        let i0 = i.min(n - 8);
+        let v: [f32; 8] = src[i0..i0 + 8].try_into().expect("8 floats");
+        dst[i0..i0 + 8].copy_from_slice(&v);
+        if i0 + 8 == n {
+            break;
+        }
+        i += 8;
     }
 }
 
@@ -300,73 +356,86 @@ impl Backward {
         let (o, l, k) = (geo.out_channels, geo.col_cols(), geo.col_rows());
         let (ldo, idx) = (self.ldo, &self.idx);
         let copy = !idx.is_input(geo);
+        let img = image_len(geo, idx);
+        let per_call = images_per_call(img, nb);
+        let x_bases = multi_bases(&idx.bases, img, per_call);
         // Borders (and padding lanes) are zero for the whole chunk; insides are rewritten
-        // per image.
+        // per call.
         if copy {
             xpad.clear();
-            xpad.resize(geo.in_channels * idx.rows * idx.cols, 0.0);
+            xpad.resize(per_call * img, 0.0);
         }
         dyt.clear();
-        dyt.resize(l * ldo, 0.0);
+        dyt.resize(per_call * l * ldo, 0.0);
         tmp.resize(k * ldo, 0.0);
         acc.clear();
         acc.resize(k * ldo, 0.0);
-        if let Some(g) = &self.dx {
+        let dy_img = self
+            .dx
+            .as_ref()
+            .map_or(0, |g| o * g.index.rows * g.index.cols);
+        if self.dx.is_some() {
             dypad.clear();
-            dypad.resize(o * g.index.rows * g.index.cols, 0.0);
+            dypad.resize(per_call * dy_img, 0.0);
         }
-        for i in 0..nb {
-            let x = ops.x.row(n0 + i);
-            let x = x.as_slice().expect("input rows are contiguous");
+        for c0 in (0..nb).step_by(per_call) {
+            let nc = per_call.min(nb - c0);
+            let xs = ops.x.slice(s![n0 + c0..n0 + c0 + nc, ..]);
+            let xs = xs.to_slice().expect("input rows are contiguous");
             let src = if copy {
-                let pad = geo.options.padding;
-                pad_into(
-                    x,
-                    geo.in_channels,
-                    (geo.in_h, geo.in_w),
-                    pad,
-                    (idx.rows, idx.cols),
-                    xpad,
-                );
+                for (x, dst) in xs
+                    .chunks_exact(ops.x.ncols())
+                    .zip(xpad.chunks_exact_mut(img))
+                {
+                    let pad = geo.options.padding;
+                    let (hw, region) = ((geo.in_h, geo.in_w), (idx.rows, idx.cols));
+                    pad_into(x, geo.in_channels, hw, pad, region, dst);
+                }
                 &xpad[..]
             } else {
-                x
+                xs
             };
-            let dyn_ = dy.index_axis(Axis(0), n0 + i);
-            let dyn_ = dyn_.as_slice().expect("standard layout dy");
-            // dW^T (K x O) += sum_p xpad[offs[k] + bases[p]] * dy^T[p, o]
-            for (oi, row) in dyn_.chunks_exact(l).enumerate() {
-                for (p, &v) in row.iter().enumerate() {
-                    dyt[p * ldo + oi] = v;
-                }
+            let dys = dy.slice(s![n0 + c0..n0 + c0 + nc, .., ..]);
+            let dys = dys.to_slice().expect("standard layout dy");
+            // dW^T (K x O) += sum_p xpad[offs[k] + bases[p]] * dy^T[p, o], over the
+            // positions of all `nc` images.
+            for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
+                transpose_add(dyn_, l, (o, l), None, dst, ldo);
             }
-            indirect_gemm(self.kernel, src, &idx.offs, &idx.bases, dyt, ldo, tmp);
+            let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
+            indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, tmp);
             for (a, &t) in acc.iter_mut().zip(tmp.iter()) {
                 *a += t;
             }
-            // dx, one pixel class at a time.
-            if let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) {
-                let (t, ldc) = (&g.index, g.ldc);
-                pad_into(
-                    dyn_,
-                    o,
-                    (geo.out_h, geo.out_w),
-                    t.origin,
-                    (t.rows, t.cols),
-                    dypad,
-                );
-                let mut dxn = dxc.row_mut(i);
-                let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
-                let hw = geo.in_h * geo.in_w;
-                for (cl, (w, offs)) in t.classes.iter().zip(&g.classes) {
-                    if cl.taps.is_empty() || cl.pixels.is_empty() {
-                        continue;
-                    }
-                    tile.resize(cl.pixels.len() * ldc, 0.0);
-                    indirect_gemm(self.kernel, dypad, &cl.bases, offs, w, ldc, tile);
-                    for (&pix, row) in cl.pixels.iter().zip(tile.chunks_exact(ldc)) {
-                        for (ci, &v) in row[..geo.in_channels].iter().enumerate() {
-                            dxn[ci * hw + pix] = v;
+            // dx, one pixel class at a time, for all `nc` images in each call.
+            let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
+                continue;
+            };
+            let (t, ldc) = (&g.index, g.ldc);
+            for (dyn_, dst) in dys.chunks_exact(o * l).zip(dypad.chunks_exact_mut(dy_img)) {
+                let hw = (geo.out_h, geo.out_w);
+                pad_into(dyn_, o, hw, t.origin, (t.rows, t.cols), dst);
+            }
+            let hw = geo.in_h * geo.in_w;
+            for (cl, (w, offs)) in t.classes.iter().zip(&g.classes) {
+                let np = cl.pixels.len();
+                if cl.taps.is_empty() || np == 0 {
+                    continue;
+                }
+                let bases = multi_bases(&cl.bases, dy_img, nc);
+                tile.resize(nc * np * ldc, 0.0);
+                indirect_gemm(self.kernel, dypad, &bases, offs, w, ldc, tile);
+                for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
+                    let mut dxn = dxc.row_mut(c0 + bi);
+                    let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
+                    if np == hw {
+                        // One class (stride 1): its pixels are all of them, in order.
+                        transpose_add(tile, ldc, (hw, geo.in_channels), None, dxn, hw);
+                    } else {
+                        for (&pix, row) in cl.pixels.iter().zip(tile.chunks_exact(ldc)) {
+                            for (ci, &v) in row[..geo.in_channels].iter().enumerate() {
+                                dxn[ci * hw + pix] = v;
+                            }
                         }
                     }
                 }
