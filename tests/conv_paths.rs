@@ -48,6 +48,9 @@ const SHAPES: &[Shape] = &[
     // More output channels than one register tile holds (50: 48 + 2 on AVX-512), with
     // dilation, stride and uneven padding, groups of 1 (the direct path).
     (2, 3, 9, 8, 50, (3, 2), (2, 1), (2, 1), (2, 3), 1),
+    // Empty images: zero height (all padding), and no channels.
+    (2, 3, 0, 4, 5, (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    (2, 0, 3, 3, 4, (2, 2), (1, 1), (1, 1), (1, 1), 1),
 ];
 
 fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {

@@ -72,6 +72,14 @@ pub(super) fn forward(
     if y.is_empty() {
         return Ok(());
     }
+    if ops.x.ncols() == 0 {
+        // An empty image (no channels, or zero height or width, all padding): the output
+        // is the bias.
+        for (oi, mut yo) in y.axis_iter_mut(Axis(1)).enumerate() {
+            yo.fill(bias.map_or(0.0, |b| b[oi]));
+        }
+        return Ok(());
+    }
     let geo = ops.geo;
     let kernel = Kernel::selected();
     let (n, o, _) = y.dim();
@@ -334,7 +342,13 @@ impl Backward {
         nb: usize,
         dxc: Option<ArrayViewMut2<'_, f32>>,
     ) -> (Array2<f32>, Array1<f64>) {
-        let dw = with_scratch(|bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs));
+        let geo = ops.geo;
+        // An empty image: every tap reads padding, so dW is zero, and dx is empty.
+        let dw = if ops.x.ncols() == 0 {
+            Array2::zeros((geo.out_channels, geo.col_rows()))
+        } else {
+            with_scratch(|bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))
+        };
         let db = if with_bias {
             bias_partial(dy, n0, nb)
         } else {
