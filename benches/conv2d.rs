@@ -126,6 +126,14 @@ fn bench_paths(c: &mut Criterion) {
                 ..base
             },
         ),
+        (
+            "columns_not_direct",
+            ConvPlan {
+                direct: false,
+                direct_backward: false,
+                ..base
+            },
+        ),
     ];
     for (label, plan) in variants {
         g.bench_function(BenchmarkId::new("seed_l2", label), |bch| {

@@ -1,4 +1,5 @@
-//! Compares conv paths (tile sizes, index map, parallel split) on one shape, back to back
+//! Compares conv paths (direct or columns, lowering, tile sizes, index map, parallel split)
+//! on one shape, back to back
 //! in one process: the measurements behind `ConvPlan::choose`.
 //!
 //! ```sh
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, conv2d_backward_with_plan, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan,
 };
 use ndarray::Array4;
 
@@ -56,6 +57,11 @@ fn main() {
         }
         plans.push(("map on".into(), ConvPlan { use_map: true, ..base }));
         plans.push(("map off".into(), ConvPlan { use_map: false, ..base }));
+        plans.push(("direct".into(), ConvPlan { direct: true, direct_backward: true, ..base }));
+        plans.push(("columns".into(), ConvPlan { direct: false, direct_backward: false, ..base }));
+        for (name, lowering) in [("im2col", Lowering::Im2col), ("phase", Lowering::Phase)] {
+            plans.push((name.into(), ConvPlan { lowering, direct: false, direct_backward: false, ..base }));
+        }
         plans.push(("serial".into(), ConvPlan { parallel: false, ..base }));
         plans.push(("parallel".into(), ConvPlan { parallel: true, ..base }));
         for round in 0..2 {
@@ -69,7 +75,7 @@ fn main() {
                             .expect("conv"),
                     );
                 });
-                println!("round {round} {name:>14}: fwd {f:8.4} ms  bwd {b:8.4} ms  (tile_cols {}, map {}, par {})", plan.tile_cols, plan.use_map, plan.parallel);
+                println!("round {round} {name:>14}: fwd {f:8.4} ms  bwd {b:8.4} ms  (tile_cols {}, map {}, par {}, direct {}/{})", plan.tile_cols, plan.use_map, plan.parallel, plan.direct, plan.direct_backward);
             }
         }
     });

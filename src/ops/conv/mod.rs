@@ -1,28 +1,38 @@
 //! 2-d convolution (cross-correlation, as PyTorch) on top of the GEMM, and its backward.
 //!
 //! Layout of the conv code:
-//! - [`crate::ops::geometry`]: options, output sizes, buffer sizes (the one place).
-//! - [`crate::ops::im2col`]: im2col / col2im over a range of output positions, and the
-//!   index map used for small images.
+//! - [`crate::ops::geometry`]: options, output sizes, buffer sizes and every index
+//!   layout the paths use (the one place).
+//! - [`crate::ops::im2col`]: im2col / col2im over a range of output positions, the index
+//!   map used for small images, and the polyphase split of the phase path.
 //! - this module: the public API, the per-shape chooser [`ConvPlan::choose`] (every
 //!   threshold cites its measurement) and the final reduction of the weight gradient.
-//! - `gemm_path`: the one conv path, forward beside backward: output positions cut into
+//! - `direct_path` (the default for groups of 1, bar 1x1 convs): no column matrix. The
+//!   indirect GEMM kernel ([`crate::gemm`]'s `indirect_gemm`) reads every tap in place
+//!   from a zero-padded copy of the image: forward `y = W x`, weight gradient with the
+//!   roles of taps and positions swapped, input gradient as a transposed conv per pixel
+//!   class (stride phase) reading a zero-padded `dy`. Forward beside backward.
+//! - `gemm_path`: the column paths, forward beside backward: output positions cut into
 //!   tiles of at most `tile_cols` columns (several small images side by side in one
 //!   GEMM, or a run of columns of one large image so the column buffer stays bounded),
 //!   each lowered by im2col (rows, or the index map for short output rows) or, for a
 //!   1x1 / stride-1 / unpadded conv, taken as the input itself (`Lowering::Pointwise`:
-//!   a plain GEMM `y_n = W x_n`, no copy).
+//!   a plain GEMM `y_n = W x_n`, no copy). Used by grouped and 1x1 convs, and by the
+//!   backward pass of one-channel inputs (whose input gradient fills too few lanes of
+//!   the direct kernel).
+//! - `phase_path`: strided convs with long output rows on the column path, each image
+//!   split into its stride phases so every column row is one contiguous copy.
 //!
-//! Forward, per tile and group `g`: `y[g] (Og, cols) = W[g] (Og, Cg*kh*kw) x cols[g]`.
-//! Backward, per tile: `dW[g] += dy[g] x cols[g]^T`, `dcols[g] = W[g]^T x dy[g]`,
+//! Column paths, per tile and group `g`: forward `y[g] (Og, cols) = W[g] (Og, Cg*kh*kw)
+//! x cols[g]`; backward `dW[g] += dy[g] x cols[g]^T`, `dcols[g] = W[g]^T x dy[g]`,
 //! `dx += col2im(dcols)`, `db[o] += sum(dy[o])`. All products go through the crate's
-//! GEMM ([`crate::gemm::sgemm`]'s loop nest), on one thread inside a parallel split.
+//! GEMM kernels, on one thread inside a parallel split.
 //!
 //! Determinism: the tiles depend on the shape only; output tiles are disjoint; the weight
 //! and bias gradients are summed per fixed chunk of images (`ceil(N / 8)`, at most
-//! [`REDUCTION_CHUNK`]; tiles in a fixed order inside a chunk) and the chunk partials
-//! are then added in chunk order, so the result does not depend on how many threads
-//! rayon uses.
+//! [`REDUCTION_CHUNK`]; images and tiles in a fixed order inside a chunk) and the chunk
+//! partials are then added in chunk order, so the result does not depend on how many
+//! threads rayon uses.
 
 use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView4};
 
