@@ -263,6 +263,49 @@ impl Sequential {
         Ok(grad)
     }
 
+    /// As [`Sequential::backward_owned`] without the gradient of the network's input:
+    /// layers from the last down to 1 run [`Layer::backward_owned`], layer 0 runs
+    /// [`Layer::backward_params`], which adds its parameter gradients and skips its input
+    /// gradient. Every parameter gradient is the one [`Sequential::backward`] gives, bit
+    /// for bit. Use it to train, where the input is the data (PyTorch skips that gradient
+    /// too: the input has no `requires_grad`); for a first [`crate::nn::Conv2d`] it saves
+    /// the costliest product of its backward pass.
+    ///
+    /// # Examples
+    /// ```
+    /// use convinit::nn::{Conv2d, Conv2dConfig, Flatten, Sequential};
+    /// use ndarray::{ArrayD, IxDyn};
+    /// use rand::SeedableRng;
+    ///
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let mut net = Sequential::new()
+    ///     .with(Conv2d::new(Conv2dConfig::new(1, 2, (3, 3)), &mut rng)?)
+    ///     .with(Flatten::new(1, -1));
+    /// let x = ArrayD::<f32>::ones(IxDyn(&[4, 1, 5, 5]));
+    /// let out = net.forward(x.view())?;
+    /// net.backward_params(ArrayD::ones(out.raw_dim()))?;
+    /// let conv: &Conv2d = net.get(0).unwrap();
+    /// assert_eq!(conv.bias_grad().unwrap()[0], 4.0 * 9.0);
+    /// # Ok::<(), convinit::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Sequential::backward`].
+    pub fn backward_params(&mut self, grad_out: ArrayD<f32>) -> Result<()> {
+        let mut grad = grad_out;
+        for (i, layer) in self.layers.iter_mut().enumerate().skip(1).rev() {
+            grad = layer
+                .backward_owned(grad)
+                .map_err(|e| in_layer(e, i, layer.name()))?;
+        }
+        match self.layers.first_mut() {
+            Some(first) => first
+                .backward_params(grad)
+                .map_err(|e| in_layer(e, 0, first.name())),
+            None => Ok(()),
+        }
+    }
+
     /// Sets every parameter gradient of every layer to zero.
     pub fn zero_grad(&mut self) {
         self.layers.iter_mut().for_each(|l| l.zero_grad());

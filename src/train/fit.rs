@@ -215,7 +215,8 @@ pub fn evaluate(
 /// [`EpochReport`] per epoch (with validation figures when `valid` is given).
 ///
 /// Each step: gather a shuffled batch, `zero_grad`, forward, [`super::cross_entropy`]
-/// and its gradient, backward, then `on_step` (which sees the
+/// and its gradient, backward ([`Sequential::backward_params`]: the parameter gradients
+/// without the batch's own gradient), then `on_step` (which sees the
 /// batch's activations in [`Sequential::output`] and the parameter gradients, e.g. for a
 /// [`super::Telemetry`] or a progress bar), then the learning rate from the schedule and
 /// [`Sgd::step`]. The run is deterministic for a seed (and the same for any number of
@@ -288,7 +289,8 @@ where
             let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
             right += correct(out.view(), yb.view())?;
             loss_sum += f64::from(loss) * idx.len() as f64;
-            net.backward(grad.into_dyn().view())?;
+            // The batch needs no gradient: skip the first layer's input gradient.
+            net.backward_params(grad.into_dyn())?;
             let lr = config.schedule.lr(step, total_steps);
             let info = StepInfo {
                 epoch,
