@@ -202,7 +202,8 @@ pub fn evaluate(
     let mut right = 0usize;
     for idx in batch_indices::<StdRng>(data.len(), batch_size, None)? {
         let (xb, yb) = gather_images(data.x, data.y, &idx, image_shape)?;
-        let out = logits(net.forward(xb.into_dyn().view())?)?;
+        // Shared: the first layer keeps the batch for backward without a copy.
+        let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
         let (l, _) = cross_entropy_with_grad(out.view(), yb.view())?;
         loss += f64::from(l) * idx.len() as f64;
         right += correct(out.view(), yb.view())?;
@@ -285,7 +286,8 @@ where
         for idx in batch_indices(train.len(), config.batch_size, Some(&mut rng))? {
             let (xb, yb) = gather_images(train.x, train.y, &idx, config.image_shape)?;
             net.zero_grad();
-            let out = logits(net.forward(xb.into_dyn().view())?)?;
+            // Handed over, not copied: the first layer keeps the batch itself.
+            let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
             let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
             right += correct(out.view(), yb.view())?;
             loss_sum += f64::from(loss) * idx.len() as f64;
