@@ -188,9 +188,9 @@ impl Sequential {
     /// returns the last one. The first layer copies what it keeps of `x`; to save that
     /// copy, hand over a shared array with [`Sequential::forward_shared`].
     ///
-    /// What the layers kept from the previous pass is dropped first; the previous pass's
-    /// retained outputs are dropped one by one, just before the layer that replaces
-    /// each runs, so a buffer freed there is free for that layer's new output.
+    /// What the layers kept from the previous pass is dropped first; a retained output
+    /// of the previous pass is dropped then too when it shares its buffer (e.g. with a
+    /// ReLU, which writes over it), else once its layer has produced the new one.
     ///
     /// # Errors
     /// The first error of a layer, with the layer index added to its message. The
@@ -201,7 +201,6 @@ impl Sequential {
             return Ok(x.to_owned());
         }
         self.clear_saved();
-        self.release(0);
         let first = &mut self.layers[0];
         match first.forward(x) {
             Ok(y) => self.run_from(1, y.into_shared()),
@@ -227,23 +226,26 @@ impl Sequential {
         self.run_from(0, x)
     }
 
-    /// Drops what every layer kept for backward. Most of it is also a retained output
-    /// (or a ReLU's buffer for reuse), so little memory is freed here.
+    /// Drops what every layer kept for backward, and the previous pass's retained
+    /// outputs that share their buffer with something else.
+    ///
+    /// The shared ones are mostly a layer's own buffer, which it writes over in the next
+    /// pass once nothing else holds it (a ReLU's output, also held by a Flatten's
+    /// output): dropping them frees nothing and lets the layer reuse it. Each other
+    /// output (a convolution's) is dropped only once its layer has produced the new one
+    /// (at most one layer's output more alive at a time). Measured with glibc's
+    /// allocator, freeing them before the pass instead leaves a large free block at the
+    /// top of its heap, which glibc hands back to the system; every new conv output and
+    /// input gradient was then faulted in page by page again (seed net training steps:
+    /// 559 page faults per step against 10 at N = 100, 5770 against about 520 at
+    /// N = 1000).
     fn clear_saved(&mut self) {
         self.layers.iter_mut().for_each(|l| l.clear_saved());
-    }
-
-    /// Drops the retained outputs of layers `index` and `index + 1` (which may share
-    /// a buffer, e.g. through a [`crate::nn::Flatten`]) before layer `index` runs again.
-    /// Its new output can then take their memory (a ReLU writes over its previous output
-    /// when nothing else holds it; the allocator hands a freed block back) instead of
-    /// fresh pages; freeing every old output at once, before the pass, would instead
-    /// leave the allocator a large free block, which glibc returns to the system.
-    fn release(&mut self, index: usize) {
-        self.outputs[index..]
-            .iter_mut()
-            .take(2)
-            .for_each(|o| *o = None);
+        for o in &mut self.outputs {
+            if o.as_ref().is_some_and(|o| !o.is_unique()) {
+                *o = None;
+            }
+        }
     }
 
     /// Drops the outputs and saved state of layers `start..`, so none of them has stale
@@ -262,7 +264,6 @@ impl Sequential {
             self.outputs[start - 1] = Some(x.clone());
         }
         for i in start..self.layers.len() {
-            self.release(i);
             let layer = &mut self.layers[i];
             match layer.forward_shared(x) {
                 Ok(y) => x = y,
