@@ -231,14 +231,14 @@ impl Sequential {
     ///
     /// The shared ones are mostly a layer's own buffer, which it writes over in the next
     /// pass once nothing else holds it (a ReLU's output, also held by a Flatten's
-    /// output): dropping them frees nothing and lets the layer reuse it. Each other
+    /// output): dropping them usually frees nothing and lets the layer reuse it. Each other
     /// output (a convolution's) is dropped only once its layer has produced the new one
     /// (at most one layer's output more alive at a time). Measured with glibc's
     /// allocator, freeing them before the pass instead leaves a large free block at the
     /// top of its heap, which glibc hands back to the system; every new conv output and
-    /// input gradient was then faulted in page by page again (seed net training steps:
-    /// 559 page faults per step against 10 at N = 100, 5770 against about 520 at
-    /// N = 1000).
+    /// input gradient was then faulted in page by page again (seed net training steps,
+    /// long runs: 559 page faults per step against 10 at N = 100, 5770 against about
+    /// 520 at N = 1000).
     fn clear_saved(&mut self) {
         self.layers.iter_mut().for_each(|l| l.clear_saved());
         for o in &mut self.outputs {
@@ -310,8 +310,8 @@ impl Sequential {
     /// [`Layer::backward_params`], which adds its parameter gradients and skips its input
     /// gradient. Every parameter gradient is the one [`Sequential::backward`] gives, bit
     /// for bit. Use it to train, where the input is the data (PyTorch skips that gradient
-    /// too: the input has no `requires_grad`); for a first [`crate::nn::Conv2d`] it saves
-    /// the costliest product of its backward pass.
+    /// too: the input has no `requires_grad`); a first [`crate::nn::Conv2d`] then skips
+    /// its input-gradient product and col2im scatter.
     ///
     /// # Examples
     /// ```
