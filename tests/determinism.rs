@@ -1,6 +1,7 @@
 //! Results are bit-identical for any rayon thread count: every op (conv forward and
 //! backward in several configurations, pooling, activations, linear, MSE, flatten), every
-//! initialiser, the seed network (forward, MSE, backward, every parameter gradient) and
+//! initialiser, the seed network (forward, MSE, backward, every parameter gradient, and a
+//! second step through `forward_shared` and `backward_params`) and
 //! the GEMM, in rayon pools of 1, 2 and 7 threads ([`THREADS`]), compared with
 //! `to_bits()`. [`rayon_num_threads_env_var_gives_identical_hashes`] also runs this test
 //! binary as a child process with `RAYON_NUM_THREADS` = 1, 2 and 7 (how users set it)
@@ -295,6 +296,19 @@ fn seed_net_run() -> Vec<Vec<u32>> {
     assert_eq!(net.layer(0).unwrap().name(), "Conv2d");
     // Every parameter's gradient is there (4 convs x weight and bias).
     assert_eq!(all.len(), 3 + 8);
+    // A second step as training runs it: the batch handed over shared (the ReLUs
+    // write over their previous outputs), no input gradient. Same gradients.
+    net.zero_grad();
+    let out2 = net.forward_shared(x.into_shared()).unwrap();
+    net.backward_params(mse_backward(out2.view(), target.view()).unwrap())
+        .unwrap();
+    let again: Vec<Vec<u32>> = net
+        .named_parameters()
+        .iter()
+        .map(|p| bits(p.grad.iter()))
+        .collect();
+    assert_eq!(bits(&out2), all[0]);
+    assert_eq!(again, all[3..]);
     all
 }
 

@@ -28,6 +28,7 @@
 //! | `nn::Linear::new`, `with_init`, `from_parts` | weight / bias shape; bias vs config; bad init | `Linear::*: *` |
 //! | `nn::AdaptiveAvgPool2d::new` | output size 0 | `AdaptiveAvgPool2d::new: *` |
 //! | `nn::Sequential::forward`, `backward` | a layer's error (index added); before forward; grad_out shape | `Sequential.*: *` |
+//! | `Layer::backward_params`, `nn::Sequential::backward_params` | as `backward`: the same errors, message for message | `tests/backward_params.rs`: `errors_are_backwards` |
 //! | `init::Nonlinearity::from_name` | unknown name | `Nonlinearity::from_name: *` |
 //! | `init::fans`, `default_bounds`, `kaiming_std`, `xavier_std` | rank < 2; overflow; non-finite a / gain | `fans: *`, `default_bounds: *`, `kaiming_std: *`, `xavier_std: *` |
 //! | `init::uniform`, `normal`, `trunc_normal`, `constant` | non-finite / out of f32 range parameters; low > high; std < 0 (trunc: <= 0); a >= b | `uniform: *`, `normal: *`, `trunc_normal: *`, `constant: *` |

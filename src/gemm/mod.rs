@@ -1,8 +1,10 @@
 //! Single-precision matrix multiplication: `C = alpha * A * B + beta * C`.
 //!
-//! Every matrix product in the crate (the conv forward and both conv backward products,
-//! the linear layer) goes through [`sgemm`], so the kernel behind it can be swapped
-//! without touching the ops. Operands are ndarray views with any strides: a transposed
+//! Every matrix product in the crate goes through this module: [`sgemm`] (the linear
+//! layer, the column conv paths) or, for the direct conv path, an *indirect* GEMM whose
+//! A operand is read in place at `base + offset` from an image (crate-internal
+//! `indirect_gemm`; the micro-kernel is generic over the same per-ISA vector trait as
+//! sgemm's, so each instruction set is written once). Operands are ndarray views with any strides: a transposed
 //! operand is just `a.t()`, no copy.
 //!
 //! # Design
@@ -13,7 +15,7 @@
 //! and portable Rust (4 x 8); the fastest the CPU supports is chosen once at run time,
 //! or forced with the environment variable `CONVINIT_GEMM_KERNEL=avx512|avx2|fallback`
 //! (read once). Block sizes (`KC`, `MC`, `NC`) come from this machine's caches (L1d
-//! 48 KiB, L2 1 MiB). All `unsafe` code lives in the kernel module.
+//! 48 KiB, L2 1 MiB). All `unsafe` code of the crate lives in the kernel module.
 //!
 //! On the project's 2-core AVX-512 EPYC, 1024^3 and 2048^3 run at about 0.9 of the
 //! measured FMA peak (`fma_peak_gflops`), on par with OpenBLAS.

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use ndarray::{ArcArray, ArcArrayD, Array1, Array4, ArrayD, ArrayViewD, Ix4};
+use ndarray::{ArcArray, ArcArrayD, Array1, Array4, ArrayD, ArrayView4, ArrayViewD, Ix4};
 use rand::Rng;
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::Init;
-use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward};
+use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward, conv2d_backward_params};
 
 const OP: &str = "Conv2d";
 
@@ -304,6 +304,35 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The saved input and `grad_out` as (N, O, out_h, out_w), after the checks every
+    /// backward makes: a forward ran, the parameters kept their gradients' shapes, and
+    /// `grad_out` is the shape of the last output.
+    fn checked_backward_inputs<'g>(
+        &self,
+        grad_out: ArrayViewD<'g, f32>,
+    ) -> Result<(ArcArray<f32, Ix4>, ArrayView4<'g, f32>)> {
+        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        check_param_shape(OP, "weight", self.weight.shape(), self.weight_grad.shape())?;
+        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
+            check_param_shape(OP, "bias", b.shape(), g.shape())?;
+        }
+        let geo = self.geometry(x.dim().into())?;
+        let (n, o, oh, ow) = geo.y_shape();
+        check_grad_shape(OP, grad_out.shape(), &[n, o, oh, ow])?;
+        let dy = to_rank::<Ix4>(OP, "grad_out", "(N, O, out_h, out_w)", grad_out)?;
+        Ok((x.clone(), dy))
+    }
+
+    /// Adds a backward pass's parameter gradients to the accumulated ones.
+    fn accumulate(&mut self, dw: &Array4<f32>, db: Option<&Array1<f32>>) {
+        self.weight_grad += dw;
+        if let (Some(acc), Some(db)) = (self.bias_grad.as_mut(), db) {
+            *acc += db;
+        }
+    }
+}
+
 impl Layer for Conv2d {
     fn name(&self) -> &'static str {
         OP
@@ -332,15 +361,7 @@ impl Layer for Conv2d {
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
-        check_param_shape(OP, "weight", self.weight.shape(), self.weight_grad.shape())?;
-        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
-            check_param_shape(OP, "bias", b.shape(), g.shape())?;
-        }
-        let geo = self.geometry(x.dim().into())?;
-        let (n, o, oh, ow) = geo.y_shape();
-        check_grad_shape(OP, grad_out.shape(), &[n, o, oh, ow])?;
-        let dy = to_rank::<Ix4>(OP, "grad_out", "(N, O, out_h, out_w)", grad_out)?;
+        let (x, dy) = self.checked_backward_inputs(grad_out)?;
         let grads = conv2d_backward(
             x.view(),
             self.weight.view(),
@@ -348,11 +369,24 @@ impl Layer for Conv2d {
             dy,
             &self.config.options(),
         )?;
-        self.weight_grad += &grads.dw;
-        if let (Some(acc), Some(db)) = (self.bias_grad.as_mut(), grads.db.as_ref()) {
-            *acc += db;
-        }
+        self.accumulate(&grads.dw, grads.db.as_ref());
         Ok(grads.dx.into_dyn())
+    }
+
+    /// As [`Layer::backward`] without the input gradient ([`conv2d_backward_params`]):
+    /// the same parameter gradients, bit for bit, without the `W^T dy` product and its
+    /// col2im scatter.
+    fn backward_params(&mut self, grad_out: ArrayD<f32>) -> Result<()> {
+        let (x, dy) = self.checked_backward_inputs(grad_out.view())?;
+        let grads = conv2d_backward_params(
+            x.view(),
+            self.weight.view(),
+            self.bias.is_some(),
+            dy,
+            &self.config.options(),
+        )?;
+        self.accumulate(&grads.dw, grads.db.as_ref());
+        Ok(())
     }
 
     fn params(&self) -> Vec<Param<'_>> {

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use ndarray::{ArcArray, ArcArrayD, Array1, Array2, ArrayD, ArrayViewD, Ix2};
+use ndarray::{ArcArray, ArcArrayD, Array1, Array2, ArrayD, ArrayView2, ArrayViewD, Ix2};
 use rand::Rng;
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::Init;
-use crate::ops::{linear, linear_backward};
+use crate::ops::{linear, linear_backward, linear_backward_params};
 
 const OP: &str = "Linear";
 
@@ -180,6 +180,33 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The saved input and `grad_out` as (N, out), after the checks every backward
+    /// makes: a forward ran, the parameters kept their gradients' shapes, and `grad_out`
+    /// is the shape of the last output.
+    fn checked_backward_inputs<'g>(
+        &self,
+        grad_out: ArrayViewD<'g, f32>,
+    ) -> Result<(ArcArray<f32, Ix2>, ArrayView2<'g, f32>)> {
+        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
+        check_param_shape(OP, "weight", self.weight.shape(), self.weight_grad.shape())?;
+        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
+            check_param_shape(OP, "bias", b.shape(), g.shape())?;
+        }
+        check_grad_shape(OP, grad_out.shape(), &[x.nrows(), self.weight.nrows()])?;
+        let dy = to_rank::<Ix2>(OP, "grad_out", "(N, out_features)", grad_out)?;
+        Ok((x.clone(), dy))
+    }
+
+    /// Adds a backward pass's parameter gradients to the accumulated ones.
+    fn accumulate(&mut self, dw: &Array2<f32>, db: Option<&Array1<f32>>) {
+        self.weight_grad += dw;
+        if let (Some(acc), Some(db)) = (self.bias_grad.as_mut(), db) {
+            *acc += db;
+        }
+    }
+}
+
 impl Layer for Linear {
     fn name(&self) -> &'static str {
         OP
@@ -211,19 +238,20 @@ impl Layer for Linear {
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let x = self.input.as_ref().ok_or_else(|| not_run(OP))?;
-        check_param_shape(OP, "weight", self.weight.shape(), self.weight_grad.shape())?;
-        if let (Some(b), Some(g)) = (&self.bias, &self.bias_grad) {
-            check_param_shape(OP, "bias", b.shape(), g.shape())?;
-        }
-        check_grad_shape(OP, grad_out.shape(), &[x.nrows(), self.weight.nrows()])?;
-        let dy = to_rank::<Ix2>(OP, "grad_out", "(N, out_features)", grad_out)?;
+        let (x, dy) = self.checked_backward_inputs(grad_out)?;
         let grads = linear_backward(x.view(), self.weight.view(), self.bias.is_some(), dy)?;
-        self.weight_grad += &grads.dw;
-        if let (Some(acc), Some(db)) = (self.bias_grad.as_mut(), grads.db.as_ref()) {
-            *acc += db;
-        }
+        self.accumulate(&grads.dw, grads.db.as_ref());
         Ok(grads.dx.into_dyn())
+    }
+
+    /// As [`Layer::backward`] without the input gradient: the same parameter gradients,
+    /// bit for bit, without the `dy W` product.
+    fn backward_params(&mut self, grad_out: ArrayD<f32>) -> Result<()> {
+        let (x, dy) = self.checked_backward_inputs(grad_out.view())?;
+        let (dw, db) =
+            linear_backward_params(x.view(), self.weight.view(), self.bias.is_some(), dy)?;
+        self.accumulate(&dw, db.as_ref());
+        Ok(())
     }
 
     fn params(&self) -> Vec<Param<'_>> {

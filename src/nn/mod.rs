@@ -13,6 +13,11 @@
 //! without copying it, and [`Layer::backward_owned`] lets it write the input gradient
 //! over the output gradient's buffer. Both default to [`Layer::forward`] /
 //! [`Layer::backward`], so a layer only overrides them to save copies.
+//!
+//! The first layer's input is the data, whose gradient nobody needs:
+//! [`Sequential::backward_params`] runs the backward pass without it (through
+//! [`Layer::backward_params`] on layer 0), as PyTorch does for an input without
+//! `requires_grad`. [`crate::train::fit`] trains that way.
 
 use std::any::Any;
 use std::fmt;
@@ -107,6 +112,21 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// As [`Layer::backward`].
     fn backward_owned(&mut self, grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
         self.backward(grad_out.view())
+    }
+
+    /// As [`Layer::backward_owned`] without the input gradient: adds the parameter
+    /// gradients (the same ones, bit for bit) and returns nothing. For a layer whose input
+    /// needs no gradient, typically the first layer of a network, whose input is the data
+    /// (PyTorch skips that gradient too, as the input has no `requires_grad`).
+    /// [`Sequential::backward_params`] calls it on the first layer.
+    ///
+    /// The default calls [`Layer::backward_owned`] and drops the result; [`Conv2d`] and
+    /// [`Linear`] skip the input-gradient product.
+    ///
+    /// # Errors
+    /// As [`Layer::backward`].
+    fn backward_params(&mut self, grad_out: ArrayD<f32>) -> Result<()> {
+        self.backward_owned(grad_out).map(drop)
     }
 
     /// Drops what the last forward pass kept for backward (a backward before the next

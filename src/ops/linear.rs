@@ -75,6 +75,38 @@ pub fn linear_backward(
     with_bias: bool,
     dy: ArrayView2<'_, f32>,
 ) -> Result<LinearGrads> {
+    let (dx, dw, db) = backward_impl(x, weight, with_bias, dy, true)?;
+    Ok(LinearGrads {
+        dx: dx.expect("the input gradient was asked for"),
+        dw,
+        db,
+    })
+}
+
+/// [`linear_backward`]'s `dw` and `db` without `dx` (the same values, bit for bit), for
+/// a layer whose input needs no gradient.
+///
+/// # Errors
+/// As [`linear_backward`].
+pub(crate) fn linear_backward_params(
+    x: ArrayView2<'_, f32>,
+    weight: ArrayView2<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView2<'_, f32>,
+) -> Result<(Array2<f32>, Option<Array1<f32>>)> {
+    let (_, dw, db) = backward_impl(x, weight, with_bias, dy, false)?;
+    Ok((dw, db))
+}
+
+/// The gradients `(dx when want_dx, dw, db when with_bias)`.
+#[allow(clippy::type_complexity)]
+fn backward_impl(
+    x: ArrayView2<'_, f32>,
+    weight: ArrayView2<'_, f32>,
+    with_bias: bool,
+    dy: ArrayView2<'_, f32>,
+    want_dx: bool,
+) -> Result<(Option<Array2<f32>>, Array2<f32>, Option<Array1<f32>>)> {
     check(&x, &weight, None)?;
     if dy.dim() != (x.nrows(), weight.nrows()) {
         return Err(Error::shape(
@@ -88,8 +120,13 @@ pub fn linear_backward(
             ),
         ));
     }
-    let mut dx = Array2::<f32>::zeros(x.raw_dim());
-    sgemm(1.0, dy, weight, 0.0, dx.view_mut())?;
+    let dx = if want_dx {
+        let mut dx = Array2::<f32>::zeros(x.raw_dim());
+        sgemm(1.0, dy, weight, 0.0, dx.view_mut())?;
+        Some(dx)
+    } else {
+        None
+    };
     let mut dw = Array2::<f32>::zeros(weight.raw_dim());
     sgemm(1.0, dy.t(), x, 0.0, dw.view_mut())?;
     let db = with_bias.then(|| {
@@ -97,5 +134,5 @@ pub fn linear_backward(
             col.iter().map(|&v| f64::from(v)).sum::<f64>() as f32
         })
     });
-    Ok(LinearGrads { dx, dw, db })
+    Ok((dx, dw, db))
 }

@@ -33,6 +33,7 @@ pub use conv::{
 pub use conv::{ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
+pub(crate) use linear::linear_backward_params;
 pub use linear::{LinearGrads, linear, linear_backward};
 pub use loss::{mse, mse_backward};
 pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_backward};

@@ -202,7 +202,8 @@ pub fn evaluate(
     let mut right = 0usize;
     for idx in batch_indices::<StdRng>(data.len(), batch_size, None)? {
         let (xb, yb) = gather_images(data.x, data.y, &idx, image_shape)?;
-        let out = logits(net.forward(xb.into_dyn().view())?)?;
+        // Shared: the first layer keeps the batch for backward without a copy.
+        let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
         let (l, _) = cross_entropy_with_grad(out.view(), yb.view())?;
         loss += f64::from(l) * idx.len() as f64;
         right += correct(out.view(), yb.view())?;
@@ -215,7 +216,8 @@ pub fn evaluate(
 /// [`EpochReport`] per epoch (with validation figures when `valid` is given).
 ///
 /// Each step: gather a shuffled batch, `zero_grad`, forward, [`super::cross_entropy`]
-/// and its gradient, backward, then `on_step` (which sees the
+/// and its gradient, backward ([`Sequential::backward_params`]: the parameter gradients
+/// without the batch's own gradient), then `on_step` (which sees the
 /// batch's activations in [`Sequential::output`] and the parameter gradients, e.g. for a
 /// [`super::Telemetry`] or a progress bar), then the learning rate from the schedule and
 /// [`Sgd::step`]. The run is deterministic for a seed (and the same for any number of
@@ -284,11 +286,13 @@ where
         for idx in batch_indices(train.len(), config.batch_size, Some(&mut rng))? {
             let (xb, yb) = gather_images(train.x, train.y, &idx, config.image_shape)?;
             net.zero_grad();
-            let out = logits(net.forward(xb.into_dyn().view())?)?;
+            // Handed over, not copied: the first layer keeps the batch itself.
+            let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
             let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
             right += correct(out.view(), yb.view())?;
             loss_sum += f64::from(loss) * idx.len() as f64;
-            net.backward(grad.into_dyn().view())?;
+            // The batch needs no gradient: skip the first layer's input gradient.
+            net.backward_params(grad.into_dyn())?;
             let lr = config.schedule.lr(step, total_steps);
             let info = StepInfo {
                 epoch,
