@@ -35,20 +35,24 @@ const MIN_SPLIT: usize = 8;
 const CALL_BYTES: usize = 128 << 10;
 
 thread_local! {
-    /// Each thread's buffers (padded images, tiles), reused across calls: fresh ones
-    /// cost page faults and zeroing on every call.
-    static SCRATCH: RefCell<Vec<Vec<f32>>> = RefCell::default();
+    /// Each thread's forward buffers (padded images, output tile), reused across calls:
+    /// fresh ones cost page faults and zeroing on every call.
+    static FORWARD: RefCell<[Vec<f32>; 2]> = RefCell::default();
+    /// Each thread's backward buffers, kept apart from the forward's so that a training
+    /// step's alternating passes each find their own buffers at the size they need.
+    static BACKWARD: RefCell<[Vec<f32>; 6]> = RefCell::default();
 }
 
-/// Runs `f` with `N` of this thread's scratch buffers (taken out while in use, so a
+/// Runs `f` with this thread's buffers from `key`, taken out while in use (so a
 /// re-entrant call just starts with new ones).
-fn with_scratch<const N: usize, T>(f: impl FnOnce(&mut [Vec<f32>; N]) -> T) -> T {
-    let mut bufs: [Vec<f32>; N] = SCRATCH.with(|s| {
-        let mut pool = s.borrow_mut();
-        std::array::from_fn(|_| pool.pop().unwrap_or_default())
-    });
+fn with_scratch<const N: usize, T>(
+    key: &'static std::thread::LocalKey<RefCell<[Vec<f32>; N]>>,
+    f: impl FnOnce(&mut [Vec<f32>; N]) -> T,
+) -> T {
+    let mut bufs =
+        key.with(|s| std::mem::replace(&mut *s.borrow_mut(), std::array::from_fn(|_| Vec::new())));
     let out = f(&mut bufs);
-    SCRATCH.with(|s| s.borrow_mut().extend(bufs));
+    key.with(|s| *s.borrow_mut() = bufs);
     out
 }
 
@@ -89,7 +93,9 @@ pub(super) fn forward(
     let per = n.div_ceil(MIN_SPLIT).max(1);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
     let run = |(t, yt): (usize, ArrayViewMut3<'_, f32>)| {
-        with_scratch(|bufs| forward_tile(ops, &idx, kernel, &w, ldw, bias, t * per, yt, bufs));
+        with_scratch(&FORWARD, |bufs| {
+            forward_tile(ops, &idx, kernel, &w, ldw, bias, t * per, yt, bufs)
+        });
     };
     if ops.plan.parallel {
         tiles.into_par_iter().with_max_len(1).for_each(run);
@@ -182,8 +188,8 @@ fn multi_bases(bases: &[usize], image_len: usize, images: usize) -> Vec<usize> {
 }
 
 /// `y[j * ldy + i] = t[i * ldt + j] (+ add[j])` for `i < n`, `j < m`: a transpose
-/// between the kernel's position-major tiles and channel-major tensors. Eight `i` at a
-/// time, so each `y` row gets whole 8-float stores (a scalar strided loop took 40% of
+/// between the kernel's position-major tiles and channel-major tensors. Sixteen `i` at
+/// a time, so each `y` row gets whole 64-byte stores (a scalar strided loop took 40% of
 /// the direct forward of seed_l2).
 fn transpose_add(
     t: &[f32],
@@ -193,14 +199,15 @@ fn transpose_add(
     y: &mut [f32],
     ldy: usize,
 ) {
+    const B: usize = 16;
     let bias = |j: usize| add.map_or(0.0, |a| a[j]);
-    let full = n / 8 * 8;
-    for i0 in (0..full).step_by(8) {
-        let rows: [&[f32]; 8] = std::array::from_fn(|r| &t[(i0 + r) * ldt..][..m]);
+    let full = n / B * B;
+    for i0 in (0..full).step_by(B) {
+        let rows: [&[f32]; B] = std::array::from_fn(|r| &t[(i0 + r) * ldt..][..m]);
         for j in 0..m {
             let b = bias(j);
-            let v: [f32; 8] = std::array::from_fn(|r| rows[r][j] + b);
-            y[j * ldy + i0..][..8].copy_from_slice(&v);
+            let v: [f32; B] = std::array::from_fn(|r| rows[r][j] + b);
+            y[j * ldy + i0..][..B].copy_from_slice(&v);
         }
     }
     for i in full..n {
@@ -347,7 +354,7 @@ impl Backward {
         let dw = if ops.x.ncols() == 0 {
             Array2::zeros((geo.out_channels, geo.col_rows()))
         } else {
-            with_scratch(|bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))
+            with_scratch(&BACKWARD, |bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))
         };
         let db = if with_bias {
             bias_partial(dy, n0, nb)
