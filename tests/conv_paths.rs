@@ -48,6 +48,10 @@ const SHAPES: &[Shape] = &[
     // More output channels than one register tile holds (50: 48 + 2 on AVX-512), with
     // dilation, stride and uneven padding, groups of 1 (the direct path).
     (2, 3, 9, 8, 50, (3, 2), (2, 1), (2, 1), (2, 3), 1),
+    // Depths past the direct kernel's block of 384 taps: K = 432 forward, 450 for the
+    // input gradient (O * 9), 576 output positions for the weight gradient.
+    (2, 48, 10, 10, 50, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (1, 2, 24, 24, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
     // Empty images: zero height (all padding), and no channels.
     (2, 3, 0, 4, 5, (1, 1), (1, 1), (1, 1), (1, 1), 1),
     (2, 0, 3, 3, 4, (2, 2), (1, 1), (1, 1), (1, 1), 1),

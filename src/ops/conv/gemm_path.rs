@@ -332,6 +332,20 @@ fn backward_chunk(
     Ok((dw, db))
 }
 
+/// `sum(v)` in f64 over eight interleaved partial sums, which vectorise (one running
+/// sum waits on each add's latency: it took 3% of a training step of the notebook net).
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f64::from(x);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// The bias gradient of images `n0..n0 + nb`: `sum(dy[n, o, :])` per channel, in f64.
 pub(super) fn bias_partial(dy: ArrayView3<'_, f32>, n0: usize, nb: usize) -> Array1<f64> {
     let mut db = Array1::<f64>::zeros(dy.len_of(Axis(1)));
@@ -340,7 +354,10 @@ pub(super) fn bias_partial(dy: ArrayView3<'_, f32>, n0: usize, nb: usize) -> Arr
             .iter_mut()
             .zip(dy.index_axis(Axis(0), n0 + i).outer_iter())
         {
-            *acc += row.iter().map(|&v| f64::from(v)).sum::<f64>();
+            *acc += match row.as_slice() {
+                Some(row) => sum_f64(row),
+                None => row.iter().map(|&v| f64::from(v)).sum::<f64>(),
+            };
         }
     }
     db
