@@ -462,6 +462,9 @@ impl Backward {
                 }
             }
         }
-        Array2::from_shape_fn((o, k), |(oi, ki)| acc[ki * ldo + oi])
+        let mut dw = Array2::<f32>::zeros((o, k));
+        let out = dw.as_slice_mut().expect("a new array is contiguous");
+        transpose_add(acc, ldo, (k, o), None, out, k);
+        dw
     }
 }
