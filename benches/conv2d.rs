@@ -8,7 +8,8 @@
 use std::hint::black_box;
 
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d, conv2d_backward, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardPath, Lowering, conv2d, conv2d_backward,
+    conv2d_with_plan,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::{Array1, Array4};
@@ -129,7 +130,7 @@ fn bench_paths(c: &mut Criterion) {
         (
             "columns_not_direct",
             ConvPlan {
-                direct: false,
+                forward: ForwardPath::Columns,
                 direct_backward: false,
                 ..base
             },

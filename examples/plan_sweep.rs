@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardPath, Lowering, conv2d_backward_with_plan,
+    conv2d_with_plan,
 };
 use ndarray::Array4;
 
@@ -57,10 +58,10 @@ fn main() {
         }
         plans.push(("map on".into(), ConvPlan { use_map: true, ..base }));
         plans.push(("map off".into(), ConvPlan { use_map: false, ..base }));
-        plans.push(("direct".into(), ConvPlan { direct: true, direct_backward: true, ..base }));
-        plans.push(("columns".into(), ConvPlan { direct: false, direct_backward: false, ..base }));
+        plans.push(("direct".into(), ConvPlan { forward: ForwardPath::Direct, direct_backward: true, ..base }));
+        plans.push(("phase fwd".into(), ConvPlan { forward: ForwardPath::Phase, ..base }));
         for (name, lowering) in [("im2col", Lowering::Im2col), ("phase", Lowering::Phase)] {
-            plans.push((name.into(), ConvPlan { lowering, direct: false, direct_backward: false, ..base }));
+            plans.push((name.into(), ConvPlan { lowering, forward: ForwardPath::Columns, direct_backward: false, ..base }));
         }
         plans.push(("serial".into(), ConvPlan { parallel: false, ..base }));
         plans.push(("parallel".into(), ConvPlan { parallel: true, ..base }));
@@ -75,7 +76,7 @@ fn main() {
                             .expect("conv"),
                     );
                 });
-                println!("round {round} {name:>14}: fwd {f:8.4} ms  bwd {b:8.4} ms  (tile_cols {}, map {}, par {}, direct {}/{})", plan.tile_cols, plan.use_map, plan.parallel, plan.direct, plan.direct_backward);
+                println!("round {round} {name:>14}: fwd {f:8.4} ms  bwd {b:8.4} ms  (tile_cols {}, map {}, par {}, fwd {:?}, direct bwd {})", plan.tile_cols, plan.use_map, plan.parallel, plan.forward, plan.direct_backward);
             }
         }
     });

@@ -7,8 +7,8 @@ mod common;
 
 use common::naive::{self, Params, assert_close, random_array, to64};
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, Lowering, conv2d_backward, conv2d_backward_params,
-    conv2d_backward_with_plan, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardPath, Lowering, conv2d_backward,
+    conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
 };
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;
@@ -79,7 +79,12 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
         ] {
             for use_map in [false, true] {
                 for parallel in [false, true] {
-                    for direct in [false, true] {
+                    for forward in [
+                        ForwardPath::Columns,
+                        ForwardPath::Direct,
+                        ForwardPath::Phase,
+                    ] {
+                        let direct = forward == ForwardPath::Direct;
                         if direct && geo.options.groups != 1 {
                             continue;
                         }
@@ -88,7 +93,7 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
                             tile_cols: tile_cols.max(1),
                             parallel,
                             use_map,
-                            direct,
+                            forward,
                             direct_backward: direct,
                         });
                     }

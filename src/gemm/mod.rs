@@ -34,9 +34,9 @@ mod loops;
 mod naive;
 mod pack;
 
-pub(crate) use kernel::indirect_gemm;
 #[doc(hidden)]
 pub use kernel::{Kernel, fma_peak_gflops};
+pub(crate) use kernel::{indirect_b_gemm, indirect_gemm, pack_a_panels};
 #[doc(hidden)]
 pub use naive::sgemm_naive;
 

@@ -103,7 +103,7 @@ pub(super) fn pack_b(b: ArrayView2<'_, f32>, nr: usize, out: &mut [f32], paralle
 
 /// Packs `a` (`m x kc`) into `ceil(m / mr)` A micro-panels in `out`, in parallel when
 /// `parallel`.
-pub(super) fn pack_a(a: ArrayView2<'_, f32>, mr: usize, out: &mut [f32], parallel: bool) {
+pub(crate) fn pack_a(a: ArrayView2<'_, f32>, mr: usize, out: &mut [f32], parallel: bool) {
     let (m, kc) = a.dim();
     let panel = |(p, dst): (usize, &mut [f32])| {
         let i0 = p * mr;

@@ -30,7 +30,7 @@ pub use conv::{
     Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,
 };
 #[doc(hidden)]
-pub use conv::{ConvPlan, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
+pub use conv::{ConvPlan, ForwardPath, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub(crate) use linear::linear_backward_params;

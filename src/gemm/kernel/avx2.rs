@@ -79,3 +79,13 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
     unsafe { super::indirect::indirect_body::<Avx2, 6, 2>(args) }
 }
+
+/// The B-indirect (phase conv) kernel compiled for AVX2 and FMA: 6 x 16 tiles.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA and `args` satisfies `indirect_b_body`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn indirect_b_kernel(args: &super::indirect::IndirectBArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
+    unsafe { super::indirect::indirect_b_body::<Avx2, 6, 2>(args) }
+}

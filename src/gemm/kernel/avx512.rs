@@ -82,3 +82,13 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
     unsafe { super::indirect::indirect_body::<Avx512, 8, 3>(args) }
 }
+
+/// The B-indirect (phase conv) kernel compiled for AVX-512F: 8 x 48 tiles.
+///
+/// # Safety
+/// The CPU supports AVX-512F and `args` satisfies `indirect_b_body`'s contract.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn indirect_b_kernel(args: &super::indirect::IndirectBArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
+    unsafe { super::indirect::indirect_b_body::<Avx512, 8, 3>(args) }
+}

@@ -67,3 +67,12 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; `Fallback` needs no target feature.
     unsafe { super::indirect::indirect_body::<Fallback, 4, 1>(args) }
 }
+
+/// The portable B-indirect (phase conv) kernel: 4 x 8 tiles.
+///
+/// # Safety
+/// `args` satisfies `indirect_b_body`'s contract.
+pub(super) unsafe fn indirect_b_kernel(args: &super::indirect::IndirectBArgs) {
+    // SAFETY: forwarded contract; `Fallback` needs no target feature.
+    unsafe { super::indirect::indirect_b_body::<Fallback, 4, 1>(args) }
+}

@@ -150,3 +150,96 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
         }
     }
 }
+
+/// Raw arguments of one B-indirect call, checked by [`super::indirect_b_gemm`].
+#[derive(Clone, Copy)]
+pub(crate) struct IndirectBArgs {
+    /// A packed in `MR`-row micro-panels (`k` steps of `MR` values each).
+    pub a: *const f32,
+    /// Rows of C (and of A).
+    pub m: usize,
+    /// Depth.
+    pub k: usize,
+    /// The image B's rows are read from: row `kk` is `n` floats from `b + offs[kk]`.
+    pub b: *const f32,
+    pub offs: *const usize,
+    /// Columns of C.
+    pub n: usize,
+    /// C, `m` rows of `n` at row stride `ldc`.
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+/// `C = A x B` with B's rows read in place at offsets: `c[i * ldc + e] = sum_kk
+/// a[i, kk] * b[offs[kk] + e]`. The direct conv forward of small-channel layers on their
+/// stride-phase planes: each tap is a contiguous run of the planes, so the output comes
+/// out channel-major with no column matrix and no transpose.
+///
+/// # Safety
+/// `a` holds `ceil(m / MR) * MR * k` f32; for every `kk < k`, `b + offs[kk]` starts
+/// `ceil(n / NR) * NR` readable f32 (`NR = NV * S::LANES`); `c + i * ldc + e` is
+/// writable for `i < m`, `e < n`; the caller runs under `S`'s target features.
+#[inline(always)]
+pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
+    args: &IndirectBArgs,
+) {
+    let IndirectBArgs {
+        a,
+        m,
+        k,
+        b,
+        offs,
+        n,
+        c,
+        ldc,
+    } = *args;
+    let nr = NV * S::LANES;
+    // SAFETY: reads stay inside the panels and B's rows as the contract allows; full
+    // tiles store inside C's `m x n`, edge tiles go through a stack buffer and only
+    // their valid part is copied out.
+    unsafe {
+        let mut buf = [0.0f32; super::MAX_TILE];
+        // Column panels outside: one panel of B (k x NR) is reused by every A panel.
+        for e0 in (0..n).step_by(nr) {
+            let cols = nr.min(n - e0);
+            for ip in 0..m.div_ceil(MR) {
+                let rows = MR.min(m - ip * MR);
+                let ap = a.add(ip * MR * k);
+                let mut acc = [[S::zero(); NV]; MR];
+                for kk in 0..k {
+                    let bp = b.add(*offs.add(kk) + e0);
+                    let mut bv = [S::zero(); NV];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        *x = S::load(bp.add(v * S::LANES));
+                    }
+                    let ak = ap.add(kk * MR);
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let ai = S::splat(*ak.add(i));
+                        for (x, bvv) in row.iter_mut().zip(bv) {
+                            *x = S::fma(ai, bvv, *x);
+                        }
+                    }
+                }
+                let ct = c.add(ip * MR * ldc + e0);
+                if rows == MR && cols == nr {
+                    for (i, row) in acc.iter().enumerate() {
+                        for (v, &x) in row.iter().enumerate() {
+                            S::store(ct.add(i * ldc + v * S::LANES), x);
+                        }
+                    }
+                } else {
+                    for (i, row) in acc.iter().enumerate() {
+                        for (v, &x) in row.iter().enumerate() {
+                            S::store(buf.as_mut_ptr().add(i * nr + v * S::LANES), x);
+                        }
+                    }
+                    for i in 0..rows {
+                        for e in 0..cols {
+                            *ct.add(i * ldc + e) = buf[i * nr + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -115,6 +115,12 @@ impl Kernel {
         }
     }
 
+    /// Columns of one register tile (`NR`): the B-indirect kernel's reads of a row run
+    /// up to a multiple of this.
+    pub(crate) fn tile_cols(self) -> usize {
+        self.blocks().nr
+    }
+
     /// Block sizes of this kernel's loop nest.
     pub(crate) fn blocks(self) -> BlockSizes {
         match self {
@@ -484,6 +490,91 @@ pub(crate) fn indirect_gemm(
             Kernel::Fallback => fallback::indirect_kernel(&args),
         }
     }
+}
+
+/// The B-indirect GEMM of the phase conv path: `c[i * ldc + e] = sum_kk a[i, kk] *
+/// b[offs[kk] + e]` for `i < m`, `e < n` (see the `indirect` module).
+///
+/// `a` is A (`m x k`) packed by [`pack_a_panels`] for this kernel; B's row `kk` is read
+/// in place from `b` at `offs[kk]`, and the reads of a row run up to `n` rounded up to
+/// the kernel's [`Kernel::tile_cols`], so `b` needs that much slack past the last row.
+///
+/// # Panics
+/// If `a` is too short, `offs` is not `k` long, some row's reads (with the slack) run
+/// past `b`, C does not hold `m` rows of `n` at stride `ldc`, or the CPU cannot run
+/// `kernel`: all bugs of the caller, checked before any unsafe code runs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn indirect_b_gemm(
+    kernel: Kernel,
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let BlockSizes { mr, nr, .. } = kernel.blocks();
+    let k = offs.len();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n, "indirect B: ldc {ldc} < n {n}");
+    assert!(c.len() >= (m - 1) * ldc + n, "indirect B: C too short");
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        a.len() >= m.div_ceil(mr) * mr * k,
+        "indirect B: packed A too short"
+    );
+    let last = offs.iter().max().copied().unwrap_or(0) + n.next_multiple_of(nr);
+    assert!(
+        last <= b.len(),
+        "indirect B: a row of B reads past its image"
+    );
+    assert!(
+        kernel.is_supported(),
+        "{kernel:?} not supported by this CPU"
+    );
+    let args = indirect::IndirectBArgs {
+        a: a.as_ptr(),
+        m,
+        k,
+        b: b.as_ptr(),
+        offs: offs.as_ptr(),
+        n,
+        c: c.as_mut_ptr(),
+        ldc,
+    };
+    // SAFETY: the asserts above check the packed A's length, every read of B (largest
+    // offset plus the padded row length inside `b`), C's extent and the CPU.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::indirect_b_kernel(&args),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::indirect_b_kernel(&args),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
+            Kernel::Fallback => fallback::indirect_b_kernel(&args),
+        }
+    }
+}
+
+/// A (`m x k`) packed in `kernel`'s `MR`-row micro-panels, zero-padded, as
+/// [`indirect_b_gemm`] reads it.
+pub(crate) fn pack_a_panels(kernel: Kernel, a: ArrayView2<'_, f32>) -> Vec<f32> {
+    let mr = kernel.blocks().mr;
+    let (m, k) = a.dim();
+    let mut out = vec![0.0f32; m.div_ceil(mr) * mr * k];
+    if !out.is_empty() {
+        super::pack::pack_a(a, mr, &mut out, false);
+    }
+    out
 }
 
 /// Measured peak of fused multiply-adds on this machine, in GFLOP/s (2 flops per lane

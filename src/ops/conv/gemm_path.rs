@@ -17,7 +17,7 @@ use ndarray::{
     Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
 };
 
-use super::{ConvPlan, Lowering, REDUCTION_CHUNK, shape_err};
+use super::{ConvPlan, ForwardPath, Lowering, REDUCTION_CHUNK, shape_err};
 use crate::error::Result;
 use crate::gemm::sgemm_par;
 use crate::ops::geometry::Conv2dGeometry;
@@ -100,11 +100,13 @@ pub(super) fn forward(
     bias: Option<ArrayView1<'_, f32>>,
     mut y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
-    if ops.plan.direct {
-        return super::direct_path::forward(ops, bias, y);
-    }
-    if ops.plan.lowering == Lowering::Phase {
-        return super::phase_path::forward(ops, bias, y);
+    match ops.plan.forward {
+        ForwardPath::Direct => return super::direct_path::forward(ops, bias, y),
+        ForwardPath::Phase => return super::phase_path::forward(ops, bias, y),
+        ForwardPath::Columns if ops.plan.lowering == Lowering::Phase => {
+            return super::phase_path::forward(ops, bias, y);
+        }
+        ForwardPath::Columns => {}
     }
     let (n, _, l) = y.dim();
     let per = images_per_tile(&ops.plan, l);

@@ -64,6 +64,20 @@ pub enum Lowering {
     Phase,
 }
 
+/// The path of a forward pass, in [`ConvPlan`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardPath {
+    /// The column path of [`ConvPlan::lowering`] (im2col or pointwise + GEMM).
+    Columns,
+    /// The direct path: taps read in place, a tile of positions by output channels
+    /// (`direct_path`; groups of 1 only).
+    Direct,
+    /// The stride-phase planes read in place by the B-indirect kernel, output
+    /// channel-major (`phase_path`): any geometry.
+    Phase,
+}
+
 /// The conv path for one shape, from [`ConvPlan::choose`]. Not part of the stable API:
 /// tests and benchmarks force paths through [`conv2d_with_plan`].
 #[doc(hidden)]
@@ -80,9 +94,8 @@ pub struct ConvPlan {
     pub parallel: bool,
     /// Lower small images through an index map ([`MAP_ENTRIES`]) rather than by rows.
     pub use_map: bool,
-    /// Run the forward pass on the direct path (no column matrix; groups of 1 only),
-    /// whatever `lowering` says.
-    pub direct: bool,
+    /// The forward pass's path.
+    pub forward: ForwardPath,
     /// Run the backward pass on the direct path (groups of 1 only), whatever `lowering`
     /// says.
     pub direct_backward: bool,
@@ -119,12 +132,15 @@ const MAX_TILE_COLS: usize = 1024;
 /// Stride-1 rows already lower by contiguous copies (nb_32x1x5: bwd 6.6 -> 7.6 ms).
 const PHASE_MIN_OUT_W: usize = 12;
 
-/// Fewest input channels for the direct backward: its input gradient vectorises over
-/// input channels, so one channel fills 1/16 of an AVX-512 vector. 1 thread, bwd ms,
-/// column path -> direct: seed_l2 (8 channels) 0.51 -> 0.40, seed_l3 (16) 0.43 -> 0.35,
-/// seed_l4 (32) 0.16 -> 0.14, resnet_64 114 -> 87; but seed_l1 (1 channel) 0.75 -> 1.07
-/// and nb_32x1x5 (1) 6.4 -> 26.6.
-const DIRECT_DX_MIN_CHANNELS: usize = 8;
+/// Fewest input channels for the direct path; fewer take the phase forward and the
+/// column backward. The direct input gradient vectorises over input channels, so one
+/// channel fills 1/16 of an AVX-512 vector: 1 thread, bwd ms, column path -> direct:
+/// seed_l2 (8 channels) 0.51 -> 0.40, seed_l3 (16) 0.43 -> 0.35, seed_l4 (32) 0.16 ->
+/// 0.14, resnet_64 114 -> 87; but seed_l1 (1 channel) 0.75 -> 1.07 and nb_32x1x5 (1)
+/// 6.4 -> 26.6. Forward, direct -> phase: seed_l1 0.156 -> 0.129, nb_32x1x5 1.85 ->
+/// 1.49 (their few output channels half fill the direct tile, and the phase forward
+/// needs no transpose); seed_l2 (8 channels) 0.109 -> 0.267, resnet_128s2 18.0 -> 20.2.
+const DIRECT_MIN_CHANNELS: usize = 8;
 
 /// Images whose column matrix has at most this many entries are lowered through an
 /// index map.
@@ -176,10 +192,16 @@ impl ConvPlan {
             // 0.16 -> 0.10, seed_l4 0.083 -> 0.064, nb_32x1x5 1.86 -> 1.71, resnet_64
             // 47.5 -> 38.2, resnet_128s2 22.4 -> 17.6, vgg_256 37.7 -> 36.4. A 1x1
             // stride-1 conv is a plain GEMM already, without the direct path's transpose.
-            direct: o.groups == 1 && lowering != Lowering::Pointwise,
+            forward: if lowering == Lowering::Pointwise {
+                ForwardPath::Columns
+            } else if o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS {
+                ForwardPath::Direct
+            } else {
+                ForwardPath::Phase
+            },
             direct_backward: o.groups == 1
                 && lowering != Lowering::Pointwise
-                && geo.in_channels >= DIRECT_DX_MIN_CHANNELS,
+                && geo.in_channels >= DIRECT_MIN_CHANNELS,
         }
     }
 
@@ -196,7 +218,7 @@ impl ConvPlan {
                 "the pointwise path needs a 1x1 kernel, stride 1 and no padding",
             ));
         }
-        if (self.direct || self.direct_backward) && o.groups != 1 {
+        if (self.forward == ForwardPath::Direct || self.direct_backward) && o.groups != 1 {
             return Err(Error::config(OP, "the direct path needs groups = 1"));
         }
         Ok(())

@@ -1,18 +1,23 @@
-//! The phase conv path, for images small enough to lower whole: each image is split into
-//! its polyphase planes ([`crate::ops::geometry::PhaseGeometry`]), so every row of its
-//! *extended* column matrix (`ext = out_h * cols` positions, the `cols - out_w` extra
-//! columns of each output row discarded) is one contiguous copy instead of a gather, and
-//! the backward scatter is one contiguous add per row. Several images sit side by side
-//! in one GEMM, as on the im2col path.
+//! The phase conv path: each image is split into its polyphase planes
+//! ([`crate::ops::geometry::PhaseGeometry`]), so every row of its *extended* column
+//! matrix (`ext = out_h * cols` positions, the `cols - out_w` extra columns of each
+//! output row discarded) is one contiguous run of the planes instead of a gather.
 //!
-//! Forward, per tile of `b` images: `out (O, b * ext) = W x cols`, then the real columns
-//! of `out` plus the bias go to `y`. Backward, per tile: `dy` is spread onto the extended
-//! grid (zero in the discarded columns), `dW += dy_ext x cols^T` (the discarded columns
-//! of `cols` are zeroed first, so values the conv never reads cannot reach `dW`),
-//! `dcols = W^T x dy_ext`, `dx += merge(scatter(dcols))`.
+//! Forward, per image: no column matrix at all. The B-indirect kernel
+//! ([`crate::gemm`]'s `indirect_b_gemm`) reads each tap's run of the planes in place,
+//! `out (O, ext) = W x planes[tap + e]`, which comes out channel-major; the real columns
+//! of `out` plus the bias go to `y`. The default forward of layers with few input
+//! channels (the notebook's first layer), where the direct path's tile of output
+//! channels would run half empty.
 //!
-//! The extra columns cost `cols / out_w - 1` more GEMM work (1/7 for the notebook's
-//! first layer) and save the im2col gather, which dominated these shapes.
+//! Backward, per tile of whole images side by side: the extended column matrix is built
+//! by contiguous copies, `dy` is spread onto the extended grid (zero in the discarded
+//! columns), `dW += dy_ext x cols^T` (the discarded columns of `cols` are zeroed first,
+//! so values the conv never reads cannot reach `dW`), `dcols = W^T x dy_ext`,
+//! `dx += merge(scatter(dcols))`, where the scatter is one contiguous add per row.
+//!
+//! The extra columns cost `cols / out_w - 1` more work (1/7 for the notebook's first
+//! layer) and save the im2col gather, which dominated these shapes.
 
 use std::cell::RefCell;
 
@@ -24,7 +29,7 @@ use ndarray::{
 use super::gemm_path::{Operands, bias_partial};
 use super::shape_err;
 use crate::error::Result;
-use crate::gemm::sgemm_par;
+use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels, sgemm_par};
 use crate::ops::geometry::PhaseGeometry;
 use crate::ops::im2col::{phase_gather, phase_merge_add, phase_scatter_add, phase_split};
 
@@ -81,61 +86,83 @@ impl Scratch {
 }
 
 /// Forward into `y` (N, O, L): tiles of whole images, on the rayon pool when the plan
-/// says so.
+/// says so. No column matrix: the B-indirect kernel reads each tap's run of the phase
+/// planes in place and writes the extended output channel-major.
 pub(super) fn forward(
     ops: &Operands<'_>,
     bias: Option<ArrayView1<'_, f32>>,
     mut y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
-    let pg = ops.geo.phase();
+    let geo = ops.geo;
+    let pg = geo.phase();
     let n = y.len_of(Axis(0));
-    let per = images_per_tile(ops, &pg).min(n.div_ceil(MIN_SPLIT)).max(1);
+    let kernel = Kernel::selected();
+    let g = geo.options.groups;
+    let (og, kg) = (geo.out_channels / g, ops.w.ncols());
+    // Per group: the weights packed for the kernel, and the taps' starts in the planes.
+    let mut taps = Vec::with_capacity(geo.col_rows());
+    let (kh, kw) = geo.kernel;
+    for c in 0..geo.in_channels {
+        for i in 0..kh {
+            for j in 0..kw {
+                taps.push(geo.phase_tap(&pg, c, i, j));
+            }
+        }
+    }
+    let groups: Vec<(Vec<f32>, &[usize])> = (0..g)
+        .map(|gi| {
+            let w = ops.w.slice(s![gi * og..(gi + 1) * og, ..]);
+            (pack_a_panels(kernel, w), &taps[gi * kg..(gi + 1) * kg])
+        })
+        .collect();
+    let per = n.div_ceil(MIN_SPLIT).max(1);
     let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
     let run = |(i, yt): (usize, ArrayViewMut3<'_, f32>)| {
-        with_scratch(|scratch| forward_tile(ops, &pg, bias, i * per, yt, scratch))
+        with_scratch(|scratch| forward_tile(ops, &pg, kernel, &groups, bias, i * per, yt, scratch));
     };
     if ops.plan.parallel {
-        tiles.into_par_iter().with_max_len(1).try_for_each(run)
+        tiles.into_par_iter().with_max_len(1).for_each(run);
     } else {
-        tiles.into_iter().try_for_each(run)
+        tiles.into_iter().for_each(run);
     }
+    Ok(())
 }
 
 /// One forward tile: images `n0..n0 + b` into `yt` (b, O, L).
+#[allow(clippy::too_many_arguments)]
 fn forward_tile(
     ops: &Operands<'_>,
     pg: &PhaseGeometry,
+    kernel: Kernel,
+    groups: &[(Vec<f32>, &[usize])],
     bias: Option<ArrayView1<'_, f32>>,
     n0: usize,
     mut yt: ArrayViewMut3<'_, f32>,
     scratch: &mut Scratch,
-) -> Result<()> {
-    let (b, o, _) = yt.dim();
-    let g = ops.geo.options.groups;
-    let (og, kg) = (o / g, ops.w.ncols());
-    let ld = b * pg.ext;
-    scratch.lower(ops, pg, n0, b);
-    scratch.out.resize(o * ld, 0.0);
-    let cols =
-        ArrayView2::from_shape((ops.geo.col_rows(), ld), &scratch.cols[..]).map_err(shape_err)?;
-    let mut out = ArrayViewMut2::from_shape((o, ld), &mut scratch.out[..]).map_err(shape_err)?;
-    for gi in 0..g {
-        sgemm_par(
-            !ops.plan.parallel,
-            1.0,
-            ops.w.slice(s![gi * og..(gi + 1) * og, ..]),
-            cols.slice(s![gi * kg..(gi + 1) * kg, ..]),
-            0.0,
-            out.slice_mut(s![gi * og..(gi + 1) * og, ..]),
-        )?;
-    }
-    // The real columns, plus the bias.
-    let ow = ops.geo.out_w;
+) {
+    let geo = ops.geo;
+    let (o, ow, ext) = (geo.out_channels, geo.out_w, pg.ext);
+    let og = o / groups.len().max(1);
+    let (sh, sw) = geo.options.stride;
+    // The kernel reads each tap's run up to a whole register tile past `ext`.
+    let len = geo.in_channels * sh * sw * pg.plane;
+    scratch
+        .planes
+        .resize(len + kernel.tile_cols() + pg.cols, 0.0);
+    scratch.out.resize(o * ext, 0.0);
     for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
+        let x = ops.x.row(n0 + bi);
+        let x = x.as_slice().expect("input rows are contiguous");
+        phase_split(x, geo, pg, &mut scratch.planes);
+        for (gi, (a, taps)) in groups.iter().enumerate() {
+            let out = &mut scratch.out[gi * og * ext..(gi + 1) * og * ext];
+            indirect_b_gemm(kernel, a, og, &scratch.planes, taps, ext, out, ext);
+        }
+        // The real columns, plus the bias.
         for (oi, mut yo) in yn.outer_iter_mut().enumerate() {
             let bv = bias.map_or(0.0, |b| b[oi]);
             let yo = yo.as_slice_mut().expect("output rows are contiguous");
-            let src = &scratch.out[oi * ld + bi * pg.ext..oi * ld + (bi + 1) * pg.ext];
+            let src = &scratch.out[oi * ext..(oi + 1) * ext];
             for (dst, src) in yo.chunks_exact_mut(ow).zip(src.chunks_exact(pg.cols)) {
                 for (d, &v) in dst.iter_mut().zip(src) {
                     *d = v + bv;
@@ -143,7 +170,6 @@ fn forward_tile(
             }
         }
     }
-    Ok(())
 }
 
 /// One reduction chunk of the backward pass: images `n0..n0 + nb`, tiles in a fixed
