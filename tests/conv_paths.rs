@@ -55,6 +55,8 @@ const SHAPES: &[Shape] = &[
     // Empty images: zero height (all padding), and no channels.
     (2, 3, 0, 4, 5, (1, 1), (1, 1), (1, 1), (1, 1), 1),
     (2, 0, 3, 3, 4, (2, 2), (1, 1), (1, 1), (1, 1), 1),
+    // No output channels.
+    (2, 3, 5, 5, 0, (3, 3), (2, 1), (1, 1), (1, 1), 1),
 ];
 
 fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {

@@ -350,8 +350,9 @@ impl Backward {
         dxc: Option<ArrayViewMut2<'_, f32>>,
     ) -> (Array2<f32>, Array1<f64>) {
         let geo = ops.geo;
-        // An empty image: every tap reads padding, so dW is zero, and dx is empty.
-        let dw = if ops.x.ncols() == 0 {
+        // An empty image (every tap reads padding) or no output channels: dW is zero or
+        // empty, and so is dx.
+        let dw = if ops.x.ncols() == 0 || geo.out_channels == 0 {
             Array2::zeros((geo.out_channels, geo.col_rows()))
         } else {
             with_scratch(&BACKWARD, |bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))

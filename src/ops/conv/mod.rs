@@ -97,7 +97,8 @@ pub struct ConvPlan {
     /// The forward pass's path.
     pub forward: ForwardPath,
     /// Run the backward pass on the direct path (groups of 1 only), whatever `lowering`
-    /// says.
+    /// says. A backward without the input gradient ([`conv2d_backward_params`]) of a
+    /// groups-of-1 conv always runs there.
     pub direct_backward: bool,
 }
 

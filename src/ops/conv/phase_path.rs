@@ -181,11 +181,13 @@ pub(super) fn backward_chunk(
     n0: usize,
     nb: usize,
     dxc: Option<ArrayViewMut2<'_, f32>>,
+    want_dw: bool,
 ) -> Result<(Array2<f32>, Array1<f64>)> {
-    with_scratch(|scratch| backward_chunk_in(ops, dy, with_bias, n0, nb, dxc, scratch))
+    with_scratch(|scratch| backward_chunk_in(ops, dy, with_bias, n0, nb, dxc, want_dw, scratch))
 }
 
 /// [`backward_chunk`] with the thread's scratch.
+#[allow(clippy::too_many_arguments)]
 fn backward_chunk_in(
     ops: &Operands<'_>,
     dy: ArrayView3<'_, f32>,
@@ -193,6 +195,7 @@ fn backward_chunk_in(
     n0: usize,
     nb: usize,
     mut dxc: Option<ArrayViewMut2<'_, f32>>,
+    want_dw: bool,
     scratch: &mut Scratch,
 ) -> Result<(Array2<f32>, Array1<f64>)> {
     let geo = ops.geo;
@@ -208,9 +211,17 @@ fn backward_chunk_in(
     for i in (0..nb).step_by(per) {
         let b = per.min(nb - i);
         let ld = b * pg.ext;
-        scratch.lower(ops, &pg, n0 + i, b);
+        if want_dw {
+            scratch.lower(ops, &pg, n0 + i, b);
+        } else {
+            // Only dx: no columns; the planes buffer serves the scatter.
+            let (sh, sw) = geo.options.stride;
+            scratch
+                .planes
+                .resize(geo.in_channels * sh * sw * pg.plane, 0.0);
+        }
         // The discarded columns read pixels the conv never reads: zero them for dW.
-        if pc > ow {
+        if want_dw && pc > ow {
             for row in scratch.cols.chunks_exact_mut(ld) {
                 for ext_row in row.chunks_exact_mut(pc) {
                     ext_row[ow..].fill(0.0);
@@ -230,7 +241,11 @@ fn backward_chunk_in(
                 }
             }
         }
-        let cols = ArrayView2::from_shape((k, ld), &scratch.cols[..]).map_err(shape_err)?;
+        let cols = if want_dw {
+            Some(ArrayView2::from_shape((k, ld), &scratch.cols[..]).map_err(shape_err)?)
+        } else {
+            None
+        };
         let dyt = ArrayView2::from_shape((o, ld), &scratch.out[..]).map_err(shape_err)?;
         if dxc.is_some() {
             scratch.dcols.resize(k * ld, 0.0);
@@ -239,14 +254,16 @@ fn backward_chunk_in(
             let (orange, krange) = (gi * og..(gi + 1) * og, gi * kg..(gi + 1) * kg);
             let dy_g = dyt.slice(s![orange.clone(), ..]);
             // dW[g] += dy[g] (Og, ld) x cols[g]^T (ld, Kg)
-            sgemm_par(
-                par,
-                1.0,
-                dy_g,
-                cols.slice(s![krange.clone(), ..]).t(),
-                1.0,
-                dw.slice_mut(s![orange.clone(), ..]),
-            )?;
+            if let Some(cols) = &cols {
+                sgemm_par(
+                    par,
+                    1.0,
+                    dy_g,
+                    cols.slice(s![krange.clone(), ..]).t(),
+                    1.0,
+                    dw.slice_mut(s![orange.clone(), ..]),
+                )?;
+            }
             if dxc.is_some() {
                 // dcols[g] = W[g]^T (Kg, Og) x dy[g] (Og, ld)
                 let mut dcols = ArrayViewMut2::from_shape((k, ld), &mut scratch.dcols[..])
