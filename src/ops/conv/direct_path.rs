@@ -217,6 +217,35 @@ fn transpose_add(
     }
 }
 
+/// `y[c * ldy + pixels[p]] = t[p * ldt + c]` for `c < channels`: a pixel class's
+/// position-major tile into the channel-major input gradient. Eight pixels at a time,
+/// channel by channel, so the eight stores of a channel land in one stretch of its
+/// plane (a pixel-by-pixel loop jumping between planes took 18% of seed_l2's
+/// backward).
+fn scatter_pixels(
+    t: &[f32],
+    ldt: usize,
+    pixels: &[usize],
+    channels: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let full = pixels.len() / 8 * 8;
+    for (p0, pix) in pixels[..full].chunks_exact(8).enumerate() {
+        let rows: [&[f32]; 8] = std::array::from_fn(|r| &t[(p0 * 8 + r) * ldt..][..channels]);
+        for (c, yc) in y.chunks_exact_mut(ldy).take(channels).enumerate() {
+            for (r, &px) in pix.iter().enumerate() {
+                yc[px] = rows[r][c];
+            }
+        }
+    }
+    for (p, &px) in pixels.iter().enumerate().skip(full) {
+        for (c, &v) in t[p * ldt..][..channels].iter().enumerate() {
+            y[c * ldy + px] = v;
+        }
+    }
+}
+
 /// Copies `src` (`channels` planes of `h x w`) into the inside of a padded region
 /// (`channels` planes of `rows x cols`) at `(top, left)`, clipped to the region; the
 /// border is left as it is (zeroed once per tile by the callers).
@@ -400,6 +429,14 @@ impl Backward {
             dypad.clear();
             dypad.resize(per_call * dy_img, 0.0);
         }
+        // Each class's window corners for `per_call` images side by side.
+        let class_bases: Vec<Vec<usize>> = self.dx.as_ref().map_or_else(Vec::new, |g| {
+            let classes = &g.index.classes;
+            classes
+                .iter()
+                .map(|cl| multi_bases(&cl.bases, dy_img, per_call))
+                .collect()
+        });
         for c0 in (0..nb).step_by(per_call) {
             let nc = per_call.min(nb - c0);
             let xs = ops.x.slice(s![n0 + c0..n0 + c0 + nc, ..]);
@@ -439,14 +476,14 @@ impl Backward {
                 pad_into(dyn_, o, hw, t.origin, (t.rows, t.cols), dst);
             }
             let hw = geo.in_h * geo.in_w;
-            for (cl, (w, offs)) in t.classes.iter().zip(&g.classes) {
+            for (ci, (cl, (w, offs))) in t.classes.iter().zip(&g.classes).enumerate() {
                 let np = cl.pixels.len();
                 if cl.taps.is_empty() || np == 0 {
                     continue;
                 }
-                let bases = multi_bases(&cl.bases, dy_img, nc);
+                let bases = &class_bases[ci][..nc * np];
                 tile.resize(nc * np * ldc, 0.0);
-                indirect_gemm(self.kernel, dypad, &bases, offs, w, ldc, tile);
+                indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
@@ -454,11 +491,7 @@ impl Backward {
                         // One class (stride 1): its pixels are all of them, in order.
                         transpose_add(tile, ldc, (hw, geo.in_channels), None, dxn, hw);
                     } else {
-                        for (&pix, row) in cl.pixels.iter().zip(tile.chunks_exact(ldc)) {
-                            for (ci, &v) in row[..geo.in_channels].iter().enumerate() {
-                                dxn[ci * hw + pix] = v;
-                            }
-                        }
+                        scatter_pixels(tile, ldc, &cl.pixels, geo.in_channels, dxn, hw);
                     }
                 }
             }
