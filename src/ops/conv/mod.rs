@@ -149,14 +149,22 @@ const MAP_ENTRIES: usize = 1 << 16;
 
 /// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
 /// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
-/// fwd ms serial -> parallel: seed_l4 (0.1 M MACs) 0.081 -> 0.085, seed_l1 (3.9 M)
-/// 0.40 -> 0.22, seed_l2 (5.6 M) 0.19 -> 0.11.
+/// on the im2col path, fwd ms serial -> parallel: seed_l1 (3.9 M) 0.40 -> 0.22, seed_l2
+/// (5.6 M) 0.19 -> 0.11.
 const PARALLEL_MACS: usize = 1 << 20;
+
+/// ... or from this many floats of input and output up, whatever the multiply-adds:
+/// per-image copies and transposes cost time too. 2 threads, fwd / bwd ms, serial ->
+/// parallel: seed_l4 (0.1 M MACs, 52 K floats) 0.050 / 0.094 -> 0.037 / 0.086; but
+/// 10 x 8 x 8 x 8 -> 8 (0.4 M MACs, 10 K floats) 0.012 / 0.028 -> 0.035 / 0.034 and
+/// 20 x 8 x 8 x 8 -> 8, stride 2 (13 K floats) 0.008 / 0.029 -> 0.018 / 0.039.
+const PARALLEL_FLOATS: usize = 1 << 15;
 
 impl ConvPlan {
     /// The path for `geo`: pointwise for 1x1 / stride 1 / unpadded, phase for strided
     /// convs with long enough output rows ([`PHASE_MIN_OUT_W`]), else im2col; tiles of
-    /// [`TILE_BYTES`] of columns; parallel from [`PARALLEL_MACS`] up.
+    /// [`TILE_BYTES`] of columns; parallel from [`PARALLEL_MACS`] or
+    /// [`PARALLEL_FLOATS`] up.
     pub fn choose(geo: &Conv2dGeometry) -> ConvPlan {
         let o = &geo.options;
         let pg = geo.phase();
@@ -178,10 +186,13 @@ impl ConvPlan {
             tile_cols = l;
         }
         let macs = geo.batch * geo.out_channels * geo.col_cols() * (k / o.groups);
+        let floats =
+            geo.batch * (geo.in_channels * geo.in_h * geo.in_w + geo.out_channels * geo.col_cols());
         ConvPlan {
             lowering,
             tile_cols,
-            parallel: macs >= PARALLEL_MACS && rayon::current_num_threads() > 1,
+            parallel: (macs >= PARALLEL_MACS || floats >= PARALLEL_FLOATS)
+                && rayon::current_num_threads() > 1,
             // Short output rows gather faster through the map (`plan_sweep`, 2 threads,
             // fwd / bwd ms by rows -> by map: seed_l1 (14 wide) 0.22 / 0.60 -> 0.13 /
             // 0.40, seed_l2 (7) 0.23 / 0.56 -> 0.11 / 0.29, seed_l4 (2) 0.36 / 0.72 ->
