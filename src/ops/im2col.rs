@@ -323,6 +323,14 @@ pub(crate) fn phase_scatter_add(
     });
 }
 
+/// The start of every row's tap in the phase planes, in row order (the B-indirect
+/// kernel's row offsets).
+pub(crate) fn phase_taps(geo: &Conv2dGeometry, pg: &PhaseGeometry) -> Vec<usize> {
+    let mut taps = Vec::with_capacity(geo.col_rows());
+    for_each_tap(geo, pg, |_, tap| taps.push(tap));
+    taps
+}
+
 /// Calls `f(row, start)` for every row of the column matrix with the start of its tap in
 /// the phase planes.
 fn for_each_tap(geo: &Conv2dGeometry, pg: &PhaseGeometry, mut f: impl FnMut(usize, usize)) {

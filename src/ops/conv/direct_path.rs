@@ -17,17 +17,13 @@
 
 use std::cell::RefCell;
 
-use ndarray::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
+use super::for_each_image_tile;
 use super::gemm_path::{Operands, bias_partial};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
 use crate::ops::geometry::{DirectIndex, TransposeIndex};
-
-/// Fewest tasks to cut a batch into, so two threads get a balanced share; a constant,
-/// never the thread count.
-const MIN_SPLIT: usize = 8;
 
 /// Most bytes of (padded) images per kernel call. Small images go several to a call,
 /// so the last register tile of one image is not left half empty (seed_l4 has 4
@@ -86,22 +82,15 @@ pub(super) fn forward(
     }
     let geo = ops.geo;
     let kernel = Kernel::selected();
-    let (n, o, _) = y.dim();
+    let o = y.len_of(Axis(1));
     let ldw = o.next_multiple_of(kernel.lanes());
     let idx = geo.direct_index();
     let w = pack_weights(ops.w, ldw);
-    let per = n.div_ceil(MIN_SPLIT).max(1);
-    let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
-    let run = |(t, yt): (usize, ArrayViewMut3<'_, f32>)| {
+    for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
-            forward_tile(ops, &idx, kernel, &w, ldw, bias, t * per, yt, bufs)
+            forward_tile(ops, &idx, kernel, &w, ldw, bias, n0, yt, bufs)
         });
-    };
-    if ops.plan.parallel {
-        tiles.into_par_iter().with_max_len(1).for_each(run);
-    } else {
-        tiles.into_iter().for_each(run);
-    }
+    });
     Ok(())
 }
 

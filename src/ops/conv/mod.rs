@@ -239,6 +239,34 @@ impl ConvPlan {
 
 const OP: &str = "conv2d";
 
+/// Fewest tasks a batch is cut into for the forward passes, so two threads get a
+/// balanced share; a constant, never the thread count.
+const MIN_SPLIT: usize = 8;
+
+/// Runs `f(first image, output tile)` over the batch of `y` (N, O, L) cut into
+/// `ceil(N / MIN_SPLIT)`-image tiles, on the rayon pool when `parallel`. The tiles
+/// depend on the shape only.
+fn for_each_image_tile(
+    mut y: ndarray::ArrayViewMut3<'_, f32>,
+    parallel: bool,
+    f: impl Fn(usize, ndarray::ArrayViewMut3<'_, f32>) + Sync,
+) {
+    use ndarray::parallel::prelude::*;
+    let per = y.len_of(ndarray::Axis(0)).div_ceil(MIN_SPLIT).max(1);
+    let tiles: Vec<_> = y
+        .axis_chunks_iter_mut(ndarray::Axis(0), per)
+        .enumerate()
+        .collect();
+    if parallel {
+        tiles
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|(t, yt)| f(t * per, yt));
+    } else {
+        tiles.into_iter().for_each(|(t, yt)| f(t * per, yt));
+    }
+}
+
 fn shape_err(e: ndarray::ShapeError) -> Error {
     Error::shape(OP, e.to_string())
 }

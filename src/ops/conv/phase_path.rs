@@ -21,21 +21,19 @@
 
 use std::cell::RefCell;
 
-use ndarray::parallel::prelude::*;
 use ndarray::{
     Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
 };
 
+use super::for_each_image_tile;
 use super::gemm_path::{Operands, bias_partial};
 use super::shape_err;
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels, sgemm_par};
 use crate::ops::geometry::PhaseGeometry;
-use crate::ops::im2col::{phase_gather, phase_merge_add, phase_scatter_add, phase_split};
-
-/// Fewest tasks (forward) to cut a batch into, so two threads get a balanced share; a
-/// constant, never the thread count.
-const MIN_SPLIT: usize = 8;
+use crate::ops::im2col::{
+    phase_gather, phase_merge_add, phase_scatter_add, phase_split, phase_taps,
+};
 
 /// Whole images per tile: as many extended images as `tile_cols` holds, at least one.
 fn images_per_tile(ops: &Operands<'_>, pg: &PhaseGeometry) -> usize {
@@ -91,40 +89,24 @@ impl Scratch {
 pub(super) fn forward(
     ops: &Operands<'_>,
     bias: Option<ArrayView1<'_, f32>>,
-    mut y: ArrayViewMut3<'_, f32>,
+    y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
     let geo = ops.geo;
     let pg = geo.phase();
-    let n = y.len_of(Axis(0));
     let kernel = Kernel::selected();
     let g = geo.options.groups;
     let (og, kg) = (geo.out_channels / g, ops.w.ncols());
     // Per group: the weights packed for the kernel, and the taps' starts in the planes.
-    let mut taps = Vec::with_capacity(geo.col_rows());
-    let (kh, kw) = geo.kernel;
-    for c in 0..geo.in_channels {
-        for i in 0..kh {
-            for j in 0..kw {
-                taps.push(geo.phase_tap(&pg, c, i, j));
-            }
-        }
-    }
+    let taps = phase_taps(geo, &pg);
     let groups: Vec<(Vec<f32>, &[usize])> = (0..g)
         .map(|gi| {
             let w = ops.w.slice(s![gi * og..(gi + 1) * og, ..]);
             (pack_a_panels(kernel, w), &taps[gi * kg..(gi + 1) * kg])
         })
         .collect();
-    let per = n.div_ceil(MIN_SPLIT).max(1);
-    let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
-    let run = |(i, yt): (usize, ArrayViewMut3<'_, f32>)| {
-        with_scratch(|scratch| forward_tile(ops, &pg, kernel, &groups, bias, i * per, yt, scratch));
-    };
-    if ops.plan.parallel {
-        tiles.into_par_iter().with_max_len(1).for_each(run);
-    } else {
-        tiles.into_iter().for_each(run);
-    }
+    for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
+        with_scratch(|scratch| forward_tile(ops, &pg, kernel, &groups, bias, n0, yt, scratch));
+    });
     Ok(())
 }
 
