@@ -19,8 +19,8 @@ use std::cell::RefCell;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::for_each_image_tile;
 use super::gemm_path::{Operands, bias_partial};
+use super::{for_each_image_tile, with_scratch};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
 use crate::ops::geometry::{DirectIndex, TransposeIndex};
@@ -37,19 +37,6 @@ thread_local! {
     /// Each thread's backward buffers, kept apart from the forward's so that a training
     /// step's alternating passes each find their own buffers at the size they need.
     static BACKWARD: RefCell<[Vec<f32>; 6]> = RefCell::default();
-}
-
-/// Runs `f` with this thread's buffers from `key`, taken out while in use (so a
-/// re-entrant call just starts with new ones).
-fn with_scratch<const N: usize, T>(
-    key: &'static std::thread::LocalKey<RefCell<[Vec<f32>; N]>>,
-    f: impl FnOnce(&mut [Vec<f32>; N]) -> T,
-) -> T {
-    let mut bufs =
-        key.with(|s| std::mem::replace(&mut *s.borrow_mut(), std::array::from_fn(|_| Vec::new())));
-    let out = f(&mut bufs);
-    key.with(|s| *s.borrow_mut() = bufs);
-    out
 }
 
 /// Weights `(O, K)` packed `K x ldw`, tap-major, channels padded with zeros.

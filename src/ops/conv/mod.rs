@@ -239,6 +239,20 @@ impl ConvPlan {
 
 const OP: &str = "conv2d";
 
+/// Runs `f` with this thread's scratch from `key`, taken out while in use (so a
+/// re-entrant call just starts with fresh buffers) and put back after: the conv paths
+/// keep their buffers across calls, as fresh ones cost page faults and zeroing on every
+/// call.
+fn with_scratch<S: Default, T>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<S>>,
+    f: impl FnOnce(&mut S) -> T,
+) -> T {
+    let mut scratch = key.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let out = f(&mut scratch);
+    key.with(|s| *s.borrow_mut() = scratch);
+    out
+}
+
 /// Fewest tasks a batch is cut into for the forward passes, so two threads get a
 /// balanced share; a constant, never the thread count.
 const MIN_SPLIT: usize = 8;

@@ -25,9 +25,9 @@ use ndarray::{
     Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
 };
 
-use super::for_each_image_tile;
 use super::gemm_path::{Operands, bias_partial};
 use super::shape_err;
+use super::{for_each_image_tile, with_scratch};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels, sgemm_par};
 use crate::ops::geometry::PhaseGeometry;
@@ -55,14 +55,6 @@ thread_local! {
     /// per call cost page faults and zeroing that showed as 12% of the notebook layers'
     /// forward time. Taken out while in use, so a re-entrant call just starts afresh.
     static SCRATCH: RefCell<Scratch> = RefCell::default();
-}
-
-/// Runs `f` with this thread's scratch.
-fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
-    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let out = f(&mut scratch);
-    SCRATCH.with(|s| *s.borrow_mut() = scratch);
-    out
 }
 
 impl Scratch {
@@ -105,7 +97,9 @@ pub(super) fn forward(
         })
         .collect();
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
-        with_scratch(|scratch| forward_tile(ops, &pg, kernel, &groups, bias, n0, yt, scratch));
+        with_scratch(&SCRATCH, |scratch| {
+            forward_tile(ops, &pg, kernel, &groups, bias, n0, yt, scratch)
+        });
     });
     Ok(())
 }
@@ -165,7 +159,9 @@ pub(super) fn backward_chunk(
     dxc: Option<ArrayViewMut2<'_, f32>>,
     want_dw: bool,
 ) -> Result<(Array2<f32>, Array1<f64>)> {
-    with_scratch(|scratch| backward_chunk_in(ops, dy, with_bias, n0, nb, dxc, want_dw, scratch))
+    with_scratch(&SCRATCH, |scratch| {
+        backward_chunk_in(ops, dy, with_bias, n0, nb, dxc, want_dw, scratch)
+    })
 }
 
 /// [`backward_chunk`] with the thread's scratch.
