@@ -60,7 +60,17 @@ fn parse_args() -> Result<Options, String> {
             "--json" => o.json = true,
             "--threads" => o.threads = num("--threads")?.max(1),
             "--reps" => o.reps = num("--reps")?.max(1),
-            "--only" => o.only = Some(it.next().ok_or("--only needs a NAME")?),
+            "--only" => {
+                let name = it.next().ok_or("--only needs a NAME")?;
+                let known = ["sgemm", "fma", "seed_net", "conv2d"];
+                if !known.contains(&name.as_str()) && !CONV_SHAPES.iter().any(|(n, _)| *n == name) {
+                    let shapes: Vec<&str> = CONV_SHAPES.iter().map(|(n, _)| *n).collect();
+                    return Err(format!(
+                        "--only: unknown name {name:?}; one of {known:?} or a conv shape {shapes:?}"
+                    ));
+                }
+                o.only = Some(name);
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: bench [--json] [--threads T] [--reps R] [--only sgemm|fma|seed_net|<conv name>]"
