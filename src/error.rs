@@ -64,6 +64,28 @@ pub enum Error {
         /// The offending values and what was expected.
         message: String,
     },
+    /// An input or result larger than a loader's [`Limits`](crate::limits::Limits)
+    /// allow (a decompression bomb, a header claiming billions of items).
+    LimitExceeded {
+        /// The format being read.
+        format: &'static str,
+        /// What went over: `"decompressed input"` or `"result"`.
+        what: &'static str,
+        /// The limit in force, in bytes.
+        limit: u64,
+        /// The setter that raises it, e.g. `"Limits::with_max_input_bytes"`.
+        setting: &'static str,
+    },
+    /// Memory for an op's buffer could not be reserved (the shapes ask for more than the
+    /// machine can give).
+    Alloc {
+        /// The operation or layer.
+        op: &'static str,
+        /// The size asked for, in bytes (`u128::MAX` when it overflows).
+        bytes: u128,
+        /// What the buffer was for, with the shapes involved.
+        message: String,
+    },
     /// A method called in the wrong state, e.g. `backward` before `forward`.
     State {
         /// The operation or layer.
@@ -131,6 +153,22 @@ impl fmt::Display for Error {
             } => write!(f, "{format}: unsupported at byte {offset}: {message}"),
             Error::Shape { op, message } => write!(f, "{op}: shape error: {message}"),
             Error::Config { op, message } => write!(f, "{op}: invalid configuration: {message}"),
+            Error::LimitExceeded {
+                format,
+                what,
+                limit,
+                setting,
+            } => write!(
+                f,
+                "{format}: the {what} exceeds the limit of {limit} bytes; raise it with \
+                 `{setting}` (crate::limits::Limits)"
+            ),
+            Error::Alloc { op, bytes, message } if *bytes == u128::MAX => {
+                write!(f, "{op}: cannot allocate {message}: its size overflows")
+            }
+            Error::Alloc { op, bytes, message } => {
+                write!(f, "{op}: cannot allocate {bytes} bytes for {message}")
+            }
             Error::State { op, message } => write!(f, "{op}: {message}"),
         }
     }

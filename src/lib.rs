@@ -16,6 +16,7 @@
 //! - [`stats`]: mean / std with PyTorch's conventions, normalisation, (N, 784) to NCHW.
 //! - [`io`]: save and load a model's parameters as safetensors, with PyTorch's key names.
 //! - [`train`]: cross-entropy, SGD, mini-batches, the training loop, telemetry, LSUV.
+//! - [`limits`]: the size limits of every loader, and fallible allocation in the ops.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod gemm;
 pub mod init;
 pub mod io;
+pub mod limits;
 pub mod nn;
 pub mod ops;
 pub mod stats;

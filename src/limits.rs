@@ -1,0 +1,196 @@
+//! Size limits for everything the crate reads, and fallible allocation for what it computes.
+//!
+//! A small file can ask for a great deal of memory: a gzip stream that inflates
+//! a thousandfold, an IDX header that claims billions of images, a pickle whose shared
+//! references expand on copy. Every loader ([`crate::data::pickle`], [`crate::data::idx`],
+//! [`crate::data::Mnist`], [`crate::io::load_safetensors`]) therefore takes a [`Limits`]:
+//! the largest decompressed input it will read and the largest result it will build,
+//! 1 GiB each by default ([`Limits::DEFAULT_BYTES`]). Going over is
+//! [`Error::LimitExceeded`], which names the limit and the setter that raises it:
+//!
+//! ```
+//! use convinit::limits::Limits;
+//! // The full MNIST pickle needs about 220 MB: the defaults are plenty.
+//! let generous = Limits::default().with_max_input_bytes(4 << 30).with_max_result_bytes(4 << 30);
+//! assert_eq!(generous.max_input_bytes(), 4 << 30);
+//! assert_eq!(Limits::unlimited().max_result_bytes(), u64::MAX);
+//! ```
+//!
+//! The ops and layers allocate what their shapes ask for (that is the caller's choice,
+//! not a file's), but they reserve it fallibly: a shape whose buffers cannot be
+//! allocated is [`Error::Alloc`] naming the op, the size and the shapes, never an
+//! abort of the process.
+
+// Temporary while the loaders and ops move onto these helpers; removed once all use them.
+#![allow(dead_code)]
+
+use ndarray::Dimension;
+
+use crate::error::{Error, Result};
+
+/// The largest decompressed input a loader reads and the largest result it builds.
+///
+/// Both are in bytes; [`Default`] is [`Limits::DEFAULT_BYTES`] for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limits {
+    max_input_bytes: u64,
+    max_result_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_input_bytes: Self::DEFAULT_BYTES,
+            max_result_bytes: Self::DEFAULT_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// The default of each limit: 1 GiB, about five times the full MNIST.
+    pub const DEFAULT_BYTES: u64 = 1 << 30;
+
+    /// No limit on either size (for inputs you trust and machines that can hold them).
+    pub fn unlimited() -> Self {
+        Limits {
+            max_input_bytes: u64::MAX,
+            max_result_bytes: u64::MAX,
+        }
+    }
+
+    /// The largest decompressed input to read, in bytes (for an uncompressed file, its
+    /// size).
+    pub fn with_max_input_bytes(mut self, bytes: u64) -> Self {
+        self.max_input_bytes = bytes;
+        self
+    }
+
+    /// The largest result to build, in bytes: the arrays' data plus what the loader
+    /// charges for strings, shapes and containers.
+    pub fn with_max_result_bytes(mut self, bytes: u64) -> Self {
+        self.max_result_bytes = bytes;
+        self
+    }
+
+    /// The largest decompressed input read, in bytes.
+    pub fn max_input_bytes(&self) -> u64 {
+        self.max_input_bytes
+    }
+
+    /// The largest result built, in bytes.
+    pub fn max_result_bytes(&self) -> u64 {
+        self.max_result_bytes
+    }
+
+    /// `Err(LimitExceeded)` when `bytes` of decompressed input is more than allowed.
+    pub(crate) fn check_input(&self, format: &'static str, bytes: u64) -> Result<()> {
+        if bytes > self.max_input_bytes {
+            return Err(Error::LimitExceeded {
+                format,
+                what: "decompressed input",
+                limit: self.max_input_bytes,
+                setting: "Limits::with_max_input_bytes",
+            });
+        }
+        Ok(())
+    }
+
+    /// `Err(LimitExceeded)` when a result of `bytes` is more than allowed.
+    pub(crate) fn check_result(&self, format: &'static str, bytes: u64) -> Result<()> {
+        if bytes > self.max_result_bytes {
+            return Err(Error::LimitExceeded {
+                format,
+                what: "result",
+                limit: self.max_result_bytes,
+                setting: "Limits::with_max_result_bytes",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A zero-filled `Vec` of `len` elements, reserved fallibly.
+///
+/// `describe` says what the buffer is for (`"output (64, 8, 14, 14)"`); it is only
+/// called on failure.
+pub(crate) fn try_zeroed_vec<T: Clone + Default>(
+    op: &'static str,
+    len: usize,
+    describe: impl FnOnce() -> String,
+) -> Result<Vec<T>> {
+    let mut v = try_vec_with_capacity(op, len, describe)?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// An empty `Vec` with room for `len` elements, reserved fallibly.
+pub(crate) fn try_vec_with_capacity<T>(
+    op: &'static str,
+    len: usize,
+    describe: impl FnOnce() -> String,
+) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    match v.try_reserve_exact(len) {
+        Ok(()) => Ok(v),
+        Err(_) => Err(Error::Alloc {
+            op,
+            bytes: (len as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+            message: describe(),
+        }),
+    }
+}
+
+/// A zero-filled array of `shape`, reserved fallibly (see [`try_zeroed_vec`]).
+pub(crate) fn try_zeros<T: Clone + Default, Sh>(
+    op: &'static str,
+    shape: Sh,
+    describe: impl FnOnce() -> String,
+) -> Result<ndarray::Array<T, Sh::Dim>>
+where
+    Sh: ndarray::ShapeBuilder,
+{
+    let shape = shape.into_shape_with_order();
+    let len = shape
+        .raw_dim()
+        .slice()
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d));
+    let Some(len) = len else {
+        return Err(Error::Alloc {
+            op,
+            bytes: u128::MAX,
+            message: describe(),
+        });
+    };
+    let v = try_zeroed_vec(op, len, describe)?;
+    Ok(ndarray::Array::from_shape_vec(shape, v).expect("length matches the shape"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_name_the_setter() {
+        let l = Limits::default().with_max_input_bytes(10);
+        assert!(l.check_input("gzip", 10).is_ok());
+        let e = l.check_input("gzip", 11).unwrap_err().to_string();
+        assert!(
+            e.contains("10 bytes") && e.contains("with_max_input_bytes"),
+            "{e}"
+        );
+        let e = l.check_result("pickle", 2 << 30).unwrap_err().to_string();
+        assert!(e.contains("with_max_result_bytes"), "{e}");
+    }
+
+    #[test]
+    fn impossible_reservation_is_an_error() {
+        let e = try_zeroed_vec::<f32>("conv2d", usize::MAX / 8, || "output".into()).unwrap_err();
+        assert!(matches!(e, Error::Alloc { op: "conv2d", .. }), "{e}");
+        assert!(e.to_string().contains("cannot allocate"), "{e}");
+        let a = try_zeros::<f32, _>("t", (2, 3), String::new).unwrap();
+        assert_eq!(a.shape(), &[2, 3]);
+        let e = try_zeros::<f32, _>("t", (usize::MAX, 3), || "x".into()).unwrap_err();
+        assert!(matches!(e, Error::Alloc { .. }));
+    }
+}
