@@ -18,6 +18,17 @@
 //! - [`train`]: cross-entropy, SGD, mini-batches, the training loop, telemetry, LSUV.
 //! - [`limits`]: the size limits of every loader, and fallible allocation in the ops.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
+//!
+//! ## Threads
+//! Every parallel kernel runs on rayon's global pool: `RAYON_NUM_THREADS=N` in the
+//! environment, or `rayon::ThreadPoolBuilder::new().num_threads(n).build_global()`
+//! before the first op, sets its size; `ThreadPool::install` runs a part of a program on
+//! another pool. Results are bit-identical at any thread count.
+//!
+//! ## Build profile
+//! In a debug build of a crate that depends on this one, `convinit`'s kernels are not
+//! optimised and run about 100x slower. Optimise this crate alone with
+//! `[profile.dev.package.convinit] opt-level = 3` in your `Cargo.toml`.
 #![warn(missing_docs)]
 
 pub mod data;
