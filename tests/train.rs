@@ -346,6 +346,70 @@ fn sgd_rejects_bad_configs_and_foreign_models() {
     assert!(other.named_parameters()[0].value.iter().all(|&v| v == 1.0));
 }
 
+/// Two linear layers with gradients of ones; the second layer's weight gradient is
+/// replaced by one of another shape through `weight_grad_mut`.
+fn net_with_bad_grad() -> Sequential {
+    let layer = |w: Array2<f32>| {
+        let (o, i) = w.dim();
+        let mut l = Linear::from_parts(LinearConfig::new(i, o), w, Some(Array1::ones(o))).unwrap();
+        l.weight_grad_mut().fill(1.0);
+        l.bias_grad_mut().unwrap().fill(1.0);
+        l
+    };
+    let first = layer(Array2::from_elem((3, 2), 1.0));
+    let mut second = layer(Array2::from_elem((2, 3), 1.0));
+    *second.weight_grad_mut() = Array2::ones((3, 2));
+    Sequential::new().with(first).with(second)
+}
+
+#[test]
+fn sgd_checks_every_gradient_shape_before_updating_any() {
+    for config in [
+        SgdConfig::new(0.1),
+        SgdConfig::new(0.1).with_weight_decay(0.01),
+        SgdConfig::new(0.1).with_momentum(0.9).with_nesterov(true),
+    ] {
+        let mut net = net_with_bad_grad();
+        let before: Vec<Vec<f32>> = net
+            .named_parameters()
+            .iter()
+            .map(|p| p.value.iter().copied().collect())
+            .collect();
+        let mut opt = Sgd::new(config).unwrap();
+        let e = opt.step(&mut net).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::Shape { op: "SGD", .. }),
+            "{config:?}: {e}"
+        );
+        assert!(
+            msg.contains("1.weight") && msg.contains("[2, 3]") && msg.contains("[3, 2]"),
+            "{msg}"
+        );
+        // The parameters before the bad one (0.weight, 0.bias) are untouched, and no
+        // momentum buffer was created.
+        let after: Vec<Vec<f32>> = net
+            .named_parameters()
+            .iter()
+            .map(|p| p.value.iter().copied().collect())
+            .collect();
+        assert_eq!(before, after, "{config:?}: partial update");
+        assert!(opt.momentum_buffer("0.weight").is_none(), "{config:?}");
+    }
+    // With the gradient's shape fixed, the same step goes through and updates everything.
+    let mut net = net_with_bad_grad();
+    let mut opt = Sgd::new(SgdConfig::new(0.5)).unwrap();
+    let second = net.layer_mut(1).unwrap().as_any_mut();
+    let second = second.downcast_mut::<Linear>().unwrap();
+    *second.weight_grad_mut() = Array2::ones((2, 3));
+    opt.step(&mut net).unwrap();
+    assert!(
+        net.named_parameters()
+            .iter()
+            .all(|p| p.value.iter().all(|&v| v == 0.5))
+    );
+}
+
 // ---------------------------------------------------------------- GeneralRelu
 
 const GRELU_X: [f32; 10] = [-3.0, -0.5, 0.0, 0.25, 1.0, 5.9, 6.0, 6.4, 7.0, 10.0];
