@@ -16,6 +16,7 @@ use convinit::train::{
     gather_images, gather_rows, lsuv,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, ShapeBuilder, array};
+use ndarray_rand::RandomExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -79,10 +80,7 @@ fn cross_entropy_matches_pytorch() {
 #[test]
 fn cross_entropy_gradient_matches_finite_differences() {
     let mut rng = StdRng::seed_from_u64(7);
-    let logits = Array2::<f32>::from_shape_fn((5, 7), |_| {
-        let v: f32 = StandardNormal.sample(&mut rng);
-        3.0 * v
-    });
+    let logits = Array2::<f32>::random_using((5, 7), StandardNormal, &mut rng) * 3.0;
     let target = array![0i64, 6, 3, 3, 1];
     let grad = cross_entropy_backward(logits.view(), target.view()).unwrap();
     // f64 reference loss, central differences.
@@ -1236,10 +1234,7 @@ fn lsuv_errors_on_zero_std_and_bad_config() {
 #[test]
 fn lsuv_rescales_layers_without_bias() {
     let mut rng = StdRng::seed_from_u64(1);
-    let x = Array4::<f32>::from_shape_fn((16, 2, 6, 6), |_| {
-        let v: f32 = StandardNormal.sample(&mut rng);
-        v + 3.0
-    });
+    let x = Array4::<f32>::random_using((16, 2, 6, 6), StandardNormal, &mut rng) + 3.0;
     let cfg = Conv2dConfig::new(2, 4, (3, 3)).with_bias(false);
     let mut net = Sequential::new().with(Conv2d::new(cfg, &mut rng).unwrap());
     let report = lsuv(&mut net, x.view().into_dyn(), &LsuvConfig::default()).unwrap();
