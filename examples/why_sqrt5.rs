@@ -213,9 +213,8 @@ pub fn run(args: &[String]) -> Result<BTreeMap<String, f64>, Box<dyn std::error:
     );
     init::kaiming_normal(
         l1.weight_mut().view_mut(),
-        1.0,
         FanMode::FanIn,
-        Nonlinearity::LEAKY_RELU_DEFAULT,
+        Nonlinearity::LeakyRelu(1.0),
         &mut rng,
     )?;
     r.stats("l1_kaiming_normal_a1.weight", l1.weight());
@@ -228,9 +227,8 @@ pub fn run(args: &[String]) -> Result<BTreeMap<String, f64>, Box<dyn std::error:
     );
     init::kaiming_normal(
         l1.weight_mut().view_mut(),
-        0.0,
         FanMode::FanIn,
-        Nonlinearity::LEAKY_RELU_DEFAULT,
+        Nonlinearity::LeakyRelu(0.0),
         &mut rng,
     )?;
     r.stats("l1_kaiming_normal_a0.weight", l1.weight());

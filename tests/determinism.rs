@@ -176,7 +176,6 @@ fn init_run() -> Vec<Vec<u32>> {
         Init::KAIMING_UNIFORM,
         Init::KAIMING_NORMAL,
         Init::KaimingNormal {
-            a: 0.1,
             mode: FanMode::FanOut,
             nonlinearity: Nonlinearity::Tanh,
         },

@@ -1020,7 +1020,7 @@ fn table() -> Vec<Case> {
             "kaiming_std: rank 1",
             Shape,
             &["kaiming_std", "[3]"],
-            || kaiming_std(&[3], 0.0, FanMode::FanIn, Nonlinearity::Relu),
+            || kaiming_std(&[3], FanMode::FanIn, Nonlinearity::Relu),
         ),
         case(
             "kaiming_std: a not finite",
@@ -1029,9 +1029,8 @@ fn table() -> Vec<Case> {
             || {
                 kaiming_std(
                     &[3, 3],
-                    f64::INFINITY,
                     FanMode::FanIn,
-                    Nonlinearity::LEAKY_RELU_DEFAULT,
+                    Nonlinearity::LeakyRelu(f64::INFINITY),
                 )
             },
         ),
@@ -1141,7 +1140,6 @@ fn table() -> Vec<Case> {
             || {
                 kaiming_uniform(
                     Array1::<f32>::zeros(4).view_mut(),
-                    0.0,
                     FanMode::FanIn,
                     Nonlinearity::Relu,
                     &mut rng(),
@@ -1155,9 +1153,8 @@ fn table() -> Vec<Case> {
             || {
                 kaiming_normal(
                     Array2::<f32>::zeros((2, 2)).view_mut(),
-                    f64::NAN,
                     FanMode::FanOut,
-                    Nonlinearity::LEAKY_RELU_DEFAULT,
+                    Nonlinearity::LeakyRelu(f64::NAN),
                     &mut rng(),
                 )
             },
@@ -1599,13 +1596,7 @@ fn corrected_calls_succeed() {
     )
     .unwrap();
     init::uniform(Array1::<f32>::zeros(3).view_mut(), -1e30, 1e30, &mut rng()).unwrap();
-    kaiming_std(
-        &[3, 3],
-        1e6,
-        FanMode::FanIn,
-        Nonlinearity::LEAKY_RELU_DEFAULT,
-    )
-    .unwrap();
+    kaiming_std(&[3, 3], FanMode::FanIn, Nonlinearity::LeakyRelu(1e6)).unwrap();
     fans(&[2, 2, usize::MAX / 8, 2]).unwrap();
     // Data: the structures with the fault removed.
     pickle::from_reader(&np_array(b"K\x02\x85", b"f4", &[0; 8])[..]).unwrap();

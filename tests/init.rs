@@ -220,13 +220,7 @@ fn fixtures_fans_gains_and_default_bounds_match_pytorch() {
         assert_close(wb, want_wb, 1e-12, &format!("{file}: default_weight_bound"));
         assert_close(bb, want_bb, 1e-12, &format!("{file}: default_bias_bound"));
         // The default weight bound is kaiming_uniform's with a = sqrt 5.
-        let k = kaiming_std(
-            &shape,
-            5f64.sqrt(),
-            FanMode::FanIn,
-            Nonlinearity::LEAKY_RELU_DEFAULT,
-        )
-        .unwrap();
+        let k = kaiming_std(&shape, FanMode::FanIn, Nonlinearity::LeakyRelu(5f64.sqrt())).unwrap();
         assert_close(
             3f64.sqrt() * k,
             want_wb,
@@ -307,46 +301,36 @@ fn fans_table_any_rank() {
 fn kaiming_and_xavier_std_formulas() {
     let (s2, s5) = (2f64.sqrt(), 5f64.sqrt());
     let shape = [CONV[0], CONV[1], CONV[2], CONV[3]];
-    // std = gain / sqrt(fan); a is the slope only for leaky_relu (that variant's own
-    // slope is ignored, as PyTorch passes `a` to calculate_gain).
+    // std = gain / sqrt(fan); PyTorch's `a` is the slope of LeakyRelu.
     let cases = [
-        (0.0, FanMode::FanIn, Nonlinearity::Relu, s2 / 24.0),
+        (FanMode::FanIn, Nonlinearity::Relu, s2 / 24.0),
+        (FanMode::FanOut, Nonlinearity::Relu, s2 / 1152f64.sqrt()),
+        (FanMode::FanIn, Nonlinearity::LeakyRelu(0.0), s2 / 24.0),
         (
-            0.0,
-            FanMode::FanOut,
-            Nonlinearity::Relu,
-            s2 / 1152f64.sqrt(),
-        ),
-        (3.0, FanMode::FanIn, Nonlinearity::Relu, s2 / 24.0),
-        (
-            0.0,
             FanMode::FanIn,
-            Nonlinearity::LEAKY_RELU_DEFAULT,
-            s2 / 24.0,
-        ),
-        (
-            0.2,
-            FanMode::FanIn,
-            Nonlinearity::LeakyRelu(0.0),
+            Nonlinearity::LeakyRelu(0.2),
             (2.0 / 1.04f64).sqrt() / 24.0,
         ),
         (
-            s5,
             FanMode::FanIn,
-            Nonlinearity::LeakyRelu(0.0),
+            Nonlinearity::LeakyRelu(s5),
             (1.0 / 3f64).sqrt() / 24.0,
         ),
         (
-            0.0,
+            FanMode::FanIn,
+            Nonlinearity::LEAKY_RELU_DEFAULT,
+            (2.0 / 1.0001f64).sqrt() / 24.0,
+        ),
+        (
             FanMode::FanOut,
             Nonlinearity::Tanh,
             5.0 / 3.0 / 1152f64.sqrt(),
         ),
-        (0.0, FanMode::FanIn, Nonlinearity::Selu, 0.75 / 24.0),
+        (FanMode::FanIn, Nonlinearity::Selu, 0.75 / 24.0),
     ];
-    for (a, mode, nl, want) in cases {
-        let got = kaiming_std(&shape, a, mode, nl).unwrap();
-        assert_close(got, want, 1e-15, &format!("kaiming a={a} {mode:?} {nl:?}"));
+    for (mode, nl, want) in cases {
+        let got = kaiming_std(&shape, mode, nl).unwrap();
+        assert_close(got, want, 1e-15, &format!("kaiming {mode:?} {nl:?}"));
     }
     assert_close(
         xavier_std(&[50, 784], 1.0).unwrap(),
@@ -362,16 +346,16 @@ fn kaiming_and_xavier_std_formulas() {
     );
     // Zero fans (zero-element weights): zero std, never NaN or inf.
     assert_eq!(
-        kaiming_std(&[5, 0], 0.0, FanMode::FanIn, Nonlinearity::Relu).unwrap(),
+        kaiming_std(&[5, 0], FanMode::FanIn, Nonlinearity::Relu).unwrap(),
         0.0
     );
     assert_eq!(
-        kaiming_std(&[0, 5], 0.0, FanMode::FanOut, Nonlinearity::Relu).unwrap(),
+        kaiming_std(&[0, 5], FanMode::FanOut, Nonlinearity::Relu).unwrap(),
         0.0
     );
     assert_eq!(xavier_std(&[0, 0], 1.0).unwrap(), 0.0);
     assert_shape_err(
-        kaiming_std(&[5], 0.0, FanMode::FanIn, Nonlinearity::Relu),
+        kaiming_std(&[5], FanMode::FanIn, Nonlinearity::Relu),
         "kaiming_std",
     );
     assert_shape_err(xavier_std(&[5], 1.0), "xavier_std");
@@ -385,14 +369,14 @@ fn kaiming_uniform_statistics_both_modes() {
     let s2 = 2f64.sqrt();
     for (mode, fan) in [(FanMode::FanIn, 1024.0), (FanMode::FanOut, 256.0)] {
         let mut w = Array2::<f32>::zeros(BIG);
-        init::kaiming_uniform(w.view_mut(), 0.0, mode, Nonlinearity::Relu, &mut rng(1)).unwrap();
+        init::kaiming_uniform(w.view_mut(), mode, Nonlinearity::Relu, &mut rng(1)).unwrap();
         let bound = 3f64.sqrt() * s2 / f64::sqrt(fan);
         check_symmetric_uniform(w.as_slice().unwrap(), bound, &format!("256x1024 {mode:?}"));
     }
     for (mode, fan) in [(FanMode::FanIn, 576.0), (FanMode::FanOut, 1152.0)] {
         let mut w = ArrayD::<f32>::zeros(IxDyn(&CONV));
-        let nl = Nonlinearity::LeakyRelu(0.0);
-        init::kaiming_uniform(w.view_mut(), 0.2, mode, nl, &mut rng(2)).unwrap();
+        let nl = Nonlinearity::LeakyRelu(0.2);
+        init::kaiming_uniform(w.view_mut(), mode, nl, &mut rng(2)).unwrap();
         let bound = 3f64.sqrt() * (2.0 / 1.04f64).sqrt() / f64::sqrt(fan);
         check_symmetric_uniform(
             w.as_slice().unwrap(),
@@ -403,16 +387,53 @@ fn kaiming_uniform_statistics_both_modes() {
 }
 
 #[test]
+fn kaiming_takes_its_slope_from_leaky_relu_only() {
+    // PyTorch: bound = sqrt(3) * calculate_gain('leaky_relu', a) / sqrt(fan_in). The draws
+    // are exactly those of uniform(-bound, bound) / normal(0, std) from the same seed, so a
+    // slope that is dropped or taken from elsewhere changes every value.
+    let fan_in = 36.0f64;
+    for a in [0.0, 0.01, 0.2, 5f64.sqrt(), -1.5] {
+        let gain = calculate_gain(Nonlinearity::LeakyRelu(a));
+        let std = gain / fan_in.sqrt();
+        let nl = Nonlinearity::LeakyRelu(a);
+        let (mut k, mut u) = (Array2::<f32>::zeros((8, 36)), Array2::<f32>::zeros((8, 36)));
+        init::kaiming_uniform(k.view_mut(), FanMode::FanIn, nl, &mut rng(40)).unwrap();
+        let bound = 3f64.sqrt() * std;
+        init::uniform(u.view_mut(), -bound, bound, &mut rng(40)).unwrap();
+        assert_eq!(k, u, "uniform a = {a}");
+        init::kaiming_normal(k.view_mut(), FanMode::FanIn, nl, &mut rng(41)).unwrap();
+        init::normal(u.view_mut(), 0.0, std, &mut rng(41)).unwrap();
+        assert_eq!(k, u, "normal a = {a}");
+        // Through Init, the same.
+        let mut d = ArrayD::<f32>::zeros(IxDyn(&[8, 36]));
+        Init::KaimingUniform {
+            mode: FanMode::FanIn,
+            nonlinearity: nl,
+        }
+        .apply(d.view_mut(), None, &mut rng(40))
+        .unwrap();
+        init::uniform(u.view_mut(), -bound, bound, &mut rng(40)).unwrap();
+        assert_eq!(d, u.into_dyn(), "Init a = {a}");
+    }
+    // PyTorch's default Conv2d / Linear weight is kaiming_uniform_(a = sqrt 5).
+    let (mut k, mut p) = (Array2::<f32>::zeros((8, 36)), Array2::<f32>::zeros((8, 36)));
+    let sqrt5 = Nonlinearity::LeakyRelu(5f64.sqrt());
+    init::kaiming_uniform(k.view_mut(), FanMode::FanIn, sqrt5, &mut rng(42)).unwrap();
+    init::pytorch_default_reset(p.view_mut().into_dyn(), None, &mut rng(42)).unwrap();
+    assert_eq!(k, p);
+}
+
+#[test]
 fn kaiming_normal_statistics_both_modes() {
     for (mode, fan) in [(FanMode::FanIn, 1024.0), (FanMode::FanOut, 256.0)] {
         let mut w = Array2::<f32>::zeros(BIG);
-        init::kaiming_normal(w.view_mut(), 0.0, mode, Nonlinearity::Relu, &mut rng(3)).unwrap();
+        init::kaiming_normal(w.view_mut(), mode, Nonlinearity::Relu, &mut rng(3)).unwrap();
         let sigma = 2f64.sqrt() / f64::sqrt(fan);
         check_centered_normal(w.as_slice().unwrap(), sigma, &format!("256x1024 {mode:?}"));
     }
     for (mode, fan) in [(FanMode::FanIn, 576.0), (FanMode::FanOut, 1152.0)] {
         let mut w = ArrayD::<f32>::zeros(IxDyn(&CONV));
-        init::kaiming_normal(w.view_mut(), 0.0, mode, Nonlinearity::Tanh, &mut rng(4)).unwrap();
+        init::kaiming_normal(w.view_mut(), mode, Nonlinearity::Tanh, &mut rng(4)).unwrap();
         let sigma = 5.0 / 3.0 / f64::sqrt(fan);
         check_centered_normal(w.as_slice().unwrap(), sigma, &format!("conv tanh {mode:?}"));
     }
@@ -651,7 +672,6 @@ fn all_schemes() -> Vec<Init> {
         Init::KAIMING_UNIFORM,
         Init::KAIMING_NORMAL,
         Init::KaimingNormal {
-            a: 0.0,
             mode: FanMode::FanOut,
             nonlinearity: Nonlinearity::Relu,
         },
@@ -673,7 +693,6 @@ fn defaults_are_pytorchs() {
     assert_eq!(FanMode::default(), FanMode::FanIn);
     assert_eq!(BiasInit::default(), BiasInit::Zeros);
     let relu_like = Init::KaimingUniform {
-        a: 0.0,
         mode: FanMode::FanIn,
         nonlinearity: Nonlinearity::Relu,
     };
@@ -839,7 +858,6 @@ fn memory_layout_does_not_change_the_values() {
     let mut f = Array2::<f32>::zeros((30, 40).f());
     init::kaiming_normal(
         c.view_mut(),
-        0.0,
         FanMode::FanIn,
         Nonlinearity::Relu,
         &mut rng(20),
@@ -847,7 +865,6 @@ fn memory_layout_does_not_change_the_values() {
     .unwrap();
     init::kaiming_normal(
         f.view_mut(),
-        0.0,
         FanMode::FanIn,
         Nonlinearity::Relu,
         &mut rng(20),
@@ -945,16 +962,34 @@ fn bad_parameters_are_config_errors_naming_function_and_values() {
         "constant",
         "value = -inf",
     );
-    let relu = Nonlinearity::Relu;
     assert_config(
-        init::kaiming_uniform(w.view_mut(), nan, FanMode::FanIn, relu, &mut r),
+        init::kaiming_uniform(
+            w.view_mut(),
+            FanMode::FanIn,
+            Nonlinearity::LeakyRelu(nan),
+            &mut r,
+        ),
         "kaiming_uniform",
-        "a = NaN",
+        "slope a = NaN",
     );
     assert_config(
-        init::kaiming_normal(w.view_mut(), inf, FanMode::FanOut, relu, &mut r),
+        init::kaiming_normal(
+            w.view_mut(),
+            FanMode::FanOut,
+            Nonlinearity::LeakyRelu(inf),
+            &mut r,
+        ),
         "kaiming_normal",
-        "a = inf",
+        "slope a = inf",
+    );
+    assert_config(
+        Init::KaimingUniform {
+            mode: FanMode::FanIn,
+            nonlinearity: Nonlinearity::LeakyRelu(-inf),
+        }
+        .apply(w.view_mut().into_dyn(), None, &mut r),
+        "kaiming_uniform",
+        "slope a = -inf",
     );
     assert_config(
         init::xavier_uniform(w.view_mut(), -1.0, &mut r),
@@ -1031,11 +1066,11 @@ fn rank_below_two_is_a_shape_error_where_fans_are_needed() {
         let mut v = ArrayD::<f32>::from_elem(IxDyn(&shape), 7.0);
         let m = FanMode::FanIn;
         assert_shape_err(
-            init::kaiming_uniform(v.view_mut(), 0.0, m, relu, &mut r),
+            init::kaiming_uniform(v.view_mut(), m, relu, &mut r),
             "kaiming_uniform",
         );
         assert_shape_err(
-            init::kaiming_normal(v.view_mut(), 0.0, m, relu, &mut r),
+            init::kaiming_normal(v.view_mut(), m, relu, &mut r),
             "kaiming_normal",
         );
         assert_shape_err(
@@ -1083,8 +1118,8 @@ fn zero_element_weights_are_a_no_op() {
     for shape in [vec![0usize, 5], vec![5, 0], vec![4, 0, 3, 3], vec![0, 0]] {
         let mut w = ArrayD::<f32>::zeros(IxDyn(&shape));
         for mode in [FanMode::FanIn, FanMode::FanOut] {
-            init::kaiming_uniform(w.view_mut(), 0.0, mode, relu, &mut r).unwrap();
-            init::kaiming_normal(w.view_mut(), 0.0, mode, relu, &mut r).unwrap();
+            init::kaiming_uniform(w.view_mut(), mode, relu, &mut r).unwrap();
+            init::kaiming_normal(w.view_mut(), mode, relu, &mut r).unwrap();
         }
         init::xavier_uniform(w.view_mut(), 1.0, &mut r).unwrap();
         init::xavier_normal(w.view_mut(), 1.0, &mut r).unwrap();
@@ -1213,15 +1248,13 @@ fn orthogonal_first_vector_is_the_normalised_draw_like_pytorch() {
     // column (first row if transposed) divided by its norm, whatever Householder sign
     // convention the QR uses. A missing sign(diag R) step, a different draw order or a
     // transpose mix-up all break this.
-    use rand_distr::{Distribution, StandardNormal};
+    use ndarray_rand::RandomExt;
+    use rand_distr::StandardNormal;
     for (rows, cols, gain) in [(12usize, 5usize, 1.0), (5, 12, 2.0), (7, 7, 1.0)] {
         let mut w = Array2::<f32>::zeros((rows, cols));
         init::orthogonal(w.view_mut(), gain, &mut rng(30)).unwrap();
-        let mut r = rng(30);
-        let a: Vec<f64> = (0..rows * cols)
-            .map(|_| StandardNormal.sample(&mut r))
-            .collect();
-        let a = Array2::from_shape_vec((rows, cols), a).unwrap();
+        // The same draws, in row-major order.
+        let a = Array2::<f64>::random_using((rows, cols), StandardNormal, &mut rng(30));
         let (first, got) = if rows < cols {
             (a.row(0).to_owned(), w.row(0).mapv(|v| v as f64))
         } else {

@@ -13,9 +13,10 @@ use convinit::nn::{
 use convinit::train::{
     FitConfig, LrSchedule, LsuvConfig, LsuvPoint, Sgd, SgdConfig, Split, Telemetry, accuracy,
     batch_indices, cross_entropy, cross_entropy_backward, cross_entropy_with_grad, evaluate, fit,
-    gather_images, lsuv,
+    gather_images, gather_rows, lsuv,
 };
-use ndarray::{Array1, Array2, Array4, ArrayD, array};
+use ndarray::{Array1, Array2, Array4, ArrayD, ShapeBuilder, array};
+use ndarray_rand::RandomExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -79,10 +80,7 @@ fn cross_entropy_matches_pytorch() {
 #[test]
 fn cross_entropy_gradient_matches_finite_differences() {
     let mut rng = StdRng::seed_from_u64(7);
-    let logits = Array2::<f32>::from_shape_fn((5, 7), |_| {
-        let v: f32 = StandardNormal.sample(&mut rng);
-        3.0 * v
-    });
+    let logits = Array2::<f32>::random_using((5, 7), StandardNormal, &mut rng) * 3.0;
     let target = array![0i64, 6, 3, 3, 1];
     let grad = cross_entropy_backward(logits.view(), target.view()).unwrap();
     // f64 reference loss, central differences.
@@ -129,15 +127,31 @@ fn cross_entropy_is_stable_and_rejects_bad_targets() {
     assert_eq!(convinit::train::argmax(nan.view()).unwrap(), [1]);
 
     let (logits, _) = ce_case();
-    for bad in [array![0i64, 1, 5, 0], array![0i64, -1, 2, 0]] {
+    // A bad label is a data error naming its index and value; its offset is the label's
+    // byte offset among the i64 labels.
+    for (bad, index, value) in [
+        (array![0i64, 1, 5, 0], 2u64, 5i64),
+        (array![0i64, -1, 2, 0], 1, -1),
+        (array![0i64, 1, 2, i64::MAX], 3, i64::MAX),
+    ] {
         let e = cross_entropy(logits.view(), bad.view()).unwrap_err();
-        assert!(matches!(e, Error::Config { .. }), "{e}");
+        let want = format!("target[{index}] = {value} is not a class index in 0..5");
         assert!(
-            e.to_string().contains("is not a class index in 0..5"),
-            "{e}"
+            matches!(&e, Error::InvalidData { format: "labels", offset, message }
+                if *offset == index * 8 && message.contains(&want)),
+            "{e:?}"
         );
-        assert!(accuracy(logits.view(), bad.view()).is_err());
-        assert!(cross_entropy_backward(logits.view(), bad.view()).is_err());
+        for e in [
+            accuracy(logits.view(), bad.view()).unwrap_err(),
+            cross_entropy_backward(logits.view(), bad.view()).unwrap_err(),
+            cross_entropy_with_grad(logits.view(), bad.view()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, Error::InvalidData { format: "labels", offset, .. } if *offset == index * 8),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(&want), "{e}");
+        }
     }
     let e = cross_entropy(logits.view(), array![0i64, 1].view()).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
@@ -346,6 +360,70 @@ fn sgd_rejects_bad_configs_and_foreign_models() {
     assert!(other.named_parameters()[0].value.iter().all(|&v| v == 1.0));
 }
 
+/// Two linear layers with gradients of ones; the second layer's weight gradient is
+/// replaced by one of another shape through `weight_grad_mut`.
+fn net_with_bad_grad() -> Sequential {
+    let layer = |w: Array2<f32>| {
+        let (o, i) = w.dim();
+        let mut l = Linear::from_parts(LinearConfig::new(i, o), w, Some(Array1::ones(o))).unwrap();
+        l.weight_grad_mut().fill(1.0);
+        l.bias_grad_mut().unwrap().fill(1.0);
+        l
+    };
+    let first = layer(Array2::from_elem((3, 2), 1.0));
+    let mut second = layer(Array2::from_elem((2, 3), 1.0));
+    *second.weight_grad_mut() = Array2::ones((3, 2));
+    Sequential::new().with(first).with(second)
+}
+
+#[test]
+fn sgd_checks_every_gradient_shape_before_updating_any() {
+    for config in [
+        SgdConfig::new(0.1),
+        SgdConfig::new(0.1).with_weight_decay(0.01),
+        SgdConfig::new(0.1).with_momentum(0.9).with_nesterov(true),
+    ] {
+        let mut net = net_with_bad_grad();
+        let before: Vec<Vec<f32>> = net
+            .named_parameters()
+            .iter()
+            .map(|p| p.value.iter().copied().collect())
+            .collect();
+        let mut opt = Sgd::new(config).unwrap();
+        let e = opt.step(&mut net).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::Shape { op: "SGD", .. }),
+            "{config:?}: {e}"
+        );
+        assert!(
+            msg.contains("1.weight") && msg.contains("[2, 3]") && msg.contains("[3, 2]"),
+            "{msg}"
+        );
+        // The parameters before the bad one (0.weight, 0.bias) are untouched, and no
+        // momentum buffer was created.
+        let after: Vec<Vec<f32>> = net
+            .named_parameters()
+            .iter()
+            .map(|p| p.value.iter().copied().collect())
+            .collect();
+        assert_eq!(before, after, "{config:?}: partial update");
+        assert!(opt.momentum_buffer("0.weight").is_none(), "{config:?}");
+    }
+    // With the gradient's shape fixed, the same step goes through and updates everything.
+    let mut net = net_with_bad_grad();
+    let mut opt = Sgd::new(SgdConfig::new(0.5)).unwrap();
+    let second = net.layer_mut(1).unwrap().as_any_mut();
+    let second = second.downcast_mut::<Linear>().unwrap();
+    *second.weight_grad_mut() = Array2::ones((2, 3));
+    opt.step(&mut net).unwrap();
+    assert!(
+        net.named_parameters()
+            .iter()
+            .all(|p| p.value.iter().all(|&v| v == 0.5))
+    );
+}
+
 // ---------------------------------------------------------------- GeneralRelu
 
 const GRELU_X: [f32; 10] = [-3.0, -0.5, 0.0, 0.25, 1.0, 5.9, 6.0, 6.4, 7.0, 10.0];
@@ -519,6 +597,91 @@ fn batches_are_a_seeded_permutation() {
 }
 
 #[test]
+fn batch_helpers_take_any_count_or_say_why_not() {
+    // Batch sizes of any size: at most one batch.
+    assert_eq!(
+        batch_indices::<StdRng>(3, usize::MAX, None).unwrap(),
+        [vec![0, 1, 2]]
+    );
+    assert!(
+        batch_indices::<StdRng>(0, usize::MAX, None)
+            .unwrap()
+            .is_empty()
+    );
+    // More indices than memory holds: an allocation error, not an abort.
+    for n in [usize::MAX, usize::MAX / 8 + 1] {
+        let e = batch_indices::<StdRng>(n, 1, None).unwrap_err();
+        assert!(matches!(e, Error::Alloc { op: "batches", .. }), "{n}: {e}");
+        assert!(
+            e.to_string().contains(&format!("{n} example indices")),
+            "{e}"
+        );
+        let e = batch_indices(n, 7, Some(&mut StdRng::seed_from_u64(0))).unwrap_err();
+        assert!(matches!(e, Error::Alloc { .. }), "{n}: {e}");
+    }
+    // Gathering rows: a broadcast x with rows of 2^61 values (no memory behind them).
+    let one = [0.5f32];
+    let wide = 1usize << 61;
+    let x = ndarray::ArrayView2::from_shape((1, wide).strides((0, 0)), &one).unwrap();
+    let y = array![3i64];
+    for idx in [vec![0usize], vec![0, 0, 0]] {
+        let e = gather_rows(x, y.view(), &idx).unwrap_err();
+        assert!(matches!(e, Error::Alloc { op: "batches", .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("{} rows of x [1, {wide}]", idx.len())),
+            "{e}"
+        );
+        let e = gather_images(x, y.view(), &idx, (1, 1, wide)).unwrap_err();
+        assert!(matches!(e, Error::Alloc { .. }), "{e}");
+    }
+    // Repeated indices gather repeated rows.
+    let x = Array2::<f32>::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32);
+    let y = array![7i64, 8];
+    let (xb, yb) = gather_rows(x.view(), y.view(), &[1, 0, 1]).unwrap();
+    assert_eq!(
+        xb,
+        array![[3.0, 4.0, 5.0], [0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    );
+    assert_eq!(yb, array![8, 7, 8]);
+    // An image shape whose size overflows.
+    let e = gather_images(x.view(), y.view(), &[0], (usize::MAX, 2, 1)).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+#[test]
+fn loss_helpers_on_huge_broadcast_logits_fail_cleanly() {
+    let one = [0.25f32];
+    // 2^61 rows of one class: argmax would need 2^64 bytes.
+    let tall = ndarray::ArrayView2::from_shape((1usize << 61, 1).strides((0, 0)), &one).unwrap();
+    let e = convinit::train::argmax(tall).unwrap_err();
+    assert!(matches!(e, Error::Alloc { op: "argmax", .. }), "{e}");
+    // Two rows of 2^61 classes: the gradient would need 2^64 bytes.
+    let wide = ndarray::ArrayView2::from_shape((2, 1usize << 61).strides((0, 0)), &one).unwrap();
+    let target = array![0i64, 1];
+    for e in [
+        cross_entropy_with_grad(wide, target.view()).unwrap_err(),
+        cross_entropy_backward(wide, target.view()).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                Error::Alloc {
+                    op: "cross_entropy",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("gradient of logits [2, 2305843009213693952]"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn warmup_cosine_schedule() {
     let s = LrSchedule::WarmupCosine {
         peak: 1.0,
@@ -666,6 +829,173 @@ fn fit_rejects_bad_settings_and_outputs() {
     assert!(e.to_string().contains("stop"));
 }
 
+#[test]
+fn fit_reports_a_bad_label_by_its_index_in_the_split_before_any_update() {
+    let (xt, yt, xv, yv) = mnist(16);
+    let ok = |_: &_, _: &_| Ok(());
+    let config = FitConfig::new(2, 4, 0.1);
+    for (split, at, value) in [("train.y", 11usize, 10i64), ("valid.y", 3, -2)] {
+        let (mut yt, mut yv) = (yt.clone(), yv.clone());
+        if split == "train.y" {
+            yt[at] = value;
+        } else {
+            yv[at] = value;
+        }
+        let mut net = small_net(&Init::KAIMING_NORMAL, 1);
+        let before: Vec<Vec<f32>> = net
+            .named_parameters()
+            .iter()
+            .map(|p| p.value.iter().copied().collect())
+            .collect();
+        let mut opt = Sgd::new(SgdConfig::new(0.1)).unwrap();
+        let mut steps = 0;
+        let e = fit(
+            &mut net,
+            &mut opt,
+            Split::new(xt.view(), yt.view()),
+            Some(Split::new(xv.view(), yv.view())),
+            &config,
+            |_, _| {
+                steps += 1;
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        let want = format!("{split}[{at}] = {value} is not a class index in 0..10");
+        assert!(
+            matches!(&e, Error::InvalidData { format: "labels", offset, message }
+                if *offset == at as u64 * 8 && message.contains(&want)),
+            "{e:?}"
+        );
+        assert_eq!(steps, 0, "{split}: a step ran before the error");
+        let after: Vec<Vec<f32>> = net
+            .named_parameters()
+            .iter()
+            .map(|p| p.value.iter().copied().collect())
+            .collect();
+        assert_eq!(before, after, "{split}: the model was updated");
+        if split == "valid.y" {
+            let e =
+                evaluate(&mut net, Split::new(xv.view(), yv.view()), (1, 28, 28), 2).unwrap_err();
+            assert!(e.to_string().contains("y[3] = -2"), "{e}");
+            assert!(matches!(e, Error::InvalidData { offset: 24, .. }), "{e:?}");
+        }
+    }
+    // The same data with good labels trains.
+    let mut net = small_net(&Init::KAIMING_NORMAL, 1);
+    let mut opt = Sgd::new(SgdConfig::new(0.1)).unwrap();
+    let train = Split::new(xt.view(), yt.view());
+    assert_eq!(
+        fit(&mut net, &mut opt, train, None, &config, ok)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn fit_with_usize_max_epochs_is_rejected_or_stopped_by_the_callback() {
+    let (xt, yt, _, _) = mnist(16);
+    let stop = || Error::State {
+        op: "test",
+        message: "enough".into(),
+    };
+    // 16 examples in batches of 8 is 2 steps per epoch: usize::MAX epochs overflow the
+    // step count, which is a config error before anything runs.
+    let mut net = small_net(&Init::KAIMING_NORMAL, 1);
+    let mut opt = Sgd::new(SgdConfig::new(0.1)).unwrap();
+    let train = Split::new(xt.view(), yt.view());
+    let mut steps = 0;
+    let e = fit(
+        &mut net,
+        &mut opt,
+        train,
+        None,
+        &FitConfig::new(usize::MAX, 8, 0.1),
+        |_, _| {
+            steps += 1;
+            Ok(())
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Config { op: "fit", .. }), "{e}");
+    assert!(e.to_string().contains(&usize::MAX.to_string()), "{e}");
+    assert_eq!(steps, 0);
+    // One step per epoch: usize::MAX epochs is a valid run of usize::MAX steps (with a
+    // schedule over all of them), which the callback stops after three steps.
+    for batch_size in [16, usize::MAX] {
+        let mut seen = Vec::new();
+        let config =
+            FitConfig::new(usize::MAX, batch_size, 0.1).with_schedule(LrSchedule::WarmupCosine {
+                peak: 0.1,
+                warmup: 0.5,
+            });
+        let e = fit(&mut net, &mut opt, train, None, &config, |info, _| {
+            seen.push((info.epoch, info.step, info.total_steps, info.batch_size));
+            if seen.len() == 3 { Err(stop()) } else { Ok(()) }
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::State { op: "test", .. }), "{e}");
+        assert_eq!(
+            seen,
+            [
+                (0, 0, usize::MAX, 16),
+                (1, 1, usize::MAX, 16),
+                (2, 2, usize::MAX, 16)
+            ]
+        );
+    }
+}
+
+#[test]
+fn schedule_and_evaluate_take_any_count() {
+    // The schedule at the extremes of its counts: finite, within [0, peak].
+    let s = LrSchedule::WarmupCosine {
+        peak: 0.5,
+        warmup: 1.0,
+    };
+    for (step, total) in [
+        (0, 0),
+        (usize::MAX, 0),
+        (usize::MAX - 1, usize::MAX),
+        (usize::MAX, usize::MAX),
+        (0, usize::MAX),
+    ] {
+        for s in [
+            s,
+            LrSchedule::WarmupCosine {
+                peak: 0.5,
+                warmup: 0.0,
+            },
+        ] {
+            let lr = s.lr(step, total);
+            assert!(
+                (0.0..=0.5).contains(&lr),
+                "{s:?} at {step} of {total}: {lr}"
+            );
+        }
+    }
+    assert_eq!(s.lr(usize::MAX - 1, usize::MAX), 0.5);
+    // evaluate with a batch far larger than the split: one batch.
+    let (xt, yt, _, _) = mnist(16);
+    let mut net = small_net(&Init::KAIMING_NORMAL, 1);
+    let data = Split::new(xt.view(), yt.view());
+    let whole = evaluate(&mut net, data, (1, 28, 28), usize::MAX).unwrap();
+    assert_eq!(whole, evaluate(&mut net, data, (1, 28, 28), 16).unwrap());
+    assert!(matches!(
+        evaluate(&mut net, data, (1, 28, 28), 0),
+        Err(Error::Config { .. })
+    ));
+    // An image shape whose size overflows is a shape error, in evaluate and in fit.
+    let huge = (usize::MAX, usize::MAX, 2);
+    let e = evaluate(&mut net, data, huge, 8).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let mut opt = Sgd::new(SgdConfig::new(0.1)).unwrap();
+    let config = FitConfig::new(1, 8, 0.1).with_image_shape(huge);
+    let e = fit(&mut net, &mut opt, data, None, &config, |_, _| Ok(())).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
 // ---------------------------------------------------------------- telemetry
 
 #[test]
@@ -755,6 +1085,32 @@ fn telemetry_records_every_layer_and_writes_csv() {
     assert!(matches!(e, Error::State { .. }), "{e}");
     assert!(Telemetry::new().with_histogram(0, (0.0, 1.0)).is_err());
     assert!(Telemetry::new().with_histogram(4, (1.0, 1.0)).is_err());
+    // Bin counts up to the documented maximum; beyond it, a config error (not an abort at
+    // the first record).
+    let max = Telemetry::MAX_HISTOGRAM_BINS;
+    assert_eq!(max, 65_536);
+    let t = Telemetry::new().with_histogram(max, (0.0, 1.0)).unwrap();
+    assert_eq!(t.histogram_bins(), (max, (0.0, 1.0)));
+    for bins in [max + 1, usize::MAX / 4, usize::MAX] {
+        let e = Telemetry::new()
+            .with_histogram(bins, (0.0, 1.0))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    op: "Telemetry",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("1 to 65536 bins")
+                && e.to_string().contains(&format!("got {bins} bins")),
+            "{e}"
+        );
+    }
     assert!(Telemetry::new().with_near_zero(-1.0).is_err());
 }
 
@@ -878,14 +1234,37 @@ fn lsuv_errors_on_zero_std_and_bad_config() {
 #[test]
 fn lsuv_rescales_layers_without_bias() {
     let mut rng = StdRng::seed_from_u64(1);
-    let x = Array4::<f32>::from_shape_fn((16, 2, 6, 6), |_| {
-        let v: f32 = StandardNormal.sample(&mut rng);
-        v + 3.0
-    });
+    let x = Array4::<f32>::random_using((16, 2, 6, 6), StandardNormal, &mut rng) + 3.0;
     let cfg = Conv2dConfig::new(2, 4, (3, 3)).with_bias(false);
     let mut net = Sequential::new().with(Conv2d::new(cfg, &mut rng).unwrap());
     let report = lsuv(&mut net, x.view().into_dyn(), &LsuvConfig::default()).unwrap();
     assert!(report[0].converged, "{report:?}");
     assert!((report[0].std - 1.0).abs() <= 1e-3);
     assert!(report[0].mean.abs() > 0.01, "no bias: the mean stays");
+
+    // Any round limit: usize::MAX stops as soon as the layer converges.
+    let mut again =
+        Sequential::new().with(Conv2d::new(cfg, &mut StdRng::seed_from_u64(2)).unwrap());
+    let unbounded = LsuvConfig {
+        max_iters: usize::MAX,
+        ..LsuvConfig::default()
+    };
+    let report = lsuv(&mut again, x.view().into_dyn(), &unbounded).unwrap();
+    assert!(
+        report[0].converged && report[0].iterations <= 10,
+        "{report:?}"
+    );
+
+    // The batch is read where it is: a column-major copy gives the same report.
+    let xf = {
+        let mut f = Array4::<f32>::zeros(x.raw_dim().f());
+        f.assign(&x);
+        f
+    };
+    let fresh = || Sequential::new().with(Conv2d::new(cfg, &mut StdRng::seed_from_u64(3)).unwrap());
+    let (mut a, mut b) = (fresh(), fresh());
+    assert_eq!(
+        lsuv(&mut a, x.view().into_dyn(), &LsuvConfig::default()).unwrap(),
+        lsuv(&mut b, xf.view().into_dyn(), &LsuvConfig::default()).unwrap()
+    );
 }

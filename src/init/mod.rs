@@ -42,11 +42,11 @@
 //! let mut rng = StdRng::seed_from_u64(0);
 //! let mut w = Array4::<f32>::zeros((32, 1, 5, 5));
 //! // kaiming_normal_(w, mode='fan_in', nonlinearity='relu'): std = sqrt(2) / sqrt(25)
-//! init::kaiming_normal(w.view_mut(), 0.0, FanMode::FanIn, Nonlinearity::Relu, &mut rng)?;
+//! init::kaiming_normal(w.view_mut(), FanMode::FanIn, Nonlinearity::Relu, &mut rng)?;
 //!
 //! // The same through `Init`, which also zeroes the bias ("kaiming + zero bias").
 //! let mut b = Array1::<f32>::ones(32);
-//! let kaiming = Init::KaimingNormal { a: 0.0, mode: FanMode::FanIn, nonlinearity: Nonlinearity::Relu };
+//! let kaiming = Init::KaimingNormal { mode: FanMode::FanIn, nonlinearity: Nonlinearity::Relu };
 //! kaiming.apply(w.view_mut().into_dyn(), Some(b.view_mut()), &mut rng)?;
 //! assert!(b.iter().all(|&v| v == 0.0));
 //! # Ok::<(), convinit::Error>(())
@@ -91,8 +91,10 @@ pub enum Nonlinearity {
     /// `leaky_relu` with the given negative slope: gain sqrt(2 / (1 + slope^2)).
     /// PyTorch's default slope is 0.01 ([`Nonlinearity::LEAKY_RELU_DEFAULT`]).
     ///
-    /// In [`kaiming_uniform`] / [`kaiming_normal`] the slope is their `a` argument, as in
-    /// PyTorch; the slope carried here is then ignored.
+    /// For [`kaiming_uniform`] / [`kaiming_normal`] this slope is PyTorch's `a`:
+    /// `kaiming_uniform_(w, a=0.2, nonlinearity='leaky_relu')` is
+    /// `kaiming_uniform(w, FanMode::FanIn, Nonlinearity::LeakyRelu(0.2), rng)`. (PyTorch
+    /// ignores `a` for every other nonlinearity, so there is nothing else to carry it.)
     LeakyRelu(f64),
     /// `selu`: gain 3/4.
     Selu,
@@ -432,44 +434,44 @@ pub fn ones<D: Dimension>(tensor: ArrayViewMut<'_, f32, D>) {
 }
 
 /// The standard deviation `kaiming_uniform_` / `kaiming_normal_` use for a weight shape:
-/// `std = gain / sqrt(fan)`, with `gain = calculate_gain(nonlinearity, a)` (`a` is the
-/// slope when `nonlinearity` is `LeakyRelu(_)`, and is unused otherwise) and `fan` the
-/// weight's `fan_in` or `fan_out` per `mode`. Zero for a zero fan (zero-element weight).
+/// `std = gain / sqrt(fan)`, with `gain = calculate_gain(nonlinearity)` (PyTorch's `a` is
+/// the slope of [`Nonlinearity::LeakyRelu`]) and `fan` the weight's `fan_in` or `fan_out`
+/// per `mode`. Zero for a zero fan (zero-element weight).
 ///
 /// # Errors
-/// [`Error::Shape`] for a weight of rank < 2; [`Error::Config`] for a non-finite `a`.
+/// [`Error::Shape`] for a weight of rank < 2; [`Error::Config`] for a non-finite
+/// leaky-ReLU slope.
 ///
 /// # Examples
 /// ```
 /// use convinit::init::{kaiming_std, FanMode, Nonlinearity};
-/// let std = kaiming_std(&[32, 1, 5, 5], 0.0, FanMode::FanIn, Nonlinearity::Relu)?;
+/// let std = kaiming_std(&[32, 1, 5, 5], FanMode::FanIn, Nonlinearity::Relu)?;
 /// assert!((std - 2f64.sqrt() / 5.0).abs() < 1e-15);
+/// // kaiming_uniform_(w, a=math.sqrt(5)): PyTorch's default Conv2d weight.
+/// let std = kaiming_std(&[50, 784], FanMode::FanIn, Nonlinearity::LeakyRelu(5f64.sqrt()))?;
+/// assert!((3f64.sqrt() * std - 1.0 / 28.0).abs() < 1e-15);
 /// # Ok::<(), convinit::Error>(())
 /// ```
-pub fn kaiming_std(
-    shape: &[usize],
-    a: f64,
-    mode: FanMode,
-    nonlinearity: Nonlinearity,
-) -> Result<f64> {
-    kaiming_std_op("kaiming_std", shape, a, mode, nonlinearity)
+pub fn kaiming_std(shape: &[usize], mode: FanMode, nonlinearity: Nonlinearity) -> Result<f64> {
+    kaiming_std_op("kaiming_std", shape, mode, nonlinearity)
 }
 
 fn kaiming_std_op(
     op: &'static str,
     shape: &[usize],
-    a: f64,
     mode: FanMode,
     nonlinearity: Nonlinearity,
 ) -> Result<f64> {
     let (fan_in, fan_out) = fans(shape).map_err(|e| rename(e, op))?;
-    if !a.is_finite() {
-        return Err(Error::config(op, format!("a = {a} is not finite")));
+    if let Nonlinearity::LeakyRelu(a) = nonlinearity
+        && !a.is_finite()
+    {
+        return Err(Error::config(
+            op,
+            format!("the leaky_relu negative slope a = {a} is not finite"),
+        ));
     }
-    let gain = match nonlinearity {
-        Nonlinearity::LeakyRelu(_) => calculate_gain(Nonlinearity::LeakyRelu(a)),
-        other => calculate_gain(other),
-    };
+    let gain = calculate_gain(nonlinearity);
     let fan = match mode {
         FanMode::FanIn => fan_in,
         FanMode::FanOut => fan_out,
@@ -486,12 +488,14 @@ fn kaiming_std_op(
 /// PyTorch's defaults: `a = 0`, `FanIn`, `leaky_relu` (gain sqrt 2), see
 /// [`Init::KAIMING_UNIFORM`].
 ///
-/// `a` is the negative slope used when `nonlinearity` is `LeakyRelu(_)` (that variant's
-/// own slope is ignored, as PyTorch passes `a` to `calculate_gain`); for any other
-/// nonlinearity it is unused. A zero-element tensor is left untouched.
+/// PyTorch's `a` (used only for `leaky_relu`) is the slope of
+/// [`Nonlinearity::LeakyRelu`]: `kaiming_uniform_(w, a=0.2)` is
+/// `kaiming_uniform(w, FanMode::FanIn, Nonlinearity::LeakyRelu(0.2), rng)`, so there is one
+/// slope and it cannot disagree with another. A zero-element tensor is left untouched.
 ///
 /// # Errors
-/// [`Error::Shape`] for a tensor of rank < 2; [`Error::Config`] for a non-finite `a`.
+/// [`Error::Shape`] for a tensor of rank < 2; [`Error::Config`] for a non-finite
+/// leaky-ReLU slope.
 ///
 /// # Examples
 /// ```
@@ -500,19 +504,18 @@ fn kaiming_std_op(
 /// use rand::{SeedableRng, rngs::StdRng};
 ///
 /// let mut w = Array2::<f32>::zeros((256, 1024));
-/// kaiming_uniform(w.view_mut(), 0.0, FanMode::FanIn, Nonlinearity::Relu, &mut StdRng::seed_from_u64(0))?;
+/// kaiming_uniform(w.view_mut(), FanMode::FanIn, Nonlinearity::Relu, &mut StdRng::seed_from_u64(0))?;
 /// let bound = (6.0f64 / 1024.0).sqrt() as f32; // sqrt(3) * sqrt(2) / sqrt(fan_in)
 /// assert!(w.iter().all(|&v| v.abs() <= bound));
 /// # Ok::<(), convinit::Error>(())
 /// ```
 pub fn kaiming_uniform<D: Dimension, R: Rng + ?Sized>(
     tensor: ArrayViewMut<'_, f32, D>,
-    a: f64,
     mode: FanMode,
     nonlinearity: Nonlinearity,
     rng: &mut R,
 ) -> Result<()> {
-    let std = kaiming_std_op("kaiming_uniform", tensor.shape(), a, mode, nonlinearity)?;
+    let std = kaiming_std_op("kaiming_uniform", tensor.shape(), mode, nonlinearity)?;
     if tensor.is_empty() {
         return Ok(());
     }
@@ -525,12 +528,14 @@ pub fn kaiming_uniform<D: Dimension, R: Rng + ?Sized>(
 /// with `std = gain / sqrt(fan)` ([`kaiming_std`]). PyTorch's defaults: `a = 0`, `FanIn`,
 /// `leaky_relu` (gain sqrt 2), see [`Init::KAIMING_NORMAL`].
 ///
-/// `a` is the negative slope used when `nonlinearity` is `LeakyRelu(_)` (that variant's
-/// own slope is ignored, as PyTorch passes `a` to `calculate_gain`); for any other
-/// nonlinearity it is unused. A zero-element tensor is left untouched.
+/// PyTorch's `a` (used only for `leaky_relu`) is the slope of
+/// [`Nonlinearity::LeakyRelu`]: `kaiming_normal_(w, a=0.2)` is
+/// `kaiming_normal(w, FanMode::FanIn, Nonlinearity::LeakyRelu(0.2), rng)`, so there is one
+/// slope and it cannot disagree with another. A zero-element tensor is left untouched.
 ///
 /// # Errors
-/// [`Error::Shape`] for a tensor of rank < 2; [`Error::Config`] for a non-finite `a`.
+/// [`Error::Shape`] for a tensor of rank < 2; [`Error::Config`] for a non-finite
+/// leaky-ReLU slope.
 ///
 /// # Examples
 /// ```
@@ -539,17 +544,16 @@ pub fn kaiming_uniform<D: Dimension, R: Rng + ?Sized>(
 /// use rand::{SeedableRng, rngs::StdRng};
 ///
 /// let mut w = Array4::<f32>::zeros((8, 1, 5, 5));
-/// kaiming_normal(w.view_mut(), 0.0, FanMode::FanOut, Nonlinearity::Relu, &mut StdRng::seed_from_u64(0))?;
+/// kaiming_normal(w.view_mut(), FanMode::FanOut, Nonlinearity::Relu, &mut StdRng::seed_from_u64(0))?;
 /// # Ok::<(), convinit::Error>(())
 /// ```
 pub fn kaiming_normal<D: Dimension, R: Rng + ?Sized>(
     tensor: ArrayViewMut<'_, f32, D>,
-    a: f64,
     mode: FanMode,
     nonlinearity: Nonlinearity,
     rng: &mut R,
 ) -> Result<()> {
-    let std = kaiming_std_op("kaiming_normal", tensor.shape(), a, mode, nonlinearity)?;
+    let std = kaiming_std_op("kaiming_normal", tensor.shape(), mode, nonlinearity)?;
     if tensor.is_empty() {
         return Ok(());
     }

@@ -33,7 +33,7 @@ use crate::error::Result;
 /// let mut rng = StdRng::seed_from_u64(7);
 /// let mut w = Array2::<f32>::zeros((50, 784));
 /// let mut b = Array1::<f32>::ones(50);
-/// let init = Init::KaimingUniform { a: 0.0, mode: FanMode::FanIn, nonlinearity: Nonlinearity::Relu };
+/// let init = Init::KaimingUniform { mode: FanMode::FanIn, nonlinearity: Nonlinearity::Relu };
 /// init.apply(w.view_mut().into_dyn(), Some(b.view_mut()), &mut rng)?;
 /// assert!(b.iter().all(|&v| v == 0.0)); // every scheme but PytorchDefault zeroes the bias
 ///
@@ -53,21 +53,19 @@ pub enum Init {
     /// [`kaiming_uniform`](super::kaiming_uniform): U(-bound, bound),
     /// `bound = sqrt(3) * gain / sqrt(fan)`. Bias zeroed.
     KaimingUniform {
-        /// Negative slope, used only when `nonlinearity` is `LeakyRelu(_)` (PyTorch: 0).
-        a: f64,
         /// Which fan to divide by (PyTorch: `FanIn`).
         mode: FanMode,
-        /// Gives the gain (PyTorch: `leaky_relu`, whose slope is then `a`).
+        /// Gives the gain; PyTorch's `a` is the slope of
+        /// [`Nonlinearity::LeakyRelu`] (PyTorch: `leaky_relu` with `a = 0`).
         nonlinearity: Nonlinearity,
     },
     /// [`kaiming_normal`](super::kaiming_normal): N(0, std^2), `std = gain / sqrt(fan)`.
     /// Bias zeroed.
     KaimingNormal {
-        /// Negative slope, used only when `nonlinearity` is `LeakyRelu(_)` (PyTorch: 0).
-        a: f64,
         /// Which fan to divide by (PyTorch: `FanIn`).
         mode: FanMode,
-        /// Gives the gain (PyTorch: `leaky_relu`, whose slope is then `a`).
+        /// Gives the gain; PyTorch's `a` is the slope of
+        /// [`Nonlinearity::LeakyRelu`] (PyTorch: `leaky_relu` with `a = 0`).
         nonlinearity: Nonlinearity,
     },
     /// [`xavier_uniform`](super::xavier_uniform): U(-bound, bound),
@@ -123,17 +121,15 @@ pub enum Init {
 }
 
 impl Init {
-    /// `kaiming_uniform_` with PyTorch's defaults: `a = 0`, `FanIn`, `leaky_relu`
+    /// `kaiming_uniform_` with PyTorch's defaults: `FanIn`, `leaky_relu` with `a = 0`
     /// (gain sqrt 2).
     pub const KAIMING_UNIFORM: Init = Init::KaimingUniform {
-        a: 0.0,
         mode: FanMode::FanIn,
         nonlinearity: Nonlinearity::LeakyRelu(0.0),
     };
-    /// `kaiming_normal_` with PyTorch's defaults: `a = 0`, `FanIn`, `leaky_relu`
+    /// `kaiming_normal_` with PyTorch's defaults: `FanIn`, `leaky_relu` with `a = 0`
     /// (gain sqrt 2).
     pub const KAIMING_NORMAL: Init = Init::KaimingNormal {
-        a: 0.0,
         mode: FanMode::FanIn,
         nonlinearity: Nonlinearity::LeakyRelu(0.0),
     };
@@ -226,22 +222,18 @@ impl Init {
             Init::PytorchDefault => {
                 let (wb, _) = default_bounds(weight.shape())
                     .map_err(|e| super::rename(e, "pytorch_default_reset"))?;
-                // = kaiming_uniform(a = sqrt 5, FanIn, leaky_relu), bound computed once in
+                // = kaiming_uniform(FanIn, LeakyRelu(sqrt 5)), bound computed once in
                 // `default_bounds`.
                 if !weight.is_empty() {
                     fill_uniform(weight, -wb, wb, rng);
                 }
             }
-            Init::KaimingUniform {
-                a,
-                mode,
-                nonlinearity,
-            } => kaiming_uniform(weight, a, mode, nonlinearity, rng)?,
-            Init::KaimingNormal {
-                a,
-                mode,
-                nonlinearity,
-            } => kaiming_normal(weight, a, mode, nonlinearity, rng)?,
+            Init::KaimingUniform { mode, nonlinearity } => {
+                kaiming_uniform(weight, mode, nonlinearity, rng)?
+            }
+            Init::KaimingNormal { mode, nonlinearity } => {
+                kaiming_normal(weight, mode, nonlinearity, rng)?
+            }
             Init::XavierUniform { gain } => xavier_uniform(weight, gain, rng)?,
             Init::XavierNormal { gain } => xavier_normal(weight, gain, rng)?,
             Init::Uniform { low, high } => super::uniform(weight, low, high, rng)?,

@@ -1,10 +1,11 @@
 //! Mini-batches: shuffled (or in-order) index batches and gathering rows into tensors.
 
-use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::error::{Error, Result};
+use crate::limits::{try_vec_with_capacity, try_zeros};
 
 const OP: &str = "batches";
 
@@ -14,8 +15,12 @@ const OP: &str = "batches";
 /// The order depends only on `n` and the generator's state, so a seeded generator gives
 /// the same batches on every run and platform.
 ///
+/// Any `n` and `batch_size` are accepted: the index lists are reserved fallibly, so an
+/// `n` whose indices do not fit in memory is an error, not an abort.
+///
 /// # Errors
-/// [`Error::Config`] when `batch_size` is zero.
+/// [`Error::Config`] when `batch_size` is zero; [`Error::Alloc`] when the `n` indices
+/// cannot be allocated.
 ///
 /// # Examples
 /// ```
@@ -39,18 +44,27 @@ pub fn batch_indices<R: Rng + ?Sized>(
     if batch_size == 0 {
         return Err(Error::config(OP, "batch_size must be positive, got 0"));
     }
-    let mut idx: Vec<usize> = (0..n).collect();
+    let describe = || format!("{n} example indices in batches of {batch_size}");
+    let mut idx: Vec<usize> = try_vec_with_capacity(OP, n, describe)?;
+    idx.extend(0..n);
     if let Some(rng) = shuffle {
         idx.shuffle(rng);
     }
-    Ok(idx.chunks(batch_size).map(<[usize]>::to_vec).collect())
+    let mut batches = try_vec_with_capacity(OP, n.div_ceil(batch_size), describe)?;
+    for chunk in idx.chunks(batch_size) {
+        let mut batch = try_vec_with_capacity(OP, chunk.len(), describe)?;
+        batch.extend_from_slice(chunk);
+        batches.push(batch);
+    }
+    Ok(batches)
 }
 
 /// Gathers rows `idx` of `x` (n, C*H*W) as images (len, C, H, W) and the matching labels.
 ///
 /// # Errors
 /// [`Error::Shape`] when an index is out of range, `y` does not have one label per row of
-/// `x`, or a row does not hold `C*H*W` values.
+/// `x`, or a row does not hold `C*H*W` values (including a `(C, H, W)` whose product
+/// overflows); [`Error::Alloc`] as [`gather_rows`].
 pub fn gather_images(
     x: ArrayView2<'_, f32>,
     y: ArrayView1<'_, i64>,
@@ -72,8 +86,12 @@ pub fn gather_images(
 
 /// Gathers rows `idx` of `x` (n, F) and the matching labels of `y` (n).
 ///
+/// An index may repeat; the result is reserved fallibly, so `idx.len()` rows that do not
+/// fit in memory (say, of a broadcast `x` with very long rows) are an error, not an abort.
+///
 /// # Errors
-/// [`Error::Shape`] when an index is out of range or `y` does not have one label per row.
+/// [`Error::Shape`] when an index is out of range or `y` does not have one label per row;
+/// [`Error::Alloc`] when the gathered rows cannot be allocated.
 pub fn gather_rows(
     x: ArrayView2<'_, f32>,
     y: ArrayView1<'_, i64>,
@@ -96,5 +114,12 @@ pub fn gather_rows(
             format!("index {bad} is out of range for x {:?}", x.shape()),
         ));
     }
-    Ok((x.select(Axis(0), idx), y.select(Axis(0), idx)))
+    let describe = || format!("{} rows of x {:?}", idx.len(), x.shape());
+    let mut xb = try_zeros::<f32, _>(OP, (idx.len(), x.ncols()), describe)?;
+    for (mut row, &i) in xb.outer_iter_mut().zip(idx) {
+        row.assign(&x.row(i));
+    }
+    let mut yb = try_vec_with_capacity(OP, idx.len(), describe)?;
+    yb.extend(idx.iter().map(|&i| y[i]));
+    Ok((xb, Array1::from_vec(yb)))
 }

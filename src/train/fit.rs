@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::data::{batch_indices, gather_images};
-use super::loss::{correct, cross_entropy_with_grad};
+use super::loss::{check_labels, correct, cross_entropy_with_grad};
 use super::optim::Sgd;
 use crate::error::{Error, Result};
 use crate::nn::Sequential;
@@ -185,10 +185,14 @@ fn logits(out: ArrayD<f32>) -> Result<ndarray::Array2<f32>> {
 /// Mean cross-entropy and accuracy of `net` on `data`, in batches of `batch_size` (the
 /// network's saved activations are those of the last batch afterwards).
 ///
+/// Any `batch_size` from 1 up is accepted (one larger than the split is one batch).
+///
 /// # Errors
-/// [`Error::Config`] for a zero batch size or a label out of range; [`Error::Shape`] when
-/// the data or the network's output do not fit (the output must be (N, classes)); any
-/// layer error.
+/// [`Error::Config`] for a zero batch size; [`Error::InvalidData`] (format `"labels"`)
+/// for a label outside `0..classes`, naming its index in `data.y` and its value (checked
+/// over the whole split after the first batch's forward pass, which gives the number of
+/// classes); [`Error::Shape`] when the data or the network's output do not fit (the
+/// output must be (N, classes)); any layer error.
 pub fn evaluate(
     net: &mut Sequential,
     data: Split<'_>,
@@ -200,10 +204,16 @@ pub fn evaluate(
     }
     let mut loss = 0.0f64;
     let mut right = 0usize;
-    for idx in batch_indices::<StdRng>(data.len(), batch_size, None)? {
-        let (xb, yb) = gather_images(data.x, data.y, &idx, image_shape)?;
+    for (b, idx) in batch_indices::<StdRng>(data.len(), batch_size, None)?
+        .iter()
+        .enumerate()
+    {
+        let (xb, yb) = gather_images(data.x, data.y, idx, image_shape)?;
         // Shared: the first layer keeps the batch for backward without a copy.
         let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
+        if b == 0 {
+            check_labels("y", data.y, out.ncols())?;
+        }
         let (l, _) = cross_entropy_with_grad(out.view(), yb.view())?;
         loss += f64::from(l) * idx.len() as f64;
         right += correct(out.view(), yb.view())?;
@@ -223,10 +233,22 @@ pub fn evaluate(
 /// [`Sgd::step`]. The run is deterministic for a seed (and the same for any number of
 /// threads, since the ops are).
 ///
+/// # Counts
+/// Any `epochs` and `batch_size` from 1 up are accepted as long as the run's step count,
+/// `epochs * ceil(n / batch_size)`, fits in a `usize` (it is [`StepInfo::total_steps`]);
+/// nothing is allocated in proportion to `epochs` up front (the history grows by one
+/// report per epoch). To stop a long run early, return an error from `on_step`: training
+/// stops at once and `fit` returns that error (keep what you need, e.g. the
+/// [`StepInfo`]s, in the callback's state).
+///
 /// # Errors
-/// [`Error::Config`] for zero epochs or batch size, a bad schedule or a label out of
-/// range; [`Error::Shape`] when the data does not fit `image_shape` or the network does
-/// not output (N, classes); any layer or callback error (training stops there).
+/// [`Error::Config`] for zero epochs or batch size, a step count that overflows `usize`,
+/// or a bad schedule; [`Error::InvalidData`] (format `"labels"`) for a label outside
+/// `0..classes` in `train` or `valid`, naming the split (`train.y` / `valid.y`), the
+/// label's index in it and its value: both splits' labels are checked after the first
+/// forward pass (which gives the number of classes) and before any update;
+/// [`Error::Shape`] when the data does not fit `image_shape` or the network does not
+/// output (N, classes); any layer or callback error (training stops there).
 ///
 /// # Examples
 /// ```
@@ -277,9 +299,20 @@ where
     config.schedule.validate()?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let per_epoch = train.len().div_ceil(config.batch_size);
-    let total_steps = per_epoch * config.epochs;
+    let total_steps = per_epoch.checked_mul(config.epochs).ok_or_else(|| {
+        Error::config(
+            OP,
+            format!(
+                "{} epochs of {per_epoch} steps ({} examples in batches of {}) is more steps than a usize counts",
+                config.epochs,
+                train.len(),
+                config.batch_size
+            ),
+        )
+    })?;
     let mut step = 0;
-    let mut history = Vec::with_capacity(config.epochs);
+    // Grows one report per epoch: nothing in proportion to `epochs` up front.
+    let mut history = Vec::new();
     for epoch in 0..config.epochs {
         let start = Instant::now();
         let (mut loss_sum, mut right) = (0.0f64, 0usize);
@@ -288,6 +321,14 @@ where
             net.zero_grad();
             // Handed over, not copied: the first layer keeps the batch itself.
             let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
+            if step == 0 {
+                // Every label, before any update: a bad one is reported with its index
+                // in its split, not in a shuffled batch.
+                check_labels("train.y", train.y, out.ncols())?;
+                if let Some(v) = valid {
+                    check_labels("valid.y", v.y, out.ncols())?;
+                }
+            }
             let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
             right += correct(out.view(), yb.view())?;
             loss_sum += f64::from(loss) * idx.len() as f64;

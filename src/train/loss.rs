@@ -9,6 +9,7 @@
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Zip};
 
 use crate::error::{Error, Result};
+use crate::limits::{try_vec_with_capacity, try_zeros};
 
 const OP: &str = "cross_entropy";
 
@@ -38,17 +39,27 @@ fn check(
             ),
         ));
     }
-    if let Some((i, &t)) = target
+    check_labels(&format!("{op} target"), target.view(), k)?;
+    Ok(n)
+}
+
+/// `Err(InvalidData)` for the first label of `labels` that is not a class index in
+/// `0..classes`. The error's format is `"labels"`, its offset the label's byte offset in
+/// the labels as `i64` in logical order (`index * 8`), and its message names `what`, the
+/// index and the value.
+pub(crate) fn check_labels(what: &str, labels: ArrayView1<'_, i64>, classes: usize) -> Result<()> {
+    match labels
         .iter()
         .enumerate()
-        .find(|&(_, &t)| t < 0 || t as u64 >= k as u64)
+        .find(|&(_, &t)| t < 0 || t as u64 >= classes as u64)
     {
-        return Err(Error::config(
-            op,
-            format!("target[{i}] = {t} is not a class index in 0..{k}"),
-        ));
+        Some((i, &t)) => Err(Error::InvalidData {
+            format: "labels",
+            offset: (i as u64).saturating_mul(std::mem::size_of::<i64>() as u64),
+            message: format!("{what}[{i}] = {t} is not a class index in 0..{classes}"),
+        }),
+        None => Ok(()),
     }
-    Ok(n)
 }
 
 /// Per row: the maximum logit and `log(sum(exp(logit - max)))`, in f64.
@@ -69,8 +80,9 @@ fn row_lse(row: ArrayView1<'_, f32>) -> (f64, f64) {
 /// logit makes the loss NaN.
 ///
 /// # Errors
-/// [`Error::Shape`] when `target` is not (N) or N or K is zero; [`Error::Config`] when a
-/// target is outside `0..K` (the message names its index and value).
+/// [`Error::Shape`] when `target` is not (N) or N or K is zero; [`Error::InvalidData`]
+/// (format `"labels"`) when a target is outside `0..K`: a data error, whose message names
+/// the target's index and value (its offset is the label's byte offset, `index * 8`).
 ///
 /// # Examples
 /// ```
@@ -100,7 +112,7 @@ pub fn cross_entropy(logits: ArrayView2<'_, f32>, target: ArrayView1<'_, i64>) -
 /// `(softmax(logits) - one_hot(target)) / N`, shaped (N, K).
 ///
 /// # Errors
-/// As [`cross_entropy`].
+/// As [`cross_entropy_with_grad`].
 pub fn cross_entropy_backward(
     logits: ArrayView2<'_, f32>,
     target: ArrayView1<'_, i64>,
@@ -112,14 +124,17 @@ pub fn cross_entropy_backward(
 /// training step needs).
 ///
 /// # Errors
-/// As [`cross_entropy`].
+/// As [`cross_entropy`], and [`Error::Alloc`] when the gradient (N, K) cannot be
+/// allocated (e.g. for a broadcast view of very many logits).
 pub fn cross_entropy_with_grad(
     logits: ArrayView2<'_, f32>,
     target: ArrayView1<'_, i64>,
 ) -> Result<(f32, Array2<f32>)> {
     let n = check(OP, &logits, &target)?;
     let inv_n = 1.0 / n as f64;
-    let mut grad = Array2::<f32>::zeros(logits.raw_dim());
+    let mut grad: Array2<f32> = try_zeros(OP, logits.raw_dim(), || {
+        format!("the gradient of logits {:?}", logits.shape())
+    })?;
     let mut total = 0.0f64;
     Zip::from(grad.axis_iter_mut(Axis(0)))
         .and(logits.axis_iter(Axis(0)))
@@ -141,7 +156,8 @@ pub fn cross_entropy_with_grad(
 /// largest, as `torch.argmax`).
 ///
 /// # Errors
-/// [`Error::Shape`] when there are no classes (K = 0).
+/// [`Error::Shape`] when there are no classes (K = 0); [`Error::Alloc`] when the N
+/// indices cannot be allocated.
 pub fn argmax(logits: ArrayView2<'_, f32>) -> Result<Vec<i64>> {
     if logits.ncols() == 0 {
         return Err(Error::shape(
@@ -149,25 +165,27 @@ pub fn argmax(logits: ArrayView2<'_, f32>) -> Result<Vec<i64>> {
             format!("logits {:?} have no classes", logits.shape()),
         ));
     }
-    Ok(logits
-        .outer_iter()
-        .map(|row| {
-            let mut best = 0;
-            for (k, &v) in row.iter().enumerate() {
-                let b = row[best];
-                if (v > b || v.is_nan()) && !b.is_nan() {
-                    best = k;
-                }
+    let mut classes = try_vec_with_capacity("argmax", logits.nrows(), || {
+        format!("the class of each row of logits {:?}", logits.shape())
+    })?;
+    classes.extend(logits.outer_iter().map(|row| {
+        let mut best = 0;
+        for (k, &v) in row.iter().enumerate() {
+            let b = row[best];
+            if (v > b || v.is_nan()) && !b.is_nan() {
+                best = k;
             }
-            best as i64
-        })
-        .collect())
+        }
+        best as i64
+    }));
+    Ok(classes)
 }
 
 /// The fraction of rows whose largest logit is the target class, in `[0, 1]`.
 ///
 /// # Errors
-/// As [`cross_entropy`] (shape mismatch, empty batch, target out of range).
+/// As [`cross_entropy`] (shape mismatch, empty batch, [`Error::InvalidData`] for a target
+/// out of range), and as [`argmax`].
 ///
 /// # Examples
 /// ```

@@ -1,7 +1,7 @@
 //! Layer-sequential unit-variance initialisation (Mishkin & Matas 2015, "All you need is
 //! a good init"), with fast.ai's mean correction through the bias.
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::nn::Sequential;
@@ -30,7 +30,10 @@ pub struct LsuvConfig {
     /// with a bias).
     /// Default 1e-3.
     pub tol: f32,
-    /// At most this many measure-and-rescale rounds per layer. Default 10.
+    /// At most this many measure-and-rescale rounds per layer. Default 10. Any value from
+    /// 1 up is accepted (nothing is allocated per round; the rounds stop as soon as the
+    /// layer converges), but each round is a forward pass over the batch, so a huge value
+    /// with an unreachable `tol` runs as long as it says.
     pub max_iters: usize,
     /// Also subtract the output mean through the bias (fast.ai's variant). Default true.
     pub center: bool,
@@ -82,16 +85,24 @@ fn mean_std(y: &ArrayD<f32>) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Runs layers `from..=to` of `net` on `x`.
-fn run(net: &mut Sequential, x: &ArrayD<f32>, from: usize, to: usize) -> Result<ArrayD<f32>> {
-    let mut y = x.clone();
+/// Runs layers `from..=to` of `net` on `x` (the first one reads `x` itself, no copy).
+fn run(
+    net: &mut Sequential,
+    x: ArrayViewD<'_, f32>,
+    from: usize,
+    to: usize,
+) -> Result<ArrayD<f32>> {
+    let mut y: Option<ArrayD<f32>> = None;
     for i in from..=to {
         let layer = net
             .layer_mut(i)
             .ok_or_else(|| Error::state(OP, format!("layer {i} vanished")))?;
-        y = layer.forward(y.view())?;
+        y = Some(match &y {
+            Some(y) => layer.forward(y.view())?,
+            None => layer.forward(x.view())?,
+        });
     }
-    Ok(y)
+    y.ok_or_else(|| Error::state(OP, format!("no layer in {from}..={to}")))
 }
 
 /// LSUV: for each layer with a `weight` in order, measure its output on the batch `x`
@@ -158,12 +169,13 @@ pub fn lsuv(
         })
         .collect();
     let mut report = Vec::with_capacity(with_weight.len());
-    // The input of the next layer to process, and that layer's index.
-    let mut input = x.to_owned();
+    // The input of the next layer to process (the caller's batch itself at first, not a
+    // copy), and that layer's index.
+    let mut input: CowArray<'_, f32, IxDyn> = x.into();
     let mut at = 0;
     for &i in &with_weight {
         if i > at {
-            input = run(net, &input, at, i - 1)?;
+            input = run(net, input.view(), at, i - 1)?.into();
         }
         at = i;
         // The measuring point: layer i, or the last parameter-free layer after it.
@@ -184,7 +196,7 @@ pub fn lsuv(
                 .layer(i)
                 .is_some_and(|l| l.params().iter().any(|p| p.name == "bias"));
         let measure = |net: &mut Sequential| -> Result<(f64, f64)> {
-            let (mean, std) = mean_std(&run(net, &input, i, end)?);
+            let (mean, std) = mean_std(&run(net, input.view(), i, end)?);
             if !(std.is_finite() && std > 1e-12 && mean.is_finite()) {
                 return Err(Error::state(
                     OP,

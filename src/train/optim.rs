@@ -160,9 +160,14 @@ impl Sgd {
 
     /// Updates every parameter of `net` from its accumulated gradient.
     ///
+    /// Every parameter is checked before any is updated, so on error the model (and the
+    /// momentum buffers) are exactly as they were.
+    ///
     /// # Errors
-    /// [`Error::Shape`] when a parameter no longer has the shape of its momentum buffer
-    /// (the optimiser was used with another model); nothing is updated then.
+    /// [`Error::Shape`] naming the parameter and both shapes when a gradient does not
+    /// have its parameter's shape (possible after [`crate::nn::Linear::weight_grad_mut`]
+    /// and friends), or when a parameter no longer has the shape of its momentum buffer
+    /// (the optimiser was used with another model).
     pub fn step(&mut self, net: &mut Sequential) -> Result<()> {
         let SgdConfig {
             lr,
@@ -172,8 +177,19 @@ impl Sgd {
             nesterov,
         } = self.config;
         let mut params = net.named_parameters_mut();
-        // Check every existing buffer first so that a mismatch updates nothing.
+        // Check everything first so that a mismatch updates nothing.
         for p in &params {
+            if p.grad.shape() != p.value.shape() {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "parameter {} is {:?} but its gradient is {:?}",
+                        p.name,
+                        p.value.shape(),
+                        p.grad.shape()
+                    ),
+                ));
+            }
             if let Some(buf) = self.momentum_buffer(&p.name)
                 && buf.shape() != p.value.shape()
             {

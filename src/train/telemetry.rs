@@ -62,7 +62,7 @@ pub struct LayerStats {
 
 /// Histogram of one layer's output at one step: `counts[b]` values fell in bin `b` of
 /// `bins` equal bins over `range` (values outside the range are not counted, as
-/// `torch.histc`).
+/// `torch.histc`; a count stops at `u32::MAX`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
     /// The training step.
@@ -106,6 +106,11 @@ fn mean_std<'a>(values: impl Iterator<Item = &'a f32> + Clone) -> (f64, f64, usi
 }
 
 impl Telemetry {
+    /// The most histogram bins [`Telemetry::with_histogram`] accepts: 65 536. Every
+    /// [`Telemetry::record`] keeps `bins` counts per layer, so a larger count would
+    /// mostly record empty bins at great cost in memory.
+    pub const MAX_HISTOGRAM_BINS: usize = 1 << 16;
+
     /// A recorder with `near_zero = 1e-3` and fast.ai's histogram: 40 bins over `[0, 10]`
     /// (suited to ReLU outputs; see [`Telemetry::with_histogram`]).
     pub fn new() -> Self {
@@ -136,13 +141,16 @@ impl Telemetry {
     /// Sets the histogram: `bins` equal bins over `[low, high]`.
     ///
     /// # Errors
-    /// [`Error::Config`] when `bins` is zero or the range is empty or not finite.
+    /// [`Error::Config`] when `bins` is zero or more than
+    /// [`Telemetry::MAX_HISTOGRAM_BINS`], or the range is empty or not finite.
     pub fn with_histogram(mut self, bins: usize, (low, high): (f32, f32)) -> Result<Self> {
-        if bins == 0 || !(low.is_finite() && high.is_finite() && low < high) {
+        let range_ok = low.is_finite() && high.is_finite() && low < high;
+        if !(range_ok && (1..=Self::MAX_HISTOGRAM_BINS).contains(&bins)) {
             return Err(Error::config(
                 OP,
                 format!(
-                    "histogram needs bins > 0 and a finite low < high, got {bins} bins over [{low}, {high}]"
+                    "histogram needs 1 to {} bins and a finite low < high, got {bins} bins over [{low}, {high}]",
+                    Self::MAX_HISTOGRAM_BINS
                 ),
             ));
         }
@@ -211,7 +219,8 @@ impl Telemetry {
     }
 
     /// Counts of `values` per bin (`torch.histc` semantics: the top edge is in the last
-    /// bin, values outside the range and NaN are dropped).
+    /// bin, values outside the range and NaN are dropped). A count saturates at
+    /// `u32::MAX`.
     fn histogram(&self, values: ArrayViewD<'_, f32>) -> Vec<u32> {
         let (low, high) = self.hist_range;
         let bins = self.hist_bins;
@@ -220,7 +229,8 @@ impl Telemetry {
         for &v in values {
             if v >= low && v <= high {
                 let b = ((f64::from(v) - f64::from(low)) / width * bins as f64) as usize;
-                counts[b.min(bins - 1)] += 1;
+                let c = &mut counts[b.min(bins - 1)];
+                *c = c.saturating_add(1);
             }
         }
         counts
