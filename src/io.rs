@@ -13,6 +13,34 @@
 //! its `dtype`, `shape` and `data_offsets` (plus an optional `__metadata__` map of
 //! strings), then the raw little-endian tensor data. Parameters are stored as `F32`.
 //!
+//! # Saving
+//! [`save_safetensors`] is atomic: it writes a temporary file beside the file it
+//! replaces, flushes it to disk and renames it over, so an interrupted save leaves the old
+//! file or the new one, never half a model. The temporary has a short fixed-length name,
+//! so any name the file system accepts (255 bytes on most) can be saved to. A symbolic
+//! link (or a chain of them) is followed and the file it points to is replaced, the links
+//! left in place; a dangling link creates the file it names. Replacing a file keeps its
+//! permissions (a `0600` file stays private); a new file gets the usual default.
+//!
+//! # Loading
+//! [`load_safetensors`] reads a file as its header describes it and never blindly to its
+//! end: the header length (at most the format's 100 MB), then the JSON header, checked,
+//! then exactly the tensor data it declares, once that size has been checked against the
+//! file's size on disk and against [`LoadOptions::limits`] (1 GiB by default, see
+//! [`Limits`]; going over is [`Error::LimitExceeded`]). A special file that never ends
+//! (a FIFO, `/dev/zero`) is refused as soon as what it sent is not a safetensors file
+//! or declares more than the limit.
+//!
+//! Everything is checked before a parameter is written, so a failed load leaves the
+//! model unchanged. Errors say what is wrong and where: [`Error::Truncated`] at the byte
+//! where the input ends, [`Error::InvalidData`] at the offending byte (the header length,
+//! a byte that is not UTF-8 or JSON, bytes after the data), [`Error::Unsupported`] at a
+//! tensor's data when its dtype is not `F32`; where no byte is to blame (a parameter
+//! missing from the file, tensors the model does not have, a tensor table whose offsets
+//! do not tile the data) [`Error::InvalidContent`] names the keys. Lists of keys name
+//! the first eight and how many more, and text quoted from the file is cut, so a message
+//! stays short whatever the file holds.
+//!
 //! # Examples
 //! ```
 //! use convinit::io::{LoadOptions, load_safetensors, save_safetensors};
@@ -41,7 +69,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use safetensors::tensor::{Dtype, Metadata, TensorInfo, TensorView};
 
@@ -213,40 +241,160 @@ pub fn to_safetensors_bytes(net: &Sequential) -> Result<Vec<u8>> {
     safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| content(e.to_string()))
 }
 
-/// The temporary file a save writes before renaming it over `path`.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-    // Process id and a per-process counter: concurrent saves never share a temporary.
-    static SAVES: AtomicUsize = AtomicUsize::new(0);
-    let n = SAVES.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+// ---------------------------------------------------------------------------------------
+// Saving
+
+/// The most symbolic links followed from the path a save is given (Linux's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// How many temporary names a save tries before giving up (each is taken only if no file
+/// of that name exists, so a stale temporary from a crashed process is skipped).
+const TEMP_ATTEMPTS: u32 = 64;
+
+/// `path` with every symbolic link at its end followed, through chains, to the file the
+/// save should replace. A dangling link resolves to the (missing) file it names, so the
+/// save creates that file, as `open(path, "w")` does in Python and PyTorch.
+fn resolve_symlinks(path: &Path) -> io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..=MAX_SYMLINKS {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&p)?;
+                // A relative target is relative to the link's directory; joining an
+                // absolute one replaces the directory.
+                p = match p.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            Ok(_) => return Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(p),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "more than {MAX_SYMLINKS} levels of symbolic links"
+    )))
+}
+
+/// A new, empty temporary file in `dir` with a short name of fixed length
+/// (`.convinit-PPPPPPPP-NNNNNNNN.tmp`, 31 bytes, whatever the target's name), so it
+/// fits any file system's name limit. Process id and a per-process counter keep
+/// concurrent saves apart; `create_new` never reuses a file that exists.
+///
+/// On Unix it is created with `mode` (further restricted by the umask), so a temporary
+/// that replaces a private file is never readable by more users than the file was.
+fn create_temp(dir: &Path, #[allow(unused)] mode: u32) -> io::Result<(fs::File, PathBuf)> {
+    static SAVES: AtomicU32 = AtomicU32::new(0);
+    for _ in 0..TEMP_ATTEMPTS {
+        let n = SAVES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".convinit-{:08x}-{n:08x}.tmp", std::process::id()));
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        match options.open(&tmp) {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "no free temporary file name in {} after {TEMP_ATTEMPTS} tries",
+            dir.display()
+        ),
+    ))
+}
+
+/// Writes `bytes` to `target` atomically: a temporary file in the same directory,
+/// written, given the permissions of the file it replaces (if any), flushed to disk,
+/// then renamed over `target`. The temporary file is removed on any error.
+fn write_atomically(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // The file being replaced: its permissions are kept. (A target that is not a
+    // regular file is left to the rename to refuse.)
+    let existing = fs::metadata(target)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.permissions());
+    #[cfg(unix)]
+    let mode = existing.as_ref().map_or(0o666, |p| {
+        std::os::unix::fs::PermissionsExt::mode(p) & 0o777
+    });
+    #[cfg(not(unix))]
+    let mode = 0;
+    let (mut file, tmp) = create_temp(dir, mode)?;
+    let result = (|| {
+        if let Some(permissions) = existing {
+            // Exactly the old mode (the umask narrowed the one the file was created with).
+            file.set_permissions(permissions)?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        // Best effort: the error that matters is the one returned.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Saves the model's parameters to `path` as safetensors (see [`to_safetensors_bytes`]).
 ///
-/// The bytes go to a temporary file in the same directory, which is flushed to disk and
-/// then renamed over `path`: an interrupted save leaves either the old file or the new
-/// one, never half a model.
+/// The save is atomic: the bytes go to a temporary file in the same directory as the
+/// file being replaced, which is flushed to disk and then renamed over it, so an
+/// interrupted save leaves either the old file or the new one, never half a model.
+/// Concurrent saves to the same path each write their own temporary; the last rename
+/// wins.
+///
+/// - **Names**: the temporary file has a short name of fixed length
+///   (`.convinit-<pid>-<n>.tmp`), so any file name the file system accepts can be saved
+///   to, up to its limit (255 bytes on most).
+/// - **Symbolic links** are followed, through chains, and the file they point to is
+///   replaced (its temporary written in *that* file's directory); the links themselves
+///   are left as they are. A dangling link is followed too: the save creates the file it
+///   names (as Python's and PyTorch's `open(path, "w")` do), an [`Error::Io`] if that
+///   file's directory does not exist. More than 40 links in a chain (or a loop) is an
+///   [`Error::Io`].
+/// - **Permissions**: replacing an existing file keeps its permissions (a `0600` file
+///   stays `0600`; the temporary is never more widely readable than the file it
+///   replaces). A new file gets the usual default (`0666` less the umask on Unix). The
+///   replaced file's owner is not kept: the new file belongs to the user saving.
 ///
 /// # Errors
-/// [`Error::Io`] naming the path when the file cannot be written or renamed (the
-/// temporary file is removed); as [`to_safetensors_bytes`].
+/// [`Error::Io`] naming the path (and the link's target when it differs) when the file
+/// cannot be written or renamed (the temporary file is removed); as
+/// [`to_safetensors_bytes`].
 pub fn save_safetensors(net: &Sequential, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let bytes = to_safetensors_bytes(net)?;
-    let tmp = temp_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        // Best effort: the temporary file may not even exist.
-        let _ = fs::remove_file(&tmp);
-        Error::io(format!("saving model to {}", path.display()), e)
+    let target = resolve_symlinks(path).map_err(|e| {
+        Error::io(
+            format!(
+                "saving model to {}: following symbolic links",
+                path.display()
+            ),
+            e,
+        )
+    })?;
+    write_atomically(&target, &bytes).map_err(|e| {
+        let context = if target == path {
+            format!("saving model to {}", path.display())
+        } else {
+            format!(
+                "saving model to {} (the target of the symbolic link {})",
+                target.display(),
+                path.display()
+            )
+        };
+        Error::io(context, e)
     })
 }
 

@@ -692,3 +692,147 @@ fn many_missing_keys_give_a_short_message() {
          the file does not"
     );
 }
+
+// --- Atomic saves: long names, symbolic links, permissions
+
+/// The names in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn saves_to_a_name_of_255_bytes() {
+    // The longest name most file systems accept; the temporary file must fit too.
+    let dir = scratch("long-name");
+    let name = format!("{}.safetensors", "m".repeat(255 - ".safetensors".len()));
+    assert_eq!(name.len(), 255);
+    let path = dir.join(&name);
+    let a = tiny(1);
+    save_safetensors(&a, &path).unwrap();
+    save_safetensors(&a, &path).unwrap(); // over the existing file
+    let mut b = tiny(2);
+    load_safetensors(&mut b, &path, LoadOptions::default()).unwrap();
+    assert_eq!(params(&b), params(&a));
+    assert_eq!(listing(&dir), [name]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_rename_leaves_no_temporary() {
+    // The path is a directory: the temporary is written, the rename refuses.
+    let dir = scratch("rename-fails");
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = save_safetensors(&tiny(0), dir.join("model.safetensors")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    assert_eq!(listing(&dir), ["model.safetensors"]);
+    assert!(dir.join("model.safetensors").is_dir());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn saving_through_symlinks_replaces_their_target() {
+    use std::os::unix::fs::symlink;
+    let root = scratch("symlinks");
+    let (real, links) = (root.join("real"), root.join("links"));
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::create_dir_all(&links).unwrap();
+    let target = real.join("model.safetensors");
+    save_safetensors(&tiny(1), &target).unwrap();
+    // links/chain -> link (relative, same dir) -> ../real/model.safetensors (relative),
+    // and links/abs -> the absolute path of links/chain.
+    symlink("../real/model.safetensors", links.join("link")).unwrap();
+    symlink("link", links.join("chain")).unwrap();
+    symlink(links.join("chain"), links.join("abs")).unwrap();
+    for (seed, via) in [(2, "link"), (3, "chain"), (4, "abs")] {
+        let net = tiny(seed);
+        save_safetensors(&net, links.join(via)).unwrap();
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            to_safetensors_bytes(&net).unwrap(),
+            "saved via {via}"
+        );
+        for link in ["link", "chain", "abs"] {
+            let meta = std::fs::symlink_metadata(links.join(link)).unwrap();
+            assert!(
+                meta.file_type().is_symlink(),
+                "{link} replaced by a save via {via}"
+            );
+        }
+        // The temporary was in the target's directory, and is gone.
+        assert_eq!(listing(&real), ["model.safetensors"]);
+        assert_eq!(listing(&links), ["abs", "chain", "link"]);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn saving_through_a_dangling_symlink_creates_its_target() {
+    use std::os::unix::fs::symlink;
+    let root = scratch("dangling");
+    std::fs::create_dir_all(root.join("real")).unwrap();
+    symlink("real/new.safetensors", root.join("latest")).unwrap();
+    let net = tiny(5);
+    save_safetensors(&net, root.join("latest")).unwrap();
+    assert_eq!(
+        std::fs::read(root.join("real/new.safetensors")).unwrap(),
+        to_safetensors_bytes(&net).unwrap()
+    );
+    let meta = std::fs::symlink_metadata(root.join("latest")).unwrap();
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(listing(&root.join("real")), ["new.safetensors"]);
+
+    // A link into a directory that does not exist: an error naming both, nothing left.
+    symlink("gone/new.safetensors", root.join("nowhere")).unwrap();
+    let e = save_safetensors(&net, root.join("nowhere")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("gone/new.safetensors") && msg.contains("nowhere"),
+        "{msg}"
+    );
+    assert_eq!(listing(&root), ["latest", "nowhere", "real"]);
+
+    // A loop of links: an error, not a hang.
+    symlink("b", root.join("a")).unwrap();
+    symlink("a", root.join("b")).unwrap();
+    let e = save_safetensors(&net, root.join("a")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("symbolic links"), "{e}");
+    assert_eq!(listing(&root), ["a", "b", "latest", "nowhere", "real"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn saving_over_a_file_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("permissions");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for kept in [0o600, 0o640, 0o444, 0o755] {
+        let path = dir.join(format!("{kept:o}.safetensors"));
+        save_safetensors(&tiny(1), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(kept)).unwrap();
+        let net = tiny(2);
+        save_safetensors(&net, &path).unwrap();
+        assert_eq!(mode(&path), kept, "{kept:o}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            to_safetensors_bytes(&net).unwrap()
+        );
+    }
+    // A new file gets what any new file gets here (0666 less the umask).
+    let usual = dir.join("usual");
+    std::fs::File::create(&usual).unwrap();
+    let new = dir.join("new.safetensors");
+    save_safetensors(&tiny(1), &new).unwrap();
+    assert_eq!(mode(&new), mode(&usual));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
