@@ -86,6 +86,15 @@ pub enum Error {
         /// What the buffer was for, with the shapes involved.
         message: String,
     },
+    /// The input is well formed but its content is wrong, or does not fit what it is
+    /// loaded into, where no single byte offset is to blame (a parameter missing from a
+    /// weights file, tensors the model does not have, offsets that do not tile the data).
+    InvalidContent {
+        /// The format being read (or written).
+        format: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// A method called in the wrong state, e.g. `backward` before `forward`.
     State {
         /// The operation or layer.
@@ -169,6 +178,7 @@ impl fmt::Display for Error {
             Error::Alloc { op, bytes, message } => {
                 write!(f, "{op}: cannot allocate {bytes} bytes for {message}")
             }
+            Error::InvalidContent { format, message } => write!(f, "{format}: {message}"),
             Error::State { op, message } => write!(f, "{op}: {message}"),
         }
     }

@@ -1,13 +1,17 @@
 //! Weights I/O against files PyTorch wrote (tools/weights_io_torch.py) and the format's
 //! spec.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use convinit::Error;
 use convinit::io::{
     LoadOptions, load_safetensors, load_safetensors_bytes, save_safetensors, to_safetensors_bytes,
 };
+use convinit::limits::Limits;
 use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
 use ndarray::{ArrayD, IxDyn};
 use rand::SeedableRng;
@@ -106,16 +110,17 @@ fn strict_load_names_unexpected_keys_and_changes_nothing() {
     let before = params(&net);
     let e = load_safetensors(&mut net, SEED_NET, LoadOptions::default()).unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, Error::InvalidData { .. }), "{msg}");
-    for key in [
-        "\"grad.6.bias\"",
-        "\"loss\"",
-        "\"out\"",
-        "\"target\"",
-        "\"x\"",
-    ] {
-        assert!(msg.contains(key), "{key} not named in: {msg}");
-    }
+    assert!(matches!(e, Error::InvalidContent { .. }), "{msg}");
+    assert!(!msg.contains("byte"), "no byte offset to claim: {msg}");
+    // The first eight, sorted, then how many more.
+    assert!(
+        msg.contains(
+            "unexpected key(s) [\"grad.0.bias\", \"grad.0.weight\", \"grad.2.bias\", \
+             \"grad.2.weight\", \"grad.4.bias\", \"grad.4.weight\", \"grad.6.bias\", \
+             \"grad.6.weight\"] and 4 more"
+        ),
+        "{msg}"
+    );
     assert_eq!(params(&net), before);
 }
 
@@ -235,14 +240,26 @@ fn io_errors_name_the_path_and_leave_nothing_behind() {
 #[test]
 fn malformed_files_and_other_dtypes_are_errors() {
     let mut net = seed_net(0, 1);
-    for bad in [
-        &b""[..],
-        b"\x10\0\0\0\0\0\0\0{not json",
-        b"\xff\xff\xff\xff\xff\xff\xff\x7f",
+    for (bad, offset) in [
+        (&b""[..], 0),
+        (b"\x10\0\0", 3),
+        // The header length says 16 bytes, 9 follow.
+        (b"\x10\0\0\0\0\0\0\0{not json", 17),
     ] {
         let e = load_safetensors_bytes(&mut net, bad, LoadOptions::default()).unwrap_err();
-        assert!(matches!(e, Error::InvalidData { .. }), "{e}");
+        assert!(
+            matches!(e, Error::Truncated { offset: o, .. } if o == offset),
+            "{e}"
+        );
     }
+    let e = load_safetensors_bytes(
+        &mut net,
+        b"\xff\xff\xff\xff\xff\xff\xff\x7f",
+        LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidData { offset: 0, .. }), "{e}");
+    assert!(e.to_string().contains("header length"), "{e}");
     // A file whose 0.bias is float64.
     let mut bytes = std::fs::read(STATE_DICT).unwrap();
     let st = tensors(&bytes);
@@ -267,7 +284,13 @@ fn malformed_files_and_other_dtypes_are_errors() {
         .collect();
     bytes = safetensors::tensor::serialize(views, None).unwrap();
     let e = load_safetensors_bytes(&mut net, &bytes, LoadOptions::default()).unwrap_err();
-    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    // The offset is where the tensor's data starts in the file.
+    let (n, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let at = 8 + n as u64 + meta.info("0.bias").unwrap().data_offsets.0 as u64;
+    assert!(
+        matches!(e, Error::Unsupported { offset, .. } if offset == at),
+        "{e}, expected at byte {at}"
+    );
     assert!(
         e.to_string().contains("0.bias") && e.to_string().contains("F64"),
         "{e}"
@@ -295,4 +318,521 @@ fn write_seed_net_for_pytorch() {
     if keep.is_none() {
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
+}
+
+// --- Reading only what the header declares
+
+// A global allocator that records, per thread, the largest single allocation, so the
+// tests can check that a file that never ends, or lies about its size, costs bounded
+// memory.
+
+struct Counting;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+}
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn largest_allocation_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|l| l.set(0));
+    let r = f();
+    (r, LARGEST.with(Cell::get))
+}
+
+/// A one-parameter-pair model: `0.weight` (1, 1, 1, 1) and `0.bias` (1).
+fn tiny(seed: u64) -> Sequential {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Sequential::new().with(Conv2d::new(Conv2dConfig::new(1, 1, (1, 1)), &mut rng).unwrap())
+}
+
+/// A safetensors file from its JSON header and data, as the format lays it out.
+fn craft(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut f = (header.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(header.as_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// The tiny model's header, with its data at `data_offsets` 0..8.
+const TINY: &str = r#"{"0.bias":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"0.weight":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[0,4]}}"#;
+
+/// Loads `bytes` through both entry points (from memory, and from a file) and checks
+/// they fail the same way; returns the error.
+fn both_fail(bytes: &[u8], options: LoadOptions) -> Error {
+    let mut net = tiny(0);
+    let before = params(&net);
+    let e = load_safetensors_bytes(&mut net, bytes, options).unwrap_err();
+    let dir = scratch(&format!("both-{}", bytes.len()));
+    let path = dir.join("crafted.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let from_file = load_safetensors(&mut net, &path, options).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(e.to_string(), from_file.to_string());
+    assert_eq!(params(&net), before, "a failed load changed the model");
+    e
+}
+
+#[test]
+fn crafted_headers_are_errors_at_the_offending_byte() {
+    let data = [0u8; 8];
+    let good = craft(TINY, &data);
+    let mut net = tiny(0);
+    load_safetensors_bytes(&mut net, &good, LoadOptions::default()).unwrap();
+    let n = TINY.len() as u64;
+
+    // The header length is more than the format allows: its 8 bytes are at fault.
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&100_000_001u64.to_le_bytes());
+    let e = both_fail(&huge, LoadOptions::default());
+    assert!(matches!(e, Error::InvalidData { offset: 0, .. }), "{e}");
+    assert!(e.to_string().contains("100000001"), "{e}");
+
+    // The file ends inside the header, inside the data.
+    for (cut, context) in [
+        (5, "header length"),
+        (8 + 10, "JSON header"),
+        (good.len() - 3, "tensor data"),
+    ] {
+        let e = both_fail(&good[..cut], LoadOptions::default());
+        assert!(
+            matches!(e, Error::Truncated { offset, .. } if offset == cut as u64),
+            "{e}"
+        );
+        assert!(e.to_string().contains(context), "{e}");
+    }
+
+    // Bytes after the data the header declares.
+    let mut long = good.clone();
+    long.extend_from_slice(b"abc");
+    let e = both_fail(&long, LoadOptions::default());
+    assert!(
+        matches!(e, Error::InvalidData { offset, .. } if offset == 8 + n + 8),
+        "{e}"
+    );
+    assert!(e.to_string().contains("3 bytes follow"), "{e}");
+
+    // Not UTF-8: the offset of the first bad byte.
+    let bad_utf8 = TINY
+        .replacen("0.bias", "0.b\u{7f}as", 1)
+        .replace('\u{7f}', "\u{ff}");
+    let mut bytes = craft(&bad_utf8, &data);
+    let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+    bytes[at] = 0xff; // a lone 0xff is never UTF-8
+    let e = both_fail(&bytes, LoadOptions::default());
+    assert!(
+        matches!(e, Error::InvalidData { offset, .. } if offset == at as u64),
+        "{e}, expected at byte {at}"
+    );
+
+    // Not JSON: the offset of the character the parser stopped at.
+    let header = TINY.replacen(",\"0.weight\"", ",X\"0.weight\"", 1);
+    let at = 8 + header.find('X').unwrap() as u64;
+    let e = both_fail(&craft(&header, &data), LoadOptions::default());
+    assert!(
+        matches!(e, Error::InvalidData { offset, .. } if offset == at),
+        "{e}, expected at byte {at}"
+    );
+    assert!(e.to_string().contains("JSON header"), "{e}");
+
+    // JSON of the wrong shape: an array, not an object, at its first byte.
+    let e = both_fail(&craft("[1, 2]", &[]), LoadOptions::default());
+    assert!(matches!(e, Error::InvalidData { offset: 8, .. }), "{e}");
+
+    // An entry of the tensor table that is wrong (an unknown dtype): the JSON parser
+    // reads the whole table before it checks an entry, so there is no offset to give,
+    // but the message says what is wrong.
+    let header = TINY.replacen("\"F32\"", "\"F99\"", 1);
+    let e = both_fail(&craft(&header, &data), LoadOptions::default());
+    assert!(matches!(e, Error::InvalidContent { .. }), "{e}");
+    assert!(e.to_string().contains("unknown variant `F99`"), "{e}");
+
+    // A tensor table whose offsets do not tile the data: no single byte to point at.
+    let header = TINY.replacen("[4,8]", "[5,9]", 1);
+    let e = both_fail(&craft(&header, &[0; 9]), LoadOptions::default());
+    assert!(matches!(e, Error::InvalidContent { .. }), "{e}");
+    assert!(e.to_string().contains("0.bias"), "{e}");
+
+    // A missing parameter: named, with no byte offset.
+    let header = r#"{"0.weight":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[0,4]}}"#;
+    let e = both_fail(&craft(header, &[0; 4]), LoadOptions::default());
+    assert!(matches!(e, Error::InvalidContent { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "safetensors: missing key(s) [\"0.bias\"]: the model has them, the file does not"
+    );
+}
+
+#[test]
+fn the_declared_size_is_checked_against_the_limits() {
+    let good = craft(TINY, &[0; 8]);
+    let exact = Limits::default().with_max_input_bytes(good.len() as u64);
+    let mut net = tiny(0);
+    load_safetensors_bytes(&mut net, &good, LoadOptions::default().with_limits(exact)).unwrap();
+    // One byte less: the whole file (header and data) is over.
+    let e = both_fail(
+        &good,
+        LoadOptions::default().with_limits(exact.with_max_input_bytes(good.len() as u64 - 1)),
+    );
+    assert!(
+        matches!(e, Error::LimitExceeded { limit, .. } if limit == good.len() as u64 - 1),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("Limits::with_max_input_bytes"),
+        "{e}"
+    );
+    // The header alone is over: refused before the header is read.
+    let e = both_fail(
+        &good,
+        LoadOptions::lenient().with_limits(exact.with_max_input_bytes(20)),
+    );
+    assert!(matches!(e, Error::LimitExceeded { limit: 20, .. }), "{e}");
+    // The result limit does not apply to a load (it writes into existing parameters).
+    let options = LoadOptions::default().with_limits(Limits::default().with_max_result_bytes(0));
+    load_safetensors_bytes(&mut net, &good, options).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_zero_fails_fast_with_bounded_memory() {
+    let mut net = tiny(0);
+    let before = params(&net);
+    // Eight zero bytes: an empty header, which is not JSON, at byte 8.
+    let (e, largest) = largest_allocation_during(|| {
+        load_safetensors(&mut net, "/dev/zero", LoadOptions::default()).unwrap_err()
+    });
+    assert!(matches!(e, Error::InvalidData { offset: 8, .. }), "{e}");
+    assert!(e.to_string().contains("JSON header"), "{e}");
+    assert!(largest < 64 << 10, "largest allocation {largest} bytes");
+    assert_eq!(params(&net), before);
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_urandom_is_refused_within_the_limits() {
+    let mut net = tiny(0);
+    let limits = Limits::default().with_max_input_bytes(1 << 20);
+    let (e, largest) = largest_allocation_during(|| {
+        load_safetensors(
+            &mut net,
+            "/dev/urandom",
+            LoadOptions::default().with_limits(limits),
+        )
+        .unwrap_err()
+    });
+    // A random header length is almost surely over the format's maximum; if not, over
+    // the limit; if not, the random header is not JSON.
+    assert!(
+        matches!(e, Error::InvalidData { .. } | Error::LimitExceeded { .. }),
+        "{e}"
+    );
+    assert!(largest <= 2 << 20, "largest allocation {largest} bytes");
+}
+
+/// A FIFO in a scratch directory, and a thread that writes `bytes` into it, then (when
+/// `endless`) zeros until the reader closes it.
+#[cfg(unix)]
+fn fifo(name: &str, bytes: Vec<u8>, endless: bool) -> (PathBuf, std::thread::JoinHandle<()>) {
+    let path = scratch(name).join("stream.safetensors");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+    let writer_path = path.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&writer_path)
+            .unwrap();
+        if f.write_all(&bytes).is_err() {
+            return;
+        }
+        let zeros = [0u8; 4096];
+        // Until the reader closes its end (EPIPE; SIGPIPE is ignored in Rust programs).
+        while endless && f.write_all(&zeros).is_ok() {}
+    });
+    (path, writer)
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stream_is_read_as_far_as_the_header_says() {
+    let saved = tiny(1);
+    let bytes = to_safetensors_bytes(&saved).unwrap();
+
+    // A FIFO holding exactly a file loads like the file.
+    let (path, writer) = fifo("fifo-exact", bytes.clone(), false);
+    let mut net = tiny(2);
+    load_safetensors(&mut net, &path, LoadOptions::default()).unwrap();
+    writer.join().unwrap();
+    assert_eq!(params(&net), params(&saved));
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+
+    // One that goes on after the data: an error at the first extra byte, not a read to
+    // the end that never comes.
+    let (path, writer) = fifo("fifo-endless", bytes.clone(), true);
+    let mut net = tiny(2);
+    let (e, largest) = largest_allocation_during(|| {
+        load_safetensors(&mut net, &path, LoadOptions::default()).unwrap_err()
+    });
+    writer.join().unwrap();
+    assert!(
+        matches!(e, Error::InvalidData { offset, .. } if offset == bytes.len() as u64),
+        "{e}"
+    );
+    assert!(largest < 64 << 10, "largest allocation {largest} bytes");
+    assert_eq!(params(&net), params(&tiny(2)));
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+
+    // One whose header declares 4 GiB of data: refused before any of it is read.
+    let header =
+        r#"{"0.weight":{"dtype":"F32","shape":[1073741824],"data_offsets":[0,4294967296]}}"#;
+    let (path, writer) = fifo("fifo-huge", craft(header, &[]), true);
+    let (e, largest) = largest_allocation_during(|| {
+        load_safetensors(&mut tiny(0), &path, LoadOptions::default()).unwrap_err()
+    });
+    writer.join().unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::LimitExceeded {
+                limit: Limits::DEFAULT_BYTES,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(largest < 64 << 10, "largest allocation {largest} bytes");
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+// --- Bounded messages
+
+#[test]
+fn many_unexpected_keys_give_a_short_message() {
+    let extra = 100_000;
+    let mut header = String::from("{");
+    for i in 0..extra {
+        header += &format!(r#""k{i:06}":{{"dtype":"F32","shape":[0],"data_offsets":[8,8]}},"#);
+    }
+    header += &TINY[1..];
+    let bytes = craft(&header, &[0; 8]);
+    assert!(bytes.len() > 5 << 20);
+    let mut net = tiny(0);
+    let e = load_safetensors_bytes(&mut net, &bytes, LoadOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+    assert!(
+        msg.contains(r#"["k000000", "k000001", "k000002", "k000003", "k000004", "k000005", "k000006", "k000007"] and 99992 more"#),
+        "{msg}"
+    );
+    // A lenient load still reports every one of them.
+    let report = load_safetensors_bytes(&mut net, &bytes, LoadOptions::lenient()).unwrap();
+    assert_eq!(report.ignored.len(), extra);
+
+    // One very long key is cut too.
+    let key = "k".repeat(1_000_000);
+    let header = format!(
+        r#"{{"{key}":{{"dtype":"F32","shape":[0],"data_offsets":[8,8]}},{}"#,
+        &TINY[1..]
+    );
+    let e = load_safetensors_bytes(&mut net, &craft(&header, &[0; 8]), LoadOptions::default())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+    assert!(msg.contains("(1000000 bytes)"), "{msg}");
+    // And so is text the JSON parser quotes from the file (an unknown dtype).
+    let header = TINY.replacen("\"F32\"", &format!("\"{key}\""), 1);
+    let e = load_safetensors_bytes(&mut net, &craft(&header, &[0; 8]), LoadOptions::default())
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+    assert!(msg.contains("unknown variant `kkkk"), "{msg}");
+}
+
+#[test]
+fn many_missing_keys_give_a_short_message() {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut net = Sequential::new();
+    for _ in 0..12 {
+        net = net.with(Conv2d::new(Conv2dConfig::new(1, 1, (1, 1)), &mut rng).unwrap());
+    }
+    let e =
+        load_safetensors_bytes(&mut net, &craft("{}", &[]), LoadOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "safetensors: missing key(s) [\"0.weight\", \"0.bias\", \"1.weight\", \"1.bias\", \
+         \"2.weight\", \"2.bias\", \"3.weight\", \"3.bias\"] and 16 more: the model has them, \
+         the file does not"
+    );
+}
+
+// --- Atomic saves: long names, symbolic links, permissions
+
+/// The names in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn saves_to_a_name_of_255_bytes() {
+    // The longest name most file systems accept; the temporary file must fit too.
+    let dir = scratch("long-name");
+    let name = format!("{}.safetensors", "m".repeat(255 - ".safetensors".len()));
+    assert_eq!(name.len(), 255);
+    let path = dir.join(&name);
+    let a = tiny(1);
+    save_safetensors(&a, &path).unwrap();
+    save_safetensors(&a, &path).unwrap(); // over the existing file
+    let mut b = tiny(2);
+    load_safetensors(&mut b, &path, LoadOptions::default()).unwrap();
+    assert_eq!(params(&b), params(&a));
+    assert_eq!(listing(&dir), [name]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_rename_leaves_no_temporary() {
+    // The path is a directory: the temporary is written, the rename refuses.
+    let dir = scratch("rename-fails");
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = save_safetensors(&tiny(0), dir.join("model.safetensors")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    assert_eq!(listing(&dir), ["model.safetensors"]);
+    assert!(dir.join("model.safetensors").is_dir());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn saving_through_symlinks_replaces_their_target() {
+    use std::os::unix::fs::symlink;
+    let root = scratch("symlinks");
+    let (real, links) = (root.join("real"), root.join("links"));
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::create_dir_all(&links).unwrap();
+    let target = real.join("model.safetensors");
+    save_safetensors(&tiny(1), &target).unwrap();
+    // links/chain -> link (relative, same dir) -> ../real/model.safetensors (relative),
+    // and links/abs -> the absolute path of links/chain.
+    symlink("../real/model.safetensors", links.join("link")).unwrap();
+    symlink("link", links.join("chain")).unwrap();
+    symlink(links.join("chain"), links.join("abs")).unwrap();
+    for (seed, via) in [(2, "link"), (3, "chain"), (4, "abs")] {
+        let net = tiny(seed);
+        save_safetensors(&net, links.join(via)).unwrap();
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            to_safetensors_bytes(&net).unwrap(),
+            "saved via {via}"
+        );
+        for link in ["link", "chain", "abs"] {
+            let meta = std::fs::symlink_metadata(links.join(link)).unwrap();
+            assert!(
+                meta.file_type().is_symlink(),
+                "{link} replaced by a save via {via}"
+            );
+        }
+        // The temporary was in the target's directory, and is gone.
+        assert_eq!(listing(&real), ["model.safetensors"]);
+        assert_eq!(listing(&links), ["abs", "chain", "link"]);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn saving_through_a_dangling_symlink_creates_its_target() {
+    use std::os::unix::fs::symlink;
+    let root = scratch("dangling");
+    std::fs::create_dir_all(root.join("real")).unwrap();
+    symlink("real/new.safetensors", root.join("latest")).unwrap();
+    let net = tiny(5);
+    save_safetensors(&net, root.join("latest")).unwrap();
+    assert_eq!(
+        std::fs::read(root.join("real/new.safetensors")).unwrap(),
+        to_safetensors_bytes(&net).unwrap()
+    );
+    let meta = std::fs::symlink_metadata(root.join("latest")).unwrap();
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(listing(&root.join("real")), ["new.safetensors"]);
+
+    // A link into a directory that does not exist: an error naming both, nothing left.
+    symlink("gone/new.safetensors", root.join("nowhere")).unwrap();
+    let e = save_safetensors(&net, root.join("nowhere")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("gone/new.safetensors") && msg.contains("nowhere"),
+        "{msg}"
+    );
+    assert_eq!(listing(&root), ["latest", "nowhere", "real"]);
+
+    // A loop of links: an error, not a hang.
+    symlink("b", root.join("a")).unwrap();
+    symlink("a", root.join("b")).unwrap();
+    let e = save_safetensors(&net, root.join("a")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(e.to_string().contains("symbolic links"), "{e}");
+    assert_eq!(listing(&root), ["a", "b", "latest", "nowhere", "real"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn saving_over_a_file_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("permissions");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for kept in [0o600, 0o640, 0o444, 0o755] {
+        let path = dir.join(format!("{kept:o}.safetensors"));
+        save_safetensors(&tiny(1), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(kept)).unwrap();
+        let net = tiny(2);
+        save_safetensors(&net, &path).unwrap();
+        assert_eq!(mode(&path), kept, "{kept:o}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            to_safetensors_bytes(&net).unwrap()
+        );
+    }
+    // A new file gets what any new file gets here (0666 less the umask).
+    let usual = dir.join("usual");
+    std::fs::File::create(&usual).unwrap();
+    let new = dir.join("new.safetensors");
+    save_safetensors(&tiny(1), &new).unwrap();
+    assert_eq!(mode(&new), mode(&usual));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
