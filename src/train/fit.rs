@@ -188,7 +188,7 @@ fn logits(out: ArrayD<f32>) -> Result<ndarray::Array2<f32>> {
 /// Any `batch_size` from 1 up is accepted (one larger than the split is one batch).
 ///
 /// # Errors
-/// [`Error::Config`] for a zero batch size; [`Error::InvalidData`] (format `"labels"`)
+/// [`Error::Config`] for a zero batch size; [`Error::InvalidContent`] (format `"labels"`)
 /// for a label outside `0..classes`, naming its index in `data.y` and its value (checked
 /// over the whole split after the first batch's forward pass, which gives the number of
 /// classes); [`Error::Shape`] when the data or the network's output do not fit (the
@@ -243,7 +243,7 @@ pub fn evaluate(
 ///
 /// # Errors
 /// [`Error::Config`] for zero epochs or batch size, a step count that overflows `usize`,
-/// or a bad schedule; [`Error::InvalidData`] (format `"labels"`) for a label outside
+/// or a bad schedule; [`Error::InvalidContent`] (format `"labels"`) for a label outside
 /// `0..classes` in `train` or `valid`, naming the split (`train.y` / `valid.y`), the
 /// label's index in it and its value: both splits' labels are checked after the first
 /// forward pass (which gives the number of classes) and before any update;

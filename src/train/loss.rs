@@ -43,9 +43,8 @@ fn check(
     Ok(n)
 }
 
-/// `Err(InvalidData)` for the first label of `labels` that is not a class index in
-/// `0..classes`. The error's format is `"labels"`, its offset the label's byte offset in
-/// the labels as `i64` in logical order (`index * 8`), and its message names `what`, the
+/// `Err(InvalidContent)` for the first label of `labels` that is not a class index in
+/// `0..classes`. The error's format is `"labels"`, and its message names `what`, the
 /// index and the value.
 pub(crate) fn check_labels(what: &str, labels: ArrayView1<'_, i64>, classes: usize) -> Result<()> {
     match labels
@@ -53,9 +52,8 @@ pub(crate) fn check_labels(what: &str, labels: ArrayView1<'_, i64>, classes: usi
         .enumerate()
         .find(|&(_, &t)| t < 0 || t as u64 >= classes as u64)
     {
-        Some((i, &t)) => Err(Error::InvalidData {
+        Some((i, &t)) => Err(Error::InvalidContent {
             format: "labels",
-            offset: (i as u64).saturating_mul(std::mem::size_of::<i64>() as u64),
             message: format!("{what}[{i}] = {t} is not a class index in 0..{classes}"),
         }),
         None => Ok(()),
@@ -80,9 +78,9 @@ fn row_lse(row: ArrayView1<'_, f32>) -> (f64, f64) {
 /// logit makes the loss NaN.
 ///
 /// # Errors
-/// [`Error::Shape`] when `target` is not (N) or N or K is zero; [`Error::InvalidData`]
+/// [`Error::Shape`] when `target` is not (N) or N or K is zero; [`Error::InvalidContent`]
 /// (format `"labels"`) when a target is outside `0..K`: a data error, whose message names
-/// the target's index and value (its offset is the label's byte offset, `index * 8`).
+/// the target's index and value.
 ///
 /// # Examples
 /// ```
@@ -184,7 +182,7 @@ pub fn argmax(logits: ArrayView2<'_, f32>) -> Result<Vec<i64>> {
 /// The fraction of rows whose largest logit is the target class, in `[0, 1]`.
 ///
 /// # Errors
-/// As [`cross_entropy`] (shape mismatch, empty batch, [`Error::InvalidData`] for a target
+/// As [`cross_entropy`] (shape mismatch, empty batch, [`Error::InvalidContent`] for a target
 /// out of range), and as [`argmax`].
 ///
 /// # Examples
