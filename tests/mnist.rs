@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use convinit::Error;
 use convinit::data::{Mnist, NdArray, idx};
+use convinit::limits::Limits;
 use convinit::stats::{normalize, stats, to_images};
 use ndarray::{Array2, arr1, arr2};
 
@@ -198,17 +199,27 @@ fn idx_validation() {
         4,
         "too large",
     );
+    // Lying dimensions: 4 G elements claimed, 3 bytes present. Without limits it fails
+    // fast at the end of input; with the defaults the claim is refused from the header.
+    let lying = idx_bytes(0x08, &[65536, 65535], &[1, 2, 3]);
     for bytes in [
         idx_bytes(0x08, &[3], &[1, 2]),
-        // Lying dimensions: 4 G elements claimed, 3 bytes present. Fails fast.
-        idx_bytes(0x08, &[65536, 65535], &[1, 2, 3]),
+        lying.clone(),
         vec![0, 0, 8],
         idx_bytes(0x08, &[2, 2], &[])[..9].to_vec(),
     ] {
-        match idx::from_reader(&bytes[..]) {
+        match idx::from_reader_with(&bytes[..], Limits::unlimited()) {
             Err(Error::Truncated { format: "idx", .. }) => {}
             other => panic!("expected Truncated, got {other:?}"),
         }
+    }
+    match idx::from_reader(&lying[..]) {
+        Err(Error::LimitExceeded {
+            format: "idx",
+            what: "result",
+            ..
+        }) => {}
+        other => panic!("expected LimitExceeded, got {other:?}"),
     }
 }
 

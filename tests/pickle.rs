@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use convinit::Error;
 use convinit::data::pickle::{self, DType, NdArray, Value};
+use convinit::limits::Limits;
 
 // --- A global allocator that records, per thread, the largest single allocation, so
 // tests can check that a lying length field never causes a huge allocation.
@@ -576,7 +577,10 @@ fn huge_claimed_lengths_fail_fast_without_huge_allocations() {
     ];
     for (name, bytes) in cases {
         let start = Instant::now();
-        let (r, largest) = largest_allocation_during(|| load(&bytes));
+        // Unlimited: the claims themselves must not be allocated (the typed claim of
+        // 2 GiB is over the default result limit, which refuses it before reading).
+        let (r, largest) =
+            largest_allocation_during(|| pickle::from_reader_with(&bytes[..], Limits::unlimited()));
         assert!(
             matches!(r, Err(Error::Truncated { .. })),
             "{name}: expected Truncated, got {r:?}"
@@ -587,6 +591,13 @@ fn huge_claimed_lengths_fail_fast_without_huge_allocations() {
         );
         assert!(start.elapsed() < Duration::from_secs(2), "{name}: too slow");
     }
+    let typed = classic_claiming("f4", "<", &[536_870_911], false, &[0; 100], 0x7fff_fffc);
+    let (r, largest) = largest_allocation_during(|| load(&typed));
+    assert!(
+        matches!(r, Err(Error::LimitExceeded { what: "result", .. })),
+        "{r:?}"
+    );
+    assert!(largest <= 1 << 20, "allocated {largest} bytes at once");
 }
 
 #[test]
