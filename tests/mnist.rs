@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use convinit::Error;
 use convinit::data::{Mnist, NdArray, idx};
+use convinit::limits::Limits;
 use convinit::stats::{normalize, stats, to_images};
 use ndarray::{Array2, arr1, arr2};
 
@@ -198,17 +199,27 @@ fn idx_validation() {
         4,
         "too large",
     );
+    // Lying dimensions: 4 G elements claimed, 3 bytes present. Without limits it fails
+    // fast at the end of input; with the defaults the claim is refused from the header.
+    let lying = idx_bytes(0x08, &[65536, 65535], &[1, 2, 3]);
     for bytes in [
         idx_bytes(0x08, &[3], &[1, 2]),
-        // Lying dimensions: 4 G elements claimed, 3 bytes present. Fails fast.
-        idx_bytes(0x08, &[65536, 65535], &[1, 2, 3]),
+        lying.clone(),
         vec![0, 0, 8],
         idx_bytes(0x08, &[2, 2], &[])[..9].to_vec(),
     ] {
-        match idx::from_reader(&bytes[..]) {
+        match idx::from_reader_with(&bytes[..], Limits::unlimited()) {
             Err(Error::Truncated { format: "idx", .. }) => {}
             other => panic!("expected Truncated, got {other:?}"),
         }
+    }
+    match idx::from_reader(&lying[..]) {
+        Err(Error::LimitExceeded {
+            format: "idx",
+            what: "result",
+            ..
+        }) => {}
+        other => panic!("expected LimitExceeded, got {other:?}"),
     }
 }
 
@@ -328,5 +339,241 @@ fn normalize_and_to_images() {
                 ..
             })
         ));
+    }
+}
+
+// --- Checks and limits (issue 11)
+
+fn mnist_message(r: convinit::Result<Mnist>) -> String {
+    match r {
+        Err(Error::InvalidData {
+            format: "mnist",
+            message,
+            ..
+        }) => message,
+        other => panic!("expected an mnist InvalidData, got {other:?}"),
+    }
+}
+
+#[test]
+fn mnist_labels_must_be_digits() {
+    use convinit::data::Value;
+    let x = |n: usize| Value::Array(NdArray::F32(ndarray::ArrayD::zeros(vec![n, 4])));
+    let y = |a: NdArray| Value::Array(a);
+    let split = |a, b| Value::Tuple(vec![a, b]);
+    let i64s =
+        |v: Vec<i64>| NdArray::I64(ndarray::ArrayD::from_shape_vec(vec![v.len()], v).unwrap());
+    let good = || split(x(2), y(i64s(vec![0, 9])));
+    let cases = [
+        (
+            Value::Tuple(vec![good(), split(x(2), y(i64s(vec![3, 10]))), good()]),
+            "valid: label 10 at index 1",
+        ),
+        (
+            Value::Tuple(vec![
+                split(
+                    x(1),
+                    y(NdArray::I8(ndarray::ArrayD::from_elem(vec![1], -1))),
+                ),
+                good(),
+                good(),
+            ]),
+            "train: label -1 at index 0",
+        ),
+        (
+            Value::Tuple(vec![
+                good(),
+                good(),
+                split(
+                    x(3),
+                    y(NdArray::U64(
+                        ndarray::ArrayD::from_shape_vec(vec![3], vec![1, 2, u64::MAX]).unwrap(),
+                    )),
+                ),
+            ]),
+            "test: label 18446744073709551615 at index 2",
+        ),
+    ];
+    for (v, needle) in cases {
+        let m = mnist_message(Mnist::from_value(v));
+        assert!(m.contains(needle), "{m:?} lacks {needle:?}");
+    }
+    // Digits of every integer type load, as i64.
+    let m = Mnist::from_value(Value::Tuple(vec![
+        good(),
+        split(x(2), y(NdArray::U8(ndarray::ArrayD::from_elem(vec![2], 9)))),
+        good(),
+    ]))
+    .unwrap();
+    assert_eq!(m.valid.1.to_vec(), [9, 9]);
+}
+
+#[test]
+fn mnist_image_sizes_must_agree_across_splits() {
+    use convinit::data::Value;
+    let s = |n: usize, p: usize| {
+        Value::Tuple(vec![
+            Value::Array(NdArray::F32(ndarray::ArrayD::zeros(vec![n, p]))),
+            Value::Array(NdArray::U8(ndarray::ArrayD::zeros(vec![n]))),
+        ])
+    };
+    let m = mnist_message(Mnist::from_value(Value::Tuple(vec![
+        s(2, 4),
+        s(1, 5),
+        s(1, 4),
+    ])));
+    assert!(
+        m.contains("valid: images have 5 pixels (columns) but train's have 4"),
+        "{m}"
+    );
+    let m = mnist_message(Mnist::from_value(Value::Tuple(vec![
+        s(2, 4),
+        s(1, 4),
+        s(1, 3),
+    ])));
+    assert!(m.contains("test: images have 3 pixels"), "{m}");
+    assert!(Mnist::from_value(Value::Tuple(vec![s(2, 4), s(1, 4), s(1, 4)])).is_ok());
+}
+
+/// A small IDX directory: `n` training and `m` test images of `side` x `side` pixels,
+/// labels `i % 10`; removed on drop.
+struct IdxDir(PathBuf);
+
+impl IdxDir {
+    fn new(tag: &str, n: u32, m: u32, side: u32) -> IdxDir {
+        let dir = std::env::temp_dir().join(format!("convinit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = IdxDir(dir);
+        d.write("train", n, side, 0);
+        d.write("t10k", m, side, 0);
+        d
+    }
+
+    fn write(&self, prefix: &str, n: u32, side: u32, bad_label_at: u32) {
+        let px = (n * side * side) as usize;
+        let pixels: Vec<u8> = (0..px).map(|i| (i % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n)
+            .map(|i| {
+                if bad_label_at > 0 && i == bad_label_at {
+                    12
+                } else {
+                    (i % 10) as u8
+                }
+            })
+            .collect();
+        std::fs::write(
+            self.0.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            gzip(&idx_bytes(0x08, &[n, side, side], &pixels)),
+        )
+        .unwrap();
+        std::fs::write(
+            self.0.join(format!("{prefix}-labels-idx1-ubyte")),
+            idx_bytes(0x08, &[n], &labels),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for IdxDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn idx_dir_limits_are_exact() {
+    let (n, m) = (10_002u64, 3u64);
+    let d = IdxDir::new("idx-limits", n as u32, m as u32, 2);
+    let loaded = Mnist::load(&d.0).unwrap();
+    assert_eq!(loaded.train.0.dim(), (2, 4));
+    assert_eq!(loaded.valid.1.len(), 10_000);
+    assert_eq!(loaded.test.1.to_vec(), [0, 1, 2]);
+    // The result: 4 bytes per pixel and 8 per label, every split.
+    let result = (n + m) * (4 * 4 + 8);
+    let ok = Limits::default().with_max_result_bytes(result);
+    assert_eq!(Mnist::from_idx_dir_with(&d.0, ok).unwrap(), loaded);
+    let below = Limits::default().with_max_result_bytes(result - 1);
+    match Mnist::load_with(&d.0, below) {
+        Err(Error::LimitExceeded {
+            format: "mnist",
+            setting: "Limits::with_max_result_bytes",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The input: each file's decompressed size; the largest is the training images.
+    let largest = 16 + n * 4;
+    assert!(Mnist::load_with(&d.0, Limits::default().with_max_input_bytes(largest)).is_ok());
+    match Mnist::load_with(&d.0, Limits::default().with_max_input_bytes(largest - 1)) {
+        Err(Error::LimitExceeded {
+            format: "idx",
+            setting: "Limits::with_max_input_bytes",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn idx_dir_labels_and_sizes_are_checked() {
+    let d = IdxDir::new("idx-checks", 10_002, 3, 2);
+    // Train is the first 2 images, valid the last 10 000: label 12 at training index 3
+    // is the second image of valid.
+    d.write("train", 10_002, 2, 3);
+    let m = mnist_message(Mnist::load(&d.0));
+    assert!(m.contains("valid: label 12 at index 1"), "{m}");
+    assert!(m.contains("train-labels-idx1-ubyte"), "{m}");
+    d.write("train", 10_002, 2, 1);
+    let m = mnist_message(Mnist::load(&d.0));
+    assert!(m.contains("train: label 12 at index 1"), "{m}");
+    d.write("train", 10_002, 2, 0);
+    d.write("t10k", 3, 2, 2);
+    let m = mnist_message(Mnist::load(&d.0));
+    assert!(m.contains("test: label 12 at index 2"), "{m}");
+    // Test images of 3 x 3 against train's 2 x 2, refused from the header.
+    d.write("t10k", 3, 3, 0);
+    let m = mnist_message(Mnist::load(&d.0));
+    assert!(
+        m.contains("test: images are 3 x 3 = 9 pixels, but train's have 4"),
+        "{m}"
+    );
+    // Labels' count against the images', from the labels' header.
+    d.write("t10k", 3, 2, 0);
+    std::fs::write(
+        d.0.join("t10k-labels-idx1-ubyte"),
+        idx_bytes(0x08, &[4], &[1, 2, 3, 4]),
+    )
+    .unwrap();
+    let m = mnist_message(Mnist::load(&d.0));
+    assert!(m.contains("[4] labels for 3 images"), "{m}");
+}
+
+/// The pickle's result accounting on real data: the embedded sample needs exactly its
+/// arrays' data, 16 bytes per dimension, and one `Value` per node (the outer tuple, the
+/// three split tuples, the six arrays, and the root).
+#[cfg(feature = "embedded-sample")]
+#[test]
+fn embedded_sample_result_limit_is_exact() {
+    use convinit::data::mnist::EMBEDDED_SAMPLE;
+    let m = Mnist::embedded().unwrap();
+    let value = std::mem::size_of::<convinit::data::Value>() as u64;
+    let arrays: u64 = [&m.train, &m.valid, &m.test]
+        .iter()
+        .map(|(x, y)| (x.len() * 4 + 2 * 16 + y.len() * 8 + 16) as u64)
+        .sum();
+    let need = arrays + 10 * value;
+    let at = Limits::default().with_max_result_bytes(need);
+    assert_eq!(
+        Mnist::from_pickle_reader_with(EMBEDDED_SAMPLE, at).unwrap(),
+        m
+    );
+    let below = Limits::default().with_max_result_bytes(need - 1);
+    match Mnist::from_pickle_reader_with(EMBEDDED_SAMPLE, below) {
+        Err(Error::LimitExceeded {
+            setting: "Limits::with_max_result_bytes",
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use convinit::Error;
 use convinit::data::pickle::{self, DType, NdArray, Value};
+use convinit::limits::Limits;
 
 // --- A global allocator that records, per thread, the largest single allocation, so
 // tests can check that a lying length field never causes a huge allocation.
@@ -576,7 +577,10 @@ fn huge_claimed_lengths_fail_fast_without_huge_allocations() {
     ];
     for (name, bytes) in cases {
         let start = Instant::now();
-        let (r, largest) = largest_allocation_during(|| load(&bytes));
+        // Unlimited: the claims themselves must not be allocated (the typed claim of
+        // 2 GiB is over the default result limit, which refuses it before reading).
+        let (r, largest) =
+            largest_allocation_during(|| pickle::from_reader_with(&bytes[..], Limits::unlimited()));
         assert!(
             matches!(r, Err(Error::Truncated { .. })),
             "{name}: expected Truncated, got {r:?}"
@@ -587,6 +591,13 @@ fn huge_claimed_lengths_fail_fast_without_huge_allocations() {
         );
         assert!(start.elapsed() < Duration::from_secs(2), "{name}: too slow");
     }
+    let typed = classic_claiming("f4", "<", &[536_870_911], false, &[0; 100], 0x7fff_fffc);
+    let (r, largest) = largest_allocation_during(|| load(&typed));
+    assert!(
+        matches!(r, Err(Error::LimitExceeded { what: "result", .. })),
+        "{r:?}"
+    );
+    assert!(largest <= 1 << 20, "allocated {largest} bytes at once");
 }
 
 #[test]
@@ -735,4 +746,99 @@ fn seeded_byte_flips_never_panic() {
     }
     // Most flips break something; a few land in array data and still load.
     assert!(errors > runs / 4, "{errors} errors in {runs} runs");
+}
+
+// --- Limits (issue 11)
+
+fn limit_error(r: convinit::Result<Value>) -> &'static str {
+    match r {
+        Err(Error::LimitExceeded { setting, .. }) => setting,
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+}
+
+#[test]
+fn input_limit_is_the_decompressed_size_exactly() {
+    let data: Vec<u8> = (0..100u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
+    let p = classic("f4", "<", &[100], false, &data);
+    let gz = gzip(&p);
+    assert!(gz.len() < p.len());
+    let n = p.len() as u64;
+    for input in [&p[..], &gz[..]] {
+        let at = Limits::default().with_max_input_bytes(n);
+        assert!(pickle::from_reader_with(input, at).is_ok());
+        let below = Limits::default().with_max_input_bytes(n - 1);
+        assert_eq!(
+            limit_error(pickle::from_reader_with(input, below)),
+            "Limits::with_max_input_bytes"
+        );
+    }
+    // The same through a path.
+    let path = std::env::temp_dir().join(format!("convinit-limit-{}.pkl.gz", std::process::id()));
+    std::fs::write(&path, &gz).unwrap();
+    let below = Limits::default().with_max_input_bytes(n - 1);
+    let r = pickle::load_with(&path, below);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(limit_error(r), "Limits::with_max_input_bytes");
+}
+
+/// Checks that `p` loads with a result limit of exactly `need` bytes and not `need - 1`.
+fn result_needs(p: &[u8], need: u64) {
+    let at = Limits::default().with_max_result_bytes(need);
+    if let Err(e) = pickle::from_reader_with(p, at) {
+        panic!("at {need}: {e}");
+    }
+    let below = Limits::default().with_max_result_bytes(need - 1);
+    assert_eq!(
+        limit_error(pickle::from_reader_with(p, below)),
+        "Limits::with_max_result_bytes"
+    );
+}
+
+const VALUE: u64 = std::mem::size_of::<Value>() as u64;
+
+#[test]
+fn result_limit_counts_data_shapes_strings_and_values() {
+    // An f4 array (2, 3): 24 bytes of data, 16 per dimension, one value.
+    result_needs(
+        &classic("f4", "<", &[2, 3], false, &[0; 24]),
+        24 + 32 + VALUE,
+    );
+    // The typed path (a payload of 64 KiB or more): the same accounting.
+    result_needs(
+        &classic("i8", "<", &[8192, 2], false, &[0; 1 << 17]),
+        (1 << 17) + 32 + VALUE,
+    );
+    // ('abc', b'xy', 'é' as a Python 2 latin-1 str): the tuple and its three values,
+    // 3 + 2 + 2 bytes of text and bytes (U+00E9 is two bytes of UTF-8).
+    result_needs(
+        b"\x80\x03X\x03\x00\x00\x00abcC\x02xyU\x01\xe9\x87.",
+        4 * VALUE + 7,
+    );
+    // A shared str is charged once per copy: (s, s, s) with s of 100 bytes.
+    let mut p = b"\x80\x02X\x64\x00\x00\x00".to_vec();
+    p.extend(std::iter::repeat_n(b'z', 100));
+    p.extend_from_slice(b"q\x00h\x00h\x00\x87.");
+    result_needs(&p, 4 * VALUE + 300);
+    // A shared array too, data and shape: (a, a) with a of shape (1, 1, 1, 1, 1) f4.
+    let mut p = classic("f4", "<", &[1; 5], false, &[0; 4]);
+    p.pop();
+    p.extend_from_slice(b"2\x86.");
+    result_needs(&p, 3 * VALUE + 2 * (4 + 5 * 16));
+}
+
+#[test]
+fn arrays_have_at_most_64_dimensions() {
+    let v = load(&classic("u1", "|", &[1; 64], false, &[7])).unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a.shape().len(), pickle::MAX_NDIM);
+    assert_eq!(a.as_u8().unwrap().iter().copied().collect::<Vec<_>>(), [7]);
+    let at = expect_invalid(&classic("u1", "|", &[1; 65], false, &[7]), "65 dimensions");
+    assert!(at > 0);
+    // The same through _frombuffer (numpy 2's protocol 5 path).
+    let mut p = b"\x80\x05\x8c\x13numpy._core.numeric\x8c\x0b_frombuffer\x93(C\x01\x07\x8c\x05numpy\x8c\x05dtype\x93\x8c\x02u1\x89\x88\x87R(K\x03\x8c\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb(".to_vec();
+    p.extend(std::iter::repeat_n(b"K\x01", 65).flatten());
+    p.extend_from_slice(b"t\x8c\x01CtR.");
+    let m = load(&p).unwrap_err().to_string();
+    assert!(m.contains("numpy allows at most 64"), "{m}");
 }

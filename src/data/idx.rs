@@ -9,6 +9,23 @@
 //! with the byte offset in the (decompressed) stream. Data is read in bounded chunks,
 //! so lying dimensions fail at end of input rather than allocating the claimed size.
 //!
+//! ## Limits
+//! [`load`] and [`from_reader`] use [`Limits::default`]: at most 1 GiB of decompressed
+//! input (for a plain file, its size) and 1 GiB of result (the array's data, the
+//! product of the dimensions times the item size, checked from the header before any of
+//! the data is read). Going over either is [`Error::LimitExceeded`], which names the
+//! setter that raises it; [`load_with`] and [`from_reader_with`] take other limits:
+//!
+//! ```
+//! use convinit::{Error, data::idx, limits::Limits};
+//! // The header claims 1000 x 1000 u8 (1 MB): over a 64 KiB result limit, refused
+//! // before any data is read.
+//! let bytes = [0, 0, 0x08, 2, 0, 0, 0x03, 0xe8, 0, 0, 0x03, 0xe8];
+//! let small = Limits::default().with_max_result_bytes(64 << 10);
+//! let e = idx::from_reader_with(&bytes[..], small).unwrap_err();
+//! assert!(matches!(e, Error::LimitExceeded { setting: "Limits::with_max_result_bytes", .. }));
+//! ```
+//!
 //! # Examples
 //! ```
 //! use convinit::data::idx;
@@ -29,6 +46,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::pickle::{Input, NdArray, convert, sniff_gzip};
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 
 const FORMAT: &str = "idx";
 
@@ -41,10 +59,32 @@ const FORMAT: &str = "idx";
 /// # Ok::<(), convinit::Error>(())
 /// ```
 pub fn load(path: impl AsRef<Path>) -> Result<NdArray> {
-    let path = path.as_ref();
+    load_with(path, Limits::default())
+}
+
+/// [`load`] with the given [`Limits`] instead of the defaults.
+///
+/// # Examples
+/// ```no_run
+/// use convinit::{data::idx, limits::Limits};
+/// let big = Limits::default().with_max_input_bytes(4 << 30).with_max_result_bytes(4 << 30);
+/// let images = idx::load_with("huge-images-idx3-ubyte.gz", big)?;
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn load_with(path: impl AsRef<Path>, limits: Limits) -> Result<NdArray> {
+    load_checked(path.as_ref(), limits, &mut |_| Ok(()))
+}
+
+/// [`load_with`], calling `check` with the dimensions once the header is read and
+/// before any data is: an error from it is returned as is.
+pub(crate) fn load_checked(
+    path: &Path,
+    limits: Limits,
+    check: &mut dyn FnMut(&[usize]) -> Result<()>,
+) -> Result<NdArray> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    from_reader(file).map_err(|e| match e {
+    from_reader_checked(file, limits, check).map_err(|e| match e {
         Error::Io { context, source } => Error::Io {
             context: format!("{context} ({})", path.display()),
             source,
@@ -55,13 +95,26 @@ pub fn load(path: impl AsRef<Path>) -> Result<NdArray> {
 
 /// Reads IDX data (plain or gzipped) from any reader.
 pub fn from_reader<R: Read>(reader: R) -> Result<NdArray> {
+    from_reader_with(reader, Limits::default())
+}
+
+/// [`from_reader`] with the given [`Limits`] instead of the defaults.
+pub fn from_reader_with<R: Read>(reader: R, limits: Limits) -> Result<NdArray> {
+    from_reader_checked(reader, limits, &mut |_| Ok(()))
+}
+
+fn from_reader_checked<R: Read>(
+    reader: R,
+    limits: Limits,
+    check: &mut dyn FnMut(&[usize]) -> Result<()>,
+) -> Result<NdArray> {
     let (gz, chained) = sniff_gzip(reader, FORMAT)?;
     if gz {
         let dec =
             flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, chained));
-        read(Input::new(dec, true, FORMAT))
+        read(Input::new(dec, true, FORMAT, limits), check)
     } else {
-        read(Input::new(chained, false, FORMAT))
+        read(Input::new(chained, false, FORMAT, limits), check)
     }
 }
 
@@ -73,7 +126,10 @@ fn invalid(offset: u64, message: String) -> Error {
     }
 }
 
-fn read<R: Read>(mut input: Input<R>) -> Result<NdArray> {
+fn read<R: Read>(
+    mut input: Input<R>,
+    check: &mut dyn FnMut(&[usize]) -> Result<()>,
+) -> Result<NdArray> {
     let magic: [u8; 4] = input.array("the 4-byte magic number")?;
     let [z0, z1, code, ndim] = magic;
     if z0 != 0 || z1 != 0 {
@@ -110,6 +166,9 @@ fn read<R: Read>(mut input: Input<R>) -> Result<NdArray> {
     let (Some(count), Some(nbytes)) = (count, nbytes) else {
         return Err(invalid(4, format!("dimensions {shape:?} are too large")));
     };
+    // Before any data is read: the raw chunks and the array are both at most this.
+    input.limits().check_result(FORMAT, nbytes as u64)?;
+    check(&shape)?;
     let raw = input.raw(
         nbytes as u64,
         &format!("{name} data of shape {shape:?} ({nbytes} bytes from byte {header})"),

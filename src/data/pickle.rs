@@ -48,15 +48,37 @@
 //! `pickle.load(gzip.open(path), encoding='latin-1')`. Decompressing on a second
 //! thread was tried and did not measurably help, so reading is single-threaded.
 //!
+//! ## Limits
+//! [`load`] and [`from_reader`] use [`Limits::default`]; [`load_with`] and
+//! [`from_reader_with`] take any [`Limits`]. Two sizes are held to them, each 1 GiB by
+//! default (about five times the full MNIST):
+//! - the **decompressed input**: the bytes read from the (gunzipped) stream. Reading
+//!   stops one byte past the limit, so a gzip bomb is never inflated further;
+//! - the **result**: each array's data and 16 bytes per dimension (shape and strides),
+//!   charged when the array is built (before its data is read, when the stream shows
+//!   it is array data), then for the returned [`Value`] `size_of::<Value>()` bytes per
+//!   value, the length of each `str` (as UTF-8) and `bytes`, and again the full size of
+//!   every extra copy of a shared array. Arrays built while reading count even if they
+//!   are dropped before the end.
+//!
+//! Going over either is [`Error::LimitExceeded`], which names the setter to call:
+//! `Limits::default().with_max_input_bytes(..)` or `.with_max_result_bytes(..)`
+//! (or [`Limits::unlimited`] for trusted input).
+//!
+//! Independently of the limits, the copies made for shared references (a [`Value`] is
+//! a tree, so each reference to a shared object is a copy, charged at its real size)
+//! may not add up to more than 256 bytes per input byte plus 4 MiB, and arrays may not
+//! have more than [`MAX_NDIM`] (64) dimensions, as in numpy.
+//!
 //! ## Errors
 //! Bad input never panics; every error names what is wrong and the byte offset in the
 //! decompressed stream: [`Error::Truncated`] (input ended), [`Error::InvalidData`]
 //! (not a pickle, stack underflow, missing MARK, memo miss, data length that does not
-//! match shape x itemsize, corrupt gzip, nesting deeper than [`MAX_DEPTH`], ...) and
-//! [`Error::Unsupported`] (unknown globals or opcodes, unsupported dtypes, integers
-//! wider than 64 bits, recursive structures, out-of-band buffers, and shared references
-//! that would expand the result to more than 256 bytes per input byte plus 4 MiB: a
-//! [`Value`] is a tree, so each reference to a shared object is a copy).
+//! match shape x itemsize, more than [`MAX_NDIM`] dimensions, corrupt gzip, nesting
+//! deeper than [`MAX_DEPTH`], ...), [`Error::Unsupported`] (unknown globals or opcodes,
+//! unsupported dtypes, integers wider than 64 bits, recursive structures, out-of-band
+//! buffers, and shared references that would expand the result beyond the bound
+//! above: a pickle bomb) and [`Error::LimitExceeded`].
 //!
 //! # Examples
 //! ```
@@ -85,6 +107,7 @@ use std::rc::Rc;
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 
 const FORMAT: &str = "pickle";
 
@@ -96,6 +119,8 @@ pub const MAX_DEPTH: u32 = 200;
 pub const MAX_STACK: usize = 1 << 20;
 /// Largest number of memo entries accepted.
 pub const MAX_MEMO: usize = 1 << 22;
+/// Most dimensions an array may have: numpy's own limit (`NPY_MAXDIMS`).
+pub const MAX_NDIM: usize = 64;
 /// Longest text line accepted by the protocol 0 opcodes (`GLOBAL`, `INT`, `GET`, ...).
 const MAX_LINE: usize = 1024;
 
@@ -538,10 +563,26 @@ impl Value {
 /// # }
 /// ```
 pub fn load(path: impl AsRef<Path>) -> Result<Value> {
+    load_with(path, Limits::default())
+}
+
+/// [`load`] with the given [`Limits`] instead of the defaults (1 GiB of decompressed
+/// input, 1 GiB of result).
+///
+/// # Examples
+/// ```no_run
+/// use convinit::{data::pickle, limits::Limits};
+/// # fn main() -> convinit::Result<()> {
+/// let v = pickle::load_with("big.pkl.gz", Limits::default().with_max_input_bytes(8 << 30)
+///     .with_max_result_bytes(8 << 30))?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn load_with(path: impl AsRef<Path>, limits: Limits) -> Result<Value> {
     let path = path.as_ref();
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    from_reader(file)
+    from_reader_with(file, limits)
 }
 
 /// Reads a pickle (plain or gzipped, detected by the magic bytes) from any reader.
@@ -567,13 +608,30 @@ pub fn load(path: impl AsRef<Path>) -> Result<Value> {
 /// # }
 /// ```
 pub fn from_reader<R: Read>(reader: R) -> Result<Value> {
+    from_reader_with(reader, Limits::default())
+}
+
+/// [`from_reader`] with the given [`Limits`] instead of the defaults.
+///
+/// Going over either limit is [`Error::LimitExceeded`] naming the setter that raises it;
+/// see the [module documentation](self#limits) for what is counted.
+///
+/// # Examples
+/// ```
+/// use convinit::{Error, data::pickle, limits::Limits};
+/// let bytes = b"\x80\x02K\x01X\x01\x00\x00\x00aN\x87q\x00.";
+/// let tight = Limits::default().with_max_input_bytes(10);
+/// let e = pickle::from_reader_with(&bytes[..], tight).unwrap_err();
+/// assert!(matches!(e, Error::LimitExceeded { setting: "Limits::with_max_input_bytes", .. }));
+/// ```
+pub fn from_reader_with<R: Read>(reader: R, limits: Limits) -> Result<Value> {
     let (gz, chained) = sniff_gzip(reader, FORMAT)?;
     if gz {
         let gz =
             flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, chained));
-        Machine::new(Input::new(gz, true, FORMAT)).run()
+        Machine::new(Input::new(gz, true, FORMAT, limits)).run()
     } else {
-        Machine::new(Input::new(chained, false, FORMAT)).run()
+        Machine::new(Input::new(chained, false, FORMAT, limits)).run()
     }
 }
 
@@ -609,10 +667,14 @@ pub(crate) struct Input<R> {
     /// Stream offset of `buf[0]`.
     base: u64,
     gz: bool,
+    /// The limits in force ([`Limits::max_input_bytes`] is enforced here).
+    limits: Limits,
+    /// Bytes read from `inner` so far (the decompressed stream when `gz`).
+    read_total: u64,
 }
 
 impl<R: Read> Input<R> {
-    pub(crate) fn new(inner: R, gz: bool, format: &'static str) -> Self {
+    pub(crate) fn new(inner: R, gz: bool, format: &'static str, limits: Limits) -> Self {
         Input {
             format,
             inner,
@@ -621,7 +683,14 @@ impl<R: Read> Input<R> {
             end: 0,
             base: 0,
             gz,
+            limits,
+            read_total: 0,
         }
+    }
+
+    /// The limits this input was opened with.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub(crate) fn offset(&self) -> u64 {
@@ -651,10 +720,20 @@ impl<R: Read> Input<R> {
         }
     }
 
+    /// Reads into `dst`, never more than one byte past the input limit: a
+    /// decompression bomb is stopped after `max_input_bytes + 1` bytes, not inflated.
     fn raw_read(&mut self, dst: &mut [u8], offset: u64) -> Result<usize> {
+        let limit = self.limits.max_input_bytes();
+        let room = limit.saturating_sub(self.read_total).saturating_add(1);
+        let want = dst.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let dst = &mut dst[..want];
         loop {
             match self.inner.read(dst) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.read_total = self.read_total.saturating_add(n as u64);
+                    self.limits.check_input(self.format, self.read_total)?;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.read_error(e, offset)),
             }
@@ -821,6 +900,14 @@ impl Raw {
         }
     }
 
+    fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.chunks.iter().map(Vec::len).sum());
+        for c in &self.chunks {
+            v.extend_from_slice(c);
+        }
+        v
+    }
+
     fn concat(self) -> Vec<u8> {
         if self.chunks.len() == 1 {
             return self.chunks.into_iter().next().unwrap_or_default();
@@ -911,35 +998,69 @@ enum Payload {
 }
 
 impl Payload {
+    /// The length in bytes, as in the pickle.
+    fn byte_len(&self) -> u64 {
+        match self {
+            Payload::Raw(r) => r.len,
+            Payload::Typed(a, _) => (a.len() as u64).saturating_mul(a.dtype().itemsize() as u64),
+        }
+    }
+
     /// The bytes as they were in the pickle.
     fn into_raw(self) -> Raw {
         match self {
             Payload::Raw(r) => r,
-            Payload::Typed(a, be) => {
-                macro_rules! bytes {
-                    ($a:expr) => {
-                        if be {
-                            $a.iter().flat_map(|v| v.to_be_bytes()).collect()
-                        } else {
-                            $a.iter().flat_map(|v| v.to_le_bytes()).collect()
-                        }
-                    };
+            typed => Raw::from_vec(typed.to_bytes()),
+        }
+    }
+
+    /// A copy of the bytes as they were in the pickle.
+    fn to_bytes(&self) -> Vec<u8> {
+        let (a, be) = match self {
+            Payload::Raw(r) => return r.to_vec(),
+            Payload::Typed(a, be) => (a, *be),
+        };
+        macro_rules! bytes {
+            ($a:expr) => {
+                if be {
+                    $a.iter().flat_map(|v| v.to_be_bytes()).collect()
+                } else {
+                    $a.iter().flat_map(|v| v.to_le_bytes()).collect()
                 }
-                let v: Vec<u8> = match &a {
-                    NdArray::F32(x) => bytes!(x),
-                    NdArray::F64(x) => bytes!(x),
-                    NdArray::I64(x) => bytes!(x),
-                    NdArray::I32(x) => bytes!(x),
-                    NdArray::I16(x) => bytes!(x),
-                    NdArray::I8(x) => bytes!(x),
-                    NdArray::U8(x) => bytes!(x),
-                    NdArray::U16(x) => bytes!(x),
-                    NdArray::U32(x) => bytes!(x),
-                    NdArray::U64(x) => bytes!(x),
-                    NdArray::Bool(x) => x.iter().map(|&b| u8::from(b)).collect(),
-                };
-                Raw::from_vec(v)
+            };
+        }
+        match a {
+            NdArray::F32(x) => bytes!(x),
+            NdArray::F64(x) => bytes!(x),
+            NdArray::I64(x) => bytes!(x),
+            NdArray::I32(x) => bytes!(x),
+            NdArray::I16(x) => bytes!(x),
+            NdArray::I8(x) => bytes!(x),
+            NdArray::U8(x) => bytes!(x),
+            NdArray::U16(x) => bytes!(x),
+            NdArray::U32(x) => bytes!(x),
+            NdArray::U64(x) => bytes!(x),
+            NdArray::Bool(x) => x.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
+
+    /// The bytes decoded as latin-1 text.
+    fn latin1(&self) -> String {
+        match self {
+            Payload::Raw(r) => r.latin1(),
+            typed => Raw::from_vec(typed.to_bytes()).latin1(),
+        }
+    }
+
+    /// The size of [`Payload::latin1`]'s text: one UTF-8 byte per byte below 0x80, two
+    /// per byte above (for a typed payload, that upper bound).
+    fn latin1_len(&self) -> u64 {
+        match self {
+            Payload::Raw(r) => {
+                let high = r.chunks.iter().flatten().filter(|&&b| b >= 0x80).count();
+                r.len.saturating_add(high as u64)
             }
+            typed => typed.byte_len().saturating_mul(2),
         }
     }
 }
@@ -1032,10 +1153,7 @@ impl Obj {
     fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Obj::Str(s) => Some(Cow::Borrowed(s)),
-            Obj::Str2(r) => r
-                .borrow()
-                .as_ref()
-                .map(|p| Cow::Owned(p.clone().into_raw().latin1())),
+            Obj::Str2(r) => r.borrow().as_ref().map(|p| Cow::Owned(p.latin1())),
             _ => None,
         }
     }
@@ -1065,6 +1183,9 @@ struct Machine<R> {
     /// used again and again through the memo would otherwise be copied in full each time
     /// (a 1 MB key x 100 000 dict inserts, or 1000 `_codecs.encode` calls on a 1 MB str).
     copied: Cell<u64>,
+    /// Bytes of result charged while reading (array data and shapes), checked against
+    /// [`Limits::max_result_bytes`] before each array is allocated.
+    result: Cell<u64>,
 }
 
 fn opname(op: u8) -> Option<&'static str> {
@@ -1190,6 +1311,7 @@ impl<R: Read> Machine<R> {
             at: 0,
             op: "",
             copied: Cell::new(0),
+            result: Cell::new(0),
         }
     }
 
@@ -1340,6 +1462,15 @@ impl<R: Read> Machine<R> {
         Ok(())
     }
 
+    /// Charges `bytes` of result (array data about to be allocated) against
+    /// [`Limits::max_result_bytes`].
+    fn charge_result(&self, bytes: u64) -> Result<()> {
+        let total = self.result.get().saturating_add(bytes);
+        self.input.limits().check_result(FORMAT, total)?;
+        self.result.set(total);
+        Ok(())
+    }
+
     /// Charges `len` bytes copied out of a shared object to the budget of `copied`.
     fn charge_copy(&self, what: &str, len: u64) -> Result<()> {
         let used = self.copied.get().saturating_add(len);
@@ -1384,6 +1515,10 @@ impl<R: Read> Machine<R> {
         if len >= 1 << 16
             && let Some((dt, count)) = self.predict(len)
         {
+            if dt.kind != DType::Bool {
+                // Charged before a byte is read: the array this becomes is the result.
+                self.charge_result(len)?;
+            }
             let what = format!(
                 "{} payload ({len} bytes claimed by the opcode at byte {})",
                 self.op, self.at
@@ -1487,7 +1622,14 @@ impl<R: Read> Machine<R> {
                     .offset()
                     .saturating_mul(MAX_EXPANSION)
                     .saturating_add(EXPANSION_SLACK);
-                return to_value(top, 0, &mut Budget { left: limit, limit });
+                let mut budget = Budget {
+                    left: limit,
+                    limit,
+                    result: self.result.get(),
+                    limits: self.input.limits(),
+                };
+                budget.charge(VALUE_BYTES)?;
+                return to_value(top, 0, &mut budget);
             }
             if let Err(e) = self.step(op) {
                 return Err(if self.at == 0 { annotate_first(e) } else { e });
@@ -1945,6 +2087,12 @@ impl<R: Read> Machine<R> {
                 return Err(self.invalid(format!("shape must be a tuple, not {}", other.kind())));
             }
         };
+        if items.len() > MAX_NDIM {
+            return Err(self.invalid(format!(
+                "shape has {} dimensions; numpy allows at most {MAX_NDIM}",
+                items.len()
+            )));
+        }
         items
             .iter()
             .map(|d| {
@@ -2049,6 +2197,8 @@ impl<R: Read> Machine<R> {
             Payload::Typed(a, be)
                 if a.dtype() == dt.kind && be == dt.big_endian && a.len() == count =>
             {
+                // The data was charged when its payload was read.
+                self.charge_result(dims_bytes(shape.len()))?;
                 let dim = IxDyn(shape).set_f(fortran);
                 let r = each_array!(a, x => {
                     let (v, _) = x.into_raw_vec_and_offset();
@@ -2070,6 +2220,7 @@ impl<R: Read> Machine<R> {
                 dt.kind.itemsize()
             )));
         }
+        self.charge_result((need as u64).saturating_add(dims_bytes(shape.len())))?;
         let dim = IxDyn(shape).set_f(fortran);
         let be = dt.big_endian;
         macro_rules! conv {
@@ -2163,11 +2314,7 @@ impl KeyId {
     fn text_len(o: &Obj) -> u64 {
         match o {
             Obj::Str(s) => s.len() as u64,
-            Obj::Str2(r) => match &*r.borrow() {
-                Some(Payload::Raw(raw)) => raw.len,
-                Some(Payload::Typed(a, _)) => (a.len() * a.dtype().itemsize()) as u64,
-                None => 0,
-            },
+            Obj::Str2(r) => r.borrow().as_ref().map_or(0, Payload::latin1_len),
             _ => 0,
         }
     }
@@ -2200,42 +2347,74 @@ fn annotate_first(e: Error) -> Error {
     }
 }
 
-/// Bytes of result (`Value` nodes and copies of shared data) allowed per byte of
-/// decompressed input, on top of [`EXPANSION_SLACK`]. A pickle shares objects by
-/// reference (`DUP`, memo `GET`) and [`Value`] is a tree, so every shared object is copied
-/// once per reference: without a cap, `N` followed by 60 times `DUP TUPLE2` (123 bytes)
-/// would expand to 2^60 nodes. A legitimate pickle stays far below: one opcode byte
-/// makes at most one node of `size_of::<Value>()` (120) bytes.
+/// Bytes of result (`Value` nodes, strings, bytes, copies of shared arrays with their
+/// shapes) allowed per byte of decompressed input, on top of [`EXPANSION_SLACK`]. A
+/// pickle shares objects by reference (`DUP`, memo `GET`) and [`Value`] is a tree, so
+/// every shared object is copied once per reference: without a cap, `N` followed by 60
+/// times `DUP TUPLE2` (123 bytes) would expand to 2^60 nodes. A legitimate pickle stays
+/// far below: one opcode byte makes at most one node of `size_of::<Value>()` (120)
+/// bytes, and a string or bytes object at most two bytes per byte of its payload.
 const MAX_EXPANSION: u64 = 256;
 /// Expansion allowed whatever the input's size (4 MiB).
 const EXPANSION_SLACK: u64 = 1 << 22;
 
-/// What is left of the expansion allowed to the result.
+/// Bytes one [`Value`] takes in its parent's vector (or as the root).
+const VALUE_BYTES: u64 = std::mem::size_of::<Value>() as u64;
+
+/// Heap bytes of an array's shape and strides beyond its data (`ndim` of each).
+fn dims_bytes(ndim: usize) -> u64 {
+    (2 * ndim * std::mem::size_of::<usize>()) as u64
+}
+
+/// What is left of the expansion allowed to the result, and the result's size so far.
+///
+/// Every allocation [`to_value`] makes is charged here before it is made, at its real
+/// size: a container's vector of values, a string's or bytes' copy, a shared array's
+/// data, shape and strides.
 struct Budget {
     left: u64,
     limit: u64,
+    /// Bytes of result so far (with the arrays built while reading).
+    result: u64,
+    limits: Limits,
 }
 
 impl Budget {
-    fn charge(&mut self, bytes: usize) -> Result<()> {
-        match self.left.checked_sub(bytes as u64) {
-            Some(left) => {
-                self.left = left;
-                Ok(())
+    fn charge(&mut self, bytes: u64) -> Result<()> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => self.left = left,
+            None => {
+                return Err(Error::Unsupported {
+                    format: FORMAT,
+                    offset: 0,
+                    message: format!(
+                        "the result expands shared references to more than {} bytes \
+                         ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a pickle bomb?",
+                        self.limit
+                    ),
+                });
             }
-            None => Err(Error::Unsupported {
-                format: FORMAT,
-                offset: 0,
-                message: format!(
-                    "the result expands shared references to more than {} bytes \
-                     ({MAX_EXPANSION} x the input + {EXPANSION_SLACK}): a pickle bomb?",
-                    self.limit
-                ),
-            }),
         }
+        self.result = self.result.saturating_add(bytes);
+        self.limits.check_result(FORMAT, self.result)
+    }
+
+    /// Charges a vector of `n` items of `T`.
+    fn charge_items<T>(&mut self, n: usize) -> Result<()> {
+        self.charge((n as u64).saturating_mul(std::mem::size_of::<T>() as u64))
     }
 }
 
+fn missing_payload() -> Error {
+    Error::Unsupported {
+        format: FORMAT,
+        offset: 0,
+        message: "a bytes object used both as array data and as a value".into(),
+    }
+}
+
+/// Converts a machine object to a [`Value`]. Its own slot (in its parent's vector, or
+/// as the root) has already been charged.
 fn to_value(o: Obj, depth: u32, budget: &mut Budget) -> Result<Value> {
     if depth > MAX_DEPTH + 1 {
         return Err(Error::InvalidData {
@@ -2244,9 +2423,9 @@ fn to_value(o: Obj, depth: u32, budget: &mut Budget) -> Result<Value> {
             message: format!("result nested deeper than {MAX_DEPTH}"),
         });
     }
-    budget.charge(std::mem::size_of::<Value>())?;
-    let mut seq = |items: Vec<Obj>| -> Result<Vec<Value>> {
-        let mut out = Vec::with_capacity(items.len());
+    let mut seq = |n: usize, items: &mut dyn Iterator<Item = Obj>| -> Result<Vec<Value>> {
+        budget.charge_items::<Value>(n)?;
+        let mut out = Vec::with_capacity(n);
         for i in items {
             out.push(to_value(i, depth + 1, budget)?);
         }
@@ -2257,40 +2436,74 @@ fn to_value(o: Obj, depth: u32, budget: &mut Budget) -> Result<Value> {
         Obj::Bool(b) => Value::Bool(b),
         Obj::Int(i) => Value::Int(i),
         Obj::Float(f) => Value::Float(f),
-        Obj::Str(s) => Value::Str(s.to_string()),
-        Obj::Bytes(r) => Value::Bytes(take_or_clone(r, budget)?.into_raw().concat()),
-        Obj::Str2(r) => Value::Str(take_or_clone(r, budget)?.into_raw().latin1()),
-        Obj::Tuple(t) => Value::Tuple(seq(match Rc::try_unwrap(t) {
-            Ok(t) => t.items,
-            Err(t) => t.items.clone(),
-        })?),
-        Obj::List(l) => Value::List(seq(match Rc::try_unwrap(l) {
-            Ok(l) => l.items.into_inner(),
-            Err(l) => l.items.borrow().clone(),
-        })?),
+        Obj::Str(s) => {
+            budget.charge(s.len() as u64)?;
+            Value::Str(s.to_string())
+        }
+        Obj::Bytes(r) => {
+            let len = r.borrow().as_ref().map_or(0, Payload::byte_len);
+            budget.charge(len)?;
+            Value::Bytes(match Rc::try_unwrap(r) {
+                Ok(c) => c
+                    .into_inner()
+                    .ok_or_else(missing_payload)?
+                    .into_raw()
+                    .concat(),
+                Err(r) => r.borrow().as_ref().ok_or_else(missing_payload)?.to_bytes(),
+            })
+        }
+        Obj::Str2(r) => {
+            let len = r.borrow().as_ref().map_or(0, Payload::latin1_len);
+            budget.charge(len)?;
+            let text = r.borrow().as_ref().ok_or_else(missing_payload)?.latin1();
+            Value::Str(text)
+        }
+        Obj::Tuple(t) => Value::Tuple(match Rc::try_unwrap(t) {
+            Ok(t) => seq(t.items.len(), &mut t.items.into_iter())?,
+            Err(t) => seq(t.items.len(), &mut t.items.iter().cloned())?,
+        }),
+        Obj::List(l) => Value::List(match Rc::try_unwrap(l) {
+            Ok(l) => {
+                let items = l.items.into_inner();
+                seq(items.len(), &mut items.into_iter())?
+            }
+            Err(l) => {
+                let items = l.items.borrow();
+                seq(items.len(), &mut items.iter().cloned())?
+            }
+        }),
         Obj::Dict(d) => {
-            let items = match Rc::try_unwrap(d) {
-                Ok(d) => d.items.into_inner(),
-                Err(d) => d.items.borrow().clone(),
+            let mut pairs = |n: usize,
+                             items: &mut dyn Iterator<Item = (Obj, Obj)>|
+             -> Result<Vec<(Value, Value)>> {
+                budget.charge_items::<(Value, Value)>(n)?;
+                let mut out = Vec::with_capacity(n);
+                for (k, v) in items {
+                    out.push((
+                        to_value(k, depth + 1, budget)?,
+                        to_value(v, depth + 1, budget)?,
+                    ));
+                }
+                Ok(out)
             };
-            Value::Dict(
-                items
-                    .into_iter()
-                    .map(|(k, v)| {
-                        Ok((
-                            to_value(k, depth + 1, budget)?,
-                            to_value(v, depth + 1, budget)?,
-                        ))
-                    })
-                    .collect::<Result<_>>()?,
-            )
+            Value::Dict(match Rc::try_unwrap(d) {
+                Ok(d) => {
+                    let items = d.items.into_inner();
+                    pairs(items.len(), &mut items.into_iter())?
+                }
+                Err(d) => {
+                    let items = d.items.borrow();
+                    pairs(items.len(), &mut items.iter().cloned())?
+                }
+            })
         }
         Obj::Array(a) => {
             let a = match Rc::try_unwrap(a) {
                 Ok(a) => a.into_inner(),
                 Err(a) => match &*a.borrow() {
                     ArrayObj::Built(x) => {
-                        budget.charge(x.len().saturating_mul(x.dtype().itemsize()))?;
+                        let data = (x.len() as u64).saturating_mul(x.dtype().itemsize() as u64);
+                        budget.charge(data.saturating_add(dims_bytes(x.shape().len())))?;
                         ArrayObj::Built(x.clone())
                     }
                     ArrayObj::Pending => ArrayObj::Pending,
@@ -2321,25 +2534,5 @@ fn to_value(o: Obj, depth: u32, budget: &mut Budget) -> Result<Value> {
                 message: "result contains a bare numpy.dtype".into(),
             });
         }
-    })
-}
-
-fn take_or_clone(r: Rc<RawCell>, budget: &mut Budget) -> Result<Payload> {
-    let raw = match Rc::try_unwrap(r) {
-        Ok(c) => c.into_inner(),
-        Err(r) => {
-            let len = match &*r.borrow() {
-                Some(Payload::Raw(raw)) => raw.len,
-                Some(Payload::Typed(a, _)) => (a.len() * a.dtype().itemsize()) as u64,
-                None => 0,
-            };
-            budget.charge(usize::try_from(len).unwrap_or(usize::MAX))?;
-            r.borrow().clone()
-        }
-    };
-    raw.ok_or_else(|| Error::Unsupported {
-        format: FORMAT,
-        offset: 0,
-        message: "a bytes object used both as array data and as a value".into(),
     })
 }

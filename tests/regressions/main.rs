@@ -426,3 +426,211 @@ fn encoding_a_shared_string_again_and_again_is_bounded() {
     p.extend_from_slice(b"t.");
     pickle_err("encode x 1000", &p, "encoded string: copies of shared data");
 }
+
+// ---------------------------------------------------------------------------------------
+// Hardening, round two (issue 11): shared references charged at their real size, the
+// loaders' Limits, and the MNIST checks.
+
+/// A classic (protocol 2, cPickle-style) `<f4` array of `shape`, left on the stack
+/// without the final STOP so that callers can add opcodes.
+fn classic_f4_open(shape: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut p = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85U\x01b\x87Rq\x03(K\x01(".to_vec();
+    for d in shape {
+        p.push(b'J');
+        p.extend_from_slice(&d.to_le_bytes());
+    }
+    p.extend_from_slice(b"tcnumpy\ndtype\nU\x02f4K\x00K\x01\x87R(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T");
+    p.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    p.extend_from_slice(data);
+    p.extend_from_slice(b"tb");
+    p
+}
+
+/// `k` times (DUP, TUPLE2) on the top of the stack, then STOP: 2^k references to it.
+fn doubled(mut p: Vec<u8>, k: usize) -> Vec<u8> {
+    for _ in 0..k {
+        p.extend_from_slice(b"2\x86");
+    }
+    p.push(b'.');
+    p
+}
+
+fn expect_limit(got: Result<(), String>, setter: &str, what: &str) {
+    match got {
+        Err(m) if m.contains("exceeds the limit") && m.contains(setter) => {}
+        other => panic!("{what}: expected a limit error naming {setter}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_shared_string_is_charged_at_its_length() {
+    // A 64 KiB str (and a 64 KiB Python 2 str of latin-1 bytes above 0x7f, two UTF-8
+    // bytes each) referenced 2^40 times: charged 120 bytes a node, the copies of the
+    // text reached gigabytes (6 GB from a 1 KB .pkl.gz through Mnist::load).
+    let n = 64 << 10;
+    let mut s = b"\x80\x02X".to_vec();
+    s.extend_from_slice(&(n as u32).to_le_bytes());
+    s.extend(std::iter::repeat_n(b's', n));
+    let mut s2 = b"\x80\x02T".to_vec();
+    s2.extend_from_slice(&(n as u32).to_le_bytes());
+    s2.extend(std::iter::repeat_n(0xe9u8, n));
+    for (what, p) in [("str", doubled(s, 40)), ("latin-1 str", doubled(s2, 40))] {
+        pickle_err(what, &p, "pickle bomb");
+        let gz = gzip(&p);
+        assert!(gz.len() < 2000, "{what}: {} bytes gzipped", gz.len());
+        let got = guarded(what, p.len(), || {
+            Mnist::from_pickle_reader(&gz[..]).map(drop)
+        });
+        assert!(
+            got.as_ref().is_err_and(|m| m.contains("pickle bomb")),
+            "{what}: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn a_shared_array_is_charged_for_its_shape_and_strides() {
+    // A one-element array of 64 dimensions (numpy's maximum) referenced 2^40 times:
+    // each copy also copies 2 x 64 usizes of shape and strides, which were not charged.
+    let p = doubled(classic_f4_open(&[1; 64], &[0; 4]), 40);
+    pickle_err("64-dim array x 2^40", &p, "pickle bomb");
+    // More dimensions than numpy allows are refused outright.
+    let mut p = classic_f4_open(&[1; 10_000], &[0; 4]);
+    p.push(b'.');
+    pickle_err("10 000 dims", &p, "numpy allows at most 64");
+}
+
+#[test]
+fn a_gzip_bomb_stops_at_the_input_limit() {
+    // 16 MiB of zero bytes in a BINBYTES8, gzipped to a few KB: with a 1 MiB input
+    // limit, reading stops there (memory bounded by the compressed size, not the claim).
+    let n = 16usize << 20;
+    let mut p = b"\x80\x04\x8e".to_vec();
+    p.extend_from_slice(&(n as u64).to_le_bytes());
+    p.resize(p.len() + n, 0);
+    p.push(b'.');
+    let gz = gzip(&p);
+    let small = convinit::limits::Limits::default().with_max_input_bytes(1 << 20);
+    let got = guarded("pickle gz bomb", gz.len(), || {
+        pickle::from_reader_with(&gz[..], small).map(drop)
+    });
+    expect_limit(got, "with_max_input_bytes", "pickle gz bomb");
+    let got = guarded("mnist gz bomb", gz.len(), || {
+        Mnist::from_pickle_reader_with(&gz[..], small).map(drop)
+    });
+    expect_limit(got, "with_max_input_bytes", "mnist gz bomb");
+}
+
+#[test]
+fn an_array_over_the_result_limit_is_refused_before_its_data_is_read() {
+    // A 16 MiB f4 array (zeros, gzipped to a few KB) with a 1 MiB result limit: refused
+    // from the stack's shape before the data is read, whatever the input limit.
+    let mut p = classic_f4_open(&[4 << 20], &vec![0; 16 << 20]);
+    p.push(b'.');
+    let gz = gzip(&p);
+    let small = convinit::limits::Limits::unlimited().with_max_result_bytes(1 << 20);
+    let got = guarded("f4 array gz", gz.len(), || {
+        pickle::from_reader_with(&gz[..], small).map(drop)
+    });
+    expect_limit(got, "with_max_result_bytes", "f4 array gz");
+}
+
+#[test]
+fn an_idx_gzip_bomb_stops_at_the_limits() {
+    // 16 M u8 elements of zeros, gzipped to a few KB (the 1.5 MB .gz giving 1.57 GB).
+    let mut data = vec![0, 0, 0x08, 1];
+    data.extend_from_slice(&(16u32 << 20).to_be_bytes());
+    data.resize(data.len() + (16 << 20), 0);
+    let gz = gzip(&data);
+    let l = convinit::limits::Limits::unlimited();
+    for (limits, setter) in [
+        (l.with_max_result_bytes(1 << 20), "with_max_result_bytes"),
+        (l.with_max_input_bytes(1 << 20), "with_max_input_bytes"),
+    ] {
+        let got = guarded("idx gz bomb", gz.len(), || {
+            idx::from_reader_with(&gz[..], limits).map(drop)
+        });
+        expect_limit(got, setter, "idx gz bomb");
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("convinit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn idx_header(code: u8, dims: &[u32]) -> Vec<u8> {
+    let mut b = vec![0, 0, code, dims.len() as u8];
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b
+}
+
+#[test]
+fn an_idx_directory_is_checked_from_its_headers() {
+    // Train images claiming 400 000 x 28 x 28 u8 (313 MB, under the default limit as
+    // u8) would become 1.25 GB of f32: refused with the defaults from the header alone,
+    // before a pixel is read (the files hold no data, so reading would say Truncated).
+    let dir = TempDir::new("idx-headers");
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.0.join(name), gzip(bytes)).unwrap();
+    write(
+        "train-images-idx3-ubyte.gz",
+        &idx_header(0x08, &[400_000, 28, 28]),
+    );
+    write("train-labels-idx1-ubyte.gz", &idx_header(0x08, &[400_000]));
+    write(
+        "t10k-images-idx3-ubyte.gz",
+        &idx_header(0x08, &[10, 28, 28]),
+    );
+    write("t10k-labels-idx1-ubyte.gz", &idx_header(0x08, &[10]));
+    let got = guarded("idx dir headers", 100, || Mnist::load(&dir.0).map(drop));
+    expect_limit(got, "with_max_result_bytes", "idx dir headers");
+}
+
+#[test]
+fn mnist_labels_and_image_sizes_are_checked() {
+    use convinit::data::{NdArray, Value};
+    let x = |n: usize, p: usize| Value::Array(NdArray::F32(ndarray::ArrayD::zeros(vec![n, p])));
+    let y = |v: Vec<i64>| {
+        Value::Array(NdArray::I64(
+            ndarray::ArrayD::from_shape_vec(vec![v.len()], v).unwrap(),
+        ))
+    };
+    let split = |a, b| Value::Tuple(vec![a, b]);
+    let label = Value::Tuple(vec![
+        split(x(2, 4), y(vec![1, 2])),
+        split(x(2, 4), y(vec![3, 255])),
+        split(x(1, 4), y(vec![0])),
+    ]);
+    let got = guarded("label 255", 1000, || Mnist::from_value(label).map(drop));
+    assert!(
+        got.as_ref()
+            .is_err_and(|m| m.contains("valid: label 255 at index 1")),
+        "{got:?}"
+    );
+    let size = Value::Tuple(vec![
+        split(x(2, 4), y(vec![1, 2])),
+        split(x(2, 4), y(vec![3, 4])),
+        split(x(1, 5), y(vec![0])),
+    ]);
+    let got = guarded("sizes", 1000, || Mnist::from_value(size).map(drop));
+    assert!(
+        got.as_ref()
+            .is_err_and(|m| m.contains("test: images have 5 pixels") && m.contains("have 4")),
+        "{got:?}"
+    );
+}
