@@ -5,7 +5,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 use convinit::Error;
 use convinit::data::pickle::{self, DType, NdArray, Value};
@@ -576,7 +575,6 @@ fn huge_claimed_lengths_fail_fast_without_huge_allocations() {
         ),
     ];
     for (name, bytes) in cases {
-        let start = Instant::now();
         // Unlimited: the claims themselves must not be allocated (the typed claim of
         // 2 GiB is over the default result limit, which refuses it before reading).
         let (r, largest) =
@@ -589,7 +587,6 @@ fn huge_claimed_lengths_fail_fast_without_huge_allocations() {
             largest <= 4 << 20,
             "{name}: allocated {largest} bytes at once"
         );
-        assert!(start.elapsed() < Duration::from_secs(2), "{name}: too slow");
     }
     let typed = classic_claiming("f4", "<", &[536_870_911], false, &[0; 100], 0x7fff_fffc);
     let (r, largest) = largest_allocation_during(|| load(&typed));
