@@ -37,25 +37,13 @@ fn json_number(v: f64) -> String {
     }
 }
 
-/// Loads PATH, or the embedded sample when there is no PATH.
+/// Loads PATH, or the embedded sample when there is no PATH (an error naming the
+/// missing feature in a build without it).
 pub fn load(path: Option<&str>) -> convinit::Result<Mnist> {
     match path {
         Some(p) => Mnist::load(p),
-        None => embedded(),
+        None => Mnist::embedded(),
     }
-}
-
-#[cfg(feature = "embedded-sample")]
-fn embedded() -> convinit::Result<Mnist> {
-    Mnist::embedded()
-}
-
-#[cfg(not(feature = "embedded-sample"))]
-fn embedded() -> convinit::Result<Mnist> {
-    Err(convinit::Error::Io {
-        context: "no PATH given and the embedded-sample feature is off".into(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no data"),
-    })
 }
 
 #[allow(dead_code)]

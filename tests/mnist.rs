@@ -38,6 +38,16 @@ fn check_range(x: &Array2<f32>) {
     assert!(x.iter().all(|&v| (v * 256.0).fract() == 0.0));
 }
 
+/// Without the feature the function still exists (code falling back to it compiles),
+/// and says what is missing.
+#[cfg(not(feature = "embedded-sample"))]
+#[test]
+fn embedded_without_the_feature_names_it() {
+    let e = Mnist::embedded().unwrap_err();
+    assert!(matches!(e, convinit::Error::Config { .. }), "{e:?}");
+    assert!(e.to_string().contains("embedded-sample"), "{e}");
+}
+
 #[cfg(feature = "embedded-sample")]
 #[test]
 fn embedded_sample() {

@@ -731,6 +731,10 @@ fn mnist(n: usize) -> (Array2<f32>, Array1<i64>, Array2<f32>, Array1<i64>) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn fit_learns_mnist_and_is_deterministic() {
     let (xt, yt, xv, yv) = mnist(400);
     let train = Split::new(xt.view(), yt.view());
@@ -788,6 +792,10 @@ fn fit_learns_mnist_and_is_deterministic() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn fit_rejects_bad_settings_and_outputs() {
     let (xt, yt, _, _) = mnist(16);
     let train = Split::new(xt.view(), yt.view());
@@ -835,6 +843,10 @@ fn fit_rejects_bad_settings_and_outputs() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn fit_reports_a_bad_label_by_its_index_in_the_split_before_any_update() {
     let (xt, yt, xv, yv) = mnist(16);
     let ok = |_: &_, _: &_| Ok(());
@@ -908,6 +920,10 @@ fn fit_reports_a_bad_label_by_its_index_in_the_split_before_any_update() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn fit_with_usize_max_epochs_is_rejected_or_stopped_by_the_callback() {
     let (xt, yt, _, _) = mnist(16);
     let stop = || Error::State {
@@ -962,6 +978,10 @@ fn fit_with_usize_max_epochs_is_rejected_or_stopped_by_the_callback() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn schedule_and_evaluate_take_any_count() {
     // The schedule at the extremes of its counts: finite, within [0, peak].
     let s = LrSchedule::WarmupCosine {
@@ -1013,6 +1033,10 @@ fn schedule_and_evaluate_take_any_count() {
 // ---------------------------------------------------------------- telemetry
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn telemetry_records_every_layer_and_writes_csv() {
     let (xt, yt, _, _) = mnist(96);
     let train = Split::new(xt.view(), yt.view());
@@ -1145,6 +1169,10 @@ fn layer_stds(net: &mut Sequential, x: &Array4<f32>) -> Vec<(usize, f64, f64)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn lsuv_brings_each_layer_output_to_unit_std() {
     let (xt, _, _, _) = mnist(128);
     let x = xt.into_shape_with_order((128, 1, 28, 28)).unwrap();
@@ -1199,6 +1227,10 @@ fn lsuv_brings_each_layer_output_to_unit_std() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn lsuv_errors_on_zero_std_and_bad_config() {
     let x = Array4::<f32>::zeros((4, 1, 8, 8));
     let mut net = small_net(&Init::KAIMING_NORMAL, 0); // zero biases: all outputs are 0

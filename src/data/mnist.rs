@@ -131,18 +131,34 @@ impl Mnist {
         Self::from_value_with(pickle::from_reader_with(reader, limits)?, limits)
     }
 
-    /// The sample embedded in the crate ([`EMBEDDED_SAMPLE`]): the first 2 000 images
+    /// The sample embedded in the crate (`EMBEDDED_SAMPLE`): the first 2 000 images
     /// of each split.
+    ///
+    /// It exists in every build, so code that falls back to it compiles with any
+    /// features; the data is there only with the `embedded-sample` feature (on by
+    /// default).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the crate was built without `embedded-sample`: load a file
+    /// with [`Mnist::load`] instead.
     ///
     /// # Examples
     /// ```
+    /// # #[cfg(feature = "embedded-sample")] {
     /// let m = convinit::data::Mnist::embedded()?;
     /// assert_eq!(m.test.1.len(), 2000);
+    /// # }
     /// # Ok::<(), convinit::Error>(())
     /// ```
-    #[cfg(feature = "embedded-sample")]
     pub fn embedded() -> Result<Mnist> {
-        Self::from_pickle_reader(EMBEDDED_SAMPLE)
+        #[cfg(feature = "embedded-sample")]
+        return Self::from_pickle_reader(EMBEDDED_SAMPLE);
+        #[cfg(not(feature = "embedded-sample"))]
+        return Err(Error::config(
+            "Mnist::embedded",
+            "this build of convinit has no embedded sample (the `embedded-sample` feature \
+             is off): load a file with Mnist::load, e.g. mnist.pkl.gz",
+        ));
     }
 
     /// Builds the splits from the unpickled value

@@ -358,6 +358,7 @@ fn long_argument_tuples_are_not_copied_per_call() {
 /// 1.5x, because a typed payload's vector grows by doubling before `shrink_to_fit`; the
 /// untouched capacity is never resident, so the peak RSS is about 1.02x.)
 #[test]
+#[cfg(feature = "embedded-sample")]
 fn embedded_sample_peak_memory_is_about_its_arrays() {
     use std::io::Read;
     let mut raw = Vec::new();
