@@ -317,7 +317,10 @@ fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) 
 /// # Errors
 /// [`Error::Config`] for a zero stride, dilation or groups, or groups not dividing the
 /// channels; [`Error::Shape`] when the weight does not match the input's channels, the
-/// dilated kernel is larger than the padded input, or the bias length is not `O`.
+/// dilated kernel is larger than the padded input, or the bias length is not `O`;
+/// [`Error::Alloc`] when a buffer cannot be allocated: the output, a copy of a
+/// broadcast or strided `x` or `weight`, or a padded image (far padding, stride or
+/// dilation).
 ///
 /// # Examples
 /// ```
