@@ -166,6 +166,85 @@ where
     Ok(ndarray::Array::from_shape_vec(shape, v).expect("length matches the shape"))
 }
 
+/// Resizes a reused buffer to `len` elements (new ones `value`), reserving fallibly:
+/// the same growth as [`Vec::resize`], an [`Error::Alloc`] instead of an abort.
+pub(crate) fn try_resize<T: Clone>(
+    op: &'static str,
+    v: &mut Vec<T>,
+    len: usize,
+    value: T,
+    describe: impl FnOnce() -> String,
+) -> Result<()> {
+    if len > v.len() && v.try_reserve(len - v.len()).is_err() {
+        return Err(Error::Alloc {
+            op,
+            bytes: (len as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+            message: describe(),
+        });
+    }
+    v.resize(len, value);
+    Ok(())
+}
+
+/// A standard-layout (row-major) copy of `x`, reserved fallibly: `x` may be a broadcast
+/// or strided view whose logical size is far larger than the memory behind it.
+pub(crate) fn try_to_owned<A: Clone, D: Dimension>(
+    op: &'static str,
+    x: ndarray::ArrayView<'_, A, D>,
+    describe: impl FnOnce() -> String,
+) -> Result<ndarray::Array<A, D>> {
+    let mut v = try_vec_with_capacity(op, x.len(), describe)?;
+    match x.as_slice() {
+        Some(s) => v.extend_from_slice(s),
+        None => v.extend(x.iter().cloned()),
+    }
+    Ok(ndarray::Array::from_shape_vec(x.raw_dim(), v).expect("length matches the shape"))
+}
+
+/// `x` itself when it is in standard layout, else [`try_to_owned`]: the fallible
+/// `as_standard_layout`.
+pub(crate) fn try_standard_layout<'a, A: Clone, D: Dimension>(
+    op: &'static str,
+    x: ndarray::ArrayView<'a, A, D>,
+    describe: impl FnOnce() -> String,
+) -> Result<ndarray::CowArray<'a, A, D>> {
+    if x.is_standard_layout() {
+        Ok(x.into())
+    } else {
+        Ok(try_to_owned(op, x, describe)?.into())
+    }
+}
+
+/// The data of `x` as an owned array: moved out when nothing else holds it, else
+/// copied (fallibly, [`try_to_owned`]).
+pub(crate) fn try_into_owned<A: Clone, D: Dimension>(
+    op: &'static str,
+    x: ndarray::ArcArray<A, D>,
+    describe: impl FnOnce() -> String,
+) -> Result<ndarray::Array<A, D>> {
+    if x.is_unique() {
+        Ok(x.into_owned())
+    } else {
+        try_to_owned(op, x.view(), describe)
+    }
+}
+
+/// `dims` multiplied, or [`Error::Alloc`] (size overflows) when the product overflows
+/// `usize`: the length of a buffer about to be reserved.
+pub(crate) fn checked_len(
+    op: &'static str,
+    dims: &[usize],
+    describe: impl FnOnce() -> String,
+) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::Alloc {
+            op,
+            bytes: u128::MAX,
+            message: describe(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +271,56 @@ mod tests {
         assert_eq!(a.shape(), &[2, 3]);
         let e = try_zeros::<f32, _>("t", (usize::MAX, 3), || "x".into()).unwrap_err();
         assert!(matches!(e, Error::Alloc { .. }));
+    }
+
+    #[test]
+    fn fallible_copies_and_resizes() {
+        use ndarray::ShapeBuilder;
+        let a = ndarray::arr2(&[[1.0f32, 2.0], [3.0, 4.0]]);
+        // A transposed view is copied into standard layout, element for element.
+        let t = try_to_owned("t", a.t(), String::new).unwrap();
+        assert!(t.is_standard_layout());
+        assert_eq!(t, a.t());
+        assert!(
+            try_standard_layout("t", a.view(), String::new)
+                .unwrap()
+                .is_view()
+        );
+        assert!(
+            try_standard_layout("t", a.t(), String::new)
+                .unwrap()
+                .is_owned()
+        );
+        let one = [1.0f32];
+        let huge =
+            ndarray::ArrayView2::from_shape((1 << 40, 1 << 4).strides((0, 0)), &one).unwrap();
+        let e = try_standard_layout("t", huge, || "x".into()).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("{} bytes", 4u128 << 44)),
+            "{e}"
+        );
+        let shared = a.clone().into_shared();
+        let keep = shared.clone();
+        assert_eq!(try_into_owned("t", shared, String::new).unwrap(), keep);
+        let mut v = vec![1.0f32; 3];
+        try_resize("t", &mut v, 5, 0.0, String::new).unwrap();
+        assert_eq!(v, [1.0, 1.0, 1.0, 0.0, 0.0]);
+        try_resize("t", &mut v, 2, 0.0, String::new).unwrap();
+        assert_eq!(v, [1.0, 1.0]);
+        let e = try_resize("t", &mut v, usize::MAX / 8, 0.0, || "s".into()).unwrap_err();
+        assert!(matches!(e, Error::Alloc { op: "t", .. }), "{e}");
+        assert_eq!(v, [1.0, 1.0]);
+        assert_eq!(checked_len("t", &[2, 3, 4], String::new).unwrap(), 24);
+        let e = checked_len("t", &[usize::MAX, 2], || "p".into()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Alloc {
+                    bytes: u128::MAX,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -79,6 +79,7 @@ enum V {
     Shape,
     Config,
     State,
+    Alloc,
 }
 
 fn variant(e: &Error) -> Option<V> {
@@ -90,6 +91,7 @@ fn variant(e: &Error) -> Option<V> {
         Error::Shape { .. } => V::Shape,
         Error::Config { .. } => V::Config,
         Error::State { .. } => V::State,
+        Error::Alloc { .. } => V::Alloc,
         _ => return None,
     })
 }
@@ -1268,7 +1270,232 @@ fn table() -> Vec<Case> {
         ),
     ];
     t.extend(data_cases());
+    t.extend(alloc_cases());
     t
+}
+
+/// Far more than any machine holds (each is at least 4 TB), so `try_reserve` fails even
+/// with Linux's overcommit, which grants a request of a few times the RAM.
+const TB_SIDE: usize = 1 << 20;
+
+/// One element broadcast to `shape`: a view with a huge logical size and no memory.
+fn broadcast4(shape: (usize, usize, usize, usize)) -> ndarray::ArrayView4<'static, f32> {
+    use ndarray::ShapeBuilder;
+    static ONE: [f32; 1] = [1.0];
+    ndarray::ArrayView4::from_shape(shape.strides((0, 0, 0, 0)), &ONE).unwrap()
+}
+
+fn broadcast_d(shape: &[usize]) -> ndarray::ArrayViewD<'static, f32> {
+    use ndarray::ShapeBuilder;
+    static ONE: [f32; 1] = [1.0];
+    let zeros = IxDyn(&vec![0; shape.len()]);
+    ndarray::ArrayViewD::from_shape(IxDyn(shape).strides(zeros), &ONE).unwrap()
+}
+
+/// 1 x 1 input, 1 x 1 kernel, padding `TB_SIDE / 2` and stride `TB_SIDE`: a 2 x 2 output
+/// whose padded image is `TB_SIDE^2` pixels per channel.
+fn far() -> Conv2dOptions {
+    opts()
+        .with_padding((TB_SIDE / 2, TB_SIDE / 2))
+        .with_stride((TB_SIDE, TB_SIDE))
+}
+
+/// Calls whose buffers cannot be allocated: each is [`Error::Alloc`] naming the op and
+/// a shape or size, never an abort of the process (which would end this whole test).
+fn alloc_cases() -> Vec<Case> {
+    use V::*;
+    let side = 2 * TB_SIDE + 1;
+    vec![
+        case(
+            "conv2d: a broadcast input's copy",
+            Alloc,
+            &["conv2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+            || {
+                conv2d(
+                    broadcast4((TB_SIDE, 1, 1024, 1024)),
+                    ones4((1, 1, 1024, 1024)).view(),
+                    None,
+                    &opts(),
+                )
+            },
+        ),
+        case(
+            "conv2d: a broadcast weight's copy",
+            Alloc,
+            &["conv2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+            || {
+                conv2d(
+                    ones4((1, 1, 1024, 1024)).view(),
+                    broadcast4((TB_SIDE, 1, 1024, 1024)),
+                    None,
+                    &opts(),
+                )
+            },
+        ),
+        case(
+            "conv2d: output of terabytes",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "output",
+                "[1, 1, 2097153, 2097153]",
+            ],
+            || {
+                let pad = opts().with_padding((TB_SIDE, TB_SIDE));
+                conv2d(
+                    ones4((1, 1, 1, 1)).view(),
+                    ones4((1, 1, 1, 1)).view(),
+                    None,
+                    &pad,
+                )
+            },
+        ),
+        case(
+            "conv2d: padding of terabytes, direct path",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "padded images of the direct path",
+                "padding (524288, 524288)",
+            ],
+            || {
+                conv2d(
+                    ones4((1, 8, 1, 1)).view(),
+                    ones4((1, 8, 1, 1)).view(),
+                    None,
+                    &far(),
+                )
+            },
+        ),
+        case(
+            "conv2d: padding of terabytes, phase path",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "phase planes",
+                "padding (524288, 524288)",
+            ],
+            || {
+                conv2d(
+                    ones4((1, 1, 1, 1)).view(),
+                    ones4((1, 1, 1, 1)).view(),
+                    None,
+                    &far(),
+                )
+            },
+        ),
+        case(
+            "conv2d_backward: padding of terabytes, direct path",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "padded images of the direct path",
+                "padding (524288, 524288)",
+            ],
+            || {
+                let (x, w) = (ones4((1, 8, 1, 1)), ones4((1, 8, 1, 1)));
+                let dy = ones4((1, 1, 2, 2));
+                conv2d_backward(x.view(), w.view(), true, dy.view(), &far())
+            },
+        ),
+        case(
+            "conv2d_backward: padding of terabytes, phase path",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "phase planes",
+                "padding (524288, 6291456)",
+            ],
+            || {
+                // Grouped (no direct weight gradient), 13 outputs wide: the phase path.
+                let (x, w) = (ones4((1, 2, 1, 1)), ones4((2, 1, 1, 1)));
+                let dy = ones4((1, 2, 2, 13));
+                let wide = far()
+                    .with_padding((TB_SIDE / 2, 6 * TB_SIDE))
+                    .with_groups(2);
+                conv2d_backward(x.view(), w.view(), true, dy.view(), &wide)
+            },
+        ),
+        case(
+            "conv2d_backward: a broadcast grad_out's copy",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "grad_out",
+                "[1, 1, 2097153, 2097153]",
+            ],
+            move || {
+                let pad = opts().with_padding((TB_SIDE, TB_SIDE));
+                let (x, w) = (ones4((1, 1, 1, 1)), ones4((1, 1, 1, 1)));
+                let dy = broadcast4((1, 1, side, side));
+                conv2d_backward(x.view(), w.view(), false, dy, &pad)
+            },
+        ),
+        case(
+            "adaptive_avg_pool2d: output of terabytes",
+            Alloc,
+            &[
+                "adaptive_avg_pool2d",
+                "cannot allocate",
+                "[1, 1, 1048576, 1048576]",
+            ],
+            || adaptive_avg_pool2d(ones4((1, 1, 4, 4)).view(), (TB_SIDE, TB_SIDE)),
+        ),
+        case(
+            "adaptive_avg_pool2d_backward: input gradient of terabytes",
+            Alloc,
+            &[
+                "adaptive_avg_pool2d",
+                "cannot allocate",
+                "[1, 1, 1048576, 1048576]",
+            ],
+            || adaptive_avg_pool2d_backward((1, 1, TB_SIDE, TB_SIDE), ones4((1, 1, 1, 1)).view()),
+        ),
+        case(
+            "linear: output of a broadcast input",
+            Alloc,
+            &["linear", "cannot allocate", "[1099511627776, 4]"],
+            || {
+                let x = broadcast_d(&[1 << 40, 4]).into_dimensionality().unwrap();
+                linear(x, Array2::<f32>::ones((4, 4)).view(), None)
+            },
+        ),
+        case(
+            "linear_backward: input gradient of a broadcast input",
+            Alloc,
+            &["linear", "cannot allocate", "[1099511627776, 4]"],
+            || {
+                let x = broadcast_d(&[1 << 40, 4]).into_dimensionality().unwrap();
+                let w = Array2::<f32>::ones((4, 4));
+                linear_backward(x, w.view(), true, x)
+            },
+        ),
+        case(
+            "flatten: a broadcast input's copy",
+            Alloc,
+            &["flatten", "cannot allocate", "[1048576, 1048576, 4]"],
+            || flatten(broadcast_d(&[TB_SIDE, TB_SIDE, 4]), 1, -1),
+        ),
+        case(
+            "flatten_backward: a broadcast grad_out's copy",
+            Alloc,
+            &["flatten", "cannot allocate", "[1048576, 4194304]"],
+            || {
+                flatten_backward(
+                    &[TB_SIDE, TB_SIDE, 4],
+                    broadcast_d(&[TB_SIDE, 4 * TB_SIDE]),
+                    1,
+                    -1,
+                )
+            },
+        ),
+    ]
 }
 
 fn data_cases() -> Vec<Case> {
@@ -1444,6 +1671,7 @@ fn bad_calls_return_typed_errors_and_never_panic() {
         V::Shape,
         V::Config,
         V::State,
+        V::Alloc,
     ] {
         assert!(table.iter().any(|c| c.want == v), "no case for {v:?}");
     }

@@ -22,6 +22,7 @@ fn kind(e: &Error) -> &'static str {
         Error::Shape { .. } => "shape",
         Error::Config { .. } => "config",
         Error::State { .. } => "state",
+        Error::Alloc { .. } => "alloc",
         _ => "other",
     }
 }
@@ -38,8 +39,109 @@ fn opts() -> Conv2dOptions {
     Conv2dOptions::new()
 }
 
+/// One element broadcast to `shape`: a layer input with a huge logical size (terabytes,
+/// far beyond what Linux's overcommit grants) and no memory behind it.
+fn broadcast(shape: &[usize]) -> ndarray::ArrayViewD<'static, f32> {
+    use ndarray::ShapeBuilder;
+    static ONE: [f32; 1] = [1.0];
+    let zeros = IxDyn(&vec![0; shape.len()]);
+    ndarray::ArrayViewD::from_shape(IxDyn(shape).strides(zeros), &ONE).unwrap()
+}
+
+const TB_SIDE: usize = 1 << 20;
+
+/// Layers asked for buffers of terabytes: [`Error::Alloc`], never an abort.
+fn alloc_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "Conv2d.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                let mut c = conv_layer(Conv2dConfig::new(1, 1, (1024, 1024)));
+                c.forward(broadcast(&[TB_SIDE, 1, 1024, 1024])).map(drop)
+            }),
+            "alloc",
+            vec!["conv2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+        ),
+        (
+            "Linear.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                let mut l = Linear::new(LinearConfig::new(16, 4), &mut StdRng::seed_from_u64(0))?;
+                l.forward(broadcast(&[1 << 40, 16])).map(drop)
+            }),
+            "alloc",
+            vec!["linear", "cannot allocate", "[1099511627776, 4]"],
+        ),
+        (
+            "Flatten.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                Flatten::new(1, -1)
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE, 4]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["flatten", "cannot allocate", "[1048576, 1048576, 4]"],
+        ),
+        (
+            "AdaptiveAvgPool2d.forward: an output of terabytes",
+            Box::new(|| {
+                AdaptiveAvgPool2d::new((TB_SIDE, TB_SIDE))?
+                    .forward(ArrayD::ones(IxDyn(&[1, 1, 4, 4])).view())
+                    .map(drop)
+            }),
+            "alloc",
+            vec![
+                "adaptive_avg_pool2d",
+                "cannot allocate",
+                "[1, 1, 1048576, 1048576]",
+            ],
+        ),
+        (
+            "Sequential.forward: a layer's allocation failure names the layer",
+            Box::new(|| {
+                let mut net = Sequential::new()
+                    .with(Relu::new())
+                    .with(AdaptiveAvgPool2d::new((TB_SIDE, TB_SIDE))?);
+                net.forward(ArrayD::ones(IxDyn(&[1, 1, 4, 4])).view())
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["adaptive_avg_pool2d", "cannot allocate", "layer 1"],
+        ),
+        (
+            "Sequential.forward: no layers, a broadcast input of terabytes",
+            Box::new(|| {
+                Sequential::new()
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["Sequential", "cannot allocate", "[1048576, 1048576]"],
+        ),
+        (
+            "Sequential.backward: a broadcast grad_out of terabytes",
+            Box::new(|| {
+                Sequential::new()
+                    .backward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec![
+                "Sequential",
+                "cannot allocate",
+                "grad_out [1048576, 1048576]",
+            ],
+        ),
+    ]
+}
+
 /// (what, the call, the expected error kind, substrings the message must contain)
 fn table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
+    let mut t = base_table();
+    t.extend(alloc_table());
+    t
+}
+
+fn base_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
     vec![
         (
             "conv2d: channel mismatch",

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::Init;
+use crate::limits::try_to_owned;
 use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward, conv2d_backward_params};
 
 const OP: &str = "Conv2d";
@@ -341,7 +342,8 @@ impl Layer for Conv2d {
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = to_rank::<Ix4>(OP, "input", "(N, C, H, W)", x)?;
         let y = self.run(x)?;
-        self.input = Some(x.to_owned().into_shared());
+        let keep = try_to_owned(OP, x, || format!("the saved input {:?}", x.shape()))?;
+        self.input = Some(keep.into_shared());
         Ok(y.into_dyn())
     }
 

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::Init;
+use crate::limits::try_to_owned;
 use crate::ops::{linear, linear_backward, linear_backward_params};
 
 const OP: &str = "Linear";
@@ -215,7 +216,8 @@ impl Layer for Linear {
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = to_rank::<Ix2>(OP, "input", "(N, in_features)", x)?;
         let y = linear(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()))?;
-        self.input = Some(x.to_owned().into_shared());
+        let keep = try_to_owned(OP, x, || format!("the saved input {:?}", x.shape()))?;
+        self.input = Some(keep.into_shared());
         Ok(y.into_dyn())
     }
 

@@ -4,6 +4,9 @@ use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use super::{Layer, Param, ParamMut};
 use crate::error::{Error, Result};
+use crate::limits::{try_into_owned, try_to_owned};
+
+const OP: &str = "Sequential";
 
 /// Layers applied in order, as `torch.nn.Sequential`.
 ///
@@ -74,7 +77,8 @@ impl Default for Sequential {
     }
 }
 
-/// Adds the layer index and name to a shape or state error from inside the chain.
+/// Adds the layer index and name to a shape, state or allocation error from inside the
+/// chain.
 fn in_layer(e: Error, index: usize, name: &str) -> Error {
     match e {
         Error::Shape { op, message } => Error::Shape {
@@ -83,6 +87,11 @@ fn in_layer(e: Error, index: usize, name: &str) -> Error {
         },
         Error::State { op, message } => Error::State {
             op,
+            message: format!("{message} (in layer {index}, {name})"),
+        },
+        Error::Alloc { op, bytes, message } => Error::Alloc {
+            op,
+            bytes,
             message: format!("{message} (in layer {index}, {name})"),
         },
         other => other,
@@ -198,7 +207,9 @@ impl Sequential {
     /// [`Error::State`]; [`Sequential::output`] is `None` for them).
     pub fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         if self.layers.is_empty() {
-            return Ok(x.to_owned());
+            return try_to_owned(OP, x.view(), || {
+                format!("a copy of the input {:?}", x.shape())
+            });
         }
         self.clear_saved();
         let first = &mut self.layers[0];
@@ -220,7 +231,8 @@ impl Sequential {
     /// As [`Sequential::forward`].
     pub fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArrayD<f32>> {
         if self.layers.is_empty() {
-            return Ok(x.into_owned());
+            let shape = x.shape().to_vec();
+            return try_into_owned(OP, x, || format!("a copy of the input {shape:?}"));
         }
         self.clear_saved();
         self.run_from(0, x)
@@ -277,7 +289,9 @@ impl Sequential {
                 self.outputs[i] = Some(x.clone());
             }
         }
-        Ok(x.into_owned())
+        // Shared with the retained outputs: the caller gets its own copy.
+        let shape = x.shape().to_vec();
+        try_into_owned(OP, x, || format!("a copy of the output {shape:?}"))
     }
 
     /// Runs every layer's backward in reverse order, accumulating parameter gradients, and
@@ -287,7 +301,10 @@ impl Sequential {
     /// [`Error::State`] before a forward pass; [`Error::Shape`] when `grad_out` is not the
     /// shape of the last output; the layer index is added to the message.
     pub fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        self.backward_owned(grad_out.to_owned())
+        let g = try_to_owned(OP, grad_out.view(), || {
+            format!("a copy of grad_out {:?}", grad_out.shape())
+        })?;
+        self.backward_owned(g)
     }
 
     /// As [`Sequential::backward`], taking the gradient by value (its buffer may be

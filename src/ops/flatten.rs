@@ -3,6 +3,7 @@
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::error::{Error, Result};
+use crate::limits::try_to_owned;
 
 const OP: &str = "flatten";
 
@@ -57,11 +58,11 @@ pub fn flatten_shape(shape: &[usize], start_dim: isize, end_dim: isize) -> Resul
 /// Copies into standard (row-major) order.
 ///
 /// # Errors
-/// As [`flatten_shape`].
+/// As [`flatten_shape`]; [`Error::Alloc`] when the copy cannot be allocated (`x` may be
+/// a broadcast view far larger than memory).
 pub fn flatten(x: ArrayViewD<'_, f32>, start_dim: isize, end_dim: isize) -> Result<ArrayD<f32>> {
     let shape = flatten_shape(x.shape(), start_dim, end_dim)?;
-    x.as_standard_layout()
-        .into_owned()
+    try_to_owned(OP, x.view(), || format!("a copy of x {:?}", x.shape()))?
         .into_shape_with_order(IxDyn(&shape))
         .map_err(|e| Error::shape(OP, e.to_string()))
 }
@@ -69,7 +70,8 @@ pub fn flatten(x: ArrayViewD<'_, f32>, start_dim: isize, end_dim: isize) -> Resu
 /// Backward of [`flatten`]: reshapes `dy` back to the input shape `x_shape`.
 ///
 /// # Errors
-/// [`Error::Shape`] when `dy` does not have the shape [`flatten`] gives `x_shape`.
+/// [`Error::Shape`] when `dy` does not have the shape [`flatten`] gives `x_shape`;
+/// [`Error::Alloc`] when the copy cannot be allocated.
 pub fn flatten_backward(
     x_shape: &[usize],
     dy: ArrayViewD<'_, f32>,
@@ -86,8 +88,9 @@ pub fn flatten_backward(
             ),
         ));
     }
-    dy.as_standard_layout()
-        .into_owned()
-        .into_shape_with_order(IxDyn(x_shape))
-        .map_err(|e| Error::shape(OP, e.to_string()))
+    try_to_owned(OP, dy.view(), || {
+        format!("a copy of grad_out {:?}", dy.shape())
+    })?
+    .into_shape_with_order(IxDyn(x_shape))
+    .map_err(|e| Error::shape(OP, e.to_string()))
 }

@@ -1,6 +1,7 @@
 //! Convolution options and geometry: the one place the output size is computed.
 
 use crate::error::{Error, Result};
+use crate::limits::checked_len;
 
 /// Stride, padding, dilation and groups of a 2-d convolution, each per dimension `(h, w)`.
 ///
@@ -199,8 +200,11 @@ impl Conv2dGeometry {
         };
         let out_h = out(h, kh, sh, ph, dh, "height")?;
         let out_w = out(w, kw, sw, pw, dw, "width")?;
-        // Sizes of the buffers the op will allocate must not overflow.
+        // Sizes of the buffers the op will allocate must not overflow (each on its own
+        // too: a zero batch or channel count must not hide an overflowing image).
         let fits = [
+            out_h.checked_mul(out_w),
+            o.checked_mul(out_h).and_then(|v| v.checked_mul(out_w)),
             n.checked_mul(o)
                 .and_then(|v| v.checked_mul(out_h))
                 .and_then(|v| v.checked_mul(out_w)),
@@ -237,6 +241,23 @@ impl Conv2dGeometry {
             out_w,
             options: *options,
         })
+    }
+
+    /// The shapes and options, for error messages: `x [..], weight [..], stride (..),
+    /// padding (..), dilation (..), groups g`.
+    pub(crate) fn describe(&self) -> String {
+        let o = &self.options;
+        let (n, c, h, w) = self.x_shape();
+        let (wo, wc, kh, kw) = self.w_shape();
+        format!(
+            "x {:?}, weight {:?}, stride {:?}, padding {:?}, dilation {:?}, groups {}",
+            [n, c, h, w],
+            [wo, wc, kh, kw],
+            o.stride,
+            o.padding,
+            o.dilation,
+            o.groups
+        )
     }
 
     /// Input shape `(N, C, H, W)`.
@@ -276,11 +297,14 @@ impl Conv2dGeometry {
         let (dh, dw) = self.options.dilation;
         let rows = self.out_h + (kh - 1) * dh / sh;
         let cols = self.out_w + (kw - 1) * dw / sw;
+        // Saturating: a far-padded or far-dilated image may have planes larger than
+        // memory; the chooser then never picks the phase path, and the path's buffer
+        // sizes fail as too large to allocate.
         PhaseGeometry {
             rows,
             cols,
-            plane: rows * cols + (cols - self.out_w),
-            ext: self.out_h * cols,
+            plane: rows.saturating_mul(cols).saturating_add(cols - self.out_w),
+            ext: self.out_h.saturating_mul(cols),
         }
     }
 
@@ -322,12 +346,21 @@ impl DirectIndex {
 
 impl Conv2dGeometry {
     /// The indexing of the direct path (groups of 1).
-    pub(crate) fn direct_index(&self) -> DirectIndex {
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] naming `op` when the padded region of one image overflows.
+    pub(crate) fn direct_index(&self, op: &'static str) -> Result<DirectIndex> {
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.options.stride;
         let (dh, dw) = self.options.dilation;
         let rows = (self.out_h - 1) * sh + (kh - 1) * dh + 1;
         let cols = (self.out_w - 1) * sw + (kw - 1) * dw + 1;
+        // Every offset below is within one padded image.
+        checked_len(
+            op,
+            &[self.in_channels, rows, cols, size_of::<f32>()],
+            || format!("a padded image of {}", self.describe()),
+        )?;
         let bases = (0..self.out_h)
             .flat_map(|oy| (0..self.out_w).map(move |ox| oy * sh * cols + ox * sw))
             .collect();
@@ -339,12 +372,12 @@ impl Conv2dGeometry {
                 }
             }
         }
-        DirectIndex {
+        Ok(DirectIndex {
             rows,
             cols,
             bases,
             offs,
-        }
+        })
     }
 }
 
@@ -365,7 +398,8 @@ pub(crate) struct TransposeIndex {
     pub cols: usize,
     /// Row and column of `dy[o, 0, 0]` in the padded region.
     pub origin: (usize, usize),
-    /// The pixel classes (some may have no taps: their pixels get no gradient).
+    /// The pixel classes that hold pixels (some may have no taps: their pixels get no
+    /// gradient).
     pub classes: Vec<TransposeClass>,
 }
 
@@ -384,7 +418,10 @@ pub(crate) struct TransposeClass {
 
 impl Conv2dGeometry {
     /// The indexing of the direct path's input gradient (groups of 1).
-    pub(crate) fn transpose_index(&self) -> TransposeIndex {
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] naming `op` when the padded `dy` of one image overflows.
+    pub(crate) fn transpose_index(&self, op: &'static str) -> Result<TransposeIndex> {
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.options.stride;
         let (ph, pw) = self.options.padding;
@@ -395,9 +432,24 @@ impl Conv2dGeometry {
         let qx_max = (pw + self.in_w).saturating_sub(1) / sw;
         let rows = (qy_max + 1).max(self.out_h) + ty;
         let cols = (qx_max + 1).max(self.out_w) + tx;
-        let mut classes = Vec::with_capacity(sh * sw);
-        for ry in 0..sh {
-            for rx in 0..sw {
+        // Every offset below is within one padded `dy`.
+        checked_len(
+            op,
+            &[self.out_channels, rows, cols, size_of::<f32>()],
+            || format!("the padded grad_out of {}", self.describe()),
+        )?;
+        // The classes that hold pixels, in order: every class when the input is at least
+        // a stride wide, else only its pixels' (a stride far wider than the input has
+        // more classes than memory, all but a few empty).
+        let classes_of = |s: usize, p: usize, n: usize| {
+            let mut r: Vec<usize> = (0..n.min(s)).map(|i| (i + p) % s).collect();
+            r.sort_unstable();
+            r
+        };
+        let (ry_all, rx_all) = (classes_of(sh, ph, self.in_h), classes_of(sw, pw, self.in_w));
+        let mut classes = Vec::with_capacity(ry_all.len() * rx_all.len());
+        for &ry in &ry_all {
+            for &rx in &rx_all {
                 let mut taps = Vec::new();
                 let mut tap_offs = Vec::new();
                 for i in (0..kh).filter(|i| i * dh % sh == ry) {
@@ -421,12 +473,12 @@ impl Conv2dGeometry {
                 });
             }
         }
-        TransposeIndex {
+        Ok(TransposeIndex {
             rows,
             cols,
             origin: (ty, tx),
             classes,
-        }
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
 use crate::gemm::sgemm;
+use crate::limits::try_zeros;
 
 const OP: &str = "linear";
 
@@ -38,14 +39,22 @@ fn check(x: &ArrayView2<'_, f32>, w: &ArrayView2<'_, f32>, bias_len: Option<usiz
 /// (N, out), as `torch.nn.functional.linear`.
 ///
 /// # Errors
-/// [`Error::Shape`] when the feature counts or the bias length do not match.
+/// [`Error::Shape`] when the feature counts or the bias length do not match;
+/// [`Error::Alloc`] when the output cannot be allocated (`x` may be a broadcast view).
 pub fn linear(
     x: ArrayView2<'_, f32>,
     weight: ArrayView2<'_, f32>,
     bias: Option<ArrayView1<'_, f32>>,
 ) -> Result<Array2<f32>> {
     check(&x, &weight, bias.map(|b| b.len()))?;
-    let mut y = Array2::<f32>::zeros((x.nrows(), weight.nrows()));
+    let mut y: Array2<f32> = try_zeros(OP, (x.nrows(), weight.nrows()), || {
+        let shape = [x.nrows(), weight.nrows()];
+        format!(
+            "the output {shape:?} of x {:?} and weight {:?}",
+            x.shape(),
+            weight.shape()
+        )
+    })?;
     sgemm(1.0, x, weight.t(), 0.0, y.view_mut())?;
     if let Some(b) = bias {
         y += &b;
@@ -68,7 +77,8 @@ pub struct LinearGrads {
 /// in f64, in row order).
 ///
 /// # Errors
-/// [`Error::Shape`] when `x` and `weight` do not match or `dy` is not (N, out).
+/// [`Error::Shape`] when `x` and `weight` do not match or `dy` is not (N, out);
+/// [`Error::Alloc`] when a gradient cannot be allocated.
 pub fn linear_backward(
     x: ArrayView2<'_, f32>,
     weight: ArrayView2<'_, f32>,
@@ -121,13 +131,17 @@ fn backward_impl(
         ));
     }
     let dx = if want_dx {
-        let mut dx = Array2::<f32>::zeros(x.raw_dim());
+        let mut dx: Array2<f32> = try_zeros(OP, x.raw_dim(), || {
+            format!("the input gradient of x {:?}", x.shape())
+        })?;
         sgemm(1.0, dy, weight, 0.0, dx.view_mut())?;
         Some(dx)
     } else {
         None
     };
-    let mut dw = Array2::<f32>::zeros(weight.raw_dim());
+    let mut dw: Array2<f32> = try_zeros(OP, weight.raw_dim(), || {
+        format!("the weight gradient of weight {:?}", weight.shape())
+    })?;
     sgemm(1.0, dy.t(), x, 0.0, dw.view_mut())?;
     let db = with_bias.then(|| {
         dy.map_axis(Axis(0), |col| {

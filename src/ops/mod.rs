@@ -4,8 +4,22 @@
 //! what the forward saw plus the upstream gradient and returns the gradients. The layers
 //! in [`crate::nn`] keep that state for you.
 //!
-//! - [`conv2d`] / [`conv2d_backward`]: tiled im2col (or pointwise) + the crate's GEMM, geometry in
-//!   [`Conv2dGeometry`] (output size from [`conv_out_size`], the one place it is computed).
+//! - [`conv2d`] / [`conv2d_backward`] / [`conv2d_backward_params`], geometry in
+//!   [`Conv2dGeometry`] (output size from [`conv_out_size`], the one place it is
+//!   computed). The path depends on the shape, always on the crate's GEMM kernels:
+//!   - a 1x1, stride-1, unpadded conv is a plain GEMM on the input;
+//!   - other groups-of-1 convs with at least 8 input channels take the direct path, with
+//!     no column matrix: an indirect GEMM kernel reads every tap in place from a
+//!     zero-padded copy of the image, forward and backward;
+//!   - fewer input channels, and grouped convs, run forward on the stride-phase path
+//!     (the image split into its stride phases, read in place by the kernel) and
+//!     backward on column matrices in bounded tiles (im2col, or contiguous copies of
+//!     the phase planes for strided convs with long output rows); the weight gradient
+//!     of a groups-of-1 conv still comes from the direct path.
+//!
+//!   Every buffer (outputs, gradients, copies of broadcast or strided inputs, padded
+//!   images, columns) is reserved fallibly: one that cannot be allocated is
+//!   [`crate::Error::Alloc`].
 //! - [`relu`], [`leaky_relu`] and their backwards.
 //! - [`adaptive_avg_pool2d`] and its backward.
 //! - [`flatten`] and its backward.

@@ -9,6 +9,7 @@ use ndarray::{Array4, ArrayView3, ArrayView4, ArrayViewMut3, Axis, s};
 
 use super::activation::PAR_CHUNK;
 use crate::error::{Error, Result};
+use crate::limits::try_zeros;
 
 const OP: &str = "adaptive_avg_pool2d";
 
@@ -58,7 +59,7 @@ fn validate(x_shape: &[usize], output_size: (usize, usize)) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::Config`] for a zero output size; [`Error::Shape`] for an input with `H` or
-/// `W` zero.
+/// `W` zero; [`Error::Alloc`] when the output cannot be allocated.
 pub fn adaptive_avg_pool2d(
     x: ArrayView4<'_, f32>,
     output_size: (usize, usize),
@@ -66,7 +67,9 @@ pub fn adaptive_avg_pool2d(
     validate(x.shape(), output_size)?;
     let (n, c, h, w) = x.dim();
     let (oh, ow) = output_size;
-    let mut y = Array4::<f32>::zeros((n, c, oh, ow));
+    let mut y: Array4<f32> = try_zeros(OP, (n, c, oh, ow), || {
+        format!("the output {:?} of x {:?}", [n, c, oh, ow], x.shape())
+    })?;
     per_image(
         c * h * w,
         y.axis_iter_mut(Axis(0)),
@@ -114,7 +117,8 @@ fn per_image<'a, 'b>(
 ///
 /// # Errors
 /// [`Error::Config`] for a zero output size in `dy`; [`Error::Shape`] when `dy`'s batch
-/// or channels differ from `x_shape`, or `H` or `W` is zero.
+/// or channels differ from `x_shape`, or `H` or `W` is zero; [`Error::Alloc`] when the
+/// input gradient cannot be allocated.
 pub fn adaptive_avg_pool2d_backward(
     x_shape: (usize, usize, usize, usize),
     dy: ArrayView4<'_, f32>,
@@ -140,7 +144,12 @@ pub fn adaptive_avg_pool2d_backward(
             ),
         ));
     }
-    let mut dx = Array4::<f32>::zeros(x_shape);
+    let mut dx: Array4<f32> = try_zeros(OP, x_shape, || {
+        format!(
+            "the input gradient {shape:?} from grad_out {:?}",
+            dy.shape()
+        )
+    })?;
     per_image(
         c * h * w,
         dx.axis_iter_mut(Axis(0)),

@@ -23,7 +23,18 @@ use super::gemm_path::{Operands, bias_partial};
 use super::{for_each_image_tile, with_scratch};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
-use crate::ops::geometry::{DirectIndex, TransposeIndex};
+use crate::limits::{checked_len, try_resize, try_zeroed_vec};
+use crate::ops::geometry::{Conv2dGeometry, DirectIndex, TransposeIndex};
+
+const OP: &str = super::OP;
+
+/// Resizes one of the path's reused buffers to `dims` multiplied, fallibly: a padded
+/// image (far padding, stride or dilation) may be far larger than memory.
+fn resize(buf: &mut Vec<f32>, dims: &[usize], what: &str, geo: &Conv2dGeometry) -> Result<()> {
+    let describe = || format!("{what} of the direct path, {}", geo.describe());
+    let len = checked_len(OP, dims, describe)?;
+    try_resize(OP, buf, len, 0.0, describe)
+}
 
 /// Most bytes of (padded) images per kernel call. Small images go several to a call,
 /// so the last register tile of one image is not left half empty (seed_l4 has 4
@@ -40,14 +51,16 @@ thread_local! {
 }
 
 /// Weights `(O, K)` packed `K x ldw`, tap-major, channels padded with zeros.
-fn pack_weights(w: ndarray::ArrayView2<'_, f32>, ldw: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.ncols() * ldw];
+fn pack_weights(w: ndarray::ArrayView2<'_, f32>, ldw: usize) -> Result<Vec<f32>> {
+    let mut out = try_zeroed_vec(OP, w.ncols() * ldw, || {
+        format!("the packed weights {:?}", w.shape())
+    })?;
     for (oi, row) in w.outer_iter().enumerate() {
         for (ki, &v) in row.iter().enumerate() {
             out[ki * ldw + oi] = v;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Forward into `y` (N, O, L), on the rayon pool when the plan says so.
@@ -71,14 +84,13 @@ pub(super) fn forward(
     let kernel = Kernel::selected();
     let o = y.len_of(Axis(1));
     let ldw = o.next_multiple_of(kernel.lanes());
-    let idx = geo.direct_index();
-    let w = pack_weights(ops.w, ldw);
+    let idx = geo.direct_index(OP)?;
+    let w = pack_weights(ops.w, ldw)?;
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
             forward_tile(ops, &idx, kernel, &w, ldw, bias, n0, yt, bufs)
-        });
-    });
-    Ok(())
+        })
+    })
 }
 
 /// Images `n0..n0 + b` into `yt` (b, O, L), [`images_per_call`] images per kernel call.
@@ -93,7 +105,7 @@ fn forward_tile(
     n0: usize,
     mut yt: ArrayViewMut3<'_, f32>,
     [padded, out]: &mut [Vec<f32>; 2],
-) {
+) -> Result<()> {
     let geo = ops.geo;
     let l = geo.col_cols();
     let copy = !idx.is_input(geo);
@@ -104,9 +116,9 @@ fn forward_tile(
     if copy {
         // The borders stay zero for every image of the tile.
         padded.clear();
-        padded.resize(per_call * img, 0.0);
+        resize(padded, &[per_call, img], "the padded images", geo)?;
     }
-    out.resize(per_call * l * ldw, 0.0);
+    resize(out, &[per_call, l, ldw], "the output tile", geo)?;
     let bias_v: Vec<f32> = bias.map_or_else(|| vec![0.0; o], |b| b.to_vec());
     for c0 in (0..b).step_by(per_call) {
         let nc = per_call.min(b - c0);
@@ -137,6 +149,7 @@ fn forward_tile(
             transpose_add(t, ldw, (l, o), Some(&bias_v), yn, l);
         }
     }
+    Ok(())
 }
 
 /// Floats of one image as the direct kernels read it: its padded region, or the input
@@ -300,14 +313,14 @@ struct InputGrad {
 impl Backward {
     /// Indexing and packed weights of `ops`' conv; the input gradient's only when
     /// `want_dx`.
-    pub(super) fn new(ops: &Operands<'_>, want_dx: bool) -> Self {
+    pub(super) fn new(ops: &Operands<'_>, want_dx: bool) -> Result<Self> {
         let geo = ops.geo;
         let kernel = Kernel::selected();
         let lanes = kernel.lanes();
         let (o, c) = (geo.out_channels, geo.in_channels);
         let (kh, kw) = geo.kernel;
-        let dx = want_dx.then(|| {
-            let t = geo.transpose_index();
+        let dx = if want_dx {
+            let t = geo.transpose_index(OP)?;
             let ldc = c.next_multiple_of(lanes).max(lanes);
             let plane = t.rows * t.cols;
             let classes = t
@@ -315,7 +328,12 @@ impl Backward {
                 .iter()
                 .map(|cl| {
                     let nt = cl.taps.len();
-                    let mut w = vec![0.0f32; o * nt * ldc];
+                    let mut w = try_zeroed_vec(OP, o * nt * ldc, || {
+                        format!(
+                            "the packed weights of the input gradient, {}",
+                            geo.describe()
+                        )
+                    })?;
                     let mut offs = Vec::with_capacity(o * nt);
                     for oi in 0..o {
                         for (ti, (&(i, j), &off)) in cl.taps.iter().zip(&cl.tap_offs).enumerate() {
@@ -326,21 +344,23 @@ impl Backward {
                             }
                         }
                     }
-                    (w, offs)
+                    Ok((w, offs))
                 })
-                .collect();
-            InputGrad {
+                .collect::<Result<_>>()?;
+            Some(InputGrad {
                 index: t,
                 ldc,
                 classes,
-            }
-        });
-        Backward {
+            })
+        } else {
+            None
+        };
+        Ok(Backward {
             kernel,
-            idx: geo.direct_index(),
+            idx: geo.direct_index(OP)?,
             ldo: o.next_multiple_of(lanes).max(lanes),
             dx,
-        }
+        })
     }
 
     /// One reduction chunk: images `n0..n0 + nb` in order; fills their rows of `dxc`
@@ -353,21 +373,21 @@ impl Backward {
         n0: usize,
         nb: usize,
         dxc: Option<ArrayViewMut2<'_, f32>>,
-    ) -> (Array2<f32>, Array1<f64>) {
+    ) -> Result<(Array2<f32>, Array1<f64>)> {
         let geo = ops.geo;
         // An empty image (every tap reads padding) or no output channels: dW is zero or
         // empty, and so is dx.
         let dw = if ops.x.ncols() == 0 || geo.out_channels == 0 {
             Array2::zeros((geo.out_channels, geo.col_rows()))
         } else {
-            with_scratch(&BACKWARD, |bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))
+            with_scratch(&BACKWARD, |bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))?
         };
         let db = if with_bias {
             bias_partial(dy, n0, nb)
         } else {
             Array1::zeros(dy.len_of(Axis(1)))
         };
-        (dw, db)
+        Ok((dw, db))
     }
 
     fn chunk_in(
@@ -378,7 +398,7 @@ impl Backward {
         nb: usize,
         mut dxc: Option<ArrayViewMut2<'_, f32>>,
         [xpad, dyt, tmp, acc, dypad, tile]: &mut [Vec<f32>; 6],
-    ) -> Array2<f32> {
+    ) -> Result<Array2<f32>> {
         let geo = ops.geo;
         let (o, l, k) = (geo.out_channels, geo.col_cols(), geo.col_rows());
         let (ldo, idx) = (self.ldo, &self.idx);
@@ -390,20 +410,20 @@ impl Backward {
         // per call.
         if copy {
             xpad.clear();
-            xpad.resize(per_call * img, 0.0);
+            resize(xpad, &[per_call, img], "the padded images", geo)?;
         }
         dyt.clear();
-        dyt.resize(per_call * l * ldo, 0.0);
-        tmp.resize(k * ldo, 0.0);
+        resize(dyt, &[per_call, l, ldo], "the transposed grad_out", geo)?;
+        resize(tmp, &[k, ldo], "the weight gradient tile", geo)?;
         acc.clear();
-        acc.resize(k * ldo, 0.0);
+        resize(acc, &[k, ldo], "the weight gradient tile", geo)?;
         let dy_img = self
             .dx
             .as_ref()
             .map_or(0, |g| o * g.index.rows * g.index.cols);
         if self.dx.is_some() {
             dypad.clear();
-            dypad.resize(per_call * dy_img, 0.0);
+            resize(dypad, &[per_call, dy_img], "the padded grad_out", geo)?;
         }
         // Each class's window corners for `per_call` images side by side.
         let class_bases: Vec<Vec<usize>> = self.dx.as_ref().map_or_else(Vec::new, |g| {
@@ -458,7 +478,7 @@ impl Backward {
                     continue;
                 }
                 let bases = &class_bases[ci][..nc * np];
-                tile.resize(nc * np * ldc, 0.0);
+                resize(tile, &[nc, np, ldc], "the input gradient tile", geo)?;
                 indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
@@ -475,6 +495,6 @@ impl Backward {
         let mut dw = Array2::<f32>::zeros((o, k));
         let out = dw.as_slice_mut().expect("a new array is contiguous");
         transpose_add(acc, ldo, (k, o), None, out, k);
-        dw
+        Ok(dw)
     }
 }

@@ -20,6 +20,7 @@ use ndarray::{
 use super::{ConvPlan, ForwardPath, Lowering, REDUCTION_CHUNK, shape_err};
 use crate::error::Result;
 use crate::gemm::sgemm_par;
+use crate::limits::{checked_len, try_resize};
 use crate::ops::geometry::Conv2dGeometry;
 use crate::ops::im2col::{Im2colMap, col2im_range, im2col_range};
 
@@ -38,6 +39,18 @@ pub(super) struct Operands<'a> {
     pub plan: ConvPlan,
     /// The im2col index map, for small images (whole-image tiles only).
     pub map: Option<Im2colMap>,
+}
+
+/// Resizes one of the path's buffers to `dims` multiplied, fallibly.
+pub(super) fn resize(
+    buf: &mut Vec<f32>,
+    dims: &[usize],
+    what: &str,
+    geo: &Conv2dGeometry,
+) -> Result<()> {
+    let describe = || format!("{what}, {}", geo.describe());
+    let len = checked_len(super::OP, dims, describe)?;
+    try_resize(super::OP, buf, len, 0.0, describe)
 }
 
 /// Whole images per tile when an image has at most `tile_cols` output positions, else 1.
@@ -88,7 +101,7 @@ fn operand_b<'a: 'r, 'r>(
             .map_err(shape_err)?;
         return Ok(x.slice_move(s![.., l0..l0 + lt]));
     }
-    buf.resize(k * b * lt, 0.0);
+    resize(buf, &[k, b, lt], "the column matrix of a tile", ops.geo)?;
     lower(ops, n0, b, l0, lt, buf);
     ArrayView2::from_shape((k, b * lt), &buf[..]).map_err(shape_err)
 }
@@ -174,7 +187,7 @@ fn forward_tile(
     if b == 1 {
         gemm_into(yt.index_axis_mut(Axis(0), 0))?;
     } else {
-        obuf.resize(o * b * lt, 0.0);
+        resize(obuf, &[o, b, lt], "the output of a tile", ops.geo)?;
         let mut out = ArrayViewMut2::from_shape((o, b * lt), &mut obuf[..]).map_err(shape_err)?;
         gemm_into(out.view_mut())?;
         for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
@@ -223,7 +236,8 @@ pub(super) fn backward(
     // column path adds dx alone. 1 thread, weights-only backward ms, columns -> direct:
     // seed_l1 0.38 -> 0.24 (N = 100), 4.35 -> 2.48 (N = 1000); nb_32x1x5 3.74 -> 2.62.
     let direct = (plan.direct_backward || ops.geo.options.groups == 1)
-        .then(|| super::direct_path::Backward::new(ops, want_dx && plan.direct_backward));
+        .then(|| super::direct_path::Backward::new(ops, want_dx && plan.direct_backward))
+        .transpose()?;
     let columns = |n0: usize,
                    nb: usize,
                    dxc: Option<ArrayViewMut2<'_, f32>>,
@@ -236,9 +250,9 @@ pub(super) fn backward(
         }
     };
     let run = |(n0, nb, dxc): (usize, usize, Option<ArrayViewMut2<'_, f32>>)| match &direct {
-        Some(d) if plan.direct_backward => Ok(d.chunk(ops, dy, with_bias, n0, nb, dxc)),
+        Some(d) if plan.direct_backward => d.chunk(ops, dy, with_bias, n0, nb, dxc),
         Some(d) => {
-            let (dw, db) = d.chunk(ops, dy, with_bias, n0, nb, None);
+            let (dw, db) = d.chunk(ops, dy, with_bias, n0, nb, None)?;
             if dxc.is_some() {
                 columns(n0, nb, dxc, false, false)?;
             }
@@ -297,7 +311,7 @@ fn backward_chunk(
         let dyt = if b == 1 {
             dy.index_axis(Axis(0), n).slice_move(s![.., l0..l0 + lt])
         } else {
-            dybuf.resize(o * nc, 0.0);
+            resize(&mut dybuf, &[o, nc], "grad_out of a tile", ops.geo)?;
             for (oi, dst) in dybuf.chunks_exact_mut(nc).enumerate() {
                 for bi in 0..b {
                     let src = dy.slice(s![n + bi, oi, l0..l0 + lt]);
@@ -309,7 +323,12 @@ fn backward_chunk(
         };
         let pointwise_direct = ops.plan.lowering == Lowering::Pointwise && b == 1;
         if !pointwise_direct && dxc.is_some() {
-            dcbuf.resize(k * nc, 0.0);
+            resize(
+                &mut dcbuf,
+                &[k, nc],
+                "the column gradient of a tile",
+                ops.geo,
+            )?;
         }
         for gi in 0..g {
             let (orange, krange) = (gi * og..(gi + 1) * og, gi * kg..(gi + 1) * kg);

@@ -39,6 +39,7 @@ use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView4};
 use super::geometry::{Conv2dGeometry, Conv2dOptions};
 use super::im2col::Im2colMap;
 use crate::error::{Error, Result};
+use crate::limits::{try_standard_layout, try_zeros};
 
 mod direct_path;
 mod gemm_path;
@@ -172,7 +173,7 @@ impl ConvPlan {
             Lowering::Pointwise
         } else if o.stride != (1, 1)
             && geo.out_w >= PHASE_MIN_OUT_W
-            && geo.col_rows() * pg.ext * size_of::<f32>() <= WHOLE_IMAGE_BYTES
+            && geo.col_rows().saturating_mul(pg.ext) <= WHOLE_IMAGE_BYTES / size_of::<f32>()
         {
             Lowering::Phase
         } else {
@@ -185,9 +186,17 @@ impl ConvPlan {
         if l > tile_cols && k * l * size_of::<f32>() <= WHOLE_IMAGE_BYTES {
             tile_cols = l;
         }
-        let macs = geo.batch * geo.out_channels * geo.col_cols() * (k / o.groups);
-        let floats =
-            geo.batch * (geo.in_channels * geo.in_h * geo.in_w + geo.out_channels * geo.col_cols());
+        // Saturating: only compared with thresholds (a broadcast input may be larger
+        // than memory; its copy then fails as too large to allocate).
+        let macs = [geo.batch, geo.out_channels, geo.col_cols(), k / o.groups]
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d));
+        let image = [geo.in_channels, geo.in_h, geo.in_w]
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d));
+        let floats = geo
+            .batch
+            .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
         ConvPlan {
             lowering,
             tile_cols,
@@ -263,8 +272,8 @@ const MIN_SPLIT: usize = 8;
 fn for_each_image_tile(
     mut y: ndarray::ArrayViewMut3<'_, f32>,
     parallel: bool,
-    f: impl Fn(usize, ndarray::ArrayViewMut3<'_, f32>) + Sync,
-) {
+    f: impl Fn(usize, ndarray::ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
+) -> Result<()> {
     use ndarray::parallel::prelude::*;
     let per = y.len_of(ndarray::Axis(0)).div_ceil(MIN_SPLIT).max(1);
     let tiles: Vec<_> = y
@@ -275,9 +284,9 @@ fn for_each_image_tile(
         tiles
             .into_par_iter()
             .with_max_len(1)
-            .for_each(|(t, yt)| f(t * per, yt));
+            .try_for_each(|(t, yt)| f(t * per, yt))
     } else {
-        tiles.into_iter().for_each(|(t, yt)| f(t * per, yt));
+        tiles.into_iter().try_for_each(|(t, yt)| f(t * per, yt))
     }
 }
 
@@ -308,7 +317,10 @@ fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) 
 /// # Errors
 /// [`Error::Config`] for a zero stride, dilation or groups, or groups not dividing the
 /// channels; [`Error::Shape`] when the weight does not match the input's channels, the
-/// dilated kernel is larger than the padded input, or the bias length is not `O`.
+/// dilated kernel is larger than the padded input, or the bias length is not `O`;
+/// [`Error::Alloc`] when a buffer cannot be allocated: the output, a copy of a
+/// broadcast or strided `x` or `weight`, or a padded image (far padding, stride or
+/// dilation).
 ///
 /// # Examples
 /// ```
@@ -351,16 +363,40 @@ pub fn conv2d_with_plan(
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
     check_bias(&geo, weight.shape(), bias.map(|b| b.len()))?;
     plan.check(&geo)?;
-    let x = x.as_standard_layout();
-    let weight = weight.as_standard_layout();
+    let (x, weight) = standard_operands(&geo, x, weight)?;
     let ops = operands(&geo, x.view(), weight.view(), plan, false)?;
-    let mut y = Array4::<f32>::zeros(geo.y_shape());
+    let mut y = try_zeros(OP, geo.y_shape(), || {
+        format!(
+            "the output {:?} of {}",
+            <[usize; 4]>::from(geo.y_shape()),
+            geo.describe()
+        )
+    })?;
     let y3 = y
         .view_mut()
         .into_shape_with_order((geo.batch, geo.out_channels, geo.col_cols()))
         .map_err(shape_err)?;
     gemm_path::forward(&ops, bias, y3)?;
     Ok(y)
+}
+
+/// `x` and `weight` in standard layout: themselves, or a copy (of a broadcast or strided
+/// view, whose logical size may be far larger than its memory) reserved fallibly.
+fn standard_operands<'a>(
+    geo: &Conv2dGeometry,
+    x: ArrayView4<'a, f32>,
+    weight: ArrayView4<'a, f32>,
+) -> Result<(
+    ndarray::CowArray<'a, f32, ndarray::Ix4>,
+    ndarray::CowArray<'a, f32, ndarray::Ix4>,
+)> {
+    let x = try_standard_layout(OP, x, || {
+        format!("a contiguous copy of the input of {}", geo.describe())
+    })?;
+    let weight = try_standard_layout(OP, weight, || {
+        format!("a contiguous copy of the weight of {}", geo.describe())
+    })?;
+    Ok((x, weight))
 }
 
 /// The input as (N, C * H * W) and the weights as (O, C / groups * kh * kw), for the
@@ -519,16 +555,26 @@ fn backward_impl(
         ));
     }
     plan.check(&geo)?;
-    let x = x.as_standard_layout();
-    let weight = weight.as_standard_layout();
-    let dy = dy.as_standard_layout();
+    let (x, weight) = standard_operands(&geo, x, weight)?;
+    let dy = try_standard_layout(OP, dy, || {
+        format!(
+            "a contiguous copy of grad_out {:?} of {}",
+            dy.shape(),
+            geo.describe()
+        )
+    })?;
     let ops = operands(&geo, x.view(), weight.view(), plan, true)?;
     let (o, kg) = ops.w.dim();
     let dy3 = dy
         .view()
         .into_shape_with_order((geo.batch, o, geo.col_cols()))
         .map_err(shape_err)?;
-    let mut dx = want_dx.then(|| Array4::<f32>::zeros(geo.x_shape()));
+    let mut dx = match want_dx {
+        true => Some(try_zeros(OP, geo.x_shape(), || {
+            format!("the input gradient of {}", geo.describe())
+        })?),
+        false => None,
+    };
     let dx2 = match dx.as_mut() {
         Some(dx) => Some(
             dx.view_mut()
@@ -539,7 +585,9 @@ fn backward_impl(
     };
     // One (dW, db) partial per chunk of images, added in chunk order.
     let partials = gemm_path::backward(&ops, dy3, with_bias, dx2)?;
-    let mut dw = Array2::<f32>::zeros((o, kg));
+    let mut dw: Array2<f32> = try_zeros(OP, (o, kg), || {
+        format!("the weight gradient of {}", geo.describe())
+    })?;
     let mut db = Array1::<f64>::zeros(o);
     for (pw, pb) in &partials {
         dw += pw;

@@ -25,7 +25,7 @@ use ndarray::{
     Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
 };
 
-use super::gemm_path::{Operands, bias_partial};
+use super::gemm_path::{Operands, bias_partial, resize};
 use super::shape_err;
 use super::{for_each_image_tile, with_scratch};
 use crate::error::Result;
@@ -59,20 +59,45 @@ thread_local! {
 
 impl Scratch {
     /// The extended column matrix (K, b * ext) of images `n0..n0 + b`.
-    fn lower(&mut self, ops: &Operands<'_>, pg: &PhaseGeometry, n0: usize, b: usize) {
+    fn lower(&mut self, ops: &Operands<'_>, pg: &PhaseGeometry, n0: usize, b: usize) -> Result<()> {
         let geo = ops.geo;
-        let (sh, sw) = geo.options.stride;
         let ld = b * pg.ext;
-        self.planes
-            .resize(geo.in_channels * sh * sw * pg.plane, 0.0);
-        self.cols.resize(geo.col_rows() * ld, 0.0);
+        resize_planes(&mut self.planes, geo, pg, 0)?;
+        resize(&mut self.cols, &[geo.col_rows(), ld], COLS, geo)?;
         for bi in 0..b {
             let x = ops.x.row(n0 + bi);
             let x = x.as_slice().expect("input rows are contiguous");
             phase_split(x, geo, pg, &mut self.planes);
             phase_gather(&self.planes, geo, pg, &mut self.cols[bi * pg.ext..], ld);
         }
+        Ok(())
     }
+}
+
+const COLS: &str = "the extended column matrix of the phase path";
+
+/// Resizes `planes` to the phase planes of one image plus `extra` floats, fallibly: far
+/// padding or stride gives planes far larger than memory.
+fn resize_planes(
+    planes: &mut Vec<f32>,
+    geo: &crate::ops::geometry::Conv2dGeometry,
+    pg: &PhaseGeometry,
+    extra: usize,
+) -> Result<()> {
+    let len = planes_len(geo, pg)?;
+    resize(planes, &[len.saturating_add(extra)], PLANES, geo)
+}
+
+const PLANES: &str = "the phase planes of an image";
+
+/// Floats of the phase planes of one image, or [`crate::Error::Alloc`] when that
+/// overflows (every tap offset is within them).
+fn planes_len(geo: &crate::ops::geometry::Conv2dGeometry, pg: &PhaseGeometry) -> Result<usize> {
+    let (sh, sw) = geo.options.stride;
+    let dims = [geo.in_channels, sh, sw, pg.plane, size_of::<f32>()];
+    let bytes =
+        crate::limits::checked_len(super::OP, &dims, || format!("{PLANES}, {}", geo.describe()))?;
+    Ok(bytes / size_of::<f32>())
 }
 
 /// Forward into `y` (N, O, L): tiles of whole images, on the rayon pool when the plan
@@ -88,7 +113,9 @@ pub(super) fn forward(
     let kernel = Kernel::selected();
     let g = geo.options.groups;
     let (og, kg) = (geo.out_channels / g, ops.w.ncols());
-    // Per group: the weights packed for the kernel, and the taps' starts in the planes.
+    // Per group: the weights packed for the kernel, and the taps' starts in the planes
+    // (which must be addressable).
+    planes_len(geo, &pg)?;
     let taps = phase_taps(geo, &pg);
     let groups: Vec<(Vec<f32>, &[usize])> = (0..g)
         .map(|gi| {
@@ -99,9 +126,8 @@ pub(super) fn forward(
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&SCRATCH, |scratch| {
             forward_tile(ops, &pg, kernel, &groups, bias, n0, yt, scratch)
-        });
-    });
-    Ok(())
+        })
+    })
 }
 
 /// One forward tile: images `n0..n0 + b` into `yt` (b, O, L).
@@ -115,17 +141,19 @@ fn forward_tile(
     n0: usize,
     mut yt: ArrayViewMut3<'_, f32>,
     scratch: &mut Scratch,
-) {
+) -> Result<()> {
     let geo = ops.geo;
     let (o, ow, ext) = (geo.out_channels, geo.out_w, pg.ext);
     let og = o / groups.len().max(1);
-    let (sh, sw) = geo.options.stride;
     // The kernel reads each tap's run up to a whole register tile past `ext`.
-    let len = geo.in_channels * sh * sw * pg.plane;
-    scratch
-        .planes
-        .resize(len + kernel.tile_cols() + pg.cols, 0.0);
-    scratch.out.resize(o * ext, 0.0);
+    let extra = kernel.tile_cols() + pg.cols;
+    resize_planes(&mut scratch.planes, geo, pg, extra)?;
+    resize(
+        &mut scratch.out,
+        &[o, ext],
+        "the output of the phase path",
+        geo,
+    )?;
     for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
         let x = ops.x.row(n0 + bi);
         let x = x.as_slice().expect("input rows are contiguous");
@@ -146,6 +174,7 @@ fn forward_tile(
             }
         }
     }
+    Ok(())
 }
 
 /// One reduction chunk of the backward pass: images `n0..n0 + nb`, tiles in a fixed
@@ -190,13 +219,10 @@ fn backward_chunk_in(
         let b = per.min(nb - i);
         let ld = b * pg.ext;
         if want_dw {
-            scratch.lower(ops, &pg, n0 + i, b);
+            scratch.lower(ops, &pg, n0 + i, b)?;
         } else {
             // Only dx: no columns; the planes buffer serves the scatter.
-            let (sh, sw) = geo.options.stride;
-            scratch
-                .planes
-                .resize(geo.in_channels * sh * sw * pg.plane, 0.0);
+            resize_planes(&mut scratch.planes, geo, &pg, 0)?;
         }
         // The discarded columns read pixels the conv never reads: zero them for dW.
         if want_dw && pc > ow {
@@ -207,7 +233,8 @@ fn backward_chunk_in(
             }
         }
         // dy on the extended grid, zero in the discarded columns.
-        scratch.out.resize(o * ld, 0.0);
+        let what = "grad_out on the extended grid of the phase path";
+        resize(&mut scratch.out, &[o, ld], what, geo)?;
         for (oi, dst) in scratch.out.chunks_exact_mut(ld).enumerate() {
             for bi in 0..b {
                 let src = dy.slice(s![n0 + i + bi, oi, ..]);
@@ -226,7 +253,7 @@ fn backward_chunk_in(
         };
         let dyt = ArrayView2::from_shape((o, ld), &scratch.out[..]).map_err(shape_err)?;
         if dxc.is_some() {
-            scratch.dcols.resize(k * ld, 0.0);
+            resize(&mut scratch.dcols, &[k, ld], COLS, geo)?;
         }
         for gi in 0..g {
             let (orange, krange) = (gi * og..(gi + 1) * og, gi * kg..(gi + 1) * kg);
