@@ -21,9 +21,6 @@
 //! allocated is [`Error::Alloc`] naming the op, the size and the shapes, never an
 //! abort of the process.
 
-// Temporary while the loaders and ops move onto these helpers; removed once all use them.
-#![allow(dead_code)]
-
 use ndarray::Dimension;
 
 use crate::error::{Error, Result};

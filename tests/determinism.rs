@@ -114,9 +114,9 @@ fn small_ops_run() -> Vec<Vec<u32>> {
         out.extend([bits(&y), bits(&dx)]);
     }
     let dy: Array4<f32> = uniform(&mut rng, x.raw_dim());
-    out.push(bits(&relu(x.view())));
+    out.push(bits(&relu(x.view()).unwrap()));
     out.push(bits(&relu_backward(x.view(), dy.view()).unwrap()));
-    out.push(bits(&leaky_relu(x.view(), 0.1)));
+    out.push(bits(&leaky_relu(x.view(), 0.1).unwrap()));
     out.push(bits(
         &leaky_relu_backward(x.view(), dy.view(), 5f32.sqrt()).unwrap(),
     ));

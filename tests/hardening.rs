@@ -64,6 +64,7 @@ use convinit::ops::{
     conv2d_backward, flatten, flatten_backward, flatten_shape, leaky_relu_backward, linear,
     linear_backward, mse, mse_backward, relu_backward,
 };
+use convinit::ops::{leaky_relu, relu};
 use convinit::stats::to_images;
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::SeedableRng;
@@ -1492,6 +1493,45 @@ fn alloc_cases() -> Vec<Case> {
                     broadcast_d(&[TB_SIDE, 4 * TB_SIDE]),
                     1,
                     -1,
+                )
+            },
+        ),
+        case(
+            "relu: the output of a broadcast input of terabytes",
+            Alloc,
+            &["relu", "cannot allocate", "[1048576, 1048576]"],
+            || relu(broadcast_d(&[TB_SIDE, TB_SIDE])),
+        ),
+        case(
+            "leaky_relu: the output of a broadcast input of terabytes",
+            Alloc,
+            &["leaky_relu", "cannot allocate", "[1048576, 1048576]"],
+            || leaky_relu(broadcast_d(&[TB_SIDE, TB_SIDE]), 0.1),
+        ),
+        case(
+            "relu_backward: the gradient of terabytes",
+            Alloc,
+            &["relu", "cannot allocate", "grad_out [1048576, 1048576]"],
+            || {
+                relu_backward(
+                    broadcast_d(&[TB_SIDE, TB_SIDE]),
+                    broadcast_d(&[TB_SIDE, TB_SIDE]),
+                )
+            },
+        ),
+        case(
+            "leaky_relu_backward: the gradient of terabytes",
+            Alloc,
+            &[
+                "leaky_relu",
+                "cannot allocate",
+                "grad_out [1048576, 1048576]",
+            ],
+            || {
+                leaky_relu_backward(
+                    broadcast_d(&[TB_SIDE, TB_SIDE]),
+                    broadcast_d(&[TB_SIDE, TB_SIDE]),
+                    0.1,
                 )
             },
         ),

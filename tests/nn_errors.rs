@@ -4,8 +4,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use convinit::Error;
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Linear, LinearConfig, Relu,
-    Sequential,
+    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu, Layer, LeakyRelu, Linear,
+    LinearConfig, Relu, Sequential,
 };
 use convinit::ops::{
     Conv2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward,
@@ -106,6 +106,36 @@ fn alloc_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
             }),
             "alloc",
             vec!["adaptive_avg_pool2d", "cannot allocate", "layer 1"],
+        ),
+        (
+            "ReLU.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                Relu::new()
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["ReLU", "cannot allocate", "[1048576, 1048576]"],
+        ),
+        (
+            "LeakyReLU.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                LeakyRelu::new(0.1)
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["LeakyReLU", "cannot allocate", "[1048576, 1048576]"],
+        ),
+        (
+            "GeneralRelu.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                GeneralRelu::new(Some(0.1), Some(0.4), Some(6.0))?
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["cannot allocate", "[1048576, 1048576]"],
         ),
         (
             "Sequential.forward: no layers, a broadcast input of terabytes",

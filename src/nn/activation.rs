@@ -6,6 +6,7 @@ use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use super::{Layer, check_grad_shape, not_run};
 use crate::error::Result;
+use crate::limits::try_to_owned;
 use crate::ops::{
     leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
     update_array, update_array_with, zip_map_array,
@@ -35,22 +36,28 @@ impl Saved {
     /// Forward through `f` on the view path: a new output, and a copy of the input kept.
     fn forward_view(
         &mut self,
+        op: &'static str,
         x: ArrayViewD<'_, f32>,
         f: impl Fn(f32) -> f32 + Sync + Send,
-    ) -> ArrayD<f32> {
+    ) -> Result<ArrayD<f32>> {
         self.spare = None;
-        let y = map_array(x.view(), f);
-        self.values = Some(x.to_owned().into_shared());
-        y
+        self.values = None;
+        let y = map_array(op, x.view(), f)?;
+        let kept = try_to_owned(op, x.view(), || {
+            format!("the copy of the input kept for backward, x {:?}", x.shape())
+        })?;
+        self.values = Some(kept.into_shared());
+        Ok(y)
     }
 
     /// Forward through `f` on a shared input, keeping the output (`f` must be such that
     /// the output decides the gradient).
     fn forward_keep_output(
         &mut self,
+        op: &'static str,
         x: ArcArrayD<f32>,
         f: impl Fn(f32) -> f32 + Sync + Send,
-    ) -> ArcArrayD<f32> {
+    ) -> Result<ArcArrayD<f32>> {
         let spare = self.spare.take().or_else(|| self.values.take());
         self.values = None;
         let y = if x.is_unique() && x.is_standard_layout() {
@@ -67,24 +74,26 @@ impl Saved {
                     map_slice(xs, y.as_slice_mut().expect("standard layout"), f);
                     y
                 }
-                _ => map_array(x.view(), f),
+                _ => map_array(op, x.view(), f)?,
             }
         };
         let y = y.into_shared();
         self.values = Some(y.clone());
-        y
+        Ok(y)
     }
 
     /// Forward through `f` on a shared input, keeping the input (no copy).
     fn forward_keep_input(
         &mut self,
+        op: &'static str,
         x: ArcArrayD<f32>,
         f: impl Fn(f32) -> f32 + Sync + Send,
-    ) -> ArcArrayD<f32> {
+    ) -> Result<ArcArrayD<f32>> {
         self.spare = None;
-        let y = map_array(x.view(), f).into_shared();
+        self.values = None;
+        let y = map_array(op, x.view(), f)?.into_shared();
         self.values = Some(x);
-        y
+        Ok(y)
     }
 
     fn values(&self, op: &'static str, grad: &[usize]) -> Result<&ArcArrayD<f32>> {
@@ -115,16 +124,16 @@ impl Layer for Relu {
     }
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        Ok(self.saved.forward_view(x, relu_value))
+        self.saved.forward_view("ReLU", x, relu_value)
     }
 
     fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
-        Ok(self.saved.forward_keep_output(x, relu_value))
+        self.saved.forward_keep_output("ReLU", x, relu_value)
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let v = self.saved.values("ReLU", grad_out.shape())?;
-        Ok(zip_map_array(v.view(), grad_out, relu_grad_value))
+        zip_map_array("ReLU", v.view(), grad_out, relu_grad_value)
     }
 
     fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
@@ -185,7 +194,8 @@ impl Layer for LeakyRelu {
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let s = self.negative_slope;
-        Ok(self.saved.forward_view(x, |v| leaky_relu_value(v, s)))
+        self.saved
+            .forward_view("LeakyReLU", x, |v| leaky_relu_value(v, s))
     }
 
     fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
@@ -194,19 +204,19 @@ impl Layer for LeakyRelu {
         // A negative slope flips the sign of negative inputs: only the input tells them
         // apart then. Any other slope (0, NaN and infinities included) keeps `x > 0`
         // exactly where the output is `> 0`.
-        Ok(if s < 0.0 {
-            self.saved.forward_keep_input(x, f)
+        if s < 0.0 {
+            self.saved.forward_keep_input("LeakyReLU", x, f)
         } else {
-            self.saved.forward_keep_output(x, f)
-        })
+            self.saved.forward_keep_output("LeakyReLU", x, f)
+        }
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let s = self.negative_slope;
         let v = self.saved.values("LeakyReLU", grad_out.shape())?;
-        Ok(zip_map_array(v.view(), grad_out, |v, g| {
+        zip_map_array("LeakyReLU", v.view(), grad_out, |v, g| {
             leaky_relu_grad_value(v, g, s)
-        }))
+        })
     }
 
     fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {

@@ -6,6 +6,7 @@ use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use super::{Layer, check_grad_shape, not_run};
 use crate::error::{Error, Result};
+use crate::limits::try_to_owned;
 use crate::ops::{map_array, update_array_with, zip_map_array};
 
 const OP: &str = "GeneralRelu";
@@ -140,20 +141,25 @@ impl Layer for GeneralRelu {
     }
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        let y = map_array(x.view(), |v| self.value(v));
-        self.input = Some(x.to_owned().into_shared());
+        self.input = None;
+        let y = map_array(OP, x.view(), |v| self.value(v))?;
+        let kept = try_to_owned(OP, x.view(), || {
+            format!("the copy of the input kept for backward, x {:?}", x.shape())
+        })?;
+        self.input = Some(kept.into_shared());
         Ok(y)
     }
 
     fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
-        let y = map_array(x.view(), |v| self.value(v)).into_shared();
+        self.input = None;
+        let y = map_array(OP, x.view(), |v| self.value(v))?.into_shared();
         self.input = Some(x);
         Ok(y)
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = self.saved_input(grad_out.shape())?;
-        Ok(zip_map_array(x.view(), grad_out, |v, g| self.grad(v, g)))
+        zip_map_array(OP, x.view(), grad_out, |v, g| self.grad(v, g))
     }
 
     fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {

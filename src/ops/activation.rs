@@ -6,9 +6,11 @@
 
 use ndarray::parallel::prelude::*;
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelExtend};
 use rayon::slice::{ParallelSlice, ParallelSliceMut};
 
 use crate::error::{Error, Result};
+use crate::limits::try_vec_with_capacity;
 
 /// Elements per rayon task in the element-wise ops; arrays of up to twice this many
 /// elements run on the calling thread (splitting them costs more than it saves).
@@ -35,30 +37,50 @@ pub(crate) fn map_slice(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Syn
     }
 }
 
-/// `f` applied to every element of `x`, in a new array (as `x.mapv(f)`).
+/// `f` applied to every element of `x`, in a new standard-layout array (as
+/// `x.mapv(f)`), its buffer reserved fallibly: `x` may be a broadcast view far larger
+/// than the memory behind it.
+///
+/// # Errors
+/// [`Error::Alloc`] naming `op` and the shape when the output cannot be allocated.
 pub(crate) fn map_array<D: Dimension>(
+    op: &'static str,
     x: ArrayView<'_, f32, D>,
     f: impl Fn(f32) -> f32 + Sync + Send,
-) -> Array<f32, D> {
-    if parallel(x.len()) {
-        Zip::from(&x).par_map_collect(|&v| f(v))
-    } else {
-        x.mapv(f)
+) -> Result<Array<f32, D>> {
+    let mut out = try_vec_with_capacity(op, x.len(), || format!("the output, x {:?}", x.shape()))?;
+    match x.as_slice() {
+        // Rayon writes the indexed results straight into the reserved capacity.
+        Some(xs) if parallel(xs.len()) => out.par_extend(xs.par_iter().map(|&v| f(v))),
+        Some(xs) => out.extend(xs.iter().map(|&v| f(v))),
+        None => out.extend(x.iter().map(|&v| f(v))),
     }
+    Ok(Array::from_shape_vec(x.raw_dim(), out).expect("length matches the shape"))
 }
 
-/// `f(x, dy)` element by element, in a new array; `x` and `dy` have the same shape.
+/// `f(x, dy)` element by element (paired by index, whatever the two layouts), in a new
+/// standard-layout array reserved fallibly; `x` and `dy` have the same shape.
+///
+/// # Errors
+/// [`Error::Alloc`] naming `op` and the shape when the output cannot be allocated.
 pub(crate) fn zip_map_array<D: Dimension>(
+    op: &'static str,
     x: ArrayView<'_, f32, D>,
     dy: ArrayView<'_, f32, D>,
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
-) -> Array<f32, D> {
-    let zip = Zip::from(&x).and(&dy);
-    if parallel(x.len()) {
-        zip.par_map_collect(|&v, &g| f(v, g))
-    } else {
-        zip.map_collect(|&v, &g| f(v, g))
+) -> Result<Array<f32, D>> {
+    debug_assert_eq!(x.shape(), dy.shape());
+    let mut out = try_vec_with_capacity(op, x.len(), || {
+        format!("the input gradient, grad_out {:?}", dy.shape())
+    })?;
+    match (x.as_slice(), dy.as_slice()) {
+        (Some(xs), Some(gs)) if parallel(xs.len()) => {
+            out.par_extend(xs.par_iter().zip(gs.par_iter()).map(|(&v, &g)| f(v, g)))
+        }
+        (Some(xs), Some(gs)) => out.extend(xs.iter().zip(gs).map(|(&v, &g)| f(v, g))),
+        _ => out.extend(x.iter().zip(dy.iter()).map(|(&v, &g)| f(v, g))),
     }
+    Ok(Array::from_shape_vec(x.raw_dim(), out).expect("length matches the shape"))
 }
 
 /// `y = f(y)` in place, any layout.
@@ -147,44 +169,57 @@ fn check_same<D: Dimension>(
     Ok(())
 }
 
-/// `max(x, 0)` element-wise, as `torch.relu` (NaN stays NaN).
-pub fn relu<D: Dimension>(x: ArrayView<'_, f32, D>) -> Array<f32, D> {
-    map_array(x, relu_value)
+/// `max(x, 0)` element-wise, as `torch.relu` (NaN stays NaN), in a new standard-layout
+/// array.
+///
+/// # Errors
+/// [`Error::Alloc`] when the output cannot be allocated (a broadcast `x` far larger than
+/// the memory behind it).
+pub fn relu<D: Dimension>(x: ArrayView<'_, f32, D>) -> Result<Array<f32, D>> {
+    map_array("relu", x, relu_value)
 }
 
 /// Backward of [`relu`]: `dx = dy` where `x > 0` (or NaN), else 0, as PyTorch's
 /// `threshold_backward`.
 ///
 /// # Errors
-/// [`Error::Shape`] when `dy` and `x` differ in shape.
+/// [`Error::Shape`] when `dy` and `x` differ in shape; [`Error::Alloc`] when the
+/// gradient cannot be allocated.
 pub fn relu_backward<D: Dimension>(
     x: ArrayView<'_, f32, D>,
     dy: ArrayView<'_, f32, D>,
 ) -> Result<Array<f32, D>> {
     check_same("relu", &x, &dy)?;
-    Ok(zip_map_array(x, dy, relu_grad_value))
+    zip_map_array("relu", x, dy, relu_grad_value)
 }
 
 /// `x` where `x > 0`, else `negative_slope * x`, as `torch.nn.functional.leaky_relu`.
 /// Any slope is allowed, including 0 and slopes above 1.
-pub fn leaky_relu<D: Dimension>(x: ArrayView<'_, f32, D>, negative_slope: f32) -> Array<f32, D> {
-    map_array(x, |v| leaky_relu_value(v, negative_slope))
+///
+/// # Errors
+/// [`Error::Alloc`] when the output cannot be allocated.
+pub fn leaky_relu<D: Dimension>(
+    x: ArrayView<'_, f32, D>,
+    negative_slope: f32,
+) -> Result<Array<f32, D>> {
+    map_array("leaky_relu", x, |v| leaky_relu_value(v, negative_slope))
 }
 
 /// Backward of [`leaky_relu`]: `dx = dy` where `x > 0`, else `negative_slope * dy`
 /// (PyTorch's `leaky_relu_backward`).
 ///
 /// # Errors
-/// [`Error::Shape`] when `dy` and `x` differ in shape.
+/// [`Error::Shape`] when `dy` and `x` differ in shape; [`Error::Alloc`] when the
+/// gradient cannot be allocated.
 pub fn leaky_relu_backward<D: Dimension>(
     x: ArrayView<'_, f32, D>,
     dy: ArrayView<'_, f32, D>,
     negative_slope: f32,
 ) -> Result<Array<f32, D>> {
     check_same("leaky_relu", &x, &dy)?;
-    Ok(zip_map_array(x, dy, |v, g| {
+    zip_map_array("leaky_relu", x, dy, |v, g| {
         leaky_relu_grad_value(v, g, negative_slope)
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -195,13 +230,13 @@ mod tests {
     #[test]
     fn nan_and_infinity_propagate() {
         let x = array![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0, 2.0];
-        let y = relu(x.view());
+        let y = relu(x.view()).unwrap();
         assert!(y[0].is_nan());
         assert_eq!(
             y.slice(ndarray::s![1..]),
             array![f32::INFINITY, 0.0, 0.0, 2.0]
         );
-        let y = leaky_relu(x.view(), 0.5);
+        let y = leaky_relu(x.view(), 0.5).unwrap();
         assert!(y[0].is_nan());
         assert_eq!(
             y.slice(ndarray::s![1..]),
