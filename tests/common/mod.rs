@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod naive;
+pub mod ops;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,12 @@ pub fn reference_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
     }
+}
+
+/// The crate's own reference cases, whatever `CONVINIT_REFERENCE_DIR` says: for tests
+/// that need one particular case.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// Every `*.safetensors` file directly in `dir`, sorted by name.
