@@ -808,6 +808,31 @@ pub fn op_cases() -> Vec<OpCase> {
             75,
             1e-6,
         ),
+        sequential(
+            "grouped first conv without bias",
+            vec![
+                conv(
+                    c(4, 6, (3, 3))
+                        .with_stride((2, 2))
+                        .with_padding((1, 1))
+                        .with_groups(2)
+                        .with_bias(false),
+                    [5, 4, 9, 11],
+                    0,
+                ),
+                leaky_relu_layer(0.1, &[1], 0),
+                conv(
+                    c(6, 1, (3, 3)).with_stride((2, 2)).with_padding((1, 1)),
+                    [5, 6, 5, 6],
+                    0,
+                ),
+                adaptive_avg_pool((1, 1), [5, 1, 3, 3], 0),
+                flatten_layer(0, -1, &[5, 1, 1, 1], &[5]),
+            ],
+            &[5, 4, 9, 11],
+            77,
+            1e-6,
+        ),
         seed_net(37, 76),
     ]
 }
