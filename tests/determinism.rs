@@ -1,5 +1,7 @@
-//! Results are bit-identical for any rayon thread count: every op (conv forward and
-//! backward in several configurations, pooling, activations, linear, MSE, flatten), every
+//! Results are bit-identical for any rayon thread count: every case of the op table
+//! (`common/ops.rs`: conv forward and backward in several configurations, pooling,
+//! activations, linear, MSE, flatten, networks; element-wise ops and pooling on both
+//! sides of their parallel threshold), every
 //! initialiser, the seed network (forward, MSE, backward, every parameter gradient, and a
 //! second step through `forward_shared` and `backward_params`) and
 //! the GEMM, in rayon pools of 1, 2 and 7 threads ([`THREADS`]), compared with
@@ -11,19 +13,16 @@ mod common;
 
 use std::hash::Hasher;
 
-use common::{load_case, reference_dir};
+use common::ops::{PARALLEL_ABOVE, op_cases};
+use common::{fixtures_dir, load_case};
 use convinit::gemm::sgemm;
 use convinit::init::{BiasInit, FanMode, Init, Nonlinearity};
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, LeakyRelu, Linear, LinearConfig, Relu,
-    Sequential,
+    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Linear, LinearConfig, Relu, Sequential,
 };
-use convinit::ops::{
-    Conv2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward,
-    flatten, leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward, relu,
-    relu_backward,
-};
-use ndarray::{Array, Array1, Array2, Array4, ArrayD, s};
+use convinit::ops::{mse, mse_backward};
+use ndarray::Axis;
+use ndarray::{Array, Array1, Array2, ArrayD, s};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -47,126 +46,19 @@ fn uniform<Sh: ndarray::ShapeBuilder>(rng: &mut StdRng, shape: Sh) -> Array<f32,
     Array::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
 }
 
-/// Conv forward and backward in several configurations: groups, stride, padding,
-/// dilation, 1x1, and batches that are not a multiple of the reduction chunk (8).
-fn conv_run() -> Vec<Vec<u32>> {
-    let mut rng = StdRng::seed_from_u64(1);
-    // (N, C, H, W), (O, C/g, kh, kw), options
-    let configs = [
-        (
-            (37, 4, 13, 11),
-            (6, 2, 3, 3),
-            Conv2dOptions::new()
-                .with_padding((1, 2))
-                .with_stride((2, 1))
-                .with_groups(2),
-        ),
-        ((1, 3, 9, 9), (5, 3, 3, 3), Conv2dOptions::new()),
-        (
-            (9, 4, 12, 10),
-            (8, 1, 3, 2),
-            Conv2dOptions::new()
-                .with_groups(4)
-                .with_dilation((2, 3))
-                .with_padding((2, 0)),
-        ),
-        (
-            (17, 6, 5, 5),
-            (3, 6, 1, 1),
-            Conv2dOptions::new().with_stride((2, 2)),
-        ),
-        (
-            (23, 1, 28, 28),
-            (8, 1, 5, 5),
-            Conv2dOptions::new()
-                .with_stride((2, 2))
-                .with_padding((2, 2)),
-        ),
-    ];
-    let mut out = Vec::new();
-    for (xs, ws, opts) in configs {
-        let x: Array4<f32> = uniform(&mut rng, xs);
-        let w: Array4<f32> = uniform(&mut rng, ws);
-        let b: Array1<f32> = uniform(&mut rng, ws.0);
-        let y = conv2d(x.view(), w.view(), Some(b.view()), &opts).unwrap();
-        let dy: Array4<f32> = uniform(&mut rng, y.raw_dim());
-        let g = conv2d_backward(x.view(), w.view(), true, dy.view(), &opts).unwrap();
-        out.extend([
-            bits(&y),
-            bits(&g.dx),
-            bits(&g.dw),
-            bits(g.db.as_ref().unwrap()),
-        ]);
-    }
-    out
+/// Every case of the op table (`common/ops.rs`): conv in several configurations, linear,
+/// activations, pooling, flatten, MSE and networks, forward and backward on the view
+/// and the owned paths and through the functional ops, with cases above the parallel
+/// threshold of the element-wise ops and pooling so their rayon paths are compared.
+fn op_case_runs() -> Vec<(String, Vec<Vec<u32>>)> {
+    op_cases()
+        .iter()
+        .map(|case| (format!("{case:?}"), case.outputs(0)))
+        .collect()
 }
 
-/// Pooling (global, uneven and upsampling windows), activations, linear, MSE and
-/// flatten, forward and backward.
-fn small_ops_run() -> Vec<Vec<u32>> {
-    let mut rng = StdRng::seed_from_u64(3);
-    let mut out = Vec::new();
-    let x: Array4<f32> = uniform(&mut rng, (19, 5, 7, 9));
-    for size in [(1, 1), (3, 4), (9, 11)] {
-        let y = adaptive_avg_pool2d(x.view(), size).unwrap();
-        let dy: Array4<f32> = uniform(&mut rng, y.raw_dim());
-        let dx = adaptive_avg_pool2d_backward(x.dim(), dy.view()).unwrap();
-        out.extend([bits(&y), bits(&dx)]);
-    }
-    let dy: Array4<f32> = uniform(&mut rng, x.raw_dim());
-    out.push(bits(&relu(x.view()).unwrap()));
-    out.push(bits(&relu_backward(x.view(), dy.view()).unwrap()));
-    out.push(bits(&leaky_relu(x.view(), 0.1).unwrap()));
-    out.push(bits(
-        &leaky_relu_backward(x.view(), dy.view(), 5f32.sqrt()).unwrap(),
-    ));
-    let xl: Array2<f32> = uniform(&mut rng, (67, 300));
-    let wl: Array2<f32> = uniform(&mut rng, (50, 300));
-    let bl: Array1<f32> = uniform(&mut rng, 50);
-    let yl = linear(xl.view(), wl.view(), Some(bl.view())).unwrap();
-    let dyl: Array2<f32> = uniform(&mut rng, yl.raw_dim());
-    let gl = linear_backward(xl.view(), wl.view(), true, dyl.view()).unwrap();
-    out.extend([
-        bits(&yl),
-        bits(&gl.dx),
-        bits(&gl.dw),
-        bits(gl.db.as_ref().unwrap()),
-    ]);
-    let pred: Array1<f32> = uniform(&mut rng, 1001);
-    let target: Array1<f32> = uniform(&mut rng, 1001);
-    out.push(vec![mse(pred.view(), target.view()).unwrap().to_bits()]);
-    out.push(bits(&mse_backward(pred.view(), target.view()).unwrap()));
-    out.push(bits(&flatten(x.view().into_dyn(), 1, -1).unwrap()));
-    out
-}
-
-/// Layers with parameters, forward and backward (gradients accumulated twice).
-fn layers_run() -> Vec<Vec<u32>> {
-    let mut rng = StdRng::seed_from_u64(4);
-    let mut net = Sequential::new()
-        .with(
-            Conv2d::new(
-                Conv2dConfig::new(2, 6, (3, 3))
-                    .with_groups(2)
-                    .with_padding((1, 1)),
-                &mut rng,
-            )
-            .unwrap(),
-        )
-        .with(LeakyRelu::new(0.2))
-        .with(AdaptiveAvgPool2d::new((2, 2)).unwrap())
-        .with(Flatten::new(1, -1))
-        .with(Linear::new(LinearConfig::new(24, 3), &mut rng).unwrap());
-    let x: ArrayD<f32> = uniform(&mut rng, (21, 2, 10, 10)).into_dyn();
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        let y = net.forward(x.view()).unwrap();
-        let dy: ArrayD<f32> = uniform(&mut rng, y.raw_dim());
-        let dx = net.backward(dy.view()).unwrap();
-        out.extend([bits(&y), bits(&dx)]);
-    }
-    out.extend(net.named_parameters().iter().map(|p| bits(p.grad.iter())));
-    out
+fn ops_run() -> Vec<Vec<u32>> {
+    op_case_runs().into_iter().flat_map(|(_, v)| v).collect()
 }
 
 /// Every initialiser, through `Init` (weight and bias) and the layers' constructors.
@@ -254,7 +146,7 @@ fn gemm_run() -> Vec<Vec<u32>> {
 
 /// The notebook's seed net on the reference weights and a larger random batch.
 fn seed_net_run() -> Vec<Vec<u32>> {
-    let case = load_case(&reference_dir().join("seed_net_8.safetensors")).unwrap();
+    let case = load_case(&fixtures_dir().join("seed_net_8.safetensors")).unwrap();
     let conv = |i: usize, cin, cout, k, s, p| {
         let w = case
             .tensor(&format!("{i}.weight"))
@@ -330,23 +222,100 @@ fn assert_same_in_every_pool(what: &str, f: fn() -> Vec<Vec<u32>>) {
 }
 
 #[test]
-fn conv_is_bit_identical_across_thread_counts() {
-    assert_same_in_every_pool("conv", conv_run);
-}
-
-#[test]
 fn seed_net_is_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("seed net", seed_net_run);
 }
 
+/// Each op case in pools of 1, 2 and 7 threads, named in the failure message.
 #[test]
-fn pooling_activations_linear_mse_are_bit_identical_across_thread_counts() {
-    assert_same_in_every_pool("small ops", small_ops_run);
+fn every_op_case_is_bit_identical_across_thread_counts() {
+    let one = in_pool(THREADS[0], op_case_runs);
+    for &t in &THREADS[1..] {
+        let other = in_pool(t, op_case_runs);
+        assert_eq!(other.len(), one.len());
+        for ((name, a), (_, b)) in one.iter().zip(&other) {
+            assert!(a.iter().all(|v| !v.is_empty()), "{name}: an empty output");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+                assert!(
+                    a == b,
+                    "{name}: output {i} differs in {diff} of {} values with {t} threads",
+                    a.len()
+                );
+            }
+        }
+    }
 }
 
+/// The table reaches the rayon paths: every element-wise op and pooling has a case
+/// above the parallel threshold (and one below, the serial path).
 #[test]
-fn layers_are_bit_identical_across_thread_counts() {
-    assert_same_in_every_pool("layers", layers_run);
+fn the_op_table_crosses_the_parallel_threshold() {
+    let cases = op_cases();
+    for op in [
+        "relu",
+        "leaky_relu",
+        "general_relu",
+        "adaptive_avg_pool2d",
+        "flatten",
+    ] {
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.op == op && c.above_parallel_threshold()),
+            "{op}: no case above {PARALLEL_ABOVE} elements"
+        );
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.op == op && !c.above_parallel_threshold()),
+            "{op}: no case below {PARALLEL_ABOVE} elements"
+        );
+    }
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.op == "sequential" && c.above_parallel_threshold())
+    );
+}
+
+/// The rayon paths compute what the serial ones do: every parameter-free case above the
+/// parallel threshold, run whole (parallel) and in slices along the batch axis small
+/// enough for the serial path, gives the same bits (forward and backward, through the
+/// functional ops). A pool of 1 thread still takes the parallel path, so the comparison
+/// across pools alone would not see a parallel path that is wrong the same way each time.
+#[test]
+fn parallel_paths_match_the_serial_path() {
+    let mut checked = 0;
+    for case in op_cases() {
+        let Some(f) = &case.functional else { continue };
+        if !case.above_parallel_threshold() || case.has_params() {
+            continue;
+        }
+        let run = case.run(0);
+        let whole = f(&run.x, &[], &run.dy);
+        let n = run.x.shape()[0];
+        let per = (PARALLEL_ABOVE / 2 / (run.x.len() / n)).max(1);
+        let mut pieces: Vec<Vec<ArrayD<f32>>> = Vec::new();
+        for start in (0..n).step_by(per) {
+            let end = (start + per).min(n);
+            let x = run.x.slice_axis(Axis(0), (start..end).into()).to_owned();
+            let dy = run.dy.slice_axis(Axis(0), (start..end).into()).to_owned();
+            assert!(x.len() <= PARALLEL_ABOVE / 2);
+            pieces.push(f(&x, &[], &dy));
+        }
+        assert!(pieces.len() > 1, "{case:?}");
+        for (i, w) in whole.iter().enumerate() {
+            let views: Vec<_> = pieces.iter().map(|p| p[i].view()).collect();
+            let joined = ndarray::concatenate(Axis(0), &views).unwrap();
+            assert!(
+                bits(w) == bits(&joined),
+                "{case:?}: output {i} differs between the parallel and the serial path"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "{checked}");
 }
 
 #[test]
@@ -379,14 +348,7 @@ const CHILD_ENV: &str = "CONVINIT_DETERMINISM_CHILD";
 /// FNV-1a over every output's length and bits.
 fn hash_all() -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    for run in [
-        conv_run,
-        seed_net_run,
-        small_ops_run,
-        layers_run,
-        init_run,
-        gemm_run,
-    ] {
+    for run in [ops_run, seed_net_run, init_run, gemm_run] {
         for v in run() {
             h.write_usize(v.len());
             for x in v {

@@ -1,9 +1,13 @@
 //! Thread safety: the public types are `Send + Sync` where that makes sense (checked at
-//! compile time), and `sgemm`, `conv2d`, `conv2d_backward`, the layers and the loaders
-//! give bit-identical results when called from several std threads at once (each also
+//! compile time), and `sgemm`, every case of the op table (`common/ops.rs`: the ops,
+//! layers and networks), the layers and the loaders give bit-identical results when called from several std threads at once (each also
 //! using rayon's global pool), compared with the same calls made serially.
 
 use std::sync::Barrier;
+
+mod common;
+
+use common::ops::op_cases;
 
 use convinit::Error;
 use convinit::data::{DType, Mnist, NdArray, Value, pickle};
@@ -13,10 +17,8 @@ use convinit::nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Linear, LinearConfig, Relu,
     Sequential,
 };
-use convinit::ops::{
-    Conv2dGeometry, Conv2dGrads, Conv2dOptions, LinearGrads, conv2d, conv2d_backward,
-};
-use ndarray::{Array, Array1, Array2, Array4, ArrayD, s};
+use convinit::ops::{Conv2dGeometry, Conv2dGrads, Conv2dOptions, LinearGrads, conv2d};
+use ndarray::{Array, Array2, Array4, ArrayD, s};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -71,8 +73,9 @@ fn bits<'a>(a: impl IntoIterator<Item = &'a f32>) -> Vec<u32> {
     a.into_iter().map(|v| v.to_bits()).collect()
 }
 
-/// One thread's work: a GEMM in a transposed layout, a conv forward and backward, on
-/// inputs seeded by `seed` (so every thread works on different data).
+/// One thread's work: a GEMM in a transposed layout, and every case of the op table
+/// (`common/ops.rs`, forward and backward on the view and owned paths and through the
+/// functional ops), on inputs seeded by `seed` (so every thread works on different data).
 fn work(seed: u64) -> Vec<Vec<u32>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (m, k, n) = (64 + seed as usize, 150, 97);
@@ -80,24 +83,11 @@ fn work(seed: u64) -> Vec<Vec<u32>> {
     let b: Array2<f32> = uniform(&mut rng, (2 * k, n));
     let mut c: Array2<f32> = uniform(&mut rng, (m, n));
     sgemm(1.5, a.t(), b.slice(s![..;2, ..]), 0.5, c.view_mut()).unwrap();
-    let groups = 1 + (seed as usize % 2);
-    let x: Array4<f32> = uniform(&mut rng, (11 + seed as usize, 4, 12, 12));
-    let w: Array4<f32> = uniform(&mut rng, (6, 4 / groups, 3, 3));
-    let bias: Array1<f32> = uniform(&mut rng, 6);
-    let opts = Conv2dOptions::new()
-        .with_padding((1, 1))
-        .with_stride((1 + seed as usize % 2, 1))
-        .with_groups(groups);
-    let y = conv2d(x.view(), w.view(), Some(bias.view()), &opts).unwrap();
-    let dy: Array4<f32> = uniform(&mut rng, y.raw_dim());
-    let g = conv2d_backward(x.view(), w.view(), true, dy.view(), &opts).unwrap();
-    vec![
-        bits(&c),
-        bits(&y),
-        bits(&g.dx),
-        bits(&g.dw),
-        bits(g.db.as_ref().unwrap()),
-    ]
+    let mut out = vec![bits(&c)];
+    for case in op_cases() {
+        out.extend(case.outputs(seed));
+    }
+    out
 }
 
 const THREADS: u64 = 6;
