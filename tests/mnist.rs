@@ -3,7 +3,7 @@
 //! and the `load_mnist` example's output.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use convinit::Error;
 use convinit::data::{Mnist, NdArray, idx};
@@ -15,18 +15,14 @@ use ndarray::{Array2, arr1, arr2};
 #[path = "../examples/load_mnist.rs"]
 mod example;
 
+#[path = "common/shared.rs"]
+mod shared;
+
 const HEAD: [i64; 10] = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4];
 
+/// `../shared/data/<rel>`, or a visible skip (a failure under `CI=true`).
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("skipping: {} not found", p.display());
-        None
-    }
+    shared::shared_data(rel)
 }
 
 fn check_range(x: &Array2<f32>) {

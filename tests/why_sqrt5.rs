@@ -100,6 +100,10 @@ fn check_against_spread(figures: &BTreeMap<String, f64>, spread_json: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn embedded_sample_every_key_and_where_pytorch_falls() {
     let figures = run(&["--json"]);
     for key in KEYS {
@@ -124,6 +128,10 @@ fn embedded_sample_every_key_and_where_pytorch_falls() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn other_seeds_fall_there_too() {
     for seed in ["1", "7"] {
         let figures = run(&["--json", "--seed", seed]);
@@ -135,6 +143,10 @@ fn other_seeds_fall_there_too() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
 fn same_seed_same_figures() {
     assert_eq!(
         run(&["--json", "--seed", "5"]),
