@@ -9,6 +9,12 @@
   dtypes as `numpy.dtype(('f4', 0, 1))` + BUILD, raw data as BINSTRING, the memo
   shared between arrays exactly as in the sample; 3 images of 4 pixels per split.
 - seeds/idx: hand-made IDX files of every type code, including 3-D u8 images.
+- seeds/pickle, pickle_gz also get structural shapes the mutations alone rarely build:
+  memo reuse (PUT once, GET many times) of every kind of object (str, bytes,
+  bytearray, tuple, list, dict, int, long, float, ndarray, dtype), containers nested
+  deep but within the reader's limit, and long strings (`struct_*.pkl`).
+- seeds/npy: the .npy fixtures of tests/fixtures/npy (`bad_` for the unsupported ones)
+  and a few crafted headers; seeds/npz: the .npz fixtures.
 
 Run from the repository root: python3 fuzz/make_seeds.py
 """
@@ -79,9 +85,68 @@ def mnist_pickle(n=3, w=4):
         out.append(b"\x86")
         out.append(p())
     out.append(b"\x87")
+    MNIST_MEMO.append(memo)
     out.append(p())
     out.append(b".")
     return b"".join(out)
+
+
+def memo_reuse(obj, n, proto=4):
+    """[obj] * (n + 1): obj built once, memoized with PUT 0, then n GETs of it."""
+    return (b"\x80" + bytes([proto]) + b"](" + obj + b"q\x00" + b"h\x00" * n + b"e.")
+
+
+def s_unicode(text):
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def structural(mnist):
+    """Structurally interesting pickles, each small, legal and within the limits."""
+    long_text = "".join(chr(0x61 + i % 26) for i in range(2000))
+    seeds = {
+        "struct_memo_str.pkl": memo_reuse(s_unicode(long_text), 300),
+        "struct_memo_short_str.pkl": memo_reuse(b"\x8c\x03abc", 2000),
+        "struct_memo_bytes.pkl": memo_reuse(b"B" + struct.pack("<I", 1000) + bytes(range(250)) * 4, 300, 3),
+        "struct_memo_bytearray.pkl": memo_reuse(b"\x96" + struct.pack("<Q", 1000) + b"\x07" * 1000, 300, 5),
+        "struct_memo_tuple.pkl": memo_reuse(b"(" + b"K\x01" * 100 + b"t", 300),
+        "struct_memo_list.pkl": memo_reuse(b"](" + b"N" * 100 + b"e", 300),
+        "struct_memo_dict.pkl": memo_reuse(
+            b"}(" + b"".join(b"\x8c\x02k" + bytes([0x30 + i % 10]) + b"K" + bytes([i]) for i in range(50)) + b"u", 300),
+        "struct_memo_int.pkl": memo_reuse(b"J\xff\xff\xff\x7f", 2000),
+        "struct_memo_long.pkl": memo_reuse(b"\x8a\x08" + b"\xff" * 7 + b"\x7f", 2000),
+        "struct_memo_float.pkl": memo_reuse(b"G" + struct.pack(">d", 0.1), 2000),
+        "struct_memo_none_bool.pkl": memo_reuse(b"(N\x88\x89t", 2000),
+        # The MNIST-shaped tuple (arrays and dtypes shared through the memo) 200 times.
+        "struct_memo_arrays.pkl": (
+            mnist[:-1] + b"0]q\xff(" + (b"h" + bytes([MNIST_MEMO[-1]])) * 200 + b"e."),
+        # Nesting: tuples, lists and dicts 150 deep (the reader allows 200).
+        "struct_deep_tuple.pkl": b"\x80\x02" + b"(" * 150 + b"N" + b"t" * 150 + b".",
+        "struct_deep_list.pkl": b"\x80\x02" + b"](" * 150 + b"N" + b"e" * 150 + b".",
+        "struct_deep_dict.pkl": b"\x80\x02" + b"}(X\x01\x00\x00\x00k" * 150 + b"N" + b"u" * 150 + b".",
+        # A DAG: each level a pair of the level below, memoized and referenced twice
+        # (2^12 leaves; the kept dag_bomb.pkl regression goes to 2^60).
+        "struct_shared_dag.pkl": b"\x80\x02N" + b"".join(
+            b"q" + bytes([i]) + b"h" + bytes([i]) + b"\x86" for i in range(12)) + b".",
+        # Long strings: a 60 000-character str, a Python 2 BINSTRING of 60 000 bytes.
+        "struct_long_str.pkl": b"\x80\x04" + s_unicode("z" * 60000) + b".",
+        "struct_long_binstring.pkl": b"\x80\x02T" + struct.pack("<i", 60000) + b"\xfe" * 60000 + b".",
+    }
+    return seeds
+
+
+MNIST_MEMO = []
+
+
+def npy_header(descr, fortran, shape, version=1):
+    h = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (descr, fortran, shape)
+    h = h.encode()
+    field = 2 if version == 1 else 4
+    while (8 + field + len(h) + 1) % 64:
+        h += b" "
+    h += b"\n"
+    size = struct.pack("<H", len(h)) if version == 1 else struct.pack("<I", len(h))
+    return b"\x93NUMPY" + bytes([version, 0]) + size + h
 
 
 def idx(code, shape, data):
@@ -89,7 +154,7 @@ def idx(code, shape, data):
 
 
 def main():
-    for d in ("pickle", "pickle_gz", "mnist", "idx"):
+    for d in ("pickle", "pickle_gz", "mnist", "idx", "npy", "npz"):
         path = os.path.join(SEEDS, d)
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path)
@@ -122,6 +187,31 @@ def main():
     }
     for name, data in idx_seeds.items():
         with open(os.path.join(SEEDS, "idx", name), "wb") as f:
+            f.write(data)
+    for name, data in structural(mnist).items():
+        for d in ("pickle", "pickle_gz"):
+            with open(os.path.join(SEEDS, d, name), "wb") as f:
+                f.write(data)
+    npy_fixtures = os.path.join(ROOT, "tests", "fixtures", "npy")
+    for name in sorted(os.listdir(npy_fixtures)):
+        with open(os.path.join(npy_fixtures, name), "rb") as f:
+            data = f.read()
+        if name.endswith(".npy"):
+            out = ("bad_" + name) if name.startswith("unsupported_") else name
+            with open(os.path.join(SEEDS, "npy", out), "wb") as f:
+                f.write(data)
+        elif name.endswith(".npz"):
+            with open(os.path.join(SEEDS, "npz", name), "wb") as f:
+                f.write(data)
+    npy_seeds = {
+        "crafted_v2_u1.npy": npy_header("|u1", "False", "(3, 2)", 2) + bytes(range(6)),
+        "crafted_4d_f4.npy": npy_header(">f4", "True", "(1, 2, 1, 2)") + struct.pack(">4f", 1, 2, 3, 4),
+        "crafted_0d_b1.npy": npy_header("|b1", "False", "()") + b"\x01",
+        "bad_lying_shape.npy": npy_header("<f8", "False", "(1000000,)") + b"\x00" * 16,
+        "bad_header_len.npy": b"\x93NUMPY\x02\x00" + struct.pack("<I", 0xFFFFFFFF) + b"{",
+    }
+    for name, data in npy_seeds.items():
+        with open(os.path.join(SEEDS, "npy", name), "wb") as f:
             f.write(data)
 
 

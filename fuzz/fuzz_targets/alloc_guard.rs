@@ -6,10 +6,18 @@
 //! limits. Counting is per thread (the loaders are single-threaded), so tests running in
 //! parallel threads of one test binary do not disturb each other.
 //!
-//! An allocation that breaks a limit is refused (null is returned, so an infallible
-//! allocation aborts with "memory allocation of N bytes failed", which libFuzzer reports
-//! as a crash) and recorded, so that a fallible one (`try_reserve`) is still caught by
-//! [`Report::assert_within`] after the call.
+//! An allocation that breaks a limit is *recorded and admitted*, and
+//! [`Report::assert_within`] turns the record into a panic with the figures after the
+//! call: a test fails on its own, with a message, instead of the whole binary aborting
+//! (returning null for an infallible allocation aborts the process, which hides every
+//! other test of a test binary). Admitting is bounded by a hard cap, [`HARD_CAP`] of
+//! live bytes in the measured scope (and any single allocation larger than it): past
+//! it the allocation is refused with null, so a loader that would really take the
+//! machine's memory still stops (an infallible allocation then aborts, a fallible one
+//! gets its error); [`Report::denied`] records that too.
+//!
+//! The guard is turned off on a thread as soon as a panic starts there (a panic hook
+//! installed by [`measure`]), so the panic message and backtrace can allocate freely.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -29,6 +37,10 @@ pub fn peak_limit(len: usize) -> usize {
     len.saturating_mul(512).saturating_add(16 << 20)
 }
 
+/// Live bytes a measured scope may reach, over the limits, before allocations are
+/// refused with null: 1 GiB, the loaders' default [`convinit::limits::Limits`].
+pub const HARD_CAP: usize = 1 << 30;
+
 /// The allocator to install with `#[global_allocator]`.
 pub struct Guard;
 
@@ -40,6 +52,7 @@ thread_local! {
     static PEAK: Cell<isize> = const { Cell::new(0) };
     static LARGEST: Cell<usize> = const { Cell::new(0) };
     static REFUSED: Cell<usize> = const { Cell::new(0) };
+    static DENIED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Whether this thread may allocate `size` more bytes; counts it if so.
@@ -53,7 +66,10 @@ fn admit(size: usize) -> bool {
     let over_peak = live > 0 && live as usize > PEAK_LIMIT.with(Cell::get);
     if over_single || over_peak {
         REFUSED.with(|r| r.set(r.get().max(size)));
-        return false;
+        if size > HARD_CAP || (live > 0 && live as usize > HARD_CAP) {
+            DENIED.with(|r| r.set(r.get().max(size)));
+            return false;
+        }
     }
     LIVE.with(|l| l.set(live));
     PEAK.with(|p| p.set(p.get().max(live)));
@@ -119,8 +135,12 @@ pub struct Report {
     pub largest: usize,
     /// The most bytes live at once, above what was live when the call started.
     pub peak: usize,
-    /// The largest allocation refused for breaking a limit (0 if none was).
+    /// The largest allocation that broke a limit (0 if none did); admitted unless it
+    /// also broke [`HARD_CAP`].
     pub refused: usize,
+    /// The largest allocation refused with null for breaking [`HARD_CAP`] (0 if none
+    /// was).
+    pub denied: usize,
 }
 
 impl Report {
@@ -130,13 +150,18 @@ impl Report {
         assert!(
             self.refused == 0,
             "an allocation of {} bytes broke the limits for a {}-byte input \
-             (single allocation <= {}, live bytes <= {}); largest admitted {}, peak {}",
+             (single allocation <= {}, live bytes <= {}); largest admitted {}, peak {}{}",
             self.refused,
             self.input_len,
             single_limit(self.input_len),
             peak_limit(self.input_len),
             self.largest,
-            self.peak
+            self.peak,
+            if self.denied > 0 {
+                format!("; {} bytes refused past the hard cap", self.denied)
+            } else {
+                String::new()
+            }
         );
     }
 }
@@ -145,10 +170,12 @@ impl Report {
 /// (decompressed) bytes, and reports what it allocated. Only meaningful when [`Guard`] is
 /// the global allocator.
 pub fn measure<T>(input_len: usize, f: impl FnOnce() -> T) -> (T, Report) {
+    install_panic_hook();
     LIVE.with(|l| l.set(0));
     PEAK.with(|p| p.set(0));
     LARGEST.with(|l| l.set(0));
     REFUSED.with(|r| r.set(0));
+    DENIED.with(|r| r.set(0));
     SINGLE.with(|s| s.set(single_limit(input_len)));
     PEAK_LIMIT.with(|s| s.set(peak_limit(input_len)));
     /// Disarms on the way out, even when `f` panics.
@@ -167,6 +194,28 @@ pub fn measure<T>(input_len: usize, f: impl FnOnce() -> T) -> (T, Report) {
         largest: LARGEST.with(Cell::get),
         peak: PEAK.with(Cell::get).max(0) as usize,
         refused: REFUSED.with(Cell::get),
+        denied: DENIED.with(Cell::get),
     };
     (out, report)
+}
+
+/// Whether this thread's allocations are being counted (inside [`measure`], and no
+/// panic since it started). Used by the regressions test, not by the fuzz targets.
+#[allow(dead_code)]
+pub fn armed() -> bool {
+    ARMED.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Once per process: a panic hook that turns the guard off on the panicking thread
+/// before the previous hook (the default one, or libFuzzer's) prints the message and
+/// backtrace.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = ARMED.try_with(|a| a.set(false));
+            previous(info);
+        }));
+    });
 }

@@ -4,21 +4,26 @@
 //!
 //! The files live beside this one, one folder per fuzz target: `pickle/` (raw bytes for
 //! `pickle::from_reader`), `pickle_gz/` (the *decompressed* content, loaded both plain
-//! and gzip-compressed), `idx/` (`idx::from_reader`) and `mnist/`
-//! (`Mnist::from_pickle_reader`). [`KEPT`] says what each must give; a file that is not
+//! and gzip-compressed), `idx/` (`idx::from_reader`), `mnist/`
+//! (`Mnist::from_pickle_reader`), `npy/` (`npy::from_reader`) and `npz/`
+//! (`npz::from_reader_with`, its decompressed input capped as in the fuzz target).
+//! [`KEPT`] says what each must give; a file that is not
 //! listed there fails [`every_kept_file_is_listed`], so none is silently skipped.
 //!
 //! Memory: this binary installs the fuzz targets' counting allocator
 //! (`fuzz/fuzz_targets/alloc_guard.rs`), so every load here is also held to the same
-//! limits as under the fuzzer: no single allocation above 128 x the (decompressed) input
-//! + 4 MiB, no more than 512 x + 16 MiB live at once.
+//! limits as under the fuzzer: no single allocation above 128 x the (decompressed)
+//! input + 4 MiB, no more than 512 x + 16 MiB live at once. An allocation over those
+//! limits is recorded and admitted (up to the guard's hard cap), and `guarded` then fails that
+//! test with the figures: one bad input is one failed test, not an abort of the binary.
 
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use convinit::Error;
-use convinit::data::{Mnist, idx, pickle};
+use convinit::data::{Mnist, idx, npy, npz, pickle};
+use convinit::limits::Limits;
 
 #[path = "../../fuzz/fuzz_targets/alloc_guard.rs"]
 mod alloc_guard;
@@ -44,13 +49,29 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// Runs `load` on `input` under the allocation limits for `len` decompressed bytes;
-/// fails if it panics or breaks a limit, and gives the result as `Ok(())` or the message.
+/// fails (this test only, with the figures) if it panics or breaks a limit, and gives
+/// the result as `Ok(())` or the message.
 fn guarded(what: &str, len: usize, load: impl FnOnce() -> Result<(), Error>) -> Result<(), String> {
     let (r, report) = alloc_guard::measure(len, || catch_unwind(AssertUnwindSafe(load)));
-    let r = r.unwrap_or_else(|_| panic!("{what}: the loader panicked"));
-    report.assert_within();
+    let r = r.unwrap_or_else(|_| panic!("{what}: the loader panicked ({report:?})"));
+    if let Err(p) = catch_unwind(|| report.assert_within()) {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "the allocation limits were broken".into());
+        panic!("{what}: {msg}");
+    }
     r.map_err(|e| e.to_string())
 }
+
+/// The decompressed input an `.npz` of `len` bytes may have here and in the fuzz target
+/// (a deflated member can legitimately inflate a thousandfold).
+fn npz_cap(len: usize) -> usize {
+    len.saturating_mul(64).saturating_add(64 << 10)
+}
+
+/// The folders of kept inputs (and of fuzz seeds), one per fuzz target.
+const FOLDERS: [&str; 6] = ["pickle", "pickle_gz", "idx", "mnist", "npy", "npz"];
 
 /// Loads a kept file the way its fuzz target does; the outcome of every path taken.
 fn load_kept(rel: &str, data: &[u8]) -> Vec<Result<(), String>> {
@@ -75,6 +96,14 @@ fn load_kept(rel: &str, data: &[u8]) -> Vec<Result<(), String>> {
         "mnist" => vec![guarded(rel, n, || {
             Mnist::from_pickle_reader(data).map(drop)
         })],
+        "npy" => vec![guarded(rel, n, || npy::from_reader(data).map(drop))],
+        "npz" => {
+            let cap = npz_cap(n);
+            let limits = Limits::default().with_max_input_bytes(cap as u64);
+            vec![guarded(rel, cap, || {
+                npz::from_reader_with(std::io::Cursor::new(data), limits).map(drop)
+            })]
+        }
         other => panic!("{rel}: unknown folder {other:?}"),
     }
 }
@@ -96,7 +125,7 @@ fn kept_inputs_give_their_expected_result_without_panic() {
 #[test]
 fn every_kept_file_is_listed() {
     let mut found = Vec::new();
-    for folder in ["pickle", "pickle_gz", "idx", "mnist"] {
+    for folder in FOLDERS {
         let Ok(entries) = std::fs::read_dir(dir().join(folder)) else {
             continue;
         };
@@ -119,7 +148,7 @@ fn every_kept_file_is_listed() {
 fn fuzz_seeds_load_within_limits() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
     let mut count = 0;
-    for folder in ["pickle", "pickle_gz", "idx", "mnist"] {
+    for folder in FOLDERS {
         for e in std::fs::read_dir(seeds.join(folder)).unwrap() {
             let path = e.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -131,7 +160,7 @@ fn fuzz_seeds_load_within_limits() {
             count += 1;
         }
     }
-    assert!(count >= 20, "only {count} seeds");
+    assert!(count >= 90, "only {count} seeds");
     // The MNIST-structured seed is a real, if tiny, MNIST pickle.
     let m =
         Mnist::from_pickle_reader(&std::fs::read(seeds.join("mnist/mnist_small.pkl")).unwrap()[..])
@@ -140,15 +169,16 @@ fn fuzz_seeds_load_within_limits() {
     assert_eq!(m.test.1.to_vec(), [6, 7, 8]);
 }
 
-/// The guard does refuse: without this, the tests above could not fail.
+/// The guard does catch: without this, the tests above could not fail.
 #[test]
-fn the_guard_refuses_an_oversized_allocation() {
+fn the_guard_records_an_oversized_allocation() {
     let (r, report) = alloc_guard::measure(1000, || {
         let mut v = Vec::<u8>::new();
         v.try_reserve_exact(alloc_guard::single_limit(1000) + 1)
     });
-    assert!(r.is_err());
+    assert!(r.is_ok(), "admitted below the hard cap");
     assert_eq!(report.refused, alloc_guard::single_limit(1000) + 1);
+    assert_eq!(report.denied, 0);
     let (r, report) = alloc_guard::measure(1000, || {
         let mut v = Vec::<u8>::new();
         v.try_reserve_exact(1 << 20).map(|()| v)
@@ -156,6 +186,44 @@ fn the_guard_refuses_an_oversized_allocation() {
     assert!(r.is_ok());
     assert_eq!(report.refused, 0);
     assert!(report.largest >= 1 << 20 && report.peak >= 1 << 20);
+    // Past the hard cap a (fallible) allocation is refused outright.
+    let (r, report) = alloc_guard::measure(1000, || {
+        Vec::<u8>::new().try_reserve_exact(alloc_guard::HARD_CAP + 1)
+    });
+    assert!(r.is_err());
+    assert_eq!(report.denied, alloc_guard::HARD_CAP + 1);
+}
+
+/// An input that breaks the limits through an *infallible* allocation fails its own
+/// test with the figures; it used to abort the whole binary (null from the allocator).
+#[test]
+fn a_limit_breach_fails_only_its_own_test_with_a_message() {
+    let big = alloc_guard::single_limit(100) + 1;
+    let caught = catch_unwind(|| {
+        guarded("crafted", 100, || {
+            let v = vec![1u8; big];
+            assert_eq!(v.len(), big);
+            Ok(())
+        })
+    });
+    let msg = caught.expect_err("the breach must fail the test");
+    let msg = msg.downcast_ref::<String>().expect("a formatted message");
+    assert!(
+        msg.starts_with("crafted: an allocation of") && msg.contains(&big.to_string()),
+        "{msg}"
+    );
+}
+
+/// A panic turns the guard off before its message and backtrace are printed.
+#[test]
+fn the_guard_is_off_while_a_panic_is_reported() {
+    let (armed_after, _) = alloc_guard::measure(10, || {
+        assert!(alloc_guard::armed());
+        let _ = catch_unwind(|| panic!("expected by the test: the guard turns off"));
+        alloc_guard::armed()
+    });
+    assert!(!armed_after);
+    assert!(!alloc_guard::armed());
 }
 
 // ---------------------------------------------------------------------------------------
