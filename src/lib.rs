@@ -44,7 +44,8 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-/// The README's code blocks, compiled and run as doc tests so the README stays true.
-#[cfg(doctest)]
+/// The README's code blocks, compiled and run as doc tests so the README stays true
+/// (with the embedded sample they load, so only in builds that have it).
+#[cfg(all(doctest, feature = "embedded-sample"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
