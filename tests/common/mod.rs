@@ -16,6 +16,8 @@ pub struct Case {
     pub name: String,
     pub meta: HashMap<String, String>,
     pub tensors: HashMap<String, ArrayD<f32>>,
+    /// The int64 tensors (class targets, pooling indices, `num_batches_tracked`).
+    pub tensors_i64: HashMap<String, ArrayD<i64>>,
 }
 
 impl Case {
@@ -57,6 +59,13 @@ impl Case {
             .map_err(|_| format!("metadata {key:?}: cannot parse {s:?}"))
     }
 
+    /// An int64 tensor of the case.
+    pub fn tensor_i64(&self, key: &str) -> Result<&ArrayD<i64>, String> {
+        self.tensors_i64
+            .get(key)
+            .ok_or_else(|| format!("int64 tensor {key:?} missing"))
+    }
+
     pub fn tensor(&self, key: &str) -> Result<&ArrayD<f32>, String> {
         self.tensors
             .get(key)
@@ -96,7 +105,7 @@ pub fn case_paths(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(paths)
 }
 
-/// Reads one case; any problem (I/O, format, a non-f32 tensor) is an error.
+/// Reads one case; any problem (I/O, format, a tensor neither f32 nor i64) is an error.
 pub fn load_case(path: &Path) -> Result<Case, String> {
     let name = path
         .file_stem()
@@ -108,26 +117,38 @@ pub fn load_case(path: &Path) -> Result<Case, String> {
     let meta = metadata.metadata().clone().unwrap_or_default();
     let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("bad safetensors: {e}"))?;
     let mut tensors = HashMap::new();
+    let mut tensors_i64 = HashMap::new();
     for (key, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(format!(
-                "tensor {key:?} is {:?}, expected F32",
-                view.dtype()
-            ));
+        let shape = IxDyn(view.shape());
+        match view.dtype() {
+            Dtype::F32 => {
+                let data: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let array = ArrayD::from_shape_vec(shape, data)
+                    .map_err(|e| format!("tensor {key:?}: {e}"))?;
+                tensors.insert(key, array);
+            }
+            Dtype::I64 => {
+                let data: Vec<i64> = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+                let array = ArrayD::from_shape_vec(shape, data)
+                    .map_err(|e| format!("tensor {key:?}: {e}"))?;
+                tensors_i64.insert(key, array);
+            }
+            other => return Err(format!("tensor {key:?} is {other:?}, expected F32 or I64")),
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let array = ArrayD::from_shape_vec(IxDyn(view.shape()), data)
-            .map_err(|e| format!("tensor {key:?}: {e}"))?;
-        tensors.insert(key, array);
     }
     Ok(Case {
         name,
         meta,
         tensors,
+        tensors_i64,
     })
 }
 
