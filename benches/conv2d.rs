@@ -7,9 +7,10 @@
 
 use std::hint::black_box;
 
+use convinit::gemm::Kernel;
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardPath, Lowering, conv2d, conv2d_backward,
-    conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo, conv2d,
+    conv2d_backward, conv2d_with_plan,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::{Array1, Array4};
@@ -103,7 +104,7 @@ fn bench_paths(c: &mut Criterion) {
     g.throughput(Throughput::Elements(pb.flops));
     let geo =
         Conv2dGeometry::new("bench", [100, 8, 14, 14], [16, 8, 3, 3], &pb.opts).expect("geometry");
-    let base = ConvPlan::choose(&geo);
+    let base = ConvPlan::choose(&geo, rayon::current_num_threads());
     let variants = [
         ("chosen", base),
         (
@@ -130,13 +131,19 @@ fn bench_paths(c: &mut Criterion) {
         (
             "columns_not_direct",
             ConvPlan {
-                forward: ForwardPath::Columns,
-                direct_backward: false,
+                forward: ForwardAlgo::Columns,
+                input_grad: InputGradAlgo::Columns,
+                weight_grad: WeightGradAlgo::Columns,
                 ..base
             },
         ),
     ];
-    for (label, plan) in variants {
+    // The chosen algorithms on each GEMM kernel this CPU runs.
+    let kernels = Kernel::ALL
+        .into_iter()
+        .filter(|k| k.is_supported())
+        .map(|kernel| (kernel.name(), ConvPlan { kernel, ..base }));
+    for (label, plan) in variants.into_iter().chain(kernels) {
         g.bench_function(BenchmarkId::new("seed_l2", label), |bch| {
             bch.iter(|| {
                 black_box(
@@ -149,14 +156,14 @@ fn bench_paths(c: &mut Criterion) {
     let pw = problem([32, 64, 28, 28, 64, 1, 1, 0]);
     let geo =
         Conv2dGeometry::new("bench", [32, 64, 28, 28], [64, 64, 1, 1], &pw.opts).expect("geometry");
-    let base = ConvPlan::choose(&geo);
+    let base = ConvPlan::choose(&geo, rayon::current_num_threads());
     g.throughput(Throughput::Elements(pw.flops));
     for (label, plan) in [
         ("pointwise", base),
         (
             "im2col",
             ConvPlan {
-                lowering: Lowering::Im2col,
+                forward: ForwardAlgo::Columns,
                 ..base
             },
         ),

@@ -7,8 +7,8 @@ mod common;
 
 use common::naive::{self, Params, assert_close, random_array, to64};
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardPath, Lowering, conv2d_backward,
-    conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo,
+    conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
 };
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;
@@ -60,14 +60,30 @@ const SHAPES: &[Shape] = &[
 ];
 
 fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
-    let base = ConvPlan::choose(geo);
+    let base = ConvPlan::choose(geo, rayon::current_num_threads());
     let mut out = Vec::new();
     let pointwise =
         geo.kernel == (1, 1) && geo.options.stride == (1, 1) && geo.options.padding == (0, 0);
-    let lowerings: &[Lowering] = if pointwise {
-        &[Lowering::Im2col, Lowering::Pointwise, Lowering::Phase]
+    // A column lowering: its forward, input-gradient and weight-gradient algorithms.
+    let columns = (
+        ForwardAlgo::Columns,
+        InputGradAlgo::Columns,
+        WeightGradAlgo::Columns,
+    );
+    let pw = (
+        ForwardAlgo::Pointwise,
+        InputGradAlgo::Pointwise,
+        WeightGradAlgo::Pointwise,
+    );
+    let phase = (
+        ForwardAlgo::Phase,
+        InputGradAlgo::Phase,
+        WeightGradAlgo::Phase,
+    );
+    let lowerings: &[_] = if pointwise {
+        &[columns, pw, phase]
     } else {
-        &[Lowering::Im2col, Lowering::Phase]
+        &[columns, phase]
     };
     for &lowering in lowerings {
         // 1 column, a few (cutting output rows), one image, several images, all images.
@@ -81,22 +97,24 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
         ] {
             for use_map in [false, true] {
                 for parallel in [false, true] {
-                    for forward in [
-                        ForwardPath::Columns,
-                        ForwardPath::Direct,
-                        ForwardPath::Phase,
-                    ] {
-                        let direct = forward == ForwardPath::Direct;
+                    for forward in [lowering.0, ForwardAlgo::Direct, ForwardAlgo::Phase] {
+                        let direct = forward == ForwardAlgo::Direct;
                         if direct && geo.options.groups != 1 {
                             continue;
                         }
+                        let (input_grad, weight_grad) = if direct {
+                            (InputGradAlgo::Direct, WeightGradAlgo::Direct)
+                        } else {
+                            (lowering.1, lowering.2)
+                        };
                         out.push(ConvPlan {
-                            lowering,
+                            forward,
+                            input_grad,
+                            weight_grad,
                             tile_cols: tile_cols.max(1),
                             parallel,
                             use_map,
-                            forward,
-                            direct_backward: direct,
+                            kernel: base.kernel,
                         });
                     }
                 }
@@ -174,15 +192,17 @@ fn pointwise_plan_rejects_other_geometries() {
     let opts = Conv2dOptions::new();
     let geo = Conv2dGeometry::new("test", [1, 2, 5, 5], [3, 2, 3, 3], &opts).unwrap();
     let plan = ConvPlan {
-        lowering: Lowering::Pointwise,
-        ..ConvPlan::choose(&geo)
+        forward: ForwardAlgo::Pointwise,
+        input_grad: InputGradAlgo::Pointwise,
+        weight_grad: WeightGradAlgo::Pointwise,
+        ..ConvPlan::choose(&geo, 1)
     };
     assert!(conv2d_with_plan(x.view(), w.view(), None, &opts, plan).is_err());
     let dy = Array4::<f32>::zeros((1, 3, 3, 3));
     assert!(conv2d_backward_with_plan(x.view(), w.view(), false, dy.view(), &opts, plan).is_err());
     let zero = ConvPlan {
         tile_cols: 0,
-        ..ConvPlan::choose(&geo)
+        ..ConvPlan::choose(&geo, 1)
     };
     assert!(conv2d_with_plan(x.view(), w.view(), None, &opts, zero).is_err());
 }
@@ -191,7 +211,7 @@ fn pointwise_plan_rejects_other_geometries() {
 fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
     let opts = Conv2dOptions::new();
     let geo = Conv2dGeometry::new("test", [2, 8, 6, 6], [4, 8, 1, 1], &opts).unwrap();
-    assert_eq!(ConvPlan::choose(&geo).lowering, Lowering::Pointwise);
+    assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Pointwise);
     let geo = Conv2dGeometry::new("test", [2, 8, 6, 6], [4, 8, 3, 3], &opts).unwrap();
-    assert_eq!(ConvPlan::choose(&geo).lowering, Lowering::Im2col);
+    assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Direct);
 }

@@ -1,7 +1,7 @@
 //! Single-precision matrix multiplication: `C = alpha * A * B + beta * C`.
 //!
 //! Every matrix product in the crate goes through this module: [`sgemm`] (the linear
-//! layer, the column conv paths) or, for the direct conv path, an *indirect* GEMM whose
+//! layer, the column conv paths, whose plan names the kernel) or, for the direct conv path, an *indirect* GEMM whose
 //! A operand is read in place at `base + offset` from an image (crate-internal
 //! `indirect_gemm`; the micro-kernel is generic over the same per-ISA vector trait as
 //! sgemm's, so each instruction set is written once). Operands are ndarray views with any strides: a transposed
@@ -77,10 +77,12 @@ pub fn sgemm(
     Ok(())
 }
 
-/// [`sgemm`] that runs on the calling thread alone when `parallel` is false (for callers
-/// that already split their work over rayon tasks), else as [`sgemm`]. Same result, bit
-/// for bit, either way.
+/// [`sgemm`] on `kernel` (which the caller has checked this CPU supports) that runs on
+/// the calling thread alone when `parallel` is false (for callers that already split
+/// their work over rayon tasks), else as [`sgemm`]. Same result, bit for bit, either
+/// way.
 pub(crate) fn sgemm_par(
+    kernel: Kernel,
     parallel: bool,
     alpha: f32,
     a: ArrayView2<'_, f32>,
@@ -94,7 +96,7 @@ pub(crate) fn sgemm_par(
     } else {
         1
     };
-    loops::gemm(Kernel::selected(), alpha, a, b, beta, c, threads);
+    loops::gemm(kernel, alpha, a, b, beta, c, threads);
     Ok(())
 }
 

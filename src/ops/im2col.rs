@@ -8,18 +8,17 @@
 //! work on the columns `l0..l1` only, so the conv paths can tile the output positions
 //! and keep the column buffer small.
 //!
-//! The phase lowering ([`phase_split`], [`phase_gather`] and their adjoints) instead
-//! splits an image into the polyphase planes of [`PhaseGeometry`]; every row of its
-//! *extended* column matrix is then one contiguous copy, whatever the stride, padding or
-//! dilation.
+//! These, and the index map [`Im2colMap`], are the lowering of the `Columns` conv
+//! algorithm (`conv/columns.rs`); [`valid_range`] also serves the phase planes of
+//! `conv/phase.rs`.
 
-use super::geometry::{Conv2dGeometry, PhaseGeometry};
+use super::geometry::Conv2dGeometry;
 
 /// Output positions `ox` (along one axis, of `out` positions) whose tap `k` lands inside
 /// the input of `size`: the range `lo..hi` of `ox` with
 /// `0 <= ox * stride + k * dilation - padding < size`.
 #[inline]
-fn valid_range(
+pub(crate) fn valid_range(
     k: usize,
     stride: usize,
     padding: usize,
@@ -209,138 +208,6 @@ impl Im2colMap {
                 if let Some(d) = dx.get_mut(i as usize) {
                     *d += v;
                 }
-            }
-        }
-    }
-}
-
-/// Splits image `x` (C, H, W, row-major) into its phase planes: `C * sh * sw` planes of
-/// `pg.plane` floats in `planes`, plane `(c, py, px)` at `((c * sh + py) * sw + px) *
-/// pg.plane`. Every float of `planes` is written (zero in the padding and the slack).
-pub(crate) fn phase_split(x: &[f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, planes: &mut [f32]) {
-    debug_assert_eq!(x.len(), geo.in_channels * geo.in_h * geo.in_w);
-    for_each_phase_row(geo, pg, planes, |row, piece| match piece {
-        None => row.fill(0.0),
-        Some((xoff, (qlo, qhi))) => {
-            let sw = geo.options.stride.1;
-            row[..qlo].fill(0.0);
-            row[qhi..].fill(0.0);
-            let mid = &mut row[qlo..qhi];
-            if sw == 1 {
-                mid.copy_from_slice(&x[xoff..xoff + mid.len()]);
-            } else {
-                for (d, &v) in mid.iter_mut().zip(x[xoff..].iter().step_by(sw)) {
-                    *d = v;
-                }
-            }
-        }
-    });
-}
-
-/// The adjoint of [`phase_split`]: adds the planes' values at real pixels into `dx`
-/// (C, H, W); the padding and slack are dropped (the slack is zeroed on the way).
-pub(crate) fn phase_merge_add(
-    planes: &mut [f32],
-    geo: &Conv2dGeometry,
-    pg: &PhaseGeometry,
-    dx: &mut [f32],
-) {
-    debug_assert_eq!(dx.len(), geo.in_channels * geo.in_h * geo.in_w);
-    for_each_phase_row(geo, pg, planes, |row, piece| {
-        if let Some((xoff, (qlo, qhi))) = piece {
-            let sw = geo.options.stride.1;
-            let mid = &row[qlo..qhi];
-            if sw == 1 {
-                for (d, &v) in dx[xoff..xoff + mid.len()].iter_mut().zip(mid) {
-                    *d += v;
-                }
-            } else {
-                for (d, &v) in dx[xoff..].iter_mut().step_by(sw).zip(mid) {
-                    *d += v;
-                }
-            }
-        }
-    });
-}
-
-/// Walks the plane rows of an image: calls `f(row, piece)` for every row of every plane
-/// (the slack after each plane is zeroed here), `piece` being `None` for a row in the
-/// vertical padding, else `Some((offset in x of the first real pixel, (qlo, qhi)))`
-/// with `qlo..qhi` the columns of the row that hold real pixels, `sw` apart in `x`.
-fn for_each_phase_row(
-    geo: &Conv2dGeometry,
-    pg: &PhaseGeometry,
-    planes: &mut [f32],
-    mut f: impl FnMut(&mut [f32], Option<(usize, (usize, usize))>),
-) {
-    let (h, w) = (geo.in_h, geo.in_w);
-    let (sh, sw) = geo.options.stride;
-    let (ph, pw) = geo.options.padding;
-    let planes = &mut planes[..geo.in_channels * sh * sw * pg.plane];
-    for (p, plane) in planes.chunks_exact_mut(pg.plane).enumerate() {
-        let (c, py, px) = (p / (sh * sw), p / sw % sh, p % sw);
-        let (body, slack) = plane.split_at_mut(pg.rows * pg.cols);
-        slack.fill(0.0);
-        let (qlo, qhi) = valid_range(px, sw, pw, 1, w, pg.cols);
-        for (r, row) in body.chunks_exact_mut(pg.cols).enumerate() {
-            let piece = (r * sh + py)
-                .checked_sub(ph)
-                .filter(|&iy| iy < h && qhi > qlo)
-                .map(|iy| ((c * h + iy) * w + qlo * sw + px - pw, (qlo, qhi)));
-            f(row, piece);
-        }
-    }
-}
-
-/// Fills the extended column matrix of one image from its phase planes: row `r` (tap
-/// `(c, i, j)`) goes to `cols[r * ld..r * ld + pg.ext]`, one contiguous copy.
-pub(crate) fn phase_gather(
-    planes: &[f32],
-    geo: &Conv2dGeometry,
-    pg: &PhaseGeometry,
-    cols: &mut [f32],
-    ld: usize,
-) {
-    for_each_tap(geo, pg, |r, tap| {
-        cols[r * ld..r * ld + pg.ext].copy_from_slice(&planes[tap..tap + pg.ext]);
-    });
-}
-
-/// The adjoint of [`phase_gather`]: adds row `r` of `cols` into the planes it was read
-/// from.
-pub(crate) fn phase_scatter_add(
-    cols: &[f32],
-    ld: usize,
-    geo: &Conv2dGeometry,
-    pg: &PhaseGeometry,
-    planes: &mut [f32],
-) {
-    for_each_tap(geo, pg, |r, tap| {
-        let src = &cols[r * ld..r * ld + pg.ext];
-        for (d, &v) in planes[tap..tap + pg.ext].iter_mut().zip(src) {
-            *d += v;
-        }
-    });
-}
-
-/// The start of every row's tap in the phase planes, in row order (the B-indirect
-/// kernel's row offsets).
-pub(crate) fn phase_taps(geo: &Conv2dGeometry, pg: &PhaseGeometry) -> Vec<usize> {
-    let mut taps = Vec::with_capacity(geo.col_rows());
-    for_each_tap(geo, pg, |_, tap| taps.push(tap));
-    taps
-}
-
-/// Calls `f(row, start)` for every row of the column matrix with the start of its tap in
-/// the phase planes.
-fn for_each_tap(geo: &Conv2dGeometry, pg: &PhaseGeometry, mut f: impl FnMut(usize, usize)) {
-    let (kh, kw) = geo.kernel;
-    let mut r = 0;
-    for c in 0..geo.in_channels {
-        for i in 0..kh {
-            for j in 0..kw {
-                f(r, geo.phase_tap(pg, c, i, j));
-                r += 1;
             }
         }
     }

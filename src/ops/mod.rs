@@ -6,16 +6,23 @@
 //!
 //! - [`conv2d`] / [`conv2d_backward`] / [`conv2d_backward_params`], geometry in
 //!   [`Conv2dGeometry`] (output size from [`conv_out_size`], the one place it is
-//!   computed). The path depends on the shape, always on the crate's GEMM kernels:
-//!   - a 1x1, stride-1, unpadded conv is a plain GEMM on the input;
-//!   - other groups-of-1 convs with at least 8 input channels take the direct path, with
-//!     no column matrix: an indirect GEMM kernel reads every tap in place from a
-//!     zero-padded copy of the image, forward and backward;
-//!   - fewer input channels, and grouped convs, run forward on the stride-phase path
-//!     (the image split into its stride phases, read in place by the kernel) and
-//!     backward on column matrices in bounded tiles (im2col, or contiguous copies of
-//!     the phase planes for strided convs with long output rows); the weight gradient
-//!     of a groups-of-1 conv still comes from the direct path.
+//!   computed). Each pass runs one algorithm, picked per shape in one place, always on
+//!   the crate's GEMM kernels:
+//!   - a 1x1, stride-1, unpadded conv is a plain GEMM on the input (`Pointwise`),
+//!     forward and input gradient;
+//!   - other groups-of-1 convs with at least 8 input channels take the `Direct`
+//!     algorithm forward and for the input gradient, with no column matrix: an indirect
+//!     GEMM kernel reads every tap in place from a zero-padded copy of the image;
+//!   - fewer input channels, and grouped convs, run forward on the stride-phase planes
+//!     (`Phase`, read in place by the kernel) and take their input gradient from column
+//!     matrices in bounded tiles (the phase planes' contiguous copies for strided convs
+//!     with long output rows, else im2col);
+//!   - the weight gradient of every groups-of-1 conv is `Direct`; a grouped conv's runs
+//!     fused with its input gradient, on the same column tiles.
+//!
+//!   Tests and benchmarks run any other algorithm, tile size or GEMM kernel through a
+//!   plan (`ConvPlan`, `conv2d_with_plan`, `conv2d_backward_with_plan`; not yet part of
+//!   the stable API).
 //!
 //!   Every buffer (outputs, gradients, copies of broadcast or strided inputs, padded
 //!   images, columns) is reserved fallibly: one that cannot be allocated is
@@ -44,7 +51,10 @@ pub use conv::{
     Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,
 };
 #[doc(hidden)]
-pub use conv::{ConvPlan, ForwardPath, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
+pub use conv::{
+    ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo, conv2d_backward_with_plan,
+    conv2d_with_plan,
+};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub(crate) use linear::linear_backward_params;

@@ -1,297 +1,232 @@
 //! 2-d convolution (cross-correlation, as PyTorch) on top of the GEMM, and its backward.
 //!
-//! Layout of the conv code:
-//! - [`crate::ops::geometry`]: options, output sizes, buffer sizes and every index
-//!   layout the paths use (the one place).
-//! - [`crate::ops::im2col`]: im2col / col2im over a range of output positions, the index
-//!   map used for small images, and the polyphase split of the phase path.
-//! - this module: the public API, the per-shape chooser [`ConvPlan::choose`] (every
-//!   threshold cites its measurement) and the final reduction of the weight gradient.
-//! - `direct_path` (the default for groups of 1, bar 1x1 convs): no column matrix. The
-//!   indirect GEMM kernel ([`crate::gemm`]'s `indirect_gemm`) reads every tap in place
-//!   from a zero-padded copy of the image: forward `y = W x`, weight gradient with the
-//!   roles of taps and positions swapped, input gradient as a transposed conv per pixel
-//!   class (stride phase) reading a zero-padded `dy`. Forward beside backward.
-//! - `gemm_path`: the column paths, forward beside backward: output positions cut into
-//!   tiles of at most `tile_cols` columns (several small images side by side in one
-//!   GEMM, or a run of columns of one large image so the column buffer stays bounded),
-//!   each lowered by im2col (rows, or the index map for short output rows) or, for a
-//!   1x1 / stride-1 / unpadded conv, taken as the input itself (`Lowering::Pointwise`:
-//!   a plain GEMM `y_n = W x_n`, no copy). Used by grouped and 1x1 convs, and by the
-//!   backward pass of one-channel inputs (whose input gradient fills too few lanes of
-//!   the direct kernel).
-//! - `phase_path`: strided convs with long output rows on the column path, each image
-//!   split into its stride phases so every column row is one contiguous copy.
+//! One algorithm layer, by pass. Files, none importing one that imports it back:
+//! - this module: the public API, each call's geometry validated once, the plan checked
+//!   against it ([`Error::Config`] when an algorithm cannot run the shape or the CPU
+//!   lacks the kernel), one dispatching `match` per pass, and the final reduction of
+//!   the weight and bias gradients;
+//! - `plan`: [`ConvPlan`] and the algorithm enums [`ForwardAlgo`], [`InputGradAlgo`],
+//!   [`WeightGradAlgo`] (data only);
+//! - `choose`: [`ConvPlan::choose`], the only place a plan is picked (every threshold
+//!   cites its measurement);
+//! - `common`: what the algorithms share (operands, buffers and scratch, image tiles
+//!   and reduction chunks, the per-group GEMM loop, the bias gradient);
+//! - one file per algorithm, each with `supports(geometry)`, its forward, input-gradient
+//!   and weight-gradient functions side by side, a fused `gradients` for both, and its
+//!   own index types: `direct` (indirect kernel, taps read in place; groups of 1),
+//!   `columns` (im2col tiles, [`crate::ops`]'s `im2col` module), `pointwise` (the input
+//!   as the column matrix), `phase` (stride-phase planes).
 //!
-//! Column paths, per tile and group `g`: forward `y[g] (Og, cols) = W[g] (Og, Cg*kh*kw)
-//! x cols[g]`; backward `dW[g] += dy[g] x cols[g]^T`, `dcols[g] = W[g]^T x dy[g]`,
-//! `dx += col2im(dcols)`, `db[o] += sum(dy[o])`. All products go through the crate's
-//! GEMM kernels, on one thread inside a parallel split.
+//! Adding an algorithm costs its file, a variant in each pass enum it serves, an arm in
+//! [`check_plan`]'s and the dispatch `match`es, and a line in `choose` to pick it.
 //!
-//! Determinism: the tiles depend on the shape only; output tiles are disjoint; the weight
-//! and bias gradients are summed per fixed chunk of images (`ceil(N / 8)`, at most
-//! [`REDUCTION_CHUNK`]; images and tiles in a fixed order inside a chunk) and the chunk
-//! partials are then added in chunk order, so the result does not depend on how many
-//! threads rayon uses.
+//! Backward: the batch is cut into reduction chunks (`ceil(N / 8)` images, at most
+//! [`REDUCTION_CHUNK`]); each chunk fills its rows of `dx` and returns its partial `dW`
+//! and `db` (`db[o] = sum(dy[o])` in f64, whatever the algorithms). When the input and
+//! weight gradients run the same algorithm they run fused (one lowering per tile, or one
+//! padded copy per kernel call for `Direct`), else one after the other.
+//!
+//! Determinism: the tiles and chunks depend on the shape only; output tiles are
+//! disjoint; within a chunk images and tiles go in a fixed order, and the chunk partials
+//! are added in chunk order, so the result does not depend on how many threads rayon
+//! uses.
 
-use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView4};
+use ndarray::{
+    Array1, Array2, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
+};
 
 use super::geometry::{Conv2dGeometry, Conv2dOptions};
 use super::im2col::Im2colMap;
 use crate::error::{Error, Result};
 use crate::limits::{try_standard_layout, try_zeros};
 
-mod direct_path;
-mod gemm_path;
-mod phase_path;
+mod choose;
+mod columns;
+mod common;
+mod direct;
+mod phase;
+mod plan;
+mod pointwise;
 
-use gemm_path::Operands;
+pub use common::REDUCTION_CHUNK;
+use common::{MAP_ENTRIES, OP, Operands, bias_partial, reduction_chunks, shape_err};
+pub use plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
 
-/// At most this many images per partial sum of the weight and bias gradients (fewer for
-/// small batches: `ceil(N / 8)`). Fixed by the batch size alone, never by the thread
-/// count, so the floating-point summation order is always the same.
-pub const REDUCTION_CHUNK: usize = 8;
-
-/// How a conv path turns output positions into GEMM columns.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lowering {
-    /// im2col of the columns of a tile: any geometry.
-    Im2col,
-    /// The input is the column matrix: 1x1 kernel, stride 1, no padding only.
-    Pointwise,
-    /// Whole images split into polyphase planes, whose extended column matrix is made
-    /// of contiguous copies: any geometry (`phase_path`).
-    Phase,
-}
-
-/// The path of a forward pass, in [`ConvPlan`].
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardPath {
-    /// The column path of [`ConvPlan::lowering`] (im2col or pointwise + GEMM).
-    Columns,
-    /// The direct path: taps read in place, a tile of positions by output channels
-    /// (`direct_path`; groups of 1 only).
-    Direct,
-    /// The stride-phase planes read in place by the B-indirect kernel, output
-    /// channel-major (`phase_path`): any geometry.
-    Phase,
-}
-
-/// The conv path for one shape, from [`ConvPlan::choose`]. Not part of the stable API:
-/// tests and benchmarks force paths through [`conv2d_with_plan`].
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvPlan {
-    /// How columns are formed.
-    pub lowering: Lowering,
-    /// Most output positions per tile (per column buffer); images with fewer run several
-    /// side by side in one GEMM.
-    pub tile_cols: usize,
-    /// Split the tiles (forward) or reduction chunks (backward) over the rayon pool;
-    /// otherwise run them in order on the calling thread (each GEMM may still go
-    /// parallel on its own when it is large).
-    pub parallel: bool,
-    /// Lower small images through an index map ([`MAP_ENTRIES`]) rather than by rows.
-    pub use_map: bool,
-    /// The forward pass's path.
-    pub forward: ForwardPath,
-    /// Run the backward pass on the direct path (groups of 1 only), whatever `lowering`
-    /// says. A backward without the input gradient ([`conv2d_backward_params`]) of a
-    /// groups-of-1 conv always runs there.
-    pub direct_backward: bool,
-}
-
-/// Bytes of one column buffer: a tile of `K x tile_cols` floats, `tile_cols` a multiple
-/// of the AVX-512 kernel's 48 columns. Measured with `examples/plan_sweep` (2 threads,
-/// back to back): resnet_64 (K = 576) runs best at 384-576 columns, 227 columns (512
-/// KiB) is 3% slower and 96-192 up to 20% slower.
-const TILE_BYTES: usize = 1 << 20;
-
-/// Fewest columns per tile, whatever `K`: vgg_256 (K = 2304) at 56 columns runs 1.3x
-/// slower forward than at 96-960 (the GEMM's 48-column panels run half empty).
-const MIN_TILE_COLS: usize = 192;
-
-/// An image whose column matrix takes at most this many bytes is never cut into tiles.
-/// resnet_128s2 (K = 576, 784 columns, 1.8 MB), 1 thread, `plan_sweep` fwd / bwd ms:
-/// whole images 32-36 / 72-74, tiles of 384-576 columns 36-41 / 84-88. resnet_64
-/// (7.2 MB per image) is 1.6x faster forward in tiles than whole (71 vs 114 ms, 1
-/// thread, against the previous whole-image im2col).
-const WHOLE_IMAGE_BYTES: usize = 2 << 20;
-
-/// Most columns per tile, whatever `K`: small images are grouped up to this many
-/// columns. nb_32x1x5 (K = 25, 576 columns per image) runs fwd+bwd 1.3x faster one image
-/// per tile than 18 images (10 464 columns) per tile, whose column and output buffers
-/// (2.3 MB) spill from L2; seed_l1..l4 do not care between 384 and 3 600 columns.
-const MAX_TILE_COLS: usize = 1024;
-
-/// Strided convs whose output rows are at least this long, with an image's extended
-/// column matrix within [`WHOLE_IMAGE_BYTES`], take the phase path. Measured 1 thread
-/// (fwd / bwd ms, im2col -> phase): seed_l1 (14 wide) 0.23 / 0.73 -> 0.155 / 0.61,
-/// resnet_128s2 (28 wide) 25.0 / 53.7 -> 22.1 / 49.7; seed_l2 (7 wide) 0.17 / 0.50 ->
-/// 0.44 / 0.71 (splitting tiny images into planes costs more than the gather it saves).
-/// Stride-1 rows already lower by contiguous copies (nb_32x1x5: bwd 6.6 -> 7.6 ms).
-const PHASE_MIN_OUT_W: usize = 12;
-
-/// Fewest input channels for the direct path; fewer take the phase forward and the
-/// column backward. The direct input gradient vectorises over input channels, so one
-/// channel fills 1/16 of an AVX-512 vector: 1 thread, bwd ms, column path -> direct:
-/// seed_l2 (8 channels) 0.51 -> 0.40, seed_l3 (16) 0.43 -> 0.35, seed_l4 (32) 0.16 ->
-/// 0.14, resnet_64 114 -> 87; but seed_l1 (1 channel) 0.75 -> 1.07 and nb_32x1x5 (1)
-/// 6.4 -> 26.6. Forward, direct -> phase: seed_l1 0.156 -> 0.129, nb_32x1x5 1.85 ->
-/// 1.49 (their few output channels half fill the direct tile, and the phase forward
-/// needs no transpose); seed_l2 (8 channels) 0.109 -> 0.267, resnet_128s2 18.0 -> 20.2.
-const DIRECT_MIN_CHANNELS: usize = 8;
-
-/// Images whose column matrix has at most this many entries are lowered through an
-/// index map.
-const MAP_ENTRIES: usize = 1 << 16;
-
-/// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
-/// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
-/// on the im2col path, fwd ms serial -> parallel: seed_l1 (3.9 M) 0.40 -> 0.22, seed_l2
-/// (5.6 M) 0.19 -> 0.11.
-const PARALLEL_MACS: usize = 1 << 20;
-
-/// ... or from this many floats of input and output up, whatever the multiply-adds:
-/// per-image copies and transposes cost time too. 2 threads, fwd / bwd ms, serial ->
-/// parallel: seed_l4 (0.1 M MACs, 52 K floats) 0.050 / 0.094 -> 0.037 / 0.086; but
-/// 10 x 8 x 8 x 8 -> 8 (0.4 M MACs, 10 K floats) 0.012 / 0.028 -> 0.035 / 0.034 and
-/// 20 x 8 x 8 x 8 -> 8, stride 2 (13 K floats) 0.008 / 0.029 -> 0.018 / 0.039.
-const PARALLEL_FLOATS: usize = 1 << 15;
-
-impl ConvPlan {
-    /// The path for `geo`: pointwise for 1x1 / stride 1 / unpadded, phase for strided
-    /// convs with long enough output rows ([`PHASE_MIN_OUT_W`]), else im2col; tiles of
-    /// [`TILE_BYTES`] of columns; parallel from [`PARALLEL_MACS`] or
-    /// [`PARALLEL_FLOATS`] up.
-    pub fn choose(geo: &Conv2dGeometry) -> ConvPlan {
-        let o = &geo.options;
-        let pg = geo.phase();
-        let lowering = if geo.kernel == (1, 1) && o.stride == (1, 1) && o.padding == (0, 0) {
-            Lowering::Pointwise
-        } else if o.stride != (1, 1)
-            && geo.out_w >= PHASE_MIN_OUT_W
-            && geo.col_rows().saturating_mul(pg.ext) <= WHOLE_IMAGE_BYTES / size_of::<f32>()
-        {
-            Lowering::Phase
-        } else {
-            Lowering::Im2col
-        };
-        let k = geo.col_rows().max(1);
-        let mut tile_cols =
-            (TILE_BYTES / (k * size_of::<f32>()) / 48 * 48).clamp(MIN_TILE_COLS, MAX_TILE_COLS);
-        let l = geo.col_cols();
-        if l > tile_cols && k * l * size_of::<f32>() <= WHOLE_IMAGE_BYTES {
-            tile_cols = l;
-        }
-        // Saturating: only compared with thresholds (a broadcast input may be larger
-        // than memory; its copy then fails as too large to allocate).
-        let macs = [geo.batch, geo.out_channels, geo.col_cols(), k / o.groups]
-            .iter()
-            .fold(1usize, |a, &d| a.saturating_mul(d));
-        let image = [geo.in_channels, geo.in_h, geo.in_w]
-            .iter()
-            .fold(1usize, |a, &d| a.saturating_mul(d));
-        let floats = geo
-            .batch
-            .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
-        ConvPlan {
-            lowering,
-            tile_cols,
-            parallel: (macs >= PARALLEL_MACS || floats >= PARALLEL_FLOATS)
-                && rayon::current_num_threads() > 1,
-            // Short output rows gather faster through the map (`plan_sweep`, 2 threads,
-            // fwd / bwd ms by rows -> by map: seed_l1 (14 wide) 0.22 / 0.60 -> 0.13 /
-            // 0.40, seed_l2 (7) 0.23 / 0.56 -> 0.11 / 0.29, seed_l4 (2) 0.36 / 0.72 ->
-            // 0.08 / 0.17); 24-wide rows of nb_32x1x5 copy as fast by rows (fwd 2.2 ms
-            // both) and scatter faster by rows (bwd 8.4 ms vs 9.3 ms).
-            use_map: geo.out_w <= 16,
-            // The direct forward beats the column paths on every benchmark shape but 1x1
-            // (1 thread, fwd ms, column path -> direct): seed_l2 0.19 -> 0.12, seed_l3
-            // 0.16 -> 0.10, seed_l4 0.083 -> 0.064, nb_32x1x5 1.86 -> 1.71, resnet_64
-            // 47.5 -> 38.2, resnet_128s2 22.4 -> 17.6, vgg_256 37.7 -> 36.4. A 1x1
-            // stride-1 conv is a plain GEMM already, without the direct path's transpose.
-            forward: if lowering == Lowering::Pointwise {
-                ForwardPath::Columns
-            } else if o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS {
-                ForwardPath::Direct
-            } else {
-                ForwardPath::Phase
-            },
-            direct_backward: o.groups == 1
-                && lowering != Lowering::Pointwise
-                && geo.in_channels >= DIRECT_MIN_CHANNELS,
-        }
+/// Checks that every algorithm of `plan` runs `geo`, and its knobs.
+fn check_plan(plan: &ConvPlan, geo: &Conv2dGeometry) -> Result<()> {
+    let bad = |algo: &dyn std::fmt::Debug, pass: &str| {
+        Err(Error::config(
+            OP,
+            format!(
+                "the plan asks the {algo:?} algorithm for the {pass}, which cannot run {}",
+                geo.describe()
+            ),
+        ))
+    };
+    let fwd = match plan.forward {
+        ForwardAlgo::Direct => direct::supports(geo),
+        ForwardAlgo::Columns => columns::supports(geo),
+        ForwardAlgo::Pointwise => pointwise::supports(geo),
+        ForwardAlgo::Phase => phase::supports(geo),
+    };
+    if !fwd {
+        return bad(&plan.forward, "forward pass");
     }
-
-    fn check(&self, geo: &Conv2dGeometry) -> Result<()> {
-        let o = &geo.options;
-        if self.tile_cols == 0 {
-            return Err(Error::config(OP, "a plan needs tile_cols > 0"));
-        }
-        if self.lowering == Lowering::Pointwise
-            && !(geo.kernel == (1, 1) && o.stride == (1, 1) && o.padding == (0, 0))
-        {
-            return Err(Error::config(
-                OP,
-                "the pointwise path needs a 1x1 kernel, stride 1 and no padding",
-            ));
-        }
-        if (self.forward == ForwardPath::Direct || self.direct_backward) && o.groups != 1 {
-            return Err(Error::config(OP, "the direct path needs groups = 1"));
-        }
-        Ok(())
+    let dx = match plan.input_grad {
+        InputGradAlgo::Direct => direct::supports(geo),
+        InputGradAlgo::Columns => columns::supports(geo),
+        InputGradAlgo::Pointwise => pointwise::supports(geo),
+        InputGradAlgo::Phase => phase::supports(geo),
+    };
+    if !dx {
+        return bad(&plan.input_grad, "input gradient");
     }
+    let dw = match plan.weight_grad {
+        WeightGradAlgo::Direct => direct::supports(geo),
+        WeightGradAlgo::Columns => columns::supports(geo),
+        WeightGradAlgo::Pointwise => pointwise::supports(geo),
+        WeightGradAlgo::Phase => phase::supports(geo),
+    };
+    if !dw {
+        return bad(&plan.weight_grad, "weight gradient");
+    }
+    if plan.tile_cols == 0 {
+        return Err(Error::config(OP, "a plan needs tile_cols > 0"));
+    }
+    if !plan.kernel.is_supported() {
+        return Err(Error::config(
+            OP,
+            format!(
+                "the plan asks for the {} GEMM kernel, which this CPU does not support",
+                plan.kernel.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
-const OP: &str = "conv2d";
-
-/// Runs `f` with this thread's scratch from `key`, taken out while in use (so a
-/// re-entrant call just starts with fresh buffers) and put back after: the conv paths
-/// keep their buffers across calls, as fresh ones cost page faults and zeroing on every
-/// call.
-fn with_scratch<S: Default, T>(
-    key: &'static std::thread::LocalKey<std::cell::RefCell<S>>,
-    f: impl FnOnce(&mut S) -> T,
-) -> T {
-    let mut scratch = key.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let out = f(&mut scratch);
-    key.with(|s| *s.borrow_mut() = scratch);
-    out
-}
-
-/// Fewest tasks a batch is cut into for the forward passes, so two threads get a
-/// balanced share; a constant, never the thread count.
-const MIN_SPLIT: usize = 8;
-
-/// Runs `f(first image, output tile)` over the batch of `y` (N, O, L) cut into
-/// `ceil(N / MIN_SPLIT)`-image tiles, on the rayon pool when `parallel`. The tiles
-/// depend on the shape only.
-fn for_each_image_tile(
-    mut y: ndarray::ArrayViewMut3<'_, f32>,
-    parallel: bool,
-    f: impl Fn(usize, ndarray::ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
+/// The forward pass into `y` (N, O, L): one arm per algorithm.
+fn forward(
+    ops: &Operands<'_>,
+    bias: Option<ArrayView1<'_, f32>>,
+    y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
-    use ndarray::parallel::prelude::*;
-    let per = y.len_of(ndarray::Axis(0)).div_ceil(MIN_SPLIT).max(1);
-    let tiles: Vec<_> = y
-        .axis_chunks_iter_mut(ndarray::Axis(0), per)
-        .enumerate()
-        .collect();
-    if parallel {
-        tiles
-            .into_par_iter()
-            .with_max_len(1)
-            .try_for_each(|(t, yt)| f(t * per, yt))
-    } else {
-        tiles.into_iter().try_for_each(|(t, yt)| f(t * per, yt))
+    match ops.plan.forward {
+        ForwardAlgo::Direct => direct::forward(ops, bias, y),
+        ForwardAlgo::Columns => columns::forward(ops, columns::Lowering::Im2col, bias, y),
+        ForwardAlgo::Pointwise => pointwise::forward(ops, bias, y),
+        ForwardAlgo::Phase => phase::forward(ops, bias, y),
     }
 }
 
-fn shape_err(e: ndarray::ShapeError) -> Error {
-    Error::shape(OP, e.to_string())
+/// Whether the input and weight gradients run fused (the same algorithm).
+fn fused(plan: &ConvPlan) -> bool {
+    matches!(
+        (plan.input_grad, plan.weight_grad),
+        (InputGradAlgo::Direct, WeightGradAlgo::Direct)
+            | (InputGradAlgo::Columns, WeightGradAlgo::Columns)
+            | (InputGradAlgo::Pointwise, WeightGradAlgo::Pointwise)
+            | (InputGradAlgo::Phase, WeightGradAlgo::Phase)
+    )
+}
+
+/// The weight gradient of one reduction chunk: one arm per algorithm.
+fn weight_grad(
+    ops: &Operands<'_>,
+    direct: Option<&direct::Backward>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+) -> Result<Array2<f32>> {
+    match ops.plan.weight_grad {
+        WeightGradAlgo::Direct => prepared(direct).weight_grad(ops, dy, chunk),
+        WeightGradAlgo::Columns => columns::weight_grad(ops, columns::Lowering::Im2col, dy, chunk),
+        WeightGradAlgo::Pointwise => pointwise::weight_grad(ops, dy, chunk),
+        WeightGradAlgo::Phase => phase::weight_grad(ops, dy, chunk),
+    }
+}
+
+/// The input gradient of one reduction chunk into `dxc`: one arm per algorithm.
+fn input_grad(
+    ops: &Operands<'_>,
+    direct: Option<&direct::Backward>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+    dxc: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    match ops.plan.input_grad {
+        InputGradAlgo::Direct => prepared(direct).input_grad(ops, dy, chunk, dxc),
+        InputGradAlgo::Columns => {
+            columns::input_grad(ops, columns::Lowering::Im2col, dy, chunk, dxc)
+        }
+        InputGradAlgo::Pointwise => pointwise::input_grad(ops, dy, chunk, dxc),
+        InputGradAlgo::Phase => phase::input_grad(ops, dy, chunk, dxc),
+    }
+}
+
+/// Both gradients of one reduction chunk on one algorithm ([`fused`]): one arm per
+/// algorithm.
+fn gradients(
+    ops: &Operands<'_>,
+    direct: Option<&direct::Backward>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+    dxc: ArrayViewMut2<'_, f32>,
+) -> Result<Array2<f32>> {
+    match ops.plan.weight_grad {
+        WeightGradAlgo::Direct => prepared(direct).gradients(ops, dy, chunk, dxc),
+        WeightGradAlgo::Columns => {
+            columns::gradients(ops, columns::Lowering::Im2col, dy, chunk, dxc)
+        }
+        WeightGradAlgo::Pointwise => pointwise::gradients(ops, dy, chunk, dxc),
+        WeightGradAlgo::Phase => phase::gradients(ops, dy, chunk, dxc),
+    }
+}
+
+fn prepared(direct: Option<&direct::Backward>) -> &direct::Backward {
+    direct.expect("the direct backward is prepared whenever the plan runs it")
+}
+
+/// The backward pass: `dx` (N, C * H * W, zeroed), when wanted, filled per reduction
+/// chunk; returns one `(dW, db)` partial per chunk, in chunk order.
+fn backward(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    with_bias: bool,
+    dx: Option<ArrayViewMut2<'_, f32>>,
+) -> Result<Vec<(Array2<f32>, Array1<f64>)>> {
+    use ndarray::parallel::prelude::*;
+    let want_dx = dx.is_some();
+    let plan = ops.plan;
+    let dx_direct = want_dx && plan.input_grad == InputGradAlgo::Direct;
+    // The direct algorithm's per-call indexing and packed weights, shared by the chunks.
+    let direct = (dx_direct || plan.weight_grad == WeightGradAlgo::Direct)
+        .then(|| direct::Backward::new(ops, dx_direct))
+        .transpose()?;
+    let direct = direct.as_ref();
+    let run = |(n0, nb, dxc): (usize, usize, Option<ArrayViewMut2<'_, f32>>)| {
+        let chunk = (n0, nb);
+        let dw = match dxc {
+            Some(dxc) if fused(&plan) => gradients(ops, direct, dy, chunk, dxc)?,
+            Some(dxc) => {
+                let dw = weight_grad(ops, direct, dy, chunk)?;
+                input_grad(ops, direct, dy, chunk, dxc)?;
+                dw
+            }
+            None => weight_grad(ops, direct, dy, chunk)?,
+        };
+        let db = if with_bias {
+            bias_partial(dy, n0, nb)
+        } else {
+            Array1::zeros(dy.len_of(ndarray::Axis(1)))
+        };
+        Ok((dw, db))
+    };
+    let chunks = reduction_chunks(dy.len_of(ndarray::Axis(0)), dx);
+    if plan.parallel {
+        chunks.into_par_iter().with_max_len(1).map(run).collect()
+    } else {
+        chunks.into_iter().map(run).collect()
+    }
 }
 
 fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) -> Result<()> {
@@ -344,15 +279,15 @@ pub fn conv2d(
     options: &Conv2dOptions,
 ) -> Result<Array4<f32>> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
-    conv2d_with_plan(x, weight, bias, options, ConvPlan::choose(&geo))
+    let plan = ConvPlan::choose(&geo, rayon::current_num_threads());
+    forward_impl(&geo, x, weight, bias, plan)
 }
 
-/// [`conv2d`] on a given path (tests and benchmarks force each path). Not part of the
-/// stable API.
+/// [`conv2d`] on a given plan (tests and benchmarks force each algorithm and kernel).
 ///
 /// # Errors
-/// As [`conv2d`], and [`Error::Config`] when `plan` cannot run this geometry.
-#[doc(hidden)]
+/// As [`conv2d`], and [`Error::Config`] when an algorithm of `plan` cannot run this
+/// geometry, its `tile_cols` is zero or this CPU lacks its kernel.
 pub fn conv2d_with_plan(
     x: ArrayView4<'_, f32>,
     weight: ArrayView4<'_, f32>,
@@ -361,8 +296,20 @@ pub fn conv2d_with_plan(
     plan: ConvPlan,
 ) -> Result<Array4<f32>> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    forward_impl(&geo, x, weight, bias, plan)
+}
+
+/// [`conv2d_with_plan`] on a validated geometry.
+fn forward_impl(
+    geo: &Conv2dGeometry,
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    plan: ConvPlan,
+) -> Result<Array4<f32>> {
+    let geo = *geo;
     check_bias(&geo, weight.shape(), bias.map(|b| b.len()))?;
-    plan.check(&geo)?;
+    check_plan(&plan, &geo)?;
     let (x, weight) = standard_operands(&geo, x, weight)?;
     let ops = operands(&geo, x.view(), weight.view(), plan, false)?;
     let mut y = try_zeros(OP, geo.y_shape(), || {
@@ -376,7 +323,7 @@ pub fn conv2d_with_plan(
         .view_mut()
         .into_shape_with_order((geo.batch, geo.out_channels, geo.col_cols()))
         .map_err(shape_err)?;
-    gemm_path::forward(&ops, bias, y3)?;
+    forward(&ops, bias, y3)?;
     Ok(y)
 }
 
@@ -408,12 +355,12 @@ fn operands<'a>(
     plan: ConvPlan,
     backward: bool,
 ) -> Result<Operands<'a>> {
-    // The index map serves only the column paths; the direct and phase ones never read
-    // it (building it was 2% of seed_l2's direct forward).
+    // The index map serves only the `Columns` algorithm; the others never read it
+    // (building it was 2% of seed_l2's direct forward).
     let uses_columns = if backward {
-        !plan.direct_backward
+        plan.input_grad == InputGradAlgo::Columns || plan.weight_grad == WeightGradAlgo::Columns
     } else {
-        plan.forward == ForwardPath::Columns
+        plan.forward == ForwardAlgo::Columns
     };
     let image = geo.in_channels * geo.in_h * geo.in_w;
     let kg = geo.col_rows() / geo.options.groups;
@@ -425,7 +372,7 @@ fn operands<'a>(
             .map_err(shape_err)?,
         geo,
         plan,
-        map: (plan.lowering == Lowering::Im2col && plan.use_map && uses_columns)
+        map: (plan.use_map && uses_columns)
             .then(|| Im2colMap::new(geo, MAP_ENTRIES))
             .flatten(),
     })
@@ -460,7 +407,13 @@ pub fn conv2d_backward(
     options: &Conv2dOptions,
 ) -> Result<Conv2dGrads> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
-    conv2d_backward_with_plan(x, weight, with_bias, dy, options, ConvPlan::choose(&geo))
+    let plan = ConvPlan::choose(&geo, rayon::current_num_threads());
+    let (dx, dw, db) = backward_impl(&geo, x, weight, with_bias, dy, plan, true)?;
+    Ok(Conv2dGrads {
+        dx: dx.expect("the input gradient was asked for"),
+        dw,
+        db,
+    })
 }
 
 /// Gradients of [`conv2d`] with respect to its weight and bias only, from
@@ -504,16 +457,17 @@ pub fn conv2d_backward_params(
     options: &Conv2dOptions,
 ) -> Result<Conv2dParamGrads> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
-    let plan = ConvPlan::choose(&geo);
-    let (_, dw, db) = backward_impl(x, weight, with_bias, dy, options, plan, false)?;
+    let plan = ConvPlan::choose(&geo, rayon::current_num_threads());
+    let (_, dw, db) = backward_impl(&geo, x, weight, with_bias, dy, plan, false)?;
     Ok(Conv2dParamGrads { dw, db })
 }
 
-/// [`conv2d_backward`] on a given path. Not part of the stable API.
+/// [`conv2d_backward`] on a given plan (tests and benchmarks force each algorithm and
+/// kernel).
 ///
 /// # Errors
-/// As [`conv2d_backward`], and [`Error::Config`] when `plan` cannot run this geometry.
-#[doc(hidden)]
+/// As [`conv2d_backward`], and [`Error::Config`] when an algorithm of `plan` cannot run
+/// this geometry, its `tile_cols` is zero or this CPU lacks its kernel.
 pub fn conv2d_backward_with_plan(
     x: ArrayView4<'_, f32>,
     weight: ArrayView4<'_, f32>,
@@ -522,7 +476,8 @@ pub fn conv2d_backward_with_plan(
     options: &Conv2dOptions,
     plan: ConvPlan,
 ) -> Result<Conv2dGrads> {
-    let (dx, dw, db) = backward_impl(x, weight, with_bias, dy, options, plan, true)?;
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    let (dx, dw, db) = backward_impl(&geo, x, weight, with_bias, dy, plan, true)?;
     Ok(Conv2dGrads {
         dx: dx.expect("the input gradient was asked for"),
         dw,
@@ -533,15 +488,15 @@ pub fn conv2d_backward_with_plan(
 /// The gradients `(dx when want_dx, dw, db when with_bias)`.
 #[allow(clippy::type_complexity)]
 fn backward_impl(
+    geo: &Conv2dGeometry,
     x: ArrayView4<'_, f32>,
     weight: ArrayView4<'_, f32>,
     with_bias: bool,
     dy: ArrayView4<'_, f32>,
-    options: &Conv2dOptions,
     plan: ConvPlan,
     want_dx: bool,
 ) -> Result<(Option<Array4<f32>>, Array4<f32>, Option<Array1<f32>>)> {
-    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    let geo = *geo;
     if dy.dim() != geo.y_shape() {
         return Err(Error::shape(
             OP,
@@ -554,7 +509,7 @@ fn backward_impl(
             ),
         ));
     }
-    plan.check(&geo)?;
+    check_plan(&plan, &geo)?;
     let (x, weight) = standard_operands(&geo, x, weight)?;
     let dy = try_standard_layout(OP, dy, || {
         format!(
@@ -584,7 +539,7 @@ fn backward_impl(
         None => None,
     };
     // One (dW, db) partial per chunk of images, added in chunk order.
-    let partials = gemm_path::backward(&ops, dy3, with_bias, dx2)?;
+    let partials = backward(&ops, dy3, with_bias, dx2)?;
     let mut dw: Array2<f32> = try_zeros(OP, (o, kg), || {
         format!("the weight gradient of {}", geo.describe())
     })?;

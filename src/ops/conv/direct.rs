@@ -13,27 +13,24 @@
 //! It pays where im2col does not: the column matrix costs a gather per element to build
 //! and a scatter per element to fold back, which dominated the notebook's small layers
 //! (two thirds of their forward time), and an extra pass over memory on large ones.
-//! Groups of 1 only.
+//! Groups of 1 only ([`supports`]). [`forward`] is the forward pass; a [`Backward`],
+//! built once per call, runs [`Backward::input_grad`], [`Backward::weight_grad`] or
+//! both fused ([`Backward::gradients`]) per reduction chunk. The index types
+//! ([`DirectIndex`], [`TransposeIndex`]) are at the end of this file.
 
 use std::cell::RefCell;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
+use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::gemm_path::{Operands, bias_partial};
-use super::{for_each_image_tile, with_scratch};
+use super::common::{OP, Operands, for_each_image_tile, resize, with_scratch};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
-use crate::limits::{checked_len, try_resize, try_zeroed_vec};
-use crate::ops::geometry::{Conv2dGeometry, DirectIndex, TransposeIndex};
+use crate::limits::{checked_len, try_zeroed_vec};
+use crate::ops::geometry::Conv2dGeometry;
 
-const OP: &str = super::OP;
-
-/// Resizes one of the path's reused buffers to `dims` multiplied, fallibly: a padded
-/// image (far padding, stride or dilation) may be far larger than memory.
-fn resize(buf: &mut Vec<f32>, dims: &[usize], what: &str, geo: &Conv2dGeometry) -> Result<()> {
-    let describe = || format!("{what} of the direct path, {}", geo.describe());
-    let len = checked_len(OP, dims, describe)?;
-    try_resize(OP, buf, len, 0.0, describe)
+/// Groups of 1, any other geometry.
+pub(super) fn supports(geo: &Conv2dGeometry) -> bool {
+    geo.options.groups == 1
 }
 
 /// Most bytes of (padded) images per kernel call. Small images go several to a call,
@@ -81,10 +78,10 @@ pub(super) fn forward(
         return Ok(());
     }
     let geo = ops.geo;
-    let kernel = Kernel::selected();
+    let kernel = ops.plan.kernel;
     let o = y.len_of(Axis(1));
     let ldw = o.next_multiple_of(kernel.lanes());
-    let idx = geo.direct_index(OP)?;
+    let idx = DirectIndex::new(geo)?;
     let w = pack_weights(ops.w, ldw)?;
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
@@ -116,9 +113,19 @@ fn forward_tile(
     if copy {
         // The borders stay zero for every image of the tile.
         padded.clear();
-        resize(padded, &[per_call, img], "the padded images", geo)?;
+        resize(
+            padded,
+            &[per_call, img],
+            "the padded images of the direct path",
+            geo,
+        )?;
     }
-    resize(out, &[per_call, l, ldw], "the output tile", geo)?;
+    resize(
+        out,
+        &[per_call, l, ldw],
+        "the output tile of the direct path",
+        geo,
+    )?;
     let bias_v: Vec<f32> = bias.map_or_else(|| vec![0.0; o], |b| b.to_vec());
     for c0 in (0..b).step_by(per_call) {
         let nc = per_call.min(b - c0);
@@ -154,7 +161,7 @@ fn forward_tile(
 
 /// Floats of one image as the direct kernels read it: its padded region, or the input
 /// itself.
-fn image_len(geo: &super::Conv2dGeometry, idx: &DirectIndex) -> usize {
+fn image_len(geo: &Conv2dGeometry, idx: &DirectIndex) -> usize {
     if idx.is_input(geo) {
         geo.in_channels * geo.in_h * geo.in_w
     } else {
@@ -315,12 +322,12 @@ impl Backward {
     /// `want_dx`.
     pub(super) fn new(ops: &Operands<'_>, want_dx: bool) -> Result<Self> {
         let geo = ops.geo;
-        let kernel = Kernel::selected();
+        let kernel = ops.plan.kernel;
         let lanes = kernel.lanes();
         let (o, c) = (geo.out_channels, geo.in_channels);
         let (kh, kw) = geo.kernel;
         let dx = if want_dx {
-            let t = geo.transpose_index(OP)?;
+            let t = TransposeIndex::new(geo)?;
             let ldc = c.next_multiple_of(lanes).max(lanes);
             let plane = t.rows * t.cols;
             let classes = t
@@ -357,46 +364,75 @@ impl Backward {
         };
         Ok(Backward {
             kernel,
-            idx: geo.direct_index(OP)?,
+            idx: DirectIndex::new(geo)?,
             ldo: o.next_multiple_of(lanes).max(lanes),
             dx,
         })
     }
 
-    /// One reduction chunk: images `n0..n0 + nb` in order; fills their rows of `dxc`
-    /// (zeroed) when the input gradient is wanted; returns the chunk's `(dW, db)`.
-    pub(super) fn chunk(
+    /// The input gradient of images `n0..n0 + nb` into `dxc` (their rows of dx,
+    /// zeroed). Needs a [`Backward`] made with `want_dx`.
+    pub(super) fn input_grad(
         &self,
         ops: &Operands<'_>,
         dy: ArrayView3<'_, f32>,
-        with_bias: bool,
-        n0: usize,
-        nb: usize,
+        chunk: (usize, usize),
+        dxc: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        self.chunk(ops, dy, chunk, Some(dxc), false).map(drop)
+    }
+
+    /// The weight gradient `(O, C * kh * kw)` of images `n0..n0 + nb`.
+    pub(super) fn weight_grad(
+        &self,
+        ops: &Operands<'_>,
+        dy: ArrayView3<'_, f32>,
+        chunk: (usize, usize),
+    ) -> Result<Array2<f32>> {
+        self.chunk(ops, dy, chunk, None, true)
+    }
+
+    /// Both gradients of images `n0..n0 + nb`, sharing each call's padded images and
+    /// `dy`: fills `dxc` and returns the weight gradient. Needs a [`Backward`] made
+    /// with `want_dx`.
+    pub(super) fn gradients(
+        &self,
+        ops: &Operands<'_>,
+        dy: ArrayView3<'_, f32>,
+        chunk: (usize, usize),
+        dxc: ArrayViewMut2<'_, f32>,
+    ) -> Result<Array2<f32>> {
+        self.chunk(ops, dy, chunk, Some(dxc), true)
+    }
+
+    /// One reduction chunk: images `n0..n0 + nb` in order; fills their rows of `dxc`
+    /// (zeroed) when given; returns the chunk's `dW` (zeros unless `want_dw`).
+    fn chunk(
+        &self,
+        ops: &Operands<'_>,
+        dy: ArrayView3<'_, f32>,
+        (n0, nb): (usize, usize),
         dxc: Option<ArrayViewMut2<'_, f32>>,
-    ) -> Result<(Array2<f32>, Array1<f64>)> {
+        want_dw: bool,
+    ) -> Result<Array2<f32>> {
         let geo = ops.geo;
         // An empty image (every tap reads padding) or no output channels: dW is zero or
         // empty, and so is dx.
-        let dw = if ops.x.ncols() == 0 || geo.out_channels == 0 {
-            Array2::zeros((geo.out_channels, geo.col_rows()))
-        } else {
-            with_scratch(&BACKWARD, |bufs| self.chunk_in(ops, dy, n0, nb, dxc, bufs))?
-        };
-        let db = if with_bias {
-            bias_partial(dy, n0, nb)
-        } else {
-            Array1::zeros(dy.len_of(Axis(1)))
-        };
-        Ok((dw, db))
+        if ops.x.ncols() == 0 || geo.out_channels == 0 {
+            return Ok(Array2::zeros((geo.out_channels, geo.col_rows())));
+        }
+        with_scratch(&BACKWARD, |bufs| {
+            self.chunk_in(ops, dy, (n0, nb), dxc, want_dw, bufs)
+        })
     }
 
     fn chunk_in(
         &self,
         ops: &Operands<'_>,
         dy: ArrayView3<'_, f32>,
-        n0: usize,
-        nb: usize,
+        (n0, nb): (usize, usize),
         mut dxc: Option<ArrayViewMut2<'_, f32>>,
+        want_dw: bool,
         [xpad, dyt, tmp, acc, dypad, tile]: &mut [Vec<f32>; 6],
     ) -> Result<Array2<f32>> {
         let geo = ops.geo;
@@ -410,20 +446,34 @@ impl Backward {
         // per call.
         if copy {
             xpad.clear();
-            resize(xpad, &[per_call, img], "the padded images", geo)?;
+            resize(
+                xpad,
+                &[per_call, img],
+                "the padded images of the direct path",
+                geo,
+            )?;
         }
-        dyt.clear();
-        resize(dyt, &[per_call, l, ldo], "the transposed grad_out", geo)?;
-        resize(tmp, &[k, ldo], "the weight gradient tile", geo)?;
-        acc.clear();
-        resize(acc, &[k, ldo], "the weight gradient tile", geo)?;
+        if want_dw {
+            dyt.clear();
+            let what = "the transposed grad_out of the direct path";
+            resize(dyt, &[per_call, l, ldo], what, geo)?;
+            let what = "the weight gradient tile of the direct path";
+            resize(tmp, &[k, ldo], what, geo)?;
+            acc.clear();
+            resize(acc, &[k, ldo], what, geo)?;
+        }
         let dy_img = self
             .dx
             .as_ref()
             .map_or(0, |g| o * g.index.rows * g.index.cols);
         if self.dx.is_some() {
             dypad.clear();
-            resize(dypad, &[per_call, dy_img], "the padded grad_out", geo)?;
+            resize(
+                dypad,
+                &[per_call, dy_img],
+                "the padded grad_out of the direct path",
+                geo,
+            )?;
         }
         // Each class's window corners for `per_call` images side by side.
         let class_bases: Vec<Vec<usize>> = self.dx.as_ref().map_or_else(Vec::new, |g| {
@@ -454,13 +504,15 @@ impl Backward {
             let dys = dys.to_slice().expect("standard layout dy");
             // dW^T (K x O) += sum_p xpad[offs[k] + bases[p]] * dy^T[p, o], over the
             // positions of all `nc` images.
-            for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
-                transpose_add(dyn_, l, (o, l), None, dst, ldo);
-            }
-            let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
-            indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, tmp);
-            for (a, &t) in acc.iter_mut().zip(tmp.iter()) {
-                *a += t;
+            if want_dw {
+                for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
+                    transpose_add(dyn_, l, (o, l), None, dst, ldo);
+                }
+                let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
+                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, tmp);
+                for (a, &t) in acc.iter_mut().zip(tmp.iter()) {
+                    *a += t;
+                }
             }
             // dx, one pixel class at a time, for all `nc` images in each call.
             let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
@@ -478,7 +530,12 @@ impl Backward {
                     continue;
                 }
                 let bases = &class_bases[ci][..nc * np];
-                resize(tile, &[nc, np, ldc], "the input gradient tile", geo)?;
+                resize(
+                    tile,
+                    &[nc, np, ldc],
+                    "the input gradient tile of the direct path",
+                    geo,
+                )?;
                 indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
@@ -493,8 +550,170 @@ impl Backward {
             }
         }
         let mut dw = Array2::<f32>::zeros((o, k));
-        let out = dw.as_slice_mut().expect("a new array is contiguous");
-        transpose_add(acc, ldo, (k, o), None, out, k);
+        if want_dw {
+            let out = dw.as_slice_mut().expect("a new array is contiguous");
+            transpose_add(acc, ldo, (k, o), None, out, k);
+        }
         Ok(dw)
+    }
+}
+
+/// The direct path's indexing of one image: the padded region every window reads, `(C,
+/// rows, cols)` row-major, the corner of each output position's window in it and the
+/// offset of each tap from the corner. Input `x` of output `(oy, ox)` and tap
+/// `(c, i, j)` is `padded[bases[oy * out_w + ox] + offs[(c * kh + i) * kw + j]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DirectIndex {
+    /// Rows of the padded region: `(out_h - 1) * sh + (kh - 1) * dh + 1`.
+    pub rows: usize,
+    /// Columns of the padded region: `(out_w - 1) * sw + (kw - 1) * dw + 1`.
+    pub cols: usize,
+    /// Window corner of each output position.
+    pub bases: Vec<usize>,
+    /// Offset of each tap from its window's corner.
+    pub offs: Vec<usize>,
+}
+
+impl DirectIndex {
+    /// Whether the padded region is the input itself (no padding, no unread rows or
+    /// columns), so no copy is needed.
+    pub(super) fn is_input(&self, geo: &Conv2dGeometry) -> bool {
+        self.rows == geo.in_h && self.cols == geo.in_w && geo.options.padding == (0, 0)
+    }
+}
+
+impl DirectIndex {
+    /// The indexing of `geo` (groups of 1).
+    ///
+    /// # Errors
+    /// [`crate::Error::Alloc`] when the padded region of one image overflows.
+    pub(super) fn new(geo: &Conv2dGeometry) -> Result<DirectIndex> {
+        let (kh, kw) = geo.kernel;
+        let (sh, sw) = geo.options.stride;
+        let (dh, dw) = geo.options.dilation;
+        let rows = (geo.out_h - 1) * sh + (kh - 1) * dh + 1;
+        let cols = (geo.out_w - 1) * sw + (kw - 1) * dw + 1;
+        // Every offset below is within one padded image.
+        checked_len(OP, &[geo.in_channels, rows, cols, size_of::<f32>()], || {
+            format!("a padded image of {}", geo.describe())
+        })?;
+        let bases = (0..geo.out_h)
+            .flat_map(|oy| (0..geo.out_w).map(move |ox| oy * sh * cols + ox * sw))
+            .collect();
+        let mut offs = Vec::with_capacity(geo.col_rows());
+        for c in 0..geo.in_channels {
+            for i in 0..kh {
+                for j in 0..kw {
+                    offs.push((c * rows + i * dh) * cols + j * dw);
+                }
+            }
+        }
+        Ok(DirectIndex {
+            rows,
+            cols,
+            bases,
+            offs,
+        })
+    }
+}
+
+/// The direct path's indexing of the input gradient, a transposed convolution run as a
+/// gather: `dx` pixel `(iy, ix)` sums `W[o, c, i, j] * dy[o, oy, ox]` over the taps with
+/// `oy * sh + i * dh = iy + ph` (and the same across). Pixels fall into `sh * sw`
+/// classes by `((iy + ph) % sh, (ix + pw) % sw)`; within a class the taps that reach a
+/// pixel are fixed (`(i * dh) % sh` equal to its class), and tap `(i, j)` reads `dy` at
+/// `((iy + ph) / sh - (i * dh) / sh, ...)`. With `dy` copied into a zero-padded region
+/// (`rows x cols` per channel, real `dy` at offset `(ty, tx)`), every read is
+/// `dy_padded[bases[p] + tap_offs[t] + o * rows * cols]`, out-of-range ones landing on
+/// zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TransposeIndex {
+    /// Rows of the padded `dy` region of one channel.
+    pub rows: usize,
+    /// Columns of the padded `dy` region of one channel.
+    pub cols: usize,
+    /// Row and column of `dy[o, 0, 0]` in the padded region.
+    pub origin: (usize, usize),
+    /// The pixel classes that hold pixels (some may have no taps: their pixels get no
+    /// gradient).
+    pub classes: Vec<TransposeClass>,
+}
+
+/// One pixel class of [`TransposeIndex`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TransposeClass {
+    /// The class's pixels, as offsets `iy * W + ix` in one channel of the input.
+    pub pixels: Vec<usize>,
+    /// Each pixel's window corner in the padded `dy` region of one channel.
+    pub bases: Vec<usize>,
+    /// The taps `(i, j)` of the class.
+    pub taps: Vec<(usize, usize)>,
+    /// Each tap's offset from a window corner.
+    pub tap_offs: Vec<usize>,
+}
+
+impl TransposeIndex {
+    /// The indexing of the input gradient of `geo` (groups of 1).
+    ///
+    /// # Errors
+    /// [`crate::Error::Alloc`] when the padded `dy` of one image overflows.
+    pub(super) fn new(geo: &Conv2dGeometry) -> Result<TransposeIndex> {
+        let (kh, kw) = geo.kernel;
+        let (sh, sw) = geo.options.stride;
+        let (ph, pw) = geo.options.padding;
+        let (dh, dw) = geo.options.dilation;
+        let (ty, tx) = ((kh - 1) * dh / sh, (kw - 1) * dw / sw);
+        // Highest window row / column any real pixel uses, and room for all of dy.
+        let qy_max = (ph + geo.in_h).saturating_sub(1) / sh;
+        let qx_max = (pw + geo.in_w).saturating_sub(1) / sw;
+        let rows = (qy_max + 1).max(geo.out_h) + ty;
+        let cols = (qx_max + 1).max(geo.out_w) + tx;
+        // Every offset below is within one padded `dy`.
+        checked_len(
+            OP,
+            &[geo.out_channels, rows, cols, size_of::<f32>()],
+            || format!("the padded grad_out of {}", geo.describe()),
+        )?;
+        // The classes that hold pixels, in order: every class when the input is at least
+        // a stride wide, else only its pixels' (a stride far wider than the input has
+        // more classes than memory, all but a few empty).
+        let classes_of = |s: usize, p: usize, n: usize| {
+            let mut r: Vec<usize> = (0..n.min(s)).map(|i| (i + p) % s).collect();
+            r.sort_unstable();
+            r
+        };
+        let (ry_all, rx_all) = (classes_of(sh, ph, geo.in_h), classes_of(sw, pw, geo.in_w));
+        let mut classes = Vec::with_capacity(ry_all.len() * rx_all.len());
+        for &ry in &ry_all {
+            for &rx in &rx_all {
+                let mut taps = Vec::new();
+                let mut tap_offs = Vec::new();
+                for i in (0..kh).filter(|i| i * dh % sh == ry) {
+                    for j in (0..kw).filter(|j| j * dw % sw == rx) {
+                        taps.push((i, j));
+                        tap_offs.push((ty - i * dh / sh) * cols + tx - j * dw / sw);
+                    }
+                }
+                let (mut pixels, mut bases) = (Vec::new(), Vec::new());
+                for iy in (0..geo.in_h).filter(|iy| (iy + ph) % sh == ry) {
+                    for ix in (0..geo.in_w).filter(|ix| (ix + pw) % sw == rx) {
+                        pixels.push(iy * geo.in_w + ix);
+                        bases.push((iy + ph) / sh * cols + (ix + pw) / sw);
+                    }
+                }
+                classes.push(TransposeClass {
+                    pixels,
+                    bases,
+                    taps,
+                    tap_offs,
+                });
+            }
+        }
+        Ok(TransposeIndex {
+            rows,
+            cols,
+            origin: (ty, tx),
+            classes,
+        })
     }
 }

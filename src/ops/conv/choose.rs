@@ -1,0 +1,154 @@
+//! [`ConvPlan::choose`]: the one place an algorithm and its knobs are picked per shape.
+//! Every threshold cites the measurement behind it (`examples/plan_sweep`, unless said).
+
+use super::columns;
+use super::phase::PhaseGeometry;
+use super::plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
+use crate::gemm::Kernel;
+use crate::ops::geometry::Conv2dGeometry;
+
+/// Bytes of one column buffer: a tile of `K x tile_cols` floats, `tile_cols` a multiple
+/// of the AVX-512 kernel's 48 columns. Measured with `examples/plan_sweep` (2 threads,
+/// back to back): resnet_64 (K = 576) runs best at 384-576 columns, 227 columns (512
+/// KiB) is 3% slower and 96-192 up to 20% slower.
+const TILE_BYTES: usize = 1 << 20;
+
+/// Fewest columns per tile, whatever `K`: vgg_256 (K = 2304) at 56 columns runs 1.3x
+/// slower forward than at 96-960 (the GEMM's 48-column panels run half empty).
+const MIN_TILE_COLS: usize = 192;
+
+/// An image whose column matrix takes at most this many bytes is never cut into tiles.
+/// resnet_128s2 (K = 576, 784 columns, 1.8 MB), 1 thread, `plan_sweep` fwd / bwd ms:
+/// whole images 32-36 / 72-74, tiles of 384-576 columns 36-41 / 84-88. resnet_64
+/// (7.2 MB per image) is 1.6x faster forward in tiles than whole (71 vs 114 ms, 1
+/// thread, against the previous whole-image im2col).
+const WHOLE_IMAGE_BYTES: usize = 2 << 20;
+
+/// Most columns per tile, whatever `K`: small images are grouped up to this many
+/// columns. nb_32x1x5 (K = 25, 576 columns per image) runs fwd+bwd 1.3x faster one image
+/// per tile than 18 images (10 464 columns) per tile, whose column and output buffers
+/// (2.3 MB) spill from L2; seed_l1..l4 do not care between 384 and 3 600 columns.
+const MAX_TILE_COLS: usize = 1024;
+
+/// Strided convs whose output rows are at least this long, with an image's extended
+/// column matrix within [`WHOLE_IMAGE_BYTES`], take the phase column lowering in their backward. Measured 1 thread
+/// (fwd / bwd ms, im2col -> phase): seed_l1 (14 wide) 0.23 / 0.73 -> 0.155 / 0.61,
+/// resnet_128s2 (28 wide) 25.0 / 53.7 -> 22.1 / 49.7; seed_l2 (7 wide) 0.17 / 0.50 ->
+/// 0.44 / 0.71 (splitting tiny images into planes costs more than the gather it saves).
+/// Stride-1 rows already lower by contiguous copies (nb_32x1x5: bwd 6.6 -> 7.6 ms).
+const PHASE_MIN_OUT_W: usize = 12;
+
+/// Fewest input channels for the direct forward and input gradient; fewer take the
+/// phase forward and a column input gradient. The direct input gradient vectorises over input channels, so one
+/// channel fills 1/16 of an AVX-512 vector: 1 thread, bwd ms, column path -> direct:
+/// seed_l2 (8 channels) 0.51 -> 0.40, seed_l3 (16) 0.43 -> 0.35, seed_l4 (32) 0.16 ->
+/// 0.14, resnet_64 114 -> 87; but seed_l1 (1 channel) 0.75 -> 1.07 and nb_32x1x5 (1)
+/// 6.4 -> 26.6. Forward, direct -> phase: seed_l1 0.156 -> 0.129, nb_32x1x5 1.85 ->
+/// 1.49 (their few output channels half fill the direct tile, and the phase forward
+/// needs no transpose); seed_l2 (8 channels) 0.109 -> 0.267, resnet_128s2 18.0 -> 20.2.
+const DIRECT_MIN_CHANNELS: usize = 8;
+
+/// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
+/// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
+/// on the im2col path, fwd ms serial -> parallel: seed_l1 (3.9 M) 0.40 -> 0.22, seed_l2
+/// (5.6 M) 0.19 -> 0.11.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// ... or from this many floats of input and output up, whatever the multiply-adds:
+/// per-image copies and transposes cost time too. 2 threads, fwd / bwd ms, serial ->
+/// parallel: seed_l4 (0.1 M MACs, 52 K floats) 0.050 / 0.094 -> 0.037 / 0.086; but
+/// 10 x 8 x 8 x 8 -> 8 (0.4 M MACs, 10 K floats) 0.012 / 0.028 -> 0.035 / 0.034 and
+/// 20 x 8 x 8 x 8 -> 8, stride 2 (13 K floats) 0.008 / 0.029 -> 0.018 / 0.039.
+const PARALLEL_FLOATS: usize = 1 << 15;
+
+impl ConvPlan {
+    /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
+    /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
+    /// the fastest this CPU runs, or `CONVINIT_GEMM_KERNEL`). Pure: the same inputs give
+    /// the same plan.
+    ///
+    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv, else `Direct` for
+    ///   groups of 1 with at least [`DIRECT_MIN_CHANNELS`] input channels, else `Phase`;
+    /// - input gradient: `Direct` for groups of 1 with at least [`DIRECT_MIN_CHANNELS`]
+    ///   input channels (not pointwise), else a column lowering: `Pointwise`, `Phase`
+    ///   for strided convs with output rows of at least [`PHASE_MIN_OUT_W`] and an
+    ///   extended column matrix within [`WHOLE_IMAGE_BYTES`], else `Columns`;
+    /// - weight gradient: `Direct` for every groups-of-1 conv, else the input
+    ///   gradient's column lowering (so the two run fused);
+    /// - tiles of [`TILE_BYTES`] of columns, within [`MIN_TILE_COLS`] and
+    ///   [`MAX_TILE_COLS`], whole images up to [`WHOLE_IMAGE_BYTES`]; the index map for
+    ///   output rows of at most 16; parallel from [`PARALLEL_MACS`] or
+    ///   [`PARALLEL_FLOATS`] up, on more than one thread.
+    pub fn choose(geo: &Conv2dGeometry, threads: usize) -> ConvPlan {
+        let o = &geo.options;
+        let pointwise = columns::pointwise_fits(geo);
+        let phase = o.stride != (1, 1)
+            && geo.out_w >= PHASE_MIN_OUT_W
+            && geo.col_rows().saturating_mul(PhaseGeometry::new(geo).ext)
+                <= WHOLE_IMAGE_BYTES / size_of::<f32>();
+        let k = geo.col_rows().max(1);
+        let mut tile_cols =
+            (TILE_BYTES / (k * size_of::<f32>()) / 48 * 48).clamp(MIN_TILE_COLS, MAX_TILE_COLS);
+        let l = geo.col_cols();
+        if l > tile_cols && k * l * size_of::<f32>() <= WHOLE_IMAGE_BYTES {
+            tile_cols = l;
+        }
+        // Saturating: only compared with thresholds (a broadcast input may be larger
+        // than memory; its copy then fails as too large to allocate).
+        let macs = [geo.batch, geo.out_channels, geo.col_cols(), k / o.groups]
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d));
+        let image = [geo.in_channels, geo.in_h, geo.in_w]
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d));
+        let floats = geo
+            .batch
+            .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
+        let direct = o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS;
+        // The column lowering of the backward passes that do not run direct.
+        let (columns_dx, columns_dw) = if pointwise {
+            (InputGradAlgo::Pointwise, WeightGradAlgo::Pointwise)
+        } else if phase {
+            (InputGradAlgo::Phase, WeightGradAlgo::Phase)
+        } else {
+            (InputGradAlgo::Columns, WeightGradAlgo::Columns)
+        };
+        ConvPlan {
+            // The direct forward beats the column paths on every benchmark shape but 1x1
+            // (1 thread, fwd ms, column path -> direct): seed_l2 0.19 -> 0.12, seed_l3
+            // 0.16 -> 0.10, seed_l4 0.083 -> 0.064, nb_32x1x5 1.86 -> 1.71, resnet_64
+            // 47.5 -> 38.2, resnet_128s2 22.4 -> 17.6, vgg_256 37.7 -> 36.4. A 1x1
+            // stride-1 conv is a plain GEMM already, without the direct path's transpose.
+            forward: if pointwise {
+                ForwardAlgo::Pointwise
+            } else if direct {
+                ForwardAlgo::Direct
+            } else {
+                ForwardAlgo::Phase
+            },
+            input_grad: if direct && !pointwise {
+                InputGradAlgo::Direct
+            } else {
+                columns_dx
+            },
+            // The direct weight gradient serves every groups-of-1 conv; only its input
+            // gradient needs several input channels to fill the vectors. 1 thread,
+            // weights-only backward ms, columns -> direct: seed_l1 0.38 -> 0.24
+            // (N = 100), 4.35 -> 2.48 (N = 1000); nb_32x1x5 3.74 -> 2.62.
+            weight_grad: if o.groups == 1 {
+                WeightGradAlgo::Direct
+            } else {
+                columns_dw
+            },
+            tile_cols,
+            // Short output rows gather faster through the map (`plan_sweep`, 2 threads,
+            // fwd / bwd ms by rows -> by map: seed_l1 (14 wide) 0.22 / 0.60 -> 0.13 /
+            // 0.40, seed_l2 (7) 0.23 / 0.56 -> 0.11 / 0.29, seed_l4 (2) 0.36 / 0.72 ->
+            // 0.08 / 0.17); 24-wide rows of nb_32x1x5 copy as fast by rows (fwd 2.2 ms
+            // both) and scatter faster by rows (bwd 8.4 ms vs 9.3 ms).
+            use_map: geo.out_w <= 16,
+            parallel: (macs >= PARALLEL_MACS || floats >= PARALLEL_FLOATS) && threads > 1,
+            kernel: Kernel::selected(),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! What the conv algorithms share: the operands of one call, fallible buffers and
+//! per-thread scratch, the batch's split into image tiles (forward) and reduction chunks
+//! (backward), the per-group GEMM loop of the column algorithms, and the bias gradient.
+
+use ndarray::parallel::prelude::*;
+use ndarray::{Array1, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
+
+use super::plan::ConvPlan;
+use crate::error::{Error, Result};
+use crate::gemm::sgemm_par;
+use crate::limits::{checked_len, try_resize};
+use crate::ops::geometry::Conv2dGeometry;
+use crate::ops::im2col::Im2colMap;
+
+/// The op name in errors.
+pub(super) const OP: &str = "conv2d";
+
+/// At most this many images per partial sum of the weight and bias gradients (fewer for
+/// small batches: `ceil(N / 8)`). Fixed by the batch size alone, never by the thread
+/// count, so the floating-point summation order is always the same.
+pub const REDUCTION_CHUNK: usize = 8;
+
+/// Fewest tasks (forward image tiles) or reduction chunks (backward) to cut a batch into
+/// when images are small, so two threads get a balanced share. A constant, never the
+/// thread count, so the tiles and chunks, and the floating-point sums, are the same on
+/// any pool.
+pub(super) const MIN_SPLIT: usize = 8;
+
+/// Images whose column matrix has at most this many entries are lowered through an
+/// index map when the plan asks for one.
+pub(super) const MAP_ENTRIES: usize = 1 << 16;
+
+/// The shared read-only inputs of one conv.
+pub(super) struct Operands<'a> {
+    /// The input, (N, C * H * W).
+    pub x: ArrayView2<'a, f32>,
+    /// The weights, (O, C / groups * kh * kw).
+    pub w: ArrayView2<'a, f32>,
+    pub geo: &'a Conv2dGeometry,
+    pub plan: ConvPlan,
+    /// The im2col index map, for small images (whole-image tiles of `Columns` only).
+    pub map: Option<Im2colMap>,
+}
+
+impl Operands<'_> {
+    /// Whether each GEMM of a tile may go parallel on its own: only outside a parallel
+    /// split of the tiles.
+    pub(super) fn gemm_parallel(&self) -> bool {
+        !self.plan.parallel
+    }
+}
+
+pub(super) fn shape_err(e: ndarray::ShapeError) -> Error {
+    Error::shape(OP, e.to_string())
+}
+
+/// Resizes one of an algorithm's buffers to `dims` multiplied, fallibly: a padded image
+/// (far padding, stride or dilation) may be far larger than memory.
+pub(super) fn resize(
+    buf: &mut Vec<f32>,
+    dims: &[usize],
+    what: &str,
+    geo: &Conv2dGeometry,
+) -> Result<()> {
+    let describe = || format!("{what}, {}", geo.describe());
+    let len = checked_len(OP, dims, describe)?;
+    try_resize(OP, buf, len, 0.0, describe)
+}
+
+/// Runs `f` with this thread's scratch from `key`, taken out while in use (so a
+/// re-entrant call just starts with fresh buffers) and put back after: the conv paths
+/// keep their buffers across calls, as fresh ones cost page faults and zeroing on every
+/// call.
+pub(super) fn with_scratch<S: Default, T>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<S>>,
+    f: impl FnOnce(&mut S) -> T,
+) -> T {
+    let mut scratch = key.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let out = f(&mut scratch);
+    key.with(|s| *s.borrow_mut() = scratch);
+    out
+}
+
+/// Whole images per tile when an image has at most `tile_cols` positions, else 1.
+pub(super) fn images_per_tile(tile_cols: usize, l: usize) -> usize {
+    (tile_cols / l.max(1)).max(1)
+}
+
+/// Runs `f(first image, output tile)` over the batch of `y` (N, O, L) cut into
+/// `ceil(N / MIN_SPLIT)`-image tiles, on the rayon pool when `parallel`. The tiles
+/// depend on the shape only.
+pub(super) fn for_each_image_tile(
+    mut y: ArrayViewMut3<'_, f32>,
+    parallel: bool,
+    f: impl Fn(usize, ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
+) -> Result<()> {
+    let per = y.len_of(Axis(0)).div_ceil(MIN_SPLIT).max(1);
+    let tiles: Vec<_> = y.axis_chunks_iter_mut(Axis(0), per).enumerate().collect();
+    if parallel {
+        tiles
+            .into_par_iter()
+            .with_max_len(1)
+            .try_for_each(|(t, yt)| f(t * per, yt))
+    } else {
+        tiles.into_iter().try_for_each(|(t, yt)| f(t * per, yt))
+    }
+}
+
+/// Images per reduction chunk of the backward pass: `ceil(N / MIN_SPLIT)`, at most
+/// [`REDUCTION_CHUNK`]. Depends on the batch size only.
+pub(super) fn chunk_images(n: usize) -> usize {
+    n.div_ceil(MIN_SPLIT).clamp(1, REDUCTION_CHUNK)
+}
+
+/// The reduction chunks of a batch of `n` images: `(first image, images, their rows of
+/// dx when wanted)`, in order.
+#[allow(clippy::type_complexity)]
+pub(super) fn reduction_chunks(
+    n: usize,
+    dx: Option<ArrayViewMut2<'_, f32>>,
+) -> Vec<(usize, usize, Option<ArrayViewMut2<'_, f32>>)> {
+    let cb = chunk_images(n);
+    let mut chunks = Vec::new();
+    let mut rest = dx;
+    for n0 in (0..n).step_by(cb) {
+        let nb = cb.min(n - n0);
+        let head = rest.take().map(|d| {
+            let (head, tail) = d.split_at(Axis(0), nb);
+            rest = Some(tail);
+            head
+        });
+        chunks.push((n0, nb, head));
+    }
+    chunks
+}
+
+/// `out[g] = W[g] (Og, Kg) x cols[g] (Kg, n)` for every group `g`: `out` (O, n), `cols`
+/// (K, n).
+pub(super) fn group_forward(
+    ops: &Operands<'_>,
+    cols: ArrayView2<'_, f32>,
+    mut out: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    let g = ops.geo.options.groups;
+    let (og, kg) = (ops.geo.out_channels / g, ops.w.ncols());
+    for gi in 0..g {
+        sgemm_par(
+            ops.plan.kernel,
+            ops.gemm_parallel(),
+            1.0,
+            ops.w.slice(s![gi * og..(gi + 1) * og, ..]),
+            cols.slice(s![gi * kg..(gi + 1) * kg, ..]),
+            0.0,
+            out.slice_mut(s![gi * og..(gi + 1) * og, ..]),
+        )?;
+    }
+    Ok(())
+}
+
+/// `dW[g] += dy[g] (Og, n) x cols[g]^T (n, Kg)` for every group `g`: `dy` (O, n),
+/// `cols` (K, n), `dw` (O, Kg).
+pub(super) fn group_weight_grad(
+    ops: &Operands<'_>,
+    dy: ArrayView2<'_, f32>,
+    cols: ArrayView2<'_, f32>,
+    dw: &mut Array2<f32>,
+) -> Result<()> {
+    let g = ops.geo.options.groups;
+    let (og, kg) = (ops.geo.out_channels / g, ops.w.ncols());
+    for gi in 0..g {
+        sgemm_par(
+            ops.plan.kernel,
+            ops.gemm_parallel(),
+            1.0,
+            dy.slice(s![gi * og..(gi + 1) * og, ..]),
+            cols.slice(s![gi * kg..(gi + 1) * kg, ..]).t(),
+            1.0,
+            dw.slice_mut(s![gi * og..(gi + 1) * og, ..]),
+        )?;
+    }
+    Ok(())
+}
+
+/// `dcols[g] = W[g]^T (Kg, Og) x dy[g] (Og, n)` for every group `g`: `dy` (O, n),
+/// `dcols` (K, n).
+pub(super) fn group_col_grad(
+    ops: &Operands<'_>,
+    dy: ArrayView2<'_, f32>,
+    mut dcols: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    let g = ops.geo.options.groups;
+    let (og, kg) = (ops.geo.out_channels / g, ops.w.ncols());
+    for gi in 0..g {
+        sgemm_par(
+            ops.plan.kernel,
+            ops.gemm_parallel(),
+            1.0,
+            ops.w.slice(s![gi * og..(gi + 1) * og, ..]).t(),
+            dy.slice(s![gi * og..(gi + 1) * og, ..]),
+            0.0,
+            dcols.slice_mut(s![gi * kg..(gi + 1) * kg, ..]),
+        )?;
+    }
+    Ok(())
+}
+
+/// `sum(v)` in f64 over eight interleaved partial sums, which vectorise (one running
+/// sum waits on each add's latency: it took 3% of a training step of the notebook net).
+fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f64::from(x);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The bias gradient of images `n0..n0 + nb`: `sum(dy[n, o, :])` per channel, in f64.
+pub(super) fn bias_partial(dy: ArrayView3<'_, f32>, n0: usize, nb: usize) -> Array1<f64> {
+    let mut db = Array1::<f64>::zeros(dy.len_of(Axis(1)));
+    for i in 0..nb {
+        for (acc, row) in db
+            .iter_mut()
+            .zip(dy.index_axis(Axis(0), n0 + i).outer_iter())
+        {
+            *acc += match row.as_slice() {
+                Some(row) => sum_f64(row),
+                None => row.iter().map(|&v| f64::from(v)).sum::<f64>(),
+            };
+        }
+    }
+    db
+}

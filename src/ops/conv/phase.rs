@@ -1,0 +1,481 @@
+//! The phase algorithm: each image is split into its polyphase ("space to depth")
+//! planes ([`PhaseGeometry`], at the end of this file), so every tap of the conv reads
+//! one contiguous run of a plane on the *extended* output grid (`ext = out_h * cols`
+//! positions, the `cols - out_w` extra columns of each output row discarded), whatever
+//! the stride, padding or dilation. Any geometry ([`supports`]).
+//!
+//! - [`forward`], per image: no column matrix. The B-indirect kernel
+//!   ([`crate::gemm`]'s `indirect_b_gemm`) reads each tap's run of the planes in place,
+//!   `out (O, ext) = W x planes[tap + e]` per group, which comes out channel-major; the
+//!   real columns of `out` plus the bias go to `y`. The default forward of layers with
+//!   few input channels or groups, where the direct path's tile of output channels would
+//!   run half empty or cannot run.
+//! - Backward, per tile of whole images side by side: the extended column matrix is
+//!   built by contiguous copies and `dy` is spread onto the extended grid (zero in the
+//!   discarded columns). [`weight_grad`]: `dW += dy_ext x cols^T` (the discarded
+//!   columns of `cols` zeroed first, so values the conv never reads cannot reach
+//!   `dW`). [`input_grad`]: `dcols = W^T x dy_ext`, `dx += merge(scatter(dcols))`, the
+//!   scatter one contiguous add per row, with no column matrix built. [`gradients`]
+//!   does both on one lowering per tile.
+//!
+//! The extra columns cost `cols / out_w - 1` more work (1/7 for the notebook's first
+//! layer) and save the im2col gather, which dominated these shapes.
+
+use std::cell::RefCell;
+
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
+
+use super::common::{
+    OP, Operands, for_each_image_tile, group_col_grad, group_weight_grad, images_per_tile, resize,
+    shape_err, with_scratch,
+};
+use crate::error::Result;
+use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
+use crate::ops::geometry::Conv2dGeometry;
+use crate::ops::im2col::valid_range;
+
+/// Any geometry (buffers too large for memory fail as [`crate::Error::Alloc`]).
+pub(super) fn supports(_geo: &Conv2dGeometry) -> bool {
+    true
+}
+
+/// Scratch buffers of one worker: phase planes, extended columns, GEMM output (forward)
+/// or extended `dy` (backward), and the column gradient.
+#[derive(Default)]
+struct Scratch {
+    planes: Vec<f32>,
+    cols: Vec<f32>,
+    out: Vec<f32>,
+    dcols: Vec<f32>,
+}
+
+thread_local! {
+    /// Each thread's scratch, reused across calls: fresh buffers of a few hundred KiB
+    /// per call cost page faults and zeroing that showed as 12% of the notebook layers'
+    /// forward time. Taken out while in use, so a re-entrant call just starts afresh.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+impl Scratch {
+    /// The extended column matrix (K, b * ext) of images `n0..n0 + b`.
+    fn lower(&mut self, ops: &Operands<'_>, pg: &PhaseGeometry, n0: usize, b: usize) -> Result<()> {
+        let geo = ops.geo;
+        let ld = b * pg.ext;
+        resize_planes(&mut self.planes, geo, pg, 0)?;
+        resize(&mut self.cols, &[geo.col_rows(), ld], COLS, geo)?;
+        for bi in 0..b {
+            let x = ops.x.row(n0 + bi);
+            let x = x.as_slice().expect("input rows are contiguous");
+            phase_split(x, geo, pg, &mut self.planes);
+            phase_gather(&self.planes, geo, pg, &mut self.cols[bi * pg.ext..], ld);
+        }
+        Ok(())
+    }
+}
+
+const COLS: &str = "the extended column matrix of the phase path";
+
+/// Resizes `planes` to the phase planes of one image plus `extra` floats, fallibly: far
+/// padding or stride gives planes far larger than memory.
+fn resize_planes(
+    planes: &mut Vec<f32>,
+    geo: &Conv2dGeometry,
+    pg: &PhaseGeometry,
+    extra: usize,
+) -> Result<()> {
+    let len = planes_len(geo, pg)?;
+    resize(planes, &[len.saturating_add(extra)], PLANES, geo)
+}
+
+const PLANES: &str = "the phase planes of an image";
+
+/// Floats of the phase planes of one image, or [`crate::Error::Alloc`] when that
+/// overflows (every tap offset is within them).
+fn planes_len(geo: &Conv2dGeometry, pg: &PhaseGeometry) -> Result<usize> {
+    let (sh, sw) = geo.options.stride;
+    let dims = [geo.in_channels, sh, sw, pg.plane, size_of::<f32>()];
+    let bytes = crate::limits::checked_len(OP, &dims, || format!("{PLANES}, {}", geo.describe()))?;
+    Ok(bytes / size_of::<f32>())
+}
+
+/// Forward into `y` (N, O, L): tiles of whole images, on the rayon pool when the plan
+/// says so. No column matrix: the B-indirect kernel reads each tap's run of the phase
+/// planes in place and writes the extended output channel-major.
+pub(super) fn forward(
+    ops: &Operands<'_>,
+    bias: Option<ArrayView1<'_, f32>>,
+    y: ArrayViewMut3<'_, f32>,
+) -> Result<()> {
+    let geo = ops.geo;
+    let pg = PhaseGeometry::new(geo);
+    let kernel = ops.plan.kernel;
+    let g = geo.options.groups;
+    let (og, kg) = (geo.out_channels / g, ops.w.ncols());
+    // Per group: the weights packed for the kernel, and the taps' starts in the planes
+    // (which must be addressable).
+    planes_len(geo, &pg)?;
+    let taps = phase_taps(geo, &pg);
+    let groups: Vec<(Vec<f32>, &[usize])> = (0..g)
+        .map(|gi| {
+            let w = ops.w.slice(s![gi * og..(gi + 1) * og, ..]);
+            (pack_a_panels(kernel, w), &taps[gi * kg..(gi + 1) * kg])
+        })
+        .collect();
+    for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
+        with_scratch(&SCRATCH, |scratch| {
+            forward_tile(ops, &pg, kernel, &groups, bias, n0, yt, scratch)
+        })
+    })
+}
+
+/// One forward tile: images `n0..n0 + b` into `yt` (b, O, L).
+#[allow(clippy::too_many_arguments)]
+fn forward_tile(
+    ops: &Operands<'_>,
+    pg: &PhaseGeometry,
+    kernel: Kernel,
+    groups: &[(Vec<f32>, &[usize])],
+    bias: Option<ArrayView1<'_, f32>>,
+    n0: usize,
+    mut yt: ArrayViewMut3<'_, f32>,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let geo = ops.geo;
+    let (o, ow, ext) = (geo.out_channels, geo.out_w, pg.ext);
+    let og = o / groups.len().max(1);
+    // The kernel reads each tap's run up to a whole register tile past `ext`.
+    let extra = kernel.tile_cols() + pg.cols;
+    resize_planes(&mut scratch.planes, geo, pg, extra)?;
+    resize(
+        &mut scratch.out,
+        &[o, ext],
+        "the output of the phase path",
+        geo,
+    )?;
+    for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
+        let x = ops.x.row(n0 + bi);
+        let x = x.as_slice().expect("input rows are contiguous");
+        phase_split(x, geo, pg, &mut scratch.planes);
+        for (gi, (a, taps)) in groups.iter().enumerate() {
+            let out = &mut scratch.out[gi * og * ext..(gi + 1) * og * ext];
+            indirect_b_gemm(kernel, a, og, &scratch.planes, taps, ext, out, ext);
+        }
+        // The real columns, plus the bias.
+        for (oi, mut yo) in yn.outer_iter_mut().enumerate() {
+            let bv = bias.map_or(0.0, |b| b[oi]);
+            let yo = yo.as_slice_mut().expect("output rows are contiguous");
+            let src = &scratch.out[oi * ext..(oi + 1) * ext];
+            for (dst, src) in yo.chunks_exact_mut(ow).zip(src.chunks_exact(pg.cols)) {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v + bv;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The input gradient of images `n0..n0 + nb` into `dxc` (their rows of dx, zeroed).
+pub(super) fn input_grad(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+    dxc: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    backward_chunk(ops, dy, chunk, Some(dxc), false).map(drop)
+}
+
+/// The weight gradient `(O, C / groups * kh * kw)` of images `n0..n0 + nb`.
+pub(super) fn weight_grad(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+) -> Result<Array2<f32>> {
+    backward_chunk(ops, dy, chunk, None, true)
+}
+
+/// Both gradients of images `n0..n0 + nb`, each tile lowered once for both: fills
+/// `dxc` and returns the weight gradient.
+pub(super) fn gradients(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+    dxc: ArrayViewMut2<'_, f32>,
+) -> Result<Array2<f32>> {
+    backward_chunk(ops, dy, chunk, Some(dxc), true)
+}
+
+/// One reduction chunk, with the thread's scratch: `dxc` is left out when the input
+/// gradient is not wanted, and the weight gradient (then zeros) when `want_dw` is false.
+fn backward_chunk(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    chunk: (usize, usize),
+    dxc: Option<ArrayViewMut2<'_, f32>>,
+    want_dw: bool,
+) -> Result<Array2<f32>> {
+    with_scratch(&SCRATCH, |scratch| {
+        backward_chunk_in(ops, dy, chunk, dxc, want_dw, scratch)
+    })
+}
+
+/// [`backward_chunk`] with the thread's scratch.
+fn backward_chunk_in(
+    ops: &Operands<'_>,
+    dy: ArrayView3<'_, f32>,
+    (n0, nb): (usize, usize),
+    mut dxc: Option<ArrayViewMut2<'_, f32>>,
+    want_dw: bool,
+    scratch: &mut Scratch,
+) -> Result<Array2<f32>> {
+    let geo = ops.geo;
+    let pg = PhaseGeometry::new(geo);
+    let o = dy.len_of(Axis(1));
+    let (kg, k) = (ops.w.ncols(), geo.col_rows());
+    let (ow, pc) = (geo.out_w, pg.cols);
+    let mut dw = Array2::<f32>::zeros((o, kg));
+
+    let per = images_per_tile(ops.plan.tile_cols, pg.ext);
+    for i in (0..nb).step_by(per) {
+        let b = per.min(nb - i);
+        let ld = b * pg.ext;
+        if want_dw {
+            scratch.lower(ops, &pg, n0 + i, b)?;
+        } else {
+            // Only dx: no columns; the planes buffer serves the scatter.
+            resize_planes(&mut scratch.planes, geo, &pg, 0)?;
+        }
+        // The discarded columns read pixels the conv never reads: zero them for dW.
+        if want_dw && pc > ow {
+            for row in scratch.cols.chunks_exact_mut(ld) {
+                for ext_row in row.chunks_exact_mut(pc) {
+                    ext_row[ow..].fill(0.0);
+                }
+            }
+        }
+        // dy on the extended grid, zero in the discarded columns.
+        let what = "grad_out on the extended grid of the phase path";
+        resize(&mut scratch.out, &[o, ld], what, geo)?;
+        for (oi, dst) in scratch.out.chunks_exact_mut(ld).enumerate() {
+            for bi in 0..b {
+                let src = dy.slice(s![n0 + i + bi, oi, ..]);
+                let src = src.as_slice().expect("standard layout rows are contiguous");
+                let dst = &mut dst[bi * pg.ext..(bi + 1) * pg.ext];
+                for (d, s) in dst.chunks_exact_mut(pc).zip(src.chunks_exact(ow)) {
+                    d[..ow].copy_from_slice(s);
+                    d[ow..].fill(0.0);
+                }
+            }
+        }
+        let cols = if want_dw {
+            Some(ArrayView2::from_shape((k, ld), &scratch.cols[..]).map_err(shape_err)?)
+        } else {
+            None
+        };
+        let dyt = ArrayView2::from_shape((o, ld), &scratch.out[..]).map_err(shape_err)?;
+        if dxc.is_some() {
+            resize(&mut scratch.dcols, &[k, ld], COLS, geo)?;
+        }
+        if let Some(cols) = cols {
+            group_weight_grad(ops, dyt, cols, &mut dw)?;
+        }
+        if dxc.is_some() {
+            let dcols =
+                ArrayViewMut2::from_shape((k, ld), &mut scratch.dcols[..]).map_err(shape_err)?;
+            group_col_grad(ops, dyt, dcols)?;
+        }
+        if let Some(dxc) = dxc.as_mut() {
+            for bi in 0..b {
+                let planes = &mut scratch.planes;
+                planes.fill(0.0);
+                phase_scatter_add(&scratch.dcols[bi * pg.ext..], ld, geo, &pg, planes);
+                let mut dxn = dxc.row_mut(i + bi);
+                let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
+                phase_merge_add(planes, geo, &pg, dxn);
+            }
+        }
+    }
+    Ok(dw)
+}
+
+/// The polyphase ("space to depth") layout of one padded input image, which turns any
+/// strided, dilated, padded conv into shifted contiguous reads.
+///
+/// Channel `c` of the padded image is split into `sh * sw` planes, plane `(py, px)`
+/// holding the padded pixels `(r * sh + py, q * sw + px)` at `(r, q)`, for `r < rows`
+/// and `q < cols`. Tap `(i, j)` of output `(oy, ox)` reads padded pixel
+/// `(oy * sh + i * dh, ox * sw + j * dw)`, which is plane
+/// `((i * dh) % sh, (j * dw) % sw)` at `(oy + (i * dh) / sh, ox + (j * dw) / sw)`. So on
+/// the *extended* output grid `e = oy * cols + ox` (`ox < cols`, the columns from
+/// `out_w` on are discarded), each im2col row is one contiguous run of `ext` floats of a
+/// plane ([`PhaseGeometry::tap`]). Planes are `plane` floats apart: the last
+/// discarded columns read up to `cols - out_w` floats past a plane's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PhaseGeometry {
+    /// Rows of a plane: `out_h + (kh - 1) * dh / sh`.
+    pub rows: usize,
+    /// Columns of a plane, and of the extended output grid: `out_w + (kw - 1) * dw / sw`.
+    pub cols: usize,
+    /// Floats from one plane to the next: `rows * cols + cols - out_w`.
+    pub plane: usize,
+    /// Extended output positions of one image: `out_h * cols`.
+    pub ext: usize,
+}
+
+impl PhaseGeometry {
+    /// The polyphase layout of one image of `geo`.
+    pub(super) fn new(geo: &Conv2dGeometry) -> PhaseGeometry {
+        let (kh, kw) = geo.kernel;
+        let (sh, sw) = geo.options.stride;
+        let (dh, dw) = geo.options.dilation;
+        let rows = geo.out_h + (kh - 1) * dh / sh;
+        let cols = geo.out_w + (kw - 1) * dw / sw;
+        // Saturating: a far-padded or far-dilated image may have planes larger than
+        // memory; the chooser then never picks the phase path, and the path's buffer
+        // sizes fail as too large to allocate.
+        PhaseGeometry {
+            rows,
+            cols,
+            plane: rows.saturating_mul(cols).saturating_add(cols - geo.out_w),
+            ext: geo.out_h.saturating_mul(cols),
+        }
+    }
+
+    /// Where tap `(c, i, j)` starts in the phase planes of an image: row
+    /// `(c * kh + i) * kw + j` of the extended column matrix is the `ext` floats from
+    /// there.
+    fn tap(&self, geo: &Conv2dGeometry, c: usize, i: usize, j: usize) -> usize {
+        let (sh, sw) = geo.options.stride;
+        let (dh, dw) = geo.options.dilation;
+        let (py, qy) = ((i * dh) % sh, (i * dh) / sh);
+        let (px, qx) = ((j * dw) % sw, (j * dw) / sw);
+        ((c * sh + py) * sw + px) * self.plane + qy * self.cols + qx
+    }
+}
+
+/// Splits image `x` (C, H, W, row-major) into its phase planes: `C * sh * sw` planes of
+/// `pg.plane` floats in `planes`, plane `(c, py, px)` at `((c * sh + py) * sw + px) *
+/// pg.plane`. Every float of `planes` is written (zero in the padding and the slack).
+fn phase_split(x: &[f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, planes: &mut [f32]) {
+    debug_assert_eq!(x.len(), geo.in_channels * geo.in_h * geo.in_w);
+    for_each_phase_row(geo, pg, planes, |row, piece| match piece {
+        None => row.fill(0.0),
+        Some((xoff, (qlo, qhi))) => {
+            let sw = geo.options.stride.1;
+            row[..qlo].fill(0.0);
+            row[qhi..].fill(0.0);
+            let mid = &mut row[qlo..qhi];
+            if sw == 1 {
+                mid.copy_from_slice(&x[xoff..xoff + mid.len()]);
+            } else {
+                for (d, &v) in mid.iter_mut().zip(x[xoff..].iter().step_by(sw)) {
+                    *d = v;
+                }
+            }
+        }
+    });
+}
+
+/// The adjoint of [`phase_split`]: adds the planes' values at real pixels into `dx`
+/// (C, H, W); the padding and slack are dropped (the slack is zeroed on the way).
+fn phase_merge_add(planes: &mut [f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, dx: &mut [f32]) {
+    debug_assert_eq!(dx.len(), geo.in_channels * geo.in_h * geo.in_w);
+    for_each_phase_row(geo, pg, planes, |row, piece| {
+        if let Some((xoff, (qlo, qhi))) = piece {
+            let sw = geo.options.stride.1;
+            let mid = &row[qlo..qhi];
+            if sw == 1 {
+                for (d, &v) in dx[xoff..xoff + mid.len()].iter_mut().zip(mid) {
+                    *d += v;
+                }
+            } else {
+                for (d, &v) in dx[xoff..].iter_mut().step_by(sw).zip(mid) {
+                    *d += v;
+                }
+            }
+        }
+    });
+}
+
+/// Walks the plane rows of an image: calls `f(row, piece)` for every row of every plane
+/// (the slack after each plane is zeroed here), `piece` being `None` for a row in the
+/// vertical padding, else `Some((offset in x of the first real pixel, (qlo, qhi)))`
+/// with `qlo..qhi` the columns of the row that hold real pixels, `sw` apart in `x`.
+fn for_each_phase_row(
+    geo: &Conv2dGeometry,
+    pg: &PhaseGeometry,
+    planes: &mut [f32],
+    mut f: impl FnMut(&mut [f32], Option<(usize, (usize, usize))>),
+) {
+    let (h, w) = (geo.in_h, geo.in_w);
+    let (sh, sw) = geo.options.stride;
+    let (ph, pw) = geo.options.padding;
+    let planes = &mut planes[..geo.in_channels * sh * sw * pg.plane];
+    for (p, plane) in planes.chunks_exact_mut(pg.plane).enumerate() {
+        let (c, py, px) = (p / (sh * sw), p / sw % sh, p % sw);
+        let (body, slack) = plane.split_at_mut(pg.rows * pg.cols);
+        slack.fill(0.0);
+        let (qlo, qhi) = valid_range(px, sw, pw, 1, w, pg.cols);
+        for (r, row) in body.chunks_exact_mut(pg.cols).enumerate() {
+            let piece = (r * sh + py)
+                .checked_sub(ph)
+                .filter(|&iy| iy < h && qhi > qlo)
+                .map(|iy| ((c * h + iy) * w + qlo * sw + px - pw, (qlo, qhi)));
+            f(row, piece);
+        }
+    }
+}
+
+/// Fills the extended column matrix of one image from its phase planes: row `r` (tap
+/// `(c, i, j)`) goes to `cols[r * ld..r * ld + pg.ext]`, one contiguous copy.
+fn phase_gather(
+    planes: &[f32],
+    geo: &Conv2dGeometry,
+    pg: &PhaseGeometry,
+    cols: &mut [f32],
+    ld: usize,
+) {
+    for_each_tap(geo, pg, |r, tap| {
+        cols[r * ld..r * ld + pg.ext].copy_from_slice(&planes[tap..tap + pg.ext]);
+    });
+}
+
+/// The adjoint of [`phase_gather`]: adds row `r` of `cols` into the planes it was read
+/// from.
+fn phase_scatter_add(
+    cols: &[f32],
+    ld: usize,
+    geo: &Conv2dGeometry,
+    pg: &PhaseGeometry,
+    planes: &mut [f32],
+) {
+    for_each_tap(geo, pg, |r, tap| {
+        let src = &cols[r * ld..r * ld + pg.ext];
+        for (d, &v) in planes[tap..tap + pg.ext].iter_mut().zip(src) {
+            *d += v;
+        }
+    });
+}
+
+/// The start of every row's tap in the phase planes, in row order (the B-indirect
+/// kernel's row offsets).
+fn phase_taps(geo: &Conv2dGeometry, pg: &PhaseGeometry) -> Vec<usize> {
+    let mut taps = Vec::with_capacity(geo.col_rows());
+    for_each_tap(geo, pg, |_, tap| taps.push(tap));
+    taps
+}
+
+/// Calls `f(row, start)` for every row of the column matrix with the start of its tap in
+/// the phase planes.
+fn for_each_tap(geo: &Conv2dGeometry, pg: &PhaseGeometry, mut f: impl FnMut(usize, usize)) {
+    let (kh, kw) = geo.kernel;
+    let mut r = 0;
+    for c in 0..geo.in_channels {
+        for i in 0..kh {
+            for j in 0..kw {
+                f(r, pg.tap(geo, c, i, j));
+                r += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Every conv algorithm of every pass, on every GEMM kernel this CPU runs, against the
+//! naive f64 convolution of `common/naive.rs`, on one set of geometries: groups of 1 and
+//! more, dilation, stride, rectangular kernels, N = 1, padding larger than the kernel,
+//! 1x1 convs the pointwise algorithm takes. The backward runs every (input-gradient,
+//! weight-gradient) pair, so both the fused and the separate paths run, the column
+//! weight gradient of groups-of-1 convs included. Plans an algorithm cannot run, and
+//! kernels the CPU lacks, are configuration errors.
+
+mod common;
+
+use common::naive::{self, Params, assert_close, random_array, to64};
+use convinit::Error;
+use convinit::gemm::Kernel;
+use convinit::ops::{
+    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo,
+    conv2d_backward_with_plan, conv2d_with_plan,
+};
+use ndarray::{Array1, Array4};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// N, C, H, W, O, (kh, kw), stride, padding, dilation, groups.
+type Shape = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    usize,
+);
+
+const SHAPES: &[Shape] = &[
+    // N = 1, padding larger than the kernel, stride 2.
+    (1, 3, 9, 7, 4, (3, 3), (2, 2), (4, 4), (1, 1), 1),
+    // Groups, dilation, a rectangular kernel, uneven stride.
+    (5, 4, 11, 13, 6, (3, 2), (1, 2), (1, 0), (2, 1), 2),
+    // Groups of 1 with enough channels for the direct input gradient, dilated, strided.
+    (3, 8, 10, 9, 5, (2, 3), (2, 1), (1, 2), (2, 1), 1),
+    // One input channel, 5x5, stride 2: the first layers' kind; long enough output rows
+    // for the phase backward.
+    (9, 1, 28, 28, 8, (5, 5), (2, 2), (2, 2), (1, 1), 1),
+    // Depthwise.
+    (2, 6, 8, 8, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),
+    // 1x1 stride 1 unpadded (pointwise-capable), grouped and not, N = 1.
+    (4, 6, 5, 9, 4, (1, 1), (1, 1), (0, 0), (1, 1), 2),
+    (1, 8, 12, 12, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    // 1x1 strided and padded (not pointwise).
+    (2, 3, 7, 8, 5, (1, 1), (2, 3), (1, 2), (1, 1), 1),
+    // More output channels than one AVX-512 register tile.
+    (2, 3, 9, 8, 50, (3, 2), (2, 1), (2, 1), (2, 3), 1),
+];
+
+const FORWARD: [ForwardAlgo; 4] = [
+    ForwardAlgo::Direct,
+    ForwardAlgo::Columns,
+    ForwardAlgo::Pointwise,
+    ForwardAlgo::Phase,
+];
+const INPUT_GRAD: [InputGradAlgo; 4] = [
+    InputGradAlgo::Direct,
+    InputGradAlgo::Columns,
+    InputGradAlgo::Pointwise,
+    InputGradAlgo::Phase,
+];
+const WEIGHT_GRAD: [WeightGradAlgo; 4] = [
+    WeightGradAlgo::Direct,
+    WeightGradAlgo::Columns,
+    WeightGradAlgo::Pointwise,
+    WeightGradAlgo::Phase,
+];
+
+fn pointwise(geo: &Conv2dGeometry) -> bool {
+    geo.kernel == (1, 1) && geo.options.stride == (1, 1) && geo.options.padding == (0, 0)
+}
+
+/// Whether an algorithm named `debug` (`"Direct"`, ...) runs `geo`, as documented.
+fn runs(name: &str, geo: &Conv2dGeometry) -> bool {
+    match name {
+        "Direct" => geo.options.groups == 1,
+        "Pointwise" => pointwise(geo),
+        _ => true,
+    }
+}
+
+fn kernels() -> Vec<Kernel> {
+    Kernel::ALL
+        .into_iter()
+        .filter(|k| k.is_supported())
+        .collect()
+}
+
+fn check_shape(s: Shape, rng: &mut StdRng) {
+    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
+    let p = Params {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    let x: Array4<f32> = random_array(rng, (n, c, h, w));
+    let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
+    let b: Array1<f32> = random_array(rng, o);
+    let opts = Conv2dOptions::new()
+        .with_stride(stride)
+        .with_padding(padding)
+        .with_dilation(dilation)
+        .with_groups(groups);
+    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
+    let y_ref = naive::conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
+    let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
+    let (dx_ref, dw_ref, db_ref) = naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+    let base = ConvPlan::choose(&geo, rayon::current_num_threads());
+    for kernel in kernels() {
+        // The chosen knobs, and small tiles that cut output rows, by rows and by map.
+        let knobs = [
+            ConvPlan { kernel, ..base },
+            ConvPlan {
+                kernel,
+                tile_cols: 7,
+                use_map: !base.use_map,
+                parallel: !base.parallel,
+                ..base
+            },
+        ];
+        for knob in knobs {
+            for forward in FORWARD {
+                let plan = ConvPlan { forward, ..knob };
+                let ctx = format!("{s:?} {plan:?}");
+                let y = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &opts, plan);
+                if !runs(&format!("{forward:?}"), &geo) {
+                    assert!(matches!(y, Err(Error::Config { .. })), "{ctx}: {y:?}");
+                    continue;
+                }
+                assert_close("y", &ctx, y.unwrap().view(), &y_ref);
+            }
+            for input_grad in INPUT_GRAD {
+                for weight_grad in WEIGHT_GRAD {
+                    let plan = ConvPlan {
+                        input_grad,
+                        weight_grad,
+                        ..knob
+                    };
+                    let ctx = format!("{s:?} {plan:?}");
+                    let ok = runs(&format!("{:?}", base.forward), &geo)
+                        && runs(&format!("{input_grad:?}"), &geo)
+                        && runs(&format!("{weight_grad:?}"), &geo);
+                    let g = conv2d_backward_with_plan(
+                        x.view(),
+                        wt.view(),
+                        true,
+                        dy.view(),
+                        &opts,
+                        plan,
+                    );
+                    if !ok {
+                        assert!(matches!(g, Err(Error::Config { .. })), "{ctx}: {g:?}");
+                        continue;
+                    }
+                    let g = g.unwrap();
+                    assert_close("dx", &ctx, g.dx.view(), &dx_ref);
+                    assert_close("dw", &ctx, g.dw.view(), &dw_ref);
+                    assert_close("db", &ctx, g.db.unwrap().view(), &db_ref);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_algorithm_and_kernel_matches_naive() {
+    let mut rng = StdRng::seed_from_u64(0xa160);
+    for &s in SHAPES {
+        check_shape(s, &mut rng);
+    }
+}
+
+#[test]
+fn chooser_plans_run_and_name_the_selected_kernel() {
+    for &(n, c, h, w, o, k, stride, padding, dilation, groups) in SHAPES {
+        let opts = Conv2dOptions::new()
+            .with_stride(stride)
+            .with_padding(padding)
+            .with_dilation(dilation)
+            .with_groups(groups);
+        let geo = Conv2dGeometry::new("t", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
+        let plan = ConvPlan::choose(&geo, 2);
+        assert_eq!(plan.kernel, Kernel::selected());
+        assert_eq!(plan, ConvPlan::choose(&geo, 2), "choose is pure");
+        assert!(
+            !ConvPlan::choose(&geo, 1).parallel,
+            "one thread never splits"
+        );
+        for name in [
+            format!("{:?}", plan.forward),
+            format!("{:?}", plan.input_grad),
+            format!("{:?}", plan.weight_grad),
+        ] {
+            assert!(runs(&name, &geo), "{name} chosen for {geo:?}");
+        }
+    }
+}
+
+#[test]
+fn a_kernel_this_cpu_lacks_is_a_config_error() {
+    let x = Array4::<f32>::zeros((1, 2, 5, 5));
+    let w = Array4::<f32>::zeros((3, 2, 3, 3));
+    let dy = Array4::<f32>::zeros((1, 3, 3, 3));
+    let opts = Conv2dOptions::new();
+    let geo = Conv2dGeometry::new("test", [1, 2, 5, 5], [3, 2, 3, 3], &opts).unwrap();
+    let base = ConvPlan::choose(&geo, 1);
+    for kernel in Kernel::ALL {
+        let plan = ConvPlan { kernel, ..base };
+        let y = conv2d_with_plan(x.view(), w.view(), None, &opts, plan);
+        let g = conv2d_backward_with_plan(x.view(), w.view(), false, dy.view(), &opts, plan);
+        if kernel.is_supported() {
+            assert!(y.is_ok() && g.is_ok(), "{kernel:?}");
+        } else {
+            for e in [y.unwrap_err(), g.unwrap_err()] {
+                assert!(matches!(e, Error::Config { .. }), "{kernel:?}: {e:?}");
+                assert!(e.to_string().contains(kernel.name()), "{e}");
+            }
+        }
+    }
+}
