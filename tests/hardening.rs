@@ -1890,7 +1890,10 @@ fn every_error_displays_its_origin() {
 
 /// Random small shapes and configurations, zeros included (empty batches, zero
 /// channels, zero-sized kernels, stride / dilation / groups 0): every op returns `Ok` or
-/// a typed error, never panics, and an `Ok` has the shape the geometry promises.
+/// a typed error, never panics, and an `Ok` has the shape the geometry promises. Which
+/// of the two each call must give is predicted independently from PyTorch's rules
+/// (`conv_valid` and friends below), so a valid call that starts failing, or an invalid
+/// one that starts passing, fails the test.
 #[test]
 fn random_small_shapes_never_panic() {
     use rand::Rng;
@@ -1912,7 +1915,7 @@ fn random_small_shapes_never_panic() {
         let x = Array4::<f32>::ones((n, c, h, w));
         let wt = Array4::<f32>::ones((o, cg, kh, kw));
         let b = bias_len.map(Array1::<f32>::ones);
-        let r = catch_unwind(AssertUnwindSafe(|| -> Vec<bool> {
+        let r = catch_unwind(AssertUnwindSafe(|| -> Vec<(&str, bool)> {
             let mut outcomes = Vec::new();
             let y = conv2d(x.view(), wt.view(), b.as_ref().map(|b| b.view()), &opts);
             if let Ok(y) = &y {
@@ -1925,13 +1928,13 @@ fn random_small_shapes_never_panic() {
                 assert_eq!(g.dx.dim(), x.dim());
                 assert_eq!(g.dw.dim(), wt.dim());
             }
-            outcomes.push(y.is_ok());
+            outcomes.push(("conv2d", y.is_ok()));
             let p = adaptive_avg_pool2d(x.view(), (oh, ow));
             if let Ok(p) = &p {
                 assert_eq!(p.dim(), (n, c, oh, ow));
                 adaptive_avg_pool2d_backward(x.dim(), Array4::ones(p.raw_dim()).view()).unwrap();
             }
-            outcomes.push(p.is_ok());
+            outcomes.push(("adaptive_avg_pool2d", p.is_ok()));
             let xl = Array2::<f32>::ones((m, k));
             let wl = Array2::<f32>::ones((nn, k + usize::from(i % 5 == 0)));
             let l = linear(xl.view(), wl.view(), b.as_ref().map(|b| b.view()));
@@ -1944,18 +1947,21 @@ fn random_small_shapes_never_panic() {
                 )
                 .unwrap();
             }
-            outcomes.push(l.is_ok());
+            outcomes.push(("linear", l.is_ok()));
             let f = flatten(x.view().into_dyn(), sd, ed);
             if let Ok(f) = &f {
                 assert_eq!(f.len(), x.len());
                 flatten_backward(x.shape(), f.view(), sd, ed).unwrap();
             }
-            outcomes.push(f.is_ok());
-            outcomes
-                .push(mse(Array1::<f32>::ones(m).view(), Array1::<f32>::ones(k).view()).is_ok());
-            outcomes.push(to_images(&xl).is_ok());
+            outcomes.push(("flatten", f.is_ok()));
+            outcomes.push((
+                "mse",
+                mse(Array1::<f32>::ones(m).view(), Array1::<f32>::ones(k).view()).is_ok(),
+            ));
+            outcomes.push(("to_images", to_images(&xl).is_ok()));
             let mut c = Array2::<f32>::zeros((m, nn));
-            outcomes.push(
+            outcomes.push((
+                "sgemm",
                 sgemm(
                     1.0,
                     xl.view(),
@@ -1964,7 +1970,7 @@ fn random_small_shapes_never_panic() {
                     c.view_mut(),
                 )
                 .is_ok(),
-            );
+            ));
             outcomes
         }));
         let outcomes = r.unwrap_or_else(|_| {
@@ -1976,10 +1982,71 @@ fn random_small_shapes_never_panic() {
                 (oh, ow)
             )
         });
-        ok += outcomes.iter().filter(|&&b| b).count();
-        err += outcomes.iter().filter(|&&b| !b).count();
+        let wk = k + usize::from(i % 5 == 0);
+        let want = [
+            (
+                "conv2d",
+                conv_valid((n, c, h, w), (o, cg, kh, kw), &opts, bias_len),
+            ),
+            ("adaptive_avg_pool2d", oh > 0 && ow > 0 && h > 0 && w > 0),
+            ("linear", wk == k && bias_len.is_none_or(|b| b == nn)),
+            ("flatten", flatten_valid(4, sd, ed)),
+            ("mse", m == k && m > 0),
+            ("to_images", k > 0 && k.isqrt() * k.isqrt() == k),
+            ("sgemm", true),
+        ];
+        for ((name, got), (wname, want)) in outcomes.iter().zip(want) {
+            assert_eq!(*name, wname);
+            assert_eq!(
+                *got,
+                want,
+                "case {i}: {name} gave {} but should give {}: x {:?} w {:?} {opts:?} bias \
+                 {bias_len:?} pool {:?} linear ({m}, {k}) x ({nn}, {wk}) flatten {sd} {ed}",
+                if *got { "Ok" } else { "Err" },
+                if want { "Ok" } else { "Err" },
+                (n, c, h, w),
+                (o, cg, kh, kw),
+                (oh, ow)
+            );
+        }
+        ok += outcomes.iter().filter(|(_, b)| *b).count();
+        err += outcomes.iter().filter(|(_, b)| !*b).count();
     }
     println!("random shapes: {ok} ok, {err} errors");
     // Both outcomes are exercised often.
     assert!(ok > 5000 && err > 5000, "ok {ok}, err {err}");
+}
+
+/// PyTorch's rules for a valid conv2d, written out independently of the crate's
+/// geometry: positive stride, dilation, groups and kernel; groups dividing both channel
+/// counts; the weight's channels `C / groups`; the dilated kernel within the padded
+/// input; a bias of `O`.
+fn conv_valid(
+    (_n, c, h, w): (usize, usize, usize, usize),
+    (o, cg, kh, kw): (usize, usize, usize, usize),
+    opts: &Conv2dOptions,
+    bias_len: Option<usize>,
+) -> bool {
+    let (g, (sh, sw), (ph, pw), (dh, dw)) = (opts.groups, opts.stride, opts.padding, opts.dilation);
+    let fits = |input: usize, k: usize, p: usize, d: usize| input + 2 * p >= d * (k - 1) + 1;
+    g > 0
+        && sh > 0
+        && sw > 0
+        && dh > 0
+        && dw > 0
+        && kh > 0
+        && kw > 0
+        && c % g == 0
+        && o % g == 0
+        && cg == c / g
+        && fits(h, kh, ph, dh)
+        && fits(w, kw, pw, dw)
+        && bias_len.is_none_or(|b| b == o)
+}
+
+/// `torch.flatten`'s rule: both dimensions in `-rank..rank` and in order.
+fn flatten_valid(rank: isize, start: isize, end: isize) -> bool {
+    let norm = |d: isize| if d < 0 { d + rank } else { d };
+    let (s, e) = (norm(start), norm(end));
+    (0..rank).contains(&s) && (0..rank).contains(&e) && s <= e
 }
