@@ -1,5 +1,8 @@
-//! The im2col conv against a naive direct convolution (f64 loops in `common/naive.rs`)
-//! over randomised configurations: forward and all three gradients.
+//! The public conv2d (whatever algorithm `ConvPlan::choose` picks for each shape: direct,
+//! phase, columns or pointwise) against a naive direct convolution (f64 loops in
+//! `common/naive.rs`) over randomised configurations: forward and all three gradients,
+//! and strided / broadcast views of the inputs. Every algorithm forced on every GEMM
+//! kernel is `tests/conv_algorithms.rs`.
 
 mod common;
 
