@@ -39,8 +39,9 @@
 //! | `data::idx::from_reader`, `load` | truncated magic / dims / data; bad magic; type code; zero dims; trailing bytes; too large; bad gzip; missing file | `idx: *` |
 //! | `data::Mnist::from_value`, `from_pickle_reader`, `load`, `from_idx_dir` | not 3 splits; split not (x, y); x not 2-D f32; y not 1-D ints; counts differ; bad pickle; missing files; too few train images; wrong IDX types / ranks | `mnist: *` |
 //!
-//! Functions that cannot fail on any input and so are not in the table: `ops::relu`,
-//! `ops::leaky_relu`, `stats::stats` (NaN for empty input, as torch), `stats::normalize`,
+//! `ops::relu`, `ops::leaky_relu` and their backwards fail only to allocate: the
+//! `alloc_cases` rows. Functions that cannot fail on any input and so are not in the
+//! table: `stats::stats` (NaN for empty input, as torch), `stats::normalize`,
 //! `init::zeros`, `init::ones`, `init::calculate_gain`, `ops::conv_out_size` (returns
 //! `None`).
 
