@@ -4,12 +4,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use convinit::Error;
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu, Layer, LeakyRelu, Linear,
-    LinearConfig, Relu, Sequential,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
+    Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential,
 };
 use convinit::ops::{
-    Conv2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward,
-    flatten, leaky_relu_backward, linear, linear_backward, mse, mse_backward, relu_backward,
+    AvgPool2dOptions, Conv2dOptions, MaxPool2dOptions, adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward, adaptive_max_pool2d, adaptive_max_pool2d_backward, avg_pool2d,
+    avg_pool2d_backward, conv2d, conv2d_backward, flatten, leaky_relu_backward, linear,
+    linear_backward, max_pool2d, max_pool2d_backward, mse, mse_backward, relu_backward,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::SeedableRng;
@@ -91,6 +93,40 @@ fn alloc_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
             "alloc",
             vec![
                 "adaptive_avg_pool2d",
+                "cannot allocate",
+                "[1, 1, 1048576, 1048576]",
+            ],
+        ),
+        (
+            "MaxPool2d.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                MaxPool2d::new(MaxPool2dOptions::new((2, 2)))?
+                    .forward(broadcast(&[TB_SIDE, 1, 1024, 1024]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["max_pool2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+        ),
+        (
+            "AvgPool2d.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                AvgPool2d::new(AvgPool2dOptions::new((2, 2)))?
+                    .forward(broadcast(&[TB_SIDE, 1, 1024, 1024]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["avg_pool2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+        ),
+        (
+            "AdaptiveMaxPool2d.forward: an output of terabytes",
+            Box::new(|| {
+                AdaptiveMaxPool2d::new((TB_SIDE, TB_SIDE))?
+                    .forward(ArrayD::ones(IxDyn(&[1, 1, 4, 4])).view())
+                    .map(drop)
+            }),
+            "alloc",
+            vec![
+                "adaptive_max_pool2d",
                 "cannot allocate",
                 "[1, 1, 1048576, 1048576]",
             ],
@@ -589,6 +625,187 @@ fn base_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
             vec!["AdaptiveAvgPool2d", "before forward"],
         ),
         (
+            "max_pool2d: padding above half the kernel",
+            Box::new(|| {
+                let o = MaxPool2dOptions::new((3, 3)).with_padding((2, 0));
+                max_pool2d(x4((1, 1, 8, 8)).view(), &o).map(drop)
+            }),
+            "config",
+            vec!["max_pool2d", "padding (2, 0)", "(3, 3)"],
+        ),
+        (
+            "MaxPool2d: zero stride",
+            Box::new(|| {
+                MaxPool2d::new(MaxPool2dOptions::new((2, 2)).with_stride((0, 1))).map(drop)
+            }),
+            "config",
+            vec!["MaxPool2d", "stride", "(0, 1)"],
+        ),
+        (
+            "MaxPool2d: zero dilation",
+            Box::new(|| {
+                MaxPool2d::new(MaxPool2dOptions::new((2, 2)).with_dilation((1, 0))).map(drop)
+            }),
+            "config",
+            vec!["MaxPool2d", "dilation", "(1, 0)"],
+        ),
+        (
+            "max_pool2d: zero kernel",
+            Box::new(|| {
+                max_pool2d(x4((1, 1, 4, 4)).view(), &MaxPool2dOptions::new((0, 2))).map(drop)
+            }),
+            "config",
+            vec!["max_pool2d", "kernel size", "(0, 2)"],
+        ),
+        (
+            "max_pool2d: input smaller than the dilated kernel",
+            Box::new(|| {
+                let o = MaxPool2dOptions::new((3, 3)).with_dilation((2, 2));
+                max_pool2d(x4((1, 1, 4, 9)).view(), &o).map(drop)
+            }),
+            "shape",
+            vec!["max_pool2d", "[1, 1, 4, 9]", "dilation (2, 2)"],
+        ),
+        (
+            "max_pool2d: zero channels",
+            Box::new(|| {
+                max_pool2d(x4((1, 0, 4, 4)).view(), &MaxPool2dOptions::new((2, 2))).map(drop)
+            }),
+            "shape",
+            vec!["max_pool2d", "[1, 0, 4, 4]"],
+        ),
+        (
+            "max_pool2d_backward: an index outside the plane",
+            Box::new(|| {
+                let idx = Array4::from_elem((1, 1, 2, 2), 16i64);
+                max_pool2d_backward((1, 1, 4, 4), idx.view(), x4((1, 1, 2, 2)).view()).map(drop)
+            }),
+            "shape",
+            vec!["max_pool2d", "index 16", "4 x 4"],
+        ),
+        (
+            "max_pool2d_backward: indices and grad_out differ",
+            Box::new(|| {
+                let idx = Array4::from_elem((1, 1, 2, 3), 0i64);
+                max_pool2d_backward((1, 1, 4, 4), idx.view(), x4((1, 1, 2, 2)).view()).map(drop)
+            }),
+            "shape",
+            vec!["max_pool2d", "[1, 1, 2, 3]", "[1, 1, 2, 2]"],
+        ),
+        (
+            "MaxPool2d: grad_out of the wrong shape",
+            Box::new(|| {
+                let mut p = MaxPool2d::new(MaxPool2dOptions::new((2, 2)))?;
+                p.forward(x4((1, 1, 4, 4)).into_dyn().view())?;
+                p.backward(x4((1, 1, 3, 2)).into_dyn().view()).map(drop)
+            }),
+            "shape",
+            vec!["MaxPool2d", "[1, 1, 3, 2]", "[1, 1, 2, 2]"],
+        ),
+        (
+            "MaxPool2d: backward before forward",
+            Box::new(|| {
+                MaxPool2d::new(MaxPool2dOptions::new((2, 2)))?
+                    .backward(x4((1, 1, 1, 1)).into_dyn().view())
+                    .map(drop)
+            }),
+            "state",
+            vec!["MaxPool2d", "before forward"],
+        ),
+        (
+            "MaxPool2d: wrong rank",
+            Box::new(|| {
+                MaxPool2d::new(MaxPool2dOptions::new((2, 2)))?
+                    .forward(ArrayD::zeros(IxDyn(&[4, 4])).view())
+                    .map(drop)
+            }),
+            "shape",
+            vec!["MaxPool2d", "[4, 4]"],
+        ),
+        (
+            "AvgPool2d: zero divisor_override",
+            Box::new(|| {
+                AvgPool2d::new(AvgPool2dOptions::new((2, 2)).with_divisor_override(Some(0)))
+                    .map(drop)
+            }),
+            "config",
+            vec!["AvgPool2d", "divisor_override", "Some(0)"],
+        ),
+        (
+            "avg_pool2d: padding above half the kernel",
+            Box::new(|| {
+                let o = AvgPool2dOptions::new((2, 4)).with_padding((0, 3));
+                avg_pool2d(x4((1, 1, 8, 8)).view(), &o).map(drop)
+            }),
+            "config",
+            vec!["avg_pool2d", "padding (0, 3)", "(2, 4)"],
+        ),
+        (
+            "avg_pool2d: input smaller than the kernel",
+            Box::new(|| {
+                avg_pool2d(x4((1, 1, 1, 4)).view(), &AvgPool2dOptions::new((2, 2))).map(drop)
+            }),
+            "shape",
+            vec!["avg_pool2d", "[1, 1, 1, 4]", "kernel (2, 2)"],
+        ),
+        (
+            "avg_pool2d_backward: grad_out not the output's shape",
+            Box::new(|| {
+                let o = AvgPool2dOptions::new((2, 2));
+                avg_pool2d_backward((1, 1, 4, 4), x4((1, 1, 3, 2)).view(), &o).map(drop)
+            }),
+            "shape",
+            vec!["avg_pool2d", "[1, 1, 3, 2]", "[1, 1, 2, 2]"],
+        ),
+        (
+            "AvgPool2d: backward before forward",
+            Box::new(|| {
+                AvgPool2d::new(AvgPool2dOptions::new((2, 2)))?
+                    .backward(x4((1, 1, 1, 1)).into_dyn().view())
+                    .map(drop)
+            }),
+            "state",
+            vec!["AvgPool2d", "before forward"],
+        ),
+        (
+            "adaptive_max_pool2d: zero output size",
+            Box::new(|| adaptive_max_pool2d(x4((1, 1, 4, 4)).view(), (3, 0)).map(drop)),
+            "config",
+            vec!["adaptive_max_pool2d", "(3, 0)", "[1, 1, 4, 4]"],
+        ),
+        (
+            "AdaptiveMaxPool2d: zero output size",
+            Box::new(|| AdaptiveMaxPool2d::new((0, 1)).map(drop)),
+            "config",
+            vec!["AdaptiveMaxPool2d", "(0, 1)"],
+        ),
+        (
+            "adaptive_max_pool2d: empty input",
+            Box::new(|| adaptive_max_pool2d(x4((1, 1, 4, 0)).view(), (1, 1)).map(drop)),
+            "shape",
+            vec!["adaptive_max_pool2d", "[1, 1, 4, 0]"],
+        ),
+        (
+            "adaptive_max_pool2d_backward: a negative index",
+            Box::new(|| {
+                let idx = Array4::from_elem((1, 1, 1, 1), -2i64);
+                adaptive_max_pool2d_backward((1, 1, 4, 4), idx.view(), x4((1, 1, 1, 1)).view())
+                    .map(drop)
+            }),
+            "shape",
+            vec!["adaptive_max_pool2d", "index -2"],
+        ),
+        (
+            "AdaptiveMaxPool2d: backward before forward",
+            Box::new(|| {
+                AdaptiveMaxPool2d::new((1, 1))?
+                    .backward(x4((1, 1, 1, 1)).into_dyn().view())
+                    .map(drop)
+            }),
+            "state",
+            vec!["AdaptiveMaxPool2d", "before forward"],
+        ),
+        (
             "flatten: start_dim out of range",
             Box::new(|| flatten(ArrayD::zeros(IxDyn(&[2, 3])).view(), 2, -1).map(drop)),
             "shape",
@@ -749,6 +966,24 @@ fn corrected_calls_succeed() {
     )
     .unwrap();
     adaptive_avg_pool2d(x4((1, 1, 2, 2)).view(), (5, 3)).unwrap();
+    max_pool2d(
+        x4((1, 1, 8, 8)).view(),
+        &MaxPool2dOptions::new((3, 3)).with_padding((1, 0)),
+    )
+    .unwrap();
+    max_pool2d(
+        x4((1, 1, 5, 9)).view(),
+        &MaxPool2dOptions::new((3, 3)).with_dilation((2, 2)),
+    )
+    .unwrap();
+    avg_pool2d(
+        x4((1, 1, 2, 4)).view(),
+        &AvgPool2dOptions::new((2, 2)).with_divisor_override(Some(3)),
+    )
+    .unwrap();
+    adaptive_max_pool2d(x4((1, 1, 4, 1)).view(), (3, 2)).unwrap();
+    let idx = Array4::from_elem((1, 1, 2, 2), 15i64);
+    max_pool2d_backward((1, 1, 4, 4), idx.view(), x4((1, 1, 2, 2)).view()).unwrap();
     let mut net = Sequential::new()
         .with(Relu::new())
         .with(conv_layer(Conv2dConfig::new(2, 2, (3, 3))));

@@ -13,9 +13,10 @@ use std::path::Path;
 use common::{Case, Score, case_paths, compare, fixtures_dir, load_case, reference_dir};
 use convinit::init::{Nonlinearity, calculate_gain, default_bounds, fans};
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Relu, Sequential,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer,
+    LeakyRelu, MaxPool2d, Relu, Sequential,
 };
-use convinit::ops::{mse, mse_backward};
+use convinit::ops::{AvgPool2dOptions, MaxPool2dOptions, mse, mse_backward};
 use ndarray::{Array1, Array4, ArrayD, Ix1, Ix4};
 
 type Outcome = Result<Score, String>;
@@ -113,6 +114,114 @@ fn run_pool(case: &Case) -> Outcome {
     let window = (h.div_ceil(oh) + 1) * (w.div_ceil(ow) + 1);
     let overlap = (oh.div_ceil(h) + 1) * (ow.div_ceil(w) + 1);
     let e = compare("y", y.view(), case.tensor("y")?.view(), window)?;
+    Ok(e.max(compare(
+        "dx",
+        dx.view(),
+        case.tensor("dx")?.view(),
+        overlap,
+    )?))
+}
+
+fn meta_bool(case: &Case, key: &str) -> Result<bool, String> {
+    match case.meta_str(key)? {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "metadata {key:?}: expected true or false, got {other:?}"
+        )),
+    }
+}
+
+/// The argmax indices must be PyTorch's exactly (an off-by-one tie or NaN rule moves
+/// them, and with them every gradient).
+fn same_indices(ours: Option<&Array4<i64>>, case: &Case) -> Result<(), String> {
+    let ours = ours.ok_or("no indices kept")?.view().into_dyn();
+    let want = case.tensor_i64("indices")?;
+    if ours != want.view() {
+        let first = ours
+            .indexed_iter()
+            .zip(want.iter())
+            .find(|((_, a), b)| a != b)
+            .map(|((at, a), b)| format!("at {at:?}: ours {a}, reference {b}"));
+        return Err(format!(
+            "indices differ (shapes {:?} / {:?}) {}",
+            ours.shape(),
+            want.shape(),
+            first.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// How many windows of `kernel` taps spaced `dilation` apart, `stride` apart, can share
+/// one input element (the most gradients that add up in it).
+fn overlap(kernel: usize, stride: usize, dilation: usize) -> usize {
+    (dilation * (kernel - 1) + 1).div_ceil(stride)
+}
+
+fn run_max_pool(case: &Case) -> Outcome {
+    let (k, s, p, d) = (
+        case.meta_pair("kernel")?,
+        case.meta_pair("stride")?,
+        case.meta_pair("padding")?,
+        case.meta_pair("dilation")?,
+    );
+    let options = MaxPool2dOptions::new(k)
+        .with_stride(s)
+        .with_padding(p)
+        .with_dilation(d)
+        .with_ceil_mode(meta_bool(case, "ceil_mode")?);
+    let mut pool = MaxPool2d::new(options).map_err(err)?;
+    let y = pool.forward(case.tensor("x")?.view()).map_err(err)?;
+    same_indices(pool.indices(), case)?;
+    let dx = pool.backward(case.tensor("dy")?.view()).map_err(err)?;
+    // y: a copy of one input (1 term: exact); dx: the sum of the gradients of every
+    // window whose maximum an element is.
+    let e = compare("y", y.view(), case.tensor("y")?.view(), 1)?;
+    let terms = overlap(k.0, s.0, d.0) * overlap(k.1, s.1, d.1);
+    Ok(e.max(compare("dx", dx.view(), case.tensor("dx")?.view(), terms)?))
+}
+
+fn run_avg_pool(case: &Case) -> Outcome {
+    let (k, s, p) = (
+        case.meta_pair("kernel")?,
+        case.meta_pair("stride")?,
+        case.meta_pair("padding")?,
+    );
+    let divisor = match case.meta_str("divisor_override")? {
+        "none" => None,
+        v => Some(
+            v.parse::<i64>()
+                .map_err(|_| format!("divisor_override: cannot parse {v:?}"))?,
+        ),
+    };
+    let options = AvgPool2dOptions::new(k)
+        .with_stride(s)
+        .with_padding(p)
+        .with_ceil_mode(meta_bool(case, "ceil_mode")?)
+        .with_count_include_pad(meta_bool(case, "count_include_pad")?)
+        .with_divisor_override(divisor);
+    let mut pool = AvgPool2d::new(options).map_err(err)?;
+    let y = pool.forward(case.tensor("x")?.view()).map_err(err)?;
+    let dx = pool.backward(case.tensor("dy")?.view()).map_err(err)?;
+    // y sums kh * kw values and divides (one more rounding); each dx element sums one
+    // divided gradient per window covering it.
+    let e = compare("y", y.view(), case.tensor("y")?.view(), k.0 * k.1 + 1)?;
+    let terms = overlap(k.0, s.0, 1) * overlap(k.1, s.1, 1) + 1;
+    Ok(e.max(compare("dx", dx.view(), case.tensor("dx")?.view(), terms)?))
+}
+
+fn run_adaptive_max_pool(case: &Case) -> Outcome {
+    let (oh, ow) = case.meta_pair("output_size")?;
+    let mut pool = AdaptiveMaxPool2d::new((oh, ow)).map_err(err)?;
+    let x = case.tensor("x")?;
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let y = pool.forward(x.view()).map_err(err)?;
+    same_indices(pool.indices(), case)?;
+    let dx = pool.backward(case.tensor("dy")?.view()).map_err(err)?;
+    // y: a copy (exact); dx: the most windows that overlap on one input element.
+    let e = compare("y", y.view(), case.tensor("y")?.view(), 1)?;
+    let overlap = (oh.div_ceil(h) + 1) * (ow.div_ceil(w) + 1);
     Ok(e.max(compare(
         "dx",
         dx.view(),
@@ -284,6 +393,9 @@ fn run_case(case: &Case) -> Outcome {
         "mse" => run_mse(case),
         "seed_net" => run_seed_net(case),
         "init_stats" => run_init_stats(case),
+        "max_pool2d" => run_max_pool(case),
+        "avg_pool2d" => run_avg_pool(case),
+        "adaptive_max_pool2d" => run_adaptive_max_pool(case),
         other => Err(format!("unknown op {other:?}")),
     }
 }

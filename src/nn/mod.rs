@@ -39,7 +39,7 @@ pub use conv::{Conv2d, Conv2dConfig};
 pub use flatten::Flatten;
 pub use general_relu::GeneralRelu;
 pub use linear::{Linear, LinearConfig};
-pub use pool::AdaptiveAvgPool2d;
+pub use pool::{AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d};
 pub use sequential::Sequential;
 
 /// A parameter and its gradient, read-only.

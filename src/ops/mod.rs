@@ -28,7 +28,9 @@
 //!   images, columns) is reserved fallibly: one that cannot be allocated is
 //!   [`crate::Error::Alloc`].
 //! - [`relu`], [`leaky_relu`] and their backwards.
-//! - [`adaptive_avg_pool2d`] and its backward.
+//! - Pooling, each with its backward: [`max_pool2d`] (argmax indices from
+//!   [`max_pool2d_with_indices`], options in [`MaxPool2dOptions`]), [`avg_pool2d`]
+//!   ([`AvgPool2dOptions`]), [`adaptive_max_pool2d`] and [`adaptive_avg_pool2d`].
 //! - [`flatten`] and its backward.
 //! - [`linear`] and its backward.
 //! - [`mse`] and [`mse_backward`].
@@ -60,4 +62,8 @@ pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub(crate) use linear::linear_backward_params;
 pub use linear::{LinearGrads, linear, linear_backward};
 pub use loss::{mse, mse_backward};
-pub use pool::{adaptive_avg_pool2d, adaptive_avg_pool2d_backward};
+pub use pool::{
+    AvgPool2dOptions, MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d, adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices,
+    avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_pool2d_with_indices,
+};

@@ -16,13 +16,15 @@
 use std::sync::Arc;
 
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu, Layer, LeakyRelu, Linear,
-    LinearConfig, Relu, Sequential,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
+    Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential,
 };
 use convinit::ops::{
-    adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward, flatten,
-    flatten_backward, leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward,
-    relu, relu_backward,
+    AvgPool2dOptions, MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices, avg_pool2d,
+    avg_pool2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, leaky_relu,
+    leaky_relu_backward, linear, linear_backward, max_pool2d_backward, max_pool2d_with_indices,
+    mse, mse_backward, relu, relu_backward,
 };
 use ndarray::{
     ArcArrayD, Array, Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Ix1, Ix2, Ix4, IxDyn,
@@ -57,6 +59,10 @@ pub enum Input {
     /// In [-1, -0.05] or [0.05, 1]: far enough from an activation's kink that a finite
     /// difference of step 1e-3 never crosses it.
     AwayFromZero,
+    /// A shuffle of evenly spaced values in [-2, 2), at least 4 / len apart: no two within
+    /// a finite-difference step (1e-3) of each other up to 1500 elements, so a max pool's
+    /// argmax never moves under the step.
+    Distinct,
 }
 
 /// One op or layer on one input shape.
@@ -99,6 +105,16 @@ fn away_from_zero<Sh: ShapeBuilder>(rng: &mut StdRng, shape: Sh) -> Array<f32, S
     })
 }
 
+fn distinct(rng: &mut StdRng, shape: &[usize]) -> ArrayD<f32> {
+    use rand::seq::SliceRandom;
+    let len: usize = shape.iter().product();
+    let mut v: Vec<f32> = (0..len)
+        .map(|k| (4.0 * k as f64 / len as f64 - 2.0) as f32)
+        .collect();
+    v.shuffle(rng);
+    ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()
+}
+
 /// What one forward and backward through a case's layer gave.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -131,6 +147,7 @@ impl OpCase {
         match self.input {
             Input::Uniform => uniform(rng, IxDyn(&self.x_shape)),
             Input::AwayFromZero => away_from_zero(rng, IxDyn(&self.x_shape)),
+            Input::Distinct => distinct(rng, &self.x_shape),
         }
     }
 
@@ -409,6 +426,154 @@ pub fn adaptive_avg_pool(out: (usize, usize), x_shape: [usize; 4], seed: u64) ->
         ..base(
             format!("adaptive_avg_pool2d {out:?}"),
             "adaptive_avg_pool2d",
+            &x_shape,
+            seed,
+        )
+    }
+}
+
+/// PyTorch's pooling output size, computed independently in floating point:
+/// `floor` (or `ceil`) of `(size + 2p - d(k - 1) - 1) / s`, plus 1, and with `ceil_mode`
+/// one less when the last window starts at or past `size + p`.
+fn pool_out(size: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
+    let q = (size as f64 + 2.0 * p as f64 - (d * (k - 1)) as f64 - 1.0) / s as f64;
+    let mut out = if ceil { q.ceil() } else { q.floor() } as i64 + 1;
+    if ceil && (out - 1) * s as i64 >= (size + p) as i64 {
+        out -= 1;
+    }
+    out as usize
+}
+
+/// The in-bounds taps of output `i`'s window along one axis: `i s - p + j d`.
+fn taps(i: usize, size: usize, k: usize, s: usize, p: usize, d: usize) -> Vec<usize> {
+    (0..k)
+        .map(|j| (i * s + j * d) as i64 - p as i64)
+        .filter(|&t| t >= 0 && t < size as i64)
+        .map(|t| t as usize)
+        .collect()
+}
+
+/// Max pooling by its definition (the maximum of the in-bounds taps, `-inf` if none).
+pub fn max_pool_ref(x: &ndarray::Array4<f64>, o: MaxPool2dOptions) -> ndarray::Array4<f64> {
+    let (n, c, h, w) = x.dim();
+    let (k, s, p, d) = (o.kernel, o.stride, o.padding, o.dilation);
+    let oh = pool_out(h, k.0, s.0, p.0, d.0, o.ceil_mode);
+    let ow = pool_out(w, k.1, s.1, p.1, d.1, o.ceil_mode);
+    ndarray::Array4::from_shape_fn((n, c, oh, ow), |(ni, ci, i, j)| {
+        let mut m = f64::NEG_INFINITY;
+        for r in taps(i, h, k.0, s.0, p.0, d.0) {
+            for q in taps(j, w, k.1, s.1, p.1, d.1) {
+                m = m.max(x[[ni, ci, r, q]]);
+            }
+        }
+        m
+    })
+}
+
+/// Average pooling by its definition: the in-bounds sum over PyTorch's divisor (the
+/// override; or the window clipped to the padded input, `count_include_pad`; or the
+/// in-bounds count).
+pub fn avg_pool_ref(x: &ndarray::Array4<f64>, o: AvgPool2dOptions) -> ndarray::Array4<f64> {
+    let (n, c, h, w) = x.dim();
+    let (k, s, p) = (o.kernel, o.stride, o.padding);
+    let oh = pool_out(h, k.0, s.0, p.0, 1, o.ceil_mode);
+    let ow = pool_out(w, k.1, s.1, p.1, 1, o.ceil_mode);
+    // Window length counting padding, clipped at the padded input's end.
+    let padded = |i: usize, size: usize, k: usize, s: usize, p: usize| {
+        let start = (i * s) as i64 - p as i64;
+        ((start + k as i64).min((size + p) as i64) - start) as f64
+    };
+    ndarray::Array4::from_shape_fn((n, c, oh, ow), |(ni, ci, i, j)| {
+        let (rows, cols) = (taps(i, h, k.0, s.0, p.0, 1), taps(j, w, k.1, s.1, p.1, 1));
+        let mut sum = 0.0;
+        for &r in &rows {
+            for &q in &cols {
+                sum += x[[ni, ci, r, q]];
+            }
+        }
+        let div = match o.divisor_override {
+            Some(dv) => dv as f64,
+            None if o.count_include_pad => {
+                padded(i, h, k.0, s.0, p.0) * padded(j, w, k.1, s.1, p.1)
+            }
+            None => (rows.len() * cols.len()) as f64,
+        };
+        sum / div
+    })
+}
+
+/// Adaptive max pooling by its definition, the windows in floating point as
+/// [`pool_ref`].
+pub fn adaptive_max_pool_ref(
+    x: &ndarray::Array4<f64>,
+    (oh, ow): (usize, usize),
+) -> ndarray::Array4<f64> {
+    let (n, c, h, w) = x.dim();
+    let bounds = |i: usize, size: usize, out: usize| {
+        let start = (i as f64 * size as f64 / out as f64).floor() as usize;
+        let end = ((i + 1) as f64 * size as f64 / out as f64).ceil() as usize;
+        start..end
+    };
+    ndarray::Array4::from_shape_fn((n, c, oh, ow), |(ni, ci, i, j)| {
+        let mut m = f64::NEG_INFINITY;
+        for r in bounds(i, h, oh) {
+            for q in bounds(j, w, ow) {
+                m = m.max(x[[ni, ci, r, q]]);
+            }
+        }
+        m
+    })
+}
+
+/// `MaxPool2d(options)` on an (N, C, H, W) input of distinct values.
+pub fn max_pool(o: MaxPool2dOptions, x_shape: [usize; 4], seed: u64) -> OpCase {
+    OpCase {
+        input: Input::Distinct,
+        layer: Arc::new(move |_| Box::new(MaxPool2d::new(o).unwrap())),
+        functional: Some(Arc::new(move |x, _, dy| {
+            let x = f4(x);
+            let (y, idx) = max_pool2d_with_indices(x, &o).unwrap();
+            let dx = max_pool2d_backward(x.dim(), idx.view(), f4(dy)).unwrap();
+            vec![y.into_dyn(), dx.into_dyn()]
+        })),
+        reference: Arc::new(move |x, _| max_pool_ref(&d4(x), o).into_dyn()),
+        forward_tol: 0.0,
+        ..base(format!("max_pool2d {o:?}"), "max_pool2d", &x_shape, seed)
+    }
+}
+
+/// `AvgPool2d(options)` on an (N, C, H, W) input.
+pub fn avg_pool(o: AvgPool2dOptions, x_shape: [usize; 4], seed: u64) -> OpCase {
+    OpCase {
+        layer: Arc::new(move |_| Box::new(AvgPool2d::new(o).unwrap())),
+        functional: Some(Arc::new(move |x, _, dy| {
+            let x = f4(x);
+            let y = avg_pool2d(x, &o).unwrap();
+            let dx = avg_pool2d_backward(x.dim(), f4(dy), &o).unwrap();
+            vec![y.into_dyn(), dx.into_dyn()]
+        })),
+        reference: Arc::new(move |x, _| avg_pool_ref(&d4(x), o).into_dyn()),
+        forward_tol: 1e-6,
+        ..base(format!("avg_pool2d {o:?}"), "avg_pool2d", &x_shape, seed)
+    }
+}
+
+/// `AdaptiveMaxPool2d(out)` on an (N, C, H, W) input of distinct values.
+pub fn adaptive_max_pool(out: (usize, usize), x_shape: [usize; 4], seed: u64) -> OpCase {
+    OpCase {
+        input: Input::Distinct,
+        layer: Arc::new(move |_| Box::new(AdaptiveMaxPool2d::new(out).unwrap())),
+        functional: Some(Arc::new(move |x, _, dy| {
+            let x = f4(x);
+            let (y, idx) = adaptive_max_pool2d_with_indices(x, out).unwrap();
+            let dx = adaptive_max_pool2d_backward(x.dim(), idx.view(), f4(dy)).unwrap();
+            vec![y.into_dyn(), dx.into_dyn()]
+        })),
+        reference: Arc::new(move |x, _| adaptive_max_pool_ref(&d4(x), out).into_dyn()),
+        forward_tol: 0.0,
+        ..base(
+            format!("adaptive_max_pool2d {out:?}"),
+            "adaptive_max_pool2d",
             &x_shape,
             seed,
         )
@@ -718,6 +883,106 @@ pub fn op_cases() -> Vec<OpCase> {
         adaptive_avg_pool((1, 1), [19, 5, 7, 9], 45),
         adaptive_avg_pool((3, 4), [40, 4, 29, 31], 46),
         adaptive_avg_pool((31, 33), [40, 4, 29, 31], 47),
+        // Max pooling: default stride, overlapping windows with padding, dilation,
+        // ceil mode (a clipped last window), rectangular; and above the parallel
+        // threshold (N * C * H * W > 2^16).
+        max_pool(MaxPool2dOptions::new((2, 2)), [2, 3, 6, 6], 80),
+        max_pool(
+            MaxPool2dOptions::new((3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1)),
+            [2, 2, 9, 7],
+            81,
+        ),
+        max_pool(
+            MaxPool2dOptions::new((3, 2))
+                .with_stride((1, 2))
+                .with_dilation((2, 1))
+                .with_padding((1, 1)),
+            [2, 2, 8, 7],
+            82,
+        ),
+        max_pool(
+            MaxPool2dOptions::new((2, 3)).with_ceil_mode(true),
+            [1, 3, 7, 8],
+            83,
+        ),
+        max_pool(
+            MaxPool2dOptions::new((3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1))
+                .with_ceil_mode(true),
+            [2, 2, 6, 8],
+            84,
+        ),
+        max_pool(
+            MaxPool2dOptions::new((3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1)),
+            [40, 4, 29, 31],
+            85,
+        ),
+        // Average pooling: count_include_pad both ways, ceil mode with a window past
+        // the padded end, divisor_override (also negative), and a large one.
+        avg_pool(AvgPool2dOptions::new((2, 2)), [2, 3, 6, 6], 90),
+        avg_pool(
+            AvgPool2dOptions::new((3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1)),
+            [2, 2, 9, 7],
+            91,
+        ),
+        avg_pool(
+            AvgPool2dOptions::new((3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1))
+                .with_count_include_pad(false),
+            [2, 2, 9, 7],
+            92,
+        ),
+        avg_pool(
+            AvgPool2dOptions::new((3, 2))
+                .with_stride((2, 2))
+                .with_padding((1, 1))
+                .with_ceil_mode(true),
+            [2, 2, 6, 7],
+            93,
+        ),
+        avg_pool(
+            AvgPool2dOptions::new((3, 2))
+                .with_stride((2, 2))
+                .with_padding((1, 1))
+                .with_ceil_mode(true)
+                .with_count_include_pad(false),
+            [2, 2, 6, 7],
+            94,
+        ),
+        avg_pool(
+            AvgPool2dOptions::new((2, 3))
+                .with_stride((1, 2))
+                .with_divisor_override(Some(5)),
+            [2, 2, 5, 7],
+            95,
+        ),
+        avg_pool(
+            AvgPool2dOptions::new((2, 2)).with_divisor_override(Some(-3)),
+            [1, 2, 4, 4],
+            96,
+        ),
+        avg_pool(
+            AvgPool2dOptions::new((3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1)),
+            [40, 4, 29, 31],
+            97,
+        ),
+        // Adaptive max pooling: global, uneven and overlapping, larger than the input,
+        // and large.
+        adaptive_max_pool((1, 1), [2, 3, 5, 5], 100),
+        adaptive_max_pool((3, 2), [2, 3, 7, 5], 101),
+        adaptive_max_pool((5, 7), [2, 2, 3, 2], 102),
+        adaptive_max_pool((4, 3), [2, 2, 6, 6], 103),
+        adaptive_max_pool((3, 4), [40, 4, 29, 31], 104),
         // flatten
         flatten_layer(1, -1, &[2, 3, 4, 5], &[2, 60]),
         flatten_layer(0, -1, &[4, 1, 1, 1], &[4]),
@@ -848,6 +1113,9 @@ pub const OPS: &[&str] = &[
     "leaky_relu",
     "general_relu",
     "adaptive_avg_pool2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_max_pool2d",
     "flatten",
     "mse",
     "sequential",

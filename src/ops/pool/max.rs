@@ -1,0 +1,288 @@
+//! Max pooling: `max_pool2d` with its argmax indices, and the backward that routes each
+//! gradient to its argmax (shared with adaptive max pooling).
+
+use ndarray::{Array4, ArrayView4};
+use rayon::prelude::*;
+
+use super::{Span, check_grad, check_input, check_window, fixed_spans, min_planes, out_size};
+use crate::error::{Error, Result};
+use crate::limits::{try_standard_layout, try_zeros};
+
+const OP: &str = "max_pool2d";
+
+/// Kernel, stride, padding, dilation and `ceil_mode` of a 2-d max pool, each pair
+/// `(h, w)`: `torch.nn.MaxPool2d`'s arguments.
+///
+/// [`MaxPool2dOptions::new`] gives PyTorch's defaults: stride = kernel, padding 0,
+/// dilation 1, floor mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MaxPool2dOptions {
+    /// Window size `(h, w)`; must be positive.
+    pub kernel: (usize, usize),
+    /// Step between windows; must be positive. Default: the kernel size.
+    pub stride: (usize, usize),
+    /// Implicit `-inf` padding on both sides; at most half the kernel. Default `(0, 0)`.
+    pub padding: (usize, usize),
+    /// Spacing between window taps; must be positive. Default `(1, 1)`.
+    pub dilation: (usize, usize),
+    /// Round the output size up instead of down (the last window must still start inside
+    /// the input or its left padding). Default `false`.
+    pub ceil_mode: bool,
+}
+
+impl MaxPool2dOptions {
+    /// A `kernel` window with PyTorch's defaults: stride = kernel, no padding,
+    /// dilation 1, floor mode.
+    pub fn new(kernel: (usize, usize)) -> Self {
+        MaxPool2dOptions {
+            kernel,
+            stride: kernel,
+            padding: (0, 0),
+            dilation: (1, 1),
+            ceil_mode: false,
+        }
+    }
+
+    /// Sets the stride `(h, w)`.
+    pub fn with_stride(mut self, stride: (usize, usize)) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the padding `(h, w)`.
+    pub fn with_padding(mut self, padding: (usize, usize)) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation `(h, w)`.
+    pub fn with_dilation(mut self, dilation: (usize, usize)) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// Sets `ceil_mode`.
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.ceil_mode = ceil_mode;
+        self
+    }
+
+    /// Checks what can be checked without an input: kernel, stride and dilation
+    /// positive, padding at most half the kernel (PyTorch's rule).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `op` and the offending value.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        check_window(op, self.kernel, self.stride, self.padding, self.dilation)
+    }
+
+    /// The output size `(oh, ow)` for an `(H, W)` input, as PyTorch computes it, or
+    /// `None` when the window does not fit.
+    pub fn output_size(&self, input: (usize, usize)) -> Option<(usize, usize)> {
+        let k = self.kernel;
+        let one = |size, i: usize| {
+            let pick = |p: (usize, usize)| if i == 0 { p.0 } else { p.1 };
+            super::pool_out_size(
+                size,
+                pick(k),
+                pick(self.stride),
+                pick(self.padding),
+                pick(self.dilation),
+                self.ceil_mode,
+            )
+        };
+        Some((one(input.0, 0)?, one(input.1, 1)?))
+    }
+}
+
+/// `torch.nn.functional.max_pool2d(x, ...)` on (N, C, H, W): the largest value of each
+/// window (padding never wins; NaN does).
+///
+/// # Errors
+/// As [`max_pool2d_with_indices`].
+pub fn max_pool2d(x: ArrayView4<'_, f32>, options: &MaxPool2dOptions) -> Result<Array4<f32>> {
+    max_pool2d_with_indices(x, options).map(|(y, _)| y)
+}
+
+/// [`max_pool2d`] with `return_indices=True`: the output and, for each output, the flat
+/// index `h * W + w` of its maximum within its (N, C) plane, as PyTorch returns them.
+///
+/// As PyTorch's CPU kernel, each window is scanned row by row: a value replaces the
+/// maximum when it is larger or NaN, so ties go to the first maximum and a NaN wins
+/// (the last NaN of the window). A window with every tap in the padding (possible only
+/// with dilation) gives `-inf` and index `-1` (PyTorch gives an index outside the window
+/// there); its gradient goes nowhere.
+///
+/// # Errors
+/// [`Error::Config`] for a zero kernel, stride or dilation, or padding above half the
+/// kernel; [`Error::Shape`] for zero channels, height or width, or an input too small
+/// for the window; [`Error::Alloc`] when a buffer cannot be allocated.
+pub fn max_pool2d_with_indices(
+    x: ArrayView4<'_, f32>,
+    options: &MaxPool2dOptions,
+) -> Result<(Array4<f32>, Array4<i64>)> {
+    options.validate(OP)?;
+    check_input(OP, x.shape())?;
+    let o = options;
+    let (oh, ow) = out_size(
+        OP,
+        x.shape(),
+        o.kernel,
+        o.stride,
+        o.padding,
+        o.dilation,
+        o.ceil_mode,
+    )?;
+    let (_, _, h, w) = x.dim();
+    let rows = fixed_spans(h, oh, o.kernel.0, o.stride.0, o.padding.0, o.dilation.0);
+    let cols = fixed_spans(w, ow, o.kernel.1, o.stride.1, o.padding.1, o.dilation.1);
+    max_forward(OP, x, &rows, &cols, o.dilation)
+}
+
+/// The max-pool forward over precomputed windows (also adaptive max pooling's).
+pub(super) fn max_forward(
+    op: &'static str,
+    x: ArrayView4<'_, f32>,
+    rows: &[Span],
+    cols: &[Span],
+    (dh, dw): (usize, usize),
+) -> Result<(Array4<f32>, Array4<i64>)> {
+    let (n, c, h, w) = x.dim();
+    let (oh, ow) = (rows.len(), cols.len());
+    let describe = |what: &str| format!("the {what} {:?} of x {:?}", [n, c, oh, ow], x.shape());
+    let mut y: Array4<f32> = try_zeros(op, (n, c, oh, ow), || describe("output"))?;
+    let mut idx: Array4<i64> = try_zeros(op, (n, c, oh, ow), || describe("indices"))?;
+    let x = try_standard_layout(op, x, || format!("a contiguous copy of x {:?}", x.shape()))?;
+    let xs = x.as_slice().expect("standard layout");
+    let ys = y.as_slice_mut().expect("new array");
+    let is = idx.as_slice_mut().expect("new array");
+    let (hw, ohw) = (h * w, oh * ow);
+    let taps = (rows.iter().map(|s| s.len()).max().unwrap_or(0))
+        * (cols.iter().map(|s| s.len()).max().unwrap_or(0));
+    ys.par_chunks_mut(ohw)
+        .zip(is.par_chunks_mut(ohw))
+        .zip(xs.par_chunks(hw))
+        .with_min_len(min_planes(n * c, ohw * taps.max(1)))
+        .for_each(|((y, idx), x)| max_plane(x, w, rows, cols, (dh, dw), y, idx));
+    Ok((y, idx))
+}
+
+/// One plane: `y[i, j]` = the maximum over the taps of `rows[i] x cols[j]`, `idx` its
+/// flat index (see [`max_pool2d_with_indices`] for ties, NaN and empty windows).
+fn max_plane(
+    x: &[f32],
+    w: usize,
+    rows: &[Span],
+    cols: &[Span],
+    (dh, dw): (usize, usize),
+    y: &mut [f32],
+    idx: &mut [i64],
+) {
+    let ow = cols.len();
+    for (i, r) in rows.iter().enumerate() {
+        let y = &mut y[i * ow..(i + 1) * ow];
+        let idx = &mut idx[i * ow..(i + 1) * ow];
+        for (j, c) in cols.iter().enumerate() {
+            if r.is_empty() || c.is_empty() {
+                y[j] = f32::NEG_INFINITY;
+                idx[j] = -1;
+                continue;
+            }
+            let mut best = f32::NEG_INFINITY;
+            let mut at = r.start * w + c.start;
+            for ih in (r.start..r.end).step_by(dh) {
+                let row = &x[ih * w..(ih + 1) * w];
+                for iw in (c.start..c.end).step_by(dw) {
+                    let v = row[iw];
+                    if v > best || v.is_nan() {
+                        best = v;
+                        at = ih * w + iw;
+                    }
+                }
+            }
+            y[j] = best;
+            idx[j] = at as i64;
+        }
+    }
+}
+
+/// Backward of [`max_pool2d`]: `dx[n, c, index] += dy` for each output and its index
+/// (the `indices` from [`max_pool2d_with_indices`]), in output order, so windows that
+/// share a maximum add up. `x_shape` is the forward input's (N, C, H, W); an index of
+/// `-1` (a window wholly in the padding) routes nothing.
+///
+/// # Errors
+/// [`Error::Shape`] when `dy` and `indices` differ in shape, their batch or channels
+/// differ from `x_shape`, or an index lies outside its `H x W` plane; [`Error::Alloc`]
+/// when the input gradient cannot be allocated.
+pub fn max_pool2d_backward(
+    x_shape: (usize, usize, usize, usize),
+    indices: ArrayView4<'_, i64>,
+    dy: ArrayView4<'_, f32>,
+) -> Result<Array4<f32>> {
+    scatter_backward(OP, x_shape, indices, dy)
+}
+
+/// Routes `dy` to the indices (max and adaptive max pooling's backward).
+pub(super) fn scatter_backward(
+    op: &'static str,
+    x_shape: (usize, usize, usize, usize),
+    indices: ArrayView4<'_, i64>,
+    dy: ArrayView4<'_, f32>,
+) -> Result<Array4<f32>> {
+    if indices.shape() != dy.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "indices are {:?} but grad_out is {:?}: they must match",
+                indices.shape(),
+                dy.shape()
+            ),
+        ));
+    }
+    let (_, _, oh, ow) = dy.dim();
+    check_grad(op, x_shape, dy.shape(), (oh, ow))?;
+    let (n, c, h, w) = x_shape;
+    let hw = h * w;
+    if let Some((at, &bad)) = indices
+        .indexed_iter()
+        .find(|&(_, &i)| i < -1 || i >= hw as i64)
+    {
+        return Err(Error::shape(
+            op,
+            format!(
+                "index {bad} at {:?} is outside the {h} x {w} plane of input {:?}",
+                [at.0, at.1, at.2, at.3],
+                [n, c, h, w]
+            ),
+        ));
+    }
+    let mut dx: Array4<f32> = try_zeros(op, x_shape, || {
+        format!(
+            "the input gradient {:?} from grad_out {:?}",
+            [n, c, h, w],
+            dy.shape()
+        )
+    })?;
+    let describe = |what: &'static str| move || format!("a contiguous copy of {what}");
+    let dy = try_standard_layout(op, dy, describe("grad_out"))?;
+    let indices = try_standard_layout(op, indices, describe("the indices"))?;
+    let ohw = oh * ow;
+    if hw == 0 || ohw == 0 {
+        return Ok(dx);
+    }
+    dx.as_slice_mut()
+        .expect("new array")
+        .par_chunks_mut(hw)
+        .zip(dy.as_slice().expect("standard layout").par_chunks(ohw))
+        .zip(indices.as_slice().expect("standard layout").par_chunks(ohw))
+        .with_min_len(min_planes(n * c, ohw + hw))
+        .for_each(|((dx, dy), idx)| {
+            for (&g, &i) in dy.iter().zip(idx) {
+                if i >= 0 {
+                    dx[i as usize] += g;
+                }
+            }
+        });
+    Ok(dx)
+}
