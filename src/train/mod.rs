@@ -2,8 +2,10 @@
 //!
 //! - [`cross_entropy`] / [`cross_entropy_backward`] (softmax cross-entropy on logits,
 //!   `torch.nn.functional.cross_entropy`) and [`accuracy`].
-//! - [`Sgd`]: `torch.optim.SGD`'s exact update (momentum, dampening, weight decay,
-//!   Nesterov).
+//! - [`Optimizer`], the trait [`fit`] drives, and its implementations with PyTorch's
+//!   exact updates: [`Sgd`] (`torch.optim.SGD`: momentum, dampening, weight decay,
+//!   Nesterov), [`Adam`] and [`AdamW`] (bias correction, AMSGrad, L2 or decoupled weight
+//!   decay).
 //! - [`batch_indices`] and [`gather_images`]: seeded shuffled mini-batches.
 //! - [`fit`]: the training loop, reporting loss and accuracy per epoch ([`EpochReport`]),
 //!   with a per-step callback and an [`LrSchedule`]; [`evaluate`] for a held-out split.
@@ -22,5 +24,5 @@ pub use data::{batch_indices, gather_images, gather_rows};
 pub use fit::{EpochReport, FitConfig, LrSchedule, Split, StepInfo, evaluate, fit};
 pub use loss::{accuracy, argmax, cross_entropy, cross_entropy_backward, cross_entropy_with_grad};
 pub use lsuv::{LsuvConfig, LsuvLayer, LsuvPoint, lsuv};
-pub use optim::{Sgd, SgdConfig};
+pub use optim::{Adam, AdamConfig, AdamState, AdamW, Optimizer, Sgd, SgdConfig};
 pub use telemetry::{Histogram, LayerStats, Telemetry};
