@@ -17,7 +17,10 @@ use convinit::nn::{
     Sequential,
 };
 use convinit::ops::{mse, mse_backward};
-use convinit::train::{Adam, AdamConfig, AdamW, Optimizer};
+use convinit::train::{
+    Adam, AdamConfig, AdamW, CrossEntropyOptions, Optimizer, Reduction, cross_entropy_with,
+    cross_entropy_with_grad_with,
+};
 use ndarray::{Array1, Array2, Array4, ArrayD, Ix1, Ix2, Ix4};
 
 type Outcome = Result<Score, String>;
@@ -285,6 +288,44 @@ fn run_linear(case: &Case) -> Outcome {
     )?))
 }
 
+/// `F.cross_entropy` with `label_smoothing` and `reduction`: the loss and its gradient.
+fn run_cross_entropy(case: &Case) -> Outcome {
+    let logits = case
+        .tensor("logits")?
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(err)?;
+    let target = case
+        .tensor_i64("target")?
+        .view()
+        .into_dimensionality::<Ix1>()
+        .map_err(err)?;
+    let reduction = match case.meta_str("reduction")? {
+        "mean" => Reduction::Mean,
+        "sum" => Reduction::Sum,
+        other => return Err(format!("unknown reduction {other:?}")),
+    };
+    let options = CrossEntropyOptions::new()
+        .with_label_smoothing(case.meta_num("label_smoothing")?)
+        .with_reduction(reduction);
+    let (loss, grad) = cross_entropy_with_grad_with(logits, target, &options).map_err(err)?;
+    // The loss alone must agree with the fused pass, bit for bit.
+    if cross_entropy_with(logits, target, &options).map_err(err)? != loss {
+        return Err("cross_entropy_with and cross_entropy_with_grad_with differ".into());
+    }
+    let (n, k) = logits.dim();
+    let loss = ArrayD::from_elem(ndarray::IxDyn(&[1]), loss);
+    // Ours is f64 throughout, PyTorch's f32: the loss sums N rows of K-term log-sum-exps
+    // (N * K terms); each gradient element is a softmax over K terms.
+    let e = compare("loss", loss.view(), case.tensor("loss")?.view(), n * k)?;
+    Ok(e.max(compare(
+        "dlogits",
+        grad.view().into_dyn(),
+        case.tensor("dlogits")?.view(),
+        k,
+    )?))
+}
+
 fn run_init_stats(case: &Case) -> Outcome {
     let shape: Vec<usize> = case.meta_list("shape")?;
     let (fan_in, fan_out) = fans(&shape).map_err(err)?;
@@ -369,6 +410,7 @@ fn run_case(case: &Case) -> Outcome {
         "init_stats" => run_init_stats(case),
         "adam" => run_adam(case),
         "linear" => run_linear(case),
+        "cross_entropy" => run_cross_entropy(case),
         other => Err(format!("unknown op {other:?}")),
     }
 }

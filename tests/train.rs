@@ -11,9 +11,11 @@ use convinit::nn::{
     Relu, Sequential,
 };
 use convinit::train::{
-    Adam, AdamConfig, AdamW, FitConfig, LrSchedule, LsuvConfig, LsuvPoint, Optimizer, Sgd,
-    SgdConfig, Split, Telemetry, accuracy, batch_indices, cross_entropy, cross_entropy_backward,
-    cross_entropy_with_grad, evaluate, fit, gather_images, gather_rows, lsuv,
+    Adam, AdamConfig, AdamW, CrossEntropyOptions, FitConfig, LrSchedule, LsuvConfig, LsuvPoint,
+    Optimizer, Reduction, Sgd, SgdConfig, Split, Telemetry, accuracy, batch_indices, cross_entropy,
+    cross_entropy_backward, cross_entropy_backward_with, cross_entropy_with,
+    cross_entropy_with_grad, cross_entropy_with_grad_with, evaluate, fit, gather_images,
+    gather_rows, lsuv, predict, softmax,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, ShapeBuilder, array};
 use ndarray_rand::RandomExt;
@@ -162,6 +164,140 @@ fn cross_entropy_is_stable_and_rejects_bad_targets() {
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     let empty = Array2::<f32>::zeros((0, 3));
     assert!(cross_entropy(empty.view(), Array1::<i64>::zeros(0).view()).is_err());
+}
+
+/// `F.cross_entropy` with options by its definition in f64: per row
+/// `(1 - ls) * (-log p[t]) + ls * mean_k(-log p[k])`, then mean or sum.
+fn ce_f64(l: &Array2<f64>, target: &Array1<i64>, ls: f64, sum: bool) -> f64 {
+    let mut s = 0.0;
+    for (row, &t) in l.outer_iter().zip(target) {
+        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        let smooth = row.iter().map(|v| lse - v).sum::<f64>() / row.len() as f64;
+        s += (1.0 - ls) * (lse - row[t as usize]) + ls * smooth;
+    }
+    if sum { s } else { s / l.nrows() as f64 }
+}
+
+#[test]
+fn cross_entropy_smoothing_and_sum_follow_the_definition_and_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let logits = Array2::<f32>::random_using((5, 7), StandardNormal, &mut rng) * 3.0;
+    let target = array![0i64, 6, 3, 3, 1];
+    let base = logits.mapv(f64::from);
+    for ls in [0.0f32, 0.1, 0.5, 1.0] {
+        for (reduction, sum) in [(Reduction::Mean, false), (Reduction::Sum, true)] {
+            let o = CrossEntropyOptions::new()
+                .with_label_smoothing(ls)
+                .with_reduction(reduction);
+            let ls = f64::from(ls);
+            let (loss, grad) =
+                cross_entropy_with_grad_with(logits.view(), target.view(), &o).unwrap();
+            let want = ce_f64(&base, &target, ls, sum);
+            assert!(
+                (f64::from(loss) - want).abs() < 1e-6 * want.abs().max(1.0),
+                "{o:?}: {loss} vs {want}"
+            );
+            assert_eq!(
+                cross_entropy_with(logits.view(), target.view(), &o).unwrap(),
+                loss
+            );
+            assert_eq!(
+                cross_entropy_backward_with(logits.view(), target.view(), &o).unwrap(),
+                grad
+            );
+            let h = 1e-5;
+            for ((i, j), &g) in grad.indexed_iter() {
+                let (mut plus, mut minus) = (base.clone(), base.clone());
+                plus[[i, j]] += h;
+                minus[[i, j]] -= h;
+                let fd = (ce_f64(&plus, &target, ls, sum) - ce_f64(&minus, &target, ls, sum))
+                    / (2.0 * h);
+                assert!(
+                    (f64::from(g) - fd).abs() < 1e-6,
+                    "{o:?}: d loss / d logits[{i}, {j}]: ours {g}, finite difference {fd}"
+                );
+            }
+        }
+    }
+    // The defaults are the plain functions', bit for bit.
+    let d = CrossEntropyOptions::default();
+    assert_eq!(
+        cross_entropy_with_grad_with(logits.view(), target.view(), &d).unwrap(),
+        cross_entropy_with_grad(logits.view(), target.view()).unwrap()
+    );
+    // Smoothing moves the loss (so the comparisons above can fail).
+    let smooth = CrossEntropyOptions::new().with_label_smoothing(0.1);
+    let (a, b) = (
+        cross_entropy_with(logits.view(), target.view(), &smooth).unwrap(),
+        cross_entropy(logits.view(), target.view()).unwrap(),
+    );
+    assert!((a - b).abs() > 1e-2, "{a} vs {b}");
+}
+
+#[test]
+fn cross_entropy_options_reject_bad_smoothing() {
+    let (logits, target) = ce_case();
+    for ls in [-0.1f32, 1.5, f32::NAN] {
+        let o = CrossEntropyOptions::new().with_label_smoothing(ls);
+        let e = cross_entropy_with(logits.view(), target.view(), &o).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    op: "cross_entropy",
+                    ..
+                }
+            ),
+            "{ls}: {e}"
+        );
+        assert!(
+            e.to_string().contains(&format!("label_smoothing = {ls}")),
+            "{e}"
+        );
+        assert!(cross_entropy_with_grad_with(logits.view(), target.view(), &o).is_err());
+    }
+}
+
+#[test]
+fn softmax_rows_sum_to_one_and_survive_large_logits() {
+    let (logits, _) = ce_case();
+    let p = softmax(logits.view()).unwrap();
+    for (row, l) in p.outer_iter().zip(logits.outer_iter()) {
+        assert!((row.sum() - 1.0).abs() < 1e-6, "{row}");
+        // Order-preserving, and exp(l_k - l_0) = p_k / p_0.
+        let (l0, p0) = (f64::from(l[0]), f64::from(row[0]));
+        for (&pk, &lk) in row.iter().zip(l.iter()) {
+            if pk > 1e-30 && p0 > 1e-30 {
+                let r = f64::from(pk) / p0;
+                assert!((r.ln() - (f64::from(lk) - l0)).abs() < 1e-5, "{row}");
+            }
+        }
+    }
+    assert_eq!(p.row(3).to_vec(), [0.2; 5]);
+    let nan = softmax(array![[0.0f32, f32::NAN]].view()).unwrap();
+    assert!(nan.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn predict_gives_the_argmax_of_the_logits() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut net = Sequential::new()
+        .with(Flatten::new(1, -1))
+        .with(Linear::new(LinearConfig::new(6, 4), &mut rng).unwrap());
+    let x = Array4::<f32>::random_using((9, 1, 2, 3), StandardNormal, &mut rng).into_dyn();
+    let classes = predict(&mut net, x.view()).unwrap();
+    let logits = net
+        .forward(x.view())
+        .unwrap()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    assert_eq!(classes, convinit::train::argmax(logits.view()).unwrap());
+    assert!(classes.iter().any(|&c| c != classes[0]), "{classes:?}");
+    // Logits must be (N, classes).
+    let mut flat = Sequential::new().with(Flatten::new(0, -1));
+    let e = predict(&mut flat, x.view()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
 
 #[test]
@@ -1082,6 +1218,51 @@ fn fit_trains_with_adam() {
     // No schedule: the optimiser's own rate at every step, left as it was.
     assert!(lrs.iter().all(|&l| l == 1e-2), "{lrs:?}");
     assert_eq!(opt.lr(), 1e-2);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "embedded-sample"),
+    ignore = "needs the embedded-sample feature"
+)]
+fn fit_trains_with_the_loss_options() {
+    let (xt, yt, _, _) = mnist(64);
+    let train = Split::new(xt.view(), yt.view());
+    let run = |loss: CrossEntropyOptions, lr: f32| {
+        let mut net = small_net(&Init::KAIMING_NORMAL, 1);
+        let mut opt = Sgd::new(SgdConfig::new(lr)).unwrap();
+        let mut losses = Vec::new();
+        let config = FitConfig::new(1, 16).with_loss(loss);
+        let h = fit(&mut net, &mut opt, train, None, &config, |info, _| {
+            losses.push(info.loss);
+            Ok(())
+        })
+        .unwrap();
+        (
+            h[0].train_loss,
+            losses,
+            net.named_parameters()[0].value.to_owned(),
+        )
+    };
+    let (mean, mean_steps, w_mean) = run(CrossEntropyOptions::new(), 0.1);
+    // A sum over batches of 16 at lr / 16 takes the same steps (up to rounding); its
+    // per-step losses are 16 times the means, and the epoch figure is per example.
+    let sum = CrossEntropyOptions::new().with_reduction(Reduction::Sum);
+    let (per_example, sum_steps, w_sum) = run(sum, 0.1 / 16.0);
+    assert!(
+        (per_example - mean).abs() < 1e-4 * mean,
+        "{per_example} vs {mean}"
+    );
+    assert!((sum_steps[0] - 16.0 * mean_steps[0]).abs() < 1e-4 * sum_steps[0]);
+    assert!(w_sum.iter().zip(&w_mean).all(|(a, b)| (a - b).abs() < 1e-4));
+    // Smoothing changes what is minimised; a bad value is refused before any step.
+    let (smoothed, _, _) = run(CrossEntropyOptions::new().with_label_smoothing(0.2), 0.1);
+    assert!(smoothed != mean);
+    let mut net = small_net(&Init::KAIMING_NORMAL, 1);
+    let mut opt = Sgd::new(SgdConfig::new(0.1)).unwrap();
+    let bad = FitConfig::new(1, 16).with_loss(CrossEntropyOptions::new().with_label_smoothing(2.0));
+    let e = fit(&mut net, &mut opt, train, None, &bad, |_, _| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("label_smoothing = 2"), "{e}");
 }
 
 #[test]

@@ -3,12 +3,15 @@
 
 use std::time::Instant;
 
-use ndarray::{ArrayD, ArrayView1, ArrayView2, Ix2};
+use ndarray::{ArrayD, ArrayView1, ArrayView2, ArrayViewD, Ix2};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::data::{batch_indices, gather_images};
-use super::loss::{check_labels, correct, cross_entropy_with_grad};
+use super::loss::{
+    CrossEntropyOptions, Reduction, argmax, check_labels, correct, cross_entropy_with_grad,
+    cross_entropy_with_grad_with,
+};
 use super::optim::Optimizer;
 use crate::error::{Error, Result};
 use crate::nn::Sequential;
@@ -89,6 +92,9 @@ pub struct FitConfig {
     /// How the optimiser's learning rate moves, relative to its base rate (no schedule
     /// by default: the optimiser's own rate throughout).
     pub schedule: LrSchedule,
+    /// The training loss's options (label smoothing, reduction); PyTorch's defaults by
+    /// default. Validation figures are always the plain mean cross-entropy.
+    pub loss: CrossEntropyOptions,
 }
 
 impl FitConfig {
@@ -101,7 +107,14 @@ impl FitConfig {
             image_shape: (1, 28, 28),
             seed: 0,
             schedule: LrSchedule::Constant,
+            loss: CrossEntropyOptions::default(),
         }
+    }
+
+    /// Sets the training loss's options.
+    pub fn with_loss(mut self, loss: CrossEntropyOptions) -> Self {
+        self.loss = loss;
+        self
     }
 
     /// Sets the image shape `(C, H, W)`.
@@ -132,7 +145,8 @@ pub struct StepInfo {
     pub step: usize,
     /// Steps in the whole run.
     pub total_steps: usize,
-    /// Cross-entropy of this batch.
+    /// The training loss of this batch ([`FitConfig::loss`]: by default the mean
+    /// cross-entropy; with [`Reduction::Sum`] the sum over the batch).
     pub loss: f32,
     /// Images in this batch.
     pub batch_size: usize,
@@ -145,8 +159,9 @@ pub struct StepInfo {
 pub struct EpochReport {
     /// Epoch, 0-based.
     pub epoch: usize,
-    /// Mean cross-entropy over the epoch's training batches (weighted by batch size),
-    /// each measured before its update.
+    /// The training loss per example over the epoch's training batches (weighted by
+    /// batch size; a [`Reduction::Sum`] batch loss divided by its size), each measured
+    /// before its update.
     pub train_loss: f32,
     /// Accuracy over the epoch's training batches, each measured before its update.
     pub train_accuracy: f32,
@@ -234,6 +249,19 @@ pub fn evaluate(
     Ok(((loss / n) as f32, (right as f64 / n) as f32))
 }
 
+/// The class of each row of `x`: the index of the largest of the network's logits (first
+/// on ties, NaN counts as largest, as [`super::argmax`]). `x` is the network's input
+/// (e.g. (N, C, H, W)); the network must output (N, classes). Runs
+/// [`Sequential::forward`], so the activations are kept as after any forward pass.
+///
+/// # Errors
+/// [`Error::Shape`] when the output is not (N, classes) or has no classes; any layer
+/// error.
+pub fn predict(net: &mut Sequential, x: ArrayViewD<'_, f32>) -> Result<Vec<i64>> {
+    let out = logits(net.forward(x)?)?;
+    argmax(out.view())
+}
+
 /// Trains `net` with `opt` on `train` for `config.epochs` epochs and returns one
 /// [`EpochReport`] per epoch (with validation figures when `valid` is given).
 ///
@@ -312,6 +340,7 @@ where
         return Err(Error::shape(OP, "cannot train on an empty split"));
     }
     config.schedule.validate()?;
+    config.loss.validate()?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = per_epoch.checked_mul(config.epochs).ok_or_else(|| {
@@ -344,9 +373,12 @@ where
                     check_labels("valid.y", v.y, out.ncols())?;
                 }
             }
-            let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
+            let (loss, grad) = cross_entropy_with_grad_with(out.view(), yb.view(), &config.loss)?;
             right += correct(out.view(), yb.view())?;
-            loss_sum += f64::from(loss) * idx.len() as f64;
+            loss_sum += match config.loss.reduction {
+                Reduction::Mean => f64::from(loss) * idx.len() as f64,
+                Reduction::Sum => f64::from(loss),
+            };
             // The batch needs no gradient: skip the first layer's input gradient.
             net.backward_params(grad.into_dyn())?;
             let lr = match config.schedule {
