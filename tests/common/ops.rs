@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use convinit::nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu, Layer, LeakyRelu, Linear,
-    LinearConfig, Relu, Sequential,
+    LinearConfig, Relu, Sequential, Sigmoid, Tanh,
 };
 use convinit::ops::{
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward, flatten,
     flatten_backward, leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward,
-    relu, relu_backward,
+    relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward,
 };
 use ndarray::{
     ArcArrayD, Array, Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Ix1, Ix2, Ix4, IxDyn,
@@ -337,6 +337,40 @@ pub fn leaky_relu_layer(slope: f32, x_shape: &[usize], seed: u64) -> OpCase {
         reference: Arc::new(move |x, _| x.mapv(|v| if v > 0.0 { v } else { s * v })),
         forward_tol: 1e-7,
         ..base(format!("leaky_relu({slope})"), "leaky_relu", x_shape, seed)
+    }
+}
+
+/// `Tanh` on any shape; the functional backward takes the forward's output.
+pub fn tanh_layer(x_shape: &[usize], seed: u64) -> OpCase {
+    OpCase {
+        elementwise: true,
+        layer: Arc::new(|_| Box::new(Tanh::new())),
+        functional: Some(Arc::new(|x, _, dy| {
+            let y = tanh(x.view()).unwrap();
+            let dx = tanh_backward(y.view(), dy.view()).unwrap();
+            vec![y, dx]
+        })),
+        reference: Arc::new(|x, _| x.mapv(f64::tanh)),
+        // f32's tanh is within a few ulp.
+        forward_tol: 1e-6,
+        ..base("tanh".into(), "tanh", x_shape, seed)
+    }
+}
+
+/// `Sigmoid` on any shape; the
+/// functional backward takes the forward's output.
+pub fn sigmoid_layer(x_shape: &[usize], seed: u64) -> OpCase {
+    OpCase {
+        elementwise: true,
+        layer: Arc::new(|_| Box::new(Sigmoid::new())),
+        functional: Some(Arc::new(|x, _, dy| {
+            let y = sigmoid(x.view()).unwrap();
+            let dx = sigmoid_backward(y.view(), dy.view()).unwrap();
+            vec![y, dx]
+        })),
+        reference: Arc::new(|x, _| x.mapv(|v| 1.0 / (1.0 + (-v).exp()))),
+        forward_tol: 1e-6,
+        ..base("sigmoid".into(), "sigmoid", x_shape, seed)
     }
 }
 
@@ -708,6 +742,12 @@ pub fn op_cases() -> Vec<OpCase> {
         general_relu_layer(Some(0.1), Some(0.4), Some(6.0), &[2, 3, 4, 5], 36),
         general_relu_layer(None, Some(0.4), None, &[3, 7], 37),
         general_relu_layer(Some(0.1), Some(0.4), Some(6.0), &[19, 5, 29, 31], 38),
+        // tanh and sigmoid (backward from the saved output), small and above the
+        // parallel threshold.
+        tanh_layer(&[2, 3, 4, 5], 25),
+        tanh_layer(&[19, 5, 29, 31], 26),
+        sigmoid_layer(&[3, 2, 5], 27),
+        sigmoid_layer(&[70_001], 28),
         // Adaptive average pooling: global, uneven and overlapping windows, outputs
         // larger than the input; and batches above the parallel threshold.
         adaptive_avg_pool((1, 1), [2, 2, 4, 4], 40),
@@ -801,6 +841,18 @@ pub fn op_cases() -> Vec<OpCase> {
             1e-6,
         ),
         sequential(
+            "tanh and sigmoid",
+            vec![
+                linear_layer(LinearConfig::new(6, 5), 4, 0),
+                tanh_layer(&[1], 0),
+                linear_layer(LinearConfig::new(5, 3), 4, 0),
+                sigmoid_layer(&[1], 0),
+            ],
+            &[4, 6],
+            78,
+            1e-6,
+        ),
+        sequential(
             "linear first",
             vec![
                 linear_layer(LinearConfig::new(12, 7), 9, 0),
@@ -847,6 +899,8 @@ pub const OPS: &[&str] = &[
     "relu",
     "leaky_relu",
     "general_relu",
+    "tanh",
+    "sigmoid",
     "adaptive_avg_pool2d",
     "flatten",
     "mse",
