@@ -24,6 +24,10 @@ use convinit::ops::{
     flatten_backward, leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward,
     relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward,
 };
+use convinit::train::{
+    CrossEntropyOptions, Reduction, cross_entropy_backward_with, cross_entropy_with,
+    cross_entropy_with_grad_with,
+};
 use ndarray::{
     ArcArrayD, Array, Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Ix1, Ix2, Ix4, IxDyn,
     ShapeBuilder,
@@ -512,6 +516,107 @@ impl Layer for MseLoss {
     }
 }
 
+/// `cross_entropy_with` against fixed class targets, as a layer: forward gives the loss
+/// as a `[1]` tensor, backward `dy[0] * cross_entropy_backward_with(logits, target)`.
+#[derive(Debug, Clone)]
+pub struct CrossEntropyLoss {
+    target: Array1<i64>,
+    options: CrossEntropyOptions,
+    logits: Option<Array2<f32>>,
+}
+
+impl CrossEntropyLoss {
+    pub fn new(target: Array1<i64>, options: CrossEntropyOptions) -> Self {
+        CrossEntropyLoss {
+            target,
+            options,
+            logits: None,
+        }
+    }
+}
+
+impl Layer for CrossEntropyLoss {
+    fn name(&self) -> &'static str {
+        "CrossEntropyLoss"
+    }
+
+    fn forward(&mut self, x: ArrayViewD<'_, f32>) -> convinit::Result<ArrayD<f32>> {
+        let x = x.into_dimensionality::<Ix2>().expect("logits (N, K)");
+        let loss = cross_entropy_with(x.view(), self.target.view(), &self.options)?;
+        self.logits = Some(x.to_owned());
+        Ok(ArrayD::from_elem(IxDyn(&[1]), loss))
+    }
+
+    fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> convinit::Result<ArrayD<f32>> {
+        let logits = self
+            .logits
+            .as_ref()
+            .expect("CrossEntropyLoss: forward first");
+        let g = cross_entropy_backward_with(logits.view(), self.target.view(), &self.options)?;
+        Ok((g * grad_out[[0]]).into_dyn())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+fn ce_target(n: usize, k: usize, seed: u64) -> Array1<i64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xce);
+    Array1::from_shape_simple_fn(n, || rng.random_range(0..k as i64))
+}
+
+/// `F.cross_entropy(logits, target, label_smoothing, reduction)` on (N, K) logits against
+/// N class targets (from the seed); the reference is the definition in f64.
+pub fn cross_entropy_loss(
+    n: usize,
+    k: usize,
+    label_smoothing: f32,
+    reduction: Reduction,
+    seed: u64,
+) -> OpCase {
+    let options = CrossEntropyOptions::new()
+        .with_label_smoothing(label_smoothing)
+        .with_reduction(reduction);
+    let target = ce_target(n, k, seed);
+    let (t1, t2) = (target.clone(), target.clone());
+    let ls = f64::from(label_smoothing);
+    OpCase {
+        layer: Arc::new(move |_| Box::new(CrossEntropyLoss::new(t1.clone(), options))),
+        functional: Some(Arc::new(move |x, _, dy| {
+            let (loss, g) = cross_entropy_with_grad_with(f2(x), t2.view(), &options).unwrap();
+            vec![
+                ArrayD::from_elem(IxDyn(&[1]), loss),
+                (g * dy[[0]]).into_dyn(),
+            ]
+        })),
+        reference: Arc::new(move |x, _| {
+            let mut total = 0.0;
+            for (row, &t) in d2(x).outer_iter().zip(&target) {
+                let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                let smooth = row.iter().map(|v| lse - v).sum::<f64>() / row.len() as f64;
+                total += (1.0 - ls) * (lse - row[t as usize]) + ls * smooth;
+            }
+            if reduction == Reduction::Mean {
+                total /= n as f64;
+            }
+            ArrayD::from_elem(IxDyn(&[1]), total)
+        }),
+        forward_tol: 1e-6,
+        ..base(
+            format!("cross_entropy(ls={label_smoothing}, {reduction:?})"),
+            "cross_entropy",
+            &[n, k],
+            seed,
+        )
+    }
+}
+
 /// A `Sequential` as a `Layer` (each method the `Sequential` one of the same name), so
 /// networks are table cases too.
 #[derive(Debug)]
@@ -768,6 +873,11 @@ pub fn op_cases() -> Vec<OpCase> {
         mse_loss(&[7], 60),
         mse_loss(&[7, 1], 61),
         mse_loss(&[1001], 62),
+        // cross_entropy: smoothing 0, between and 1, mean and sum.
+        cross_entropy_loss(5, 7, 0.0, Reduction::Mean, 63),
+        cross_entropy_loss(6, 4, 0.1, Reduction::Sum, 64),
+        cross_entropy_loss(3, 9, 1.0, Reduction::Mean, 65),
+        cross_entropy_loss(1, 2, 0.3, Reduction::Sum, 66),
         // Sequential: the whole chain with a loss (every parameter gradient against
         // finite differences), element-wise chains (the layout test's), the seed net.
         sequential(
@@ -904,6 +1014,7 @@ pub const OPS: &[&str] = &[
     "adaptive_avg_pool2d",
     "flatten",
     "mse",
+    "cross_entropy",
     "sequential",
 ];
 
