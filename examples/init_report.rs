@@ -122,7 +122,7 @@ fn train(args: &Args, init: &'static str, data: Split<'_>) -> convinit::Result<R
         lsuv(&mut net, xb.into_dyn().view(), &LsuvConfig::default())?;
     }
     let mut opt = Sgd::new(SgdConfig::new(args.lr).with_momentum(0.9))?;
-    let config = FitConfig::new(1, args.batch_size, args.lr).with_seed(args.seed);
+    let config = FitConfig::new(1, args.batch_size).with_seed(args.seed);
     // fast.ai's range; 20 bins instead of 40 keep the SVG small.
     let mut telemetry = Telemetry::new().with_histogram(20, (0.0, 10.0))?;
     let mut losses = Vec::new();

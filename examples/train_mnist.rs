@@ -160,12 +160,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let (xb, _) = gather_images(train.x, train.y, &idx, (1, 28, 28))?;
             lsuv(&mut net, xb.into_dyn().view(), &LsuvConfig::default())?;
         }
-        let config = FitConfig::new(args.epochs, args.batch_size, args.lr)
+        // The optimiser holds the rate (the schedule's peak); the schedule scales it.
+        let config = FitConfig::new(args.epochs, args.batch_size)
             .with_seed(args.seed)
-            .with_schedule(LrSchedule::WarmupCosine {
-                peak: args.lr,
-                warmup: 0.1,
-            });
+            .with_schedule(LrSchedule::WarmupCosine { warmup: 0.1 });
         let mut opt = Sgd::new(
             SgdConfig::new(args.lr)
                 .with_momentum(0.9)

@@ -2029,7 +2029,7 @@ fn conv_valid(
     bias_len: Option<usize>,
 ) -> bool {
     let (g, (sh, sw), (ph, pw), (dh, dw)) = (opts.groups, opts.stride, opts.padding, opts.dilation);
-    let fits = |input: usize, k: usize, p: usize, d: usize| input + 2 * p >= d * (k - 1) + 1;
+    let fits = |input: usize, k: usize, p: usize, d: usize| input + 2 * p > d * (k - 1);
     g > 0
         && sh > 0
         && sw > 0

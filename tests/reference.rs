@@ -14,10 +14,14 @@ use common::{Case, Score, case_paths, compare, fixtures_dir, load_case, referenc
 use convinit::init::{Nonlinearity, calculate_gain, default_bounds, fans};
 use convinit::nn::{
     AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer,
-    LeakyRelu, MaxPool2d, Relu, Sequential,
+    LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential,
 };
 use convinit::ops::{AvgPool2dOptions, MaxPool2dOptions, mse, mse_backward};
-use ndarray::{Array1, Array4, ArrayD, Ix1, Ix4};
+use convinit::train::{
+    Adam, AdamConfig, AdamW, CrossEntropyOptions, Optimizer, Reduction, cross_entropy_with,
+    cross_entropy_with_grad_with,
+};
+use ndarray::{Array1, Array2, Array4, ArrayD, Ix1, Ix2, Ix4};
 
 type Outcome = Result<Score, String>;
 
@@ -311,6 +315,125 @@ fn run_seed_net(case: &Case) -> Outcome {
     Ok(e)
 }
 
+/// The four steps of `torch.optim.Adam` / `AdamW` recorded in the case, on one
+/// parameter (a bias-free `Linear(1, n)`'s weight, n x 1).
+fn run_adam(case: &Case) -> Outcome {
+    let beta = |key| case.meta_num::<f64>(key);
+    let config = AdamConfig {
+        lr: case.meta_num("lr")?,
+        betas: (beta("beta1")?, beta("beta2")?),
+        eps: case.meta_num("eps")?,
+        weight_decay: case.meta_num("weight_decay")?,
+        amsgrad: case.meta_num("amsgrad")?,
+    };
+    let mut opt: Box<dyn Optimizer> = match case.meta_str("variant")? {
+        "adam" => Box::new(Adam::new(config).map_err(err)?),
+        "adamw" => Box::new(AdamW::new(config).map_err(err)?),
+        other => return Err(format!("unknown variant {other:?}")),
+    };
+    let p0 = case.tensor("p0")?;
+    let n = p0.len();
+    let as_column = |a: &ArrayD<f32>| {
+        a.to_shape((n, 1))
+            .map(|v| v.to_owned())
+            .map_err(|e| format!("{e}"))
+    };
+    let layer = Linear::from_parts(
+        LinearConfig::new(1, n).with_bias(false),
+        as_column(p0)?,
+        None,
+    )
+    .map_err(err)?;
+    let mut net = Sequential::new().with(layer);
+    let mut e = Score::default();
+    for k in 1..=4 {
+        let g = as_column(case.tensor(&format!("g{k}"))?)?;
+        net.named_parameters_mut()[0].grad.assign(&g);
+        opt.step(&mut net).map_err(err)?;
+        let ours = net.named_parameters()[0].value.to_owned();
+        let want = case.tensor(&format!("p{k}"))?;
+        let ours = ours.to_shape(want.shape()).map_err(|e| format!("{e}"))?;
+        // Step k: each step rounds the parameter once (p + update, at p's scale) and
+        // computes an lr-sized update in a handful of f32 operations, whose rounding is
+        // far below p's ulp: k steps accumulate like k terms.
+        e = e.max(compare(&format!("p{k}"), ours.view(), want.view(), k)?);
+    }
+    Ok(e)
+}
+
+/// `Linear`: forward and backward against `F.linear`.
+fn run_linear(case: &Case) -> Outcome {
+    let as2 = |key| -> Result<Array2<f32>, String> {
+        case.tensor(key)?
+            .clone()
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| format!("tensor {key:?}: {e}"))
+    };
+    let w = as2("w")?;
+    let (out, inp) = w.dim();
+    let mut layer =
+        Linear::from_parts(LinearConfig::new(inp, out), w, Some(as1(case, "b")?)).map_err(err)?;
+    let x = case.tensor("x")?;
+    let n = x.shape()[0];
+    let y = layer.forward(x.view()).map_err(err)?;
+    let dx = layer.backward(case.tensor("dy")?.view()).map_err(err)?;
+    // Terms per element: y sums `in` products and the bias, dx sums `out`, dw and db sum
+    // over the N rows.
+    let mut e = compare("y", y.view(), case.tensor("y")?.view(), inp + 1)?;
+    e = e.max(compare("dx", dx.view(), case.tensor("dx")?.view(), out)?);
+    e = e.max(compare(
+        "dw",
+        layer.weight_grad().view().into_dyn(),
+        case.tensor("dw")?.view(),
+        n,
+    )?);
+    let db = layer.bias_grad().ok_or("no bias gradient")?;
+    Ok(e.max(compare(
+        "db",
+        db.view().into_dyn(),
+        case.tensor("db")?.view(),
+        n,
+    )?))
+}
+
+/// `F.cross_entropy` with `label_smoothing` and `reduction`: the loss and its gradient.
+fn run_cross_entropy(case: &Case) -> Outcome {
+    let logits = case
+        .tensor("logits")?
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(err)?;
+    let target = case
+        .tensor_i64("target")?
+        .view()
+        .into_dimensionality::<Ix1>()
+        .map_err(err)?;
+    let reduction = match case.meta_str("reduction")? {
+        "mean" => Reduction::Mean,
+        "sum" => Reduction::Sum,
+        other => return Err(format!("unknown reduction {other:?}")),
+    };
+    let options = CrossEntropyOptions::new()
+        .with_label_smoothing(case.meta_num("label_smoothing")?)
+        .with_reduction(reduction);
+    let (loss, grad) = cross_entropy_with_grad_with(logits, target, &options).map_err(err)?;
+    // The loss alone must agree with the fused pass, bit for bit.
+    if cross_entropy_with(logits, target, &options).map_err(err)? != loss {
+        return Err("cross_entropy_with and cross_entropy_with_grad_with differ".into());
+    }
+    let (n, k) = logits.dim();
+    let loss = ArrayD::from_elem(ndarray::IxDyn(&[1]), loss);
+    // Ours is f64 throughout, PyTorch's f32: the loss sums N rows of K-term log-sum-exps
+    // (N * K terms); each gradient element is a softmax over K terms.
+    let e = compare("loss", loss.view(), case.tensor("loss")?.view(), n * k)?;
+    Ok(e.max(compare(
+        "dlogits",
+        grad.view().into_dyn(),
+        case.tensor("dlogits")?.view(),
+        k,
+    )?))
+}
+
 fn run_init_stats(case: &Case) -> Outcome {
     let shape: Vec<usize> = case.meta_list("shape")?;
     let (fan_in, fan_out) = fans(&shape).map_err(err)?;
@@ -396,6 +519,9 @@ fn run_case(case: &Case) -> Outcome {
         "max_pool2d" => run_max_pool(case),
         "avg_pool2d" => run_avg_pool(case),
         "adaptive_max_pool2d" => run_adaptive_max_pool(case),
+        "adam" => run_adam(case),
+        "linear" => run_linear(case),
+        "cross_entropy" => run_cross_entropy(case),
         other => Err(format!("unknown op {other:?}")),
     }
 }

@@ -1,4 +1,4 @@
-//! Parameter-free activation layers: `ReLU` and `LeakyReLU`.
+//! Parameter-free activation layers: `ReLU`, `LeakyReLU`, `Tanh` and `Sigmoid`.
 
 use std::any::Any;
 
@@ -9,7 +9,8 @@ use crate::error::Result;
 use crate::limits::try_to_owned;
 use crate::ops::{
     leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
-    update_array, update_array_with, zip_map_array,
+    sigmoid_grad_value, sigmoid_value, tanh_grad_value, tanh_value, update_array,
+    update_array_with, zip_map_array,
 };
 
 /// What an element-wise activation keeps between forward and backward.
@@ -45,6 +46,27 @@ impl Saved {
         let y = map_array(op, x.view(), f)?;
         let kept = try_to_owned(op, x.view(), || {
             format!("the copy of the input kept for backward, x {:?}", x.shape())
+        })?;
+        self.values = Some(kept.into_shared());
+        Ok(y)
+    }
+
+    /// Forward through `f` on the view path, keeping a copy of the output (for the
+    /// activations whose backward reads the output: tanh, sigmoid).
+    fn forward_view_keep_output(
+        &mut self,
+        op: &'static str,
+        x: ArrayViewD<'_, f32>,
+        f: impl Fn(f32) -> f32 + Sync + Send,
+    ) -> Result<ArrayD<f32>> {
+        self.spare = None;
+        self.values = None;
+        let y = map_array(op, x.view(), f)?;
+        let kept = try_to_owned(op, y.view(), || {
+            format!(
+                "the copy of the output kept for backward, y {:?}",
+                y.shape()
+            )
         })?;
         self.values = Some(kept.into_shared());
         Ok(y)
@@ -241,10 +263,85 @@ impl Layer for LeakyRelu {
     }
 }
 
+/// An element-wise activation whose backward reads its saved output, as PyTorch's.
+macro_rules! output_activation {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $f:expr, $grad:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $ty {
+            saved: Saved,
+        }
+
+        impl $ty {
+            #[doc = concat!("A `", $name, "` layer.")]
+            pub fn new() -> Self {
+                Self::default()
+            }
+        }
+
+        impl Layer for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+                self.saved.forward_view_keep_output($name, x, $f)
+            }
+
+            fn forward_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+                self.saved.forward_keep_output($name, x, $f)
+            }
+
+            fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+                let y = self.saved.values($name, grad_out.shape())?;
+                zip_map_array($name, y.view(), grad_out, $grad)
+            }
+
+            fn backward_owned(&mut self, mut grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
+                let y = self.saved.values($name, grad_out.shape())?;
+                update_array_with(grad_out.view_mut(), y.view(), $grad);
+                Ok(grad_out)
+            }
+
+            fn clear_saved(&mut self) {
+                self.saved.clear();
+            }
+
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+
+            fn as_any_mut(&mut self) -> &mut dyn Any {
+                self
+            }
+        }
+    };
+}
+
+output_activation!(
+    /// `nn.Tanh`: `tanh(x)` on any shape. Keeps its last output (in a
+    /// [`super::Sequential`] without a copy) and computes the gradient from it,
+    /// `dy * (1 - y^2)`, as PyTorch.
+    Tanh,
+    "Tanh",
+    tanh_value,
+    tanh_grad_value
+);
+
+output_activation!(
+    /// `nn.Sigmoid`: `1 / (1 + exp(-x))` on any shape. Keeps its last output (in a
+    /// [`super::Sequential`] without a copy) and computes the gradient from it,
+    /// `dy * (1 - y) * y`, as PyTorch.
+    Sigmoid,
+    "Sigmoid",
+    sigmoid_value,
+    sigmoid_grad_value
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::IxDyn;
+    use ndarray::{IxDyn, Zip};
 
     #[test]
     fn relu_reuses_buffers_and_works_in_place_when_nothing_else_holds_them() {
@@ -274,6 +371,50 @@ mod tests {
         let dx = r.backward_owned(g).unwrap();
         assert_eq!(dx.as_ptr(), at);
         assert_eq!(dx, x.mapv(|v| if v > 0.0 { 2.0 } else { 0.0 }));
+    }
+
+    #[test]
+    fn tanh_and_sigmoid_keep_their_output_on_both_paths() {
+        let x = ndarray::array![[-2.0f32, -0.5, 0.0, 0.7, 3.0]].into_dyn();
+        let dy = ndarray::array![[1.0f32, -2.0, 0.5, 1.5, 1.0]].into_dyn();
+        let layers: [(Box<dyn Layer>, Box<dyn Layer>); 2] = [
+            (Box::new(Tanh::new()), Box::new(Tanh::new())),
+            (Box::new(Sigmoid::new()), Box::new(Sigmoid::new())),
+        ];
+        for (mut a, mut b) in layers {
+            let name = a.name();
+            assert!(matches!(
+                a.backward(dy.view()),
+                Err(crate::Error::State { op, .. }) if op == name
+            ));
+            let ya = a.forward(x.view()).unwrap();
+            let yb = b.forward_shared(x.to_owned().into_shared()).unwrap();
+            assert_eq!(ya, yb.to_owned(), "{name}");
+            let da = a.backward(dy.view()).unwrap();
+            let db = b.backward_owned(dy.clone()).unwrap();
+            assert_eq!(da, db, "{name}");
+            // From the output: tanh' = 1 - y^2, sigmoid' = y (1 - y).
+            let want = match name {
+                "Tanh" => Zip::from(&ya)
+                    .and(&dy)
+                    .map_collect(|&y, &g| g * (1.0 - y * y)),
+                _ => Zip::from(&ya)
+                    .and(&dy)
+                    .map_collect(|&y, &g| g * (1.0 - y) * y),
+            };
+            assert_eq!(da, want, "{name}");
+            let e = a
+                .backward(dy.slice(ndarray::s![.., ..2]).into_dyn())
+                .unwrap_err();
+            assert!(
+                matches!(e, crate::Error::Shape { op, .. } if op == name),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            (Tanh::new().name(), Sigmoid::new().name()),
+            ("Tanh", "Sigmoid")
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod linear;
 mod pool;
 mod sequential;
 
-pub use activation::{LeakyRelu, Relu};
+pub use activation::{LeakyRelu, Relu, Sigmoid, Tanh};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use flatten::Flatten;
 pub use general_relu::GeneralRelu;

@@ -1,4 +1,6 @@
-//! ReLU and leaky ReLU, forward and backward. NaN propagates: `relu(NaN) = NaN`.
+//! ReLU, leaky ReLU, tanh and sigmoid, forward and backward. NaN propagates:
+//! `relu(NaN) = NaN`. The tanh and sigmoid backwards take the forward's output, as
+//! PyTorch's (`tanh_backward(grad, output)`, `sigmoid_backward(grad, output)`).
 //!
 //! Element-wise work runs on rayon in chunks of [`PAR_CHUNK`] elements once an array is
 //! large enough; every element is computed on its own, so the result does not depend on
@@ -151,6 +153,50 @@ pub(crate) fn leaky_relu_grad_value(v: f32, g: f32, negative_slope: f32) -> f32 
     if v > 0.0 { g } else { g * negative_slope }
 }
 
+/// The tanh of one value.
+#[inline]
+pub(crate) fn tanh_value(v: f32) -> f32 {
+    v.tanh()
+}
+
+/// The tanh gradient from the output `y`: `g * (1 - y * y)`, as PyTorch's CPU kernel.
+#[inline]
+pub(crate) fn tanh_grad_value(y: f32, g: f32) -> f32 {
+    g * (1.0 - y * y)
+}
+
+/// The logistic sigmoid of one value, `1 / (1 + exp(-v))` in f32 as PyTorch's CPU kernel
+/// (0 for very negative `v`, 1 for very positive).
+#[inline]
+pub(crate) fn sigmoid_value(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// The sigmoid gradient from the output `y`: `g * (1 - y) * y`, as PyTorch's CPU kernel.
+#[inline]
+pub(crate) fn sigmoid_grad_value(y: f32, g: f32) -> f32 {
+    g * (1.0 - y) * y
+}
+
+/// As [`check_same`], for the backwards that take the forward's output.
+fn check_same_output<D: Dimension>(
+    op: &'static str,
+    y: &ArrayView<'_, f32, D>,
+    dy: &ArrayView<'_, f32, D>,
+) -> Result<()> {
+    if y.shape() != dy.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "grad_out is {:?} but the output was {:?}",
+                dy.shape(),
+                y.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_same<D: Dimension>(
     op: &'static str,
     x: &ArrayView<'_, f32, D>,
@@ -222,10 +268,82 @@ pub fn leaky_relu_backward<D: Dimension>(
     })
 }
 
+/// `tanh(x)` element-wise, as `torch.tanh`, in a new standard-layout array.
+///
+/// # Errors
+/// [`Error::Alloc`] when the output cannot be allocated.
+pub fn tanh<D: Dimension>(x: ArrayView<'_, f32, D>) -> Result<Array<f32, D>> {
+    map_array("tanh", x, tanh_value)
+}
+
+/// Backward of [`tanh`] from its **output** `y`: `dx = dy * (1 - y^2)`, as PyTorch's
+/// `tanh_backward(grad_output, output)`.
+///
+/// # Errors
+/// [`Error::Shape`] when `dy` and `y` differ in shape; [`Error::Alloc`] when the
+/// gradient cannot be allocated.
+pub fn tanh_backward<D: Dimension>(
+    y: ArrayView<'_, f32, D>,
+    dy: ArrayView<'_, f32, D>,
+) -> Result<Array<f32, D>> {
+    check_same_output("tanh", &y, &dy)?;
+    zip_map_array("tanh", y, dy, tanh_grad_value)
+}
+
+/// The logistic sigmoid `1 / (1 + exp(-x))` element-wise, as `torch.sigmoid`, in a new
+/// standard-layout array.
+///
+/// # Errors
+/// [`Error::Alloc`] when the output cannot be allocated.
+pub fn sigmoid<D: Dimension>(x: ArrayView<'_, f32, D>) -> Result<Array<f32, D>> {
+    map_array("sigmoid", x, sigmoid_value)
+}
+
+/// Backward of [`sigmoid`] from its **output** `y`: `dx = dy * (1 - y) * y`, as
+/// PyTorch's `sigmoid_backward(grad_output, output)`.
+///
+/// # Errors
+/// [`Error::Shape`] when `dy` and `y` differ in shape; [`Error::Alloc`] when the
+/// gradient cannot be allocated.
+pub fn sigmoid_backward<D: Dimension>(
+    y: ArrayView<'_, f32, D>,
+    dy: ArrayView<'_, f32, D>,
+) -> Result<Array<f32, D>> {
+    check_same_output("sigmoid", &y, &dy)?;
+    zip_map_array("sigmoid", y, dy, sigmoid_grad_value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn tanh_and_sigmoid_saturate_and_keep_nan() {
+        let x = array![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -200.0,
+            200.0,
+            0.0
+        ];
+        let t = tanh(x.view()).unwrap();
+        assert!(t[0].is_nan());
+        assert_eq!(t.slice(ndarray::s![1..]), array![1.0, -1.0, -1.0, 1.0, 0.0]);
+        let s = sigmoid(x.view()).unwrap();
+        assert!(s[0].is_nan());
+        assert_eq!(s.slice(ndarray::s![1..]), array![1.0, 0.0, 0.0, 1.0, 0.5]);
+        // Saturated outputs have zero gradient; the middle has the largest.
+        let dy = ndarray::Array1::from_elem(6, 1.0f32);
+        let dt = tanh_backward(t.view(), dy.view()).unwrap();
+        assert_eq!(dt.slice(ndarray::s![1..]), array![0.0, 0.0, 0.0, 0.0, 1.0]);
+        let ds = sigmoid_backward(s.view(), dy.view()).unwrap();
+        assert_eq!(ds.slice(ndarray::s![1..]), array![0.0, 0.0, 0.0, 0.0, 0.25]);
+        let e = tanh_backward(t.view(), array![1.0f32].view()).unwrap_err();
+        assert!(e.to_string().contains("the output was [6]"), "{e}");
+        assert!(sigmoid_backward(s.view(), array![1.0f32].view()).is_err());
+    }
 
     #[test]
     fn nan_and_infinity_propagate() {

@@ -27,7 +27,7 @@
 //!   Every buffer (outputs, gradients, copies of broadcast or strided inputs, padded
 //!   images, columns) is reserved fallibly: one that cannot be allocated is
 //!   [`crate::Error::Alloc`].
-//! - [`relu`], [`leaky_relu`] and their backwards.
+//! - [`relu`], [`leaky_relu`], [`tanh`], [`sigmoid`] and their backwards.
 //! - Pooling, each with its backward: [`max_pool2d`] (argmax indices from
 //!   [`max_pool2d_with_indices`], options in [`MaxPool2dOptions`]), [`avg_pool2d`]
 //!   ([`AvgPool2dOptions`]), [`adaptive_max_pool2d`] and [`adaptive_avg_pool2d`].
@@ -44,10 +44,14 @@ mod linear;
 mod loss;
 mod pool;
 
-pub use activation::{leaky_relu, leaky_relu_backward, relu, relu_backward};
+pub use activation::{
+    leaky_relu, leaky_relu_backward, relu, relu_backward, sigmoid, sigmoid_backward, tanh,
+    tanh_backward,
+};
 pub(crate) use activation::{
     leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
-    update_array, update_array_with, zip_map_array,
+    sigmoid_grad_value, sigmoid_value, tanh_grad_value, tanh_value, update_array,
+    update_array_with, zip_map_array,
 };
 pub use conv::{
     Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,

@@ -1,42 +1,58 @@
-//! The training loop: shuffled mini-batches, cross-entropy, SGD with a learning-rate
-//! schedule, and per-epoch loss and accuracy.
+//! The training loop: shuffled mini-batches, cross-entropy, any [`Optimizer`] with an
+//! optional learning-rate schedule, and per-epoch loss and accuracy.
 
 use std::time::Instant;
 
-use ndarray::{ArrayD, ArrayView1, ArrayView2, Ix2};
+use ndarray::{ArrayD, ArrayView1, ArrayView2, ArrayViewD, Ix2};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::data::{batch_indices, gather_images};
-use super::loss::{check_labels, correct, cross_entropy_with_grad};
-use super::optim::Sgd;
+use super::loss::{
+    CrossEntropyOptions, Reduction, argmax, check_labels, correct, cross_entropy_with_grad,
+    cross_entropy_with_grad_with,
+};
+use super::optim::Optimizer;
 use crate::error::{Error, Result};
 use crate::nn::Sequential;
 
 const OP: &str = "fit";
 
-/// How the learning rate moves over the steps of a [`fit`] run.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the learning rate moves over the steps of a [`fit`] run, as a function of the
+/// optimiser's base rate ([`Optimizer::base_lr`], the rate it was built with).
+///
+/// The optimiser is the one place that holds the learning rate: with a schedule,
+/// [`fit`] sets the optimiser's current rate ([`Optimizer::set_lr`]) before every step to
+/// [`LrSchedule::lr`]`(opt.base_lr(), step, total_steps)`; without one
+/// ([`LrSchedule::Constant`], the default) it never touches the rate.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum LrSchedule {
-    /// The same rate at every step.
-    Constant(f32),
-    /// Linear warm-up from `peak / warmup_steps` to `peak` over the first
-    /// `warmup` fraction of the steps (rounded, at least one step), then cosine annealing to zero (a one-cycle
-    /// schedule without the momentum cycle).
+    /// No schedule: every step uses the optimiser's current rate, which [`fit`] leaves
+    /// alone.
+    #[default]
+    Constant,
+    /// Linear warm-up from `base / warmup_steps` to `base` over the first `warmup`
+    /// fraction of the steps (rounded, at least one step), then cosine annealing to zero
+    /// (a one-cycle schedule without the momentum cycle); `base` is the optimiser's base
+    /// rate, the peak.
     WarmupCosine {
-        /// The largest rate, reached at the end of the warm-up.
-        peak: f32,
         /// Fraction of all steps spent warming up, in `[0, 1]`.
         warmup: f32,
     },
 }
 
 impl LrSchedule {
-    /// The rate at `step` (0-based) of `total` steps.
-    pub fn lr(&self, step: usize, total: usize) -> f32 {
+    /// The rate at `step` (0-based) of `total` steps for an optimiser whose base rate is
+    /// `base`: `base` itself for [`LrSchedule::Constant`]; for
+    /// [`LrSchedule::WarmupCosine`], `base * (step + 1) / warm` (in f32, in that order)
+    /// during the `warm` warm-up steps, then
+    /// `base * 0.5 * (1 + cos(pi * (step - warm) / max(total - warm, 1)))` (in f64, then
+    /// f32).
+    pub fn lr(&self, base: f32, step: usize, total: usize) -> f32 {
         match *self {
-            LrSchedule::Constant(lr) => lr,
-            LrSchedule::WarmupCosine { peak, warmup } => {
+            LrSchedule::Constant => base,
+            LrSchedule::WarmupCosine { warmup } => {
+                let peak = base;
                 let total = total.max(1);
                 let warm = ((f64::from(warmup) * total as f64).round() as usize).clamp(1, total);
                 if step < warm {
@@ -50,14 +66,12 @@ impl LrSchedule {
     }
 
     fn validate(&self) -> Result<()> {
-        let (lr, warmup) = match *self {
-            LrSchedule::Constant(lr) => (lr, 0.0),
-            LrSchedule::WarmupCosine { peak, warmup } => (peak, warmup),
-        };
-        if !(lr.is_finite() && lr >= 0.0 && (0.0..=1.0).contains(&warmup)) {
+        if let LrSchedule::WarmupCosine { warmup } = *self
+            && !(0.0..=1.0).contains(&warmup)
+        {
             return Err(Error::config(
                 OP,
-                format!("schedule {self:?}: the rate must be finite and >= 0, warmup in [0, 1]"),
+                format!("schedule {self:?}: warmup = {warmup} must be in [0, 1]"),
             ));
         }
         Ok(())
@@ -75,21 +89,32 @@ pub struct FitConfig {
     pub image_shape: (usize, usize, usize),
     /// Seeds the shuffling: the same seed gives the same batches.
     pub seed: u64,
-    /// The learning rate per step, set on the optimiser before each update.
+    /// How the optimiser's learning rate moves, relative to its base rate (no schedule
+    /// by default: the optimiser's own rate throughout).
     pub schedule: LrSchedule,
+    /// The training loss's options (label smoothing, reduction); PyTorch's defaults by
+    /// default. Validation figures are always the plain mean cross-entropy.
+    pub loss: CrossEntropyOptions,
 }
 
 impl FitConfig {
     /// `epochs` passes in batches of `batch_size` over MNIST-shaped `(1, 28, 28)` images,
-    /// seed 0, at the constant rate `lr`.
-    pub fn new(epochs: usize, batch_size: usize, lr: f32) -> Self {
+    /// seed 0, at the optimiser's own learning rate (no schedule).
+    pub fn new(epochs: usize, batch_size: usize) -> Self {
         FitConfig {
             epochs,
             batch_size,
             image_shape: (1, 28, 28),
             seed: 0,
-            schedule: LrSchedule::Constant(lr),
+            schedule: LrSchedule::Constant,
+            loss: CrossEntropyOptions::default(),
         }
+    }
+
+    /// Sets the training loss's options.
+    pub fn with_loss(mut self, loss: CrossEntropyOptions) -> Self {
+        self.loss = loss;
+        self
     }
 
     /// Sets the image shape `(C, H, W)`.
@@ -104,7 +129,7 @@ impl FitConfig {
         self
     }
 
-    /// Sets the learning-rate schedule.
+    /// Sets the learning-rate schedule (relative to the optimiser's base rate).
     pub fn with_schedule(mut self, schedule: LrSchedule) -> Self {
         self.schedule = schedule;
         self
@@ -120,7 +145,8 @@ pub struct StepInfo {
     pub step: usize,
     /// Steps in the whole run.
     pub total_steps: usize,
-    /// Cross-entropy of this batch.
+    /// The training loss of this batch ([`FitConfig::loss`]: by default the mean
+    /// cross-entropy; with [`Reduction::Sum`] the sum over the batch).
     pub loss: f32,
     /// Images in this batch.
     pub batch_size: usize,
@@ -133,8 +159,9 @@ pub struct StepInfo {
 pub struct EpochReport {
     /// Epoch, 0-based.
     pub epoch: usize,
-    /// Mean cross-entropy over the epoch's training batches (weighted by batch size),
-    /// each measured before its update.
+    /// The training loss per example over the epoch's training batches (weighted by
+    /// batch size; a [`Reduction::Sum`] batch loss divided by its size), each measured
+    /// before its update.
     pub train_loss: f32,
     /// Accuracy over the epoch's training batches, each measured before its update.
     pub train_accuracy: f32,
@@ -222,6 +249,19 @@ pub fn evaluate(
     Ok(((loss / n) as f32, (right as f64 / n) as f32))
 }
 
+/// The class of each row of `x`: the index of the largest of the network's logits (first
+/// on ties, NaN counts as largest, as [`super::argmax`]). `x` is the network's input
+/// (e.g. (N, C, H, W)); the network must output (N, classes). Runs
+/// [`Sequential::forward`], so the activations are kept as after any forward pass.
+///
+/// # Errors
+/// [`Error::Shape`] when the output is not (N, classes) or has no classes; any layer
+/// error.
+pub fn predict(net: &mut Sequential, x: ArrayViewD<'_, f32>) -> Result<Vec<i64>> {
+    let out = logits(net.forward(x)?)?;
+    argmax(out.view())
+}
+
 /// Trains `net` with `opt` on `train` for `config.epochs` epochs and returns one
 /// [`EpochReport`] per epoch (with validation figures when `valid` is given).
 ///
@@ -229,9 +269,11 @@ pub fn evaluate(
 /// and its gradient, backward ([`Sequential::backward_params`]: the parameter gradients
 /// without the batch's own gradient), then `on_step` (which sees the
 /// batch's activations in [`Sequential::output`] and the parameter gradients, e.g. for a
-/// [`super::Telemetry`] or a progress bar), then the learning rate from the schedule and
-/// [`Sgd::step`]. The run is deterministic for a seed (and the same for any number of
-/// threads, since the ops are).
+/// [`super::Telemetry`] or a progress bar), then, with a schedule, the optimiser's rate set
+/// to `config.schedule.lr(opt.base_lr(), step, total_steps)` ([`LrSchedule`]; without one
+/// the rate is left alone), then [`Optimizer::step`]. Any optimiser works: [`super::Sgd`],
+/// [`super::Adam`], [`super::AdamW`], or a `&mut dyn Optimizer`. The run is deterministic
+/// for a seed (and the same for any number of threads, since the ops are).
 ///
 /// # Counts
 /// Any `epochs` and `batch_size` from 1 up are accepted as long as the run's step count,
@@ -266,22 +308,23 @@ pub fn evaluate(
 ///     .with(Flatten::new(1, -1))
 ///     .with(Linear::with_init(LinearConfig::new(4, 2), &Init::KAIMING_UNIFORM, &mut rng)?);
 /// let mut opt = Sgd::new(SgdConfig::new(0.5).with_momentum(0.9))?;
-/// let config = FitConfig::new(3, 16, 0.5).with_image_shape((1, 2, 2));
+/// let config = FitConfig::new(3, 16).with_image_shape((1, 2, 2));
 /// let data = Split::new(x.view(), y.view());
 /// let history = fit(&mut net, &mut opt, data, Some(data), &config, |_step, _net| Ok(()))?;
 /// assert_eq!(history.len(), 3);
 /// assert_eq!(history[2].valid_accuracy, Some(1.0));
 /// # Ok::<(), convinit::Error>(())
 /// ```
-pub fn fit<F>(
+pub fn fit<O, F>(
     net: &mut Sequential,
-    opt: &mut Sgd,
+    opt: &mut O,
     train: Split<'_>,
     valid: Option<Split<'_>>,
     config: &FitConfig,
     mut on_step: F,
 ) -> Result<Vec<EpochReport>>
 where
+    O: Optimizer + ?Sized,
     F: FnMut(&StepInfo, &Sequential) -> Result<()>,
 {
     if config.epochs == 0 || config.batch_size == 0 {
@@ -297,6 +340,7 @@ where
         return Err(Error::shape(OP, "cannot train on an empty split"));
     }
     config.schedule.validate()?;
+    config.loss.validate()?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let per_epoch = train.len().div_ceil(config.batch_size);
     let total_steps = per_epoch.checked_mul(config.epochs).ok_or_else(|| {
@@ -329,12 +373,18 @@ where
                     check_labels("valid.y", v.y, out.ncols())?;
                 }
             }
-            let (loss, grad) = cross_entropy_with_grad(out.view(), yb.view())?;
+            let (loss, grad) = cross_entropy_with_grad_with(out.view(), yb.view(), &config.loss)?;
             right += correct(out.view(), yb.view())?;
-            loss_sum += f64::from(loss) * idx.len() as f64;
+            loss_sum += match config.loss.reduction {
+                Reduction::Mean => f64::from(loss) * idx.len() as f64,
+                Reduction::Sum => f64::from(loss),
+            };
             // The batch needs no gradient: skip the first layer's input gradient.
             net.backward_params(grad.into_dyn())?;
-            let lr = config.schedule.lr(step, total_steps);
+            let lr = match config.schedule {
+                LrSchedule::Constant => opt.lr(),
+                s => s.lr(opt.base_lr(), step, total_steps),
+            };
             let info = StepInfo {
                 epoch,
                 step,
@@ -344,7 +394,9 @@ where
                 lr,
             };
             on_step(&info, net)?;
-            opt.set_lr(lr)?;
+            if config.schedule != LrSchedule::Constant {
+                opt.set_lr(lr)?;
+            }
             opt.step(net)?;
             step += 1;
         }

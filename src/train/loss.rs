@@ -5,6 +5,9 @@
 //! large logits do not overflow), the negative log-likelihood of each target class, and
 //! the mean over the batch. Its gradient with respect to the logits is
 //! `(softmax(logits) - one_hot(target)) / N`.
+//!
+//! The `_with` functions take [`CrossEntropyOptions`]: `label_smoothing` and
+//! `reduction` as `F.cross_entropy`'s. [`softmax`] gives the probabilities per row.
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Zip};
 
@@ -60,6 +63,64 @@ pub(crate) fn check_labels(what: &str, labels: ArrayView1<'_, i64>, classes: usi
     }
 }
 
+/// How [`cross_entropy_with`] reduces the per-row losses, as PyTorch's `reduction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// The mean over the batch (PyTorch's default, `"mean"`).
+    #[default]
+    Mean,
+    /// The sum over the batch (`"sum"`).
+    Sum,
+}
+
+/// Options of [`cross_entropy_with`] and friends, as `F.cross_entropy`'s keyword
+/// arguments; the default is PyTorch's (no smoothing, mean).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CrossEntropyOptions {
+    /// Label smoothing `ls` in `[0, 1]`: the target becomes `(1 - ls) * one_hot + ls / K`,
+    /// so a row's loss is `(1 - ls) * nll + ls * mean over the K classes of -log p`.
+    /// Default 0.
+    pub label_smoothing: f32,
+    /// Mean or sum over the batch. Default [`Reduction::Mean`].
+    pub reduction: Reduction,
+}
+
+impl CrossEntropyOptions {
+    /// PyTorch's defaults: no smoothing, mean over the batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the label smoothing.
+    pub fn with_label_smoothing(mut self, label_smoothing: f32) -> Self {
+        self.label_smoothing = label_smoothing;
+        self
+    }
+
+    /// Sets the reduction.
+    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// Checks that `label_smoothing` is in `[0, 1]`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `cross_entropy` and the value.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            return Err(Error::config(
+                OP,
+                format!(
+                    "label_smoothing = {} must be in [0, 1]",
+                    self.label_smoothing
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Per row: the maximum logit and `log(sum(exp(logit - max)))`, in f64.
 fn row_lse(row: ArrayView1<'_, f32>) -> (f64, f64) {
     let max = row.fold(
@@ -94,16 +155,57 @@ fn row_lse(row: ArrayView1<'_, f32>) -> (f64, f64) {
 /// # Ok::<(), convinit::Error>(())
 /// ```
 pub fn cross_entropy(logits: ArrayView2<'_, f32>, target: ArrayView1<'_, i64>) -> Result<f32> {
+    cross_entropy_with(logits, target, &CrossEntropyOptions::default())
+}
+
+/// The loss of one row whose maximum logit is `max` and `lse = log(sum(exp(v - max)))`.
+fn row_loss(row: ArrayView1<'_, f32>, t: usize, max: f64, lse: f64, ls: f64) -> f64 {
+    let nll = max + lse - f64::from(row[t]);
+    if ls == 0.0 {
+        return nll;
+    }
+    let mean: f64 = row.iter().map(|&v| f64::from(v)).sum::<f64>() / row.len() as f64;
+    (1.0 - ls) * nll + ls * (max + lse - mean)
+}
+
+/// Softmax cross-entropy with options, as
+/// `F.cross_entropy(logits, target, label_smoothing=.., reduction=..)`: per row
+/// `(1 - ls) * (-log p[target]) + ls * mean_k(-log p[k])`, then the mean or the sum
+/// over the batch. In f64 as [`cross_entropy`], which is this with the default options.
+///
+/// # Errors
+/// As [`cross_entropy`]; [`Error::Config`] for a label smoothing outside `[0, 1]`.
+///
+/// # Examples
+/// ```
+/// use convinit::train::{CrossEntropyOptions, Reduction, cross_entropy_with};
+/// use ndarray::array;
+/// let logits = array![[0.0f32, 0.0], [0.0, 0.0]];
+/// let sum = CrossEntropyOptions::new().with_reduction(Reduction::Sum);
+/// let loss = cross_entropy_with(logits.view(), array![0i64, 1].view(), &sum)?;
+/// assert!((loss - 2.0 * 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn cross_entropy_with(
+    logits: ArrayView2<'_, f32>,
+    target: ArrayView1<'_, i64>,
+    options: &CrossEntropyOptions,
+) -> Result<f32> {
+    options.validate()?;
     let n = check(OP, &logits, &target)?;
+    let ls = f64::from(options.label_smoothing);
     let total: f64 = logits
         .outer_iter()
         .zip(target.iter())
         .map(|(row, &t)| {
             let (max, lse) = row_lse(row);
-            max + lse - f64::from(row[t as usize])
+            row_loss(row, t as usize, max, lse, ls)
         })
         .sum();
-    Ok((total / n as f64) as f32)
+    Ok(match options.reduction {
+        Reduction::Mean => (total / n as f64) as f32,
+        Reduction::Sum => total as f32,
+    })
 }
 
 /// Gradient of [`cross_entropy`] with respect to the logits:
@@ -118,6 +220,20 @@ pub fn cross_entropy_backward(
     Ok(cross_entropy_with_grad(logits, target)?.1)
 }
 
+/// Gradient of [`cross_entropy_with`] with respect to the logits:
+/// `(softmax(logits) - (1 - ls) * one_hot(target) - ls / K) * s`, with `s = 1 / N` for
+/// the mean and 1 for the sum.
+///
+/// # Errors
+/// As [`cross_entropy_with_grad_with`].
+pub fn cross_entropy_backward_with(
+    logits: ArrayView2<'_, f32>,
+    target: ArrayView1<'_, i64>,
+    options: &CrossEntropyOptions,
+) -> Result<Array2<f32>> {
+    Ok(cross_entropy_with_grad_with(logits, target, options)?.1)
+}
+
 /// [`cross_entropy`] and [`cross_entropy_backward`] in one pass over the logits (what a
 /// training step needs).
 ///
@@ -128,8 +244,28 @@ pub fn cross_entropy_with_grad(
     logits: ArrayView2<'_, f32>,
     target: ArrayView1<'_, i64>,
 ) -> Result<(f32, Array2<f32>)> {
+    cross_entropy_with_grad_with(logits, target, &CrossEntropyOptions::default())
+}
+
+/// [`cross_entropy_with`] and [`cross_entropy_backward_with`] in one pass over the
+/// logits.
+///
+/// # Errors
+/// As [`cross_entropy_with`], and [`Error::Alloc`] when the gradient (N, K) cannot be
+/// allocated.
+pub fn cross_entropy_with_grad_with(
+    logits: ArrayView2<'_, f32>,
+    target: ArrayView1<'_, i64>,
+    options: &CrossEntropyOptions,
+) -> Result<(f32, Array2<f32>)> {
+    options.validate()?;
     let n = check(OP, &logits, &target)?;
-    let inv_n = 1.0 / n as f64;
+    let ls = f64::from(options.label_smoothing);
+    let inv_n = match options.reduction {
+        Reduction::Mean => 1.0 / n as f64,
+        Reduction::Sum => 1.0,
+    };
+    let spread = ls / logits.ncols() as f64;
     let mut grad: Array2<f32> = try_zeros(OP, logits.raw_dim(), || {
         format!("the gradient of logits {:?}", logits.shape())
     })?;
@@ -140,14 +276,51 @@ pub fn cross_entropy_with_grad(
         .for_each(|mut g, row, &t| {
             let (max, lse) = row_lse(row);
             let t = t as usize;
-            total += max + lse - f64::from(row[t]);
+            total += row_loss(row, t, max, lse, ls);
             for (k, (gk, &v)) in g.iter_mut().zip(row.iter()).enumerate() {
                 let p = (f64::from(v) - max - lse).exp();
-                let y = if k == t { 1.0 } else { 0.0 };
-                *gk = ((p - y) * inv_n) as f32;
+                let d = if ls == 0.0 {
+                    if k == t { p - 1.0 } else { p }
+                } else if k == t {
+                    p - (1.0 - ls) - spread
+                } else {
+                    p - spread
+                };
+                *gk = (d * inv_n) as f32;
             }
         });
     Ok(((total * inv_n) as f32, grad))
+}
+
+/// The softmax of each row of `logits` (N, K): `exp(v - max) / sum(exp(v - max))`,
+/// computed in f64 from the log-sum-exp (so large logits do not overflow), as
+/// `torch.softmax(logits, dim=1)`. A row with a NaN is all NaN.
+///
+/// # Errors
+/// [`Error::Alloc`] when the (N, K) result cannot be allocated.
+///
+/// # Examples
+/// ```
+/// use convinit::train::softmax;
+/// use ndarray::array;
+/// let p = softmax(array![[1000.0f32, 1000.0], [0.0, 3f32.ln()]].view())?;
+/// assert_eq!(p.row(0).to_vec(), [0.5, 0.5]);
+/// assert!((p[[1, 1]] - 0.75).abs() < 1e-6);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn softmax(logits: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+    let mut out: Array2<f32> = try_zeros("softmax", logits.raw_dim(), || {
+        format!("the softmax of logits {:?}", logits.shape())
+    })?;
+    Zip::from(out.axis_iter_mut(Axis(0)))
+        .and(logits.axis_iter(Axis(0)))
+        .for_each(|mut o, row| {
+            let (max, lse) = row_lse(row);
+            for (o, &v) in o.iter_mut().zip(row.iter()) {
+                *o = (f64::from(v) - max - lse).exp() as f32;
+            }
+        });
+    Ok(out)
 }
 
 /// The index of the largest logit in each row (the first one on ties; NaN counts as

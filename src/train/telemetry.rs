@@ -19,7 +19,7 @@
 //! #     .with(Linear::new(LinearConfig::new(8, 2), &mut rng)?);
 //! # let mut opt = Sgd::new(SgdConfig::new(0.1))?;
 //! let mut telemetry = Telemetry::new();
-//! let config = FitConfig::new(1, 8, 0.1).with_image_shape((1, 2, 2));
+//! let config = FitConfig::new(1, 8).with_image_shape((1, 2, 2));
 //! fit(&mut net, &mut opt, Split::new(x.view(), y.view()), None, &config, |info, net| {
 //!     telemetry.record(info.step, net)
 //! })?;

@@ -17,14 +17,18 @@ use std::sync::Arc;
 
 use convinit::nn::{
     AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
-    Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential,
+    Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential, Sigmoid, Tanh,
 };
 use convinit::ops::{
     AvgPool2dOptions, MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
     adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices, avg_pool2d,
     avg_pool2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, leaky_relu,
     leaky_relu_backward, linear, linear_backward, max_pool2d_backward, max_pool2d_with_indices,
-    mse, mse_backward, relu, relu_backward,
+    mse, mse_backward, relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward,
+};
+use convinit::train::{
+    CrossEntropyOptions, Reduction, cross_entropy_backward_with, cross_entropy_with,
+    cross_entropy_with_grad_with,
 };
 use ndarray::{
     ArcArrayD, Array, Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Ix1, Ix2, Ix4, IxDyn,
@@ -357,6 +361,40 @@ pub fn leaky_relu_layer(slope: f32, x_shape: &[usize], seed: u64) -> OpCase {
     }
 }
 
+/// `Tanh` on any shape; the functional backward takes the forward's output.
+pub fn tanh_layer(x_shape: &[usize], seed: u64) -> OpCase {
+    OpCase {
+        elementwise: true,
+        layer: Arc::new(|_| Box::new(Tanh::new())),
+        functional: Some(Arc::new(|x, _, dy| {
+            let y = tanh(x.view()).unwrap();
+            let dx = tanh_backward(y.view(), dy.view()).unwrap();
+            vec![y, dx]
+        })),
+        reference: Arc::new(|x, _| x.mapv(f64::tanh)),
+        // f32's tanh is within a few ulp.
+        forward_tol: 1e-6,
+        ..base("tanh".into(), "tanh", x_shape, seed)
+    }
+}
+
+/// `Sigmoid` on any shape; the
+/// functional backward takes the forward's output.
+pub fn sigmoid_layer(x_shape: &[usize], seed: u64) -> OpCase {
+    OpCase {
+        elementwise: true,
+        layer: Arc::new(|_| Box::new(Sigmoid::new())),
+        functional: Some(Arc::new(|x, _, dy| {
+            let y = sigmoid(x.view()).unwrap();
+            let dx = sigmoid_backward(y.view(), dy.view()).unwrap();
+            vec![y, dx]
+        })),
+        reference: Arc::new(|x, _| x.mapv(|v| 1.0 / (1.0 + (-v).exp()))),
+        forward_tol: 1e-6,
+        ..base("sigmoid".into(), "sigmoid", x_shape, seed)
+    }
+}
+
 /// fast.ai's `GeneralRelu(leak, sub, maxv)` on any shape (no functional form).
 pub fn general_relu_layer(
     leak: Option<f32>,
@@ -643,6 +681,107 @@ impl Layer for MseLoss {
     }
 }
 
+/// `cross_entropy_with` against fixed class targets, as a layer: forward gives the loss
+/// as a `[1]` tensor, backward `dy[0] * cross_entropy_backward_with(logits, target)`.
+#[derive(Debug, Clone)]
+pub struct CrossEntropyLoss {
+    target: Array1<i64>,
+    options: CrossEntropyOptions,
+    logits: Option<Array2<f32>>,
+}
+
+impl CrossEntropyLoss {
+    pub fn new(target: Array1<i64>, options: CrossEntropyOptions) -> Self {
+        CrossEntropyLoss {
+            target,
+            options,
+            logits: None,
+        }
+    }
+}
+
+impl Layer for CrossEntropyLoss {
+    fn name(&self) -> &'static str {
+        "CrossEntropyLoss"
+    }
+
+    fn forward(&mut self, x: ArrayViewD<'_, f32>) -> convinit::Result<ArrayD<f32>> {
+        let x = x.into_dimensionality::<Ix2>().expect("logits (N, K)");
+        let loss = cross_entropy_with(x.view(), self.target.view(), &self.options)?;
+        self.logits = Some(x.to_owned());
+        Ok(ArrayD::from_elem(IxDyn(&[1]), loss))
+    }
+
+    fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> convinit::Result<ArrayD<f32>> {
+        let logits = self
+            .logits
+            .as_ref()
+            .expect("CrossEntropyLoss: forward first");
+        let g = cross_entropy_backward_with(logits.view(), self.target.view(), &self.options)?;
+        Ok((g * grad_out[[0]]).into_dyn())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+fn ce_target(n: usize, k: usize, seed: u64) -> Array1<i64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xce);
+    Array1::from_shape_simple_fn(n, || rng.random_range(0..k as i64))
+}
+
+/// `F.cross_entropy(logits, target, label_smoothing, reduction)` on (N, K) logits against
+/// N class targets (from the seed); the reference is the definition in f64.
+pub fn cross_entropy_loss(
+    n: usize,
+    k: usize,
+    label_smoothing: f32,
+    reduction: Reduction,
+    seed: u64,
+) -> OpCase {
+    let options = CrossEntropyOptions::new()
+        .with_label_smoothing(label_smoothing)
+        .with_reduction(reduction);
+    let target = ce_target(n, k, seed);
+    let (t1, t2) = (target.clone(), target.clone());
+    let ls = f64::from(label_smoothing);
+    OpCase {
+        layer: Arc::new(move |_| Box::new(CrossEntropyLoss::new(t1.clone(), options))),
+        functional: Some(Arc::new(move |x, _, dy| {
+            let (loss, g) = cross_entropy_with_grad_with(f2(x), t2.view(), &options).unwrap();
+            vec![
+                ArrayD::from_elem(IxDyn(&[1]), loss),
+                (g * dy[[0]]).into_dyn(),
+            ]
+        })),
+        reference: Arc::new(move |x, _| {
+            let mut total = 0.0;
+            for (row, &t) in d2(x).outer_iter().zip(&target) {
+                let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                let smooth = row.iter().map(|v| lse - v).sum::<f64>() / row.len() as f64;
+                total += (1.0 - ls) * (lse - row[t as usize]) + ls * smooth;
+            }
+            if reduction == Reduction::Mean {
+                total /= n as f64;
+            }
+            ArrayD::from_elem(IxDyn(&[1]), total)
+        }),
+        forward_tol: 1e-6,
+        ..base(
+            format!("cross_entropy(ls={label_smoothing}, {reduction:?})"),
+            "cross_entropy",
+            &[n, k],
+            seed,
+        )
+    }
+}
+
 /// A `Sequential` as a `Layer` (each method the `Sequential` one of the same name), so
 /// networks are table cases too.
 #[derive(Debug)]
@@ -873,6 +1012,12 @@ pub fn op_cases() -> Vec<OpCase> {
         general_relu_layer(Some(0.1), Some(0.4), Some(6.0), &[2, 3, 4, 5], 36),
         general_relu_layer(None, Some(0.4), None, &[3, 7], 37),
         general_relu_layer(Some(0.1), Some(0.4), Some(6.0), &[19, 5, 29, 31], 38),
+        // tanh and sigmoid (backward from the saved output), small and above the
+        // parallel threshold.
+        tanh_layer(&[2, 3, 4, 5], 25),
+        tanh_layer(&[19, 5, 29, 31], 26),
+        sigmoid_layer(&[3, 2, 5], 27),
+        sigmoid_layer(&[70_001], 28),
         // Adaptive average pooling: global, uneven and overlapping windows, outputs
         // larger than the input; and batches above the parallel threshold.
         adaptive_avg_pool((1, 1), [2, 2, 4, 4], 40),
@@ -993,6 +1138,11 @@ pub fn op_cases() -> Vec<OpCase> {
         mse_loss(&[7], 60),
         mse_loss(&[7, 1], 61),
         mse_loss(&[1001], 62),
+        // cross_entropy: smoothing 0, between and 1, mean and sum.
+        cross_entropy_loss(5, 7, 0.0, Reduction::Mean, 63),
+        cross_entropy_loss(6, 4, 0.1, Reduction::Sum, 64),
+        cross_entropy_loss(3, 9, 1.0, Reduction::Mean, 65),
+        cross_entropy_loss(1, 2, 0.3, Reduction::Sum, 66),
         // Sequential: the whole chain with a loss (every parameter gradient against
         // finite differences), element-wise chains (the layout test's), the seed net.
         sequential(
@@ -1066,6 +1216,18 @@ pub fn op_cases() -> Vec<OpCase> {
             1e-6,
         ),
         sequential(
+            "tanh and sigmoid",
+            vec![
+                linear_layer(LinearConfig::new(6, 5), 4, 0),
+                tanh_layer(&[1], 0),
+                linear_layer(LinearConfig::new(5, 3), 4, 0),
+                sigmoid_layer(&[1], 0),
+            ],
+            &[4, 6],
+            78,
+            1e-6,
+        ),
+        sequential(
             "linear first",
             vec![
                 linear_layer(LinearConfig::new(12, 7), 9, 0),
@@ -1112,12 +1274,15 @@ pub const OPS: &[&str] = &[
     "relu",
     "leaky_relu",
     "general_relu",
+    "tanh",
+    "sigmoid",
     "adaptive_avg_pool2d",
     "max_pool2d",
     "avg_pool2d",
     "adaptive_max_pool2d",
     "flatten",
     "mse",
+    "cross_entropy",
     "sequential",
 ];
 

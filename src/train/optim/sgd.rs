@@ -3,6 +3,7 @@
 
 use ndarray::{ArrayD, Zip};
 
+use super::{Optimizer, check_grad, check_lr, check_state};
 use crate::error::{Error, Result};
 use crate::nn::Sequential;
 
@@ -69,9 +70,7 @@ impl SgdConfig {
         let bad = |what: &str, v: f32, range: &str| {
             Err(Error::config(OP, format!("{what} = {v} must be {range}")))
         };
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return bad("lr", self.lr, "finite and >= 0");
-        }
+        check_lr(OP, self.lr)?;
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("momentum", self.momentum, "in [0, 1)");
         }
@@ -106,12 +105,17 @@ impl SgdConfig {
 /// p  -= lr * d_p
 /// ```
 ///
+/// with `lr` the current learning rate ([`Optimizer`] describes the base and current
+/// rates). With `momentum == 0` there is no buffer: `p -= lr * (g + weight_decay * p)`.
+///
 /// The momentum buffers are kept per parameter name (`"0.weight"`, ...), so one
 /// optimiser must stay with one model. Gradients are not cleared: call
 /// [`Sequential::zero_grad`] before the next backward pass, as in PyTorch.
 #[derive(Debug, Clone)]
 pub struct Sgd {
+    /// The hyper-parameters, `config.lr` the current rate.
     config: SgdConfig,
+    base_lr: f32,
     buffers: Vec<(String, ArrayD<f32>)>,
 }
 
@@ -124,26 +128,27 @@ impl Sgd {
         config.validate()?;
         Ok(Sgd {
             config,
+            base_lr: config.lr,
             buffers: Vec::new(),
         })
     }
 
-    /// The hyper-parameters.
+    /// The hyper-parameters, with the current learning rate as `lr`.
     pub fn config(&self) -> &SgdConfig {
         &self.config
     }
 
-    /// The current learning rate.
+    /// The current learning rate (as [`Optimizer::lr`]).
     pub fn lr(&self) -> f32 {
         self.config.lr
     }
 
-    /// Sets the learning rate (for a schedule).
+    /// Sets the current learning rate (as [`Optimizer::set_lr`]).
     ///
     /// # Errors
     /// [`Error::Config`] when `lr` is negative or not finite (the rate is then unchanged).
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        SgdConfig { lr, ..self.config }.validate()?;
+        check_lr(OP, lr)?;
         self.config.lr = lr;
         Ok(())
     }
@@ -153,9 +158,11 @@ impl Sgd {
         self.buffers.iter().find(|(n, _)| n == name).map(|(_, b)| b)
     }
 
-    /// Forgets the momentum buffers (the next step is a "first step" again).
+    /// Back to as built (as [`Optimizer::reset`]): forgets the momentum buffers (the next
+    /// step is a "first step" again) and sets the learning rate back to the base rate.
     pub fn reset(&mut self) {
         self.buffers.clear();
+        self.config.lr = self.base_lr;
     }
 
     /// Updates every parameter of `net` from its accumulated gradient.
@@ -179,29 +186,9 @@ impl Sgd {
         let mut params = net.named_parameters_mut();
         // Check everything first so that a mismatch updates nothing.
         for p in &params {
-            if p.grad.shape() != p.value.shape() {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "parameter {} is {:?} but its gradient is {:?}",
-                        p.name,
-                        p.value.shape(),
-                        p.grad.shape()
-                    ),
-                ));
-            }
-            if let Some(buf) = self.momentum_buffer(&p.name)
-                && buf.shape() != p.value.shape()
-            {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "parameter {} is {:?} but its momentum buffer is {:?}",
-                        p.name,
-                        p.value.shape(),
-                        buf.shape()
-                    ),
-                ));
+            check_grad(OP, p)?;
+            if let Some(buf) = self.momentum_buffer(&p.name) {
+                check_state(OP, p, "momentum buffer", buf.shape())?;
             }
         }
         for p in params.iter_mut() {
@@ -236,5 +223,31 @@ impl Sgd {
             }
         }
         Ok(())
+    }
+}
+
+impl Optimizer for Sgd {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn step(&mut self, net: &mut Sequential) -> Result<()> {
+        Sgd::step(self, net)
+    }
+
+    fn lr(&self) -> f32 {
+        self.config.lr
+    }
+
+    fn base_lr(&self) -> f32 {
+        self.base_lr
+    }
+
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        Sgd::set_lr(self, lr)
+    }
+
+    fn reset(&mut self) {
+        Sgd::reset(self);
     }
 }
