@@ -13,7 +13,8 @@ use std::path::Path;
 use common::{Case, Score, case_paths, compare, fixtures_dir, load_case, reference_dir};
 use convinit::init::{Nonlinearity, calculate_gain, default_bounds, fans};
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Relu, Sequential,
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, BufferViewMut, Conv2d, Conv2dConfig,
+    Flatten, Layer, LeakyRelu, Relu, Sequential,
 };
 use convinit::ops::{mse, mse_backward};
 use ndarray::{Array1, Array4, ArrayD, Ix1, Ix4};
@@ -119,6 +120,85 @@ fn run_pool(case: &Case) -> Outcome {
         case.tensor("dx")?.view(),
         overlap,
     )?))
+}
+
+/// Parses a boolean metadata value, `"true"` / `"false"` (any case).
+fn meta_bool(case: &Case, key: &str) -> Result<bool, String> {
+    match case.meta_str(key)?.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "metadata {key:?}: expected true or false, got {other:?}"
+        )),
+    }
+}
+
+fn run_batch_norm2d(case: &Case) -> Outcome {
+    let x = case.tensor("x")?;
+    let c = x.shape()[1];
+    let momentum = match case.meta_str("momentum")?.to_ascii_lowercase().as_str() {
+        "none" => None,
+        _ => Some(case.meta_num::<f64>("momentum")?),
+    };
+    let affine = meta_bool(case, "affine")?;
+    let config = BatchNorm2dConfig::new(c)
+        .with_eps(case.meta_num("eps")?)
+        .with_momentum(momentum)
+        .with_affine(affine);
+    let mut bn = BatchNorm2d::new(config).map_err(err)?;
+    if affine {
+        bn.weight_mut()
+            .ok_or("no weight")?
+            .assign(&as1(case, "weight")?);
+        bn.bias_mut().ok_or("no bias")?.assign(&as1(case, "bias")?);
+    }
+    bn.running_mean_mut()
+        .ok_or("no running_mean")?
+        .assign(&as1(case, "running_mean")?);
+    bn.running_var_mut()
+        .ok_or("no running_var")?
+        .assign(&as1(case, "running_var")?);
+    if let Ok(t) = case.tensor_i64("num_batches_tracked") {
+        for b in bn.buffers_mut() {
+            if let BufferViewMut::I64(mut v) = b.value {
+                v.assign(t);
+            }
+        }
+    }
+    bn.set_training(meta_bool(case, "training")?);
+    let y = bn.forward(x.view()).map_err(err)?;
+    let dx = bn.backward(case.tensor("dy")?.view()).map_err(err)?;
+    // Every output depends on a channel's statistics, sums over M = N * H * W values
+    // (the running ones too, and the weight and bias gradients sum over the same M);
+    // in training mode dx also on the channel sums of dy and dy * xhat. All M terms.
+    let m = x.len() / c;
+    let mut e = compare("y", y.view(), case.tensor("y")?.view(), m)?;
+    e = e.max(compare("dx", dx.view(), case.tensor("dx")?.view(), m)?);
+    let rm = bn
+        .running_mean()
+        .ok_or("no running_mean")?
+        .view()
+        .into_dyn();
+    let rv = bn.running_var().ok_or("no running_var")?.view().into_dyn();
+    e = e.max(compare(
+        "running_mean_after",
+        rm,
+        case.tensor("running_mean_after")?.view(),
+        m,
+    )?);
+    e = e.max(compare(
+        "running_var_after",
+        rv,
+        case.tensor("running_var_after")?.view(),
+        m,
+    )?);
+    if affine {
+        let dw = bn.weight_grad().ok_or("no weight grad")?.view().into_dyn();
+        let db = bn.bias_grad().ok_or("no bias grad")?.view().into_dyn();
+        e = e.max(compare("dweight", dw, case.tensor("dweight")?.view(), m)?);
+        e = e.max(compare("dbias", db, case.tensor("dbias")?.view(), m)?);
+    }
+    Ok(e)
 }
 
 fn run_leaky(case: &Case) -> Outcome {
@@ -284,6 +364,7 @@ fn run_case(case: &Case) -> Outcome {
         "mse" => run_mse(case),
         "seed_net" => run_seed_net(case),
         "init_stats" => run_init_stats(case),
+        "batch_norm2d" => run_batch_norm2d(case),
         other => Err(format!("unknown op {other:?}")),
     }
 }

@@ -22,14 +22,14 @@
 //! # State: parameters, buffers, training mode
 //! A layer's state is its **parameters** ([`Layer::params`]: what an optimiser updates,
 //! each with its gradient) and its **buffers** ([`Layer::buffers`]: non-trainable tensors
-//! such as a `BatchNorm2d`'s running statistics, saved with the weights but never seen
+//! such as a [`BatchNorm2d`]'s running statistics, saved with the weights but never seen
 //! by an optimiser, which iterates [`Sequential::named_parameters_mut`] only). Together
 //! they are PyTorch's `state_dict`: [`Sequential::named_parameters`] then
 //! [`Sequential::named_buffers`] name them `"1.weight"`, `"1.running_mean"`, ...
 //!
 //! Every layer is in training mode or evaluation mode ([`Layer::set_training`],
 //! [`Sequential::train`] / [`Sequential::eval`], training by default as in PyTorch).
-//! Only layers whose computation depends on it keep the flag (`BatchNorm2d`: batch or
+//! Only layers whose computation depends on it keep the flag ([`BatchNorm2d`]: batch or
 //! running statistics; `Dropout`: a random mask or the identity); the others ignore it.
 //!
 //! Inference that keeps nothing for backward is [`Sequential::infer`] (through
@@ -43,6 +43,7 @@ use ndarray::{ArcArrayD, Array, Array1, ArrayD, ArrayViewD, ArrayViewMutD, Dimen
 use crate::error::{Error, Result};
 
 mod activation;
+mod batch_norm;
 mod conv;
 mod flatten;
 mod general_relu;
@@ -51,6 +52,7 @@ mod pool;
 mod sequential;
 
 pub use activation::{LeakyRelu, Relu};
+pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use flatten::Flatten;
 pub use general_relu::GeneralRelu;
@@ -232,7 +234,7 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// [`Sequential::eval`] call it on every layer.
     ///
     /// The default ignores it: only layers whose computation depends on the mode
-    /// (`BatchNorm2d`, `Dropout`, `Dropout2d`) keep the flag.
+    /// ([`BatchNorm2d`], `Dropout`, `Dropout2d`) keep the flag.
     fn set_training(&mut self, training: bool) {
         let _ = training;
     }
@@ -263,7 +265,7 @@ pub trait Layer: Send + Sync + fmt::Debug {
 
     /// Whether LSUV ([`crate::train::lsuv`]) rescales this layer's `weight` to bring its
     /// output to unit variance (and centres it through its `bias`). `true` for
-    /// [`Conv2d`] and [`Linear`]; `false` by default, e.g. for `BatchNorm2d`, whose
+    /// [`Conv2d`] and [`Linear`]; `false` by default, e.g. for [`BatchNorm2d`], whose
     /// weight is a learned scale LSUV must not touch.
     fn lsuv_rescales(&self) -> bool {
         false

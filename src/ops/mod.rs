@@ -22,11 +22,13 @@
 //!   [`crate::Error::Alloc`].
 //! - [`relu`], [`leaky_relu`] and their backwards.
 //! - [`adaptive_avg_pool2d`] and its backward.
+//! - [`batch_norm2d`] and [`batch_norm2d_backward`] (batch or running statistics).
 //! - [`flatten`] and its backward.
 //! - [`linear`] and its backward.
 //! - [`mse`] and [`mse_backward`].
 
 mod activation;
+mod batch_norm;
 mod conv;
 mod flatten;
 mod geometry;
@@ -39,6 +41,9 @@ pub use activation::{leaky_relu, leaky_relu_backward, relu, relu_backward};
 pub(crate) use activation::{
     leaky_relu_grad_value, leaky_relu_value, map_array, map_slice, relu_grad_value, relu_value,
     update_array, update_array_with, zip_map_array,
+};
+pub use batch_norm::{
+    BatchNormGrads, BatchNormOptions, BatchNormStats, batch_norm2d, batch_norm2d_backward,
 };
 pub use conv::{
     Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,

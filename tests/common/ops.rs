@@ -16,13 +16,13 @@
 use std::sync::Arc;
 
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu, Layer, LeakyRelu, Linear,
-    LinearConfig, Relu, Sequential,
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
+    Layer, LeakyRelu, Linear, LinearConfig, Relu, Sequential,
 };
 use convinit::ops::{
-    adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d, conv2d_backward, flatten,
-    flatten_backward, leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward,
-    relu, relu_backward,
+    BatchNormOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, batch_norm2d,
+    batch_norm2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, leaky_relu,
+    leaky_relu_backward, linear, linear_backward, mse, mse_backward, relu, relu_backward,
 };
 use ndarray::{
     ArcArrayD, Array, Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Ix1, Ix2, Ix4, IxDyn,
@@ -439,6 +439,96 @@ pub fn flatten_layer(start: isize, end: isize, x_shape: &[usize], want: &[usize]
     }
 }
 
+/// The running statistics the eval-mode batch norm cases start from (channel `c`).
+fn bn_running(c: usize) -> (f32, f32) {
+    (0.3 - 0.2 * c as f32, 0.5 + 0.25 * c as f32)
+}
+
+/// `BatchNorm2d` on an (N, C, H, W) input: training mode (batch statistics, the gradient
+/// through them) or evaluation mode (the running statistics of [`bn_running`]), with a
+/// random weight in [0.5, 1.5) and bias in [-0.5, 0.5) when affine. Batch norm is not
+/// piecewise linear: the central differences of step 1e-3 carry an O(h^2) = 1e-6
+/// relative error, far below the gradient check's 1e-4.
+pub fn batch_norm(training: bool, affine: bool, x_shape: [usize; 4], seed: u64) -> OpCase {
+    let c = x_shape[1];
+    let eps = 1e-5;
+    let options = BatchNormOptions {
+        training,
+        momentum: 0.1,
+        eps,
+    };
+    let running = move || {
+        let (m, v): (Vec<f32>, Vec<f32>) = (0..c).map(bn_running).unzip();
+        (Array1::from(m), Array1::from(v))
+    };
+    OpCase {
+        layer: Arc::new(move |rng| {
+            let cfg = BatchNorm2dConfig::new(c).with_affine(affine);
+            let mut bn = BatchNorm2d::new(cfg).unwrap();
+            if affine {
+                bn.weight_mut()
+                    .unwrap()
+                    .mapv_inplace(|_| rng.random_range(0.5f32..1.5));
+                bn.bias_mut()
+                    .unwrap()
+                    .mapv_inplace(|_| rng.random_range(-0.5f32..0.5));
+            }
+            let (m, v) = running();
+            bn.running_mean_mut().unwrap().assign(&m);
+            bn.running_var_mut().unwrap().assign(&v);
+            bn.set_training(training);
+            Box::new(bn)
+        }),
+        functional: Some(Arc::new(move |x, ps, dy| {
+            let w = ps
+                .first()
+                .map(|w| w.view().into_dimensionality::<Ix1>().unwrap());
+            let b = ps
+                .get(1)
+                .map(|b| b.view().into_dimensionality::<Ix1>().unwrap());
+            let (mut m, mut v) = running();
+            let (rm, rv) = if training {
+                (None, None)
+            } else {
+                (Some(m.view_mut()), Some(v.view_mut()))
+            };
+            let (y, stats) = batch_norm2d(f4(x), rm, rv, w, b, &options).unwrap();
+            let g = batch_norm2d_backward(f4(x), w, b.is_some(), &stats, f4(dy)).unwrap();
+            let mut out = vec![y.into_dyn(), g.dx.into_dyn()];
+            out.extend(g.dweight.map(|d| d.into_dyn()));
+            out.extend(g.dbias.map(|d| d.into_dyn()));
+            out
+        })),
+        reference: Arc::new(move |x, ps| {
+            let x = d4(x);
+            let mut y = x.clone();
+            for ci in 0..c {
+                let xc = x.index_axis(ndarray::Axis(1), ci);
+                let (mean, var) = if training {
+                    let m = xc.len() as f64;
+                    let mean = xc.sum() / m;
+                    (mean, xc.mapv(|v| (v - mean).powi(2)).sum() / m)
+                } else {
+                    let (m, v) = bn_running(ci);
+                    (f64::from(m), f64::from(v))
+                };
+                let g = ps.first().map_or(1.0, |w| w[[ci]]);
+                let b = ps.get(1).map_or(0.0, |b| b[[ci]]);
+                y.index_axis_mut(ndarray::Axis(1), ci)
+                    .mapv_inplace(|v| (v - mean) / (var + eps).sqrt() * g + b);
+            }
+            y.into_dyn()
+        }),
+        forward_tol: 1e-5,
+        ..base(
+            format!("batch_norm2d training={training} affine={affine}"),
+            "batch_norm2d",
+            &x_shape,
+            seed,
+        )
+    }
+}
+
 /// `mse` against a fixed target, as a layer: forward gives the loss as a `[1]` tensor,
 /// backward `dy[0] * mse_backward(pred, target)`.
 #[derive(Debug, Clone)]
@@ -718,6 +808,15 @@ pub fn op_cases() -> Vec<OpCase> {
         adaptive_avg_pool((1, 1), [19, 5, 7, 9], 45),
         adaptive_avg_pool((3, 4), [40, 4, 29, 31], 46),
         adaptive_avg_pool((31, 33), [40, 4, 29, 31], 47),
+        // batch norm: training and eval mode, affine or not, N = 1 (spatial values
+        // only), and a large one.
+        batch_norm(true, true, [4, 3, 5, 5], 90),
+        batch_norm(true, false, [3, 2, 4, 3], 91),
+        batch_norm(false, true, [4, 3, 5, 5], 92),
+        batch_norm(false, false, [2, 2, 3, 3], 93),
+        batch_norm(true, true, [1, 2, 3, 1], 94),
+        batch_norm(true, true, [19, 5, 29, 31], 95),
+        batch_norm(false, true, [19, 5, 29, 31], 96),
         // flatten
         flatten_layer(1, -1, &[2, 3, 4, 5], &[2, 60]),
         flatten_layer(0, -1, &[4, 1, 1, 1], &[4]),
@@ -836,6 +935,26 @@ pub fn op_cases() -> Vec<OpCase> {
             77,
             1e-6,
         ),
+        sequential(
+            "conv, batch norm",
+            vec![
+                // No conv bias: batch norm removes it (its gradient is exactly zero).
+                conv(
+                    c(2, 3, (3, 3)).with_padding((1, 1)).with_bias(false),
+                    [3, 2, 5, 5],
+                    0,
+                ),
+                batch_norm(true, true, [3, 3, 5, 5], 0),
+                leaky_relu_layer(0.1, &[1], 0),
+                adaptive_avg_pool((2, 2), [3, 3, 5, 5], 0),
+                flatten_layer(1, -1, &[3, 3, 2, 2], &[3, 12]),
+                linear_layer(LinearConfig::new(12, 1), 3, 0),
+                mse_loss(&[3, 1], 78),
+            ],
+            &[3, 2, 5, 5],
+            78,
+            1e-6,
+        ),
         seed_net(37, 76),
     ]
 }
@@ -848,6 +967,7 @@ pub const OPS: &[&str] = &[
     "leaky_relu",
     "general_relu",
     "adaptive_avg_pool2d",
+    "batch_norm2d",
     "flatten",
     "mse",
     "sequential",
