@@ -4,8 +4,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use convinit::Error;
 use convinit::nn::{
-    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
-    Layer, LeakyRelu, Linear, LinearConfig, Relu, Sequential,
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Dropout, Dropout2d,
+    Flatten, GeneralRelu, Layer, LeakyRelu, Linear, LinearConfig, Relu, Sequential,
 };
 use convinit::ops::{
     BatchNormOptions, Conv2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
@@ -280,6 +280,28 @@ fn state_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
                 "cannot allocate",
                 "[1048576, 2, 1024, 1024]",
             ],
+        ),
+        (
+            "Dropout: p above 1",
+            Box::new(|| Dropout::new(1.5, 0).map(drop)),
+            "config",
+            vec!["Dropout", "between 0 and 1", "1.5"],
+        ),
+        (
+            "Dropout2d: negative p",
+            Box::new(|| Dropout2d::new(-0.5, 0).map(drop)),
+            "config",
+            vec!["Dropout2d", "-0.5"],
+        ),
+        (
+            "Dropout.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                Dropout::new(0.5, 0)?
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["dropout", "cannot allocate", "[1048576, 1048576]"],
         ),
         (
             "batch_norm2d: eval mode without running statistics",

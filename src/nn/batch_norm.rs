@@ -7,7 +7,7 @@ use ndarray::{ArcArray, ArcArrayD, Array0, Array1, ArrayD, ArrayView4, ArrayView
 
 use super::{
     Buffer, BufferMut, BufferView, BufferViewMut, Layer, Param, ParamMut, check_grad_shape,
-    check_param_shape, not_run, to_rank,
+    check_param_shape, not_run, python_float, to_rank,
 };
 use crate::error::{Error, Result};
 use crate::limits::try_to_owned;
@@ -494,30 +494,9 @@ impl Layer for BatchNorm2d {
     }
 }
 
-/// A float as Python's `repr` writes the usual ones: `0.1`, `1.0`, `1e-05`.
-fn python_float(v: f64) -> String {
-    if v != 0.0 && v.abs() < 1e-4 {
-        let s = format!("{v:e}");
-        match s.split_once('e') {
-            Some((m, e)) => {
-                let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
-                format!("{m}e{sign}{digits:0>2}")
-            }
-            None => s,
-        }
-    } else {
-        let s = format!("{v}");
-        if s.contains('.') || s.contains("inf") || s.contains("NaN") {
-            s
-        } else {
-            s + ".0"
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::python_float;
 
     #[test]
     fn floats_print_as_python() {

@@ -30,7 +30,7 @@
 //! Every layer is in training mode or evaluation mode ([`Layer::set_training`],
 //! [`Sequential::train`] / [`Sequential::eval`], training by default as in PyTorch).
 //! Only layers whose computation depends on it keep the flag ([`BatchNorm2d`]: batch or
-//! running statistics; `Dropout`: a random mask or the identity); the others ignore it.
+//! running statistics; [`Dropout`]: a random mask or the identity); the others ignore it.
 //!
 //! Inference that keeps nothing for backward is [`Sequential::infer`] (through
 //! [`Layer::infer`]): PyTorch's `with torch.no_grad()`, in the layers' current mode.
@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 mod activation;
 mod batch_norm;
 mod conv;
+mod dropout;
 mod flatten;
 mod general_relu;
 mod linear;
@@ -54,6 +55,7 @@ mod sequential;
 pub use activation::{LeakyRelu, Relu};
 pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use conv::{Conv2d, Conv2dConfig};
+pub use dropout::{Dropout, Dropout2d};
 pub use flatten::Flatten;
 pub use general_relu::GeneralRelu;
 pub use linear::{Linear, LinearConfig};
@@ -234,7 +236,7 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// [`Sequential::eval`] call it on every layer.
     ///
     /// The default ignores it: only layers whose computation depends on the mode
-    /// ([`BatchNorm2d`], `Dropout`, `Dropout2d`) keep the flag.
+    /// ([`BatchNorm2d`], [`Dropout`], [`Dropout2d`]) keep the flag.
     fn set_training(&mut self, training: bool) {
         let _ = training;
     }
@@ -312,6 +314,27 @@ pub(crate) fn to_rank<'a, D: Dimension>(
             format!("{what} must be {expected}, got shape {shape:?}"),
         )
     })
+}
+
+/// A float as Python's `repr` writes the usual ones: `0.1`, `1.0`, `1e-05`.
+pub(crate) fn python_float(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-4 {
+        let s = format!("{v:e}");
+        match s.split_once('e') {
+            Some((m, e)) => {
+                let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+                format!("{m}e{sign}{digits:0>2}")
+            }
+            None => s,
+        }
+    } else {
+        let s = format!("{v}");
+        if s.contains('.') || s.contains("inf") || s.contains("NaN") {
+            s
+        } else {
+            s + ".0"
+        }
+    }
 }
 
 /// The error of a backward pass that has nothing to work from.

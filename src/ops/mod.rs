@@ -23,6 +23,8 @@
 //! - [`relu`], [`leaky_relu`] and their backwards.
 //! - [`adaptive_avg_pool2d`] and its backward.
 //! - [`batch_norm2d`] and [`batch_norm2d_backward`] (batch or running statistics).
+//! - [`dropout`] / [`dropout2d`] (training mode, a mask reproducible from a seed and a
+//!   call count) and their backwards.
 //! - [`flatten`] and its backward.
 //! - [`linear`] and its backward.
 //! - [`mse`] and [`mse_backward`].
@@ -30,6 +32,7 @@
 mod activation;
 mod batch_norm;
 mod conv;
+mod dropout;
 mod flatten;
 mod geometry;
 mod im2col;
@@ -50,6 +53,8 @@ pub use conv::{
 };
 #[doc(hidden)]
 pub use conv::{ConvPlan, ForwardPath, Lowering, conv2d_backward_with_plan, conv2d_with_plan};
+pub(crate) use dropout::check_p as dropout_check_p;
+pub use dropout::{dropout, dropout_backward, dropout2d, dropout2d_backward};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub(crate) use linear::linear_backward_params;

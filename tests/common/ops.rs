@@ -16,13 +16,14 @@
 use std::sync::Arc;
 
 use convinit::nn::{
-    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
-    Layer, LeakyRelu, Linear, LinearConfig, Relu, Sequential,
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Dropout, Dropout2d,
+    Flatten, GeneralRelu, Layer, LeakyRelu, Linear, LinearConfig, Relu, Sequential,
 };
 use convinit::ops::{
     BatchNormOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, batch_norm2d,
-    batch_norm2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, leaky_relu,
-    leaky_relu_backward, linear, linear_backward, mse, mse_backward, relu, relu_backward,
+    batch_norm2d_backward, conv2d, conv2d_backward, dropout, dropout2d, flatten, flatten_backward,
+    leaky_relu, leaky_relu_backward, linear, linear_backward, mse, mse_backward, relu,
+    relu_backward,
 };
 use ndarray::{
     ArcArrayD, Array, Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Ix1, Ix2, Ix4, IxDyn,
@@ -529,6 +530,37 @@ pub fn batch_norm(training: bool, affine: bool, x_shape: [usize; 4], seed: u64) 
     }
 }
 
+/// `Dropout(p)` (or `Dropout2d(p)` when `channels`) in training mode, seed 17: the
+/// reference multiplies by the mask of the layer's first call, read from the functional
+/// op on ones (`tests/dropout.rs` checks the functional ops against the layers).
+pub fn dropout_layer(p: f32, channels: bool, x_shape: &[usize], seed: u64) -> OpCase {
+    type Op = fn(ArrayViewD<'_, f32>, f32, u64, u64) -> convinit::Result<ArrayD<f32>>;
+    let (fwd, op): (Op, &'static str) = if channels {
+        (dropout2d, "dropout2d")
+    } else {
+        (dropout, "dropout")
+    };
+    OpCase {
+        elementwise: true,
+        layer: Arc::new(move |_| {
+            if channels {
+                Box::new(Dropout2d::new(p, 17).unwrap())
+            } else {
+                Box::new(Dropout::new(p, 17).unwrap())
+            }
+        }),
+        // No functional form: the layer is a thin wrapper over it, and the mask indexes
+        // the whole tensor, so the determinism test's slices-along-the-batch comparison
+        // (made for position-free ops) does not apply.
+        reference: Arc::new(move |x, _| {
+            let mask = fwd(ArrayD::ones(x.raw_dim()).view(), p, 17, 0).unwrap();
+            x * &mask.mapv(f64::from)
+        }),
+        forward_tol: 1e-7,
+        ..base(format!("{op}(p={p})"), op, x_shape, seed)
+    }
+}
+
 /// `mse` against a fixed target, as a layer: forward gives the loss as a `[1]` tensor,
 /// backward `dy[0] * mse_backward(pred, target)`.
 #[derive(Debug, Clone)]
@@ -817,6 +849,11 @@ pub fn op_cases() -> Vec<OpCase> {
         batch_norm(true, true, [1, 2, 3, 1], 94),
         batch_norm(true, true, [19, 5, 29, 31], 95),
         batch_norm(false, true, [19, 5, 29, 31], 96),
+        // dropout and channel dropout: small, and above the parallel threshold.
+        dropout_layer(0.3, false, &[2, 3, 4, 5], 100),
+        dropout_layer(0.5, false, &[19, 5, 29, 31], 101),
+        dropout_layer(0.4, true, &[3, 4, 2, 3], 102),
+        dropout_layer(0.2, true, &[19, 5, 29, 31], 103),
         // flatten
         flatten_layer(1, -1, &[2, 3, 4, 5], &[2, 60]),
         flatten_layer(0, -1, &[4, 1, 1, 1], &[4]),
@@ -968,6 +1005,8 @@ pub const OPS: &[&str] = &[
     "general_relu",
     "adaptive_avg_pool2d",
     "batch_norm2d",
+    "dropout",
+    "dropout2d",
     "flatten",
     "mse",
     "sequential",
