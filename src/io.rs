@@ -1,4 +1,4 @@
-//! Saving and loading a [`Sequential`]'s parameters as
+//! Saving and loading a [`Sequential`]'s parameters and buffers (its `state_dict`) as
 //! [safetensors](https://huggingface.co/docs/safetensors), with PyTorch's `state_dict`
 //! key names (`"0.weight"`, `"0.bias"`, `"2.weight"`, ...), so a model moves between this
 //! crate and PyTorch both ways:
@@ -11,7 +11,11 @@
 //!
 //! The format: an 8-byte little-endian header length, a JSON header mapping each name to
 //! its `dtype`, `shape` and `data_offsets` (plus an optional `__metadata__` map of
-//! strings), then the raw little-endian tensor data. Parameters are stored as `F32`.
+//! strings), then the raw little-endian tensor data. Parameters are stored as `F32`;
+//! buffers (a batch norm's running statistics, [`crate::nn::Layer::buffers`]) under
+//! their `state_dict` names too: `"1.running_mean"` and `"1.running_var"` as `F32`,
+//! `"1.num_batches_tracked"` as a 0-dimensional `I64`, so a trained network with batch
+//! norm loads into PyTorch strictly, and back.
 //!
 //! # Saving
 //! [`save_safetensors`] is atomic: it writes a temporary file beside the file it
@@ -35,7 +39,8 @@
 //! model unchanged. Errors say what is wrong and where: [`Error::Truncated`] at the byte
 //! where the input ends, [`Error::InvalidData`] at the offending byte (the header length,
 //! a byte that is not UTF-8 or JSON, bytes after the data), [`Error::Unsupported`] at a
-//! tensor's data when its dtype is not `F32`; where no byte is to blame (a parameter
+//! tensor's data when its dtype is not the model's (`F32`, `I64` for
+//! `num_batches_tracked`); where no byte is to blame (a parameter or buffer
 //! missing from the file, tensors the model does not have, a tensor table whose offsets
 //! do not tile the data) [`Error::InvalidContent`] names the keys. Lists of keys name
 //! the first eight and how many more, and text quoted from the file is cut, so a message
@@ -71,11 +76,11 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use safetensors::tensor::{Dtype, Metadata, TensorInfo, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorView};
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
-use crate::nn::Sequential;
+use crate::nn::{BufferView, BufferViewMut, Sequential};
 
 const FORMAT: &str = "safetensors";
 
@@ -206,14 +211,17 @@ impl LoadOptions {
 /// What [`load_safetensors`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoadReport {
-    /// The parameters set from the file, in the model's order.
+    /// The parameters set from the file, in the model's order, then the buffers.
     pub loaded: Vec<String>,
-    /// The file's tensors that are not parameters of the model (non-strict loads only),
+    /// The file's tensors that are neither parameters nor buffers of the model
+    /// (non-strict loads only),
     /// sorted.
     pub ignored: Vec<String>,
 }
 
-/// The model's parameters in the safetensors format, with `__metadata__`
+/// The model's parameters (`F32`) and buffers (`F32` running statistics, `I64`
+/// `num_batches_tracked`) in the safetensors format, under their `state_dict` names, with
+/// `__metadata__`
 /// `{"format": "pt"}` (what `safetensors.torch.save_file` and the Hugging Face tools
 /// expect).
 ///
@@ -222,17 +230,34 @@ pub struct LoadReport {
 /// the same name, a header too large).
 pub fn to_safetensors_bytes(net: &Sequential) -> Result<Vec<u8>> {
     let params = net.named_parameters();
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = params
+    let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = params
         .iter()
         .map(|p| {
             let bytes = p.value.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (p.name.clone(), p.value.shape().to_vec(), bytes)
+            (p.name.clone(), Dtype::F32, p.value.shape().to_vec(), bytes)
         })
         .collect();
+    data.extend(net.named_buffers().into_iter().map(|b| {
+        let shape = b.value.shape().to_vec();
+        match b.value {
+            BufferView::F32(a) => (
+                b.name,
+                Dtype::F32,
+                shape,
+                a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            BufferView::I64(a) => (
+                b.name,
+                Dtype::I64,
+                shape,
+                a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        }
+    }));
     let views = data
         .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.as_str(), v))
                 .map_err(|e| content(format!("tensor {}: {e}", cut(name, KEY_BYTES))))
         })
@@ -346,7 +371,7 @@ fn write_atomically(target: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-/// Saves the model's parameters to `path` as safetensors (see [`to_safetensors_bytes`]).
+/// Saves the model's parameters and buffers to `path` as safetensors (see [`to_safetensors_bytes`]).
 ///
 /// The save is atomic: the bytes go to a temporary file in the same directory as the
 /// file being replaced, which is flushed to disk and then renamed over it, so an
@@ -509,7 +534,7 @@ fn read_up_to(reader: &mut impl Read, buf: &mut Vec<u8>, n: u64) -> io::Result<u
     reader.take(n).read_to_end(buf).map(|got| got as u64)
 }
 
-/// Loads the model's parameters from a safetensors file (see [`load_safetensors_bytes`]).
+/// Loads the model's parameters and buffers from a safetensors file (see [`load_safetensors_bytes`]).
 ///
 /// The file is read as the header says, never to its end blindly: first the 8-byte
 /// header length (at most 100 MB, the format's limit), then the JSON header, which is
@@ -593,8 +618,8 @@ pub fn load_safetensors(
     apply(net, &header, &data, options)
 }
 
-/// Sets every parameter of `net` from the tensor of the same name in `bytes` (a
-/// safetensors file), as PyTorch's `load_state_dict`.
+/// Sets every parameter and buffer of `net` from the tensor of the same name in `bytes`
+/// (a safetensors file), as PyTorch's `load_state_dict`.
 ///
 /// Everything is checked before anything is written: on error the model is unchanged.
 /// The checks are those of [`load_safetensors`], `options.limits` included.
@@ -612,13 +637,15 @@ pub fn load_safetensors(
 /// - [`Error::LimitExceeded`] when the declared size is more than
 ///   `options.limits.max_input_bytes()`;
 /// - [`Error::InvalidContent`] when the header's tensor table is inconsistent (offsets
-///   that do not tile the data, sizes that do not match dtype and shape), a parameter is
-///   missing from the file (the missing keys are named), or (when `options.strict`) the
-///   file holds tensors that are not parameters (the unexpected keys are named);
-/// - [`Error::Unsupported`] at the tensor's data when a needed tensor is not `F32` (its
+///   that do not tile the data, sizes that do not match dtype and shape), a parameter
+///   or buffer is missing from the file (the missing keys are named), or (when
+///   `options.strict`) the file holds tensors that are neither (the unexpected keys are
+///   named);
+/// - [`Error::Unsupported`] at the tensor's data when a needed tensor does not have the
+///   model's dtype (`F32`; `I64` for `num_batches_tracked`) (its
 ///   key and dtype named);
-/// - [`Error::Shape`] when a tensor's shape differs from its parameter's (the key and
-///   both shapes named).
+/// - [`Error::Shape`] when a tensor's shape differs from its parameter's or buffer's
+///   (the key and both shapes named).
 pub fn load_safetensors_bytes(
     net: &mut Sequential,
     bytes: &[u8],
@@ -644,36 +671,62 @@ pub fn load_safetensors_bytes(
     )
 }
 
+/// What the model needs from the file: a parameter or a buffer, its name, shape and
+/// dtype.
+struct Wanted {
+    name: String,
+    shape: Vec<usize>,
+    dtype: Dtype,
+    what: &'static str,
+}
+
+/// Every tensor of the model's `state_dict`: the parameters (F32), then the buffers (F32
+/// running statistics, I64 `num_batches_tracked`).
+fn wanted(net: &Sequential) -> Vec<Wanted> {
+    let params = net.named_parameters().into_iter().map(|p| Wanted {
+        shape: p.value.shape().to_vec(),
+        name: p.name,
+        dtype: Dtype::F32,
+        what: "parameter",
+    });
+    let buffers = net.named_buffers().into_iter().map(|b| Wanted {
+        shape: b.value.shape().to_vec(),
+        dtype: match b.value {
+            BufferView::F32(_) => Dtype::F32,
+            BufferView::I64(_) => Dtype::I64,
+        },
+        name: b.name,
+        what: "buffer",
+    });
+    params.chain(buffers).collect()
+}
+
 /// Matches the checked file (`header`, and `data`, the bytes after it) to the model's
-/// parameters, checks every match, then writes them all.
+/// parameters and buffers, checks every match, then writes them all.
 fn apply(
     net: &mut Sequential,
     header: &Header,
     data: &[u8],
     options: LoadOptions,
 ) -> Result<LoadReport> {
-    let mut params = net.named_parameters_mut();
-    let infos: Vec<&TensorInfo> = params
+    let wanted = wanted(net);
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter_map(|p| header.metadata.info(&p.name))
+        .map(|w| w.name.as_str())
+        .filter(|name| header.metadata.info(name).is_none())
         .collect();
-    if infos.len() < params.len() {
-        let missing: Vec<&str> = params
-            .iter()
-            .map(|p| p.name.as_str())
-            .filter(|name| header.metadata.info(name).is_none())
-            .collect();
+    if !missing.is_empty() {
         return Err(content(format!(
             "missing key(s) {}: the model has them, the file does not",
             key_list(&missing)
         )));
     }
-    let wanted: HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    let names: HashSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
     let mut ignored: Vec<String> = header
         .metadata
         .offset_keys()
         .into_iter()
-        .filter(|name| !wanted.contains(name.as_str()))
+        .filter(|name| !names.contains(name.as_str()))
         .collect();
     ignored.sort_unstable();
     if options.strict && !ignored.is_empty() {
@@ -683,27 +736,29 @@ fn apply(
             key_list(&ignored)
         )));
     }
-    let mut tensors = Vec::with_capacity(params.len());
-    for (p, info) in params.iter().zip(infos) {
+    let mut tensors = Vec::with_capacity(wanted.len());
+    for w in &wanted {
+        let info = header
+            .metadata
+            .info(&w.name)
+            .ok_or_else(|| content(format!("key {} vanished", cut(&w.name, KEY_BYTES))))?;
         let (start, end) = info.data_offsets;
-        if info.dtype != Dtype::F32 {
+        if info.dtype != w.dtype {
             return Err(Error::Unsupported {
                 format: FORMAT,
                 offset: header.data_start() + start as u64,
                 message: format!(
-                    "key {} has dtype {:?}, only F32 is supported",
-                    p.name, info.dtype
+                    "key {} has dtype {:?}, the model's {} is {:?}",
+                    w.name, info.dtype, w.what, w.dtype
                 ),
             });
         }
-        if info.shape != p.value.shape() {
+        if info.shape != w.shape {
             return Err(Error::shape(
                 "load_safetensors",
                 format!(
-                    "key {}: the file has shape {:?}, the model's parameter is {:?}",
-                    p.name,
-                    info.shape,
-                    p.value.shape()
+                    "key {}: the file has shape {:?}, the model's {} is {:?}",
+                    w.name, info.shape, w.what, w.shape
                 ),
             ));
         }
@@ -711,22 +766,43 @@ fn apply(
         let Some(bytes) = data.get(start..end) else {
             return Err(content(format!(
                 "key {}: data_offsets [{start}, {end}] lie outside the {} bytes of data",
-                p.name,
+                w.name,
                 data.len()
             )));
         };
         tensors.push(bytes);
     }
-    for (p, bytes) in params.iter_mut().zip(&tensors) {
-        let values = bytes
+    let mut bytes = tensors.into_iter();
+    for (p, b) in net.named_parameters_mut().iter_mut().zip(bytes.by_ref()) {
+        let values = b
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         for (dst, v) in p.value.iter_mut().zip(values) {
             *dst = v;
         }
     }
+    for (buffer, b) in net.named_buffers_mut().into_iter().zip(bytes) {
+        match buffer.value {
+            BufferViewMut::F32(mut a) => {
+                let values = b
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                for (dst, v) in a.iter_mut().zip(values) {
+                    *dst = v;
+                }
+            }
+            BufferViewMut::I64(mut a) => {
+                let values = b
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+                for (dst, v) in a.iter_mut().zip(values) {
+                    *dst = v;
+                }
+            }
+        }
+    }
     Ok(LoadReport {
-        loaded: params.into_iter().map(|p| p.name).collect(),
+        loaded: wanted.into_iter().map(|w| w.name).collect(),
         ignored,
     })
 }

@@ -4,14 +4,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use convinit::Error;
 use convinit::nn::{
-    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
-    Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d,
+    Conv2dConfig, Dropout, Dropout2d, Flatten, GeneralRelu, Layer, LeakyRelu, Linear, LinearConfig,
+    MaxPool2d, Relu, Sequential,
 };
 use convinit::ops::{
-    AvgPool2dOptions, Conv2dOptions, MaxPool2dOptions, adaptive_avg_pool2d,
+    AvgPool2dOptions, BatchNormOptions, Conv2dOptions, MaxPool2dOptions, adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward, adaptive_max_pool2d, adaptive_max_pool2d_backward, avg_pool2d,
-    avg_pool2d_backward, conv2d, conv2d_backward, flatten, leaky_relu_backward, linear,
-    linear_backward, max_pool2d, max_pool2d_backward, mse, mse_backward, relu_backward,
+    avg_pool2d_backward, batch_norm2d, batch_norm2d_backward, conv2d, conv2d_backward, flatten,
+    leaky_relu_backward, linear, linear_backward, max_pool2d, max_pool2d_backward, mse,
+    mse_backward, relu_backward,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::SeedableRng;
@@ -204,7 +206,200 @@ fn alloc_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
 fn table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
     let mut t = base_table();
     t.extend(alloc_table());
+    t.extend(state_table());
     t
+}
+
+fn bn(c: usize) -> BatchNorm2d {
+    BatchNorm2d::new(BatchNorm2dConfig::new(c)).unwrap()
+}
+
+/// Batch norm and dropout.
+fn state_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "BatchNorm2d: no channels",
+            Box::new(|| BatchNorm2d::new(BatchNorm2dConfig::new(0)).map(drop)),
+            "config",
+            vec!["BatchNorm2d", "num_features", "0"],
+        ),
+        (
+            "BatchNorm2d: negative eps",
+            Box::new(|| BatchNorm2d::new(BatchNorm2dConfig::new(2).with_eps(-1.0)).map(drop)),
+            "config",
+            vec!["BatchNorm2d", "eps", "-1"],
+        ),
+        (
+            "BatchNorm2d: momentum above 1",
+            Box::new(|| {
+                BatchNorm2d::new(BatchNorm2dConfig::new(2).with_momentum(Some(1.5))).map(drop)
+            }),
+            "config",
+            vec!["BatchNorm2d", "momentum", "1.5"],
+        ),
+        (
+            "BatchNorm2d: one value per channel in training mode",
+            Box::new(|| bn(3).forward(x4((1, 3, 1, 1)).into_dyn().view()).map(drop)),
+            "config",
+            vec![
+                "BatchNorm2d",
+                "Expected more than 1 value per channel when training",
+                "[1, 3, 1, 1]",
+            ],
+        ),
+        (
+            "BatchNorm2d: one value per channel without running statistics, eval mode",
+            Box::new(|| {
+                let cfg = BatchNorm2dConfig::new(3).with_track_running_stats(false);
+                let mut b = BatchNorm2d::new(cfg)?;
+                b.set_training(false);
+                b.forward(x4((1, 3, 1, 1)).into_dyn().view()).map(drop)
+            }),
+            "config",
+            vec![
+                "BatchNorm2d",
+                "more than 1 value per channel",
+                "[1, 3, 1, 1]",
+            ],
+        ),
+        (
+            "BatchNorm2d: channel mismatch",
+            Box::new(|| bn(3).forward(x4((2, 4, 3, 3)).into_dyn().view()).map(drop)),
+            "shape",
+            vec!["BatchNorm2d", "[2, 4, 3, 3]", "num_features = 3"],
+        ),
+        (
+            "BatchNorm2d: rank 3",
+            Box::new(|| {
+                bn(3)
+                    .forward(ArrayD::ones(IxDyn(&[2, 3, 4])).view())
+                    .map(drop)
+            }),
+            "shape",
+            vec!["BatchNorm2d", "(N, C, H, W)", "[2, 3, 4]"],
+        ),
+        (
+            "BatchNorm2d: backward before forward",
+            Box::new(|| bn(3).backward(x4((2, 3, 2, 2)).into_dyn().view()).map(drop)),
+            "state",
+            vec!["BatchNorm2d", "before forward"],
+        ),
+        (
+            "BatchNorm2d: grad_out of the wrong shape",
+            Box::new(|| {
+                let mut b = bn(3);
+                b.forward(x4((2, 3, 2, 2)).into_dyn().view())?;
+                b.backward(x4((2, 3, 2, 3)).into_dyn().view()).map(drop)
+            }),
+            "shape",
+            vec!["BatchNorm2d", "[2, 3, 2, 3]", "[2, 3, 2, 2]"],
+        ),
+        (
+            "BatchNorm2d: a weight replaced by one of another length",
+            Box::new(|| {
+                let mut b = bn(3);
+                *b.weight_mut().unwrap() = Array1::ones(4);
+                b.forward(x4((2, 3, 2, 2)).into_dyn().view()).map(drop)
+            }),
+            "shape",
+            vec!["BatchNorm2d", "weight has length 4", "num_features is 3"],
+        ),
+        (
+            "BatchNorm2d.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                bn(2)
+                    .forward(broadcast(&[TB_SIDE, 2, 1024, 1024]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec![
+                "batch_norm2d",
+                "cannot allocate",
+                "[1048576, 2, 1024, 1024]",
+            ],
+        ),
+        (
+            "Dropout: p above 1",
+            Box::new(|| Dropout::new(1.5, 0).map(drop)),
+            "config",
+            vec!["Dropout", "between 0 and 1", "1.5"],
+        ),
+        (
+            "Dropout2d: negative p",
+            Box::new(|| Dropout2d::new(-0.5, 0).map(drop)),
+            "config",
+            vec!["Dropout2d", "-0.5"],
+        ),
+        (
+            "Dropout.forward: a broadcast input of terabytes",
+            Box::new(|| {
+                Dropout::new(0.5, 0)?
+                    .forward(broadcast(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            }),
+            "alloc",
+            vec!["dropout", "cannot allocate", "[1048576, 1048576]"],
+        ),
+        (
+            "batch_norm2d: eval mode without running statistics",
+            Box::new(|| {
+                let o = BatchNormOptions {
+                    training: false,
+                    ..BatchNormOptions::default()
+                };
+                batch_norm2d(x4((2, 3, 2, 2)).view(), None, None, None, None, &o).map(drop)
+            }),
+            "config",
+            vec!["batch_norm2d", "running_mean"],
+        ),
+        (
+            "batch_norm2d: a bias of the wrong length",
+            Box::new(|| {
+                let b = Array1::<f32>::zeros(2);
+                let o = BatchNormOptions::default();
+                batch_norm2d(
+                    x4((2, 3, 2, 2)).view(),
+                    None,
+                    None,
+                    None,
+                    Some(b.view()),
+                    &o,
+                )
+                .map(drop)
+            }),
+            "shape",
+            vec!["batch_norm2d", "bias has length 2", "3 channels"],
+        ),
+        (
+            "batch_norm2d: NaN eps",
+            Box::new(|| {
+                let o = BatchNormOptions {
+                    eps: f64::NAN,
+                    ..BatchNormOptions::default()
+                };
+                batch_norm2d(x4((2, 3, 2, 2)).view(), None, None, None, None, &o).map(drop)
+            }),
+            "config",
+            vec!["batch_norm2d", "eps", "NaN"],
+        ),
+        (
+            "batch_norm2d_backward: dy of another shape",
+            Box::new(|| {
+                let o = BatchNormOptions::default();
+                let (_, stats) = batch_norm2d(x4((2, 3, 2, 2)).view(), None, None, None, None, &o)?;
+                batch_norm2d_backward(
+                    x4((2, 3, 2, 2)).view(),
+                    None,
+                    true,
+                    &stats,
+                    x4((2, 3, 1, 2)).view(),
+                )
+                .map(drop)
+            }),
+            "shape",
+            vec!["batch_norm2d", "[2, 3, 1, 2]", "[2, 3, 2, 2]"],
+        ),
+    ]
 }
 
 fn base_table() -> Vec<(&'static str, Call, &'static str, Vec<&'static str>)> {
@@ -989,6 +1184,13 @@ fn corrected_calls_succeed() {
         .with(conv_layer(Conv2dConfig::new(2, 2, (3, 3))));
     let y = net.forward(x4((1, 2, 5, 5)).into_dyn().view()).unwrap();
     net.backward(y.view()).unwrap();
+    // Batch norm: two values per channel train; one value per channel in eval mode.
+    let mut b = bn(3);
+    b.forward(x4((2, 3, 1, 1)).into_dyn().view()).unwrap();
+    b.forward(x4((1, 3, 2, 1)).into_dyn().view()).unwrap();
+    b.set_training(false);
+    b.forward(x4((1, 3, 1, 1)).into_dyn().view()).unwrap();
+    assert!(BatchNorm2d::new(BatchNorm2dConfig::new(2).with_eps(0.0).with_momentum(None)).is_ok());
 }
 
 /// Degenerate but valid shapes (empty batch, no input or output channels) work.

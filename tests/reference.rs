@@ -13,8 +13,9 @@ use std::path::Path;
 use common::{Case, Score, case_paths, compare, fixtures_dir, load_case, reference_dir};
 use convinit::init::{Nonlinearity, calculate_gain, default_bounds, fans};
 use convinit::nn::{
-    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer,
-    LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, BatchNorm2dConfig, BufferViewMut,
+    Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu,
+    Sequential,
 };
 use convinit::ops::{AvgPool2dOptions, MaxPool2dOptions, mse, mse_backward};
 use convinit::train::{
@@ -126,8 +127,9 @@ fn run_pool(case: &Case) -> Outcome {
     )?))
 }
 
+/// Parses a boolean metadata value, `"true"` / `"false"` (any case).
 fn meta_bool(case: &Case, key: &str) -> Result<bool, String> {
-    match case.meta_str(key)? {
+    match case.meta_str(key)?.to_ascii_lowercase().as_str() {
         "true" => Ok(true),
         "false" => Ok(false),
         other => Err(format!(
@@ -232,6 +234,74 @@ fn run_adaptive_max_pool(case: &Case) -> Outcome {
         case.tensor("dx")?.view(),
         overlap,
     )?))
+}
+
+fn run_batch_norm2d(case: &Case) -> Outcome {
+    let x = case.tensor("x")?;
+    let c = x.shape()[1];
+    let momentum = match case.meta_str("momentum")?.to_ascii_lowercase().as_str() {
+        "none" => None,
+        _ => Some(case.meta_num::<f64>("momentum")?),
+    };
+    let affine = meta_bool(case, "affine")?;
+    let config = BatchNorm2dConfig::new(c)
+        .with_eps(case.meta_num("eps")?)
+        .with_momentum(momentum)
+        .with_affine(affine);
+    let mut bn = BatchNorm2d::new(config).map_err(err)?;
+    if affine {
+        bn.weight_mut()
+            .ok_or("no weight")?
+            .assign(&as1(case, "weight")?);
+        bn.bias_mut().ok_or("no bias")?.assign(&as1(case, "bias")?);
+    }
+    bn.running_mean_mut()
+        .ok_or("no running_mean")?
+        .assign(&as1(case, "running_mean")?);
+    bn.running_var_mut()
+        .ok_or("no running_var")?
+        .assign(&as1(case, "running_var")?);
+    if let Ok(t) = case.tensor_i64("num_batches_tracked") {
+        for b in bn.buffers_mut() {
+            if let BufferViewMut::I64(mut v) = b.value {
+                v.assign(t);
+            }
+        }
+    }
+    bn.set_training(meta_bool(case, "training")?);
+    let y = bn.forward(x.view()).map_err(err)?;
+    let dx = bn.backward(case.tensor("dy")?.view()).map_err(err)?;
+    // Every output depends on a channel's statistics, sums over M = N * H * W values
+    // (the running ones too, and the weight and bias gradients sum over the same M);
+    // in training mode dx also on the channel sums of dy and dy * xhat. All M terms.
+    let m = x.len() / c;
+    let mut e = compare("y", y.view(), case.tensor("y")?.view(), m)?;
+    e = e.max(compare("dx", dx.view(), case.tensor("dx")?.view(), m)?);
+    let rm = bn
+        .running_mean()
+        .ok_or("no running_mean")?
+        .view()
+        .into_dyn();
+    let rv = bn.running_var().ok_or("no running_var")?.view().into_dyn();
+    e = e.max(compare(
+        "running_mean_after",
+        rm,
+        case.tensor("running_mean_after")?.view(),
+        m,
+    )?);
+    e = e.max(compare(
+        "running_var_after",
+        rv,
+        case.tensor("running_var_after")?.view(),
+        m,
+    )?);
+    if affine {
+        let dw = bn.weight_grad().ok_or("no weight grad")?.view().into_dyn();
+        let db = bn.bias_grad().ok_or("no bias grad")?.view().into_dyn();
+        e = e.max(compare("dweight", dw, case.tensor("dweight")?.view(), m)?);
+        e = e.max(compare("dbias", db, case.tensor("dbias")?.view(), m)?);
+    }
+    Ok(e)
 }
 
 fn run_leaky(case: &Case) -> Outcome {
@@ -522,6 +592,7 @@ fn run_case(case: &Case) -> Outcome {
         "adam" => run_adam(case),
         "linear" => run_linear(case),
         "cross_entropy" => run_cross_entropy(case),
+        "batch_norm2d" => run_batch_norm2d(case),
         other => Err(format!("unknown op {other:?}")),
     }
 }

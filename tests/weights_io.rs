@@ -836,3 +836,233 @@ fn saving_over_a_file_keeps_its_permissions() {
     assert_eq!(mode(&new), mode(&usual));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ------------------------------------------------------------------ buffers (batch norm)
+
+/// Conv, batch norm, ReLU, conv: the buffers of `state_dict` (`1.running_mean`,
+/// `1.running_var`, `1.num_batches_tracked`).
+fn bn_net(seed: u64) -> Sequential {
+    use convinit::nn::{BatchNorm2d, BatchNorm2dConfig};
+    let mut rng = StdRng::seed_from_u64(seed);
+    Sequential::new()
+        .with(Conv2d::new(Conv2dConfig::new(1, 3, (3, 3)), &mut rng).unwrap())
+        .with(BatchNorm2d::new(BatchNorm2dConfig::new(3)).unwrap())
+        .with(Relu::new())
+        .with(Conv2d::new(Conv2dConfig::new(3, 2, (3, 3)), &mut rng).unwrap())
+}
+
+/// Every parameter and buffer as bits (i64 buffers as their value's bits).
+fn state_bits(net: &Sequential) -> Vec<(String, Vec<u64>)> {
+    use convinit::nn::BufferView;
+    let mut out: Vec<(String, Vec<u64>)> = net
+        .named_parameters()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name,
+                p.value.iter().map(|v| u64::from(v.to_bits())).collect(),
+            )
+        })
+        .collect();
+    out.extend(net.named_buffers().into_iter().map(|b| {
+        let v = match b.value {
+            BufferView::F32(a) => a.iter().map(|v| u64::from(v.to_bits())).collect(),
+            BufferView::I64(a) => a.iter().map(|&v| v as u64).collect(),
+        };
+        (b.name, v)
+    }));
+    out
+}
+
+/// Runs two training-mode batches so the running statistics are not their defaults.
+fn trained_bn_net(seed: u64) -> Sequential {
+    let mut net = bn_net(seed);
+    let mut rng = StdRng::seed_from_u64(seed + 100);
+    for _ in 0..2 {
+        let x = ArrayD::from_shape_simple_fn(IxDyn(&[4, 1, 8, 8]), || {
+            rand::Rng::random_range(&mut rng, -1.0f32..2.0)
+        });
+        net.forward(x.view()).unwrap();
+    }
+    net
+}
+
+/// A tensor of a file: name, dtype, shape, data.
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The file's tensors as [`Entry`]s, edited by `edit`, re-serialized.
+fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Vec<Entry>)) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut owned: Vec<Entry> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut owned);
+    let views: Vec<(&str, TensorView<'_>)> = owned
+        .iter()
+        .map(|(k, d, s, b)| (k.as_str(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::tensor::serialize(views, None).unwrap()
+}
+
+#[test]
+fn buffers_round_trip_under_state_dict_names_and_dtypes() {
+    let saved = trained_bn_net(1);
+    let bytes = to_safetensors_bytes(&saved).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "0.bias",
+            "0.weight",
+            "1.bias",
+            "1.num_batches_tracked",
+            "1.running_mean",
+            "1.running_var",
+            "1.weight",
+            "3.bias",
+            "3.weight"
+        ]
+    );
+    let t = st.tensor("1.num_batches_tracked").unwrap();
+    assert_eq!((t.dtype(), t.shape()), (Dtype::I64, &[][..]));
+    assert_eq!(t.data(), 2i64.to_le_bytes());
+    for key in ["1.running_mean", "1.running_var"] {
+        let t = st.tensor(key).unwrap();
+        assert_eq!((t.dtype(), t.shape()), (Dtype::F32, &[3][..]), "{key}");
+    }
+
+    // A fresh net (other weights, default statistics) loads everything, strictly, through
+    // a file, and computes the same in eval mode.
+    let path = std::env::temp_dir().join(format!("convinit-bn-{}.safetensors", std::process::id()));
+    save_safetensors(&saved, &path).unwrap();
+    let mut loaded = bn_net(2);
+    assert_ne!(state_bits(&loaded), state_bits(&saved));
+    let report = load_safetensors(&mut loaded, &path, LoadOptions::default()).unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(
+        report.loaded,
+        [
+            "0.weight",
+            "0.bias",
+            "1.weight",
+            "1.bias",
+            "3.weight",
+            "3.bias",
+            "1.running_mean",
+            "1.running_var",
+            "1.num_batches_tracked"
+        ]
+    );
+    assert!(report.ignored.is_empty());
+    assert_eq!(state_bits(&loaded), state_bits(&saved));
+    let (mut a, mut b) = (saved, loaded);
+    a.eval();
+    b.eval();
+    let x = ArrayD::from_elem(IxDyn(&[2, 1, 8, 8]), 0.5f32);
+    assert_eq!(a.infer(x.view()).unwrap(), b.infer(x.view()).unwrap());
+}
+
+#[test]
+fn a_missing_or_unexpected_buffer_fails_strict_loading() {
+    let bytes = to_safetensors_bytes(&trained_bn_net(3)).unwrap();
+    // Missing: the model has 1.running_var, the file does not.
+    let without = rewrite(&bytes, |t| t.retain(|(k, ..)| k != "1.running_var"));
+    let mut net = bn_net(4);
+    let before = state_bits(&net);
+    let e = load_safetensors_bytes(&mut net, &without, LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::InvalidContent { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(r#"missing key(s) ["1.running_var"]"#),
+        "{e}"
+    );
+    // Lenient loading does not forgive a missing key either (as PyTorch's strict=False
+    // would): everything is checked first, the model unchanged.
+    let e = load_safetensors_bytes(&mut net, &without, LoadOptions::lenient()).unwrap_err();
+    assert!(e.to_string().contains("1.running_var"), "{e}");
+    assert_eq!(state_bits(&net), before);
+
+    // Unexpected: a net without batch norm's buffers reads a file that has them.
+    let mut rng = StdRng::seed_from_u64(5);
+    let plain = |rng: &mut StdRng| {
+        Sequential::new()
+            .with(Conv2d::new(Conv2dConfig::new(1, 3, (3, 3)), rng).unwrap())
+            .with(Relu::new())
+    };
+    let small = rewrite(&bytes, |t| {
+        t.retain(|(k, ..)| k.starts_with("0.") || k.starts_with("1.r") || k.starts_with("1.n"))
+    });
+    let mut p = plain(&mut rng);
+    let e = load_safetensors_bytes(&mut p, &small, LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::InvalidContent { .. }), "{e}");
+    assert!(
+        e.to_string().contains(
+            r#"unexpected key(s) ["1.num_batches_tracked", "1.running_mean", "1.running_var"]"#
+        ),
+        "{e}"
+    );
+    let report = load_safetensors_bytes(&mut p, &small, LoadOptions::lenient()).unwrap();
+    assert_eq!(report.loaded, ["0.weight", "0.bias"]);
+    assert_eq!(
+        report.ignored,
+        ["1.num_batches_tracked", "1.running_mean", "1.running_var"]
+    );
+}
+
+#[test]
+fn buffers_of_the_wrong_dtype_or_shape_are_errors() {
+    let bytes = to_safetensors_bytes(&trained_bn_net(6)).unwrap();
+    /// (key, dtype written, shape, data, the dtype the message must name)
+    type Case = (&'static str, Dtype, Vec<usize>, Vec<u8>, &'static str);
+    let cases: Vec<Case> = vec![
+        // num_batches_tracked as F32 (what a careless converter writes).
+        (
+            "1.num_batches_tracked",
+            Dtype::F32,
+            vec![],
+            2f32.to_le_bytes().to_vec(),
+            "I64",
+        ),
+        // The running mean as I64.
+        (
+            "1.running_mean",
+            Dtype::I64,
+            vec![3],
+            [0u8; 24].to_vec(),
+            "F32",
+        ),
+    ];
+    for (key, dtype, shape, data, want) in cases {
+        let edited = rewrite(&bytes, |t| {
+            for e in t.iter_mut().filter(|e| e.0 == key) {
+                (e.1, e.2, e.3) = (dtype, shape.clone(), data.clone());
+            }
+        });
+        let mut net = bn_net(7);
+        let before = state_bits(&net);
+        let e = load_safetensors_bytes(&mut net, &edited, LoadOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(key) && msg.contains("buffer") && msg.contains(want),
+            "{msg}"
+        );
+        assert_eq!(state_bits(&net), before, "unchanged after a failed load");
+    }
+    // num_batches_tracked of shape [1] (not a scalar).
+    let edited = rewrite(&bytes, |t| {
+        for e in t.iter_mut().filter(|e| e.0 == "1.num_batches_tracked") {
+            e.2 = vec![1];
+        }
+    });
+    let e = load_safetensors_bytes(&mut bn_net(8), &edited, LoadOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    assert!(
+        e.to_string().contains("1.num_batches_tracked") && e.to_string().contains("[1]"),
+        "{e}"
+    );
+}

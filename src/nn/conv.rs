@@ -391,6 +391,33 @@ impl Layer for Conv2d {
         Ok(())
     }
 
+    fn lsuv_rescales(&self) -> bool {
+        true
+    }
+
+    /// As PyTorch prints it: `Conv2d(1, 8, kernel_size=(5, 5), stride=(2, 2))`, with
+    /// padding, dilation, groups and `bias=False` when not the defaults.
+    fn describe(&self) -> String {
+        let c = &self.config;
+        let mut s = format!(
+            "Conv2d({}, {}, kernel_size={:?}, stride={:?}",
+            c.in_channels, c.out_channels, c.kernel_size, c.stride
+        );
+        if c.padding != (0, 0) {
+            s += &format!(", padding={:?}", c.padding);
+        }
+        if c.dilation != (1, 1) {
+            s += &format!(", dilation={:?}", c.dilation);
+        }
+        if c.groups != 1 {
+            s += &format!(", groups={}", c.groups);
+        }
+        if !c.bias {
+            s += ", bias=False";
+        }
+        s + ")"
+    }
+
     fn params(&self) -> Vec<Param<'_>> {
         let bias = self.bias.as_ref().zip(self.bias_grad.as_ref());
         weight_bias_params(&self.weight, &self.weight_grad, bias)

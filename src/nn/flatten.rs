@@ -47,6 +47,14 @@ impl Layer for Flatten {
         "Flatten"
     }
 
+    /// As PyTorch prints it: `Flatten(start_dim=1, end_dim=-1)`.
+    fn describe(&self) -> String {
+        format!(
+            "Flatten(start_dim={}, end_dim={})",
+            self.start_dim, self.end_dim
+        )
+    }
+
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let y = flatten(x.view(), self.start_dim, self.end_dim)?;
         self.input_shape = Some(x.shape().to_vec());

@@ -256,6 +256,20 @@ impl Layer for Linear {
         Ok(())
     }
 
+    fn lsuv_rescales(&self) -> bool {
+        true
+    }
+
+    /// As PyTorch prints it: `Linear(in_features=400, out_features=120, bias=True)`.
+    fn describe(&self) -> String {
+        let c = self.config();
+        let bias = if c.bias { "True" } else { "False" };
+        format!(
+            "Linear(in_features={}, out_features={}, bias={bias})",
+            c.in_features, c.out_features
+        )
+    }
+
     fn params(&self) -> Vec<Param<'_>> {
         let bias = self.bias.as_ref().zip(self.bias_grad.as_ref());
         weight_bias_params(&self.weight, &self.weight_grad, bias)

@@ -18,6 +18,22 @@
 //! [`Sequential::backward_params`] runs the backward pass without it (through
 //! [`Layer::backward_params`] on layer 0), as PyTorch does for an input without
 //! `requires_grad`. [`crate::train::fit`] trains that way.
+//!
+//! # State: parameters, buffers, training mode
+//! A layer's state is its **parameters** ([`Layer::params`]: what an optimiser updates,
+//! each with its gradient) and its **buffers** ([`Layer::buffers`]: non-trainable tensors
+//! such as a [`BatchNorm2d`]'s running statistics, saved with the weights but never seen
+//! by an optimiser, which iterates [`Sequential::named_parameters_mut`] only). Together
+//! they are PyTorch's `state_dict`: [`Sequential::named_parameters`] then
+//! [`Sequential::named_buffers`] name them `"1.weight"`, `"1.running_mean"`, ...
+//!
+//! Every layer is in training mode or evaluation mode ([`Layer::set_training`],
+//! [`Sequential::train`] / [`Sequential::eval`], training by default as in PyTorch).
+//! Only layers whose computation depends on it keep the flag ([`BatchNorm2d`]: batch or
+//! running statistics; [`Dropout`]: a random mask or the identity); the others ignore it.
+//!
+//! Inference that keeps nothing for backward is [`Sequential::infer`] (through
+//! [`Layer::infer`]): PyTorch's `with torch.no_grad()`, in the layers' current mode.
 
 use std::any::Any;
 use std::fmt;
@@ -27,7 +43,9 @@ use ndarray::{ArcArrayD, Array, Array1, ArrayD, ArrayViewD, ArrayViewMutD, Dimen
 use crate::error::{Error, Result};
 
 mod activation;
+mod batch_norm;
 mod conv;
+mod dropout;
 mod flatten;
 mod general_relu;
 mod linear;
@@ -35,7 +53,9 @@ mod pool;
 mod sequential;
 
 pub use activation::{LeakyRelu, Relu, Sigmoid, Tanh};
+pub use batch_norm::{BatchNorm2d, BatchNorm2dConfig};
 pub use conv::{Conv2d, Conv2dConfig};
+pub use dropout::{Dropout, Dropout2d};
 pub use flatten::Flatten;
 pub use general_relu::GeneralRelu;
 pub use linear::{Linear, LinearConfig};
@@ -63,6 +83,65 @@ pub struct ParamMut<'a> {
     pub value: ArrayViewMutD<'a, f32>,
     /// Its accumulated gradient (same shape).
     pub grad: ArrayViewMutD<'a, f32>,
+}
+
+/// A buffer's value, read-only: `f32` (running statistics) or `i64`
+/// (`num_batches_tracked`), as in PyTorch's `state_dict`.
+#[derive(Debug, Clone)]
+pub enum BufferView<'a> {
+    /// A float32 tensor.
+    F32(ArrayViewD<'a, f32>),
+    /// An int64 tensor (a 0-dimensional one for `num_batches_tracked`).
+    I64(ArrayViewD<'a, i64>),
+}
+
+impl BufferView<'_> {
+    /// The tensor's shape (`[]` for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            BufferView::F32(a) => a.shape(),
+            BufferView::I64(a) => a.shape(),
+        }
+    }
+}
+
+/// A buffer's value, mutable (to load a state dict).
+#[derive(Debug)]
+pub enum BufferViewMut<'a> {
+    /// A float32 tensor.
+    F32(ArrayViewMutD<'a, f32>),
+    /// An int64 tensor.
+    I64(ArrayViewMutD<'a, i64>),
+}
+
+impl BufferViewMut<'_> {
+    /// The tensor's shape (`[]` for a scalar).
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            BufferViewMut::F32(a) => a.shape(),
+            BufferViewMut::I64(a) => a.shape(),
+        }
+    }
+}
+
+/// A non-trainable tensor of a layer's state (a running statistic), read-only: saved
+/// with the weights, never given to an optimiser.
+#[derive(Debug, Clone)]
+pub struct Buffer<'a> {
+    /// `"running_mean"` inside a layer; `"<index>.running_mean"` from
+    /// [`Sequential::named_buffers`].
+    pub name: String,
+    /// Its value.
+    pub value: BufferView<'a>,
+}
+
+/// A buffer, mutable.
+#[derive(Debug)]
+pub struct BufferMut<'a> {
+    /// As [`Buffer::name`].
+    pub name: String,
+    /// Its value.
+    pub value: BufferViewMut<'a>,
 }
 
 /// A layer: forward keeps what backward needs; backward accumulates parameter gradients
@@ -136,9 +215,70 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// The default does nothing.
     fn clear_saved(&mut self) {}
 
+    /// As [`Layer::forward_shared`] without keeping anything for backward (PyTorch's
+    /// `torch.no_grad()`), in the layer's current mode: what the last forward kept is
+    /// dropped too, so a backward afterwards fails with [`Error::State`].
+    /// [`Sequential::infer`] calls it.
+    ///
+    /// The default calls [`Layer::forward_shared`] then [`Layer::clear_saved`] (which
+    /// drops the shared input or output the layer kept, at no copy).
+    ///
+    /// # Errors
+    /// As [`Layer::forward`].
+    fn infer(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        let y = self.forward_shared(x);
+        self.clear_saved();
+        y
+    }
+
+    /// Sets training mode (`true`, the default of every layer, as in PyTorch) or
+    /// evaluation mode (`false`), as `module.train(mode)`. [`Sequential::train`] and
+    /// [`Sequential::eval`] call it on every layer.
+    ///
+    /// The default ignores it: only layers whose computation depends on the mode
+    /// ([`BatchNorm2d`], [`Dropout`], [`Dropout2d`]) keep the flag.
+    fn set_training(&mut self, training: bool) {
+        let _ = training;
+    }
+
+    /// Whether the layer is in training mode. The default (a layer that does not depend
+    /// on the mode and keeps no flag) is `true`; [`Sequential::is_training`] says which
+    /// mode a whole network was last put in.
+    fn is_training(&self) -> bool {
+        true
+    }
+
     /// The parameters and their gradients (none for parameter-free layers).
     fn params(&self) -> Vec<Param<'_>> {
         Vec::new()
+    }
+
+    /// The non-trainable buffers (running statistics), in `state_dict` order (none by
+    /// default). Saved and loaded with the parameters ([`crate::io`]), never given to an
+    /// optimiser, not counted as parameters.
+    fn buffers(&self) -> Vec<Buffer<'_>> {
+        Vec::new()
+    }
+
+    /// The buffers, mutable (to load a state dict).
+    fn buffers_mut(&mut self) -> Vec<BufferMut<'_>> {
+        Vec::new()
+    }
+
+    /// Whether LSUV ([`crate::train::lsuv`]) rescales this layer's `weight` to bring its
+    /// output to unit variance (and centres it through its `bias`). `true` for
+    /// [`Conv2d`] and [`Linear`]; `false` by default, e.g. for [`BatchNorm2d`], whose
+    /// weight is a learned scale LSUV must not touch.
+    fn lsuv_rescales(&self) -> bool {
+        false
+    }
+
+    /// A one-line description with the configuration, as PyTorch prints the module,
+    /// e.g. `"Conv2d(1, 8, kernel_size=(5, 5), stride=(2, 2), padding=(2, 2))"`; what a
+    /// [`Sequential`] prints per layer. The default is the name with empty parentheses
+    /// (`"ReLU()"`).
+    fn describe(&self) -> String {
+        format!("{}()", self.name())
     }
 
     /// The parameters and their gradients, mutable.
@@ -174,6 +314,27 @@ pub(crate) fn to_rank<'a, D: Dimension>(
             format!("{what} must be {expected}, got shape {shape:?}"),
         )
     })
+}
+
+/// A float as Python's `repr` writes the usual ones: `0.1`, `1.0`, `1e-05`.
+pub(crate) fn python_float(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-4 {
+        let s = format!("{v:e}");
+        match s.split_once('e') {
+            Some((m, e)) => {
+                let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+                format!("{m}e{sign}{digits:0>2}")
+            }
+            None => s,
+        }
+    } else {
+        let s = format!("{v}");
+        if s.contains('.') || s.contains("inf") || s.contains("NaN") {
+            s
+        } else {
+            s + ".0"
+        }
+    }
 }
 
 /// The error of a backward pass that has nothing to work from.

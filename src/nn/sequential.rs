@@ -2,7 +2,9 @@
 
 use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
-use super::{Layer, Param, ParamMut};
+use std::fmt;
+
+use super::{Buffer, BufferMut, Layer, Param, ParamMut};
 use crate::error::{Error, Result};
 use crate::limits::{try_into_owned, try_to_owned};
 
@@ -22,7 +24,16 @@ const OP: &str = "Sequential";
 /// lets ReLU compute in place over the convolution's output (less memory, one
 /// allocation less per ReLU).
 /// Parameters are named like PyTorch's `state_dict`: `"0.weight"`, `"0.bias"`,
-/// `"2.weight"`, ... by layer index.
+/// `"2.weight"`, ... by layer index; buffers (running statistics) likewise by
+/// [`Sequential::named_buffers`].
+///
+/// A new container is in training mode, as PyTorch's; [`Sequential::eval`] and
+/// [`Sequential::train`] switch every layer. [`Sequential::infer`] runs the layers
+/// keeping nothing for backward (for evaluation and prediction).
+///
+/// `println!("{net}")` (and `{net:?}`) prints a PyTorch-style summary: one line per
+/// layer with its configuration ([`Layer::describe`]) and parameter count, then the
+/// total.
 ///
 /// # Examples
 /// ```
@@ -60,11 +71,11 @@ const OP: &str = "Sequential";
 /// assert!(net.get::<Conv2d>(0).unwrap().weight_grad().iter().all(|&g| g == 0.0));
 /// # Ok::<(), convinit::Error>(())
 /// ```
-#[derive(Debug)]
 pub struct Sequential {
     layers: Vec<Box<dyn Layer>>,
     outputs: Vec<Option<ArcArrayD<f32>>>,
     retain_outputs: bool,
+    training: bool,
 }
 
 impl Default for Sequential {
@@ -73,8 +84,75 @@ impl Default for Sequential {
             layers: Vec::new(),
             outputs: Vec::new(),
             retain_outputs: true,
+            training: true,
         }
     }
+}
+
+/// The PyTorch-style summary: `Sequential(`, one line per layer (`  (i): description`,
+/// then its parameter count when it has parameters), `)`, and the totals.
+impl fmt::Display for Sequential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: Vec<(String, usize)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("({i}): {}", l.describe()), param_count(l.as_ref())))
+            .collect();
+        let width = rows
+            .iter()
+            .map(|(d, _)| d.chars().count())
+            .max()
+            .unwrap_or(0);
+        writeln!(f, "Sequential(")?;
+        for (d, n) in &rows {
+            if *n == 0 {
+                writeln!(f, "  {d}")?;
+            } else {
+                writeln!(f, "  {d:<width$}  # {} params", group_digits(*n))?;
+            }
+        }
+        let buffers: usize = self
+            .named_buffers()
+            .iter()
+            .map(|b| b.value.shape().iter().product::<usize>())
+            .sum();
+        write!(
+            f,
+            ")  # {} params in total, {} mode",
+            group_digits(self.num_parameters()),
+            if self.training { "training" } else { "eval" }
+        )?;
+        if buffers > 0 {
+            write!(f, ", {} buffer values", group_digits(buffers))?;
+        }
+        Ok(())
+    }
+}
+
+/// As [`fmt::Display`]: the summary, not every weight.
+impl fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The number of parameter values of a layer.
+fn param_count(layer: &dyn Layer) -> usize {
+    layer.params().iter().map(|p| p.value.len()).sum()
+}
+
+/// `n` with a comma every three digits (`6,305`).
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Adds the layer index and name to a shape, state or allocation error from inside the
@@ -132,10 +210,42 @@ impl Sequential {
         self
     }
 
-    /// Appends a boxed layer.
+    /// Appends a boxed layer. (Its mode is left as it is: call [`Sequential::train`] or
+    /// [`Sequential::eval`] after building to set every layer's.)
     pub fn push(&mut self, layer: Box<dyn Layer>) {
         self.layers.push(layer);
         self.outputs.push(None);
+    }
+
+    /// Puts every layer in training mode (`model.train()`), the default.
+    pub fn train(&mut self) {
+        self.set_training(true);
+    }
+
+    /// Puts every layer in evaluation mode (`model.eval()`): batch norm uses its running
+    /// statistics, dropout is the identity.
+    pub fn eval(&mut self) {
+        self.set_training(false);
+    }
+
+    /// Sets training (`true`) or evaluation mode on every layer (`model.train(mode)`).
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+        self.layers
+            .iter_mut()
+            .for_each(|l| l.set_training(training));
+    }
+
+    /// The mode [`Sequential::train`] / [`Sequential::eval`] last set (training for a
+    /// new container).
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// The number of parameter values (every element of every parameter; buffers are
+    /// not parameters).
+    pub fn num_parameters(&self) -> usize {
+        self.layers.iter().map(|l| param_count(l.as_ref())).sum()
     }
 
     /// Number of layers.
@@ -236,6 +346,55 @@ impl Sequential {
         }
         self.clear_saved();
         self.run_from(0, x)
+    }
+
+    /// Runs the layers in order keeping nothing for backward ([`Layer::infer`], PyTorch's
+    /// `torch.no_grad()`), in the layers' current mode (call [`Sequential::eval`] first to
+    /// evaluate, as in PyTorch), and returns the last output. Each activation is freed
+    /// once the next layer has read it, so memory stays at about two activations;
+    /// what the layers kept from an earlier forward pass and the retained outputs are
+    /// dropped (a backward pass afterwards fails with [`Error::State`]).
+    ///
+    /// The first layer reads `x` in place; the result is the same, bit for bit, as
+    /// [`Sequential::forward`]'s.
+    ///
+    /// # Errors
+    /// As [`Sequential::forward`].
+    pub fn infer(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        self.clear_all();
+        let Some(first) = self.layers.first_mut() else {
+            return try_to_owned(OP, x.view(), || {
+                format!("a copy of the input {:?}", x.shape())
+            });
+        };
+        let y = first.forward(x).map_err(|e| in_layer(e, 0, first.name()));
+        first.clear_saved();
+        self.infer_from(1, y?.into_shared())
+    }
+
+    /// As [`Sequential::infer`] on a shared input (no copy of it is made; a unique one
+    /// may be written over by an in-place layer).
+    ///
+    /// # Errors
+    /// As [`Sequential::forward`].
+    pub fn infer_shared(&mut self, x: ArcArrayD<f32>) -> Result<ArrayD<f32>> {
+        self.clear_all();
+        self.infer_from(0, x)
+    }
+
+    /// Drops every layer's saved state and every retained output.
+    fn clear_all(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.clear_saved());
+        self.outputs.iter_mut().for_each(|o| *o = None);
+    }
+
+    /// [`Layer::infer`] through layers `start..`.
+    fn infer_from(&mut self, start: usize, mut x: ArcArrayD<f32>) -> Result<ArrayD<f32>> {
+        for (i, layer) in self.layers.iter_mut().enumerate().skip(start) {
+            x = layer.infer(x).map_err(|e| in_layer(e, i, layer.name()))?;
+        }
+        let shape = x.shape().to_vec();
+        try_into_owned(OP, x, || format!("a copy of the output {shape:?}"))
     }
 
     /// Drops what every layer kept for backward, and the previous pass's retained
@@ -385,8 +544,38 @@ impl Sequential {
             .collect()
     }
 
+    /// Every buffer (running statistics: non-trainable, saved with the weights),
+    /// named `"<layer index>.<name>"` as PyTorch's `state_dict` (`"1.running_mean"`,
+    /// `"1.running_var"`, `"1.num_batches_tracked"`, ...). Not among the parameters.
+    pub fn named_buffers(&self) -> Vec<Buffer<'_>> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.buffers().into_iter().map(move |mut b| {
+                    b.name = format!("{i}.{}", b.name);
+                    b
+                })
+            })
+            .collect()
+    }
+
+    /// As [`Sequential::named_buffers`], mutable (to load a state dict).
+    pub fn named_buffers_mut(&mut self) -> Vec<BufferMut<'_>> {
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.buffers_mut().into_iter().map(move |mut b| {
+                    b.name = format!("{i}.{}", b.name);
+                    b
+                })
+            })
+            .collect()
+    }
+
     /// As [`Sequential::named_parameters`], mutable (to apply an initialisation or an
-    /// optimiser step).
+    /// optimiser step). Buffers are not among them.
     pub fn named_parameters_mut(&mut self) -> Vec<ParamMut<'_>> {
         self.layers
             .iter_mut()
@@ -597,5 +786,100 @@ mod tests {
         n.backward(ArrayD::ones(IxDyn(&[2, 3])).view()).unwrap();
         n.forward_shared(x).unwrap();
         assert_eq!(n.output(1).unwrap().as_ptr(), first);
+    }
+
+    /// The notebook's seed net (PyTorch default init).
+    fn notebook_net() -> Sequential {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let c = |i, o, k, p| {
+            Conv2dConfig::new(i, o, (k, k))
+                .with_stride((2, 2))
+                .with_padding((p, p))
+        };
+        Sequential::new()
+            .with(Conv2d::new(c(1, 8, 5, 2), &mut rng).unwrap())
+            .with(Relu::new())
+            .with(Conv2d::new(c(8, 16, 3, 1), &mut rng).unwrap())
+            .with(Relu::new())
+            .with(Conv2d::new(c(16, 32, 3, 1), &mut rng).unwrap())
+            .with(Relu::new())
+            .with(Conv2d::new(c(32, 1, 3, 1), &mut rng).unwrap())
+            .with(AdaptiveAvgPool2d::new((1, 1)).unwrap())
+            .with(Flatten::new(0, -1))
+    }
+
+    #[test]
+    fn the_summary_is_one_line_per_layer_with_parameter_counts() {
+        let mut net = notebook_net();
+        let want = "\
+Sequential(
+  (0): Conv2d(1, 8, kernel_size=(5, 5), stride=(2, 2), padding=(2, 2))    # 208 params
+  (1): ReLU()
+  (2): Conv2d(8, 16, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))   # 1,168 params
+  (3): ReLU()
+  (4): Conv2d(16, 32, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))  # 4,640 params
+  (5): ReLU()
+  (6): Conv2d(32, 1, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))   # 289 params
+  (7): AdaptiveAvgPool2d()
+  (8): Flatten(start_dim=0, end_dim=-1)
+)  # 6,305 params in total, training mode";
+        assert_eq!(net.to_string(), want);
+        assert_eq!(format!("{net:?}"), want);
+        assert_eq!(net.num_parameters(), 6305);
+        net.eval();
+        assert!(
+            net.to_string()
+                .ends_with("6,305 params in total, eval mode")
+        );
+        assert_eq!(
+            Sequential::new().to_string(),
+            "Sequential(\n)  # 0 params in total, training mode"
+        );
+        assert_eq!(group_digits(1_234_567), "1,234,567");
+        assert_eq!(group_digits(999), "999");
+    }
+
+    #[test]
+    fn train_and_eval_set_every_layer_and_the_container() {
+        let mut net = notebook_net();
+        assert!(net.is_training());
+        net.eval();
+        assert!(!net.is_training());
+        net.train();
+        assert!(net.is_training());
+        net.set_training(false);
+        assert!(!net.is_training());
+        // No buffers in the notebook net; parameters are what they were.
+        assert!(net.named_buffers().is_empty());
+        assert!(net.named_buffers_mut().is_empty());
+        assert_eq!(net.named_parameters_mut().len(), 8);
+    }
+
+    #[test]
+    fn infer_gives_forwards_output_and_keeps_nothing() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let x = Array4::from_shape_simple_fn((5, 2, 16, 16), || rng.random_range(-1.0f32..1.0))
+            .into_dyn();
+        let mut a = net(3);
+        let y = a.forward(x.view()).unwrap();
+        let mut b = net(3);
+        // After a forward pass: infer drops what it kept, and the outputs.
+        b.forward(x.view()).unwrap();
+        let inferred = b.infer(x.view()).unwrap();
+        assert_eq!(bits(&inferred), bits(&y));
+        assert!((0..b.len()).all(|i| b.output(i).is_none()));
+        let e = b.backward(ArrayD::ones(y.raw_dim()).view()).unwrap_err();
+        assert!(matches!(e, Error::State { .. }), "{e}");
+        let shared = b.infer_shared(x.clone().into_shared()).unwrap();
+        assert_eq!(bits(&shared), bits(&y));
+        let e = b.backward_params(ArrayD::ones(y.raw_dim())).unwrap_err();
+        assert!(matches!(e, Error::State { .. }), "{e}");
+        // An error names the layer, as forward's.
+        let e = b
+            .infer(ArrayD::<f32>::zeros(IxDyn(&[2, 3])).view())
+            .unwrap_err();
+        assert!(e.to_string().contains("in layer 0"), "{e}");
+        // The empty container is the identity.
+        assert_eq!(Sequential::new().infer(x.view()).unwrap(), x);
     }
 }

@@ -31,12 +31,17 @@
 //! - Pooling, each with its backward: [`max_pool2d`] (argmax indices from
 //!   [`max_pool2d_with_indices`], options in [`MaxPool2dOptions`]), [`avg_pool2d`]
 //!   ([`AvgPool2dOptions`]), [`adaptive_max_pool2d`] and [`adaptive_avg_pool2d`].
+//! - [`batch_norm2d`] and [`batch_norm2d_backward`] (batch or running statistics).
+//! - [`dropout`] / [`dropout2d`] (training mode, a mask reproducible from a seed and a
+//!   call count) and their backwards.
 //! - [`flatten`] and its backward.
 //! - [`linear`] and its backward.
 //! - [`mse`] and [`mse_backward`].
 
 mod activation;
+mod batch_norm;
 mod conv;
+mod dropout;
 mod flatten;
 mod geometry;
 mod im2col;
@@ -53,6 +58,9 @@ pub(crate) use activation::{
     sigmoid_grad_value, sigmoid_value, tanh_grad_value, tanh_value, update_array,
     update_array_with, zip_map_array,
 };
+pub use batch_norm::{
+    BatchNormGrads, BatchNormOptions, BatchNormStats, batch_norm2d, batch_norm2d_backward,
+};
 pub use conv::{
     Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,
 };
@@ -61,6 +69,8 @@ pub use conv::{
     ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo, conv2d_backward_with_plan,
     conv2d_with_plan,
 };
+pub(crate) use dropout::check_p as dropout_check_p;
+pub use dropout::{dropout, dropout_backward, dropout2d, dropout2d_backward};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
 pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
 pub(crate) use linear::linear_backward_params;

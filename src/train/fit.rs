@@ -209,8 +209,10 @@ fn logits(out: ArrayD<f32>) -> Result<ndarray::Array2<f32>> {
     })
 }
 
-/// Mean cross-entropy and accuracy of `net` on `data`, in batches of `batch_size` (the
-/// network's saved activations are those of the last batch afterwards).
+/// Mean cross-entropy and accuracy of `net` on `data`, in batches of `batch_size`, run
+/// through [`Sequential::infer_shared`]: nothing is kept for backward, and the network
+/// runs in its current mode (call [`Sequential::eval`] first for batch norm's running
+/// statistics and no dropout, as [`fit`] does for its validation).
 ///
 /// Any `batch_size` from 1 up is accepted (one larger than the split is one batch).
 ///
@@ -236,8 +238,7 @@ pub fn evaluate(
         .enumerate()
     {
         let (xb, yb) = gather_images(data.x, data.y, idx, image_shape)?;
-        // Shared: the first layer keeps the batch for backward without a copy.
-        let out = logits(net.forward_shared(xb.into_dyn().into_shared())?)?;
+        let out = logits(net.infer_shared(xb.into_dyn().into_shared())?)?;
         if b == 0 {
             check_labels("y", data.y, out.ncols())?;
         }
@@ -403,7 +404,12 @@ where
         let n = train.len() as f64;
         let (valid_loss, valid_accuracy) = match valid {
             Some(v) => {
-                let (l, a) = evaluate(net, v, config.image_shape, config.batch_size.max(256))?;
+                // Validation in eval mode (running statistics, no dropout), then back.
+                let was_training = net.is_training();
+                net.eval();
+                let r = evaluate(net, v, config.image_shape, config.batch_size.max(256));
+                net.set_training(was_training);
+                let (l, a) = r?;
                 (Some(l), Some(a))
             }
             None => (None, None),

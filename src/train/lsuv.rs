@@ -1,10 +1,10 @@
 //! Layer-sequential unit-variance initialisation (Mishkin & Matas 2015, "All you need is
 //! a good init"), with fast.ai's mean correction through the bias.
 
-use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use ndarray::{ArcArrayD, ArrayD, ArrayViewD};
 
 use crate::error::{Error, Result};
-use crate::nn::Sequential;
+use crate::nn::{BufferView, BufferViewMut, Sequential};
 
 const OP: &str = "lsuv";
 
@@ -74,7 +74,7 @@ pub struct LsuvLayer {
     pub std: f32,
 }
 
-fn mean_std(y: &ArrayD<f32>) -> (f64, f64) {
+fn mean_std(y: ArrayViewD<'_, f32>) -> (f64, f64) {
     let n = y.len().max(1) as f64;
     let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
     let var = y
@@ -85,36 +85,77 @@ fn mean_std(y: &ArrayD<f32>) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Runs layers `from..=to` of `net` on `x` (the first one reads `x` itself, no copy).
+/// Runs layers `from..=to` of `net` on `input` (or, when `None`, on `x`, read in
+/// place), keeping nothing for backward ([`crate::nn::Layer::infer`]).
 fn run(
     net: &mut Sequential,
     x: ArrayViewD<'_, f32>,
+    input: Option<&ArcArrayD<f32>>,
     from: usize,
     to: usize,
-) -> Result<ArrayD<f32>> {
-    let mut y: Option<ArrayD<f32>> = None;
+) -> Result<ArcArrayD<f32>> {
+    let mut y: Option<ArcArrayD<f32>> = input.cloned();
     for i in from..=to {
         let layer = net
             .layer_mut(i)
             .ok_or_else(|| Error::state(OP, format!("layer {i} vanished")))?;
-        y = Some(match &y {
-            Some(y) => layer.forward(y.view())?,
-            None => layer.forward(x.view())?,
+        y = Some(match y {
+            Some(y) => layer.infer(y)?,
+            None => {
+                let out = layer.forward(x.view());
+                layer.clear_saved();
+                out?.into_shared()
+            }
         });
     }
     y.ok_or_else(|| Error::state(OP, format!("no layer in {from}..={to}")))
 }
 
-/// LSUV: for each layer with a `weight` in order, measure its output on the batch `x`
-/// (see [`LsuvPoint`]), then (when `center`) subtract the output mean from the bias and
-/// divide the weight (and bias) by `std / target_std`, until the output's standard
-/// deviation is within `tol` of `target_std` or `max_iters` rounds are done. Earlier
-/// layers are fixed before later ones are measured, so each sees its final input.
+/// A copy of a buffer's value, to put back after the measuring passes.
+enum Saved {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+/// Copies of every buffer of `net`.
+fn save_buffers(net: &Sequential) -> Vec<Saved> {
+    net.named_buffers()
+        .into_iter()
+        .map(|b| match b.value {
+            BufferView::F32(a) => Saved::F32(a.to_owned()),
+            BufferView::I64(a) => Saved::I64(a.to_owned()),
+        })
+        .collect()
+}
+
+/// Puts the buffers [`save_buffers`] copied back.
+fn restore_buffers(net: &mut Sequential, saved: &[Saved]) {
+    for (b, s) in net.named_buffers_mut().into_iter().zip(saved) {
+        match (b.value, s) {
+            (BufferViewMut::F32(mut a), Saved::F32(s)) => a.assign(s),
+            (BufferViewMut::I64(mut a), Saved::I64(s)) => a.assign(s),
+            _ => {}
+        }
+    }
+}
+
+/// LSUV: for each layer that says so ([`crate::nn::Layer::lsuv_rescales`]: convolutions
+/// and linear layers, not batch norm) in order, measure its output on the batch `x`
+/// (see [`LsuvPoint`]), then divide its `weight` by `std / target_std` (and, when
+/// `center`, subtract the output mean from its `bias` and divide the bias likewise, so
+/// the centred output is rescaled exactly), until the output's standard deviation is
+/// within `tol` of `target_std` or `max_iters` rounds are done. Earlier layers are fixed
+/// before later ones are measured, so each sees its final input.
 ///
+/// Only those weights and biases change: without `center` the biases are left alone,
+/// and so is every other layer's parameters (a batch norm's `weight` and `bias`) and
+/// every buffer (the measuring passes run in the layers' current mode, keeping nothing
+/// for backward; running statistics they update are put back afterwards).
 /// Layers without a bias are only rescaled (their mean is left as it is). Returns what
 /// was done per layer (layers that did not converge are reported with
 /// `converged: false`, not as an error). Parameter gradients are untouched, and so are
-/// the outputs [`Sequential::output`] keeps: run a forward pass to refresh them.
+/// the outputs [`Sequential::output`] keeps: run a forward pass to refresh them. What the
+/// measured layers kept for backward is dropped.
 ///
 /// # Errors
 /// [`Error::Config`] for a non-positive or non-finite `target_std` or `tol`, or zero
@@ -149,8 +190,7 @@ pub fn lsuv(
         target_std,
         tol,
         max_iters,
-        center,
-        point,
+        ..
     } = *config;
     if !(target_std.is_finite() && target_std > 0.0 && tol.is_finite() && tol > 0.0)
         || max_iters == 0
@@ -162,20 +202,36 @@ pub fn lsuv(
             ),
         ));
     }
-    let with_weight: Vec<usize> = (0..net.len())
-        .filter(|&i| {
-            net.layer(i)
-                .is_some_and(|l| l.params().iter().any(|p| p.name == "weight"))
-        })
+    let saved = save_buffers(net);
+    let report = rescale_layers(net, x, config);
+    restore_buffers(net, &saved);
+    report
+}
+
+/// [`lsuv`] after its checks.
+fn rescale_layers(
+    net: &mut Sequential,
+    x: ArrayViewD<'_, f32>,
+    config: &LsuvConfig,
+) -> Result<Vec<LsuvLayer>> {
+    let LsuvConfig {
+        target_std,
+        tol,
+        max_iters,
+        center,
+        point,
+    } = *config;
+    let chosen: Vec<usize> = (0..net.len())
+        .filter(|&i| net.layer(i).is_some_and(|l| l.lsuv_rescales()))
         .collect();
-    let mut report = Vec::with_capacity(with_weight.len());
-    // The input of the next layer to process (the caller's batch itself at first, not a
+    let mut report = Vec::with_capacity(chosen.len());
+    // The input of the next layer to process (`None`: the caller's batch itself, not a
     // copy), and that layer's index.
-    let mut input: CowArray<'_, f32, IxDyn> = x.into();
+    let mut input: Option<ArcArrayD<f32>> = None;
     let mut at = 0;
-    for &i in &with_weight {
+    for &i in &chosen {
         if i > at {
-            input = run(net, input.view(), at, i - 1)?.into();
+            input = Some(run(net, x.view(), input.as_ref(), at, i - 1)?);
         }
         at = i;
         // The measuring point: layer i, or the last parameter-free layer after it.
@@ -196,7 +252,7 @@ pub fn lsuv(
                 .layer(i)
                 .is_some_and(|l| l.params().iter().any(|p| p.name == "bias"));
         let measure = |net: &mut Sequential| -> Result<(f64, f64)> {
-            let (mean, std) = mean_std(&run(net, input.view(), i, end)?);
+            let (mean, std) = mean_std(run(net, x.view(), input.as_ref(), i, end)?.view());
             if !(std.is_finite() && std > 1e-12 && mean.is_finite()) {
                 return Err(Error::state(
                     OP,
@@ -220,10 +276,11 @@ pub fn lsuv(
                 .layer_mut(i)
                 .ok_or_else(|| Error::state(OP, format!("layer {i} vanished")))?;
             for mut p in layer.params_mut() {
-                if p.name == "bias" && center {
-                    p.value.mapv_inplace(|b| b - mean as f32);
+                match p.name.as_str() {
+                    "weight" => p.value.mapv_inplace(|v| v * scale),
+                    "bias" if center => p.value.mapv_inplace(|b| (b - mean as f32) * scale),
+                    _ => {}
                 }
-                p.value.mapv_inplace(|v| v * scale);
             }
             iterations += 1;
             (mean, std) = measure(net)?;

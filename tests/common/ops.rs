@@ -16,15 +16,17 @@
 use std::sync::Arc;
 
 use convinit::nn::{
-    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, Conv2dConfig, Flatten, GeneralRelu,
-    Layer, LeakyRelu, Linear, LinearConfig, MaxPool2d, Relu, Sequential, Sigmoid, Tanh,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d,
+    Conv2dConfig, Dropout, Dropout2d, Flatten, GeneralRelu, Layer, LeakyRelu, Linear, LinearConfig,
+    MaxPool2d, Relu, Sequential, Sigmoid, Tanh,
 };
 use convinit::ops::{
-    AvgPool2dOptions, MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
-    adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices, avg_pool2d,
-    avg_pool2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, leaky_relu,
-    leaky_relu_backward, linear, linear_backward, max_pool2d_backward, max_pool2d_with_indices,
-    mse, mse_backward, relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward,
+    AvgPool2dOptions, BatchNormOptions, MaxPool2dOptions, adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward, adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices,
+    avg_pool2d, avg_pool2d_backward, batch_norm2d, batch_norm2d_backward, conv2d, conv2d_backward,
+    dropout, dropout2d, flatten, flatten_backward, leaky_relu, leaky_relu_backward, linear,
+    linear_backward, max_pool2d_backward, max_pool2d_with_indices, mse, mse_backward, relu,
+    relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward,
 };
 use convinit::train::{
     CrossEntropyOptions, Reduction, cross_entropy_backward_with, cross_entropy_with,
@@ -642,6 +644,127 @@ pub fn flatten_layer(start: isize, end: isize, x_shape: &[usize], want: &[usize]
     }
 }
 
+/// The running statistics the eval-mode batch norm cases start from (channel `c`).
+fn bn_running(c: usize) -> (f32, f32) {
+    (0.3 - 0.2 * c as f32, 0.5 + 0.25 * c as f32)
+}
+
+/// `BatchNorm2d` on an (N, C, H, W) input: training mode (batch statistics, the gradient
+/// through them) or evaluation mode (the running statistics of [`bn_running`]), with a
+/// random weight in [0.5, 1.5) and bias in [-0.5, 0.5) when affine. Batch norm is not
+/// piecewise linear: the central differences of step 1e-3 carry an O(h^2) = 1e-6
+/// relative error, far below the gradient check's 1e-4.
+pub fn batch_norm(training: bool, affine: bool, x_shape: [usize; 4], seed: u64) -> OpCase {
+    let c = x_shape[1];
+    let eps = 1e-5;
+    let options = BatchNormOptions {
+        training,
+        momentum: 0.1,
+        eps,
+    };
+    let running = move || {
+        let (m, v): (Vec<f32>, Vec<f32>) = (0..c).map(bn_running).unzip();
+        (Array1::from(m), Array1::from(v))
+    };
+    OpCase {
+        layer: Arc::new(move |rng| {
+            let cfg = BatchNorm2dConfig::new(c).with_affine(affine);
+            let mut bn = BatchNorm2d::new(cfg).unwrap();
+            if affine {
+                bn.weight_mut()
+                    .unwrap()
+                    .mapv_inplace(|_| rng.random_range(0.5f32..1.5));
+                bn.bias_mut()
+                    .unwrap()
+                    .mapv_inplace(|_| rng.random_range(-0.5f32..0.5));
+            }
+            let (m, v) = running();
+            bn.running_mean_mut().unwrap().assign(&m);
+            bn.running_var_mut().unwrap().assign(&v);
+            bn.set_training(training);
+            Box::new(bn)
+        }),
+        functional: Some(Arc::new(move |x, ps, dy| {
+            let w = ps
+                .first()
+                .map(|w| w.view().into_dimensionality::<Ix1>().unwrap());
+            let b = ps
+                .get(1)
+                .map(|b| b.view().into_dimensionality::<Ix1>().unwrap());
+            let (mut m, mut v) = running();
+            let (rm, rv) = if training {
+                (None, None)
+            } else {
+                (Some(m.view_mut()), Some(v.view_mut()))
+            };
+            let (y, stats) = batch_norm2d(f4(x), rm, rv, w, b, &options).unwrap();
+            let g = batch_norm2d_backward(f4(x), w, b.is_some(), &stats, f4(dy)).unwrap();
+            let mut out = vec![y.into_dyn(), g.dx.into_dyn()];
+            out.extend(g.dweight.map(|d| d.into_dyn()));
+            out.extend(g.dbias.map(|d| d.into_dyn()));
+            out
+        })),
+        reference: Arc::new(move |x, ps| {
+            let x = d4(x);
+            let mut y = x.clone();
+            for ci in 0..c {
+                let xc = x.index_axis(ndarray::Axis(1), ci);
+                let (mean, var) = if training {
+                    let m = xc.len() as f64;
+                    let mean = xc.sum() / m;
+                    (mean, xc.mapv(|v| (v - mean).powi(2)).sum() / m)
+                } else {
+                    let (m, v) = bn_running(ci);
+                    (f64::from(m), f64::from(v))
+                };
+                let g = ps.first().map_or(1.0, |w| w[[ci]]);
+                let b = ps.get(1).map_or(0.0, |b| b[[ci]]);
+                y.index_axis_mut(ndarray::Axis(1), ci)
+                    .mapv_inplace(|v| (v - mean) / (var + eps).sqrt() * g + b);
+            }
+            y.into_dyn()
+        }),
+        forward_tol: 1e-5,
+        ..base(
+            format!("batch_norm2d training={training} affine={affine}"),
+            "batch_norm2d",
+            &x_shape,
+            seed,
+        )
+    }
+}
+
+/// `Dropout(p)` (or `Dropout2d(p)` when `channels`) in training mode, seed 17: the
+/// reference multiplies by the mask of the layer's first call, read from the functional
+/// op on ones (`tests/dropout.rs` checks the functional ops against the layers).
+pub fn dropout_layer(p: f32, channels: bool, x_shape: &[usize], seed: u64) -> OpCase {
+    type Op = fn(ArrayViewD<'_, f32>, f32, u64, u64) -> convinit::Result<ArrayD<f32>>;
+    let (fwd, op): (Op, &'static str) = if channels {
+        (dropout2d, "dropout2d")
+    } else {
+        (dropout, "dropout")
+    };
+    OpCase {
+        elementwise: true,
+        layer: Arc::new(move |_| {
+            if channels {
+                Box::new(Dropout2d::new(p, 17).unwrap())
+            } else {
+                Box::new(Dropout::new(p, 17).unwrap())
+            }
+        }),
+        // No functional form: the layer is a thin wrapper over it, and the mask indexes
+        // the whole tensor, so the determinism test's slices-along-the-batch comparison
+        // (made for position-free ops) does not apply.
+        reference: Arc::new(move |x, _| {
+            let mask = fwd(ArrayD::ones(x.raw_dim()).view(), p, 17, 0).unwrap();
+            x * &mask.mapv(f64::from)
+        }),
+        forward_tol: 1e-7,
+        ..base(format!("{op}(p={p})"), op, x_shape, seed)
+    }
+}
+
 /// `mse` against a fixed target, as a layer: forward gives the loss as a `[1]` tensor,
 /// backward `dy[0] * mse_backward(pred, target)`.
 #[derive(Debug, Clone)]
@@ -1128,6 +1251,20 @@ pub fn op_cases() -> Vec<OpCase> {
         adaptive_max_pool((5, 7), [2, 2, 3, 2], 102),
         adaptive_max_pool((4, 3), [2, 2, 6, 6], 103),
         adaptive_max_pool((3, 4), [40, 4, 29, 31], 104),
+        // batch norm: training and eval mode, affine or not, N = 1 (spatial values
+        // only), and a large one.
+        batch_norm(true, true, [4, 3, 5, 5], 90),
+        batch_norm(true, false, [3, 2, 4, 3], 91),
+        batch_norm(false, true, [4, 3, 5, 5], 92),
+        batch_norm(false, false, [2, 2, 3, 3], 93),
+        batch_norm(true, true, [1, 2, 3, 1], 94),
+        batch_norm(true, true, [19, 5, 29, 31], 95),
+        batch_norm(false, true, [19, 5, 29, 31], 96),
+        // dropout and channel dropout: small, and above the parallel threshold.
+        dropout_layer(0.3, false, &[2, 3, 4, 5], 100),
+        dropout_layer(0.5, false, &[19, 5, 29, 31], 101),
+        dropout_layer(0.4, true, &[3, 4, 2, 3], 102),
+        dropout_layer(0.2, true, &[19, 5, 29, 31], 103),
         // flatten
         flatten_layer(1, -1, &[2, 3, 4, 5], &[2, 60]),
         flatten_layer(0, -1, &[4, 1, 1, 1], &[4]),
@@ -1263,6 +1400,26 @@ pub fn op_cases() -> Vec<OpCase> {
             77,
             1e-6,
         ),
+        sequential(
+            "conv, batch norm",
+            vec![
+                // No conv bias: batch norm removes it (its gradient is exactly zero).
+                conv(
+                    c(2, 3, (3, 3)).with_padding((1, 1)).with_bias(false),
+                    [3, 2, 5, 5],
+                    0,
+                ),
+                batch_norm(true, true, [3, 3, 5, 5], 0),
+                leaky_relu_layer(0.1, &[1], 0),
+                adaptive_avg_pool((2, 2), [3, 3, 5, 5], 0),
+                flatten_layer(1, -1, &[3, 3, 2, 2], &[3, 12]),
+                linear_layer(LinearConfig::new(12, 1), 3, 0),
+                mse_loss(&[3, 1], 78),
+            ],
+            &[3, 2, 5, 5],
+            78,
+            1e-6,
+        ),
         seed_net(37, 76),
     ]
 }
@@ -1280,6 +1437,9 @@ pub const OPS: &[&str] = &[
     "max_pool2d",
     "avg_pool2d",
     "adaptive_max_pool2d",
+    "batch_norm2d",
+    "dropout",
+    "dropout2d",
     "flatten",
     "mse",
     "cross_entropy",
