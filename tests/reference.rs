@@ -10,7 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Case, Score, case_paths, compare, fixtures_dir, load_case, reference_dir};
+use common::{
+    Case, Score, case_paths, compare, compare_at_scale, fixtures_dir, load_case, reference_dir,
+};
 use convinit::init::{Nonlinearity, calculate_gain, default_bounds, fans};
 use convinit::nn::{
     AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, BatchNorm2dConfig, BufferViewMut,
@@ -23,6 +25,7 @@ use convinit::train::{
     cross_entropy_with_grad_with,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, Ix1, Ix2, Ix4};
+use rand::SeedableRng;
 
 type Outcome = Result<Score, String>;
 
@@ -569,6 +572,122 @@ fn run_init_stats(case: &Case) -> Outcome {
 }
 
 /// Every op kind the harness knows; the crate's `tests/fixtures` has cases of each.
+
+/// The LeNet-5 with batch norm of `../shared/README.md` (`lenet`), its `state_dict`
+/// loaded from the case file itself through `io::load_safetensors_bytes` (lenient: the
+/// file also holds the inputs and the expected results).
+fn lenet(bytes: &[u8]) -> Result<Sequential, String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let conv = |i, o, p| Conv2dConfig::new(i, o, (5, 5)).with_padding((p, p));
+    let pool = || MaxPool2d::new(MaxPool2dOptions::new((2, 2))).map_err(err);
+    let bn = |c| BatchNorm2d::new(BatchNorm2dConfig::new(c)).map_err(err);
+    let linear =
+        |rng: &mut rand::rngs::StdRng, i, o| Linear::new(LinearConfig::new(i, o), rng).map_err(err);
+    let mut net = Sequential::new()
+        .with(Conv2d::new(conv(1, 6, 2), &mut rng).map_err(err)?)
+        .with(bn(6)?)
+        .with(Relu::new())
+        .with(pool()?)
+        .with(Conv2d::new(conv(6, 16, 0), &mut rng).map_err(err)?)
+        .with(bn(16)?)
+        .with(Relu::new())
+        .with(pool()?)
+        .with(Flatten::new(1, -1))
+        .with(linear(&mut rng, 400, 120)?)
+        .with(Relu::new())
+        .with(linear(&mut rng, 120, 84)?)
+        .with(Relu::new())
+        .with(linear(&mut rng, 84, 10)?);
+    let report =
+        convinit::io::load_safetensors_bytes(&mut net, bytes, convinit::io::LoadOptions::lenient())
+            .map_err(err)?;
+    if report.loaded.len() != 20 {
+        return Err(format!(
+            "expected 14 parameters and 6 buffers, loaded {:?}",
+            report.loaded
+        ));
+    }
+    Ok(net)
+}
+
+/// One training step of the LeNet: forward in training mode (batch statistics, running
+/// statistics updated), cross-entropy, backward; every output, gradient and running
+/// statistic against PyTorch's.
+fn run_lenet(case: &Case, bytes: &[u8]) -> Outcome {
+    let mut net = lenet(bytes)?;
+    net.train();
+    let x = case.tensor("x")?;
+    let target = case
+        .tensor_i64("target")?
+        .clone()
+        .into_dimensionality::<Ix1>()
+        .map_err(err)?;
+    let out = net.forward(x.view()).map_err(err)?;
+    let out2 = out.clone().into_dimensionality::<Ix2>().map_err(err)?;
+    let (loss, dout) =
+        convinit::train::cross_entropy_with_grad(out2.view(), target.view()).map_err(err)?;
+    net.backward(dout.into_dyn().view()).map_err(err)?;
+    // Errors compound through the chain; every tensor gets the longest reduction in it,
+    // the first conv's weight gradient over N * H * W positions.
+    let terms = x.shape()[0] * x.shape()[2] * x.shape()[3];
+    let mut e = compare("out", out.view(), case.tensor("out")?.view(), terms)?;
+    let loss = ArrayD::from_elem(ndarray::IxDyn(&[1]), loss);
+    e = e.max(compare(
+        "loss",
+        loss.view(),
+        case.tensor("loss")?.view(),
+        terms,
+    )?);
+    let params = net.named_parameters();
+    if params.len() != 14 {
+        return Err(format!("expected 14 parameters, got {}", params.len()));
+    }
+    let max_abs = |key: &str| -> Result<f32, String> {
+        Ok(case
+            .tensor(key)?
+            .iter()
+            .fold(0.0f32, |m, &v| m.max(v.abs())))
+    };
+    for p in params {
+        let key = format!("grad.{}", p.name);
+        let reference = case.tensor(&key)?.view();
+        e = e.max(match p.name.as_str() {
+            // A conv bias feeding a batch norm has a zero gradient in exact arithmetic
+            // (the norm subtracts the channel mean): both sides are rounding noise of a
+            // sum of terms |dx_bn| <= 3 |gamma| / sigma |dy| with sigma >= sqrt(eps), dy
+            // bounded by the batch norm's own gradient sums.
+            "0.bias" | "4.bias" => {
+                let bn = if p.name == "0.bias" { 1 } else { 5 };
+                let dy = max_abs(&format!("grad.{bn}.bias"))?
+                    .max(max_abs(&format!("grad.{bn}.weight"))?);
+                let gamma = max_abs(&format!("{bn}.weight"))?;
+                let scale = 3.0 * dy * gamma / 1e-5f32.sqrt();
+                compare_at_scale(&key, p.grad.view(), reference, terms, scale)?
+            }
+            _ => compare(&key, p.grad.view(), reference, terms)?,
+        });
+    }
+    let buffers = net.named_buffers();
+    if buffers.len() != 6 {
+        return Err(format!("expected 6 buffers, got {}", buffers.len()));
+    }
+    for b in buffers {
+        let key = format!("after.{}", b.name);
+        match b.value {
+            convinit::nn::BufferView::F32(v) => {
+                e = e.max(compare(&key, v, case.tensor(&key)?.view(), terms)?);
+            }
+            convinit::nn::BufferView::I64(v) => {
+                let want = case.tensor_i64(&key)?;
+                if v != want.view() {
+                    return Err(format!("{key}: {v} != {want}"));
+                }
+            }
+        }
+    }
+    Ok(e)
+}
+
 const OPS: &[&str] = &[
     "conv2d",
     "adaptive_avg_pool2d",
@@ -576,9 +695,18 @@ const OPS: &[&str] = &[
     "mse",
     "seed_net",
     "init_stats",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_max_pool2d",
+    "adam",
+    "linear",
+    "cross_entropy",
+    "batch_norm2d",
+    "lenet",
 ];
 
-fn run_case(case: &Case) -> Outcome {
+/// Runs one case (read from `path`: the LeNet case loads its `state_dict` from the file).
+fn run_case(case: &Case, path: &Path) -> Outcome {
     match case.op()? {
         "conv2d" => run_conv2d(case),
         "adaptive_avg_pool2d" => run_pool(case),
@@ -593,6 +721,7 @@ fn run_case(case: &Case) -> Outcome {
         "linear" => run_linear(case),
         "cross_entropy" => run_cross_entropy(case),
         "batch_norm2d" => run_batch_norm2d(case),
+        "lenet" => run_lenet(case, &std::fs::read(path).map_err(err)?),
         other => Err(format!("unknown op {other:?}")),
     }
 }
@@ -618,7 +747,7 @@ fn run_dir(dir: &Path) -> Result<BTreeMap<String, PerOp>, String> {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let outcome = load_case(path).and_then(|case| {
             let op = case.op()?.to_owned();
-            run_case(&case).map(|e| (op, e))
+            run_case(&case, path).map(|e| (op, e))
         });
         match outcome {
             Ok((op, e)) => {

@@ -88,17 +88,24 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Every `*.safetensors` file directly in `dir`, sorted by name.
+/// Every `*.safetensors` file directly in `dir` and in its `layers/` subfolder (the
+/// layout of `../shared/fixtures`: the notebook's cases, then the layer cases), sorted
+/// by path. Other subfolders hold other kinds of files (`weights_io/`, `npy/`).
 pub fn case_paths(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-            .path();
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            paths.push(path);
+    for d in [dir.to_path_buf(), dir.join("layers")] {
+        if d != dir && !d.is_dir() {
+            continue;
+        }
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| format!("cannot list {}: {e}", d.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("cannot list {}: {e}", d.display()))?
+                .path();
+            if path.is_file() && path.extension().is_some_and(|e| e == "safetensors") {
+                paths.push(path);
+            }
         }
     }
     paths.sort();
@@ -201,6 +208,19 @@ pub fn compare(
     reference: ArrayViewD<'_, f32>,
     terms: usize,
 ) -> Result<Score, String> {
+    let scale = reference.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    compare_at_scale(what, ours, reference, terms, scale)
+}
+
+/// [`compare`] with the scale given: for a tensor that is zero in exact arithmetic
+/// (its reference is rounding noise), the scale of the terms that cancel in it.
+pub fn compare_at_scale(
+    what: &str,
+    ours: ArrayViewD<'_, f32>,
+    reference: ArrayViewD<'_, f32>,
+    terms: usize,
+    scale: f32,
+) -> Result<Score, String> {
     if ours.shape() != reference.shape() {
         return Err(format!(
             "{what}: shape {:?}, reference {:?}",
@@ -208,7 +228,6 @@ pub fn compare(
             reference.shape()
         ));
     }
-    let scale = reference.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
     let tol = tolerance(terms, scale);
     let mut err = 0.0f32;
     for (&a, &b) in ours.iter().zip(reference.iter()) {
