@@ -571,8 +571,6 @@ fn run_init_stats(case: &Case) -> Outcome {
     })
 }
 
-/// Every op kind the harness knows; the crate's `tests/fixtures` has cases of each.
-
 /// The LeNet-5 with batch norm of `../shared/README.md` (`lenet`), its `state_dict`
 /// loaded from the case file itself through `io::load_safetensors_bytes` (lenient: the
 /// file also holds the inputs and the expected results).
@@ -688,6 +686,7 @@ fn run_lenet(case: &Case, bytes: &[u8]) -> Outcome {
     Ok(e)
 }
 
+/// Every op kind the harness knows; the crate's `tests/fixtures` has cases of each.
 const OPS: &[&str] = &[
     "conv2d",
     "adaptive_avg_pool2d",
