@@ -6,7 +6,11 @@
 //! Found with `grep -rn "pub fn" src | grep -B8 "Result<"` (plus the `Layer` trait's
 //! `forward` / `backward`). Each row's "test" is the name of its entry (or entries) in
 //! the table; the `corrected_*` tests check that the same calls with the fault removed
-//! succeed, so an entry cannot pass because the call fails for another reason.
+//! succeed, so an entry cannot pass because the call fails for another reason. The
+//! layer rows of the former `tests/nn_errors.rs` are in the same table (`nn_cases`),
+//! and the generic layer misuses are checked once per op-case entry
+//! ([`every_op_case_layer_rejects_generic_bad_calls`]), so a new layer in
+//! `tests/common/ops.rs` is covered without a row here.
 //!
 //! | function | failure paths | table entries |
 //! |---|---|---|
@@ -18,15 +22,22 @@
 //! | `ops::adaptive_avg_pool2d` | output size 0; empty spatial dim; output too large | `adaptive_avg_pool2d: *` |
 //! | `ops::adaptive_avg_pool2d_backward` | batch / channels mismatch; zero grad size; input too large to allocate | `adaptive_avg_pool2d_backward: *` |
 //! | `ops::relu_backward`, `ops::leaky_relu_backward` | grad_out shape | `relu_backward: *`, `leaky_relu_backward: *` |
+//! | `ops::max_pool2d`, `avg_pool2d`, `adaptive_max_pool2d` and their backwards | zero kernel / output size; padding above half the kernel; input smaller than the (dilated) kernel; empty input; zero channels; index outside the plane / negative; grad_out shape | `max_pool2d*: *`, `avg_pool2d*: *`, `adaptive_max_pool2d*: *` |
+//! | `ops::batch_norm2d`, `batch_norm2d_backward` | eval mode without running statistics; bias length; NaN eps; dy shape | `batch_norm2d*: *` |
 //! | `ops::mse`, `ops::mse_backward` | pred rank; target shape; empty | `mse: *`, `mse_backward: *` |
 //! | `ops::flatten`, `flatten_shape`, `flatten_backward` | dims out of range / unordered; grad_out shape; sizes overflowing | `flatten*: *` |
 //! | `nn::Conv2dConfig::validate`, `Conv2d::new`, `Conv2d::with_init` | stride / groups / kernel; bad init parameters | `Conv2d::new: *`, `Conv2d::with_init: *` |
 //! | `nn::Conv2d::from_parts` | weight shape; bias length; bias given / missing vs config | `Conv2d::from_parts: *` |
 //! | `nn::Conv2d::geometry` | input that does not fit | `Conv2d::geometry: *` |
-//! | `Layer::forward` (Conv2d, Linear, AdaptiveAvgPool2d, Flatten) | wrong rank; wrong channels / features | `<Layer>.forward: *` |
-//! | `Layer::backward` (every layer) | before forward; grad_out shape; weight replaced through `weight_mut` | `<Layer>.backward: *` |
+//! | `Layer::forward` (every layer of fixed rank in the op-case table) | one dimension fewer | `every_op_case_layer_rejects_generic_bad_calls` (every entry of `tests/common/ops.rs`'s `op_cases()`) |
+//! | `Layer::forward` (Conv2d, Linear, AdaptiveAvgPool2d, BatchNorm2d, Flatten) | wrong rank; wrong channels / features; dims out of range | `<Layer>.forward: *`, `Conv2d: channel mismatch`, `BatchNorm2d: *` |
+//! | `Layer::backward` (every layer of the op-case table) | before forward; grad_out shape | `every_op_case_layer_rejects_generic_bad_calls`, and `<Layer>.backward: *` for Conv2d, Linear, AdaptiveAvgPool2d, Relu, LeakyRelu, Flatten |
+//! | `Layer::backward`, `forward` (Conv2d, Linear, BatchNorm2d) | weight replaced through `weight_mut` | `<Layer>.backward: weight replaced *`, `BatchNorm2d: a weight replaced *` |
+//! | `Layer::forward` (every layer) | input or output too large to allocate | `<Layer>.forward: a broadcast input of terabytes`, `<Layer>.forward: an output of terabytes` |
 //! | `nn::Linear::new`, `with_init`, `from_parts` | weight / bias shape; bias vs config; bad init | `Linear::*: *` |
-//! | `nn::AdaptiveAvgPool2d::new` | output size 0 | `AdaptiveAvgPool2d::new: *` |
+//! | `nn::AdaptiveAvgPool2d::new`, `AdaptiveMaxPool2d::new`, `MaxPool2d::new`, `AvgPool2d::new` | output size 0; zero stride / dilation; zero divisor_override | `AdaptiveAvgPool2d*: *`, `AdaptiveMaxPool2d: *`, `MaxPool2d: *`, `AvgPool2d: *` |
+//! | `nn::BatchNorm2d::new`, `forward` | no channels; eps < 0; momentum > 1; one value per channel (training, or eval without running statistics) | `BatchNorm2d: *` |
+//! | `nn::Dropout::new`, `Dropout2d::new` | p outside [0, 1] | `Dropout: *`, `Dropout2d: *` |
 //! | `nn::Sequential::forward`, `backward` | a layer's error (index added); before forward; grad_out shape | `Sequential.*: *` |
 //! | `Layer::backward_params`, `nn::Sequential::backward_params` | as `backward`: the same errors, message for message | `tests/backward_params.rs`: `errors_are_backwards` |
 //! | `init::Nonlinearity::from_name` | unknown name | `Nonlinearity::from_name: *` |
@@ -45,6 +56,8 @@
 //! `init::zeros`, `init::ones`, `init::calculate_gain`, `ops::conv_out_size` (returns
 //! `None`).
 
+mod common;
+
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -57,15 +70,18 @@ use convinit::init::{
     xavier_normal, xavier_std, xavier_uniform,
 };
 use convinit::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Layer, LeakyRelu, Linear, LinearConfig, Relu,
-    Sequential,
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d,
+    Conv2dConfig, Dropout, Dropout2d, Flatten, GeneralRelu, Layer, LeakyRelu, Linear, LinearConfig,
+    MaxPool2d, Relu, Sequential,
 };
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, conv2d,
-    conv2d_backward, flatten, flatten_backward, flatten_shape, leaky_relu_backward, linear,
-    linear_backward, mse, mse_backward, relu_backward,
+    AvgPool2dOptions, BatchNormOptions, Conv2dGeometry, Conv2dOptions, MaxPool2dOptions,
+    adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
+    adaptive_max_pool2d_backward, avg_pool2d, avg_pool2d_backward, batch_norm2d,
+    batch_norm2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, flatten_shape,
+    leaky_relu, leaky_relu_backward, linear, linear_backward, max_pool2d, max_pool2d_backward, mse,
+    mse_backward, relu, relu_backward,
 };
-use convinit::ops::{leaky_relu, relu};
 use convinit::stats::to_images;
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::SeedableRng;
@@ -320,7 +336,7 @@ fn table() -> Vec<Case> {
         case(
             "conv2d: groups not dividing channels",
             Config,
-            &["conv2d", "groups 2", "[1, 3, 5, 5]"],
+            &["conv2d", "groups 2", "[1, 3, 5, 5]", "[2, 1, 3, 3]"],
             || {
                 conv2d(
                     ones4((1, 3, 5, 5)).view(),
@@ -346,7 +362,7 @@ fn table() -> Vec<Case> {
         case(
             "conv2d: kernel larger than padded input",
             Shape,
-            &["conv2d", "[1, 1, 2, 2]", "[1, 1, 5, 5]"],
+            &["conv2d", "[1, 1, 2, 2]", "[1, 1, 5, 5]", "does not fit"],
             || {
                 conv2d(
                     ones4((1, 1, 2, 2)).view(),
@@ -359,7 +375,7 @@ fn table() -> Vec<Case> {
         case(
             "conv2d: dilated kernel larger than input",
             Shape,
-            &["conv2d", "dilation", "(3, 1)"],
+            &["conv2d", "dilation", "(3, 1)", "[1, 1, 6, 6]"],
             || {
                 conv2d(
                     ones4((1, 1, 6, 6)).view(),
@@ -523,7 +539,7 @@ fn table() -> Vec<Case> {
         case(
             "adaptive_avg_pool2d: zero output size",
             Config,
-            &["adaptive_avg_pool2d", "(0, 2)"],
+            &["adaptive_avg_pool2d", "(0, 2)", "[1, 1, 4, 4]"],
             || adaptive_avg_pool2d(ones4((1, 1, 4, 4)).view(), (0, 2)),
         ),
         case(
@@ -1273,6 +1289,7 @@ fn table() -> Vec<Case> {
     ];
     t.extend(data_cases());
     t.extend(alloc_cases());
+    t.extend(nn_cases());
     t
 }
 
@@ -1657,6 +1674,710 @@ fn data_cases() -> Vec<Case> {
     ]
 }
 
+fn bn(c: usize) -> BatchNorm2d {
+    BatchNorm2d::new(BatchNorm2dConfig::new(c)).unwrap()
+}
+
+/// Layer, pooling, batch norm and dropout bad calls (once `tests/nn_errors.rs`, merged
+/// here so one table and one runner hold every bad call): rows that repeated a row
+/// above were folded into it, and the generic layer calls (backward before forward, a
+/// gradient of the wrong shape, an input of the wrong rank) are checked for every layer
+/// of the op-case table by [`every_op_case_layer_rejects_generic_bad_calls`].
+#[allow(clippy::too_many_lines)]
+fn nn_cases() -> Vec<Case> {
+    use V::*;
+    vec![
+        // ---- ops, layers and Sequential
+        case(
+            "conv2d: huge dilation overflows",
+            Shape,
+            &["conv2d", "[1, 1, 5, 5]"],
+            || {
+                conv2d(
+                    ones4((1, 1, 5, 5)).view(),
+                    ones4((1, 1, 3, 3)).view(),
+                    None,
+                    &opts().with_dilation((usize::MAX, 1)),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "conv2d: zero groups, 3 channels",
+            Config,
+            &["conv2d", "groups"],
+            || {
+                conv2d(
+                    ones4((1, 3, 5, 5)).view(),
+                    ones4((2, 3, 3, 3)).view(),
+                    None,
+                    &opts().with_groups(0),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "conv2d: bias of the wrong length",
+            Shape,
+            &["conv2d", "bias", "length 3", "[2, 1, 3, 3]"],
+            || {
+                let b = Array1::<f32>::zeros(3);
+                conv2d(
+                    ones4((1, 1, 5, 5)).view(),
+                    ones4((2, 1, 3, 3)).view(),
+                    Some(b.view()),
+                    &opts(),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "conv2d_backward: grad_out of the wrong shape",
+            Shape,
+            &["conv2d", "[1, 2, 4, 3]", "(1, 2, 3, 3)"],
+            || {
+                conv2d_backward(
+                    ones4((1, 1, 5, 5)).view(),
+                    ones4((2, 1, 3, 3)).view(),
+                    true,
+                    ones4((1, 2, 4, 3)).view(),
+                    &opts(),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "Conv2d: channel mismatch",
+            Shape,
+            &["[2, 3, 5, 5]", "[2, 1, 3, 3]"],
+            || {
+                let mut c = conv(Conv2dConfig::new(1, 2, (3, 3)));
+                c.forward(ones4((2, 3, 5, 5)).into_dyn().view()).map(drop)
+            },
+        ),
+        case(
+            "Conv2d: zero stride in the config",
+            Config,
+            &["Conv2d", "stride", "(1, 0)"],
+            || {
+                Conv2d::new(
+                    Conv2dConfig::new(1, 1, (3, 3)).with_stride((1, 0)),
+                    &mut rng(),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "Conv2d::from_parts: weight of the wrong shape",
+            Shape,
+            &["Conv2d", "[3, 1, 3, 3]", "(3, 2, 3, 3)"],
+            || {
+                Conv2d::from_parts(
+                    Conv2dConfig::new(2, 3, (3, 3)),
+                    ones4((3, 1, 3, 3)),
+                    Some(Array1::zeros(3)),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "Conv2d::from_parts: bias of the wrong length",
+            Shape,
+            &["Conv2d", "length 2", "[3, 1, 3, 3]"],
+            || {
+                Conv2d::from_parts(
+                    Conv2dConfig::new(1, 3, (3, 3)),
+                    ones4((3, 1, 3, 3)),
+                    Some(Array1::zeros(2)),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "Conv2d::from_parts: bias given to a bias-free config",
+            Config,
+            &["Conv2d", "bias"],
+            || {
+                Conv2d::from_parts(
+                    Conv2dConfig::new(1, 3, (3, 3)).with_bias(false),
+                    ones4((3, 1, 3, 3)),
+                    Some(Array1::zeros(3)),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "linear: feature mismatch",
+            Shape,
+            &["linear", "[2, 4]", "[3, 5]"],
+            || {
+                linear(
+                    Array2::zeros((2, 4)).view(),
+                    Array2::zeros((3, 5)).view(),
+                    None,
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "linear_backward: grad_out of the wrong shape",
+            Shape,
+            &["linear", "[2, 2]", "(2, 3)"],
+            || {
+                linear_backward(
+                    Array2::zeros((2, 4)).view(),
+                    Array2::zeros((3, 4)).view(),
+                    true,
+                    Array2::zeros((2, 2)).view(),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "Linear: bias of the wrong length",
+            Shape,
+            &["Linear", "length 4", "[3, 4]"],
+            || {
+                Linear::from_parts(
+                    LinearConfig::new(4, 3),
+                    Array2::zeros((3, 4)),
+                    Some(Array1::zeros(4)),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "relu_backward: grad_out of the wrong shape",
+            Shape,
+            &["relu", "[6]", "[2, 3]"],
+            || {
+                relu_backward(
+                    ArrayD::zeros(IxDyn(&[2, 3])).view(),
+                    ArrayD::zeros(IxDyn(&[6])).view(),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "leaky_relu_backward: grad_out of the wrong shape",
+            Shape,
+            &["leaky_relu", "[2, 4]", "[2, 3]"],
+            || {
+                leaky_relu_backward(
+                    ArrayD::zeros(IxDyn(&[2, 3])).view(),
+                    ArrayD::zeros(IxDyn(&[2, 4])).view(),
+                    0.1,
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "AdaptiveAvgPool2d: zero output size",
+            Config,
+            &["AdaptiveAvgPool2d", "(2, 0)"],
+            || AdaptiveAvgPool2d::new((2, 0)).map(drop),
+        ),
+        case(
+            "adaptive_avg_pool2d: empty input",
+            Shape,
+            &["adaptive_avg_pool2d", "[1, 1, 0, 4]"],
+            || adaptive_avg_pool2d(ones4((1, 1, 0, 4)).view(), (1, 1)).map(drop),
+        ),
+        case(
+            "adaptive_avg_pool2d_backward: grad_out channels differ",
+            Shape,
+            &["adaptive_avg_pool2d", "[1, 3, 1, 1]", "[1, 2, 4, 4]"],
+            || adaptive_avg_pool2d_backward((1, 2, 4, 4), ones4((1, 3, 1, 1)).view()).map(drop),
+        ),
+        case(
+            "max_pool2d: padding above half the kernel",
+            Config,
+            &["max_pool2d", "padding (2, 0)", "(3, 3)"],
+            || {
+                let o = MaxPool2dOptions::new((3, 3)).with_padding((2, 0));
+                max_pool2d(ones4((1, 1, 8, 8)).view(), &o).map(drop)
+            },
+        ),
+        case(
+            "MaxPool2d: zero stride",
+            Config,
+            &["MaxPool2d", "stride", "(0, 1)"],
+            || MaxPool2d::new(MaxPool2dOptions::new((2, 2)).with_stride((0, 1))).map(drop),
+        ),
+        case(
+            "MaxPool2d: zero dilation",
+            Config,
+            &["MaxPool2d", "dilation", "(1, 0)"],
+            || MaxPool2d::new(MaxPool2dOptions::new((2, 2)).with_dilation((1, 0))).map(drop),
+        ),
+        case(
+            "max_pool2d: zero kernel",
+            Config,
+            &["max_pool2d", "kernel size", "(0, 2)"],
+            || max_pool2d(ones4((1, 1, 4, 4)).view(), &MaxPool2dOptions::new((0, 2))).map(drop),
+        ),
+        case(
+            "max_pool2d: input smaller than the dilated kernel",
+            Shape,
+            &["max_pool2d", "[1, 1, 4, 9]", "dilation (2, 2)"],
+            || {
+                let o = MaxPool2dOptions::new((3, 3)).with_dilation((2, 2));
+                max_pool2d(ones4((1, 1, 4, 9)).view(), &o).map(drop)
+            },
+        ),
+        case(
+            "max_pool2d: zero channels",
+            Shape,
+            &["max_pool2d", "[1, 0, 4, 4]"],
+            || max_pool2d(ones4((1, 0, 4, 4)).view(), &MaxPool2dOptions::new((2, 2))).map(drop),
+        ),
+        case(
+            "max_pool2d_backward: an index outside the plane",
+            Shape,
+            &["max_pool2d", "index 16", "4 x 4"],
+            || {
+                let idx = Array4::from_elem((1, 1, 2, 2), 16i64);
+                max_pool2d_backward((1, 1, 4, 4), idx.view(), ones4((1, 1, 2, 2)).view()).map(drop)
+            },
+        ),
+        case(
+            "max_pool2d_backward: indices and grad_out differ",
+            Shape,
+            &["max_pool2d", "[1, 1, 2, 3]", "[1, 1, 2, 2]"],
+            || {
+                let idx = Array4::from_elem((1, 1, 2, 3), 0i64);
+                max_pool2d_backward((1, 1, 4, 4), idx.view(), ones4((1, 1, 2, 2)).view()).map(drop)
+            },
+        ),
+        case(
+            "AvgPool2d: zero divisor_override",
+            Config,
+            &["AvgPool2d", "divisor_override", "Some(0)"],
+            || {
+                AvgPool2d::new(AvgPool2dOptions::new((2, 2)).with_divisor_override(Some(0)))
+                    .map(drop)
+            },
+        ),
+        case(
+            "avg_pool2d: padding above half the kernel",
+            Config,
+            &["avg_pool2d", "padding (0, 3)", "(2, 4)"],
+            || {
+                let o = AvgPool2dOptions::new((2, 4)).with_padding((0, 3));
+                avg_pool2d(ones4((1, 1, 8, 8)).view(), &o).map(drop)
+            },
+        ),
+        case(
+            "avg_pool2d: input smaller than the kernel",
+            Shape,
+            &["avg_pool2d", "[1, 1, 1, 4]", "kernel (2, 2)"],
+            || avg_pool2d(ones4((1, 1, 1, 4)).view(), &AvgPool2dOptions::new((2, 2))).map(drop),
+        ),
+        case(
+            "avg_pool2d_backward: grad_out not the output's shape",
+            Shape,
+            &["avg_pool2d", "[1, 1, 3, 2]", "[1, 1, 2, 2]"],
+            || {
+                let o = AvgPool2dOptions::new((2, 2));
+                avg_pool2d_backward((1, 1, 4, 4), ones4((1, 1, 3, 2)).view(), &o).map(drop)
+            },
+        ),
+        case(
+            "adaptive_max_pool2d: zero output size",
+            Config,
+            &["adaptive_max_pool2d", "(3, 0)", "[1, 1, 4, 4]"],
+            || adaptive_max_pool2d(ones4((1, 1, 4, 4)).view(), (3, 0)).map(drop),
+        ),
+        case(
+            "AdaptiveMaxPool2d: zero output size",
+            Config,
+            &["AdaptiveMaxPool2d", "(0, 1)"],
+            || AdaptiveMaxPool2d::new((0, 1)).map(drop),
+        ),
+        case(
+            "adaptive_max_pool2d: empty input",
+            Shape,
+            &["adaptive_max_pool2d", "[1, 1, 4, 0]"],
+            || adaptive_max_pool2d(ones4((1, 1, 4, 0)).view(), (1, 1)).map(drop),
+        ),
+        case(
+            "adaptive_max_pool2d_backward: a negative index",
+            Shape,
+            &["adaptive_max_pool2d", "index -2"],
+            || {
+                let idx = Array4::from_elem((1, 1, 1, 1), -2i64);
+                adaptive_max_pool2d_backward((1, 1, 4, 4), idx.view(), ones4((1, 1, 1, 1)).view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "flatten: start_dim out of range, rank 2",
+            Shape,
+            &["flatten", "start_dim 2", "[2, 3]"],
+            || flatten(ArrayD::zeros(IxDyn(&[2, 3])).view(), 2, -1).map(drop),
+        ),
+        case(
+            "mse: mismatched lengths",
+            Shape,
+            &["mse", "[4]", "[5]"],
+            || {
+                mse(
+                    Array1::<f32>::zeros(4).view(),
+                    Array1::<f32>::zeros(5).view(),
+                )
+                .map(drop)
+            },
+        ),
+        case("mse: (N, 2) predictions", Shape, &["mse", "[4, 2]"], || {
+            mse(
+                Array2::<f32>::zeros((4, 2)).view(),
+                Array1::<f32>::zeros(4).view(),
+            )
+            .map(drop)
+        }),
+        case(
+            "mse_backward: mismatched lengths",
+            Shape,
+            &["mse", "[3, 1]", "[4]"],
+            || {
+                mse_backward(
+                    Array2::<f32>::zeros((3, 1)).view(),
+                    Array1::<f32>::zeros(4).view(),
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "Sequential: bad input names the layer",
+            Shape,
+            &["conv2d", "[1, 2, 5, 5]", "layer 1", "Conv2d"],
+            || {
+                let mut net = Sequential::new()
+                    .with(Relu::new())
+                    .with(conv(Conv2dConfig::new(1, 2, (3, 3))));
+                net.forward(ones4((1, 2, 5, 5)).into_dyn().view()).map(drop)
+            },
+        ),
+        // ---- layers asked for buffers of terabytes: Alloc, never an abort
+        case(
+            "Conv2d.forward: a broadcast input of terabytes",
+            Alloc,
+            &["conv2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+            || {
+                let mut c = conv(Conv2dConfig::new(1, 1, (1024, 1024)));
+                c.forward(broadcast_d(&[TB_SIDE, 1, 1024, 1024])).map(drop)
+            },
+        ),
+        case(
+            "Linear.forward: a broadcast input of terabytes",
+            Alloc,
+            &["linear", "cannot allocate", "[1099511627776, 4]"],
+            || {
+                let mut l = Linear::new(LinearConfig::new(16, 4), &mut rng())?;
+                l.forward(broadcast_d(&[1 << 40, 16])).map(drop)
+            },
+        ),
+        case(
+            "Flatten.forward: a broadcast input of terabytes",
+            Alloc,
+            &["flatten", "cannot allocate", "[1048576, 1048576, 4]"],
+            || {
+                Flatten::new(1, -1)
+                    .forward(broadcast_d(&[TB_SIDE, TB_SIDE, 4]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "AdaptiveAvgPool2d.forward: an output of terabytes",
+            Alloc,
+            &[
+                "adaptive_avg_pool2d",
+                "cannot allocate",
+                "[1, 1, 1048576, 1048576]",
+            ],
+            || {
+                AdaptiveAvgPool2d::new((TB_SIDE, TB_SIDE))?
+                    .forward(ArrayD::ones(IxDyn(&[1, 1, 4, 4])).view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "MaxPool2d.forward: a broadcast input of terabytes",
+            Alloc,
+            &["max_pool2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+            || {
+                MaxPool2d::new(MaxPool2dOptions::new((2, 2)))?
+                    .forward(broadcast_d(&[TB_SIDE, 1, 1024, 1024]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "AvgPool2d.forward: a broadcast input of terabytes",
+            Alloc,
+            &["avg_pool2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+            || {
+                AvgPool2d::new(AvgPool2dOptions::new((2, 2)))?
+                    .forward(broadcast_d(&[TB_SIDE, 1, 1024, 1024]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "AdaptiveMaxPool2d.forward: an output of terabytes",
+            Alloc,
+            &[
+                "adaptive_max_pool2d",
+                "cannot allocate",
+                "[1, 1, 1048576, 1048576]",
+            ],
+            || {
+                AdaptiveMaxPool2d::new((TB_SIDE, TB_SIDE))?
+                    .forward(ArrayD::ones(IxDyn(&[1, 1, 4, 4])).view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "Sequential.forward: a layer's allocation failure names the layer",
+            Alloc,
+            &["adaptive_avg_pool2d", "cannot allocate", "layer 1"],
+            || {
+                let mut net = Sequential::new()
+                    .with(Relu::new())
+                    .with(AdaptiveAvgPool2d::new((TB_SIDE, TB_SIDE))?);
+                net.forward(ArrayD::ones(IxDyn(&[1, 1, 4, 4])).view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "ReLU.forward: a broadcast input of terabytes",
+            Alloc,
+            &["ReLU", "cannot allocate", "[1048576, 1048576]"],
+            || {
+                Relu::new()
+                    .forward(broadcast_d(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "LeakyReLU.forward: a broadcast input of terabytes",
+            Alloc,
+            &["LeakyReLU", "cannot allocate", "[1048576, 1048576]"],
+            || {
+                LeakyRelu::new(0.1)
+                    .forward(broadcast_d(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "GeneralRelu.forward: a broadcast input of terabytes",
+            Alloc,
+            &["cannot allocate", "[1048576, 1048576]"],
+            || {
+                GeneralRelu::new(Some(0.1), Some(0.4), Some(6.0))?
+                    .forward(broadcast_d(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "Sequential.forward: no layers, a broadcast input of terabytes",
+            Alloc,
+            &["Sequential", "cannot allocate", "[1048576, 1048576]"],
+            || {
+                Sequential::new()
+                    .forward(broadcast_d(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "Sequential.backward: a broadcast grad_out of terabytes",
+            Alloc,
+            &[
+                "Sequential",
+                "cannot allocate",
+                "grad_out [1048576, 1048576]",
+            ],
+            || {
+                Sequential::new()
+                    .backward(broadcast_d(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            },
+        ),
+        // ---- batch norm and dropout
+        case(
+            "BatchNorm2d: no channels",
+            Config,
+            &["BatchNorm2d", "num_features", "0"],
+            || BatchNorm2d::new(BatchNorm2dConfig::new(0)).map(drop),
+        ),
+        case(
+            "BatchNorm2d: negative eps",
+            Config,
+            &["BatchNorm2d", "eps", "-1"],
+            || BatchNorm2d::new(BatchNorm2dConfig::new(2).with_eps(-1.0)).map(drop),
+        ),
+        case(
+            "BatchNorm2d: momentum above 1",
+            Config,
+            &["BatchNorm2d", "momentum", "1.5"],
+            || BatchNorm2d::new(BatchNorm2dConfig::new(2).with_momentum(Some(1.5))).map(drop),
+        ),
+        case(
+            "BatchNorm2d: one value per channel in training mode",
+            Config,
+            &[
+                "BatchNorm2d",
+                "Expected more than 1 value per channel when training",
+                "[1, 3, 1, 1]",
+            ],
+            || {
+                bn(3)
+                    .forward(ones4((1, 3, 1, 1)).into_dyn().view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "BatchNorm2d: one value per channel without running statistics, eval mode",
+            Config,
+            &[
+                "BatchNorm2d",
+                "more than 1 value per channel",
+                "[1, 3, 1, 1]",
+            ],
+            || {
+                let cfg = BatchNorm2dConfig::new(3).with_track_running_stats(false);
+                let mut b = BatchNorm2d::new(cfg)?;
+                b.set_training(false);
+                b.forward(ones4((1, 3, 1, 1)).into_dyn().view()).map(drop)
+            },
+        ),
+        case(
+            "BatchNorm2d: channel mismatch",
+            Shape,
+            &["BatchNorm2d", "[2, 4, 3, 3]", "num_features = 3"],
+            || {
+                bn(3)
+                    .forward(ones4((2, 4, 3, 3)).into_dyn().view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "BatchNorm2d: rank 3",
+            Shape,
+            &["BatchNorm2d", "(N, C, H, W)", "[2, 3, 4]"],
+            || {
+                bn(3)
+                    .forward(ArrayD::ones(IxDyn(&[2, 3, 4])).view())
+                    .map(drop)
+            },
+        ),
+        case(
+            "BatchNorm2d: a weight replaced by one of another length",
+            Shape,
+            &["BatchNorm2d", "weight has length 4", "num_features is 3"],
+            || {
+                let mut b = bn(3);
+                *b.weight_mut().unwrap() = Array1::ones(4);
+                b.forward(ones4((2, 3, 2, 2)).into_dyn().view()).map(drop)
+            },
+        ),
+        case(
+            "BatchNorm2d.forward: a broadcast input of terabytes",
+            Alloc,
+            &[
+                "batch_norm2d",
+                "cannot allocate",
+                "[1048576, 2, 1024, 1024]",
+            ],
+            || {
+                bn(2)
+                    .forward(broadcast_d(&[TB_SIDE, 2, 1024, 1024]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "Dropout: p above 1",
+            Config,
+            &["Dropout", "between 0 and 1", "1.5"],
+            || Dropout::new(1.5, 0).map(drop),
+        ),
+        case(
+            "Dropout2d: negative p",
+            Config,
+            &["Dropout2d", "-0.5"],
+            || Dropout2d::new(-0.5, 0).map(drop),
+        ),
+        case(
+            "Dropout.forward: a broadcast input of terabytes",
+            Alloc,
+            &["dropout", "cannot allocate", "[1048576, 1048576]"],
+            || {
+                Dropout::new(0.5, 0)?
+                    .forward(broadcast_d(&[TB_SIDE, TB_SIDE]))
+                    .map(drop)
+            },
+        ),
+        case(
+            "batch_norm2d: eval mode without running statistics",
+            Config,
+            &["batch_norm2d", "running_mean"],
+            || {
+                let o = BatchNormOptions {
+                    training: false,
+                    ..BatchNormOptions::default()
+                };
+                batch_norm2d(ones4((2, 3, 2, 2)).view(), None, None, None, None, &o).map(drop)
+            },
+        ),
+        case(
+            "batch_norm2d: a bias of the wrong length",
+            Shape,
+            &["batch_norm2d", "bias has length 2", "3 channels"],
+            || {
+                let b = Array1::<f32>::zeros(2);
+                let o = BatchNormOptions::default();
+                batch_norm2d(
+                    ones4((2, 3, 2, 2)).view(),
+                    None,
+                    None,
+                    None,
+                    Some(b.view()),
+                    &o,
+                )
+                .map(drop)
+            },
+        ),
+        case(
+            "batch_norm2d: NaN eps",
+            Config,
+            &["batch_norm2d", "eps", "NaN"],
+            || {
+                let o = BatchNormOptions {
+                    eps: f64::NAN,
+                    ..BatchNormOptions::default()
+                };
+                batch_norm2d(ones4((2, 3, 2, 2)).view(), None, None, None, None, &o).map(drop)
+            },
+        ),
+        case(
+            "batch_norm2d_backward: dy of another shape",
+            Shape,
+            &["batch_norm2d", "[2, 3, 1, 2]", "[2, 3, 2, 2]"],
+            || {
+                let o = BatchNormOptions::default();
+                let (_, stats) =
+                    batch_norm2d(ones4((2, 3, 2, 2)).view(), None, None, None, None, &o)?;
+                batch_norm2d_backward(
+                    ones4((2, 3, 2, 2)).view(),
+                    None,
+                    true,
+                    &stats,
+                    ones4((2, 3, 1, 2)).view(),
+                )
+                .map(drop)
+            },
+        ),
+    ]
+}
+
 #[test]
 fn bad_calls_return_typed_errors_and_never_panic() {
     let table = table();
@@ -1731,8 +2452,9 @@ fn panic_table_size() {
             "mnist" => "data::Mnist",
             "sgemm" => "gemm",
             "to_images" => "stats",
-            "Conv2d" | "Linear" | "AdaptiveAvgPool2d" | "Relu" | "LeakyRelu" | "Flatten"
-            | "Sequential" => "nn",
+            "Conv2d" | "Linear" | "AdaptiveAvgPool2d" | "AdaptiveMaxPool2d" | "MaxPool2d"
+            | "AvgPool2d" | "BatchNorm2d" | "Dropout" | "Dropout2d" | "Relu" | "ReLU"
+            | "LeakyRelu" | "LeakyReLU" | "GeneralRelu" | "Flatten" | "Sequential" => "nn",
             h if h.starts_with(char::is_uppercase) || h.contains("_std") || h == "fans" => {
                 if h.starts_with("Conv2d") {
                     "ops"
@@ -2050,4 +2772,235 @@ fn flatten_valid(rank: isize, start: isize, end: isize) -> bool {
     let norm = |d: isize| if d < 0 { d + rank } else { d };
     let (s, e) = (norm(start), norm(end));
     (0..rank).contains(&s) && (0..rank).contains(&e) && s <= e
+}
+
+/// Op families whose table entry is a test-side wrapper (`common::ops::MseLoss`,
+/// `CrossEntropyLoss`), not a crate layer: their misuse is the free functions' (the
+/// `mse*` rows above), and the wrappers `expect` a forward first.
+const TEST_SIDE_LAYERS: &[&str] = &["mse", "cross_entropy"];
+
+/// Op families whose layer takes one input rank only.
+const FIXED_RANK: &[&str] = &[
+    "conv2d",
+    "linear",
+    "adaptive_avg_pool2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_max_pool2d",
+    "batch_norm2d",
+];
+
+/// The op families of a case: its own, or a `Sequential`'s parts in order (from its
+/// name, `"sequential <what> [conv2d, relu, ...]"`).
+fn families(oc: &common::ops::OpCase) -> Vec<&str> {
+    match oc.name.split_once('[') {
+        Some((_, parts)) if oc.op == "sequential" => {
+            parts.trim_end_matches(']').split(", ").collect()
+        }
+        _ => vec![oc.op],
+    }
+}
+
+/// Every layer of the op-case table (`tests/common/ops.rs`) rejects the generic bad
+/// calls with a typed error naming the layer and the offending shape, never a panic:
+/// `backward` before `forward` (`State`), a gradient of the wrong shape (`Shape`), and,
+/// for layers of a fixed rank (not element-wise, not flatten), an input with one
+/// dimension fewer (`Shape`); then the good forward and backward succeed on the same
+/// layer, so the rejections were for the reason named. A new op-case entry is covered
+/// here without a row of its own.
+#[test]
+fn every_op_case_layer_rejects_generic_bad_calls() {
+    use common::ops::op_cases;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for oc in op_cases() {
+        let fams = families(&oc);
+        if fams.iter().any(|f| TEST_SIDE_LAYERS.contains(f)) {
+            continue;
+        }
+        checked += 1;
+        let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            let (mut layer, mut rng) = oc.build(0);
+            // A layer's errors name the layer (`Conv2d`) or its op (`flatten`); a
+            // `Sequential`'s name the failing layer's index.
+            let who: Vec<&str> = if oc.op == "sequential" {
+                vec!["layer "]
+            } else {
+                vec![layer.name(), oc.op]
+            };
+            let expect = |what: &str,
+                          r: Result<ArrayD<f32>, Error>,
+                          want: V,
+                          shape: Option<&[usize]>| match r {
+                Ok(_) => Err(format!("{what}: returned Ok")),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let shape = shape.map_or_else(String::new, |s| format!("{s:?}"));
+                    if variant(&e) != Some(want) {
+                        Err(format!("{what}: expected {want:?}, got {e:?}"))
+                    } else if !who.iter().any(|w| msg.contains(w)) || !msg.contains(&shape) {
+                        Err(format!("{what}: message {msg:?} lacks {who:?} or {shape}"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            let x = oc.draw_x(&mut rng);
+            // The output shape, from a throwaway layer.
+            let y_shape = oc.build(0).0.forward(x.view()).map_err(|e| e.to_string())?;
+            let y_shape = y_shape.shape().to_vec();
+            let dy = ArrayD::<f32>::ones(IxDyn(&y_shape));
+            expect(
+                "backward before forward",
+                layer.backward(dy.view()),
+                V::State,
+                None,
+            )?;
+            if FIXED_RANK.contains(&fams[0]) {
+                let fewer = &oc.x_shape[1..];
+                let r = layer.forward(ArrayD::ones(IxDyn(fewer)).view());
+                expect("forward of one rank fewer", r, V::Shape, Some(fewer))?;
+            }
+            layer.forward(x.view()).map_err(|e| e.to_string())?;
+            let mut bad = y_shape.clone();
+            *bad.last_mut().unwrap() += 1;
+            let r = layer.backward(ArrayD::ones(IxDyn(&bad)).view());
+            expect(
+                "backward of a wrong-shape gradient",
+                r,
+                V::Shape,
+                Some(&bad[..]),
+            )?;
+            layer.forward(x.view()).map_err(|e| e.to_string())?;
+            layer
+                .backward(dy.view())
+                .map_err(|e| format!("good call: {e}"))?;
+            Ok(())
+        }));
+        match r {
+            Err(p) => failures.push(format!(
+                "{oc:?}: panicked: {}",
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+            Ok(Err(e)) => failures.push(format!("{oc:?}: {e}")),
+            Ok(Ok(())) => {}
+        }
+    }
+    assert!(checked >= 70, "only {checked} op cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} op cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The pooling, batch norm and `Sequential` rows (merged from `tests/nn_errors.rs`)
+/// cannot pass by returning errors for everything: the same calls with the mistake fixed
+/// succeed.
+#[test]
+fn corrected_layer_calls_succeed() {
+    conv2d(
+        ones4((1, 3, 5, 5)).view(),
+        ones4((2, 3, 3, 3)).view(),
+        None,
+        &opts(),
+    )
+    .unwrap();
+    conv2d(
+        ones4((1, 1, 3, 3)).view(),
+        ones4((1, 1, 5, 5)).view(),
+        None,
+        &opts().with_padding((1, 1)),
+    )
+    .unwrap();
+    conv2d(
+        ones4((1, 4, 5, 5)).view(),
+        ones4((2, 2, 3, 3)).view(),
+        None,
+        &opts().with_groups(2),
+    )
+    .unwrap();
+    mse(
+        Array2::<f32>::zeros((4, 1)).view(),
+        Array1::<f32>::zeros(4).view(),
+    )
+    .unwrap();
+    adaptive_avg_pool2d(ones4((1, 1, 2, 2)).view(), (5, 3)).unwrap();
+    max_pool2d(
+        ones4((1, 1, 8, 8)).view(),
+        &MaxPool2dOptions::new((3, 3)).with_padding((1, 0)),
+    )
+    .unwrap();
+    max_pool2d(
+        ones4((1, 1, 5, 9)).view(),
+        &MaxPool2dOptions::new((3, 3)).with_dilation((2, 2)),
+    )
+    .unwrap();
+    avg_pool2d(
+        ones4((1, 1, 2, 4)).view(),
+        &AvgPool2dOptions::new((2, 2)).with_divisor_override(Some(3)),
+    )
+    .unwrap();
+    adaptive_max_pool2d(ones4((1, 1, 4, 1)).view(), (3, 2)).unwrap();
+    let idx = Array4::from_elem((1, 1, 2, 2), 15i64);
+    max_pool2d_backward((1, 1, 4, 4), idx.view(), ones4((1, 1, 2, 2)).view()).unwrap();
+    let mut net = Sequential::new()
+        .with(Relu::new())
+        .with(conv(Conv2dConfig::new(2, 2, (3, 3))));
+    let y = net.forward(ones4((1, 2, 5, 5)).into_dyn().view()).unwrap();
+    net.backward(y.view()).unwrap();
+    // Batch norm: two values per channel train; one value per channel in eval mode.
+    let mut b = bn(3);
+    b.forward(ones4((2, 3, 1, 1)).into_dyn().view()).unwrap();
+    b.forward(ones4((1, 3, 2, 1)).into_dyn().view()).unwrap();
+    b.set_training(false);
+    b.forward(ones4((1, 3, 1, 1)).into_dyn().view()).unwrap();
+    assert!(BatchNorm2d::new(BatchNorm2dConfig::new(2).with_eps(0.0).with_momentum(None)).is_ok());
+}
+
+/// Degenerate but valid shapes (empty batch, no input or output channels) work.
+#[test]
+fn degenerate_shapes_do_not_panic() {
+    let y = conv2d(
+        ones4((0, 2, 5, 5)).view(),
+        ones4((3, 2, 3, 3)).view(),
+        None,
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(y.dim(), (0, 3, 3, 3));
+    let g = conv2d_backward(
+        ones4((0, 2, 5, 5)).view(),
+        ones4((3, 2, 3, 3)).view(),
+        true,
+        y.view(),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(g.dw, Array4::<f32>::zeros((3, 2, 3, 3)));
+    let b = Array1::from_elem(3, 0.5f32);
+    let y = conv2d(
+        ones4((1, 0, 5, 5)).view(),
+        ones4((3, 0, 3, 3)).view(),
+        Some(b.view()),
+        &opts(),
+    )
+    .unwrap();
+    assert!(y.iter().all(|&v| v == 0.5));
+    let y = conv2d(
+        ones4((1, 2, 5, 5)).view(),
+        ones4((0, 2, 3, 3)).view(),
+        None,
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(y.dim(), (1, 0, 3, 3));
+    let r = catch_unwind(|| {
+        adaptive_avg_pool2d(ones4((1, 1, 1, 1)).view(), (1 << 62, 1 << 62)).is_err()
+    });
+    assert!(matches!(r, Ok(true)));
 }
