@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use convinit::data::Mnist;
 use convinit::nn::{
-    BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Linear, LinearConfig,
-    MaxPool2d, Relu, Sequential,
+    BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Linear, LinearConfig, MaxPool2d,
+    Relu, Sequential,
 };
 use convinit::ops::MaxPool2dOptions;
 use convinit::stats::{normalize, stats};

@@ -214,6 +214,10 @@ impl Layer for LeakyRelu {
         "LeakyReLU"
     }
 
+    fn describe(&self) -> String {
+        format!("LeakyReLU(negative_slope={})", self.negative_slope)
+    }
+
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let s = self.negative_slope;
         self.saved

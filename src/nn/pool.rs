@@ -55,6 +55,10 @@ impl Layer for AdaptiveAvgPool2d {
         OP
     }
 
+    fn describe(&self) -> String {
+        format!("AdaptiveAvgPool2d(output_size={:?})", self.output_size)
+    }
+
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         let x = to_rank::<Ix4>(OP, "input", "(N, C, H, W)", x)?;
         let y = adaptive_avg_pool2d(x, self.output_size)?;
@@ -148,6 +152,18 @@ impl Layer for MaxPool2d {
         MAX_OP
     }
 
+    fn describe(&self) -> String {
+        let o = &self.options;
+        format!(
+            "MaxPool2d(kernel_size={:?}, stride={:?}, padding={:?}, dilation={:?}, ceil_mode={})",
+            o.kernel,
+            o.stride,
+            o.padding,
+            o.dilation,
+            py_bool(o.ceil_mode)
+        )
+    }
+
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.saved = None;
         let x = to_rank::<Ix4>(MAX_OP, "input", "(N, C, H, W)", x)?;
@@ -209,6 +225,22 @@ impl AvgPool2d {
 impl Layer for AvgPool2d {
     fn name(&self) -> &'static str {
         AVG_OP
+    }
+
+    fn describe(&self) -> String {
+        let o = &self.options;
+        let divisor = o
+            .divisor_override
+            .map_or("None".to_string(), |d| d.to_string());
+        format!(
+            "AvgPool2d(kernel_size={:?}, stride={:?}, padding={:?}, ceil_mode={}, \
+             count_include_pad={}, divisor_override={divisor})",
+            o.kernel,
+            o.stride,
+            o.padding,
+            py_bool(o.ceil_mode),
+            py_bool(o.count_include_pad)
+        )
     }
 
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
@@ -287,6 +319,10 @@ impl Layer for AdaptiveMaxPool2d {
         ADAPTIVE_MAX_OP
     }
 
+    fn describe(&self) -> String {
+        format!("AdaptiveMaxPool2d(output_size={:?})", self.output_size)
+    }
+
     fn forward(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         self.saved = None;
         let x = to_rank::<Ix4>(ADAPTIVE_MAX_OP, "input", "(N, C, H, W)", x)?;
@@ -318,4 +354,9 @@ impl Layer for AdaptiveMaxPool2d {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+}
+
+/// Python's spelling of a boolean, for the PyTorch-style summaries.
+fn py_bool(b: bool) -> &'static str {
+    if b { "True" } else { "False" }
 }

@@ -820,7 +820,7 @@ Sequential(
   (4): Conv2d(16, 32, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))  # 4,640 params
   (5): ReLU()
   (6): Conv2d(32, 1, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))   # 289 params
-  (7): AdaptiveAvgPool2d()
+  (7): AdaptiveAvgPool2d(output_size=(1, 1))
   (8): Flatten(start_dim=0, end_dim=-1)
 )  # 6,305 params in total, training mode";
         assert_eq!(net.to_string(), want);
