@@ -7,7 +7,8 @@
 //!
 //! Every figure is the median of several runs after a warm-up (at least three calls and
 //! 50 ms). `--only` runs one item
-//! (`sgemm`, `fma`, `seed_net`, or a conv name such as `resnet_64`), e.g. to measure the
+//! (`sgemm`, `fma`, `seed_net`, `layers`, or a conv name such as `resnet_64`), e.g. to
+//! measure the
 //! peak memory of one shape with `/usr/bin/time -v`.
 
 use std::collections::BTreeMap;
@@ -15,8 +16,15 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use convinit::gemm::sgemm;
-use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
-use convinit::ops::{Conv2dOptions, conv2d, conv2d_backward, mse, mse_backward};
+use convinit::nn::{
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Layer,
+    Linear, LinearConfig, MaxPool2d, Relu, Sequential,
+};
+use convinit::ops::{
+    Conv2dOptions, MaxPool2dOptions, conv2d, conv2d_backward, max_pool2d, max_pool2d_backward,
+    max_pool2d_with_indices, mse, mse_backward,
+};
+use convinit::train::cross_entropy_with_grad;
 use ndarray::{Array, Array1, Array2, Array4, Dimension, ShapeBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -62,7 +70,7 @@ fn parse_args() -> Result<Options, String> {
             "--reps" => o.reps = num("--reps")?.max(1),
             "--only" => {
                 let name = it.next().ok_or("--only needs a NAME")?;
-                let known = ["sgemm", "fma", "seed_net", "conv2d"];
+                let known = ["sgemm", "fma", "seed_net", "conv2d", "layers"];
                 if !known.contains(&name.as_str()) && !CONV_SHAPES.iter().any(|(n, _)| *n == name) {
                     let shapes: Vec<&str> = CONV_SHAPES.iter().map(|(n, _)| *n).collect();
                     return Err(format!(
@@ -73,7 +81,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: bench [--json] [--threads T] [--reps R] [--only sgemm|fma|seed_net|<conv name>]"
+                    "usage: bench [--json] [--threads T] [--reps R] [--only sgemm|fma|seed_net|layers|<conv name>]"
                         .into(),
                 );
             }
@@ -220,6 +228,100 @@ fn bench_seed_net(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// Max pooling and batch norm on ResNet-sized tensors (training mode), as
+/// torch_anchor.py's `layers`.
+fn bench_layers(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
+    let x: Array4<f32> = randn((32, 64, 112, 112), rng);
+    let opts = MaxPool2dOptions::new((3, 3))
+        .with_stride((2, 2))
+        .with_padding((1, 1));
+    let y = max_pool2d(x.view(), &opts)?;
+    let dy: Array4<f32> = randn(y.raw_dim(), rng);
+    let fwd = median_secs(reps, 1, || {
+        black_box(max_pool2d(x.view(), &opts).expect("valid pool"));
+    });
+    let fwd_bwd = median_secs(reps, 1, || {
+        let (y, idx) = max_pool2d_with_indices(x.view(), &opts).expect("valid pool");
+        black_box(y);
+        black_box(max_pool2d_backward(x.dim(), idx.view(), dy.view()).expect("valid pool"));
+    });
+    let max_pool = json!({
+        "shape": [32, 64, 112, 112, 3, 2, 1],
+        "fwd_ms": round(fwd * 1e3, 4),
+        "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
+    });
+    let x = randn((32, 64, 56, 56), rng).into_dyn();
+    let dy = randn((32, 64, 56, 56), rng).into_dyn();
+    let mut bn = BatchNorm2d::new(BatchNorm2dConfig::new(64))?;
+    let fwd = median_secs(reps, 1, || {
+        black_box(bn.forward(x.view()).expect("valid batch norm"));
+    });
+    let fwd_bwd = median_secs(reps, 1, || {
+        bn.zero_grad();
+        black_box(bn.forward(x.view()).expect("valid batch norm"));
+        black_box(bn.backward(dy.view()).expect("valid batch norm"));
+    });
+    let batch_norm = json!({
+        "shape": [32, 64, 56, 56],
+        "fwd_ms": round(fwd * 1e3, 4),
+        "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
+    });
+    Ok(json!({ "max_pool_resnet": max_pool, "batch_norm_resnet": batch_norm }))
+}
+
+/// LeNet-5 with batch norm (as `examples/lenet`), PyTorch's default initialisation.
+fn lenet(rng: &mut StdRng) -> convinit::Result<Sequential> {
+    let conv = |i, o, p, rng: &mut StdRng| {
+        Conv2d::new(Conv2dConfig::new(i, o, (5, 5)).with_padding((p, p)), rng)
+    };
+    let pool = || MaxPool2d::new(MaxPool2dOptions::new((2, 2)));
+    let bn = |c| BatchNorm2d::new(BatchNorm2dConfig::new(c));
+    Ok(Sequential::new()
+        .with(conv(1, 6, 2, rng)?)
+        .with(bn(6)?)
+        .with(Relu::new())
+        .with(pool()?)
+        .with(conv(6, 16, 0, rng)?)
+        .with(bn(16)?)
+        .with(Relu::new())
+        .with(pool()?)
+        .with(Flatten::new(1, -1))
+        .with(Linear::new(LinearConfig::new(400, 120), rng)?)
+        .with(Relu::new())
+        .with(Linear::new(LinearConfig::new(120, 84), rng)?)
+        .with(Relu::new())
+        .with(Linear::new(LinearConfig::new(84, 10), rng)?))
+}
+
+/// One training step of the LeNet (forward in training mode, cross-entropy, backward of
+/// the parameters), at N = 64 and 256, as torch_anchor.py's `lenet_fwd_bwd_ms`.
+fn bench_lenet(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for n in [64usize, 256] {
+        let mut net = lenet(rng)?;
+        let x = randn((n, 1, 28, 28), rng).into_dyn().into_shared();
+        let t: Array1<i64> = (0..n).map(|_| rng.random_range(0..10)).collect();
+        let mut step = || -> convinit::Result<()> {
+            net.zero_grad();
+            let out = net.forward_shared(x.clone())?;
+            let logits = out
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|e| convinit::Error::Shape {
+                    op: "bench",
+                    message: e.to_string(),
+                })?;
+            let (loss, dlogits) = cross_entropy_with_grad(logits, t.view())?;
+            black_box(loss);
+            net.backward_params(dlogits.into_dyn())?;
+            Ok(())
+        };
+        let t = median_secs(reps.min(5), 1, || step().expect("lenet runs"));
+        out.insert(n.to_string(), json!(round(t * 1e3, 3)));
+    }
+    Ok(Value::Object(out))
+}
+
 fn run(o: &Options) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
     let mut rng = StdRng::seed_from_u64(0);
     let want = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
@@ -252,6 +354,10 @@ fn run(o: &Options) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
             "seed_net_fwd_bwd_ms".into(),
             bench_seed_net(o.reps, &mut rng)?,
         );
+    }
+    if want("layers") {
+        out.insert("layers".into(), bench_layers(o.reps, &mut rng)?);
+        out.insert("lenet_fwd_bwd_ms".into(), bench_lenet(o.reps, &mut rng)?);
     }
     Ok(json!(out))
 }

@@ -24,4 +24,11 @@ for name, c in ours["conv2d"].items():
 for n, v in ours["seed_net_fwd_bwd_ms"].items():
     tv = torch["seed_net_fwd_bwd_ms"][n]
     print(f"| seed net N={n} fwd+bwd ms | {v:.2f} | {tv:.2f} | {v / tv:.2f} |")
+for name, c in ours.get("layers", {}).items():
+    tc = torch["layers"][name]
+    for k in ("fwd_ms", "fwd_bwd_ms"):
+        print(f"| {name} {k.replace('_ms', '')} ms | {c[k]:.3f} | {tc[k]:.3f} | {c[k] / tc[k]:.2f} |")
+for n, v in ours.get("lenet_fwd_bwd_ms", {}).items():
+    tv = torch["lenet_fwd_bwd_ms"][n]
+    print(f"| LeNet N={n} fwd+CE+bwd ms | {v:.2f} | {tv:.2f} | {v / tv:.2f} |")
 print(f"| FMA peak GFLOP/s (same threads) | {ours['fma_peak_gflops']} | | |")
