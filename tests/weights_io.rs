@@ -1,8 +1,6 @@
 //! Weights I/O against files PyTorch wrote (tools/weights_io_torch.py) and the format's
 //! spec.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -320,49 +318,9 @@ fn write_seed_net_for_pytorch() {
     }
 }
 
-// --- Reading only what the header declares
-
-// A global allocator that records, per thread, the largest single allocation, so the
-// tests can check that a file that never ends, or lies about its size, costs bounded
-// memory.
-
-struct Counting;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn largest_allocation_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(0));
-    let r = f();
-    (r, LARGEST.with(Cell::get))
-}
+#[path = "common/largest_alloc.rs"]
+mod largest_alloc;
+use largest_alloc::largest_allocation_during;
 
 /// A one-parameter-pair model: `0.weight` (1, 1, 1, 1) and `0.bias` (1).
 fn tiny(seed: u64) -> Sequential {
