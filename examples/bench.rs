@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use convinit::gemm::sgemm;
 use convinit::nn::{
-    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Layer,
-    Linear, LinearConfig, MaxPool2d, Relu, Sequential,
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Layer, Relu,
+    Sequential,
 };
 use convinit::ops::{
     Conv2dOptions, MaxPool2dOptions, conv2d, conv2d_backward, max_pool2d, max_pool2d_backward,
@@ -30,6 +30,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde_json::{Value, json};
+
+/// The LeNet of `examples/lenet` (its builder; the rest of that example is unused here).
+#[allow(dead_code)]
+#[path = "lenet.rs"]
+mod lenet_example;
 
 /// conv2d shapes: (name, N, C_in, H, W, C_out, k, stride, pad), as torch_anchor.py.
 const CONV_SHAPES: &[(&str, [usize; 8])] = &[
@@ -269,36 +274,12 @@ fn bench_layers(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
     Ok(json!({ "max_pool_resnet": max_pool, "batch_norm_resnet": batch_norm }))
 }
 
-/// LeNet-5 with batch norm (as `examples/lenet`), PyTorch's default initialisation.
-fn lenet(rng: &mut StdRng) -> convinit::Result<Sequential> {
-    let conv = |i, o, p, rng: &mut StdRng| {
-        Conv2d::new(Conv2dConfig::new(i, o, (5, 5)).with_padding((p, p)), rng)
-    };
-    let pool = || MaxPool2d::new(MaxPool2dOptions::new((2, 2)));
-    let bn = |c| BatchNorm2d::new(BatchNorm2dConfig::new(c));
-    Ok(Sequential::new()
-        .with(conv(1, 6, 2, rng)?)
-        .with(bn(6)?)
-        .with(Relu::new())
-        .with(pool()?)
-        .with(conv(6, 16, 0, rng)?)
-        .with(bn(16)?)
-        .with(Relu::new())
-        .with(pool()?)
-        .with(Flatten::new(1, -1))
-        .with(Linear::new(LinearConfig::new(400, 120), rng)?)
-        .with(Relu::new())
-        .with(Linear::new(LinearConfig::new(120, 84), rng)?)
-        .with(Relu::new())
-        .with(Linear::new(LinearConfig::new(84, 10), rng)?))
-}
-
 /// One training step of the LeNet (forward in training mode, cross-entropy, backward of
 /// the parameters), at N = 64 and 256, as torch_anchor.py's `lenet_fwd_bwd_ms`.
 fn bench_lenet(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
     let mut out = serde_json::Map::new();
     for n in [64usize, 256] {
-        let mut net = lenet(rng)?;
+        let mut net = lenet_example::lenet(rng)?;
         let x = randn((n, 1, 28, 28), rng).into_dyn().into_shared();
         let t: Array1<i64> = (0..n).map(|_| rng.random_range(0..10)).collect();
         let mut step = || -> convinit::Result<()> {
