@@ -106,18 +106,54 @@ impl Limits {
     }
 }
 
+/// Element types whose all-zero bit pattern is their zero value (`T::default()`).
+///
+/// # Safety
+/// An implementor must be valid, and equal to `T::default()`, when every byte is zero.
+pub(crate) unsafe trait ZeroBits: Copy + Default {}
+
+macro_rules! zero_bits {
+    ($($t:ty),*) => { $(
+        // SAFETY: a primitive number whose zero bits are the value 0 (0.0 for floats).
+        unsafe impl ZeroBits for $t {}
+    )* };
+}
+zero_bits!(f32, f64, i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+
 /// A zero-filled `Vec` of `len` elements, reserved fallibly.
+///
+/// Asked of the allocator as zeroed memory (`calloc`): a fresh large block comes from
+/// the system already zero, so nothing is written until the caller writes, where a
+/// `resize` would touch (and fault in) every page twice.
 ///
 /// `describe` says what the buffer is for (`"output (64, 8, 14, 14)"`); it is only
 /// called on failure.
-pub(crate) fn try_zeroed_vec<T: Clone + Default>(
+pub(crate) fn try_zeroed_vec<T: ZeroBits>(
     op: &'static str,
     len: usize,
     describe: impl FnOnce() -> String,
 ) -> Result<Vec<T>> {
-    let mut v = try_vec_with_capacity(op, len, describe)?;
-    v.resize(len, T::default());
-    Ok(v)
+    if len == 0 || std::mem::size_of::<T>() == 0 {
+        return Ok(vec![T::default(); len]);
+    }
+    // `Layout::array` fails above `isize::MAX` bytes; the allocator returns null when
+    // it has no room.
+    let ptr = std::alloc::Layout::array::<T>(len)
+        .ok()
+        // SAFETY: the layout has a nonzero size (len > 0, T not zero-sized).
+        .map(|layout| unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>())
+        .filter(|p| !p.is_null());
+    let Some(ptr) = ptr else {
+        return Err(Error::Alloc {
+            op,
+            bytes: (len as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+            message: describe(),
+        });
+    };
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[T; len]`,
+    // which is the layout a `Vec<T>` of capacity `len` deallocates with, and all `len`
+    // elements are initialised: zero bytes are a valid `T` (`ZeroBits`).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 /// An empty `Vec` with room for `len` elements, reserved fallibly.
@@ -138,7 +174,7 @@ pub(crate) fn try_vec_with_capacity<T>(
 }
 
 /// A zero-filled array of `shape`, reserved fallibly (see [`try_zeroed_vec`]).
-pub(crate) fn try_zeros<T: Clone + Default, Sh>(
+pub(crate) fn try_zeros<T: ZeroBits, Sh>(
     op: &'static str,
     shape: Sh,
     describe: impl FnOnce() -> String,
