@@ -255,15 +255,17 @@ fn bench_layers(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
         "fwd_ms": round(fwd * 1e3, 4),
         "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
     });
-    let x = randn((32, 64, 56, 56), rng).into_dyn();
+    // As PyTorch's: the forward alone keeps nothing for a backward (`torch.no_grad()`
+    // there, `infer` here), the forward + backward keeps a reference to the input.
+    let x = randn((32, 64, 56, 56), rng).into_dyn().into_shared();
     let dy = randn((32, 64, 56, 56), rng).into_dyn();
     let mut bn = BatchNorm2d::new(BatchNorm2dConfig::new(64))?;
     let fwd = median_secs(reps, 1, || {
-        black_box(bn.forward(x.view()).expect("valid batch norm"));
+        black_box(bn.infer(x.clone()).expect("valid batch norm"));
     });
     let fwd_bwd = median_secs(reps, 1, || {
         bn.zero_grad();
-        black_box(bn.forward(x.view()).expect("valid batch norm"));
+        black_box(bn.forward_shared(x.clone()).expect("valid batch norm"));
         black_box(bn.backward(dy.view()).expect("valid batch norm"));
     });
     let batch_norm = json!({

@@ -287,3 +287,49 @@ fn lsuv_rescales_convolutions_only_and_keeps_buffers() {
     // Without centering, the conv's bias is left alone too.
     assert_eq!(n.get::<Conv2d>(0).unwrap().bias().unwrap(), conv_bias);
 }
+
+/// The op's statistics against f64 sums, on data far from zero (mean 1000, spread 0.5:
+/// a one-pass `E[x^2] - E[x]^2` in f32 would lose every digit of the variance) and on
+/// plane sizes that leave partial lanes and blocks; a transposed view gives the same
+/// bits as its contiguous copy.
+#[test]
+fn statistics_hold_far_from_zero_and_in_any_layout() {
+    use convinit::ops::{BatchNormOptions, batch_norm2d};
+    for (shape, seed) in [((3, 2, 7, 9), 3u64), ((2, 3, 13, 11), 4), ((5, 1, 1, 3), 5)] {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x = Array4::from_shape_simple_fn(shape, || 1000.0 + rng.random_range(-0.5f32..0.5));
+        let want = channel_stats(&x);
+        let (mut rm, mut rv) = (Array1::zeros(shape.1), Array1::ones(shape.1));
+        let opts = BatchNormOptions {
+            momentum: 1.0,
+            ..BatchNormOptions::default()
+        };
+        let (y, stats) = batch_norm2d(
+            x.view(),
+            Some(rm.view_mut()),
+            Some(rv.view_mut()),
+            None,
+            None,
+            &opts,
+        )
+        .unwrap();
+        for (c, &(mean, var)) in want.iter().enumerate() {
+            close(stats.mean[c], mean, "mean");
+            assert!(
+                (f64::from(rv[c]) - var).abs() <= 1e-4 * var,
+                "unbiased variance {} vs {var}",
+                rv[c]
+            );
+            close(rm[c], mean, "running mean");
+        }
+        // The same input as a strided view (W and H swapped back by the view).
+        let mut t = Array4::zeros((shape.0, shape.1, shape.3, shape.2));
+        t.assign(&x.view().permuted_axes([0, 1, 3, 2]));
+        let tv = t.view().permuted_axes([0, 1, 3, 2]);
+        assert!(shape.2 == 1 || !tv.is_standard_layout());
+        let (y2, stats2) = batch_norm2d(tv, None, None, None, None, &opts).unwrap();
+        assert_eq!(stats2.mean, stats.mean);
+        assert_eq!(stats2.invstd, stats.invstd);
+        assert_eq!(y2, y);
+    }
+}

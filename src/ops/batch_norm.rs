@@ -6,14 +6,16 @@
 //! are updated with the unbiased one; in evaluation mode they are the running
 //! statistics. The statistics and the backward's channel sums are accumulated in f64
 //! (PyTorch's CPU kernel accumulates float in double too), each channel by one task in
-//! the tensor's logical order: the results are the same at any thread count and in any
-//! memory layout.
+//! a fixed order over the tensor's logical layout ([`LANES`] interleaved partial sums,
+//! combined in order): the results are the same at any thread count and in any memory
+//! layout. The element-wise passes run in f32, as PyTorch's (`y = x * alpha + beta`
+//! with per-channel `alpha`, `beta`).
 
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1, Axis, Zip};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::limits::try_zeros;
+use crate::limits::{try_standard_layout, try_zeros};
 
 const OP: &str = "batch_norm2d";
 
@@ -92,18 +94,92 @@ fn check_options(o: &BatchNormOptions) -> Result<()> {
     Ok(())
 }
 
-/// Sum and sum of squared deviations of one channel, in f64, in logical order.
-fn channel_moments(xc: ndarray::ArrayView3<'_, f32>) -> (f64, f64) {
-    let m = xc.len() as f64;
-    let mean = xc.iter().map(|&v| f64::from(v)).sum::<f64>() / m;
-    let ss = xc
-        .iter()
-        .map(|&v| {
-            let d = f64::from(v) - mean;
-            d * d
-        })
-        .sum::<f64>();
-    (mean, ss)
+/// Partial sums per channel: element `i` of a plane adds into lane `i % LANES`, in f32
+/// over a block of [`BLOCK`] elements, each block's lanes then added into f64 lanes,
+/// combined in order at the end. Independent lanes let the compiler vectorise; the order
+/// is fixed by the logical index, so the sums do not depend on the thread count. A block
+/// adds `BLOCK / LANES` = 8 values per f32 lane: a relative error of a few f32 ulps on
+/// each block, far below the f32 rounding of the statistics themselves.
+const LANES: usize = 8;
+/// Elements per f32 block of [`lane_sums`].
+const BLOCK: usize = 64;
+
+/// `(sum(f(x)), sum(g(x)))` over a plane, added into `acc` lane by lane (see [`LANES`]).
+#[inline(always)]
+fn lane_sums(
+    acc: &mut [[f64; LANES]; 2],
+    xs: &[f32],
+    ys: &[f32],
+    f: impl Fn(f32, f32) -> (f32, f32),
+) {
+    let mut flush = |part: &[[f32; LANES]; 2]| {
+        for (a, p) in acc.iter_mut().zip(part) {
+            for l in 0..LANES {
+                a[l] += f64::from(p[l]);
+            }
+        }
+    };
+    let mut xb = xs.chunks(BLOCK);
+    let mut yb = ys.chunks(BLOCK);
+    for (xb, yb) in (&mut xb).zip(&mut yb) {
+        let mut part = [[0.0f32; LANES]; 2];
+        let mut xc = xb.chunks_exact(LANES);
+        let mut yc = yb.chunks_exact(LANES);
+        for (xv, yv) in (&mut xc).zip(&mut yc) {
+            for l in 0..LANES {
+                let (a, b) = f(xv[l], yv[l]);
+                part[0][l] += a;
+                part[1][l] += b;
+            }
+        }
+        for (l, (&x, &y)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
+            let (a, b) = f(x, y);
+            part[0][l] += a;
+            part[1][l] += b;
+        }
+        flush(&part);
+    }
+}
+
+/// The lanes combined, in order.
+fn total(acc: &[f64; LANES]) -> f64 {
+    acc.iter().sum()
+}
+
+/// The planes of channel `ci` in a standard-layout (N, C, H, W) slice.
+fn channel_planes(
+    xs: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    ci: usize,
+) -> impl Iterator<Item = &[f32]> {
+    (0..n).map(move |ni| &xs[(ni * c + ci) * hw..(ni * c + ci + 1) * hw])
+}
+
+/// Mean and sum of squared deviations of one channel, in f64. Two passes: the mean,
+/// then `d = x - mean` in f32 (`mean` rounded to f32, so `d` is exact for the values
+/// near it), with `ss = sum(d^2) - sum(d)^2 / M`, which removes the rounding of `mean`.
+fn channel_moments(xs: &[f32], dims: (usize, usize, usize), ci: usize) -> (f64, f64) {
+    let m = (dims.0 * dims.2) as f64;
+    let mut acc = [[0.0; LANES]; 2];
+    for p in channel_planes(xs, dims, ci) {
+        lane_sums(&mut acc, p, p, |x, _| (x, 0.0));
+    }
+    let mean = total(&acc[0]) / m;
+    let mean32 = mean as f32;
+    let mut acc = [[0.0; LANES]; 2];
+    for p in channel_planes(xs, dims, ci) {
+        lane_sums(&mut acc, p, p, |x, _| {
+            let d = x - mean32;
+            (d, d * d)
+        });
+    }
+    let (sd, sdd) = (total(&acc[0]), total(&acc[1]));
+    (mean, (sdd - sd * sd / m).max(0.0))
+}
+
+/// The smallest number of planes a parallel task takes: about 16K elements.
+fn min_planes(hw: usize) -> usize {
+    (16_384 / hw.max(1)).max(1)
 }
 
 /// Batch normalisation of `x` (N, C, H, W), as `F.batch_norm(x, running_mean,
@@ -166,6 +242,10 @@ pub fn batch_norm2d(
     // Reserved before the statistics are computed: an input too large for its output
     // fails at once.
     let mut y = try_zeros::<f32, _>(OP, (n, c, h, w), || format!("the output {:?}", x.shape()))?;
+    let shape = x.shape().to_vec();
+    let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {shape:?}"))?;
+    let xs = x.as_slice().expect("standard layout");
+    let hw = h * w;
     let stats = if options.training {
         let moments: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -173,7 +253,7 @@ pub fn batch_norm2d(
                 if m == 0 {
                     (0.0, 0.0)
                 } else {
-                    channel_moments(x.index_axis(Axis(1), ci))
+                    channel_moments(xs, (n, c, hw), ci)
                 }
             })
             .collect();
@@ -212,24 +292,28 @@ pub fn batch_norm2d(
         }
     };
     // Per channel: y = x * alpha + beta, alpha = invstd * weight, beta = bias - mean *
-    // alpha, in f64.
-    let coef: Vec<(f64, f64)> = (0..c)
+    // alpha (computed in f64, applied in f32).
+    let coef: Vec<(f32, f32)> = (0..c)
         .map(|ci| {
             let g = weight.map_or(1.0, |w| f64::from(w[ci]));
             let b = bias.map_or(0.0, |b| f64::from(b[ci]));
             let alpha = f64::from(stats.invstd[ci]) * g;
-            (alpha, b - f64::from(stats.mean[ci]) * alpha)
+            (alpha as f32, (b - f64::from(stats.mean[ci]) * alpha) as f32)
         })
         .collect();
-    y.axis_iter_mut(Axis(1))
-        .into_par_iter()
-        .zip(x.axis_iter(Axis(1)).into_par_iter())
-        .zip(coef.par_iter())
-        .for_each(|((mut yc, xc), &(alpha, beta))| {
-            Zip::from(&mut yc)
-                .and(&xc)
-                .for_each(|y, &x| *y = (f64::from(x) * alpha + beta) as f32);
-        });
+    if hw > 0 {
+        let ys = y.as_slice_mut().expect("new array");
+        ys.par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw))
+            .enumerate()
+            .with_min_len(min_planes(hw))
+            .for_each(|(plane, (yp, xp))| {
+                let (alpha, beta) = coef[plane % c];
+                for (y, &x) in yp.iter_mut().zip(xp) {
+                    *y = x * alpha + beta;
+                }
+            });
+    }
     Ok((y, stats))
 }
 
@@ -265,51 +349,67 @@ pub fn batch_norm2d_backward(
     check_channel_vec("the saved mean", stats.mean.len(), c)?;
     check_channel_vec("the saved invstd", stats.invstd.len(), c)?;
     let m = (n * h * w) as f64;
+    let hw = h * w;
     let mut dx = try_zeros::<f32, _>(OP, (n, c, h, w), || {
         format!("the input gradient {:?}", x.shape())
     })?;
+    let shape = x.shape().to_vec();
+    let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {shape:?}"))?;
+    let dy = try_standard_layout(OP, dy, || format!("a contiguous copy of dy {shape:?}"))?;
+    let (xs, dys) = (
+        x.as_slice().expect("standard layout"),
+        dy.as_slice().expect("standard layout"),
+    );
     // Per channel: sum(dy) and sum(dy * (x - mean)), in f64.
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ci| {
-            let mean = f64::from(stats.mean[ci]);
-            let (xc, dc) = (x.index_axis(Axis(1), ci), dy.index_axis(Axis(1), ci));
-            // Logical order (not `Zip`'s memory order): the same sums in any layout.
-            let mut s = 0.0f64;
-            let mut dot = 0.0f64;
-            for (&x, &d) in xc.iter().zip(dc.iter()) {
-                let d = f64::from(d);
-                s += d;
-                dot += d * (f64::from(x) - mean);
+            let mean = stats.mean[ci];
+            let mut acc = [[0.0; LANES]; 2];
+            for (xp, dp) in
+                channel_planes(xs, (n, c, hw), ci).zip(channel_planes(dys, (n, c, hw), ci))
+            {
+                lane_sums(&mut acc, xp, dp, |x, d| (d, d * (x - mean)));
             }
-            (s, dot)
+            (total(&acc[0]), total(&acc[1]))
         })
         .collect();
-    dx.axis_iter_mut(Axis(1))
-        .into_par_iter()
-        .zip(x.axis_iter(Axis(1)).into_par_iter())
-        .zip(dy.axis_iter(Axis(1)).into_par_iter())
-        .enumerate()
-        .for_each(|(ci, ((mut gc, xc), dc))| {
+    // Per channel, in f32: dx = (dy - mean_dy - (x - mean) * k) * scale with the batch
+    // statistics, dx = dy * scale with the running ones.
+    let coef: Vec<[f32; 4]> = (0..c)
+        .map(|ci| {
             let invstd = f64::from(stats.invstd[ci]);
-            let g = weight.map_or(1.0, |w| f64::from(w[ci]));
-            let scale = g * invstd;
+            let scale = weight.map_or(1.0, |w| f64::from(w[ci])) * invstd;
             if stats.batch && m > 0.0 {
-                let mean = f64::from(stats.mean[ci]);
                 let (s, dot) = sums[ci];
-                let mean_dy = s / m;
                 // xhat * mean(dy * xhat) = (x - mean) * invstd^2 * dot / m.
                 let k = dot * invstd * invstd / m;
-                Zip::from(&mut gc).and(&xc).and(&dc).for_each(|g, &x, &d| {
-                    let centred = f64::from(x) - mean;
-                    *g = ((f64::from(d) - mean_dy - centred * k) * scale) as f32;
-                });
+                [scale as f32, (s / m) as f32, stats.mean[ci], k as f32]
             } else {
-                Zip::from(&mut gc)
-                    .and(&dc)
-                    .for_each(|g, &d| *g = (f64::from(d) * scale) as f32);
+                [scale as f32, 0.0, 0.0, 0.0]
             }
-        });
+        })
+        .collect();
+    if hw > 0 {
+        let gs = dx.as_slice_mut().expect("new array");
+        gs.par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw))
+            .zip(dys.par_chunks(hw))
+            .enumerate()
+            .with_min_len(min_planes(hw))
+            .for_each(|(plane, ((gp, xp), dp))| {
+                let [scale, mean_dy, mean, k] = coef[plane % c];
+                if stats.batch {
+                    for ((g, &x), &d) in gp.iter_mut().zip(xp).zip(dp) {
+                        *g = (d - mean_dy - (x - mean) * k) * scale;
+                    }
+                } else {
+                    for (g, &d) in gp.iter_mut().zip(dp) {
+                        *g = d * scale;
+                    }
+                }
+            });
+    }
     let dweight = weight.map(|_| {
         sums.iter()
             .zip(&stats.invstd)
