@@ -120,15 +120,32 @@ macro_rules! zero_bits {
 }
 zero_bits!(f32, f64, i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 
-/// A zero-filled `Vec` of `len` elements, reserved fallibly.
-///
-/// Asked of the allocator as zeroed memory (`calloc`): a fresh large block comes from
-/// the system already zero, so nothing is written until the caller writes, where a
-/// `resize` would touch (and fault in) every page twice.
+/// A zero-filled `Vec` of `len` elements, reserved fallibly and written with zeros,
+/// for buffers that are accumulated into (`+=`) or read before being written.
 ///
 /// `describe` says what the buffer is for (`"output (64, 8, 14, 14)"`); it is only
 /// called on failure.
-pub(crate) fn try_zeroed_vec<T: ZeroBits>(
+pub(crate) fn try_zeroed_vec<T: Clone + Default>(
+    op: &'static str,
+    len: usize,
+    describe: impl FnOnce() -> String,
+) -> Result<Vec<T>> {
+    let mut v = try_vec_with_capacity(op, len, describe)?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// A zero-valued `Vec` of `len` elements, reserved fallibly, for a buffer the caller
+/// will *write* before it reads any element of it (an output overwritten in full).
+///
+/// Asked of the allocator as zeroed memory (`calloc`): a fresh large block comes from
+/// the system already zero and is not touched here, so its pages are first touched by
+/// the caller's writes, once. [`try_zeroed_vec`] writes every page twice (its zeros,
+/// then the caller's values). Do not accumulate into it: the first touch of an untouched
+/// page by a *read* maps the shared zero page, and the write after it is then a
+/// copy-on-write fault with a TLB shootdown of every other thread (measured: a max-pool
+/// backward's `+=` scatter into such a buffer ran 2.4x slower at 2 threads than at 1).
+pub(crate) fn try_output_vec<T: ZeroBits>(
     op: &'static str,
     len: usize,
     describe: impl FnOnce() -> String,
@@ -174,13 +191,40 @@ pub(crate) fn try_vec_with_capacity<T>(
 }
 
 /// A zero-filled array of `shape`, reserved fallibly (see [`try_zeroed_vec`]).
-pub(crate) fn try_zeros<T: ZeroBits, Sh>(
+pub(crate) fn try_zeros<T: Clone + Default, Sh>(
     op: &'static str,
     shape: Sh,
     describe: impl FnOnce() -> String,
 ) -> Result<ndarray::Array<T, Sh::Dim>>
 where
     Sh: ndarray::ShapeBuilder,
+{
+    array_of(op, shape, describe, try_zeroed_vec)
+}
+
+/// A zero-valued array of `shape` for an output the caller writes before reading it,
+/// reserved fallibly (see [`try_output_vec`]).
+pub(crate) fn try_output<T: ZeroBits, Sh>(
+    op: &'static str,
+    shape: Sh,
+    describe: impl FnOnce() -> String,
+) -> Result<ndarray::Array<T, Sh::Dim>>
+where
+    Sh: ndarray::ShapeBuilder,
+{
+    array_of(op, shape, describe, try_output_vec)
+}
+
+/// An array of `shape` on the `Vec` that `make` reserves for its element count.
+fn array_of<T, Sh, F>(
+    op: &'static str,
+    shape: Sh,
+    describe: F,
+    make: fn(&'static str, usize, F) -> Result<Vec<T>>,
+) -> Result<ndarray::Array<T, Sh::Dim>>
+where
+    Sh: ndarray::ShapeBuilder,
+    F: FnOnce() -> String,
 {
     let shape = shape.into_shape_with_order();
     let len = shape
@@ -195,7 +239,7 @@ where
             message: describe(),
         });
     };
-    let v = try_zeroed_vec(op, len, describe)?;
+    let v = make(op, len, describe)?;
     Ok(ndarray::Array::from_shape_vec(shape, v).expect("length matches the shape"))
 }
 

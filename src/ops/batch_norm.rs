@@ -15,7 +15,7 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::limits::{try_standard_layout, try_zeros};
+use crate::limits::{try_output, try_standard_layout};
 
 const OP: &str = "batch_norm2d";
 
@@ -241,7 +241,7 @@ pub fn batch_norm2d(
     }
     // Reserved before the statistics are computed: an input too large for its output
     // fails at once.
-    let mut y = try_zeros::<f32, _>(OP, (n, c, h, w), || format!("the output {:?}", x.shape()))?;
+    let mut y = try_output::<f32, _>(OP, (n, c, h, w), || format!("the output {:?}", x.shape()))?;
     let shape = x.shape().to_vec();
     let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {shape:?}"))?;
     let xs = x.as_slice().expect("standard layout");
@@ -350,7 +350,7 @@ pub fn batch_norm2d_backward(
     check_channel_vec("the saved invstd", stats.invstd.len(), c)?;
     let m = (n * h * w) as f64;
     let hw = h * w;
-    let mut dx = try_zeros::<f32, _>(OP, (n, c, h, w), || {
+    let mut dx = try_output::<f32, _>(OP, (n, c, h, w), || {
         format!("the input gradient {:?}", x.shape())
     })?;
     let shape = x.shape().to_vec();
