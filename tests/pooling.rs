@@ -155,3 +155,87 @@ fn layers_keep_what_the_functional_forms_return() {
     let y = pool.forward(x.view().into_dyn()).unwrap();
     assert_eq!(y, avg_pool2d(x.view(), &o).unwrap().into_dyn());
 }
+
+/// The scan PyTorch's CPU kernel runs, one window at a time: rows then columns, a value
+/// replacing the maximum when larger or NaN; the first tap inside the input when none
+/// does; index -1 for a window with no tap inside.
+fn naive_max_pool(x: &Array4<f32>, o: &MaxPool2dOptions) -> (Array4<f32>, Array4<i64>) {
+    let (n, c, h, w) = x.dim();
+    let (oh, ow) = o.output_size((h, w)).unwrap();
+    let mut y = Array4::from_elem((n, c, oh, ow), f32::NEG_INFINITY);
+    let mut idx = Array4::from_elem((n, c, oh, ow), -1i64);
+    for ((a, b, i, j), out) in y.indexed_iter_mut() {
+        let mut first = None;
+        let mut best = (f32::NEG_INFINITY, -1i64);
+        for dr in 0..o.kernel.0 {
+            for dc in 0..o.kernel.1 {
+                let r = (i * o.stride.0 + dr * o.dilation.0) as i64 - o.padding.0 as i64;
+                let q = (j * o.stride.1 + dc * o.dilation.1) as i64 - o.padding.1 as i64;
+                if r < 0 || q < 0 || r >= h as i64 || q >= w as i64 {
+                    continue;
+                }
+                let at = r * w as i64 + q;
+                first.get_or_insert(at);
+                let v = x[[a, b, r as usize, q as usize]];
+                if v > best.0 || v.is_nan() {
+                    best = (v, at);
+                }
+            }
+        }
+        if best.1 < 0 {
+            best.1 = first.unwrap_or(-1);
+        }
+        *out = best.0;
+        idx[[a, b, i, j]] = best.1;
+    }
+    (y, idx)
+}
+
+#[test]
+fn every_window_geometry_matches_a_naive_scan() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut checked = 0;
+    for case in 0..400 {
+        let k = (rng.random_range(1..=4), rng.random_range(1..=4));
+        let s = (rng.random_range(1..=4), rng.random_range(1..=5));
+        let d = (rng.random_range(1..=3), rng.random_range(1..=3));
+        let p = (rng.random_range(0..=k.0 / 2), rng.random_range(0..=k.1 / 2));
+        let o = MaxPool2dOptions::new(k)
+            .with_stride(s)
+            .with_padding(p)
+            .with_dilation(d)
+            .with_ceil_mode(rng.random_bool(0.5));
+        let shape = (
+            rng.random_range(1..=2),
+            rng.random_range(1..=3),
+            rng.random_range(1..=11),
+            rng.random_range(1..=13),
+        );
+        if o.output_size((shape.2, shape.3)).is_none() {
+            continue;
+        }
+        // Few distinct values (ties everywhere), some NaN and -inf.
+        let x = Array4::from_shape_simple_fn(shape, || match rng.random_range(0..20) {
+            0 => f32::NAN,
+            1 => f32::NEG_INFINITY,
+            v => (v % 4) as f32,
+        });
+        let (want_y, want_i) = naive_max_pool(&x, &o);
+        let (y, idx) = max_pool2d_with_indices(x.view(), &o).unwrap();
+        let same = |a: &f32, b: &f32| a == b || (a.is_nan() && b.is_nan());
+        assert!(
+            y.iter().zip(&want_y).all(|(a, b)| same(a, b)),
+            "case {case}: {o:?} on {shape:?}: values\n{y:?}\nwant\n{want_y:?}"
+        );
+        assert_eq!(idx, want_i, "case {case}: {o:?} on {shape:?}: indices");
+        let y2 = max_pool2d(x.view(), &o).unwrap();
+        assert!(
+            y2.iter().zip(&want_y).all(|(a, b)| same(a, b)),
+            "case {case}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 250, "only {checked} geometries fit");
+}

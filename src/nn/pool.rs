@@ -3,14 +3,14 @@
 
 use std::any::Any;
 
-use ndarray::{Array4, ArrayD, ArrayView4, ArrayViewD, Ix4};
+use ndarray::{ArcArrayD, Array4, ArrayD, ArrayView4, ArrayViewD, Ix4};
 
 use super::{Layer, check_grad_shape, not_run, to_rank};
 use crate::error::{Error, Result};
 use crate::ops::{
     AvgPool2dOptions, MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
     adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices, avg_pool2d,
-    avg_pool2d_backward, max_pool2d_backward, max_pool2d_with_indices,
+    avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_pool2d_with_indices,
 };
 
 const OP: &str = "AdaptiveAvgPool2d";
@@ -177,6 +177,13 @@ impl Layer for MaxPool2d {
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         argmax_backward(MAX_OP, self.saved.as_ref(), grad_out, max_pool2d_backward)
+    }
+
+    /// The forward without indices (nothing is kept for a backward).
+    fn infer(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
+        self.saved = None;
+        let x = to_rank::<Ix4>(MAX_OP, "input", "(N, C, H, W)", x.view())?;
+        Ok(max_pool2d(x, &self.options)?.into_dyn().into_shared())
     }
 
     fn clear_saved(&mut self) {

@@ -4,9 +4,10 @@
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
+use super::max_window::{MAX_WINDOW_TAPS, Windows, max_plane_windows};
 use super::{Span, check_grad, check_input, check_window, fixed_spans, min_planes, out_size};
 use crate::error::{Error, Result};
-use crate::limits::{try_standard_layout, try_zeros};
+use crate::limits::{try_output, try_standard_layout, try_vec_with_capacity, try_zeros};
 
 const OP: &str = "max_pool2d";
 
@@ -101,7 +102,7 @@ impl MaxPool2dOptions {
 /// # Errors
 /// As [`max_pool2d_with_indices`].
 pub fn max_pool2d(x: ArrayView4<'_, f32>, options: &MaxPool2dOptions) -> Result<Array4<f32>> {
-    max_pool2d_with_indices(x, options).map(|(y, _)| y)
+    window_forward::<false>(x, options).map(|(y, _)| y)
 }
 
 /// [`max_pool2d`] with `return_indices=True`: the output and, for each output, the flat
@@ -121,6 +122,15 @@ pub fn max_pool2d_with_indices(
     x: ArrayView4<'_, f32>,
     options: &MaxPool2dOptions,
 ) -> Result<(Array4<f32>, Array4<i64>)> {
+    window_forward::<true>(x, options)
+}
+
+/// The forward of [`max_pool2d`] (`IDX = false`: the indices are empty) and
+/// [`max_pool2d_with_indices`], on the row-vectorised scan of `max_window.rs`.
+fn window_forward<const IDX: bool>(
+    x: ArrayView4<'_, f32>,
+    options: &MaxPool2dOptions,
+) -> Result<(Array4<f32>, Array4<i64>)> {
     options.validate(OP)?;
     check_input(OP, x.shape())?;
     let o = options;
@@ -133,10 +143,50 @@ pub fn max_pool2d_with_indices(
         o.dilation,
         o.ceil_mode,
     )?;
-    let (_, _, h, w) = x.dim();
+    let (n, c, h, w) = x.dim();
     let rows = fixed_spans(h, oh, o.kernel.0, o.stride.0, o.padding.0, o.dilation.0);
     let cols = fixed_spans(w, ow, o.kernel.1, o.stride.1, o.padding.1, o.dilation.1);
-    max_forward(OP, x, &rows, &cols, o.dilation)
+    if o.kernel.0.saturating_mul(o.kernel.1) > MAX_WINDOW_TAPS {
+        // Tap numbers past f32's exact integers: the scalar scan.
+        return max_forward(OP, x, &rows, &cols, o.dilation);
+    }
+    let win = Windows::new(w, &rows, &cols, o.kernel, o.stride, o.padding, o.dilation);
+    let describe = |what: &str| format!("the {what} {:?} of x {:?}", [n, c, oh, ow], x.shape());
+    let mut y: Array4<f32> = try_output(OP, (n, c, oh, ow), || describe("output"))?;
+    let idx_shape = if IDX { (n, c, oh, ow) } else { (0, 0, 0, 0) };
+    let mut idx: Array4<i64> = try_output(OP, idx_shape, || describe("indices"))?;
+    let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {:?}", x.shape()))?;
+    let (hw, ohw) = (h * w, oh * ow);
+    if n == 0 {
+        return Ok((y, idx));
+    }
+    // Per task: the phase rows of one plane and the tap-number lanes of one output row.
+    let scratch_len = win.scratch_len(h);
+    try_vec_with_capacity::<f32>(OP, scratch_len, || {
+        format!("the padded rows of one plane of x {:?}", x.shape())
+    })?;
+    let xs = x.as_slice().expect("standard layout");
+    let ys = y.as_slice_mut().expect("new array");
+    let work = min_planes(n * c, ohw * o.kernel.0 * o.kernel.1 + hw);
+    let scratch = || (vec![0.0f32; scratch_len], vec![0.0f32; ow]);
+    if IDX {
+        let is = idx.as_slice_mut().expect("new array");
+        ys.par_chunks_mut(ohw)
+            .zip(is.par_chunks_mut(ohw))
+            .zip(xs.par_chunks(hw))
+            .with_min_len(work)
+            .for_each_init(scratch, |(s, t), ((y, idx), x)| {
+                max_plane_windows::<true>(x, &win, s, t, y, idx)
+            });
+    } else {
+        ys.par_chunks_mut(ohw)
+            .zip(xs.par_chunks(hw))
+            .with_min_len(work)
+            .for_each_init(scratch, |(s, t), (y, x)| {
+                max_plane_windows::<false>(x, &win, s, t, y, &mut [])
+            });
+    }
+    Ok((y, idx))
 }
 
 /// The max-pool forward over precomputed windows (also adaptive max pooling's).
@@ -244,20 +294,7 @@ pub(super) fn scatter_backward(
     check_grad(op, x_shape, dy.shape(), (oh, ow))?;
     let (n, c, h, w) = x_shape;
     let hw = h * w;
-    if let Some((at, &bad)) = indices
-        .indexed_iter()
-        .find(|&(_, &i)| i < -1 || i >= hw as i64)
-    {
-        return Err(Error::shape(
-            op,
-            format!(
-                "index {bad} at {:?} is outside the {h} x {w} plane of input {:?}",
-                [at.0, at.1, at.2, at.3],
-                [n, c, h, w]
-            ),
-        ));
-    }
-    let mut dx: Array4<f32> = try_zeros(op, x_shape, || {
+    let mut dx: Array4<f32> = try_output(op, x_shape, || {
         format!(
             "the input gradient {:?} from grad_out {:?}",
             [n, c, h, w],
@@ -271,18 +308,40 @@ pub(super) fn scatter_backward(
     if hw == 0 || ohw == 0 {
         return Ok(dx);
     }
-    dx.as_slice_mut()
+    // Each plane is checked as it is scattered: the first bad index found (by plane,
+    // then position) is the error.
+    let bad = dx
+        .as_slice_mut()
         .expect("new array")
         .par_chunks_mut(hw)
         .zip(dy.as_slice().expect("standard layout").par_chunks(ohw))
         .zip(indices.as_slice().expect("standard layout").par_chunks(ohw))
+        .enumerate()
         .with_min_len(min_planes(n * c, ohw + hw))
-        .for_each(|((dx, dy), idx)| {
-            for (&g, &i) in dy.iter().zip(idx) {
-                if i >= 0 {
-                    dx[i as usize] += g;
+        .map(|(plane, ((dx, dy), idx))| {
+            // Written before it is added to (see `try_output`).
+            dx.fill(0.0);
+            for (k, (&g, &i)) in dy.iter().zip(idx).enumerate() {
+                match usize::try_from(i) {
+                    Ok(i) if i < hw => dx[i] += g,
+                    _ if i == -1 => {}
+                    _ => return Some((plane * ohw + k, i)),
                 }
             }
-        });
+            None
+        })
+        .flatten()
+        .min();
+    if let Some((flat, bad)) = bad {
+        let (plane, k) = (flat / ohw, flat % ohw);
+        let at = [plane / c, plane % c, k / ow, k % ow];
+        return Err(Error::shape(
+            op,
+            format!(
+                "index {bad} at {at:?} is outside the {h} x {w} plane of input {:?}",
+                [n, c, h, w]
+            ),
+        ));
+    }
     Ok(dx)
 }

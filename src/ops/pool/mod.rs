@@ -14,6 +14,7 @@ use super::activation::PAR_CHUNK;
 mod adaptive;
 mod avg;
 mod max;
+mod max_window;
 
 pub use adaptive::{
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
