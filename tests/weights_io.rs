@@ -48,10 +48,12 @@ fn seed_net(seed: u64, last_out: usize) -> Sequential {
         .with(Flatten::new(0, -1))
 }
 
+/// The f32 tensors of a safetensors file (others, such as int64 counters, left out).
 fn tensors(bytes: &[u8]) -> HashMap<String, ArrayD<f32>> {
     let st = SafeTensors::deserialize(bytes).unwrap();
     st.tensors()
         .into_iter()
+        .filter(|(_, t)| t.dtype() == Dtype::F32)
         .map(|(name, t)| {
             let v: Vec<f32> = t
                 .data()
@@ -1023,4 +1025,58 @@ fn buffers_of_the_wrong_dtype_or_shape_are_errors() {
         e.to_string().contains("1.num_batches_tracked") && e.to_string().contains("[1]"),
         "{e}"
     );
+}
+
+/// The LeNet of `examples/lenet` (its builder; the rest of that example is unused here).
+#[allow(dead_code)]
+#[path = "../examples/lenet.rs"]
+mod lenet_example;
+
+const LENET: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/layers/lenet_8.safetensors"
+);
+const LENET_STATE_DICT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/weights_io/lenet_8_state_dict.safetensors"
+);
+
+/// Both directions with PyTorch for the LeNet of `examples/lenet`, strictly: the
+/// `state_dict` PyTorch saved (parameters, running statistics, `num_batches_tracked` as
+/// int64) loads with no key missing or left over and reproduces PyTorch's training-mode
+/// output; saving it back gives PyTorch's file byte for byte, so PyTorch's strict
+/// `load_state_dict` takes it (live: `CONVINIT_WRITE_LENET=/tmp/l.safetensors cargo test
+/// --test weights_io lenet` then `python tools/weights_io_torch.py check /tmp/l.safetensors
+/// lenet`).
+#[test]
+fn lenet_round_trips_with_pytorch_strictly() {
+    let mut net = lenet_example::lenet(&mut StdRng::seed_from_u64(1)).unwrap();
+    let report = load_safetensors(&mut net, LENET_STATE_DICT, LoadOptions::default()).unwrap();
+    assert_eq!(report.loaded.len(), 14 + 6, "{:?}", report.loaded);
+    assert!(report.ignored.is_empty());
+    let case = tensors(&std::fs::read(LENET).unwrap());
+    for (name, value) in params(&net) {
+        assert_eq!(value, case[&name], "{name}");
+    }
+    let out = net.forward(case["x"].view()).unwrap();
+    let worst = (&out - &case["out"])
+        .iter()
+        .fold(0.0f32, |m, d| m.max(d.abs()));
+    assert!(worst < 1e-4, "max |out - PyTorch out| = {worst}");
+
+    // Back: the bytes PyTorch wrote, from the state before that training-mode forward.
+    let mut fresh = lenet_example::lenet(&mut StdRng::seed_from_u64(2)).unwrap();
+    load_safetensors(&mut fresh, LENET_STATE_DICT, LoadOptions::default()).unwrap();
+    let keep = std::env::var_os("CONVINIT_WRITE_LENET").map(PathBuf::from);
+    let path = keep
+        .clone()
+        .unwrap_or_else(|| scratch("lenet-for-pytorch").join("lenet.safetensors"));
+    save_safetensors(&fresh, &path).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(LENET_STATE_DICT).unwrap()
+    );
+    if keep.is_none() {
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
 }
