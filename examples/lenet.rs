@@ -25,7 +25,7 @@ use convinit::nn::{
 };
 use convinit::ops::MaxPool2dOptions;
 use convinit::stats::{normalize, stats};
-use convinit::train::{Adam, AdamConfig, FitConfig, LrSchedule, Split, fit};
+use convinit::train::{Adam, AdamConfig, EpochReport, FitConfig, LrSchedule, Split, fit};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -39,7 +39,8 @@ struct Args {
     save: Option<String>,
 }
 
-fn parse() -> Result<Args, String> {
+/// The options in `args` (without the program name).
+fn parse(args: &[String]) -> Result<Args, String> {
     let mut a = Args {
         data: None,
         epochs: 3,
@@ -48,7 +49,7 @@ fn parse() -> Result<Args, String> {
         seed: 0,
         save: None,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.iter().cloned();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| -> Result<f64, String> {
@@ -97,8 +98,10 @@ pub fn lenet(rng: &mut StdRng) -> convinit::Result<Sequential> {
         .with(Linear::new(LinearConfig::new(84, 10), rng)?))
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse()?;
+/// Trains as `args` (without the program name) say, printing as it goes; returns each
+/// epoch's report.
+pub fn run(args: &[String]) -> Result<Vec<EpochReport>, Box<dyn std::error::Error>> {
+    let args = parse(args)?;
     let mnist = match &args.data {
         Some(p) => Mnist::load(p)?,
         None => Mnist::embedded()?,
@@ -162,12 +165,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         convinit::io::save_safetensors(&net, path)?;
         println!("saved to {path}");
     }
-    Ok(())
+    Ok(history)
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lenet: {e}");
             ExitCode::FAILURE
