@@ -11,7 +11,9 @@
 //! [0.4], `--seed N` [0], `--out PATH` [docs/init_report.svg], `--csv DIR` (also write
 //! each init's telemetry and histograms as CSV there).
 //!
-//! The net is the notebook's (Conv2d 1-8-16-32-10, stride 2, ReLU, average pool). One
+//! The net is the notebook's (Conv2d 1-8-16-32-10, stride 2, ReLU, average pool); the
+//! last row, `default+bn`, is PyTorch's default init with a `BatchNorm2d` between each
+//! hidden conv and its ReLU (in training mode, as the batches go). One
 //! row of panels per init: the mean and the std of each ReLU's output over the steps, then one heat map per ReLU: x is the step, y the activation value
 //! (20 bins over [0, 10]), colour the log of the count. A bright bottom row means many
 //! units stuck at zero; mass climbing the plot then collapsing shows the training
@@ -21,7 +23,10 @@ use std::process::ExitCode;
 
 use convinit::data::Mnist;
 use convinit::init::Init;
-use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
+use convinit::nn::{
+    AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Relu,
+    Sequential,
+};
 use convinit::stats::{normalize, stats};
 use convinit::train::{
     FitConfig, LsuvConfig, Sgd, SgdConfig, Split, Telemetry, fit, gather_images, lsuv,
@@ -30,10 +35,15 @@ use plotters::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-/// The layers shown: the three ReLUs (and the logits, in the printed summary).
+/// The layers shown: the three ReLUs (and the logits, in the printed summary), by their
+/// index in the plain net and in the net with batch norm.
 const SHOWN: [(usize, &str); 4] = [(1, "relu 1"), (3, "relu 2"), (5, "relu 3"), (8, "logits")];
+const SHOWN_BN: [(usize, &str); 4] =
+    [(2, "relu 1"), (5, "relu 2"), (8, "relu 3"), (11, "logits")];
 const RELUS: usize = 3;
-const INITS: [&str; 4] = ["default", "kaiming", "xavier", "lsuv"];
+/// The schemes compared; `default+bn` is PyTorch's default init with a `BatchNorm2d`
+/// between each hidden conv and its ReLU (the fast.ai course's next chapter).
+const INITS: [&str; 5] = ["default", "kaiming", "xavier", "lsuv", "default+bn"];
 
 struct Args {
     data: Option<String>,
@@ -83,7 +93,7 @@ fn parse() -> Result<Args, String> {
 
 fn build(init: &str, rng: &mut StdRng) -> convinit::Result<Sequential> {
     let scheme = match init {
-        "default" => Init::PytorchDefault,
+        "default" | "default+bn" => Init::PytorchDefault,
         "kaiming" => Init::KAIMING_NORMAL,
         "xavier" => Init::XAVIER_UNIFORM,
         _ => Init::ORTHOGONAL,
@@ -94,13 +104,16 @@ fn build(init: &str, rng: &mut StdRng) -> convinit::Result<Sequential> {
             .with_padding((p, p));
         Conv2d::with_init(cfg, &scheme, rng)
     };
-    Ok(Sequential::new()
-        .with(conv(1, 8, 5, 2, rng)?)
-        .with(Relu::new())
-        .with(conv(8, 16, 3, 1, rng)?)
-        .with(Relu::new())
-        .with(conv(16, 32, 3, 1, rng)?)
-        .with(Relu::new())
+    let bn = init.ends_with("+bn");
+    let mut net = Sequential::new();
+    for (c, o, k, p) in [(1, 8, 5, 2), (8, 16, 3, 1), (16, 32, 3, 1)] {
+        net = net.with(conv(c, o, k, p, rng)?);
+        if bn {
+            net = net.with(BatchNorm2d::new(BatchNorm2dConfig::new(o))?);
+        }
+        net = net.with(Relu::new());
+    }
+    Ok(net
         .with(conv(32, 10, 3, 1, rng)?)
         .with(AdaptiveAvgPool2d::new((1, 1))?)
         .with(Flatten::new(1, -1)))
@@ -109,6 +122,8 @@ fn build(init: &str, rng: &mut StdRng) -> convinit::Result<Sequential> {
 /// What one init's run left: its telemetry and the loss per step.
 struct Run {
     init: &'static str,
+    /// The layers shown (see [`SHOWN`]).
+    shown: [(usize, &'static str); 4],
     telemetry: Telemetry,
     losses: Vec<f32>,
 }
@@ -132,6 +147,11 @@ fn train(args: &Args, init: &'static str, data: Split<'_>) -> convinit::Result<R
     })?;
     Ok(Run {
         init,
+        shown: if init.ends_with("+bn") {
+            SHOWN_BN
+        } else {
+            SHOWN
+        },
         telemetry,
         losses,
     })
@@ -176,7 +196,8 @@ fn draw(runs: &[Run], path: &str, steps: usize) -> Result<(), Box<dyn std::error
         let panel = |c: usize| &rows[r * cols + c];
         let last = run.losses.last().copied().unwrap_or(f32::NAN);
         for c in 0..2 {
-            let series: Vec<(&str, Vec<(f64, f64)>)> = SHOWN
+            let series: Vec<(&str, Vec<(f64, f64)>)> = run
+                .shown
                 .iter()
                 .take(RELUS)
                 .map(|&(layer, label)| {
@@ -234,7 +255,7 @@ fn draw(runs: &[Run], path: &str, steps: usize) -> Result<(), Box<dyn std::error
         }
         // The colorful dimension: one heat map per ReLU.
         let (bins, (low, high)) = run.telemetry.histogram_bins();
-        for (k, &(layer, label)) in SHOWN.iter().take(RELUS).enumerate() {
+        for (k, &(layer, label)) in run.shown.iter().take(RELUS).enumerate() {
             let hists: Vec<_> = run
                 .telemetry
                 .histograms()
@@ -350,11 +371,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     println!();
     println!(
-        "{:<8} {:>8} {:>9} {:>10}   near-zero activations (|a| <= 1e-3) at step 0 / last, per ReLU",
+        "{:<10} {:>8} {:>9} {:>10}   near-zero activations (|a| <= 1e-3) at step 0 / last, per ReLU",
         "init", "loss@0", "loss@last", "logit std"
     );
     for r in &runs {
-        let dead: Vec<String> = SHOWN
+        let dead: Vec<String> = r
+            .shown
             .iter()
             .take(RELUS)
             .map(|&(layer, _)| {
@@ -364,14 +386,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 format!("{:>4.0}% / {:>3.0}%", 100.0 * first, 100.0 * last)
             })
             .collect();
-        let (logits, _) = SHOWN[RELUS];
+        let (logits, _) = r.shown[RELUS];
         let logit_std = r
             .telemetry
             .layer(logits)
             .last()
             .map_or(f32::NAN, |s| s.act_std);
         println!(
-            "{:<8} {:>8.4} {:>9.4} {:>10.3}   {}",
+            "{:<10} {:>8.4} {:>9.4} {:>10.3}   {}",
             r.init,
             r.losses.first().copied().unwrap_or(f32::NAN),
             r.losses.last().copied().unwrap_or(f32::NAN),
