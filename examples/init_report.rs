@@ -38,8 +38,7 @@ use rand::rngs::StdRng;
 /// The layers shown: the three ReLUs (and the logits, in the printed summary), by their
 /// index in the plain net and in the net with batch norm.
 const SHOWN: [(usize, &str); 4] = [(1, "relu 1"), (3, "relu 2"), (5, "relu 3"), (8, "logits")];
-const SHOWN_BN: [(usize, &str); 4] =
-    [(2, "relu 1"), (5, "relu 2"), (8, "relu 3"), (11, "logits")];
+const SHOWN_BN: [(usize, &str); 4] = [(2, "relu 1"), (5, "relu 2"), (8, "relu 3"), (11, "logits")];
 const RELUS: usize = 3;
 /// The schemes compared; `default+bn` is PyTorch's default init with a `BatchNorm2d`
 /// between each hidden conv and its ReLU (the fast.ai course's next chapter).

@@ -215,12 +215,45 @@ where
     array_of(op, shape, describe, try_output_vec)
 }
 
+/// An array of `shape` whose every element `fill` writes, in `v`'s memory: `v` is
+/// empty, reserved beforehand for at least the shape's element count (with
+/// [`try_vec_with_capacity`], so that a too large output fails before anything else
+/// happens). Never zeroed: an output written in full costs one pass over its memory,
+/// where a zeroed one costs two (`calloc` zeroes a block the allocator reuses).
+///
+/// # Safety
+/// `fill` must initialise every element of the slice it is given (the array's elements
+/// in standard order) before it returns.
+///
+/// # Panics
+/// When `v` is not empty or its capacity is below the shape's element count.
+pub(crate) unsafe fn filled_output<T, Sh>(
+    mut v: Vec<T>,
+    shape: Sh,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> ndarray::Array<T, Sh::Dim>
+where
+    Sh: ndarray::ShapeBuilder,
+{
+    let shape = shape.into_shape_with_order();
+    let len = shape.raw_dim().size();
+    assert!(
+        v.is_empty() && v.capacity() >= len,
+        "output buffer too small"
+    );
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` initialised all `len` elements (the caller's promise), and the
+    // capacity is at least `len`.
+    unsafe { v.set_len(len) };
+    ndarray::Array::from_shape_vec(shape, v).expect("length matches the shape")
+}
+
 /// An array of `shape` on the `Vec` that `make` reserves for its element count.
 fn array_of<T, Sh, F>(
     op: &'static str,
     shape: Sh,
     describe: F,
-    make: fn(&'static str, usize, F) -> Result<Vec<T>>,
+    make: impl FnOnce(&'static str, usize, F) -> Result<Vec<T>>,
 ) -> Result<ndarray::Array<T, Sh::Dim>>
 where
     Sh: ndarray::ShapeBuilder,

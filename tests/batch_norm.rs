@@ -288,16 +288,27 @@ fn lsuv_rescales_convolutions_only_and_keeps_buffers() {
     assert_eq!(n.get::<Conv2d>(0).unwrap().bias().unwrap(), conv_bias);
 }
 
-/// The op's statistics against f64 sums, on data far from zero (mean 1000, spread 0.5:
+/// The op's statistics against f64 sums, on data far from zero (mean 1000, spread 0.5,
+/// and with the first image offset:
 /// a one-pass `E[x^2] - E[x]^2` in f32 would lose every digit of the variance) and on
 /// plane sizes that leave partial lanes and blocks; a transposed view gives the same
 /// bits as its contiguous copy.
 #[test]
 fn statistics_hold_far_from_zero_and_in_any_layout() {
     use convinit::ops::{BatchNormOptions, batch_norm2d};
-    for (shape, seed) in [((3, 2, 7, 9), 3u64), ((2, 3, 13, 11), 4), ((5, 1, 1, 3), 5)] {
+    // The last two cases put the first image far from the rest (the op's shift is the
+    // first plane's mean: this takes its second pass).
+    for (shape, seed, skew) in [
+        ((3, 2, 7, 9), 3u64, 0.0),
+        ((2, 3, 13, 11), 4, 0.0),
+        ((5, 1, 1, 3), 5, 0.0),
+        ((4, 2, 5, 5), 6, 40.0),
+        ((3, 1, 1, 1), 7, -3.0),
+    ] {
         let mut rng = StdRng::seed_from_u64(seed);
-        let x = Array4::from_shape_simple_fn(shape, || 1000.0 + rng.random_range(-0.5f32..0.5));
+        let x = Array4::from_shape_fn(shape, |(n, _, _, _)| {
+            1000.0 + rng.random_range(-0.5f32..0.5) + if n == 0 { skew } else { 0.0 }
+        });
         let want = channel_stats(&x);
         let (mut rm, mut rv) = (Array1::zeros(shape.1), Array1::ones(shape.1));
         let opts = BatchNormOptions {

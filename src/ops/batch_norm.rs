@@ -15,7 +15,9 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::limits::{try_output, try_standard_layout};
+use std::mem::MaybeUninit;
+
+use crate::limits::{filled_output, try_standard_layout, try_vec_with_capacity};
 
 const OP: &str = "batch_norm2d";
 
@@ -155,25 +157,38 @@ fn channel_planes(
     (0..n).map(move |ni| &xs[(ni * c + ci) * hw..(ni * c + ci + 1) * hw])
 }
 
-/// Mean and sum of squared deviations of one channel, in f64. Two passes: the mean,
-/// then `d = x - mean` in f32 (`mean` rounded to f32, so `d` is exact for the values
-/// near it), with `ss = sum(d^2) - sum(d)^2 / M`, which removes the rounding of `mean`.
-fn channel_moments(xs: &[f32], dims: (usize, usize, usize), ci: usize) -> (f64, f64) {
-    let m = (dims.0 * dims.2) as f64;
-    let mut acc = [[0.0; LANES]; 2];
-    for p in channel_planes(xs, dims, ci) {
-        lane_sums(&mut acc, p, p, |x, _| (x, 0.0));
-    }
-    let mean = total(&acc[0]) / m;
-    let mean32 = mean as f32;
+/// Sums of `d = x - shift` and `d^2` over one channel, `d` in f32.
+fn shifted_sums(xs: &[f32], dims: (usize, usize, usize), ci: usize, shift: f32) -> (f64, f64) {
     let mut acc = [[0.0; LANES]; 2];
     for p in channel_planes(xs, dims, ci) {
         lane_sums(&mut acc, p, p, |x, _| {
-            let d = x - mean32;
+            let d = x - shift;
             (d, d * d)
         });
     }
-    let (sd, sdd) = (total(&acc[0]), total(&acc[1]));
+    (total(&acc[0]), total(&acc[1]))
+}
+
+/// Mean and sum of squared deviations of one channel, in f64.
+///
+/// One pass in the common case: the sums of `d = x - shift` and `d^2`, `shift` the
+/// mean of the channel's first plane, give `mean = shift + sum(d) / M` and
+/// `ss = sum(d^2) - sum(d)^2 / M` (exact algebra; the shift keeps `d` small so the
+/// f32 terms lose nothing to cancellation). When the first plane is not
+/// representative (`|mean - shift|` above one standard deviation, where the f32
+/// squares would carry the offset), a second pass shifts by the mean itself.
+fn channel_moments(xs: &[f32], dims: (usize, usize, usize), ci: usize) -> (f64, f64) {
+    let m = (dims.0 * dims.2) as f64;
+    let first = &xs[ci * dims.2..(ci + 1) * dims.2];
+    let shift = (first.iter().map(|&v| f64::from(v)).sum::<f64>() / dims.2 as f64) as f32;
+    let (sd, sdd) = shifted_sums(xs, dims, ci, shift);
+    let offset = sd / m;
+    let ss = (sdd - sd * offset).max(0.0);
+    if offset * offset <= ss / m {
+        return (f64::from(shift) + offset, ss);
+    }
+    let mean = f64::from(shift) + offset;
+    let (sd, sdd) = shifted_sums(xs, dims, ci, mean as f32);
     (mean, (sdd - sd * sd / m).max(0.0))
 }
 
@@ -241,7 +256,8 @@ pub fn batch_norm2d(
     }
     // Reserved before the statistics are computed: an input too large for its output
     // fails at once.
-    let mut y = try_output::<f32, _>(OP, (n, c, h, w), || format!("the output {:?}", x.shape()))?;
+    let y =
+        try_vec_with_capacity::<f32>(OP, n * c * h * w, || format!("the output {:?}", x.shape()))?;
     let shape = x.shape().to_vec();
     let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {shape:?}"))?;
     let xs = x.as_slice().expect("standard layout");
@@ -301,8 +317,10 @@ pub fn batch_norm2d(
             (alpha as f32, (b - f64::from(stats.mean[ci]) * alpha) as f32)
         })
         .collect();
-    if hw > 0 {
-        let ys = y.as_slice_mut().expect("new array");
+    let fill = |ys: &mut [MaybeUninit<f32>]| {
+        if hw == 0 {
+            return;
+        }
         ys.par_chunks_mut(hw)
             .zip(xs.par_chunks(hw))
             .enumerate()
@@ -310,10 +328,13 @@ pub fn batch_norm2d(
             .for_each(|(plane, (yp, xp))| {
                 let (alpha, beta) = coef[plane % c];
                 for (y, &x) in yp.iter_mut().zip(xp) {
-                    *y = x * alpha + beta;
+                    y.write(x * alpha + beta);
                 }
             });
-    }
+    };
+    // SAFETY: `fill` writes every element: the planes of `hw` elements cover the
+    // output (`n * c` of them, as many as `x` has), each element of each written.
+    let y = unsafe { filled_output(y, (n, c, h, w), fill) };
     Ok((y, stats))
 }
 
@@ -350,7 +371,7 @@ pub fn batch_norm2d_backward(
     check_channel_vec("the saved invstd", stats.invstd.len(), c)?;
     let m = (n * h * w) as f64;
     let hw = h * w;
-    let mut dx = try_output::<f32, _>(OP, (n, c, h, w), || {
+    let dx = try_vec_with_capacity::<f32>(OP, n * c * h * w, || {
         format!("the input gradient {:?}", x.shape())
     })?;
     let shape = x.shape().to_vec();
@@ -390,8 +411,10 @@ pub fn batch_norm2d_backward(
             }
         })
         .collect();
-    if hw > 0 {
-        let gs = dx.as_slice_mut().expect("new array");
+    let fill = |gs: &mut [MaybeUninit<f32>]| {
+        if hw == 0 {
+            return;
+        }
         gs.par_chunks_mut(hw)
             .zip(xs.par_chunks(hw))
             .zip(dys.par_chunks(hw))
@@ -401,15 +424,18 @@ pub fn batch_norm2d_backward(
                 let [scale, mean_dy, mean, k] = coef[plane % c];
                 if stats.batch {
                     for ((g, &x), &d) in gp.iter_mut().zip(xp).zip(dp) {
-                        *g = (d - mean_dy - (x - mean) * k) * scale;
+                        g.write((d - mean_dy - (x - mean) * k) * scale);
                     }
                 } else {
                     for (g, &d) in gp.iter_mut().zip(dp) {
-                        *g = d * scale;
+                        g.write(d * scale);
                     }
                 }
             });
-    }
+    };
+    // SAFETY: `fill` writes every element: the planes of `hw` elements cover the
+    // gradient (`n * c` of them, as many as `x` and `dy` have), each element written.
+    let dx = unsafe { filled_output(dx, (n, c, h, w), fill) };
     let dweight = weight.map(|_| {
         sums.iter()
             .zip(&stats.invstd)

@@ -1,13 +1,17 @@
 //! Max pooling: `max_pool2d` with its argmax indices, and the backward that routes each
 //! gradient to its argmax (shared with adaptive max pooling).
 
+use std::mem::MaybeUninit;
+
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
 use super::max_window::{MAX_WINDOW_TAPS, Windows, max_plane_windows};
 use super::{Span, check_grad, check_input, check_window, fixed_spans, min_planes, out_size};
 use crate::error::{Error, Result};
-use crate::limits::{try_output, try_standard_layout, try_vec_with_capacity, try_zeros};
+use crate::limits::{
+    checked_len, filled_output, try_output, try_standard_layout, try_vec_with_capacity, try_zeros,
+};
 
 const OP: &str = "max_pool2d";
 
@@ -152,40 +156,58 @@ fn window_forward<const IDX: bool>(
     }
     let win = Windows::new(w, &rows, &cols, o.kernel, o.stride, o.padding, o.dilation);
     let describe = |what: &str| format!("the {what} {:?} of x {:?}", [n, c, oh, ow], x.shape());
-    let mut y: Array4<f32> = try_output(OP, (n, c, oh, ow), || describe("output"))?;
-    let idx_shape = if IDX { (n, c, oh, ow) } else { (0, 0, 0, 0) };
-    let mut idx: Array4<i64> = try_output(OP, idx_shape, || describe("indices"))?;
-    let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {:?}", x.shape()))?;
     let (hw, ohw) = (h * w, oh * ow);
-    if n == 0 {
-        return Ok((y, idx));
-    }
-    // Per task: the phase rows of one plane and the tap-number lanes of one output row.
+    let len = checked_len(OP, &[n, c, oh, ow], || describe("output"))?;
+    let y = try_vec_with_capacity::<f32>(OP, len, || describe("output"))?;
+    let idx_shape = if IDX { (n, c, oh, ow) } else { (0, 0, 0, 0) };
+    let idx_len = if IDX { len } else { 0 };
+    let idx = try_vec_with_capacity::<i64>(OP, idx_len, || describe("indices"))?;
+    let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {:?}", x.shape()))?;
+    // Per task: the phase rows of one plane and one output row's maxima and tap numbers.
     let scratch_len = win.scratch_len(h);
     try_vec_with_capacity::<f32>(OP, scratch_len, || {
         format!("the padded rows of one plane of x {:?}", x.shape())
     })?;
     let xs = x.as_slice().expect("standard layout");
-    let ys = y.as_slice_mut().expect("new array");
     let work = min_planes(n * c, ohw * o.kernel.0 * o.kernel.1 + hw);
-    let scratch = || (vec![0.0f32; scratch_len], vec![0.0f32; ow]);
-    if IDX {
-        let is = idx.as_slice_mut().expect("new array");
-        ys.par_chunks_mut(ohw)
-            .zip(is.par_chunks_mut(ohw))
-            .zip(xs.par_chunks(hw))
-            .with_min_len(work)
-            .for_each_init(scratch, |(s, t), ((y, idx), x)| {
-                max_plane_windows::<true>(x, &win, s, t, y, idx)
-            });
-    } else {
-        ys.par_chunks_mut(ohw)
-            .zip(xs.par_chunks(hw))
-            .with_min_len(work)
-            .for_each_init(scratch, |(s, t), (y, x)| {
-                max_plane_windows::<false>(x, &win, s, t, y, &mut [])
-            });
-    }
+    let scratch = || {
+        (
+            vec![0.0f32; scratch_len],
+            vec![0.0f32; ow],
+            vec![0.0f32; ow],
+        )
+    };
+    let fill = |ys: &mut [MaybeUninit<f32>], is: &mut [MaybeUninit<i64>]| {
+        if IDX {
+            ys.par_chunks_mut(ohw)
+                .zip(is.par_chunks_mut(ohw))
+                .zip(xs.par_chunks(hw))
+                .with_min_len(work)
+                .for_each_init(scratch, |(s, b, t), ((y, idx), x)| {
+                    max_plane_windows::<true>(x, &win, s, b, t, y, idx)
+                });
+        } else {
+            ys.par_chunks_mut(ohw)
+                .zip(xs.par_chunks(hw))
+                .with_min_len(work)
+                .for_each_init(scratch, |(s, b, t), (y, x)| {
+                    max_plane_windows::<false>(x, &win, s, b, t, y, &mut [])
+                });
+        }
+    };
+    let mut idx = Some(idx);
+    let mut indices = None;
+    // SAFETY: `fill` writes every element of the output (`max_plane_windows` writes its
+    // plane in full; the `n * c` planes of `ohw` elements cover it; none when `n` or
+    // the output is empty) and, when `IDX`, of the indices in the same way.
+    let y = unsafe {
+        filled_output(y, (n, c, oh, ow), |ys| {
+            let idx = idx.take().expect("filled once");
+            // SAFETY: as above.
+            indices = Some(filled_output(idx, idx_shape, |is| fill(ys, is)));
+        })
+    };
+    let idx = indices.expect("filled");
     Ok((y, idx))
 }
 

@@ -14,6 +14,8 @@
 //! start value) takes the scalar rule's answer: `-inf` at its first tap inside the
 //! input, or index `-1` when it has none.
 
+use std::mem::MaybeUninit;
+
 use super::Span;
 
 /// Per-call constants of the scan: the window geometry and the phase-row layout.
@@ -89,16 +91,33 @@ pub(super) const MAX_WINDOW_TAPS: usize = 1 << 24;
 /// "No tap replaced the start value" in the tap-number lanes.
 const NONE: f32 = -1.0;
 
-/// One plane: `y` (oh x ow) and, when `IDX`, the flat input index of each maximum in
-/// `idx`. `scratch` holds at least [`Windows::scratch_len`] elements, `best_t` at least
-/// `ow`; both are overwritten.
+/// All ones when `v` replaces the maximum `best` (`v > best` or `v` is NaN), else zero.
+/// As a bit mask, not a `bool`, with [`select`]: the compiler turns an `if` on a `bool`
+/// into a conditional store per lane, a branch that random data mispredicts half the
+/// time (measured: 2.3x slower on normal data than on patterned data); the masks
+/// become compares and blends.
+#[inline(always)]
+fn mask(v: f32, best: f32) -> u32 {
+    0u32.wrapping_sub(u32::from((v > best) | v.is_nan()))
+}
+
+/// `a` where `mask` is all ones, `b` where it is zero.
+#[inline(always)]
+fn select(mask: u32, a: f32, b: f32) -> f32 {
+    f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+}
+
+/// One plane: writes every element of `y` (oh x ow) and, when `IDX`, of `idx` (the flat
+/// input index of each maximum). `scratch` holds at least [`Windows::scratch_len`]
+/// elements, `best` and `best_t` at least `ow`; all three are overwritten.
 pub(super) fn max_plane_windows<const IDX: bool>(
     x: &[f32],
     win: &Windows<'_>,
     scratch: &mut [f32],
+    best: &mut [f32],
     best_t: &mut [f32],
-    y: &mut [f32],
-    idx: &mut [i64],
+    y: &mut [MaybeUninit<f32>],
+    idx: &mut [MaybeUninit<i64>],
 ) {
     let w = win.w;
     let h = x.len() / w;
@@ -134,10 +153,9 @@ pub(super) fn max_plane_windows<const IDX: bool>(
             }
         }
     }
-    let best_t = &mut best_t[..ow];
+    let (best, best_t) = (&mut best[..ow], &mut best_t[..ow]);
     for i in 0..oh {
-        let y = &mut y[i * ow..(i + 1) * ow];
-        y.fill(f32::NEG_INFINITY);
+        best.fill(f32::NEG_INFINITY);
         if IDX {
             best_t.fill(NONE);
         }
@@ -152,25 +170,26 @@ pub(super) fn max_plane_windows<const IDX: bool>(
                     // The tap number as an f32 (exact below 2^24): one lane type with
                     // the values, so the two selects vectorise together.
                     let t = (dr * kw + dc) as f32;
-                    for ((b, bt), &v) in y.iter_mut().zip(best_t.iter_mut()).zip(v) {
-                        // `|`, not `||`: no branch, so the loop vectorises.
-                        let take = (v > *b) | v.is_nan();
-                        *b = if take { v } else { *b };
-                        *bt = if take { t } else { *bt };
+                    for ((b, bt), &v) in best.iter_mut().zip(best_t.iter_mut()).zip(v) {
+                        let take = mask(v, *b);
+                        *b = select(take, v, *b);
+                        *bt = select(take, t, *bt);
                     }
                 } else {
-                    for (b, &v) in y.iter_mut().zip(v) {
-                        let take = (v > *b) | v.is_nan();
-                        *b = if take { v } else { *b };
+                    for (b, &v) in best.iter_mut().zip(v) {
+                        *b = select(mask(v, *b), v, *b);
                     }
                 }
             }
+        }
+        for (out, &b) in y[i * ow..(i + 1) * ow].iter_mut().zip(best.iter()) {
+            out.write(b);
         }
         if IDX {
             let idx = &mut idx[i * ow..(i + 1) * ow];
             let r = win.rows[i];
             for (j, (&t, out)) in best_t.iter().zip(idx.iter_mut()).enumerate() {
-                *out = if t == NONE {
+                out.write(if t == NONE {
                     // Every tap -inf or padding: the scalar rule's first tap inside the
                     // input, or none.
                     let c = win.cols[j];
@@ -185,7 +204,7 @@ pub(super) fn max_plane_windows<const IDX: bool>(
                     let ih = i * sh + dr * dh - ph;
                     let iw = j * sw + dc * dw - pw;
                     (ih * w + iw) as i64
-                };
+                });
             }
         }
     }
