@@ -272,9 +272,8 @@ fn backward(
 fn with_algorithm<T>(
     geo: &Conv2dGeometry,
     pass: ConvPass,
-    call: impl FnMut(ConvPlan) -> Result<T>,
+    mut call: impl FnMut(ConvPlan) -> Result<T>,
 ) -> Result<T> {
-    let mut call = call;
     let auto = || ConvPlan::choose(geo, rayon::current_num_threads());
     match geo.options.algorithm {
         ConvAlgorithm::Auto => call(auto()),
@@ -308,8 +307,9 @@ fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) 
 /// # Errors
 /// [`Error::Config`] for a zero stride, dilation or groups, or groups not dividing the
 /// channels, or when `options.algorithm` forces an algorithm that cannot run this
-/// geometry or a GEMM kernel this CPU lacks; [`Error::Shape`] when the weight does not match the input's channels, the
-/// dilated kernel is larger than the padded input, or the bias length is not `O`;
+/// geometry or a GEMM kernel this CPU lacks; [`Error::Shape`] when the weight does not
+/// match the input's channels, the dilated kernel is larger than the padded input, or
+/// the bias length is not `O`;
 /// [`Error::Alloc`] when a buffer cannot be allocated: the output, a copy of a
 /// broadcast or strided `x` or `weight`, or a padded image (far padding, stride or
 /// dilation).
