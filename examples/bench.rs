@@ -21,7 +21,7 @@ use convinit::nn::{
     Sequential,
 };
 use convinit::ops::{
-    Conv2dOptions, MaxPool2dOptions, conv2d, conv2d_backward, max_pool2d, max_pool2d_backward,
+    MaxPool2dOptions, conv2d, conv2d_backward, max_pool2d, max_pool2d_backward,
     max_pool2d_with_indices, mse, mse_backward,
 };
 use convinit::train::cross_entropy_with_grad;
@@ -36,17 +36,16 @@ use serde_json::{Value, json};
 #[path = "lenet.rs"]
 mod lenet_example;
 
-/// conv2d shapes: (name, N, C_in, H, W, C_out, k, stride, pad), as torch_anchor.py.
-const CONV_SHAPES: &[(&str, [usize; 8])] = &[
-    ("seed_l1", [100, 1, 28, 28, 8, 5, 2, 2]),
-    ("seed_l2", [100, 8, 14, 14, 16, 3, 2, 1]),
-    ("seed_l3", [100, 16, 7, 7, 32, 3, 2, 1]),
-    ("seed_l4", [100, 32, 4, 4, 1, 3, 2, 1]),
-    ("nb_32x1x5", [200, 1, 28, 28, 32, 5, 1, 0]),
-    ("resnet_64", [32, 64, 56, 56, 64, 3, 1, 1]),
-    ("resnet_128s2", [32, 64, 56, 56, 128, 3, 2, 1]),
-    ("vgg_256", [8, 256, 28, 28, 256, 3, 1, 1]),
-];
+/// The conv2d shapes, shared with examples/convbench (which uses the rest of the file).
+#[allow(dead_code)]
+#[path = "common/shapes.rs"]
+mod shapes;
+use shapes::{ConvShape, NAMED_SHAPES as CONV_SHAPES};
+
+/// The FMA peak measure, shared with examples/convbench.
+#[path = "common/peak.rs"]
+mod peak;
+use peak::fma_peak;
 
 #[derive(Debug)]
 struct Options {
@@ -129,15 +128,6 @@ fn round(x: f64, places: i32) -> f64 {
     (x * p).round() / p
 }
 
-/// Median of three short FMA-loop runs (about 0.1 s each) on `threads` threads.
-fn fma_peak(threads: usize) -> f64 {
-    let mut v: Vec<f64> = (0..3)
-        .map(|_| convinit::gemm::fma_peak_gflops(threads, 50_000_000))
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[1]
-}
-
 fn bench_sgemm(reps: usize, rng: &mut StdRng) -> Value {
     let mut out = serde_json::Map::new();
     for n in [256usize, 512, 1024, 2048] {
@@ -156,22 +146,19 @@ fn bench_sgemm(reps: usize, rng: &mut StdRng) -> Value {
     Value::Object(out)
 }
 
-fn bench_conv(name: &str, s: [usize; 8], reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
-    let [n, c, h, w, o, k, st, p] = s;
-    let x: Array4<f32> = randn((n, c, h, w), rng);
+fn bench_conv(s: &ConvShape, reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
+    let x: Array4<f32> = randn(s.x_dim(), rng);
     let mut crng = StdRng::seed_from_u64(1);
-    let cfg = Conv2dConfig::new(c, o, (k, k))
-        .with_stride((st, st))
-        .with_padding((p, p));
+    let cfg = Conv2dConfig::new(s.c, s.o, s.kernel)
+        .with_stride(s.stride)
+        .with_padding(s.padding)
+        .with_dilation(s.dilation)
+        .with_groups(s.groups);
     let layer = Conv2d::new(cfg, &mut crng)?;
-    let opts = Conv2dOptions::new()
-        .with_stride((st, st))
-        .with_padding((p, p));
+    let opts = s.options();
     let bias = layer.bias().map(|b| b.view());
-    let y = conv2d(x.view(), layer.weight().view(), bias, &opts)?;
-    let (ho, wo) = (y.dim().2, y.dim().3);
-    let dy: Array4<f32> = randn(y.raw_dim(), rng);
-    let flops = 2.0 * (n * o * ho * wo * c * k * k) as f64;
+    let dy: Array4<f32> = randn(s.y_dim(), rng);
+    let flops = 2.0 * s.macs();
     let fwd = median_secs(reps, 1, || {
         black_box(conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv"));
     });
@@ -182,9 +169,8 @@ fn bench_conv(name: &str, s: [usize; 8], reps: usize, rng: &mut StdRng) -> convi
                 .expect("valid conv"),
         );
     });
-    let _ = name;
     Ok(json!({
-        "shape": s,
+        "shape": s.given,
         "fwd_ms": round(fwd * 1e3, 4),
         "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
         "fwd_gflops": round(flops / fwd / 1e9, 1),
@@ -324,9 +310,10 @@ fn run(o: &Options) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         out.insert("sgemm_gflops".into(), bench_sgemm(o.reps, &mut rng));
     }
     let mut conv = serde_json::Map::new();
-    for (name, s) in CONV_SHAPES {
+    for (name, fields) in CONV_SHAPES {
         if want(name) || o.only.as_deref() == Some("conv2d") {
-            conv.insert(name.to_string(), bench_conv(name, *s, o.reps, &mut rng)?);
+            let s = ConvShape::from_fields(name, fields)?;
+            conv.insert(name.to_string(), bench_conv(&s, o.reps, &mut rng)?);
         }
     }
     if !conv.is_empty() {

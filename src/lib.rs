@@ -23,7 +23,8 @@
 //! Every parallel kernel runs on rayon's global pool: `RAYON_NUM_THREADS=N` in the
 //! environment, or `rayon::ThreadPoolBuilder::new().num_threads(n).build_global()`
 //! before the first op, sets its size; `ThreadPool::install` runs a part of a program on
-//! another pool. Results are bit-identical at any thread count.
+//! another pool. Results are bit-identical at any thread count (unless a conv opts into
+//! [`ops::ConvAlgorithm::Autotune`], whose choice of algorithm depends on timing).
 //!
 //! ## Build profile
 //! In a debug build of a crate that depends on this one, `convinit`'s kernels are not

@@ -4,7 +4,9 @@
 //! 1x1 convs the pointwise algorithm takes. The backward runs every (input-gradient,
 //! weight-gradient) pair, so both the fused and the separate paths run, the column
 //! weight gradient of groups-of-1 convs included. Plans an algorithm cannot run, and
-//! kernels the CPU lacks, are configuration errors.
+//! kernels the CPU lacks, are configuration errors. The same algorithms forced through
+//! the public setting (`ConvAlgorithm::Fixed`) on `conv2d`, `conv2d_backward` and
+//! `conv2d_backward_params`, on the same geometries.
 
 mod common;
 
@@ -12,8 +14,9 @@ use common::naive::{self, Params, assert_close, random_array, to64};
 use convinit::Error;
 use convinit::gemm::Kernel;
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo,
-    conv2d_backward_with_plan, conv2d_with_plan,
+    Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo, InputGradAlgo,
+    WeightGradAlgo, conv2d, conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan,
+    conv2d_with_plan,
 };
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;
@@ -52,6 +55,19 @@ const SHAPES: &[Shape] = &[
     (2, 3, 7, 8, 5, (1, 1), (2, 3), (1, 2), (1, 1), 1),
     // More output channels than one AVX-512 register tile.
     (2, 3, 9, 8, 50, (3, 2), (2, 1), (2, 1), (2, 3), 1),
+    // A 3x5 kernel with stride (2, 1), groups of 1 with enough channels for the direct
+    // input gradient, and grouped.
+    (2, 8, 9, 11, 6, (3, 5), (2, 1), (1, 2), (1, 1), 1),
+    (3, 4, 10, 9, 6, (3, 5), (2, 1), (0, 2), (1, 1), 2),
+    // Padding larger than the kernel: k = 2, pad = 3, N = 1; and with dilation 2.
+    (1, 3, 5, 4, 4, (2, 2), (1, 1), (3, 3), (1, 1), 1),
+    (2, 8, 6, 5, 3, (2, 2), (1, 2), (3, 3), (2, 2), 1),
+    // Dilation 2 in both directions with groups.
+    (3, 6, 9, 8, 6, (3, 3), (1, 1), (1, 0), (2, 2), 3),
+    // 1x1 outputs: the kernel covers the (padded) input, groups of 1 and grouped, N = 1.
+    (2, 8, 5, 5, 3, (5, 5), (1, 1), (0, 0), (1, 1), 1),
+    (1, 4, 3, 3, 4, (3, 3), (2, 2), (0, 0), (1, 1), 2),
+    (2, 2, 1, 1, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 ];
 
 const FORWARD: [ForwardAlgo; 4] = [
@@ -175,6 +191,77 @@ fn every_algorithm_and_kernel_matches_naive() {
     let mut rng = StdRng::seed_from_u64(0xa160);
     for &s in SHAPES {
         check_shape(s, &mut rng);
+    }
+}
+
+/// Every algorithm name of any pass (`"direct"`, `"columns"`, ...), once.
+fn algorithm_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = FORWARD.iter().map(|a| a.name()).collect();
+    names.extend(INPUT_GRAD.iter().map(|a| a.name()));
+    names.extend(WEIGHT_GRAD.iter().map(|a| a.name()));
+    names.extend(ForwardAlgo::ALL.iter().map(|a| a.name()));
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Each algorithm forced on every pass that has it, through the public setting, against
+/// the naive reference; a forced algorithm the geometry cannot run fails every pass with
+/// a configuration error that names it.
+fn check_setting(s: Shape, rng: &mut StdRng) {
+    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
+    let p = Params {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    let x: Array4<f32> = random_array(rng, (n, c, h, w));
+    let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
+    let b: Array1<f32> = random_array(rng, o);
+    let base = Conv2dOptions::new()
+        .with_stride(stride)
+        .with_padding(padding)
+        .with_dilation(dilation)
+        .with_groups(groups);
+    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &base).unwrap();
+    let y_ref = naive::conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
+    let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
+    let (dx_ref, dw_ref, db_ref) = naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+    for name in algorithm_names() {
+        let algos = ConvAlgos::named(name).unwrap();
+        let opts = base.with_algorithm(ConvAlgorithm::Fixed(algos));
+        let ctx = format!("{s:?} forced {name}");
+        let y = conv2d(x.view(), wt.view(), Some(b.view()), &opts);
+        let g = conv2d_backward(x.view(), wt.view(), true, dy.view(), &opts);
+        let pg = conv2d_backward_params(x.view(), wt.view(), true, dy.view(), &opts);
+        if !runs(
+            &format!("{:?}", ForwardAlgo::from_name(name).unwrap()),
+            &geo,
+        ) {
+            for e in [y.err(), g.err(), pg.err()] {
+                let e = e.unwrap_or_else(|| panic!("{ctx}: ran"));
+                assert!(matches!(e, Error::Config { .. }), "{ctx}: {e:?}");
+                assert!(e.to_string().contains(name), "{ctx}: {e}");
+            }
+            continue;
+        }
+        assert_close("y", &ctx, y.unwrap().view(), &y_ref);
+        let g = g.unwrap();
+        assert_close("dx", &ctx, g.dx.view(), &dx_ref);
+        assert_close("dw", &ctx, g.dw.view(), &dw_ref);
+        assert_close("db", &ctx, g.db.unwrap().view(), &db_ref);
+        let pg = pg.unwrap();
+        assert_close("params-only dw", &ctx, pg.dw.view(), &dw_ref);
+        assert_close("params-only db", &ctx, pg.db.unwrap().view(), &db_ref);
+    }
+}
+
+#[test]
+fn every_forced_setting_matches_naive() {
+    let mut rng = StdRng::seed_from_u64(0x5e77);
+    for &s in SHAPES {
+        check_setting(s, &mut rng);
     }
 }
 

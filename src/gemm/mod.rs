@@ -34,10 +34,8 @@ mod loops;
 mod naive;
 mod pack;
 
-#[doc(hidden)]
 pub use kernel::{Kernel, fma_peak_gflops};
 pub(crate) use kernel::{indirect_b_gemm, indirect_gemm, pack_a_panels};
-#[doc(hidden)]
 pub use naive::sgemm_naive;
 
 /// `C = alpha * A * B + beta * C` with `A` (m, k), `B` (k, n) and `C` (m, n).
@@ -101,11 +99,10 @@ pub(crate) fn sgemm_par(
 }
 
 /// [`sgemm`] with an explicit micro-kernel, so one process can test and benchmark every
-/// instruction-set path. Not part of the stable API.
+/// instruction-set path.
 ///
 /// # Errors
 /// [`Error::Shape`] as [`sgemm`]; [`Error::Config`] when this CPU cannot run `kernel`.
-#[doc(hidden)]
 pub fn sgemm_with_kernel(
     kernel: Kernel,
     alpha: f32,

@@ -7,12 +7,10 @@ use crate::error::Result;
 /// `C = alpha * A * B + beta * C` by the textbook triple loop, each dot product summed in
 /// f64 in increasing `k`, rounded once to f32. With `beta == 0`, C is not read.
 ///
-/// The oracle the fast kernels are tested against, and the baseline of the benchmarks;
-/// not part of the stable API.
+/// The oracle the fast kernels are tested against, and the baseline of the benchmarks.
 ///
 /// # Errors
 /// [`crate::error::Error::Shape`] when the shapes do not agree, as [`super::sgemm`].
-#[doc(hidden)]
 pub fn sgemm_naive(
     alpha: f32,
     a: ArrayView2<'_, f32>,

@@ -12,7 +12,9 @@ use super::{
 use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::limits::try_to_owned;
-use crate::ops::{Conv2dGeometry, Conv2dOptions, conv2d, conv2d_backward, conv2d_backward_params};
+use crate::ops::{
+    Conv2dGeometry, Conv2dOptions, ConvAlgorithm, conv2d, conv2d_backward, conv2d_backward_params,
+};
 
 const OP: &str = "Conv2d";
 
@@ -41,6 +43,9 @@ pub struct Conv2dConfig {
     pub groups: usize,
     /// Whether the layer has a bias. Default `true`.
     pub bias: bool,
+    /// How the forward and backward passes pick their algorithms. Default
+    /// [`ConvAlgorithm::Auto`]; see [`Conv2dOptions::algorithm`].
+    pub algorithm: ConvAlgorithm,
 }
 
 impl Conv2dConfig {
@@ -55,6 +60,7 @@ impl Conv2dConfig {
             dilation: (1, 1),
             groups: 1,
             bias: true,
+            algorithm: ConvAlgorithm::Auto,
         }
     }
 
@@ -88,13 +94,37 @@ impl Conv2dConfig {
         self
     }
 
-    /// The functional options (stride, padding, dilation, groups) for [`crate::ops::conv2d`].
+    /// Sets how the layer's forward and backward passes pick their algorithms:
+    /// [`ConvAlgorithm::Fixed`] to force some, [`ConvAlgorithm::Autotune`] to time them
+    /// on the first call of each input shape.
+    ///
+    /// ```
+    /// use convinit::nn::{Conv2d, Conv2dConfig, Layer};
+    /// use convinit::ops::{ConvAlgorithm, ConvAlgos};
+    /// use ndarray::ArrayD;
+    /// use rand::SeedableRng;
+    ///
+    /// let im2col = ConvAlgorithm::Fixed(ConvAlgos::named("columns").unwrap());
+    /// let cfg = Conv2dConfig::new(3, 8, (3, 3)).with_algorithm(im2col);
+    /// let mut layer = Conv2d::new(cfg, &mut rand::rngs::StdRng::seed_from_u64(0))?;
+    /// let y = layer.forward(ArrayD::<f32>::ones(vec![2, 3, 6, 6]).view())?;
+    /// layer.backward(ArrayD::<f32>::ones(y.shape()).view())?;
+    /// # Ok::<(), convinit::Error>(())
+    /// ```
+    pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// The functional options (stride, padding, dilation, groups, algorithm) for
+    /// [`crate::ops::conv2d`].
     pub fn options(&self) -> Conv2dOptions {
         Conv2dOptions {
             stride: self.stride,
             padding: self.padding,
             dilation: self.dilation,
             groups: self.groups,
+            algorithm: self.algorithm,
         }
     }
 
@@ -109,7 +139,8 @@ impl Conv2dConfig {
     }
 
     /// Checks the config on its own: positive stride, dilation, groups and kernel size,
-    /// groups dividing both channel counts.
+    /// groups dividing both channel counts, a forced GEMM kernel this CPU runs
+    /// ([`Conv2dOptions::validate`]).
     ///
     /// # Errors
     /// [`Error::Config`] naming `Conv2d` and the offending values.

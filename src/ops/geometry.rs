@@ -1,11 +1,13 @@
 //! Convolution options and geometry: the one place the output size is computed.
 
+use super::conv::ConvAlgorithm;
 use crate::error::{Error, Result};
 
-/// Stride, padding, dilation and groups of a 2-d convolution, each per dimension `(h, w)`.
+/// Stride, padding, dilation and groups of a 2-d convolution, each per dimension `(h, w)`,
+/// and how its algorithms are picked.
 ///
 /// [`Default`] gives PyTorch's `nn.Conv2d` defaults: stride 1, padding 0, dilation 1,
-/// groups 1.
+/// groups 1; and [`ConvAlgorithm::Auto`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dOptions {
     /// Step between neighbouring output positions, `(h, w)`; must be positive. Default `(1, 1)`.
@@ -16,6 +18,10 @@ pub struct Conv2dOptions {
     pub dilation: (usize, usize),
     /// Number of channel groups; must divide both channel counts. Default `1`.
     pub groups: usize,
+    /// How the conv picks its algorithm per pass. Default [`ConvAlgorithm::Auto`]; the
+    /// other settings change which algorithm runs, never what is computed (results may
+    /// differ in the last bits).
+    pub algorithm: ConvAlgorithm,
 }
 
 impl Default for Conv2dOptions {
@@ -25,6 +31,7 @@ impl Default for Conv2dOptions {
             padding: (0, 0),
             dilation: (1, 1),
             groups: 1,
+            algorithm: ConvAlgorithm::Auto,
         }
     }
 }
@@ -59,10 +66,19 @@ impl Conv2dOptions {
         self
     }
 
-    /// Checks what can be checked without shapes: positive stride, dilation and groups.
+    /// Sets how the algorithms are picked ([`ConvAlgorithm`]).
+    pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Checks what can be checked without shapes: positive stride, dilation and groups,
+    /// and a GEMM kernel forced by [`ConvAlgorithm::Fixed`] that this CPU runs (whether
+    /// a forced algorithm runs the geometry is checked by the call).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `op` when the stride, dilation or groups is zero.
+    /// [`Error::Config`] naming `op` when the stride, dilation or groups is zero, or the
+    /// forced kernel is not supported here.
     pub fn validate(&self, op: &'static str) -> Result<()> {
         if self.stride.0 == 0 || self.stride.1 == 0 {
             return Err(Error::config(
@@ -78,6 +94,19 @@ impl Conv2dOptions {
         }
         if self.groups == 0 {
             return Err(Error::config(op, "groups must be positive, got 0"));
+        }
+        if let ConvAlgorithm::Fixed(algos) = &self.algorithm
+            && let Some(kernel) = algos.kernel
+            && !kernel.is_supported()
+        {
+            return Err(Error::config(
+                op,
+                format!(
+                    "the algorithm setting forces the {} GEMM kernel, which this CPU does \
+                     not support",
+                    kernel.name()
+                ),
+            ));
         }
         Ok(())
     }

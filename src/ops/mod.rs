@@ -20,9 +20,14 @@
 //!   - the weight gradient of every groups-of-1 conv is `Direct`; a grouped conv's runs
 //!     fused with its input gradient, on the same column tiles.
 //!
-//!   Tests and benchmarks run any other algorithm, tile size or GEMM kernel through a
-//!   plan (`ConvPlan`, `conv2d_with_plan`, `conv2d_backward_with_plan`; not yet part of
-//!   the stable API).
+//!   [`Conv2dOptions::algorithm`] (and `Conv2dConfig::with_algorithm` on the layer)
+//!   changes that: [`ConvAlgorithm::Fixed`] forces the algorithm of any pass
+//!   ([`ConvAlgos`]; one that cannot run the shape is an error, never a silent
+//!   fallback), [`ConvAlgorithm::Autotune`] times the candidates on the first call and
+//!   caches the fastest ([`autotuned_plan`] tells which). Benchmarks force every knob
+//!   (tile size, index map, parallel split, GEMM kernel) through a [`ConvPlan`] and
+//!   [`conv2d_with_plan`] / [`conv2d_backward_with_plan`]; `examples/convbench` times
+//!   every algorithm on any shape.
 //!
 //!   Every buffer (outputs, gradients, copies of broadcast or strided inputs, padded
 //!   images, columns) is reserved fallibly: one that cannot be allocated is
@@ -62,12 +67,9 @@ pub use batch_norm::{
     BatchNormGrads, BatchNormOptions, BatchNormStats, batch_norm2d, batch_norm2d_backward,
 };
 pub use conv::{
-    Conv2dGrads, Conv2dParamGrads, REDUCTION_CHUNK, conv2d, conv2d_backward, conv2d_backward_params,
-};
-#[doc(hidden)]
-pub use conv::{
-    ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo, conv2d_backward_with_plan,
-    conv2d_with_plan,
+    Conv2dGrads, Conv2dParamGrads, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo,
+    InputGradAlgo, REDUCTION_CHUNK, WeightGradAlgo, autotuned_plan, clear_autotune_cache, conv2d,
+    conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
 };
 pub(crate) use dropout::check_p as dropout_check_p;
 pub use dropout::{dropout, dropout_backward, dropout2d, dropout2d_backward};

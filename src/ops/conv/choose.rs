@@ -64,21 +64,25 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
-    /// the fastest this CPU runs, or `CONVINIT_GEMM_KERNEL`). Pure: the same inputs give
-    /// the same plan.
+    /// the fastest this CPU runs, or `CONVINIT_GEMM_KERNEL`): what
+    /// [`ConvAlgorithm::Auto`](super::ConvAlgorithm::Auto) runs. Pure: the same inputs
+    /// give the same plan. Every threshold below is a constant in `choose.rs` that cites
+    /// the measurement behind it:
     ///
     /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv, else `Direct` for
-    ///   groups of 1 with at least [`DIRECT_MIN_CHANNELS`] input channels, else `Phase`;
-    /// - input gradient: `Direct` for groups of 1 with at least [`DIRECT_MIN_CHANNELS`]
-    ///   input channels (not pointwise), else a column lowering: `Pointwise`, `Phase`
-    ///   for strided convs with output rows of at least [`PHASE_MIN_OUT_W`] and an
-    ///   extended column matrix within [`WHOLE_IMAGE_BYTES`], else `Columns`;
+    ///   groups of 1 with at least 8 input channels (`DIRECT_MIN_CHANNELS`), else
+    ///   `Phase`;
+    /// - input gradient: `Direct` for groups of 1 with at least 8 input channels (not
+    ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
+    ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
+    ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
     /// - weight gradient: `Direct` for every groups-of-1 conv, else the input
     ///   gradient's column lowering (so the two run fused);
-    /// - tiles of [`TILE_BYTES`] of columns, within [`MIN_TILE_COLS`] and
-    ///   [`MAX_TILE_COLS`], whole images up to [`WHOLE_IMAGE_BYTES`]; the index map for
-    ///   output rows of at most 16; parallel from [`PARALLEL_MACS`] or
-    ///   [`PARALLEL_FLOATS`] up, on more than one thread.
+    /// - tiles of 1 MiB of columns (`TILE_BYTES`), within 192 and 1024 columns
+    ///   (`MIN_TILE_COLS`, `MAX_TILE_COLS`), whole images up to 2 MiB; the index map for
+    ///   output rows of at most 16; parallel from 2^20 multiply-adds or 2^15 floats of
+    ///   input and output up (`PARALLEL_MACS`, `PARALLEL_FLOATS`), on more than one
+    ///   thread.
     pub fn choose(geo: &Conv2dGeometry, threads: usize) -> ConvPlan {
         let o = &geo.options;
         let pointwise = columns::pointwise_fits(geo);

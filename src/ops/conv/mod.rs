@@ -5,10 +5,13 @@
 //!   against it ([`Error::Config`] when an algorithm cannot run the shape or the CPU
 //!   lacks the kernel), one dispatching `match` per pass, and the final reduction of
 //!   the weight and bias gradients;
-//! - `plan`: [`ConvPlan`] and the algorithm enums [`ForwardAlgo`], [`InputGradAlgo`],
-//!   [`WeightGradAlgo`] (data only);
-//! - `choose`: [`ConvPlan::choose`], the only place a plan is picked (every threshold
-//!   cites its measurement);
+//! - `plan`: [`ConvPlan`], the algorithm enums [`ForwardAlgo`], [`InputGradAlgo`],
+//!   [`WeightGradAlgo`], and the user's setting [`ConvAlgorithm`] / [`ConvAlgos`] (data
+//!   only);
+//! - `choose`: [`ConvPlan::choose`], the only place a plan is picked from the shape
+//!   (every threshold cites its measurement);
+//! - `autotune`: [`ConvAlgorithm::Autotune`]'s timing of the candidates and its
+//!   process-wide cache ([`autotuned_plan`]);
 //! - `common`: what the algorithms share (operands, buffers and scratch, image tiles
 //!   and reduction chunks, the per-group GEMM loop, the bias gradient);
 //! - one file per algorithm, each with `supports(geometry)`, its forward, input-gradient
@@ -17,8 +20,10 @@
 //!   `columns` (im2col tiles, [`crate::ops`]'s `im2col` module), `pointwise` (the input
 //!   as the column matrix), `phase` (stride-phase planes).
 //!
-//! Adding an algorithm costs its file, a variant in each pass enum it serves, an arm in
-//! [`check_plan`]'s and the dispatch `match`es, and a line in `choose` to pick it.
+//! Adding an algorithm costs its file, a variant in each pass enum it serves (and its
+//! `ALL` list), a `Family` with its rule in `unsupported`, an arm in the dispatch
+//! `match`es, and a line in `choose` to pick it; the autotuner and `convbench` then try
+//! it by themselves.
 //!
 //! Backward: the batch is cut into reduction chunks (`ceil(N / 8)` images, at most
 //! [`REDUCTION_CHUNK`]); each chunk fills its rows of `dx` and returns its partial `dW`
@@ -40,6 +45,7 @@ use super::im2col::Im2colMap;
 use crate::error::{Error, Result};
 use crate::limits::{try_standard_layout, try_zeros};
 
+mod autotune;
 mod choose;
 mod columns;
 mod common;
@@ -48,47 +54,79 @@ mod phase;
 mod plan;
 mod pointwise;
 
+pub use autotune::{ConvPass, autotuned_plan, clear_autotune_cache};
 pub use common::REDUCTION_CHUNK;
 use common::{MAP_ENTRIES, OP, Operands, bias_partial, reduction_chunks, shape_err};
-pub use plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
+use plan::Family;
+pub use plan::{ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
+
+/// Why an algorithm of `family` cannot run `geo`, or `None` when it can: each algorithm
+/// file's `supports`, and its rule in words.
+fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
+    let o = &geo.options;
+    let runs = match family {
+        Family::Direct => direct::supports(geo),
+        Family::Columns => columns::supports(geo),
+        Family::Pointwise => pointwise::supports(geo),
+        Family::Phase => phase::supports(geo),
+    };
+    if runs {
+        return None;
+    }
+    Some(match family {
+        Family::Direct => format!(
+            "it runs groups of 1 only, this conv has groups {}",
+            o.groups
+        ),
+        Family::Pointwise => format!(
+            "it needs a 1x1 kernel, stride 1 and no padding, this conv has kernel {:?}, \
+             stride {:?}, padding {:?}",
+            geo.kernel, o.stride, o.padding
+        ),
+        Family::Columns | Family::Phase => "it cannot run this geometry".into(),
+    })
+}
+
+impl ForwardAlgo {
+    /// Whether this algorithm can run `geo` (the pointwise algorithm only a 1x1,
+    /// stride-1, unpadded conv; the direct one only groups of 1).
+    pub fn supports(self, geo: &Conv2dGeometry) -> bool {
+        unsupported(self.family(), geo).is_none()
+    }
+}
+
+impl InputGradAlgo {
+    /// Whether this algorithm can run `geo`, as [`ForwardAlgo::supports`].
+    pub fn supports(self, geo: &Conv2dGeometry) -> bool {
+        unsupported(self.family(), geo).is_none()
+    }
+}
+
+impl WeightGradAlgo {
+    /// Whether this algorithm can run `geo`, as [`ForwardAlgo::supports`].
+    pub fn supports(self, geo: &Conv2dGeometry) -> bool {
+        unsupported(self.family(), geo).is_none()
+    }
+}
 
 /// Checks that every algorithm of `plan` runs `geo`, and its knobs.
 fn check_plan(plan: &ConvPlan, geo: &Conv2dGeometry) -> Result<()> {
-    let bad = |algo: &dyn std::fmt::Debug, pass: &str| {
-        Err(Error::config(
-            OP,
-            format!(
-                "the plan asks the {algo:?} algorithm for the {pass}, which cannot run {}",
-                geo.describe()
-            ),
-        ))
-    };
-    let fwd = match plan.forward {
-        ForwardAlgo::Direct => direct::supports(geo),
-        ForwardAlgo::Columns => columns::supports(geo),
-        ForwardAlgo::Pointwise => pointwise::supports(geo),
-        ForwardAlgo::Phase => phase::supports(geo),
-    };
-    if !fwd {
-        return bad(&plan.forward, "forward pass");
-    }
-    let dx = match plan.input_grad {
-        InputGradAlgo::Direct => direct::supports(geo),
-        InputGradAlgo::Columns => columns::supports(geo),
-        InputGradAlgo::Pointwise => pointwise::supports(geo),
-        InputGradAlgo::Phase => phase::supports(geo),
-    };
-    if !dx {
-        return bad(&plan.input_grad, "input gradient");
-    }
-    let dw = match plan.weight_grad {
-        WeightGradAlgo::Direct => direct::supports(geo),
-        WeightGradAlgo::Columns => columns::supports(geo),
-        WeightGradAlgo::Pointwise => pointwise::supports(geo),
-        WeightGradAlgo::Phase => phase::supports(geo),
-    };
-    if !dw {
-        return bad(&plan.weight_grad, "weight gradient");
+    let passes = [
+        (plan.forward.family(), "forward pass"),
+        (plan.input_grad.family(), "input gradient"),
+        (plan.weight_grad.family(), "weight gradient"),
+    ];
+    for (family, pass) in passes {
+        if let Some(why) = unsupported(family, geo) {
+            let name = family.name();
+            return Err(Error::config(
+                OP,
+                format!(
+                    "the {name} algorithm cannot run the {pass} of {}: {why}",
+                    geo.describe()
+                ),
+            ));
+        }
     }
     if plan.tile_cols == 0 {
         return Err(Error::config(OP, "a plan needs tile_cols > 0"));
@@ -229,6 +267,21 @@ fn backward(
     }
 }
 
+/// Runs `call` on the plan of `geo.options.algorithm` for `pass` on this pool: auto's,
+/// auto's with the fixed passes replaced, or the autotuned one.
+fn with_algorithm<T>(
+    geo: &Conv2dGeometry,
+    pass: ConvPass,
+    mut call: impl FnMut(ConvPlan) -> Result<T>,
+) -> Result<T> {
+    let auto = || ConvPlan::choose(geo, rayon::current_num_threads());
+    match geo.options.algorithm {
+        ConvAlgorithm::Auto => call(auto()),
+        ConvAlgorithm::Fixed(algos) => call(algos.apply_to(auto())),
+        ConvAlgorithm::Autotune => autotune::run(geo, pass, call),
+    }
+}
+
 fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) -> Result<()> {
     match bias_len {
         Some(len) if len != geo.out_channels => Err(Error::shape(
@@ -246,13 +299,17 @@ fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) 
 /// optional `bias` (O), as `torch.nn.functional.conv2d`. Returns (N, O, out_h, out_w)
 /// with the sizes from [`super::conv_out_size`].
 ///
-/// Runs the images in parallel with rayon, each with its own im2col workspace; the result
-/// is the same for any number of threads.
+/// Runs on the algorithms of `options.algorithm` ([`ConvAlgorithm`]: by default
+/// [`ConvPlan::choose`]'s for this shape and pool), splitting the images over rayon's
+/// pool; with [`ConvAlgorithm::Auto`] or [`ConvAlgorithm::Fixed`] the result is the same
+/// for any number of threads.
 ///
 /// # Errors
 /// [`Error::Config`] for a zero stride, dilation or groups, or groups not dividing the
-/// channels; [`Error::Shape`] when the weight does not match the input's channels, the
-/// dilated kernel is larger than the padded input, or the bias length is not `O`;
+/// channels, or when `options.algorithm` forces an algorithm that cannot run this
+/// geometry or a GEMM kernel this CPU lacks; [`Error::Shape`] when the weight does not
+/// match the input's channels, the dilated kernel is larger than the padded input, or
+/// the bias length is not `O`;
 /// [`Error::Alloc`] when a buffer cannot be allocated: the output, a copy of a
 /// broadcast or strided `x` or `weight`, or a padded image (far padding, stride or
 /// dilation).
@@ -279,11 +336,14 @@ pub fn conv2d(
     options: &Conv2dOptions,
 ) -> Result<Array4<f32>> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
-    let plan = ConvPlan::choose(&geo, rayon::current_num_threads());
-    forward_impl(&geo, x, weight, bias, plan)
+    with_algorithm(&geo, ConvPass::Forward, |plan| {
+        forward_impl(&geo, x, weight, bias, plan)
+    })
 }
 
-/// [`conv2d`] on a given plan (tests and benchmarks force each algorithm and kernel).
+/// [`conv2d`] on a given plan: every knob of [`ConvPlan`] (tile size, index map,
+/// parallel split, kernel) forced, for benchmarks and tests. `options.algorithm` is not
+/// used: the plan decides.
 ///
 /// # Errors
 /// As [`conv2d`], and [`Error::Config`] when an algorithm of `plan` cannot run this
@@ -393,8 +453,11 @@ pub struct Conv2dGrads {
 /// a bias, and the upstream gradient `dy` (N, O, out_h, out_w), returns `dx`, `dw` and
 /// (when `with_bias`) `db`.
 ///
-/// `dx` is computed per image in parallel; `dw` and `db` are summed over images in a fixed
-/// order (see the module docs), so the result is the same for any number of threads.
+/// Runs the input-gradient and weight-gradient algorithms of `options.algorithm`, as
+/// [`conv2d`] (autotuned as one [`ConvPass::Backward`]). `dx` is computed per image in
+/// parallel; `dw` and `db` are summed over images in a fixed order (see the module
+/// docs), so with [`ConvAlgorithm::Auto`] or [`ConvAlgorithm::Fixed`] the result is the
+/// same for any number of threads.
 ///
 /// # Errors
 /// Everything [`conv2d`] rejects, and [`Error::Shape`] when `dy` is not the shape the
@@ -407,8 +470,9 @@ pub fn conv2d_backward(
     options: &Conv2dOptions,
 ) -> Result<Conv2dGrads> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
-    let plan = ConvPlan::choose(&geo, rayon::current_num_threads());
-    let (dx, dw, db) = backward_impl(&geo, x, weight, with_bias, dy, plan, true)?;
+    let (dx, dw, db) = with_algorithm(&geo, ConvPass::Backward, |plan| {
+        backward_impl(&geo, x, weight, with_bias, dy, plan, true)
+    })?;
     Ok(Conv2dGrads {
         dx: dx.expect("the input gradient was asked for"),
         dw,
@@ -427,9 +491,11 @@ pub struct Conv2dParamGrads {
 }
 
 /// [`conv2d_backward`] without the input gradient: only `dw` and (when `with_bias`)
-/// `db`, bit for bit as `conv2d_backward` computes them. For a layer whose input needs
-/// no gradient (the first layer of a network, as PyTorch skips it for an input without
-/// `requires_grad`), this saves the `W^T x dy` product and the col2im scatter.
+/// `db`, bit for bit as `conv2d_backward` computes them (on the same plan: autotuning
+/// tunes this call as its own [`ConvPass::BackwardParams`], so it may pick another
+/// weight-gradient algorithm). For a layer whose input needs no gradient (the first
+/// layer of a network, as PyTorch skips it for an input without `requires_grad`), this
+/// saves the `W^T x dy` product and the col2im scatter.
 ///
 /// # Errors
 /// As [`conv2d_backward`].
@@ -457,13 +523,15 @@ pub fn conv2d_backward_params(
     options: &Conv2dOptions,
 ) -> Result<Conv2dParamGrads> {
     let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
-    let plan = ConvPlan::choose(&geo, rayon::current_num_threads());
-    let (_, dw, db) = backward_impl(&geo, x, weight, with_bias, dy, plan, false)?;
+    let (_, dw, db) = with_algorithm(&geo, ConvPass::BackwardParams, |plan| {
+        backward_impl(&geo, x, weight, with_bias, dy, plan, false)
+    })?;
     Ok(Conv2dParamGrads { dw, db })
 }
 
-/// [`conv2d_backward`] on a given plan (tests and benchmarks force each algorithm and
-/// kernel).
+/// [`conv2d_backward`] on a given plan, as [`conv2d_with_plan`]: `options.algorithm` is
+/// not used. The plan's forward algorithm must run the geometry too (it is checked,
+/// though the backward does not run it).
 ///
 /// # Errors
 /// As [`conv2d_backward`], and [`Error::Config`] when an algorithm of `plan` cannot run
