@@ -222,25 +222,28 @@ fn bench_seed_net(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
 /// Max pooling and batch norm on ResNet-sized tensors (training mode), as
 /// torch_anchor.py's `layers`.
 fn bench_layers(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
-    let x: Array4<f32> = randn((32, 64, 112, 112), rng);
-    let opts = MaxPool2dOptions::new((3, 3))
-        .with_stride((2, 2))
-        .with_padding((1, 1));
-    let y = max_pool2d(x.view(), &opts)?;
-    let dy: Array4<f32> = randn(y.raw_dim(), rng);
-    let fwd = median_secs(reps, 1, || {
-        black_box(max_pool2d(x.view(), &opts).expect("valid pool"));
-    });
-    let fwd_bwd = median_secs(reps, 1, || {
-        let (y, idx) = max_pool2d_with_indices(x.view(), &opts).expect("valid pool");
-        black_box(y);
-        black_box(max_pool2d_backward(x.dim(), idx.view(), dy.view()).expect("valid pool"));
-    });
-    let max_pool = json!({
-        "shape": [32, 64, 112, 112, 3, 2, 1],
-        "fwd_ms": round(fwd * 1e3, 4),
-        "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
-    });
+    // Each layer's tensors are freed before the next one's are made.
+    let max_pool = {
+        let x: Array4<f32> = randn((32, 64, 112, 112), rng);
+        let opts = MaxPool2dOptions::new((3, 3))
+            .with_stride((2, 2))
+            .with_padding((1, 1));
+        let y = max_pool2d(x.view(), &opts)?;
+        let dy: Array4<f32> = randn(y.raw_dim(), rng);
+        let fwd = median_secs(reps, 1, || {
+            black_box(max_pool2d(x.view(), &opts).expect("valid pool"));
+        });
+        let fwd_bwd = median_secs(reps, 1, || {
+            let (y, idx) = max_pool2d_with_indices(x.view(), &opts).expect("valid pool");
+            black_box(y);
+            black_box(max_pool2d_backward(x.dim(), idx.view(), dy.view()).expect("valid pool"));
+        });
+        json!({
+            "shape": [32, 64, 112, 112, 3, 2, 1],
+            "fwd_ms": round(fwd * 1e3, 4),
+            "fwd_bwd_ms": round(fwd_bwd * 1e3, 4),
+        })
+    };
     // As PyTorch's: the forward alone keeps nothing for a backward (`torch.no_grad()`
     // there, `infer` here), the forward + backward keeps a reference to the input.
     let x = randn((32, 64, 56, 56), rng).into_dyn().into_shared();

@@ -32,6 +32,7 @@
 //! `[profile.dev.package.convinit] opt-level = 3` in your `Cargo.toml`.
 #![warn(missing_docs)]
 
+pub mod buffers;
 pub mod data;
 pub mod error;
 pub mod gemm;

@@ -125,7 +125,7 @@ zero_bits!(f32, f64, i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 ///
 /// `describe` says what the buffer is for (`"output (64, 8, 14, 14)"`); it is only
 /// called on failure.
-pub(crate) fn try_zeroed_vec<T: Clone + Default>(
+pub(crate) fn try_zeroed_vec<T: Clone + Default + 'static>(
     op: &'static str,
     len: usize,
     describe: impl FnOnce() -> String,
@@ -145,11 +145,16 @@ pub(crate) fn try_zeroed_vec<T: Clone + Default>(
 /// page by a *read* maps the shared zero page, and the write after it is then a
 /// copy-on-write fault with a TLB shootdown of every other thread (measured: a max-pool
 /// backward's `+=` scatter into such a buffer ran 2.4x slower at 2 threads than at 1).
-pub(crate) fn try_output_vec<T: ZeroBits>(
+pub(crate) fn try_output_vec<T: ZeroBits + 'static>(
     op: &'static str,
     len: usize,
     describe: impl FnOnce() -> String,
 ) -> Result<Vec<T>> {
+    if let Some(mut v) = crate::buffers::take::<T>(len) {
+        // Resident memory from the buffer cache: zeroing it costs no page faults.
+        v.resize(len, T::default());
+        return Ok(v);
+    }
     if len == 0 || std::mem::size_of::<T>() == 0 {
         return Ok(vec![T::default(); len]);
     }
@@ -173,12 +178,16 @@ pub(crate) fn try_output_vec<T: ZeroBits>(
     Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
-/// An empty `Vec` with room for `len` elements, reserved fallibly.
-pub(crate) fn try_vec_with_capacity<T>(
+/// An empty `Vec` with room for `len` elements, reserved fallibly: from the buffer
+/// cache ([`crate::buffers`]) when it holds one that fits.
+pub(crate) fn try_vec_with_capacity<T: 'static>(
     op: &'static str,
     len: usize,
     describe: impl FnOnce() -> String,
 ) -> Result<Vec<T>> {
+    if let Some(v) = crate::buffers::take::<T>(len) {
+        return Ok(v);
+    }
     let mut v = Vec::new();
     match v.try_reserve_exact(len) {
         Ok(()) => Ok(v),
@@ -191,7 +200,7 @@ pub(crate) fn try_vec_with_capacity<T>(
 }
 
 /// A zero-filled array of `shape`, reserved fallibly (see [`try_zeroed_vec`]).
-pub(crate) fn try_zeros<T: Clone + Default, Sh>(
+pub(crate) fn try_zeros<T: Clone + Default + 'static, Sh>(
     op: &'static str,
     shape: Sh,
     describe: impl FnOnce() -> String,
@@ -204,7 +213,7 @@ where
 
 /// A zero-valued array of `shape` for an output the caller writes before reading it,
 /// reserved fallibly (see [`try_output_vec`]).
-pub(crate) fn try_output<T: ZeroBits, Sh>(
+pub(crate) fn try_output<T: ZeroBits + 'static, Sh>(
     op: &'static str,
     shape: Sh,
     describe: impl FnOnce() -> String,
@@ -298,7 +307,7 @@ pub(crate) fn try_resize<T: Clone>(
 
 /// A standard-layout (row-major) copy of `x`, reserved fallibly: `x` may be a broadcast
 /// or strided view whose logical size is far larger than the memory behind it.
-pub(crate) fn try_to_owned<A: Clone, D: Dimension>(
+pub(crate) fn try_to_owned<A: Clone + 'static, D: Dimension>(
     op: &'static str,
     x: ndarray::ArrayView<'_, A, D>,
     describe: impl FnOnce() -> String,
@@ -313,7 +322,7 @@ pub(crate) fn try_to_owned<A: Clone, D: Dimension>(
 
 /// `x` itself when it is in standard layout, else [`try_to_owned`]: the fallible
 /// `as_standard_layout`.
-pub(crate) fn try_standard_layout<'a, A: Clone, D: Dimension>(
+pub(crate) fn try_standard_layout<'a, A: Clone + 'static, D: Dimension>(
     op: &'static str,
     x: ndarray::ArrayView<'a, A, D>,
     describe: impl FnOnce() -> String,
@@ -327,7 +336,7 @@ pub(crate) fn try_standard_layout<'a, A: Clone, D: Dimension>(
 
 /// The data of `x` as an owned array: moved out when nothing else holds it, else
 /// copied (fallibly, [`try_to_owned`]).
-pub(crate) fn try_into_owned<A: Clone, D: Dimension>(
+pub(crate) fn try_into_owned<A: Clone + 'static, D: Dimension>(
     op: &'static str,
     x: ndarray::ArcArray<A, D>,
     describe: impl FnOnce() -> String,

@@ -151,6 +151,9 @@ pub struct BatchNorm2d {
     num_batches_tracked: Option<ArrayD<i64>>,
     training: bool,
     saved: Option<Saved>,
+    /// The last output of the shared paths, recycled by the next call once nobody else
+    /// holds it (a loop over this layer alone then allocates no new output).
+    last_output: Option<ArcArrayD<f32>>,
 }
 
 impl BatchNorm2d {
@@ -174,6 +177,7 @@ impl BatchNorm2d {
             num_batches_tracked: track.then(|| Array0::zeros(()).into_dyn()),
             training: true,
             saved: None,
+            last_output: None,
         })
     }
 
@@ -237,6 +241,21 @@ impl BatchNorm2d {
         self.num_batches_tracked
             .as_ref()
             .and_then(|n| n.first().copied())
+    }
+
+    /// Hands the last shared output to the buffer cache ([`crate::buffers`]) when nobody
+    /// holds it any more, for this call's output.
+    fn recycle_output(&mut self) {
+        if let Some(y) = self.last_output.take() {
+            crate::buffers::give_shared(y);
+        }
+    }
+
+    /// Shares `y`, keeping a reference for [`BatchNorm2d::recycle_output`].
+    fn keep_output(&mut self, y: ArrayD<f32>) -> ArcArrayD<f32> {
+        let y = y.into_shared();
+        self.last_output = Some(y.clone());
+        y
     }
 
     /// Whether this forward pass normalises with the batch's statistics.
@@ -343,19 +362,24 @@ impl Layer for BatchNorm2d {
             .into_dimensionality::<Ix4>()
             .expect("the rank was just checked");
         self.saved = None;
+        self.recycle_output();
         let (y, stats) = self.run(x.view())?;
         self.saved = Some(Saved { x, stats });
-        Ok(y.into_shared())
+        Ok(self.keep_output(y))
     }
 
     fn infer(&mut self, x: ArcArrayD<f32>) -> Result<ArcArrayD<f32>> {
         let x = to_rank::<Ix4>(OP, "input", "(N, C, H, W)", x.view())?;
         self.saved = None;
-        Ok(self.run(x)?.0.into_shared())
+        self.recycle_output();
+        let y = self.run(x)?.0;
+        Ok(self.keep_output(y))
     }
 
     fn clear_saved(&mut self) {
-        self.saved = None;
+        if let Some(s) = self.saved.take() {
+            crate::buffers::give_shared(s.x);
+        }
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {

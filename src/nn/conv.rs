@@ -390,7 +390,9 @@ impl Layer for Conv2d {
     }
 
     fn clear_saved(&mut self) {
-        self.input = None;
+        if let Some(x) = self.input.take() {
+            crate::buffers::give_shared(x);
+        }
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
@@ -419,6 +421,7 @@ impl Layer for Conv2d {
             &self.config.options(),
         )?;
         self.accumulate(&grads.dw, grads.db.as_ref());
+        crate::buffers::give_array(grad_out);
         Ok(())
     }
 

@@ -169,7 +169,9 @@ impl Layer for GeneralRelu {
     }
 
     fn clear_saved(&mut self) {
-        self.input = None;
+        if let Some(x) = self.input.take() {
+            crate::buffers::give_shared(x);
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

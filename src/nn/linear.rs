@@ -236,7 +236,9 @@ impl Layer for Linear {
     }
 
     fn clear_saved(&mut self) {
-        self.input = None;
+        if let Some(x) = self.input.take() {
+            crate::buffers::give_shared(x);
+        }
     }
 
     fn backward(&mut self, grad_out: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
@@ -253,6 +255,7 @@ impl Layer for Linear {
         let (dw, db) =
             linear_backward_params(x.view(), self.weight.view(), self.bias.is_some(), dy)?;
         self.accumulate(&dw, db.as_ref());
+        crate::buffers::give_array(grad_out);
         Ok(())
     }
 

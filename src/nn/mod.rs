@@ -185,12 +185,15 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// return the input gradient in the same buffer (e.g. ReLU masks it in place).
     /// [`Sequential::backward`] calls this.
     ///
-    /// The default calls [`Layer::backward`].
+    /// The default calls [`Layer::backward`], then hands `grad_out`'s buffer to the
+    /// buffer cache ([`crate::buffers`]) for the next large output of the same size.
     ///
     /// # Errors
     /// As [`Layer::backward`].
     fn backward_owned(&mut self, grad_out: ArrayD<f32>) -> Result<ArrayD<f32>> {
-        self.backward(grad_out.view())
+        let dx = self.backward(grad_out.view());
+        crate::buffers::give_array(grad_out);
+        dx
     }
 
     /// As [`Layer::backward_owned`] without the input gradient: adds the parameter

@@ -1,0 +1,201 @@
+//! A small process-wide cache of large `f32` buffers, so a training loop runs at the same
+//! speed in a long-running process as alone.
+//!
+//! Every op allocates its outputs fresh, and a network step frees as many large buffers
+//! as it allocates (activations, gradients). Given back to the system allocator, their
+//! memory is at the allocator's mercy: glibc serves blocks above its mmap threshold
+//! (up to 32 MiB) straight from the kernel and trims the top of its heap, so the next
+//! step faults every page in again (measured on a batch-norm layer alone: 3 ms a call in
+//! a loop on its own, 10 ms inside the bench process, 620 000 page faults in one
+//! `bench --only layers` run).
+//!
+//! Instead, the layers hand the large buffers they are done with (a consumed output
+//! gradient, the activations a new forward pass releases) to this cache, and the ops
+//! take their outputs from it when one of about the right size is there. Nothing else
+//! changes: an output taken from the cache is written in full or zeroed first, so
+//! results are bit for bit the same with or without it.
+//!
+//! The cache keeps at most [`cache_limit`] bytes (default 256 MiB; buffers below 256 KiB,
+//! which the allocator serves well, are never kept). [`set_cache_limit`] changes it
+//! (0 turns the cache off) and [`clear_cache`] frees what it holds, e.g. after training.
+
+use std::any::Any;
+use std::sync::Mutex;
+
+/// Buffers below this many bytes are left to the allocator.
+const MIN_BYTES: usize = 256 << 10;
+
+/// The default of [`cache_limit`]: 256 MiB.
+pub const DEFAULT_CACHE_LIMIT: usize = 256 << 20;
+
+struct Cache {
+    /// Free buffers, oldest first, each empty (`len == 0`) with its capacity.
+    free: Vec<Vec<f32>>,
+    /// Sum of the capacities in `free`, in bytes.
+    bytes: usize,
+    limit: usize,
+}
+
+static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    free: Vec::new(),
+    bytes: 0,
+    limit: DEFAULT_CACHE_LIMIT,
+});
+
+fn with_cache<T>(f: impl FnOnce(&mut Cache) -> T) -> T {
+    // A panic while holding the lock leaves the cache consistent (every step below
+    // keeps `bytes` in line with `free`), so a poisoned lock is still usable.
+    let mut guard = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut guard)
+}
+
+fn bytes_of(capacity: usize) -> usize {
+    capacity.saturating_mul(size_of::<f32>())
+}
+
+/// Sets the most bytes the cache keeps (0: keep nothing, and free what it holds now);
+/// returns the previous limit.
+pub fn set_cache_limit(bytes: usize) -> usize {
+    with_cache(|c| {
+        let old = std::mem::replace(&mut c.limit, bytes);
+        c.shrink();
+        old
+    })
+}
+
+/// The most bytes the cache keeps ([`DEFAULT_CACHE_LIMIT`] unless
+/// [`set_cache_limit`] changed it).
+pub fn cache_limit() -> usize {
+    with_cache(|c| c.limit)
+}
+
+/// The bytes the cache holds now.
+pub fn cached_bytes() -> usize {
+    with_cache(|c| c.bytes)
+}
+
+/// Frees every buffer the cache holds (the limit stays).
+pub fn clear_cache() {
+    let free = with_cache(|c| {
+        c.bytes = 0;
+        std::mem::take(&mut c.free)
+    });
+    drop(free);
+}
+
+impl Cache {
+    /// Drops the oldest buffers until the total is within the limit.
+    fn shrink(&mut self) {
+        let mut drop_n = 0;
+        while self.bytes > self.limit && drop_n < self.free.len() {
+            self.bytes -= bytes_of(self.free[drop_n].capacity());
+            drop_n += 1;
+        }
+        self.free.drain(..drop_n);
+    }
+}
+
+/// An empty buffer with room for at least `len` `f32`s (and at most a quarter more),
+/// when the cache holds one; the smallest that fits.
+fn take_f32(len: usize) -> Option<Vec<f32>> {
+    if bytes_of(len) < MIN_BYTES {
+        return None;
+    }
+    with_cache(|c| {
+        let max = len.saturating_add(len / 4);
+        let at = c
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| (len..=max).contains(&b.capacity()))
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)?;
+        let b = c.free.remove(at);
+        c.bytes -= bytes_of(b.capacity());
+        Some(b)
+    })
+}
+
+/// An empty `Vec<T>` with room for at least `len` elements from the cache, when `T` is
+/// `f32` and the cache holds a buffer that fits.
+pub(crate) fn take<T: 'static>(len: usize) -> Option<Vec<T>> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+        return None;
+    }
+    let mut slot = take_f32(len);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<Vec<T>>>()
+        .and_then(Option::take)
+}
+
+/// Keeps `v`'s memory for a later [`take`], when it is large enough and the limit
+/// allows (the oldest buffers go first); else frees it.
+pub(crate) fn give(mut v: Vec<f32>) {
+    let bytes = bytes_of(v.capacity());
+    if bytes < MIN_BYTES {
+        return;
+    }
+    v.clear();
+    let dropped = with_cache(|c| {
+        if bytes > c.limit {
+            return Some(v);
+        }
+        c.bytes += bytes;
+        c.free.push(v);
+        c.shrink();
+        None
+    });
+    drop(dropped);
+}
+
+/// [`give`] for an array: its buffer when nothing else holds it.
+pub(crate) fn give_array<D: ndarray::Dimension>(a: ndarray::Array<f32, D>) {
+    give(a.into_raw_vec_and_offset().0);
+}
+
+/// [`give`] for a shared array: its buffer when this was the last reference to it.
+pub(crate) fn give_shared<D: ndarray::Dimension>(a: ndarray::ArcArray<f32, D>) {
+    if a.is_unique() {
+        give_array(a.into_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test, as the cache is process-wide: it takes what fits, within a quarter,
+    /// never a smaller or a far larger buffer, and keeps to its limit.
+    #[test]
+    fn takes_what_fits_and_keeps_to_its_limit() {
+        let old = set_cache_limit(8 << 20);
+        clear_cache();
+        let n = 1 << 18; // 1 MiB of f32
+        give(Vec::with_capacity(n));
+        give(Vec::with_capacity(2 * n));
+        assert_eq!(cached_bytes(), 3 << 20);
+        assert!(
+            take::<f32>(n + 1).is_none(),
+            "2 MiB is too large for 1 MiB + 4 bytes"
+        );
+        assert!(take::<i64>(n).is_none());
+        let b = take::<f32>(2 * n - 10).expect("the 2 MiB buffer fits");
+        assert_eq!(b.capacity(), 2 * n);
+        assert!(
+            take::<f32>(n / 2).is_none(),
+            "1 MiB is too large for 0.5 MiB"
+        );
+        // Over the limit: the oldest go.
+        for _ in 0..10 {
+            give(Vec::with_capacity(n));
+        }
+        assert!(cached_bytes() <= 8 << 20);
+        // Small buffers are never kept.
+        let before = cached_bytes();
+        give(Vec::with_capacity(100));
+        assert_eq!(cached_bytes(), before);
+        set_cache_limit(0);
+        assert_eq!(cached_bytes(), 0);
+        set_cache_limit(old);
+    }
+}
