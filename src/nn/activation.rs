@@ -41,7 +41,9 @@ impl Saved {
         x: ArrayViewD<'_, f32>,
         f: impl Fn(f32) -> f32 + Sync + Send,
     ) -> Result<ArrayD<f32>> {
-        self.spare = None;
+        if let Some(b) = self.spare.take() {
+            crate::buffers::give_shared(b);
+        }
         self.values = None;
         let y = map_array(op, x.view(), f)?;
         let kept = try_to_owned(op, x.view(), || {
@@ -59,7 +61,9 @@ impl Saved {
         x: ArrayViewD<'_, f32>,
         f: impl Fn(f32) -> f32 + Sync + Send,
     ) -> Result<ArrayD<f32>> {
-        self.spare = None;
+        if let Some(b) = self.spare.take() {
+            crate::buffers::give_shared(b);
+        }
         self.values = None;
         let y = map_array(op, x.view(), f)?;
         let kept = try_to_owned(op, y.view(), || {
@@ -83,7 +87,10 @@ impl Saved {
         let spare = self.spare.take().or_else(|| self.values.take());
         self.values = None;
         let y = if x.is_unique() && x.is_standard_layout() {
-            // Nobody else sees `x`: overwrite it.
+            // Nobody else sees `x`: overwrite it, and let another op have the spare.
+            if let Some(b) = spare {
+                crate::buffers::give_shared(b);
+            }
             let mut y = x.into_owned();
             update_array(y.view_mut(), f);
             y
@@ -111,7 +118,9 @@ impl Saved {
         x: ArcArrayD<f32>,
         f: impl Fn(f32) -> f32 + Sync + Send,
     ) -> Result<ArcArrayD<f32>> {
-        self.spare = None;
+        if let Some(b) = self.spare.take() {
+            crate::buffers::give_shared(b);
+        }
         self.values = None;
         let y = map_array(op, x.view(), f)?.into_shared();
         self.values = Some(x);

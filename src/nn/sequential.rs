@@ -397,24 +397,20 @@ impl Sequential {
         try_into_owned(OP, x, || format!("a copy of the output {shape:?}"))
     }
 
-    /// Drops what every layer kept for backward, and the previous pass's retained
-    /// outputs that share their buffer with something else.
+    /// Drops what every layer kept for backward and the previous pass's retained
+    /// outputs, handing the buffers nothing else holds any more to the buffer cache
+    /// ([`crate::buffers`]), where this pass's outputs and gradients find them.
     ///
-    /// The shared ones are mostly a layer's own buffer, which it writes over in the next
-    /// pass once nothing else holds it (a ReLU's output, also held by a Flatten's
-    /// output): dropping them usually frees nothing and lets the layer reuse it. Each other
-    /// output (a convolution's) is dropped only once its layer has produced the new one
-    /// (at most one layer's output more alive at a time). Measured with glibc's
-    /// allocator, freeing them before the pass instead leaves a large free block at the
-    /// top of its heap, which glibc hands back to the system; every new conv output and
-    /// input gradient was then faulted in page by page again (seed net training steps,
-    /// long runs: 559 page faults per step against 10 at N = 100, 5770 against about
-    /// 520 at N = 1000).
+    /// Freed to the allocator instead, glibc hands large blocks back to the system and
+    /// every new conv output and input gradient is faulted in page by page again (seed
+    /// net training steps, long runs: 559 page faults per step against 10 at N = 100,
+    /// 5770 against about 520 at N = 1000, before this cache; an earlier workaround kept
+    /// the retained outputs alive across the pass instead).
     fn clear_saved(&mut self) {
         self.layers.iter_mut().for_each(|l| l.clear_saved());
         for o in &mut self.outputs {
-            if o.as_ref().is_some_and(|o| !o.is_unique()) {
-                *o = None;
+            if let Some(o) = o.take() {
+                crate::buffers::give_shared(o);
             }
         }
     }

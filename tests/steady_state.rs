@@ -1,0 +1,131 @@
+//! Steady state: once warm, a training step of the notebook's net (as `train_mnist`
+//! trains it: forward, cross-entropy, backward, SGD) makes no large allocation. The
+//! layers hand their spent buffers to `convinit::buffers` and the ops take their outputs
+//! from there, so a long-running process does not page-fault its activations and
+//! gradients in again on every step.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use convinit::data::Mnist;
+use convinit::init::Init;
+use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
+use convinit::stats::{normalize, stats};
+use convinit::train::{FitConfig, LrSchedule, Sgd, SgdConfig, Split, fit};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// Allocations of at least this many bytes are counted: the batch (128 x 784 f32 =
+/// 401 KB), every activation and gradient of the net, and the per-chunk weight-gradient
+/// partials are above it; the small bookkeeping of a step is below.
+const LARGE: usize = 64 << 10;
+/// No warm step may allocate this much at once: every activation, gradient and batch
+/// of the net (the smallest, conv 3's output, 128 x 64 x 4 x 4 f32, is 512 KiB) must
+/// come from the buffer cache.
+const MAX_WARM: usize = 256 << 10;
+/// At most this many allocations of at least [`LARGE`] bytes per warm step: what is
+/// left are conv 3's weight-gradient partials, one per reduction chunk (16 of 72 KiB at
+/// N = 128: their fixed order makes the sum the same at any thread count), and a packed
+/// weight or two, all below [`MAX_WARM`].
+const MAX_WARM_COUNT: usize = 24;
+
+struct Counting;
+static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+fn note(size: usize) {
+    if size >= LARGE {
+        LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// `train_mnist`'s net: Conv2d 1-16-32-64-10 (5x5 then 3x3, stride 2), ReLU, average
+/// pool, flatten.
+fn net(rng: &mut StdRng) -> Sequential {
+    let conv = |c, o, k, rng: &mut StdRng| {
+        let cfg = Conv2dConfig::new(c, o, (k, k))
+            .with_stride((2, 2))
+            .with_padding((k / 2, k / 2));
+        Conv2d::with_init(cfg, &Init::KAIMING_NORMAL, rng).unwrap()
+    };
+    Sequential::new()
+        .with(conv(1, 16, 5, rng))
+        .with(Relu::new())
+        .with(conv(16, 32, 3, rng))
+        .with(Relu::new())
+        .with(conv(32, 64, 3, rng))
+        .with(Relu::new())
+        .with(conv(64, 10, 3, rng))
+        .with(AdaptiveAvgPool2d::new((1, 1)).unwrap())
+        .with(Flatten::new(1, -1))
+}
+
+#[test]
+fn a_warm_training_step_makes_no_large_allocation() {
+    let mnist = Mnist::embedded().unwrap();
+    let (mean, std) = stats(&mnist.train.0);
+    let x = normalize(&mnist.train.0, mean, std);
+    let train = Split::new(x.view(), mnist.train.1.view());
+    let mut net = net(&mut StdRng::seed_from_u64(0));
+    let mut opt = Sgd::new(SgdConfig::new(0.1).with_momentum(0.9)).unwrap();
+    // Batches of 128, the last of an epoch smaller: two epochs so shapes repeat.
+    let config = FitConfig::new(2, 128)
+        .with_seed(1)
+        .with_schedule(LrSchedule::Constant);
+    // Per step: (step, large allocations, largest allocation) since the last step.
+    let per_step: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+    let mut last = 0;
+    fit(&mut net, &mut opt, train, None, &config, |info, _| {
+        let now = LARGE_COUNT.load(Ordering::Relaxed);
+        let largest = LARGEST.swap(0, Ordering::Relaxed);
+        per_step
+            .lock()
+            .unwrap()
+            .push((info.step, now - last, largest));
+        last = now;
+        Ok(())
+    })
+    .unwrap();
+    let per_step = per_step.into_inner().unwrap();
+    let steps_per_epoch = mnist.train.0.nrows().div_ceil(128);
+    // Warm: the second epoch, past its first full-size step (the first epoch's last,
+    // smaller batch needs its own sizes once).
+    let warm: Vec<_> = per_step
+        .iter()
+        .filter(|&&(s, _, _)| s > steps_per_epoch && s + 1 < 2 * steps_per_epoch)
+        .collect();
+    assert!(warm.len() >= 10, "{per_step:?}");
+    // The cold steps do allocate: the counter sees the activations.
+    assert!(per_step[0].2 >= 1 << 20, "{:?}", per_step[0]);
+    for &&(step, count, largest) in &warm {
+        assert!(
+            largest < MAX_WARM && count <= MAX_WARM_COUNT,
+            "warm step {step}: {count} allocations of >= {LARGE} bytes, the largest \
+             {largest} bytes (every step: {per_step:?})"
+        );
+    }
+}
