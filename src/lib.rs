@@ -17,6 +17,8 @@
 //! - [`io`]: save and load a model's parameters as safetensors, with PyTorch's key names.
 //! - [`train`]: cross-entropy, SGD, mini-batches, the training loop, telemetry, LSUV.
 //! - [`limits`]: the size limits of every loader, and fallible allocation in the ops.
+//! - [`buffers`]: the cache of large buffers the layers recycle, so a training loop
+//!   runs at the same speed in a long-running process.
 //! - [`error`]: the crate's [`Error`] and [`Result`].
 //!
 //! ## Threads
