@@ -224,6 +224,28 @@ where
     array_of(op, shape, describe, try_output_vec)
 }
 
+/// An output element a kernel writes exactly once: an initialised `T` (an output the
+/// caller gave, the `_into` ops) or a `MaybeUninit<T>` (a new output, see
+/// [`filled_output`]). Kernels generic over it serve both without an unsafe cast.
+pub(crate) trait Slot<T>: Send {
+    /// Writes `v` here.
+    fn set(&mut self, v: T);
+}
+
+impl<T: Send> Slot<T> for T {
+    #[inline(always)]
+    fn set(&mut self, v: T) {
+        *self = v;
+    }
+}
+
+impl<T: Send> Slot<T> for std::mem::MaybeUninit<T> {
+    #[inline(always)]
+    fn set(&mut self, v: T) {
+        self.write(v);
+    }
+}
+
 /// An array of `shape` whose every element `fill` writes, in `v`'s memory: `v` is
 /// empty, reserved beforehand for at least the shape's element count (with
 /// [`try_vec_with_capacity`], so that a too large output fails before anything else

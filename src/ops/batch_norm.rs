@@ -11,13 +11,13 @@
 //! layout. The element-wise passes run in f32, as PyTorch's (`y = x * alpha + beta`
 //! with per-channel `alpha`, `beta`).
 
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use std::mem::MaybeUninit;
 
-use crate::limits::{filled_output, try_standard_layout, try_vec_with_capacity};
+use crate::limits::{Slot, filled_output, try_standard_layout, try_vec_with_capacity};
 
 const OP: &str = "batch_norm2d";
 
@@ -221,6 +221,51 @@ pub fn batch_norm2d(
     bias: Option<ArrayView1<'_, f32>>,
     options: &BatchNormOptions,
 ) -> Result<(Array4<f32>, BatchNormStats)> {
+    let (y, stats) = forward(x, running_mean, running_var, weight, bias, options, None)?;
+    Ok((y.expect("a new output"), stats))
+}
+
+/// [`batch_norm2d`] writing into the caller's `out` (the shape of `x`), which a loop
+/// reuses from call to call instead of allocating an output each time. `out` is
+/// overwritten (its contents do not matter); the output and the running statistics are
+/// the same, bit for bit, as [`batch_norm2d`]'s. Returns the statistics used.
+///
+/// # Errors
+/// As [`batch_norm2d`], and [`Error::Shape`] when `out` is not the shape of `x` or not
+/// in standard layout (checked before the running statistics change).
+pub fn batch_norm2d_into(
+    x: ArrayView4<'_, f32>,
+    running_mean: Option<ArrayViewMut1<'_, f32>>,
+    running_var: Option<ArrayViewMut1<'_, f32>>,
+    weight: Option<ArrayView1<'_, f32>>,
+    bias: Option<ArrayView1<'_, f32>>,
+    options: &BatchNormOptions,
+    out: ArrayViewMut4<'_, f32>,
+) -> Result<BatchNormStats> {
+    super::check_out(OP, "out", out.shape(), x.shape(), out.is_standard_layout())?;
+    let (_, stats) = forward(
+        x,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        options,
+        Some(out),
+    )?;
+    Ok(stats)
+}
+
+/// The forward of [`batch_norm2d`] (`out` `None`: a new output, returned) and
+/// [`batch_norm2d_into`] (`out` given, checked by the caller).
+fn forward(
+    x: ArrayView4<'_, f32>,
+    running_mean: Option<ArrayViewMut1<'_, f32>>,
+    running_var: Option<ArrayViewMut1<'_, f32>>,
+    weight: Option<ArrayView1<'_, f32>>,
+    bias: Option<ArrayView1<'_, f32>>,
+    options: &BatchNormOptions,
+    out: Option<ArrayViewMut4<'_, f32>>,
+) -> Result<(Option<Array4<f32>>, BatchNormStats)> {
     check_options(options)?;
     let (n, c, h, w) = x.dim();
     for (what, len) in [
@@ -256,8 +301,12 @@ pub fn batch_norm2d(
     }
     // Reserved before the statistics are computed: an input too large for its output
     // fails at once.
-    let y =
-        try_vec_with_capacity::<f32>(OP, n * c * h * w, || format!("the output {:?}", x.shape()))?;
+    let y = match out {
+        Some(out) => Err(out),
+        None => Ok(try_vec_with_capacity::<f32>(OP, n * c * h * w, || {
+            format!("the output {:?}", x.shape())
+        })?),
+    };
     let shape = x.shape().to_vec();
     let x = try_standard_layout(OP, x, || format!("a contiguous copy of x {shape:?}"))?;
     let xs = x.as_slice().expect("standard layout");
@@ -317,25 +366,39 @@ pub fn batch_norm2d(
             (alpha as f32, (b - f64::from(stats.mean[ci]) * alpha) as f32)
         })
         .collect();
-    let fill = |ys: &mut [MaybeUninit<f32>]| {
-        if hw == 0 {
-            return;
+    match y {
+        Ok(y) => {
+            // SAFETY: `write_output` writes every element: the planes of `hw` elements
+            // cover the output (`n * c` of them, as many as `x` has), each element of
+            // each written.
+            let fill = |ys: &mut [MaybeUninit<f32>]| write_output(ys, xs, &coef, hw);
+            let y = unsafe { filled_output(y, (n, c, h, w), fill) };
+            Ok((Some(y), stats))
         }
-        ys.par_chunks_mut(hw)
-            .zip(xs.par_chunks(hw))
-            .enumerate()
-            .with_min_len(min_planes(hw))
-            .for_each(|(plane, (yp, xp))| {
-                let (alpha, beta) = coef[plane % c];
-                for (y, &x) in yp.iter_mut().zip(xp) {
-                    y.write(x * alpha + beta);
-                }
-            });
-    };
-    // SAFETY: `fill` writes every element: the planes of `hw` elements cover the
-    // output (`n * c` of them, as many as `x` has), each element of each written.
-    let y = unsafe { filled_output(y, (n, c, h, w), fill) };
-    Ok((y, stats))
+        Err(mut out) => {
+            let ys = out.as_slice_mut().expect("checked standard layout");
+            write_output(ys, xs, &coef, hw);
+            Ok((None, stats))
+        }
+    }
+}
+
+/// `y = x * alpha + beta` per plane of `hw` elements (plane `p` of channel
+/// `p % coef.len()`), every element of `ys` written.
+fn write_output<S: Slot<f32>>(ys: &mut [S], xs: &[f32], coef: &[(f32, f32)], hw: usize) {
+    if hw == 0 {
+        return;
+    }
+    ys.par_chunks_mut(hw)
+        .zip(xs.par_chunks(hw))
+        .enumerate()
+        .with_min_len(min_planes(hw))
+        .for_each(|(plane, (yp, xp))| {
+            let (alpha, beta) = coef[plane % coef.len()];
+            for (y, &x) in yp.iter_mut().zip(xp) {
+                y.set(x * alpha + beta);
+            }
+        });
 }
 
 /// The gradients of [`batch_norm2d`] given the input `x`, the weight (when affine), the

@@ -65,11 +65,13 @@ pub(crate) use activation::{
 };
 pub use batch_norm::{
     BatchNormGrads, BatchNormOptions, BatchNormStats, batch_norm2d, batch_norm2d_backward,
+    batch_norm2d_into,
 };
 pub use conv::{
     Conv2dGrads, Conv2dParamGrads, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo,
     InputGradAlgo, REDUCTION_CHUNK, WeightGradAlgo, autotuned_plan, clear_autotune_cache, conv2d,
-    conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
+    conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_into,
+    conv2d_with_plan,
 };
 pub(crate) use dropout::check_p as dropout_check_p;
 pub use dropout::{dropout, dropout_backward, dropout2d, dropout2d_backward};
@@ -81,5 +83,30 @@ pub use loss::{mse, mse_backward};
 pub use pool::{
     AvgPool2dOptions, MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
     adaptive_max_pool2d, adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices,
-    avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_pool2d_with_indices,
+    avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_pool2d_into,
+    max_pool2d_with_indices,
 };
+
+/// Checks the caller's output of an `_into` op: the shape the op computes, in standard
+/// (row-major) layout, which the kernels write as one slice.
+pub(crate) fn check_out(
+    op: &'static str,
+    what: &str,
+    got: &[usize],
+    want: &[usize],
+    standard: bool,
+) -> crate::Result<()> {
+    if got != want {
+        return Err(crate::Error::shape(
+            op,
+            format!("{what} is {got:?}, the op computes {want:?}"),
+        ));
+    }
+    if !standard {
+        return Err(crate::Error::shape(
+            op,
+            format!("{what} {got:?} must be in standard (row-major) layout"),
+        ));
+    }
+    Ok(())
+}

@@ -38,6 +38,7 @@
 
 use ndarray::{
     Array1, Array2, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut3,
+    ArrayViewMut4,
 };
 
 use super::geometry::{Conv2dGeometry, Conv2dOptions};
@@ -341,6 +342,44 @@ pub fn conv2d(
     })
 }
 
+/// [`conv2d`] writing into the caller's `out` (N, O, out_h, out_w), which a loop reuses
+/// from call to call instead of allocating an output each time. `out` is overwritten
+/// (its contents do not matter); the result is the same, bit for bit, as
+/// [`conv2d`]'s.
+///
+/// ```
+/// use convinit::ops::{conv2d, conv2d_into, Conv2dOptions};
+/// use ndarray::Array4;
+///
+/// let x = Array4::<f32>::ones((2, 3, 8, 8));
+/// let w = Array4::<f32>::ones((4, 3, 3, 3));
+/// let opts = Conv2dOptions::new().with_padding((1, 1));
+/// let mut y = Array4::<f32>::zeros((2, 4, 8, 8));
+/// for _ in 0..3 {
+///     conv2d_into(x.view(), w.view(), None, &opts, y.view_mut())?;
+/// }
+/// assert_eq!(y, conv2d(x.view(), w.view(), None, &opts)?);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`conv2d`], and [`Error::Shape`] when `out` is not the output's shape or not in
+/// standard layout.
+pub fn conv2d_into(
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    options: &Conv2dOptions,
+    mut out: ArrayViewMut4<'_, f32>,
+) -> Result<()> {
+    let geo = Conv2dGeometry::new(OP, x.dim().into(), weight.dim().into(), options)?;
+    let want: [usize; 4] = geo.y_shape().into();
+    super::check_out(OP, "out", out.shape(), &want, out.is_standard_layout())?;
+    with_algorithm(&geo, ConvPass::Forward, |plan| {
+        forward_into(&geo, x, weight, bias, plan, out.view_mut())
+    })
+}
+
 /// [`conv2d`] on a given plan: every knob of [`ConvPlan`] (tile size, index map,
 /// parallel split, kernel) forced, for benchmarks and tests. `options.algorithm` is not
 /// used: the plan decides.
@@ -367,11 +406,8 @@ fn forward_impl(
     bias: Option<ArrayView1<'_, f32>>,
     plan: ConvPlan,
 ) -> Result<Array4<f32>> {
-    let geo = *geo;
-    check_bias(&geo, weight.shape(), bias.map(|b| b.len()))?;
-    check_plan(&plan, &geo)?;
-    let (x, weight) = standard_operands(&geo, x, weight)?;
-    let ops = operands(&geo, x.view(), weight.view(), plan, false)?;
+    check_bias(geo, weight.shape(), bias.map(|b| b.len()))?;
+    check_plan(&plan, geo)?;
     let mut y = try_zeros(OP, geo.y_shape(), || {
         format!(
             "the output {:?} of {}",
@@ -379,12 +415,30 @@ fn forward_impl(
             geo.describe()
         )
     })?;
+    forward_into(geo, x, weight, bias, plan, y.view_mut())?;
+    Ok(y)
+}
+
+/// The forward pass into `y`: the shape of `geo.y_shape()`, standard layout (checked
+/// by the callers), any contents (zeroed here first).
+fn forward_into(
+    geo: &Conv2dGeometry,
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    plan: ConvPlan,
+    mut y: ArrayViewMut4<'_, f32>,
+) -> Result<()> {
+    let geo = *geo;
+    check_bias(&geo, weight.shape(), bias.map(|b| b.len()))?;
+    check_plan(&plan, &geo)?;
+    let (x, weight) = standard_operands(&geo, x, weight)?;
+    let ops = operands(&geo, x.view(), weight.view(), plan, false)?;
+    y.fill(0.0);
     let y3 = y
-        .view_mut()
         .into_shape_with_order((geo.batch, geo.out_channels, geo.col_cols()))
         .map_err(shape_err)?;
-    forward(&ops, bias, y3)?;
-    Ok(y)
+    forward(&ops, bias, y3)
 }
 
 /// `x` and `weight` in standard layout: themselves, or a copy (of a broadcast or strided

@@ -3,14 +3,15 @@
 
 use std::mem::MaybeUninit;
 
-use ndarray::{Array4, ArrayView4};
+use ndarray::{Array4, ArrayView4, ArrayViewMut4};
 use rayon::prelude::*;
 
 use super::max_window::{MAX_WINDOW_TAPS, Windows, max_plane_windows};
 use super::{Span, check_grad, check_input, check_window, fixed_spans, min_planes, out_size};
 use crate::error::{Error, Result};
 use crate::limits::{
-    checked_len, filled_output, try_output, try_standard_layout, try_vec_with_capacity, try_zeros,
+    Slot, checked_len, filled_output, try_output, try_standard_layout, try_vec_with_capacity,
+    try_zeros,
 };
 
 const OP: &str = "max_pool2d";
@@ -106,7 +107,23 @@ impl MaxPool2dOptions {
 /// # Errors
 /// As [`max_pool2d_with_indices`].
 pub fn max_pool2d(x: ArrayView4<'_, f32>, options: &MaxPool2dOptions) -> Result<Array4<f32>> {
-    window_forward::<false>(x, options).map(|(y, _)| y)
+    window_forward::<false>(x, options, None).map(|(y, _)| y.expect("a new output"))
+}
+
+/// [`max_pool2d`] writing into the caller's `out` (N, C, out_h, out_w), which a loop
+/// reuses from call to call instead of allocating an output each time. `out` is
+/// overwritten (its contents do not matter); the values are the same, bit for bit, as
+/// [`max_pool2d`]'s.
+///
+/// # Errors
+/// As [`max_pool2d`], and [`Error::Shape`] when `out` is not the output's shape or not
+/// in standard layout.
+pub fn max_pool2d_into(
+    x: ArrayView4<'_, f32>,
+    options: &MaxPool2dOptions,
+    out: ArrayViewMut4<'_, f32>,
+) -> Result<()> {
+    window_forward::<false>(x, options, Some(out)).map(drop)
 }
 
 /// [`max_pool2d`] with `return_indices=True`: the output and, for each output, the flat
@@ -126,15 +143,19 @@ pub fn max_pool2d_with_indices(
     x: ArrayView4<'_, f32>,
     options: &MaxPool2dOptions,
 ) -> Result<(Array4<f32>, Array4<i64>)> {
-    window_forward::<true>(x, options)
+    let (y, idx) = window_forward::<true>(x, options, None)?;
+    Ok((y.expect("a new output"), idx))
 }
 
-/// The forward of [`max_pool2d`] (`IDX = false`: the indices are empty) and
-/// [`max_pool2d_with_indices`], on the row-vectorised scan of `max_window.rs`.
+/// The forward of [`max_pool2d`] (`IDX = false`: the indices are empty),
+/// [`max_pool2d_into`] (`out` given, `IDX = false`: the output is written there and
+/// `None` returned) and [`max_pool2d_with_indices`], on the row-vectorised scan of
+/// `max_window.rs`.
 fn window_forward<const IDX: bool>(
     x: ArrayView4<'_, f32>,
     options: &MaxPool2dOptions,
-) -> Result<(Array4<f32>, Array4<i64>)> {
+    out: Option<ArrayViewMut4<'_, f32>>,
+) -> Result<(Option<Array4<f32>>, Array4<i64>)> {
     options.validate(OP)?;
     check_input(OP, x.shape())?;
     let o = options;
@@ -148,17 +169,38 @@ fn window_forward<const IDX: bool>(
         o.ceil_mode,
     )?;
     let (n, c, h, w) = x.dim();
+    if let Some(out) = &out {
+        super::super::check_out(
+            OP,
+            "out",
+            out.shape(),
+            &[n, c, oh, ow],
+            out.is_standard_layout(),
+        )?;
+    }
     let rows = fixed_spans(h, oh, o.kernel.0, o.stride.0, o.padding.0, o.dilation.0);
     let cols = fixed_spans(w, ow, o.kernel.1, o.stride.1, o.padding.1, o.dilation.1);
     if o.kernel.0.saturating_mul(o.kernel.1) > MAX_WINDOW_TAPS {
         // Tap numbers past f32's exact integers: the scalar scan.
-        return max_forward(OP, x, &rows, &cols, o.dilation);
+        let (y, idx) = max_forward(OP, x, &rows, &cols, o.dilation)?;
+        return Ok(match out {
+            Some(mut out) => {
+                out.assign(&y);
+                (None, idx)
+            }
+            None => (Some(y), idx),
+        });
     }
     let win = Windows::new(w, &rows, &cols, o.kernel, o.stride, o.padding, o.dilation);
     let describe = |what: &str| format!("the {what} {:?} of x {:?}", [n, c, oh, ow], x.shape());
     let (hw, ohw) = (h * w, oh * ow);
     let len = checked_len(OP, &[n, c, oh, ow], || describe("output"))?;
-    let y = try_vec_with_capacity::<f32>(OP, len, || describe("output"))?;
+    let y = match out {
+        Some(out) => Err(out),
+        None => Ok(try_vec_with_capacity::<f32>(OP, len, || {
+            describe("output")
+        })?),
+    };
     let idx_shape = if IDX { (n, c, oh, ow) } else { (0, 0, 0, 0) };
     let idx_len = if IDX { len } else { 0 };
     let idx = try_vec_with_capacity::<i64>(OP, idx_len, || describe("indices"))?;
@@ -168,47 +210,80 @@ fn window_forward<const IDX: bool>(
     try_vec_with_capacity::<f32>(OP, scratch_len, || {
         format!("the padded rows of one plane of x {:?}", x.shape())
     })?;
-    let xs = x.as_slice().expect("standard layout");
-    let work = min_planes(n * c, ohw * o.kernel.0 * o.kernel.1 + hw);
-    let scratch = || {
-        (
-            vec![0.0f32; scratch_len],
-            vec![0.0f32; ow],
-            vec![0.0f32; ow],
-        )
+    let scan = Scan {
+        xs: x.as_slice().expect("standard layout"),
+        win: &win,
+        hw,
+        ohw,
+        work: min_planes(n * c, ohw * o.kernel.0 * o.kernel.1 + hw),
+        scratch_len,
     };
-    let fill = |ys: &mut [MaybeUninit<f32>], is: &mut [MaybeUninit<i64>]| {
-        if IDX {
-            ys.par_chunks_mut(ohw)
-                .zip(is.par_chunks_mut(ohw))
-                .zip(xs.par_chunks(hw))
-                .with_min_len(work)
-                .for_each_init(scratch, |(s, b, t), ((y, idx), x)| {
-                    max_plane_windows::<true>(x, &win, s, b, t, y, idx)
-                });
-        } else {
-            ys.par_chunks_mut(ohw)
-                .zip(xs.par_chunks(hw))
-                .with_min_len(work)
-                .for_each_init(scratch, |(s, b, t), (y, x)| {
-                    max_plane_windows::<false>(x, &win, s, b, t, y, &mut [])
-                });
+    let y = match y {
+        Ok(y) => y,
+        Err(mut out) => {
+            let ys = out.as_slice_mut().expect("checked standard layout");
+            scan.run::<IDX, f32, MaybeUninit<i64>>(ys, &mut []);
+            return Ok((None, Array4::zeros((0, 0, 0, 0))));
         }
     };
     let mut idx = Some(idx);
     let mut indices = None;
-    // SAFETY: `fill` writes every element of the output (`max_plane_windows` writes its
-    // plane in full; the `n * c` planes of `ohw` elements cover it; none when `n` or
-    // the output is empty) and, when `IDX`, of the indices in the same way.
+    // SAFETY: `Scan::run` writes every element of the output (`max_plane_windows`
+    // writes its plane in full; the `n * c` planes of `ohw` elements cover it; none
+    // when `n` or the output is empty) and, when `IDX`, of the indices in the same way.
     let y = unsafe {
         filled_output(y, (n, c, oh, ow), |ys| {
             let idx = idx.take().expect("filled once");
             // SAFETY: as above.
-            indices = Some(filled_output(idx, idx_shape, |is| fill(ys, is)));
+            indices = Some(filled_output(idx, idx_shape, |is| {
+                scan.run::<IDX, _, _>(ys, is)
+            }));
         })
     };
-    let idx = indices.expect("filled");
-    Ok((y, idx))
+    Ok((Some(y), indices.expect("filled")))
+}
+
+/// What the scan of every plane needs (see [`window_forward`]).
+struct Scan<'a> {
+    xs: &'a [f32],
+    win: &'a Windows<'a>,
+    hw: usize,
+    ohw: usize,
+    /// The fewest planes a parallel task takes.
+    work: usize,
+    scratch_len: usize,
+}
+
+impl Scan<'_> {
+    /// Every plane's maxima into `ys` and, when `IDX`, their indices into `is`: every
+    /// element of both written.
+    fn run<const IDX: bool, S: Slot<f32>, I: Slot<i64>>(&self, ys: &mut [S], is: &mut [I]) {
+        let (hw, ohw, win) = (self.hw, self.ohw, self.win);
+        let ow = ohw / win.rows_len().max(1);
+        let scratch = || {
+            (
+                vec![0.0f32; self.scratch_len],
+                vec![0.0f32; ow],
+                vec![0.0f32; ow],
+            )
+        };
+        if IDX {
+            ys.par_chunks_mut(ohw)
+                .zip(is.par_chunks_mut(ohw))
+                .zip(self.xs.par_chunks(hw))
+                .with_min_len(self.work)
+                .for_each_init(scratch, |(s, b, t), ((y, idx), x)| {
+                    max_plane_windows::<true, S, I>(x, win, s, b, t, y, idx)
+                });
+        } else {
+            ys.par_chunks_mut(ohw)
+                .zip(self.xs.par_chunks(hw))
+                .with_min_len(self.work)
+                .for_each_init(scratch, |(s, b, t), (y, x)| {
+                    max_plane_windows::<false, S, I>(x, win, s, b, t, y, &mut [])
+                });
+        }
+    }
 }
 
 /// The max-pool forward over precomputed windows (also adaptive max pooling's).

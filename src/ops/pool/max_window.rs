@@ -14,9 +14,8 @@
 //! start value) takes the scalar rule's answer: `-inf` at its first tap inside the
 //! input, or index `-1` when it has none.
 
-use std::mem::MaybeUninit;
-
 use super::Span;
+use crate::limits::Slot;
 
 /// Per-call constants of the scan: the window geometry and the phase-row layout.
 pub(super) struct Windows<'a> {
@@ -77,6 +76,11 @@ impl<'a> Windows<'a> {
         }
     }
 
+    /// Output rows.
+    pub fn rows_len(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Elements of the phase-row buffer of one plane of `h` rows: at most
     /// `h * kw * (ow + kw * dw / sw + 1)`, about the input plane's size or less.
     pub fn scratch_len(&self, h: usize) -> usize {
@@ -110,14 +114,14 @@ fn select(mask: u32, a: f32, b: f32) -> f32 {
 /// One plane: writes every element of `y` (oh x ow) and, when `IDX`, of `idx` (the flat
 /// input index of each maximum). `scratch` holds at least [`Windows::scratch_len`]
 /// elements, `best` and `best_t` at least `ow`; all three are overwritten.
-pub(super) fn max_plane_windows<const IDX: bool>(
+pub(super) fn max_plane_windows<const IDX: bool, S: Slot<f32>, I: Slot<i64>>(
     x: &[f32],
     win: &Windows<'_>,
     scratch: &mut [f32],
     best: &mut [f32],
     best_t: &mut [f32],
-    y: &mut [MaybeUninit<f32>],
-    idx: &mut [MaybeUninit<i64>],
+    y: &mut [S],
+    idx: &mut [I],
 ) {
     let w = win.w;
     let h = x.len() / w;
@@ -183,13 +187,13 @@ pub(super) fn max_plane_windows<const IDX: bool>(
             }
         }
         for (out, &b) in y[i * ow..(i + 1) * ow].iter_mut().zip(best.iter()) {
-            out.write(b);
+            out.set(b);
         }
         if IDX {
             let idx = &mut idx[i * ow..(i + 1) * ow];
             let r = win.rows[i];
             for (j, (&t, out)) in best_t.iter().zip(idx.iter_mut()).enumerate() {
-                out.write(if t == NONE {
+                out.set(if t == NONE {
                     // Every tap -inf or padding: the scalar rule's first tap inside the
                     // input, or none.
                     let c = win.cols[j];

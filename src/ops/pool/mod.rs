@@ -21,7 +21,9 @@ pub use adaptive::{
     adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices,
 };
 pub use avg::{AvgPool2dOptions, avg_pool2d, avg_pool2d_backward};
-pub use max::{MaxPool2dOptions, max_pool2d, max_pool2d_backward, max_pool2d_with_indices};
+pub use max::{
+    MaxPool2dOptions, max_pool2d, max_pool2d_backward, max_pool2d_into, max_pool2d_with_indices,
+};
 
 /// The input positions one output row (or column) reads: taps `start`, `start + step`,
 /// ... below `end`, all inside the input (`start >= end`: none, a window wholly in the
