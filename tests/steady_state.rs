@@ -4,9 +4,7 @@
 //! from there, so a long-running process does not page-fault its activations and
 //! gradients in again on every step.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use convinit::data::Mnist;
 use convinit::init::Init;
@@ -16,52 +14,23 @@ use convinit::train::{FitConfig, LrSchedule, Sgd, SgdConfig, Split, fit};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-/// Allocations of at least this many bytes are counted: the batch (128 x 784 f32 =
-/// 401 KB), every activation and gradient of the net, and the per-chunk weight-gradient
-/// partials are above it; the small bookkeeping of a step is below.
-const LARGE: usize = 64 << 10;
+#[path = "common/largest_alloc.rs"]
+mod largest_alloc;
+use largest_alloc::{COUNTED_FROM as LARGE, counted_allocations, take_largest_any_thread};
+
+// Allocations of at least `LARGE` (64 KiB) bytes are counted: the batch (128 x 784 f32
+// = 401 KB), every activation and gradient of the net, and the per-chunk
+// weight-gradient partials are above it; the small bookkeeping of a step is below.
+
 /// No warm step may allocate this much at once: every activation, gradient and batch
 /// of the net (the smallest, conv 3's output, 128 x 64 x 4 x 4 f32, is 512 KiB) must
 /// come from the buffer cache.
 const MAX_WARM: usize = 256 << 10;
-/// At most this many allocations of at least [`LARGE`] bytes per warm step: what is
+/// At most this many allocations of at least `LARGE` bytes per warm step: what is
 /// left are conv 3's weight-gradient partials, one per reduction chunk (16 of 72 KiB at
 /// N = 128: their fixed order makes the sum the same at any thread count), and a packed
 /// weight or two, all below [`MAX_WARM`].
 const MAX_WARM_COUNT: usize = 24;
-
-struct Counting;
-static LARGE_COUNT: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-fn note(size: usize) {
-    if size >= LARGE {
-        LARGE_COUNT.fetch_add(1, Ordering::Relaxed);
-        LARGEST.fetch_max(size, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 /// `train_mnist`'s net: Conv2d 1-16-32-64-10 (5x5 then 3x3, stride 2), ReLU, average
 /// pool, flatten.
@@ -100,8 +69,8 @@ fn a_warm_training_step_makes_no_large_allocation() {
     let per_step: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
     let mut last = 0;
     fit(&mut net, &mut opt, train, None, &config, |info, _| {
-        let now = LARGE_COUNT.load(Ordering::Relaxed);
-        let largest = LARGEST.swap(0, Ordering::Relaxed);
+        let now = counted_allocations();
+        let largest = take_largest_any_thread();
         per_step
             .lock()
             .unwrap()
