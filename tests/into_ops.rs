@@ -33,7 +33,11 @@ fn is_shape_error(e: Error) -> bool {
 #[test]
 fn conv2d_into_matches_conv2d() {
     let cases = [
-        ((2, 3, 9, 7), (4, 3, 3, 3), Conv2dOptions::new().with_padding((1, 1))),
+        (
+            (2, 3, 9, 7),
+            (4, 3, 3, 3),
+            Conv2dOptions::new().with_padding((1, 1)),
+        ),
         (
             (1, 4, 12, 10),
             (6, 2, 3, 5),
