@@ -34,6 +34,7 @@ use rayon::slice::ParallelSliceMut;
 
 use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
+use crate::gemm::Kernel;
 use crate::ops::geometry::Conv2dGeometry;
 
 /// One input channel per group: `groups == C` (then `O` is a multiple of `C`, as groups
@@ -105,17 +106,29 @@ impl Padded {
         r * self.row + (col % self.sw) * self.wq + col / self.sw
     }
 
+    /// The padded columns of phase `p` that hold input columns: `(first index in the
+    /// phase, first input column)`, each next one `sw` input columns on.
+    #[inline]
+    fn phase_start(&self, p: usize) -> (usize, usize) {
+        // The first padded column >= pw congruent to p modulo sw.
+        let c0 = self.pw + (p + self.sw - self.pw % self.sw) % self.sw;
+        ((c0 - p) / self.sw, c0 - self.pw)
+    }
+
     /// Writes the plane `x` (H x W) into `buf` (one padded plane), zeros around it.
     fn fill(&self, x: &[f32], buf: &mut [f32]) {
         buf.fill(0.0);
         for (h, xr) in x.chunks_exact(self.w).enumerate() {
-            let r = h + self.ph;
+            let r = (h + self.ph) * self.row;
             if self.sw == 1 {
-                let s = self.at(r, self.pw);
-                buf[s..s + self.w].copy_from_slice(xr);
-            } else {
-                for (c, &v) in xr.iter().enumerate() {
-                    buf[self.at(r, c + self.pw)] = v;
+                copy_row(&mut buf[r + self.pw..r + self.pw + self.w], xr);
+                continue;
+            }
+            for p in 0..self.sw {
+                let (q0, c0) = self.phase_start(p);
+                let dst = &mut buf[r + p * self.wq + q0..r + (p + 1) * self.wq];
+                for (d, &v) in dst.iter_mut().zip(xr.iter().skip(c0).step_by(self.sw)) {
+                    *d = v;
                 }
             }
         }
@@ -124,27 +137,43 @@ impl Padded {
     /// Copies the interior of `buf` (one padded plane) into `dx` (H x W).
     fn extract(&self, buf: &[f32], dx: &mut [f32]) {
         for (h, dr) in dx.chunks_exact_mut(self.w).enumerate() {
-            let r = h + self.ph;
+            let r = (h + self.ph) * self.row;
             if self.sw == 1 {
-                let s = self.at(r, self.pw);
-                dr.copy_from_slice(&buf[s..s + self.w]);
-            } else {
-                for (c, d) in dr.iter_mut().enumerate() {
-                    *d = buf[self.at(r, c + self.pw)];
+                copy_row(dr, &buf[r + self.pw..r + self.pw + self.w]);
+                continue;
+            }
+            for p in 0..self.sw {
+                let (q0, c0) = self.phase_start(p);
+                let src = &buf[r + p * self.wq + q0..r + (p + 1) * self.wq];
+                for (d, &v) in dr.iter_mut().skip(c0).step_by(self.sw).zip(src) {
+                    *d = v;
                 }
             }
         }
     }
 }
 
-/// The taps of one conv: for output row `i` and tap `t`, the run of the padded plane
-/// read for that row starts at `(i * sh + a * dh) * row + off[t]`, `a = t / kw`.
+/// `dst = src` in blocks of 16 floats: inline moves, where `copy_from_slice` calls
+/// `memcpy` once per short row (10% of the backward of dw_64).
+#[inline]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let d: &mut [f32; 16] = d.try_into().expect("16 floats");
+        *d = *<&[f32; 16]>::try_from(s).expect("16 floats");
+    }
+    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = s;
+    }
+}
+
+/// The taps of one conv in a padded plane: the run tap `t` reads for output row `i`
+/// starts at `i * step + off[t]`.
 struct Taps {
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    dh: usize,
-    /// Per tap, its offset within a padded row (phase start plus column).
+    /// Floats between the runs of consecutive output rows, `sh * row`.
+    step: usize,
+    /// Per tap, its offset from the run of tap 0 (kernel row and column).
     off: Vec<usize>,
     ow: usize,
 }
@@ -154,42 +183,261 @@ impl Taps {
         let (kh, kw) = geo.kernel;
         let (sh, _) = geo.options.stride;
         let (dh, dw) = geo.options.dilation;
-        let off = (0..kh * kw).map(|t| pad.at(0, (t % kw) * dw)).collect();
+        let off = (0..kh * kw)
+            .map(|t| pad.at((t / kw) * dh, (t % kw) * dw))
+            .collect();
         Taps {
-            kh,
-            kw,
-            sh,
-            dh,
+            step: sh * pad.row,
             off,
             ow: geo.out_w,
         }
     }
 
-    /// The start of the run of tap `t` for output row `i` in a plane of `row` floats
-    /// per padded row.
-    #[inline]
-    fn start(&self, i: usize, t: usize, row: usize) -> usize {
-        (i * self.sh + (t / self.kw) * self.dh) * row + self.off[t]
+    /// The start of the run of tap `t` for output row `i`.
+    #[inline(always)]
+    fn start(&self, i: usize, t: usize) -> usize {
+        i * self.step + self.off[t]
     }
 
     fn len(&self) -> usize {
-        self.kh * self.kw
+        self.off.len()
     }
 }
 
-/// `y[j] += a * x[j]` along a row: vectorised by the compiler.
-#[inline]
+/// The column blocks of a row of `n`, as `(first column, width, lanes to skip)`: blocks
+/// of 32, 16 and 8 columns (fixed-size loops the compiler turns into vector
+/// operations), then the last `< 8` columns as one more block of 8 ending at `n` whose
+/// first lanes (columns already done) the caller skips when `overlap` (for callers
+/// that do not read what the block before wrote: a vector load over a just-stored
+/// block stalls store forwarding, which doubled the input gradient's time), else one
+/// column at a time. Every column sees the same arithmetic whichever block it falls in.
+#[inline(always)]
+fn blocks(n: usize, overlap: bool) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut j = 0;
+    std::iter::from_fn(move || {
+        let rest = n - j;
+        let (at, width, skip) = match rest {
+            0 => return None,
+            32.. => (j, 32, 0),
+            16.. => (j, 16, 0),
+            8.. => (j, 8, 0),
+            _ if overlap && n >= 8 => (n - 8, 8, 8 - rest),
+            _ => (j, 1, 0),
+        };
+        j = at + width;
+        Some((at, width, skip))
+    })
+}
+
+/// `dst = src` but its first `skip` lanes: a whole-block store (no `memcpy` call) when
+/// `skip` is 0.
+#[inline(always)]
+fn store<const B: usize>(dst: &mut [f32], src: &[f32; B], skip: usize) {
+    let dst: &mut [f32; B] = dst.try_into().expect("B floats");
+    if skip == 0 {
+        *dst = *src;
+    } else {
+        for (d, &v) in dst.iter_mut().zip(src).skip(skip) {
+            *d = v;
+        }
+    }
+}
+
+/// `y[j] += a * x[j]` along a row. Each element sees the same `mul` then `add` (never
+/// fused) whatever block it falls in.
+#[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+    #[inline(always)]
+    fn block<const B: usize>(y: &mut [f32], a: f32, x: &[f32], j: usize, skip: usize) {
+        let mut yb: [f32; B] = y[j..j + B].try_into().expect("B floats");
+        let xb: &[f32; B] = x[j..j + B].try_into().expect("B floats");
+        for (y, &x) in yb.iter_mut().zip(xb) {
+            *y += a * x;
+        }
+        store(&mut y[j..j + B], &yb, skip);
+    }
+    let x = &x[..y.len()];
+    for (j, width, skip) in blocks(y.len(), false) {
+        match width {
+            32 => block::<32>(y, a, x, j, skip),
+            16 => block::<16>(y, a, x, j, skip),
+            8 => block::<8>(y, a, x, j, skip),
+            _ => block::<1>(y, a, x, j, skip),
+        }
     }
 }
 
-/// `acc[j] += x[j] * y[j]` along a row: vectorised by the compiler.
-#[inline]
-fn mul_acc(acc: &mut [f32], x: &[f32], y: &[f32]) {
-    for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-        *a += x * y;
+/// One output row of the forward pass: `yr[j] = b + sum_t w[t] * xpad[off[t] + j]`,
+/// the taps in order, in blocks of columns kept in registers across the taps.
+#[inline(always)]
+fn conv_row(yr: &mut [f32], b: f32, wo: &[f32], xpad: &[f32], off: &[usize]) {
+    #[inline(always)]
+    fn block<const B: usize>(
+        yr: &mut [f32],
+        b: f32,
+        wo: &[f32],
+        xpad: &[f32],
+        off: &[usize],
+        j: usize,
+        skip: usize,
+    ) {
+        let mut acc = [b; B];
+        for (&wt, &o) in wo.iter().zip(off) {
+            let s = o + j;
+            let xb: &[f32; B] = xpad[s..s + B].try_into().expect("B floats");
+            for (a, &x) in acc.iter_mut().zip(xb) {
+                *a += wt * x;
+            }
+        }
+        store(&mut yr[j..j + B], &acc, skip);
+    }
+    for (j, width, skip) in blocks(yr.len(), true) {
+        match width {
+            32 => block::<32>(yr, b, wo, xpad, off, j, skip),
+            16 => block::<16>(yr, b, wo, xpad, off, j, skip),
+            8 => block::<8>(yr, b, wo, xpad, off, j, skip),
+            _ => block::<1>(yr, b, wo, xpad, off, j, skip),
+        }
+    }
+}
+
+/// The weight-gradient terms of one tap over one image: `acc[j] += sum_i dy[i][j] *
+/// xpad[i * step + j]`, the rows in order, in blocks of columns kept in registers
+/// across the rows.
+#[inline(always)]
+fn tap_grad(acc: &mut [f32], dy: &[f32], xpad: &[f32], step: usize) {
+    #[inline(always)]
+    fn block<const B: usize>(
+        acc: &mut [f32],
+        dy: &[f32],
+        xpad: &[f32],
+        step: usize,
+        j: usize,
+        skip: usize,
+    ) {
+        let ow = acc.len();
+        let mut sum = [0.0f32; B];
+        for (i, dyr) in dy.chunks_exact(ow).enumerate() {
+            let s = i * step + j;
+            let xb: &[f32; B] = xpad[s..s + B].try_into().expect("B floats");
+            let db: &[f32; B] = dyr[j..j + B].try_into().expect("B floats");
+            for ((a, &x), &d) in sum.iter_mut().zip(xb).zip(db) {
+                *a += d * x;
+            }
+        }
+        let ab: &mut [f32; B] = (&mut acc[j..j + B]).try_into().expect("B floats");
+        if skip == 0 {
+            for (a, &v) in ab.iter_mut().zip(&sum) {
+                *a += v;
+            }
+        } else {
+            for (a, &v) in ab.iter_mut().zip(&sum).skip(skip) {
+                *a += v;
+            }
+        }
+    }
+    for (j, width, skip) in blocks(acc.len(), true) {
+        match width {
+            32 => block::<32>(acc, dy, xpad, step, j, skip),
+            16 => block::<16>(acc, dy, xpad, step, j, skip),
+            8 => block::<8>(acc, dy, xpad, step, j, skip),
+            _ => block::<1>(acc, dy, xpad, step, j, skip),
+        }
+    }
+}
+
+/// The forward of one input plane: `yp` holds its `m` output planes, `w` their weights
+/// (`m * kk`), `bias` their biases.
+#[inline(always)]
+fn forward_plane(xpad: &[f32], yp: &mut [f32], w: &[f32], bias: Option<&[f32]>, k: &Kern) {
+    let kk = k.taps.len();
+    for (j, yo) in yp.chunks_exact_mut(k.l).enumerate() {
+        let wo = &w[j * kk..(j + 1) * kk];
+        let b = bias.map_or(0.0, |b| b[j]);
+        for (i, yr) in yo.chunks_exact_mut(k.taps.ow).enumerate() {
+            let base = &xpad[i * k.taps.step..];
+            conv_row(yr, b, wo, base, &k.taps.off);
+        }
+    }
+}
+
+/// The input gradient of one input plane into `dxpad` (one padded plane, zeroed): the
+/// transposed scatter of its `m` output planes of `dy`.
+#[inline(always)]
+fn input_grad_plane(dxpad: &mut [f32], dy: &[f32], w: &[f32], k: &Kern) {
+    let (kk, ow) = (k.taps.len(), k.taps.ow);
+    for (j, dyo) in dy.chunks_exact(k.l).enumerate() {
+        let wo = &w[j * kk..(j + 1) * kk];
+        for (i, dyr) in dyo.chunks_exact(ow).enumerate() {
+            for (t, &wt) in wo.iter().enumerate() {
+                let s0 = k.taps.start(i, t);
+                axpy(&mut dxpad[s0..s0 + ow], wt, dyr);
+            }
+        }
+    }
+}
+
+/// The weight-gradient terms of one input plane of one image into `acc` (`m * kk` rows
+/// of `ow`): per output channel and tap, the rows in order.
+#[inline(always)]
+fn weight_grad_plane(acc: &mut [f32], dy: &[f32], xpad: &[f32], k: &Kern) {
+    let (kk, ow) = (k.taps.len(), k.taps.ow);
+    for (j, dyo) in dy.chunks_exact(k.l).enumerate() {
+        for t in 0..kk {
+            let a = &mut acc[(j * kk + t) * ow..(j * kk + t + 1) * ow];
+            tap_grad(a, dyo, &xpad[k.taps.off[t]..], k.taps.step);
+        }
+    }
+}
+
+/// What the plane kernels need of the conv: the taps and the output positions per
+/// plane.
+struct Kern<'a> {
+    taps: &'a Taps,
+    l: usize,
+}
+
+/// The plane kernels compiled for each instruction set the plan's GEMM kernel names:
+/// the same source (and the same bits: `mul` then `add`, never fused) with wider
+/// vectors where the CPU has them.
+macro_rules! isa_versions {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            #[inline]
+            pub(super) fn $name(kernel: Kernel, $($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f")]
+                    fn avx512($($arg: $ty),*) {
+                        super::$name($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2")]
+                    fn avx2($($arg: $ty),*) {
+                        super::$name($($arg),*)
+                    }
+                    match kernel {
+                        // SAFETY: the dispatch checked that this CPU runs the plan's
+                        // kernel (`check_plan`), so it has the kernel's target features.
+                        Kernel::Avx512 => return unsafe { avx512($($arg),*) },
+                        Kernel::Avx2 => return unsafe { avx2($($arg),*) },
+                        Kernel::Fallback => {}
+                    }
+                }
+                let _ = kernel;
+                super::$name($($arg),*)
+            }
+        )*
+    };
+}
+
+/// [`forward_plane`], [`input_grad_plane`] and [`weight_grad_plane`] on the plan's
+/// instruction set.
+mod isa {
+    use super::{Kern, Kernel};
+    isa_versions! {
+        forward_plane(xpad: &[f32], yp: &mut [f32], w: &[f32], bias: Option<&[f32]>, k: &Kern<'_>);
+        input_grad_plane(dxpad: &mut [f32], dy: &[f32], w: &[f32], k: &Kern<'_>);
+        weight_grad_plane(acc: &mut [f32], dy: &[f32], xpad: &[f32], k: &Kern<'_>);
     }
 }
 
@@ -221,22 +469,17 @@ pub(super) fn forward(
     let y = y
         .as_slice_mut()
         .ok_or_else(|| Error::shape(OP, "the output is not contiguous"))?;
+    let k = Kern { taps: &taps, l };
+    let kernel = ops.plan.kernel;
     let run = |s: &mut Scratch, (p, yp): (usize, &mut [f32])| -> Result<()> {
         // Plane p: image p / C, input channel p % C, output channels ci * m..(ci + 1) * m.
         let ci = p % c;
+        let os = ci * m..(ci + 1) * m;
         pad.reserve(&mut s.xpad, geo)?;
         pad.fill(&x[p * hw..(p + 1) * hw], &mut s.xpad);
-        for (j, yo) in yp.chunks_exact_mut(l).enumerate() {
-            let o = ci * m + j;
-            let wo = &w[o * kk..(o + 1) * kk];
-            yo.fill(bias.map_or(0.0, |b| b[o]));
-            for (i, yr) in yo.chunks_exact_mut(taps.ow).enumerate() {
-                for (t, &wt) in wo.iter().enumerate() {
-                    let s0 = taps.start(i, t, pad.row);
-                    axpy(yr, wt, &s.xpad[s0..s0 + taps.ow]);
-                }
-            }
-        }
+        let wo = &w[os.start * kk..os.end * kk];
+        let bo = bias.map(|b| &b[os]);
+        isa::forward_plane(kernel, &s.xpad, yp, wo, bo, &k);
         Ok(())
     };
     if l == 0 {
@@ -312,6 +555,8 @@ fn backward_chunk(
         .to_slice()
         .ok_or_else(|| Error::shape(OP, "grad_out is not contiguous"))?;
     let o_all = geo.out_channels;
+    let k = Kern { taps: &taps, l };
+    let kernel = ops.plan.kernel;
     // Per input channel: its planes of dxc (nb, H * W), when wanted.
     let mut parts: Vec<Option<ArrayViewMut2<'_, f32>>> = Vec::with_capacity(c);
     match dxc {
@@ -340,33 +585,19 @@ fn backward_chunk(
         if dxp.is_some() {
             pad.reserve(&mut s.dxpad, geo)?;
         }
+        let os = ci * m..(ci + 1) * m;
+        let wo = &w[os.start * kk..os.end * kk];
         for bi in 0..nb {
             let n = n0 + bi;
+            let dyp = &dy[(n * o_all + os.start) * l..(n * o_all + os.end) * l];
             if want_dw {
                 let p = n * c + ci;
                 pad.fill(&x[p * hw..(p + 1) * hw], &mut s.xpad);
-            }
-            if dxp.is_some() {
-                s.dxpad.fill(0.0);
-            }
-            for j in 0..m {
-                let o = ci * m + j;
-                let wo = &w[o * kk..(o + 1) * kk];
-                let dyo = &dy[(n * o_all + o) * l..(n * o_all + o + 1) * l];
-                for (i, dyr) in dyo.chunks_exact(ow).enumerate() {
-                    for (t, &wt) in wo.iter().enumerate() {
-                        let s0 = taps.start(i, t, pad.row);
-                        if want_dw {
-                            let acc = &mut s.acc[(j * kk + t) * ow..(j * kk + t + 1) * ow];
-                            mul_acc(acc, dyr, &s.xpad[s0..s0 + ow]);
-                        }
-                        if dxp.is_some() {
-                            axpy(&mut s.dxpad[s0..s0 + ow], wt, dyr);
-                        }
-                    }
-                }
+                isa::weight_grad_plane(kernel, &mut s.acc, dyp, &s.xpad, &k);
             }
             if let Some(dxp) = dxp.as_mut() {
+                s.dxpad.fill(0.0);
+                isa::input_grad_plane(kernel, &mut s.dxpad, dyp, wo, &k);
                 let mut plane = dxp.row_mut(bi);
                 let plane = plane
                     .as_slice_mut()
