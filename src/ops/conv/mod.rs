@@ -98,7 +98,8 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
 
 impl ForwardAlgo {
     /// Whether this algorithm can run `geo` (the pointwise algorithm only a 1x1,
-    /// stride-1, unpadded conv; the direct one only groups of 1).
+    /// stride-1, unpadded conv; the direct one only groups of 1; the depthwise one only
+    /// one input channel per group, `groups == C`).
     pub fn supports(self, geo: &Conv2dGeometry) -> bool {
         unsupported(self.family(), geo).is_none()
     }

@@ -121,7 +121,8 @@ pub enum WeightGradAlgo {
 /// Backward fusion: when [`ConvPlan::input_grad`] and [`ConvPlan::weight_grad`] name the
 /// same column lowering (`Columns`, `Pointwise` or `Phase` both), each tile is lowered
 /// once and serves both products; when both are `Direct`, the padded images and `dy`
-/// are shared per kernel call. Otherwise each gradient runs on its own path, per
+/// are shared per kernel call; when both are `Depthwise`, one pass per input channel
+/// computes both. Otherwise each gradient runs on its own path, per
 /// reduction chunk, one after the other. A backward without the input gradient
 /// ([`super::conv2d_backward_params`]) runs the weight-gradient algorithm alone, with
 /// the same result bit for bit.
@@ -141,7 +142,7 @@ pub struct ConvPlan {
     /// `Pointwise`; `Phase` backward counts extended positions), must be positive:
     /// images with fewer run several side by side in one GEMM, larger ones are cut
     /// into runs of columns (`Columns`, `Pointwise`; `Phase` always takes at least one
-    /// whole image). Unused by `Direct` and the `Phase` forward.
+    /// whole image). Unused by `Direct`, `Depthwise` and the `Phase` forward.
     pub tile_cols: usize,
     /// Lower whole-image tiles of the `Columns` algorithms through an index map (built
     /// once per call, for images of at most 65 536 column entries) rather than by rows.
@@ -153,8 +154,9 @@ pub struct ConvPlan {
     /// chunks, and so the result, are the same either way.
     pub parallel: bool,
     /// The GEMM micro-kernel of every product of the plan, the indirect kernels of
-    /// `Direct` and `Phase` included. Must be one this CPU supports
-    /// ([`Kernel::is_supported`]).
+    /// `Direct` and `Phase` included; `Depthwise`, which has no GEMM, compiles its loops
+    /// for the same instruction set (with the same results on each). Must be one this
+    /// CPU supports ([`Kernel::is_supported`]).
     pub kernel: Kernel,
 }
 
