@@ -65,8 +65,9 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 /// Depthwise convs (`groups == C > 1`) with a channel multiplier `O / C` of at most
 /// this take the depthwise path for all three passes. `convbench`, median ms, auto
 /// (phase / columns / columns) -> depthwise:
-/// - dw_64 (m = 1, 3x3, 56x56, N = 32), 2 threads, fwd / bwd / fwd+bwd: 10.2 / 59.7 /
-///   69.9 -> 5.2 / 11.8 / 17.3; 1 thread: 17.7 / 127.0 / 144.9 -> see the report;
+/// - dw_64 (m = 1, 3x3, 56x56, N = 32), fwd / bwd / fwd+bwd, `--reps 5`: 2 threads
+///   10.2 / 59.7 / 69.9 -> 5.5 / 12.3 / 17.7; 1 thread 17.7 / 127.0 / 144.9 -> 9.1 /
+///   25.0 / 34.3;
 /// - 96 channels 5x5 28x28 (m = 1, N = 16), 2 threads: 2.8 / 27.6 / 30.4 -> 2.4 / 9.4
 ///   / 11.8;
 /// - 1 thread, 32 -> 64 channels (m = 2) 56x56: 14.3 / 64.6 / 78.6 -> 8.6 / 22.1 / 30.6;
