@@ -10,18 +10,24 @@
 //! `xpad[r][j * sw + dc]` for `j < out_w`, is contiguous whatever the stride (for stride
 //! 1 the layout is the plain padded plane).
 //!
-//! - [`forward`]: per (image, input channel), `y_row += w[tap] * run(tap)` for each of
-//!   the `m` output channels, output row and tap. Planes are disjoint, so any split over
+//! - [`forward`]: per (image, input channel), for each of the `m` output channels and
+//!   output rows, `y_row = bias + sum_tap w[tap] * run(tap)`, a block of up to 32
+//!   outputs kept in registers across the taps. Planes are disjoint, so any split over
 //!   threads gives the same bits.
 //! - [`input_grad`]: the transposed scatter, `dxpad_run(tap) += w[tap] * dy_row`, into a
 //!   padded plane of the same layout, whose interior is then copied to `dx`.
-//! - [`weight_grad`]: per input channel, over the chunk's images, rows and taps in that
-//!   order, `acc[tap][j] += dy_row[j] * run(tap)[j]` into one row-long accumulator per
-//!   tap (so the product vectorises along the row with no horizontal reduction), each
-//!   accumulator summed in column order at the end. The order is fixed by the shape, so
-//!   the result does not depend on the thread count; the channels run in parallel, each
-//!   writing its own rows of `dW`.
-//! - [`gradients`]: both from one pass over `dy`, per input channel.
+//! - [`weight_grad`]: per input channel, over the chunk's images in order: for each
+//!   output channel and tap, a block of columns of `sum_rows dy_row * run(tap)` summed
+//!   over the image's rows in order in registers, then added to that tap's row-long
+//!   accumulator (so the products vectorise along the row with no horizontal
+//!   reduction); each accumulator is summed in column order, in f64, at the end. The
+//!   order is fixed by the shape, so the result does not depend on the thread count;
+//!   the channels run in parallel, each writing its own rows of `dW`.
+//! - [`gradients`]: both, per input channel, in one task.
+//!
+//! The plane kernels are compiled for the instruction set of the plan's GEMM kernel
+//! (`isa`): the same source, `mul` then `add` (never fused), so every version gives the
+//! same bits.
 //!
 //! The bias gradient is the shared `bias_partial` of `conv/mod.rs`, as for every
 //! algorithm.
