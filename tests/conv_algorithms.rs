@@ -66,6 +66,8 @@ const SHAPES: &[Shape] = &[
     // around a 1x1 input, stride 2.
     (2, 3, 3, 3, 6, (3, 3), (1, 1), (0, 0), (1, 1), 3),
     (1, 2, 1, 1, 2, (3, 3), (2, 2), (1, 1), (1, 1), 2),
+    // Depthwise, stride 1, padding larger than the kernel, multiplier 2, N = 1.
+    (1, 3, 5, 4, 6, (2, 2), (1, 1), (3, 3), (1, 1), 3),
     // Depthwise 1x1 kernel, stride 1, unpadded (the pointwise path runs it too).
     (2, 4, 5, 6, 8, (1, 1), (1, 1), (0, 0), (1, 1), 4),
     // 1x1 stride 1 unpadded (pointwise-capable), grouped and not, N = 1.

@@ -383,6 +383,16 @@ fn input_grad_plane(dxpad: &mut [f32], dy: &[f32], w: &[f32], k: &Kern) {
     }
 }
 
+/// The input gradient of one input plane of a stride-1 conv, as a gather: each row of
+/// `dx` is [`conv_row`] over the `m` zero-padded planes of `dy` in `dypad` (rows of `wq`
+/// floats), the taps at the offsets `off` with the weights `w` (`m * kk`, in order).
+#[inline(always)]
+fn input_grad_gather_plane(dx: &mut [f32], dypad: &[f32], w: &[f32], off: &[usize], g: &Gather) {
+    for (h, dr) in dx.chunks_exact_mut(g.w).enumerate() {
+        conv_row(dr, 0.0, w, &dypad[h * g.wq..], off);
+    }
+}
+
 /// The weight-gradient terms of one input plane of one image into `acc` (`m * kk` rows
 /// of `ow`): per output channel and tap, the rows in order.
 #[inline(always)]
@@ -392,6 +402,72 @@ fn weight_grad_plane(acc: &mut [f32], dy: &[f32], xpad: &[f32], k: &Kern) {
         for t in 0..kk {
             let a = &mut acc[(j * kk + t) * ow..(j * kk + t + 1) * ow];
             tap_grad(a, dyo, &xpad[k.taps.off[t]..], k.taps.step);
+        }
+    }
+}
+
+/// The input gradient of a stride-1 conv as a gather (the forward's row kernel over `dy`
+/// padded and the kernel flipped) rather than a scatter: each `dx` row is written once
+/// from registers instead of read and written back once per tap. `dy`'s `m` planes
+/// for one input channel sit zero-padded in `m` planes of `hq` rows of `wq`: `dy[i][j]`
+/// at row `i + (kh - 1) * dh`, column `j + (kw - 1) * dw`; `dx[h][w]` reads tap
+/// `(a, b)` of output channel `j` at `h * wq + off[j * kk + a * kw + b] + w`.
+struct Gather {
+    hq: usize,
+    wq: usize,
+    top: usize,
+    left: usize,
+    /// `dx`'s row length, `W`.
+    w: usize,
+    off: Vec<usize>,
+}
+
+impl Gather {
+    /// The layout for `geo` with multiplier `m`, or `None` for a strided conv (which
+    /// keeps the scatter).
+    fn new(geo: &Conv2dGeometry, m: usize) -> Option<Gather> {
+        if geo.options.stride != (1, 1) {
+            return None;
+        }
+        let (kh, kw) = geo.kernel;
+        let (ph, pw) = geo.options.padding;
+        let (dh, dw) = geo.options.dilation;
+        let (top, left) = ((kh - 1) * dh, (kw - 1) * dw);
+        let hq = (geo.in_h + ph + top).max(top + geo.out_h);
+        let wq = (geo.in_w + pw + left).max(left + geo.out_w);
+        // Saturating: a layout too large for memory fails in `resize` before any use
+        // (and when it fits, every offset is within it, so exact).
+        let plane = hq.saturating_mul(wq);
+        let mut off = Vec::with_capacity(m * kh * kw);
+        for j in 0..m {
+            for a in 0..kh {
+                for b in 0..kw {
+                    let row = (ph + (kh - 1 - a) * dh).saturating_mul(wq);
+                    let o = j.saturating_mul(plane).saturating_add(row);
+                    off.push(o.saturating_add(pw + (kw - 1 - b) * dw));
+                }
+            }
+        }
+        Some(Gather {
+            hq,
+            wq,
+            top,
+            left,
+            w: geo.in_w,
+            off,
+        })
+    }
+
+    /// Writes the `m` planes of `dy` (each `oh x ow`) zero-padded into `buf`.
+    fn fill(&self, dy: &[f32], ow: usize, m: usize, buf: &mut [f32]) {
+        buf.fill(0.0);
+        let plane = self.hq * self.wq;
+        let l = dy.len() / m.max(1);
+        for j in 0..m {
+            for (i, dr) in dy[j * l..(j + 1) * l].chunks_exact(ow).enumerate() {
+                let s = j * plane + (i + self.top) * self.wq + self.left;
+                copy_row(&mut buf[s..s + ow], dr);
+            }
         }
     }
 }
@@ -439,10 +515,11 @@ macro_rules! isa_versions {
 /// [`forward_plane`], [`input_grad_plane`] and [`weight_grad_plane`] on the plan's
 /// instruction set.
 mod isa {
-    use super::{Kern, Kernel};
+    use super::{Gather, Kern, Kernel};
     isa_versions! {
         forward_plane(xpad: &[f32], yp: &mut [f32], w: &[f32], bias: Option<&[f32]>, k: &Kern<'_>);
         input_grad_plane(dxpad: &mut [f32], dy: &[f32], w: &[f32], k: &Kern<'_>);
+        input_grad_gather_plane(dx: &mut [f32], dypad: &[f32], w: &[f32], off: &[usize], g: &Gather);
         weight_grad_plane(acc: &mut [f32], dy: &[f32], xpad: &[f32], k: &Kern<'_>);
     }
 }
@@ -538,6 +615,8 @@ pub(super) fn gradients(
     backward_chunk(ops, dy, chunk, Some(dxc), true)
 }
 
+const DYPAD: &str = "the padded grad_out planes of the depthwise path";
+
 /// One reduction chunk, one task per input channel (each owning its `m` rows of `dW`
 /// and its planes of `dxc`), on the rayon pool when the plan says so. Within a task the
 /// images, rows and taps go in a fixed order.
@@ -563,6 +642,9 @@ fn backward_chunk(
     let o_all = geo.out_channels;
     let k = Kern { taps: &taps, l };
     let kernel = ops.plan.kernel;
+    // Sizes are within the padded input's and dy's, which the geometry checked, but
+    // times m: checked by `resize`.
+    let gather = Gather::new(geo, m);
     // Per input channel: its planes of dxc (nb, H * W), when wanted.
     let mut parts: Vec<Option<ArrayViewMut2<'_, f32>>> = Vec::with_capacity(c);
     match dxc {
@@ -589,7 +671,10 @@ fn backward_chunk(
             s.acc.fill(0.0);
         }
         if dxp.is_some() {
-            pad.reserve(&mut s.dxpad, geo)?;
+            match &gather {
+                Some(g) => resize(&mut s.dxpad, &[m, g.hq, g.wq], DYPAD, geo)?,
+                None => pad.reserve(&mut s.dxpad, geo)?,
+            }
         }
         let os = ci * m..(ci + 1) * m;
         let wo = &w[os.start * kk..os.end * kk];
@@ -602,13 +687,18 @@ fn backward_chunk(
                 isa::weight_grad_plane(kernel, &mut s.acc, dyp, &s.xpad, &k);
             }
             if let Some(dxp) = dxp.as_mut() {
-                s.dxpad.fill(0.0);
-                isa::input_grad_plane(kernel, &mut s.dxpad, dyp, wo, &k);
                 let mut plane = dxp.row_mut(bi);
                 let plane = plane
                     .as_slice_mut()
                     .ok_or_else(|| Error::shape(OP, "dx planes are not contiguous"))?;
-                pad.extract(&s.dxpad, plane);
+                if let Some(g) = &gather {
+                    g.fill(dyp, ow, m, &mut s.dxpad);
+                    isa::input_grad_gather_plane(kernel, plane, &s.dxpad, wo, &g.off, g);
+                } else {
+                    s.dxpad.fill(0.0);
+                    isa::input_grad_plane(kernel, &mut s.dxpad, dyp, wo, &k);
+                    pad.extract(&s.dxpad, plane);
+                }
             }
         }
         // Each tap's accumulator summed in column order.
