@@ -66,13 +66,15 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 /// this take the depthwise path for all three passes. `convbench`, median ms, auto
 /// (phase / columns / columns) -> depthwise:
 /// - dw_64 (m = 1, 3x3, 56x56, N = 32), fwd / bwd / fwd+bwd, `--reps 5`: 2 threads
-///   10.2 / 59.7 / 69.9 -> 5.5 / 12.3 / 17.7; 1 thread 17.7 / 127.0 / 144.9 -> 9.1 /
-///   25.0 / 34.3;
-/// - 96 channels 5x5 28x28 (m = 1, N = 16), 2 threads: 2.8 / 27.6 / 30.4 -> 2.4 / 9.4
-///   / 11.8;
-/// - 1 thread, 32 -> 64 channels (m = 2) 56x56: 14.3 / 64.6 / 78.6 -> 8.6 / 22.1 / 30.6;
-///   stride 2: 6.2 / 24.1 / 30.2 -> 6.0 / 16.3 / 22.3; 16 -> 64 (m = 4): 10.2 / 36.3 /
-///   46.4 -> 7.4 / 18.7 / 26.4;
+///   10.2 / 59.7 / 69.9 -> 5.1 / 7.8 / 12.9; 1 thread 17.7 / 127.0 / 144.9 -> 8.8 /
+///   17.5 / 26.3;
+/// - 96 channels 5x5 28x28 (m = 1, N = 16), 2 threads: 2.8 / 27.6 / 30.4 -> 2.4 / 4.7
+///   / 7.1;
+/// - 1 thread, before the stride-1 gather input gradient (the backward is faster now),
+///   32 -> 64 channels (m = 2) 56x56: 14.3 / 64.6 / 78.6 -> 8.6 / 22.1 / 30.6; stride
+///   2: 6.2 / 24.1 / 30.2 -> 6.0 / 16.3 / 22.3; 16 -> 64 (m = 4): 10.2 / 36.3 / 46.4
+///   -> 7.4 / 18.7 / 26.4 (forward alone, later: 6.6 phase vs 6.2, and 5.3 vs 4.9 at
+///   2 threads: even);
 /// - but 32 -> 256 channels (m = 8) 28x28, 2 threads: 4.4 / 9.8 / 14.3 -> 9.0 / 16.1 /
 ///   24.1 (the GEMM shares each input tap over the 8 outputs), and one input channel
 ///   (groups of 1, m = 8 or 32) is far slower: seed_l1 fwd+bwd 0.66 -> 3.19, nb_32x1x5

@@ -14,8 +14,11 @@
 //!   output rows, `y_row = bias + sum_tap w[tap] * run(tap)`, a block of up to 32
 //!   outputs kept in registers across the taps. Planes are disjoint, so any split over
 //!   threads gives the same bits.
-//! - [`input_grad`]: the transposed scatter, `dxpad_run(tap) += w[tap] * dy_row`, into a
-//!   padded plane of the same layout, whose interior is then copied to `dx`.
+//! - [`input_grad`]: for stride 1, a gather ([`Gather`]): the forward's row kernel over
+//!   `dy` zero-padded by the dilated kernel's extent, the kernel flipped and the `m`
+//!   output channels as more taps, each `dx` row written once. Strided convs take the
+//!   transposed scatter, `dxpad_run(tap) += w[tap] * dy_row`, into a padded plane of
+//!   the input's layout, whose interior is then copied to `dx`.
 //! - [`weight_grad`]: per input channel, over the chunk's images in order: for each
 //!   output channel and tap, a block of columns of `sum_rows dy_row * run(tap)` summed
 //!   over the image's rows in order in registers, then added to that tap's row-long
