@@ -1265,6 +1265,7 @@ mod tests {
                 "columns",
                 "pointwise",
                 "phase",
+                "depthwise",
                 "naive"
             ]
         );

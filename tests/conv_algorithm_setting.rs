@@ -52,8 +52,12 @@ const SHAPES: &[Shape] = &[
     (4, 1, 28, 28, 8, (5, 5), (2, 2), (2, 2), (1, 1), 1),
     // Grouped, dilated: no direct path.
     (2, 6, 9, 11, 4, (3, 2), (1, 2), (1, 0), (2, 1), 2),
-    // 1x1, stride 1, unpadded: every algorithm runs it.
+    // 1x1, stride 1, unpadded: every algorithm but the depthwise one runs it.
     (2, 8, 6, 7, 5, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    // Depthwise (groups = C), multiplier 2, strided, odd sizes: the depthwise path.
+    (3, 4, 11, 9, 8, (3, 3), (2, 2), (1, 1), (1, 1), 4),
+    // Depthwise, multiplier 1, 5x5, dilation 2, padding 2, N = 1.
+    (1, 6, 12, 13, 6, (5, 5), (1, 1), (2, 2), (2, 2), 6),
 ];
 
 fn case(s: Shape, rng: &mut StdRng) -> Case {
@@ -144,7 +148,7 @@ fn fixed_replaces_the_forced_passes_only() {
     for &s in SHAPES {
         let c = case(s, &mut rng);
         let auto = ConvPlan::choose(&c.geo, rayon::current_num_threads());
-        let settings = [
+        let mut settings = vec![
             ConvAlgos::new().with_forward(ForwardAlgo::Columns),
             ConvAlgos::new().with_input_grad(InputGradAlgo::Phase),
             ConvAlgos::new()
@@ -153,6 +157,18 @@ fn fixed_replaces_the_forced_passes_only() {
             ConvAlgos::named("phase").unwrap(),
             ConvAlgos::named("columns").unwrap(),
         ];
+        if ForwardAlgo::Depthwise.supports(&c.geo) {
+            // Depthwise on every pass, and mixed with a column path (not fused).
+            settings.extend([
+                ConvAlgos::named("depthwise").unwrap(),
+                ConvAlgos::new()
+                    .with_input_grad(InputGradAlgo::Depthwise)
+                    .with_weight_grad(WeightGradAlgo::Columns),
+                ConvAlgos::new()
+                    .with_forward(ForwardAlgo::Phase)
+                    .with_weight_grad(WeightGradAlgo::Depthwise),
+            ]);
+        }
         for algos in settings {
             let plan = algos.apply_to(auto);
             assert_eq!(plan.forward, algos.forward.unwrap_or(auto.forward));
@@ -214,6 +230,25 @@ fn a_forced_algorithm_that_cannot_run_names_itself_and_why() {
             ConvAlgos::new().with_weight_grad(WeightGradAlgo::Pointwise),
             "pointwise",
             "1x1 kernel",
+        ),
+        // Groups of 1 with 8 channels, or 2 groups of 3: no depthwise path.
+        (
+            &k3,
+            ConvAlgos::named("depthwise").unwrap(),
+            "depthwise",
+            "one input channel per group",
+        ),
+        (
+            &grouped,
+            ConvAlgos::new().with_input_grad(InputGradAlgo::Depthwise),
+            "depthwise",
+            "one input channel per group",
+        ),
+        (
+            &grouped,
+            ConvAlgos::new().with_weight_grad(WeightGradAlgo::Depthwise),
+            "depthwise",
+            "one input channel per group",
         ),
     ];
     for (c, algos, name, why) in cases {

@@ -1,7 +1,10 @@
 //! Every conv algorithm of every pass, on every GEMM kernel this CPU runs, against the
 //! naive f64 convolution of `common/naive.rs`, on one set of geometries: groups of 1 and
 //! more, dilation, stride, rectangular kernels, N = 1, padding larger than the kernel,
-//! 1x1 convs the pointwise algorithm takes. The backward runs every (input-gradient,
+//! 1x1 convs the pointwise algorithm takes, depthwise convs (groups = C, channel
+//! multiplier 1 to 3, strides 1 to 3, padding 0 to 2, dilation, 5x5 and 3x1 kernels,
+//! 1x1 outputs) the depthwise algorithm takes. Every algorithm in the pass enums' `ALL`
+//! lists runs. The backward runs every (input-gradient,
 //! weight-gradient) pair, so both the fused and the separate paths run, the column
 //! weight gradient of groups-of-1 convs included. Plans an algorithm cannot run, and
 //! kernels the CPU lacks, are configuration errors. The same algorithms forced through
@@ -46,8 +49,27 @@ const SHAPES: &[Shape] = &[
     // One input channel, 5x5, stride 2: the first layers' kind; long enough output rows
     // for the phase backward.
     (9, 1, 28, 28, 8, (5, 5), (2, 2), (2, 2), (1, 1), 1),
-    // Depthwise.
+    // Depthwise (groups = C): multiplier 1, 3x3, stride 1, padding 1.
     (2, 6, 8, 8, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),
+    // Depthwise, multiplier 2, 5x5, stride 2, padding 2, odd sizes, N = 1.
+    (1, 3, 11, 9, 6, (5, 5), (2, 2), (2, 2), (1, 1), 3),
+    // Depthwise, a 3x1 kernel, dilation 2, stride (2, 1), no padding, odd sizes.
+    (3, 4, 13, 7, 4, (3, 1), (2, 1), (0, 0), (2, 2), 4),
+    // Depthwise, multiplier 2, dilation (2, 1), stride (1, 2), padding (1, 2).
+    (2, 5, 9, 10, 10, (3, 3), (1, 2), (1, 2), (2, 1), 5),
+    // Depthwise, multiplier 3, stride 3 (three column phases), padding 1, N = 1.
+    (1, 2, 10, 11, 6, (2, 3), (3, 3), (1, 1), (1, 1), 2),
+    // Depthwise, large enough for the chooser's parallel split, batch not a multiple of
+    // the reduction chunk.
+    (11, 8, 17, 15, 16, (3, 3), (2, 2), (1, 1), (1, 1), 8),
+    // Depthwise 1x1 outputs: the kernel covers the input, multiplier 2; and padding 1
+    // around a 1x1 input, stride 2.
+    (2, 3, 3, 3, 6, (3, 3), (1, 1), (0, 0), (1, 1), 3),
+    (1, 2, 1, 1, 2, (3, 3), (2, 2), (1, 1), (1, 1), 2),
+    // Depthwise, stride 1, padding larger than the kernel, multiplier 2, N = 1.
+    (1, 3, 5, 4, 6, (2, 2), (1, 1), (3, 3), (1, 1), 3),
+    // Depthwise 1x1 kernel, stride 1, unpadded (the pointwise path runs it too).
+    (2, 4, 5, 6, 8, (1, 1), (1, 1), (0, 0), (1, 1), 4),
     // 1x1 stride 1 unpadded (pointwise-capable), grouped and not, N = 1.
     (4, 6, 5, 9, 4, (1, 1), (1, 1), (0, 0), (1, 1), 2),
     (1, 8, 12, 12, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
@@ -70,24 +92,11 @@ const SHAPES: &[Shape] = &[
     (2, 2, 1, 1, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 ];
 
-const FORWARD: [ForwardAlgo; 4] = [
-    ForwardAlgo::Direct,
-    ForwardAlgo::Columns,
-    ForwardAlgo::Pointwise,
-    ForwardAlgo::Phase,
-];
-const INPUT_GRAD: [InputGradAlgo; 4] = [
-    InputGradAlgo::Direct,
-    InputGradAlgo::Columns,
-    InputGradAlgo::Pointwise,
-    InputGradAlgo::Phase,
-];
-const WEIGHT_GRAD: [WeightGradAlgo; 4] = [
-    WeightGradAlgo::Direct,
-    WeightGradAlgo::Columns,
-    WeightGradAlgo::Pointwise,
-    WeightGradAlgo::Phase,
-];
+/// Every algorithm of each pass: a new variant is tested here as soon as it is in its
+/// enum's `ALL` list (and `runs` says which geometries it takes).
+const FORWARD: &[ForwardAlgo] = ForwardAlgo::ALL;
+const INPUT_GRAD: &[InputGradAlgo] = InputGradAlgo::ALL;
+const WEIGHT_GRAD: &[WeightGradAlgo] = WeightGradAlgo::ALL;
 
 fn pointwise(geo: &Conv2dGeometry) -> bool {
     geo.kernel == (1, 1) && geo.options.stride == (1, 1) && geo.options.padding == (0, 0)
@@ -98,7 +107,9 @@ fn runs(name: &str, geo: &Conv2dGeometry) -> bool {
     match name {
         "Direct" => geo.options.groups == 1,
         "Pointwise" => pointwise(geo),
-        _ => true,
+        "Depthwise" => geo.options.groups == geo.in_channels,
+        "Columns" | "Phase" => true,
+        _ => panic!("no rule for the algorithm {name}: add it to `runs`"),
     }
 }
 
@@ -143,7 +154,7 @@ fn check_shape(s: Shape, rng: &mut StdRng) {
             },
         ];
         for knob in knobs {
-            for forward in FORWARD {
+            for &forward in FORWARD {
                 let plan = ConvPlan { forward, ..knob };
                 let ctx = format!("{s:?} {plan:?}");
                 let y = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &opts, plan);
@@ -153,8 +164,8 @@ fn check_shape(s: Shape, rng: &mut StdRng) {
                 }
                 assert_close("y", &ctx, y.unwrap().view(), &y_ref);
             }
-            for input_grad in INPUT_GRAD {
-                for weight_grad in WEIGHT_GRAD {
+            for &input_grad in INPUT_GRAD {
+                for &weight_grad in WEIGHT_GRAD {
                     let plan = ConvPlan {
                         input_grad,
                         weight_grad,

@@ -203,6 +203,63 @@ fn seed_net_run() -> Vec<Vec<u32>> {
     all
 }
 
+/// The depthwise conv path (`groups == C`) forced on every pass, through the public
+/// setting and on explicit parallel plans: forward, backward and the parameters-only
+/// backward, on N = 1 (one reduction chunk: the channels split over the pool), a batch
+/// not a multiple of the reduction chunk with multiplier 2 and stride 2, and a dilated
+/// 5x5 kernel.
+fn depthwise_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{
+        Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo, conv2d,
+        conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
+    };
+    // N, C, H, W, multiplier, k, stride, padding, dilation.
+    let shapes = [
+        (1, 32, 40, 37, 1, 3, 1, 1, 1),
+        (37, 12, 17, 15, 2, 3, 2, 1, 1),
+        (9, 16, 14, 13, 1, 5, 1, 2, 2),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(7);
+    for (n, c, h, w, m, k, s, p, d) in shapes {
+        let base = Conv2dOptions::new()
+            .with_stride((s, s))
+            .with_padding((p, p))
+            .with_dilation((d, d))
+            .with_groups(c);
+        let opts =
+            base.with_algorithm(ConvAlgorithm::Fixed(ConvAlgos::named("depthwise").unwrap()));
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (c * m, 1, k, k));
+        let b: Array1<f32> = uniform(&mut rng, c * m);
+        let y = conv2d(x.view(), wt.view(), Some(b.view()), &opts).unwrap();
+        let dy: Array<f32, _> = uniform(&mut rng, y.raw_dim());
+        let g = conv2d_backward(x.view(), wt.view(), true, dy.view(), &opts).unwrap();
+        let pg = conv2d_backward_params(x.view(), wt.view(), true, dy.view(), &opts).unwrap();
+        out.extend([
+            bits(&y),
+            bits(&g.dx),
+            bits(&g.dw),
+            bits(g.db.as_ref().unwrap()),
+        ]);
+        out.extend([bits(&pg.dw), bits(pg.db.as_ref().unwrap())]);
+        // The parallel split forced, whatever the chooser says of the size.
+        let geo = Conv2dGeometry::new("t", [n, c, h, w], [c * m, 1, k, k], &base).unwrap();
+        let plan = ConvPlan {
+            parallel: true,
+            ..ConvAlgos::named("depthwise")
+                .unwrap()
+                .apply_to(ConvPlan::choose(&geo, 2))
+        };
+        assert_eq!(plan.forward, ForwardAlgo::Depthwise);
+        let y = conv2d_with_plan(x.view(), wt.view(), None, &base, plan).unwrap();
+        let g =
+            conv2d_backward_with_plan(x.view(), wt.view(), false, dy.view(), &base, plan).unwrap();
+        out.extend([bits(&y), bits(&g.dx), bits(&g.dw)]);
+    }
+    out
+}
+
 /// Runs `f` in a pool of each of [`THREADS`] and asserts the results are identical.
 fn assert_same_in_every_pool(what: &str, f: fn() -> Vec<Vec<u32>>) {
     let one = in_pool(THREADS[0], f);
@@ -319,6 +376,13 @@ fn parallel_paths_match_the_serial_path() {
 }
 
 #[test]
+fn depthwise_is_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("depthwise conv", depthwise_run);
+    // And on 3 threads, which splits the channels unevenly.
+    assert_eq!(in_pool(1, depthwise_run), in_pool(3, depthwise_run));
+}
+
+#[test]
 fn initialisers_are_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("init", init_run);
 }
@@ -348,7 +412,7 @@ const CHILD_ENV: &str = "CONVINIT_DETERMINISM_CHILD";
 /// FNV-1a over every output's length and bits.
 fn hash_all() -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    for run in [ops_run, seed_net_run, init_run, gemm_run] {
+    for run in [ops_run, seed_net_run, init_run, gemm_run, depthwise_run] {
         for v in run() {
             h.write_usize(v.len());
             for x in v {

@@ -75,8 +75,8 @@ use convinit::nn::{
     MaxPool2d, Relu, Sequential,
 };
 use convinit::ops::{
-    AvgPool2dOptions, BatchNormOptions, Conv2dGeometry, Conv2dOptions, MaxPool2dOptions,
-    adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
+    AvgPool2dOptions, BatchNormOptions, Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos,
+    MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
     adaptive_max_pool2d_backward, avg_pool2d, avg_pool2d_backward, batch_norm2d,
     batch_norm2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, flatten_shape,
     leaky_relu, leaky_relu_backward, linear, linear_backward, max_pool2d, max_pool2d_backward, mse,
@@ -1431,7 +1431,46 @@ fn alloc_cases() -> Vec<Case> {
                 "padding (524288, 6291456)",
             ],
             || {
-                // Grouped (no direct weight gradient), 13 outputs wide: the phase path.
+                // Grouped (no direct weight gradient), 13 outputs wide, the phase path
+                // forced (auto takes the depthwise path: one channel per group).
+                let (x, w) = (ones4((1, 2, 1, 1)), ones4((2, 1, 1, 1)));
+                let dy = ones4((1, 2, 2, 13));
+                let phase = ConvAlgos::named("phase").unwrap();
+                let wide = far()
+                    .with_padding((TB_SIDE / 2, 6 * TB_SIDE))
+                    .with_groups(2)
+                    .with_algorithm(ConvAlgorithm::Fixed(phase));
+                conv2d_backward(x.view(), w.view(), true, dy.view(), &wide)
+            },
+        ),
+        case(
+            "conv2d: padding of terabytes, depthwise path",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "padded plane of the depthwise path",
+                "padding (524288, 524288)",
+            ],
+            || {
+                conv2d(
+                    ones4((1, 2, 1, 1)).view(),
+                    ones4((2, 1, 1, 1)).view(),
+                    None,
+                    &far().with_groups(2),
+                )
+            },
+        ),
+        case(
+            "conv2d_backward: padding of terabytes, depthwise path",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "padded plane of the depthwise path",
+                "padding (524288, 6291456)",
+            ],
+            || {
                 let (x, w) = (ones4((1, 2, 1, 1)), ones4((2, 1, 1, 1)));
                 let dy = ones4((1, 2, 2, 13));
                 let wide = far()

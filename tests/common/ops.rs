@@ -1119,6 +1119,15 @@ pub fn op_cases() -> Vec<OpCase> {
             [23, 1, 28, 28],
             9,
         ),
+        // Depthwise (groups = C, multiplier 2, strided): the depthwise path.
+        conv(
+            c(8, 16, (3, 3))
+                .with_groups(8)
+                .with_stride((2, 2))
+                .with_padding((1, 1)),
+            [13, 8, 15, 14],
+            13,
+        ),
         // linear, with and without bias.
         linear_layer(LinearConfig::new(5, 3), 4, 10),
         linear_layer(LinearConfig::new(5, 3).with_bias(false), 4, 11),

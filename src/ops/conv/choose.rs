@@ -2,6 +2,7 @@
 //! Every threshold cites the measurement behind it (`examples/plan_sweep`, unless said).
 
 use super::columns;
+use super::depthwise;
 use super::phase::PhaseGeometry;
 use super::plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
 use crate::gemm::Kernel;
@@ -61,6 +62,25 @@ const PARALLEL_MACS: usize = 1 << 20;
 /// 20 x 8 x 8 x 8 -> 8, stride 2 (13 K floats) 0.008 / 0.029 -> 0.018 / 0.039.
 const PARALLEL_FLOATS: usize = 1 << 15;
 
+/// Depthwise convs (`groups == C > 1`) with a channel multiplier `O / C` of at most
+/// this take the depthwise path for all three passes. `convbench`, median ms, auto
+/// (phase / columns / columns) -> depthwise:
+/// - dw_64 (m = 1, 3x3, 56x56, N = 32), fwd / bwd / fwd+bwd, `--reps 5`: 2 threads
+///   10.2 / 59.7 / 69.9 -> 5.1 / 7.8 / 12.9; 1 thread 17.7 / 127.0 / 144.9 -> 8.8 /
+///   17.5 / 26.3;
+/// - 96 channels 5x5 28x28 (m = 1, N = 16), 2 threads: 2.8 / 27.6 / 30.4 -> 2.4 / 4.7
+///   / 7.1;
+/// - 1 thread, before the stride-1 gather input gradient (the backward is faster now),
+///   32 -> 64 channels (m = 2) 56x56: 14.3 / 64.6 / 78.6 -> 8.6 / 22.1 / 30.6; stride
+///   2: 6.2 / 24.1 / 30.2 -> 6.0 / 16.3 / 22.3; 16 -> 64 (m = 4): 10.2 / 36.3 / 46.4
+///   -> 7.4 / 18.7 / 26.4 (forward alone, later: 6.6 phase vs 6.2, and 5.3 vs 4.9 at
+///   2 threads: even);
+/// - but 32 -> 256 channels (m = 8) 28x28, 2 threads: 4.4 / 9.8 / 14.3 -> 9.0 / 16.1 /
+///   24.1 (the GEMM shares each input tap over the 8 outputs), and one input channel
+///   (groups of 1, m = 8 or 32) is far slower: seed_l1 fwd+bwd 0.66 -> 3.19, nb_32x1x5
+///   6.1 -> 34.4.
+const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
+
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
@@ -69,6 +89,8 @@ impl ConvPlan {
     /// give the same plan. Every threshold below is a constant in `choose.rs` that cites
     /// the measurement behind it:
     ///
+    /// - every pass: `Depthwise` for depthwise convs (`groups == C > 1`) with a channel
+    ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
     /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv, else `Direct` for
     ///   groups of 1 with at least 8 input channels (`DIRECT_MIN_CHANNELS`), else
     ///   `Phase`;
@@ -109,6 +131,9 @@ impl ConvPlan {
             .batch
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
         let direct = o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS;
+        let depthwise = depthwise::supports(geo)
+            && o.groups > 1
+            && geo.out_channels / geo.in_channels <= DEPTHWISE_MAX_MULTIPLIER;
         // The column lowering of the backward passes that do not run direct.
         let (columns_dx, columns_dw) = if pointwise {
             (InputGradAlgo::Pointwise, WeightGradAlgo::Pointwise)
@@ -123,14 +148,18 @@ impl ConvPlan {
             // 0.16 -> 0.10, seed_l4 0.083 -> 0.064, nb_32x1x5 1.86 -> 1.71, resnet_64
             // 47.5 -> 38.2, resnet_128s2 22.4 -> 17.6, vgg_256 37.7 -> 36.4. A 1x1
             // stride-1 conv is a plain GEMM already, without the direct path's transpose.
-            forward: if pointwise {
+            forward: if depthwise {
+                ForwardAlgo::Depthwise
+            } else if pointwise {
                 ForwardAlgo::Pointwise
             } else if direct {
                 ForwardAlgo::Direct
             } else {
                 ForwardAlgo::Phase
             },
-            input_grad: if direct && !pointwise {
+            input_grad: if depthwise {
+                InputGradAlgo::Depthwise
+            } else if direct && !pointwise {
                 InputGradAlgo::Direct
             } else {
                 columns_dx
@@ -139,7 +168,9 @@ impl ConvPlan {
             // gradient needs several input channels to fill the vectors. 1 thread,
             // weights-only backward ms, columns -> direct: seed_l1 0.38 -> 0.24
             // (N = 100), 4.35 -> 2.48 (N = 1000); nb_32x1x5 3.74 -> 2.62.
-            weight_grad: if o.groups == 1 {
+            weight_grad: if depthwise {
+                WeightGradAlgo::Depthwise
+            } else if o.groups == 1 {
                 WeightGradAlgo::Direct
             } else {
                 columns_dw

@@ -18,7 +18,8 @@
 //!   and weight-gradient functions side by side, a fused `gradients` for both, and its
 //!   own index types: `direct` (indirect kernel, taps read in place; groups of 1),
 //!   `columns` (im2col tiles, [`crate::ops`]'s `im2col` module), `pointwise` (the input
-//!   as the column matrix), `phase` (stride-phase planes).
+//!   as the column matrix), `phase` (stride-phase planes), `depthwise` (one input
+//!   channel per group, plain vectorised loops, no GEMM).
 //!
 //! Adding an algorithm costs its file, a variant in each pass enum it serves (and its
 //! `ALL` list), a `Family` with its rule in `unsupported`, an arm in the dispatch
@@ -50,6 +51,7 @@ mod autotune;
 mod choose;
 mod columns;
 mod common;
+mod depthwise;
 mod direct;
 mod phase;
 mod plan;
@@ -70,6 +72,7 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
         Family::Columns => columns::supports(geo),
         Family::Pointwise => pointwise::supports(geo),
         Family::Phase => phase::supports(geo),
+        Family::Depthwise => depthwise::supports(geo),
     };
     if runs {
         return None;
@@ -84,13 +87,19 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
              stride {:?}, padding {:?}",
             geo.kernel, o.stride, o.padding
         ),
+        Family::Depthwise => format!(
+            "it runs one input channel per group only (groups = in_channels), this conv \
+             has {} input channels and groups {}",
+            geo.in_channels, o.groups
+        ),
         Family::Columns | Family::Phase => "it cannot run this geometry".into(),
     })
 }
 
 impl ForwardAlgo {
     /// Whether this algorithm can run `geo` (the pointwise algorithm only a 1x1,
-    /// stride-1, unpadded conv; the direct one only groups of 1).
+    /// stride-1, unpadded conv; the direct one only groups of 1; the depthwise one only
+    /// one input channel per group, `groups == C`).
     pub fn supports(self, geo: &Conv2dGeometry) -> bool {
         unsupported(self.family(), geo).is_none()
     }
@@ -155,6 +164,7 @@ fn forward(
         ForwardAlgo::Columns => columns::forward(ops, columns::Lowering::Im2col, bias, y),
         ForwardAlgo::Pointwise => pointwise::forward(ops, bias, y),
         ForwardAlgo::Phase => phase::forward(ops, bias, y),
+        ForwardAlgo::Depthwise => depthwise::forward(ops, bias, y),
     }
 }
 
@@ -166,6 +176,7 @@ fn fused(plan: &ConvPlan) -> bool {
             | (InputGradAlgo::Columns, WeightGradAlgo::Columns)
             | (InputGradAlgo::Pointwise, WeightGradAlgo::Pointwise)
             | (InputGradAlgo::Phase, WeightGradAlgo::Phase)
+            | (InputGradAlgo::Depthwise, WeightGradAlgo::Depthwise)
     )
 }
 
@@ -181,6 +192,7 @@ fn weight_grad(
         WeightGradAlgo::Columns => columns::weight_grad(ops, columns::Lowering::Im2col, dy, chunk),
         WeightGradAlgo::Pointwise => pointwise::weight_grad(ops, dy, chunk),
         WeightGradAlgo::Phase => phase::weight_grad(ops, dy, chunk),
+        WeightGradAlgo::Depthwise => depthwise::weight_grad(ops, dy, chunk),
     }
 }
 
@@ -199,6 +211,7 @@ fn input_grad(
         }
         InputGradAlgo::Pointwise => pointwise::input_grad(ops, dy, chunk, dxc),
         InputGradAlgo::Phase => phase::input_grad(ops, dy, chunk, dxc),
+        InputGradAlgo::Depthwise => depthwise::input_grad(ops, dy, chunk, dxc),
     }
 }
 
@@ -218,6 +231,7 @@ fn gradients(
         }
         WeightGradAlgo::Pointwise => pointwise::gradients(ops, dy, chunk, dxc),
         WeightGradAlgo::Phase => phase::gradients(ops, dy, chunk, dxc),
+        WeightGradAlgo::Depthwise => depthwise::gradients(ops, dy, chunk, dxc),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::gemm::Kernel;
 
 /// The algorithm of the forward pass, in [`ConvPlan::forward`].
 ///
-/// Non-exhaustive: more algorithms (Winograd, depthwise) will be added; iterate over
+/// Non-exhaustive: more algorithms (Winograd) will be added; iterate over
 /// [`ForwardAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -27,11 +27,16 @@ pub enum ForwardAlgo {
     /// Each image split into its stride-phase planes, read in place by the B-indirect
     /// kernel, output channel-major (`phase.rs`). Any geometry.
     Phase,
+    /// No GEMM: each input plane copied once into a zero-padded plane split by stride
+    /// phase, then `y_row += w[tap] * xpad_run` per output channel, row and tap, the
+    /// inner loop vectorised along the output row (`depthwise.rs`). One input channel
+    /// per group only (`groups == C`, any channel multiplier `O / C`).
+    Depthwise,
 }
 
 /// The algorithm of the input gradient `dx`, in [`ConvPlan::input_grad`].
 ///
-/// Non-exhaustive: more algorithms (Winograd, depthwise) will be added; iterate over
+/// Non-exhaustive: more algorithms (Winograd) will be added; iterate over
 /// [`InputGradAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -48,11 +53,15 @@ pub enum InputGradAlgo {
     /// `dcols = W^T x dy` on the extended grid of the phase planes, scattered back by
     /// contiguous adds and merged into `dx` (`phase.rs`). Any geometry.
     Phase,
+    /// No GEMM: `dxpad_run += w[tap] * dy_row` per output channel, row and tap into a
+    /// zero-padded plane, whose interior is copied to `dx` (`depthwise.rs`). One input
+    /// channel per group only.
+    Depthwise,
 }
 
 /// The algorithm of the weight gradient `dW`, in [`ConvPlan::weight_grad`].
 ///
-/// Non-exhaustive: more algorithms (Winograd, depthwise) will be added; iterate over
+/// Non-exhaustive: more algorithms (Winograd) will be added; iterate over
 /// [`WeightGradAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -68,6 +77,10 @@ pub enum WeightGradAlgo {
     /// `dW += dy_ext x cols_ext^T` on the extended column matrix of the phase planes,
     /// its discarded columns zeroed (`phase.rs`). Any geometry.
     Phase,
+    /// No GEMM: per input channel, `acc[tap] += dy_row * xpad_run` along each output
+    /// row over the images and rows in a fixed order, each accumulator summed at the end
+    /// (`depthwise.rs`). One input channel per group only.
+    Depthwise,
 }
 
 /// How one conv runs: an algorithm per pass and the knobs they take.
@@ -108,7 +121,8 @@ pub enum WeightGradAlgo {
 /// Backward fusion: when [`ConvPlan::input_grad`] and [`ConvPlan::weight_grad`] name the
 /// same column lowering (`Columns`, `Pointwise` or `Phase` both), each tile is lowered
 /// once and serves both products; when both are `Direct`, the padded images and `dy`
-/// are shared per kernel call. Otherwise each gradient runs on its own path, per
+/// are shared per kernel call; when both are `Depthwise`, one pass per input channel
+/// computes both. Otherwise each gradient runs on its own path, per
 /// reduction chunk, one after the other. A backward without the input gradient
 /// ([`super::conv2d_backward_params`]) runs the weight-gradient algorithm alone, with
 /// the same result bit for bit.
@@ -128,7 +142,7 @@ pub struct ConvPlan {
     /// `Pointwise`; `Phase` backward counts extended positions), must be positive:
     /// images with fewer run several side by side in one GEMM, larger ones are cut
     /// into runs of columns (`Columns`, `Pointwise`; `Phase` always takes at least one
-    /// whole image). Unused by `Direct` and the `Phase` forward.
+    /// whole image). Unused by `Direct`, `Depthwise` and the `Phase` forward.
     pub tile_cols: usize,
     /// Lower whole-image tiles of the `Columns` algorithms through an index map (built
     /// once per call, for images of at most 65 536 column entries) rather than by rows.
@@ -140,8 +154,9 @@ pub struct ConvPlan {
     /// chunks, and so the result, are the same either way.
     pub parallel: bool,
     /// The GEMM micro-kernel of every product of the plan, the indirect kernels of
-    /// `Direct` and `Phase` included. Must be one this CPU supports
-    /// ([`Kernel::is_supported`]).
+    /// `Direct` and `Phase` included; `Depthwise`, which has no GEMM, compiles its loops
+    /// for the same instruction set (with the same results on each). Must be one this
+    /// CPU supports ([`Kernel::is_supported`]).
     pub kernel: Kernel,
 }
 
@@ -153,6 +168,7 @@ pub(super) enum Family {
     Columns,
     Pointwise,
     Phase,
+    Depthwise,
 }
 
 impl Family {
@@ -162,6 +178,7 @@ impl Family {
             Family::Columns => "columns",
             Family::Pointwise => "pointwise",
             Family::Phase => "phase",
+            Family::Depthwise => "depthwise",
         }
     }
 }
@@ -173,6 +190,7 @@ impl ForwardAlgo {
         ForwardAlgo::Columns,
         ForwardAlgo::Pointwise,
         ForwardAlgo::Phase,
+        ForwardAlgo::Depthwise,
     ];
 
     /// The lowering this algorithm belongs to.
@@ -182,11 +200,12 @@ impl ForwardAlgo {
             ForwardAlgo::Columns => Family::Columns,
             ForwardAlgo::Pointwise => Family::Pointwise,
             ForwardAlgo::Phase => Family::Phase,
+            ForwardAlgo::Depthwise => Family::Depthwise,
         }
     }
 
     /// The algorithm's lower-case name (`"direct"`, `"columns"`, `"pointwise"`,
-    /// `"phase"`): the same word names the same lowering in every pass enum.
+    /// `"phase"`, `"depthwise"`): the same word names the same lowering in every pass enum.
     pub fn name(self) -> &'static str {
         self.family().name()
     }
@@ -207,6 +226,7 @@ impl InputGradAlgo {
         InputGradAlgo::Columns,
         InputGradAlgo::Pointwise,
         InputGradAlgo::Phase,
+        InputGradAlgo::Depthwise,
     ];
 
     /// The lowering this algorithm belongs to.
@@ -216,6 +236,7 @@ impl InputGradAlgo {
             InputGradAlgo::Columns => Family::Columns,
             InputGradAlgo::Pointwise => Family::Pointwise,
             InputGradAlgo::Phase => Family::Phase,
+            InputGradAlgo::Depthwise => Family::Depthwise,
         }
     }
 
@@ -240,6 +261,7 @@ impl WeightGradAlgo {
         WeightGradAlgo::Columns,
         WeightGradAlgo::Pointwise,
         WeightGradAlgo::Phase,
+        WeightGradAlgo::Depthwise,
     ];
 
     /// The lowering this algorithm belongs to.
@@ -249,6 +271,7 @@ impl WeightGradAlgo {
             WeightGradAlgo::Columns => Family::Columns,
             WeightGradAlgo::Pointwise => Family::Pointwise,
             WeightGradAlgo::Phase => Family::Phase,
+            WeightGradAlgo::Depthwise => Family::Depthwise,
         }
     }
 
