@@ -2,13 +2,6 @@
 //! model loads back strictly and scores what the example reported, bad flags are
 //! errors.
 
-use convinit::data::Mnist;
-use convinit::io::{LoadOptions, load_safetensors};
-use convinit::stats::{normalize, stats};
-use convinit::train::{Split, evaluate};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
 #[allow(dead_code)]
 #[path = "../examples/lenet.rs"]
 mod lenet_example;
@@ -17,8 +10,17 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
+/// Needs the embedded sample (the default `embedded-sample` feature).
+#[cfg(feature = "embedded-sample")]
 #[test]
 fn one_epoch_on_the_sample_learns_and_saves_a_loadable_model() {
+    use convinit::data::Mnist;
+    use convinit::io::{LoadOptions, load_safetensors};
+    use convinit::stats::{normalize, stats};
+    use convinit::train::{Split, evaluate};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
     let dir = std::env::temp_dir().join(format!("convinit-lenet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lenet.safetensors");

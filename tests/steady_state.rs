@@ -2,7 +2,9 @@
 //! trains it: forward, cross-entropy, backward, SGD) makes no large allocation. The
 //! layers hand their spent buffers to `convinit::buffers` and the ops take their outputs
 //! from there, so a long-running process does not page-fault its activations and
-//! gradients in again on every step.
+//! gradients in again on every step. (Trains on the embedded sample: needs the default
+//! `embedded-sample` feature.)
+#![cfg(feature = "embedded-sample")]
 
 use std::sync::Mutex;
 
