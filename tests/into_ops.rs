@@ -147,3 +147,42 @@ fn max_pool2d_into_matches_max_pool2d() {
         }
     }
 }
+
+/// The `_into` ops give the same bits on pools of 1, 2 and 3 threads.
+#[test]
+fn into_ops_are_the_same_at_any_thread_count() {
+    let x = data((5, 8, 13, 11), 7);
+    let w = data((8, 8, 3, 3), 8);
+    let conv_opts = Conv2dOptions::new().with_padding((1, 1));
+    let pool_opts = MaxPool2dOptions::new((3, 3))
+        .with_stride((2, 2))
+        .with_padding((1, 1));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut y = poisoned((5, 8, 13, 11));
+            conv2d_into(x.view(), w.view(), None, &conv_opts, y.view_mut()).unwrap();
+            let mut z = poisoned(y.dim());
+            batch_norm2d_into(
+                y.view(),
+                None,
+                None,
+                None,
+                None,
+                &BatchNormOptions::default(),
+                z.view_mut(),
+            )
+            .unwrap();
+            let mut p = poisoned((5, 8, 7, 6));
+            max_pool2d_into(z.view(), &pool_opts, p.view_mut()).unwrap();
+            [bits(&y), bits(&z), bits(&p)]
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        assert_eq!(run(threads), one, "{threads} threads");
+    }
+}

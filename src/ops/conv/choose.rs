@@ -79,6 +79,11 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 ///   24.1 (the GEMM shares each input tap over the 8 outputs), and one input channel
 ///   (groups of 1, m = 8 or 32) is far slower: seed_l1 fwd+bwd 0.66 -> 3.19, nb_32x1x5
 ///   6.1 -> 34.4.
+///
+/// The rule holds with the other kernels forced (`CONVINIT_GEMM_KERNEL`, same Intel
+/// Xeon, 2 threads, fwd / fwd+bwd, depthwise vs the best other path): AVX2, dw_64 5.5 /
+/// 13.6 vs 13.2 / 62.6 (phase), 16 -> 64 (m = 4) 4.5 / 10.9 vs 5.4 / 19.3; portable,
+/// dw_64 5.9 / 15.2 vs 17.5 / 91.9, m = 4 5.7 / 14.0 vs 6.4 / 27.6.
 const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 
 impl ConvPlan {
