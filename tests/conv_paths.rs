@@ -215,3 +215,60 @@ fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
     let geo = Conv2dGeometry::new("test", [2, 8, 6, 6], [4, 8, 3, 3], &opts).unwrap();
     assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Direct);
 }
+
+/// The direct path keeps each thread's padded buffers between calls and zeroes their
+/// borders only when the layout changes: two geometries whose padded images have the
+/// same size but a different inside (8 x 9 padded by (1, 0), 9 x 8 padded by (0, 1):
+/// 3 x 10 x 9 against 3 x 9 x 10 floats, the padded `dy` likewise), run one after the
+/// other on one thread, each must still see zero borders.
+#[test]
+fn direct_path_scratch_borders_stay_zero_across_layouts() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let shapes: [Shape; 2] = [
+        (2, 3, 8, 9, 20, (3, 3), (1, 1), (1, 0), (1, 1), 1),
+        (2, 3, 9, 8, 20, (3, 3), (1, 1), (0, 1), (1, 1), 1),
+    ];
+    pool.install(|| {
+        for round in 0..3 {
+            for &(n, c, h, w, o, k, stride, padding, dilation, groups) in &shapes {
+                let p = Params {
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                };
+                // Large values, so stale data in a border would show at once.
+                let x: Array4<f32> = random_array(&mut rng, (n, c, h, w)).mapv(|v: f32| v * 100.0);
+                let wt: Array4<f32> = random_array(&mut rng, (o, c, k.0, k.1));
+                let opts = Conv2dOptions::new()
+                    .with_stride(stride)
+                    .with_padding(padding);
+                let geo =
+                    Conv2dGeometry::new("test", [n, c, h, w], [o, c, k.0, k.1], &opts).unwrap();
+                let plan = ConvPlan {
+                    forward: ForwardAlgo::Direct,
+                    input_grad: InputGradAlgo::Direct,
+                    weight_grad: WeightGradAlgo::Direct,
+                    ..ConvPlan::choose(&geo, 1)
+                };
+                let ctx = format!("round {round}, {padding:?}");
+                let y_ref = naive::conv2d(&to64(&x), &to64(&wt), None, p);
+                let y = conv2d_with_plan(x.view(), wt.view(), None, &opts, plan).unwrap();
+                assert_close("y", &ctx, y.view(), &y_ref);
+                let dy: Array4<f32> =
+                    random_array(&mut rng, y_ref.raw_dim()).mapv(|v: f32| v * 100.0);
+                let (dx_ref, dw_ref, _) =
+                    naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+                let g =
+                    conv2d_backward_with_plan(x.view(), wt.view(), false, dy.view(), &opts, plan)
+                        .unwrap();
+                assert_close("dx", &ctx, g.dx.view(), &dx_ref);
+                assert_close("dw", &ctx, g.dw.view(), &dw_ref);
+            }
+        }
+    });
+}

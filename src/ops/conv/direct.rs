@@ -22,7 +22,7 @@ use std::cell::RefCell;
 
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::common::{OP, Operands, for_each_image_tile, resize, with_scratch};
+use super::common::{OP, Operands, Zeroed, for_each_image_tile, resize, with_scratch};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
@@ -39,12 +39,37 @@ pub(super) fn supports(geo: &Conv2dGeometry) -> bool {
 const CALL_BYTES: usize = 128 << 10;
 
 thread_local! {
-    /// Each thread's forward buffers (padded images, output tile), reused across calls:
-    /// fresh ones cost page faults and zeroing on every call.
-    static FORWARD: RefCell<[Vec<f32>; 2]> = RefCell::default();
+    /// Each thread's forward buffers, reused across calls: fresh ones cost page faults
+    /// and zeroing on every call.
+    static FORWARD: RefCell<ForwardScratch> = RefCell::default();
     /// Each thread's backward buffers, kept apart from the forward's so that a training
     /// step's alternating passes each find their own buffers at the size they need.
-    static BACKWARD: RefCell<[Vec<f32>; 6]> = RefCell::default();
+    static BACKWARD: RefCell<BackwardScratch> = RefCell::default();
+}
+
+/// The forward's buffers.
+#[derive(Default)]
+struct ForwardScratch {
+    /// Padded images, borders zero.
+    padded: Zeroed,
+    /// The kernel's position-major output tile.
+    out: Vec<f32>,
+}
+
+/// The backward's buffers.
+#[derive(Default)]
+struct BackwardScratch {
+    /// Padded images, borders zero.
+    xpad: Zeroed,
+    /// `dy` position-major, padding lanes zero.
+    dyt: Zeroed,
+    /// One call's weight-gradient tile and the chunk's sum of them.
+    tmp: Vec<f32>,
+    acc: Vec<f32>,
+    /// Padded `dy`, borders zero.
+    dypad: Zeroed,
+    /// One pixel class's input-gradient tile.
+    tile: Vec<f32>,
 }
 
 /// Weights `(O, K)` packed `K x ldw`, tap-major, channels padded with zeros.
@@ -101,7 +126,7 @@ fn forward_tile(
     bias: Option<ArrayView1<'_, f32>>,
     n0: usize,
     mut yt: ArrayViewMut3<'_, f32>,
-    [padded, out]: &mut [Vec<f32>; 2],
+    ForwardScratch { padded, out }: &mut ForwardScratch,
 ) -> Result<()> {
     let geo = ops.geo;
     let l = geo.col_cols();
@@ -110,16 +135,24 @@ fn forward_tile(
     let (b, o) = (yt.len_of(Axis(0)), yt.len_of(Axis(1)));
     let per_call = images_per_call(img, b);
     let bases = multi_bases(&idx.bases, img, per_call);
-    if copy {
-        // The borders stay zero for every image of the tile.
-        padded.clear();
-        resize(
-            padded,
-            &[per_call, img],
-            "the padded images of the direct path",
-            geo,
-        )?;
-    }
+    // The borders stay zero for every image of the tile, and of later tiles and calls
+    // that pad the same way.
+    let padded = if copy {
+        let (pt, pl) = geo.options.padding;
+        let layout = [
+            geo.in_channels,
+            geo.in_h,
+            geo.in_w,
+            pt,
+            pl,
+            idx.rows,
+            idx.cols,
+        ];
+        let what = "the padded images of the direct path";
+        padded.prepare(&[per_call, img], &layout, what, geo)?
+    } else {
+        &mut []
+    };
     resize(
         out,
         &[per_call, l, ldw],
@@ -433,7 +466,14 @@ impl Backward {
         (n0, nb): (usize, usize),
         mut dxc: Option<ArrayViewMut2<'_, f32>>,
         want_dw: bool,
-        [xpad, dyt, tmp, acc, dypad, tile]: &mut [Vec<f32>; 6],
+        BackwardScratch {
+            xpad,
+            dyt,
+            tmp,
+            acc,
+            dypad,
+            tile,
+        }: &mut BackwardScratch,
     ) -> Result<Array2<f32>> {
         let geo = ops.geo;
         let (o, l, k) = (geo.out_channels, geo.col_cols(), geo.col_rows());
@@ -442,39 +482,50 @@ impl Backward {
         let img = image_len(geo, idx);
         let per_call = images_per_call(img, nb);
         let x_bases = multi_bases(&idx.bases, img, per_call);
-        // Borders (and padding lanes) are zero for the whole chunk; insides are rewritten
-        // per call.
-        if copy {
-            xpad.clear();
-            resize(
-                xpad,
-                &[per_call, img],
-                "the padded images of the direct path",
-                geo,
-            )?;
-        }
-        if want_dw {
-            dyt.clear();
+        // Borders (and padding lanes) are zero for the whole chunk, and for later chunks
+        // and calls laid out the same way; insides are rewritten per call.
+        let xpad = if copy {
+            let (pt, pl) = geo.options.padding;
+            let layout = [
+                geo.in_channels,
+                geo.in_h,
+                geo.in_w,
+                pt,
+                pl,
+                idx.rows,
+                idx.cols,
+            ];
+            let what = "the padded images of the direct path";
+            xpad.prepare(&[per_call, img], &layout, what, geo)?
+        } else {
+            &mut []
+        };
+        let dyt = if want_dw {
             let what = "the transposed grad_out of the direct path";
-            resize(dyt, &[per_call, l, ldo], what, geo)?;
+            let dyt = dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?;
             let what = "the weight gradient tile of the direct path";
             resize(tmp, &[k, ldo], what, geo)?;
             acc.clear();
             resize(acc, &[k, ldo], what, geo)?;
-        }
+            dyt
+        } else {
+            &mut []
+        };
         let dy_img = self
             .dx
             .as_ref()
             .map_or(0, |g| o * g.index.rows * g.index.cols);
-        if self.dx.is_some() {
-            dypad.clear();
-            resize(
-                dypad,
-                &[per_call, dy_img],
-                "the padded grad_out of the direct path",
-                geo,
-            )?;
-        }
+        let dypad = match &self.dx {
+            Some(g) => {
+                let t = &g.index;
+                let layout = [
+                    o, geo.out_h, geo.out_w, t.origin.0, t.origin.1, t.rows, t.cols,
+                ];
+                let what = "the padded grad_out of the direct path";
+                dypad.prepare(&[per_call, dy_img], &layout, what, geo)?
+            }
+            None => &mut [],
+        };
         // Each class's window corners for `per_call` images side by side.
         let class_bases: Vec<Vec<usize>> = self.dx.as_ref().map_or_else(Vec::new, |g| {
             let classes = &g.index.classes;
