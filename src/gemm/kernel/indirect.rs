@@ -92,7 +92,7 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
                     } else if nv == 2 {
                         tile::<S, MR, 2>(&xs, ob, kk, wv, ldw, cv, valid, add);
                     } else {
-                        tile::<S, MR, 1>(&xs, ob, kk, wv, ldw, cv, valid, add);
+                        tile_split::<S, MR>(&xs, ob, kk, wv, ldw, cv, valid, add);
                     }
                 }
             }
@@ -147,6 +147,61 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
             for (v, &x) in row.iter().enumerate() {
                 S::store(c.add(i * ldw + v * S::LANES), x);
             }
+        }
+    }
+}
+
+/// One `MR x 1` vector tile, as [`tile`] with `NV = 1` but with the taps split in two
+/// interleaved halves, each summed in its own accumulators and the halves added at the
+/// end: a one-vector tile has only `MR` independent sums, too few to cover the FMA
+/// latency on cores with two FMA pipes (8 in flight needed at 4 cycles each).
+///
+/// # Safety
+/// As [`tile`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_split<S: Simd, const MR: usize>(
+    xs: &[*const f32; MR],
+    offs: *const usize,
+    k: usize,
+    w: *const f32,
+    ldw: usize,
+    c: *mut f32,
+    valid: usize,
+    add: bool,
+) {
+    // SAFETY: the caller's contract covers every read and the `valid` rows written.
+    unsafe {
+        let mut even = [S::zero(); MR];
+        let mut odd = [S::zero(); MR];
+        if add {
+            for (i, x) in even.iter_mut().enumerate().take(valid) {
+                *x = S::load(c.add(i * ldw));
+            }
+        }
+        let pairs = k / 2;
+        for kp in 0..pairs {
+            let kk = 2 * kp;
+            let (o0, o1) = (*offs.add(kk), *offs.add(kk + 1));
+            let b0 = S::load(w.add(kk * ldw));
+            let b1 = S::load(w.add((kk + 1) * ldw));
+            for ((e, d), xi) in even.iter_mut().zip(odd.iter_mut()).zip(xs) {
+                *e = S::fma(S::splat(*xi.add(o0)), b0, *e);
+                *d = S::fma(S::splat(*xi.add(o1)), b1, *d);
+            }
+        }
+        if k % 2 == 1 {
+            let kk = k - 1;
+            let o0 = *offs.add(kk);
+            let b0 = S::load(w.add(kk * ldw));
+            for (e, xi) in even.iter_mut().zip(xs) {
+                *e = S::fma(S::splat(*xi.add(o0)), b0, *e);
+            }
+        }
+        // `odd * 1 + even`: one rounding, the exact sum rounded, as an add.
+        let one = S::splat(1.0);
+        for (i, (&e, &d)) in even.iter().zip(&odd).enumerate().take(valid) {
+            S::store(c.add(i * ldw), S::fma(d, one, e));
         }
     }
 }
