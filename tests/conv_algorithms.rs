@@ -19,7 +19,7 @@ use convinit::gemm::Kernel;
 use convinit::ops::{
     Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo, InputGradAlgo,
     WeightGradAlgo, conv2d, conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan,
-    conv2d_with_plan,
+    conv2d_into, conv2d_with_plan,
 };
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;
@@ -257,7 +257,17 @@ fn check_setting(s: Shape, rng: &mut StdRng) {
             }
             continue;
         }
-        assert_close("y", &ctx, y.unwrap().view(), &y_ref);
+        let y = y.unwrap();
+        assert_close("y", &ctx, y.view(), &y_ref);
+        // Every algorithm writes each output element: a buffer of NaN comes back as
+        // the same bits.
+        let mut out = Array4::from_elem(y.raw_dim(), f32::NAN);
+        conv2d_into(x.view(), wt.view(), Some(b.view()), &opts, out.view_mut()).unwrap();
+        assert_eq!(
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{ctx}: conv2d_into into NaN"
+        );
         let g = g.unwrap();
         assert_close("dx", &ctx, g.dx.view(), &dx_ref);
         assert_close("dw", &ctx, g.dw.view(), &dw_ref);

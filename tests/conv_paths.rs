@@ -272,3 +272,40 @@ fn direct_path_scratch_borders_stay_zero_across_layouts() {
         }
     });
 }
+
+/// `conv2d_into` overwrites every element with each forward algorithm that runs the
+/// geometry, empty images (all padding, no channels) and no output channels included:
+/// a buffer of NaN comes back as `conv2d_with_plan`'s bits.
+#[test]
+fn every_forward_algorithm_overwrites_the_into_buffer() {
+    use convinit::ops::{ConvAlgorithm, ConvAlgos, conv2d_into};
+    let mut rng = StdRng::seed_from_u64(11);
+    for &(n, c, h, w, o, k, stride, padding, dilation, groups) in SHAPES {
+        let x: Array4<f32> = random_array(&mut rng, (n, c, h, w));
+        let wt: Array4<f32> = random_array(&mut rng, (o, c / groups, k.0, k.1));
+        let b: Array1<f32> = random_array(&mut rng, o);
+        let opts = Conv2dOptions::new()
+            .with_stride(stride)
+            .with_padding(padding)
+            .with_dilation(dilation)
+            .with_groups(groups);
+        let geo =
+            Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
+        for &algo in ForwardAlgo::ALL {
+            if !algo.supports(&geo) {
+                continue;
+            }
+            let plan = ConvPlan {
+                forward: algo,
+                ..ConvPlan::choose(&geo, rayon::current_num_threads())
+            };
+            let y = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &opts, plan).unwrap();
+            let forced =
+                opts.with_algorithm(ConvAlgorithm::Fixed(ConvAlgos::new().with_forward(algo)));
+            let mut out = Array4::from_elem(y.raw_dim(), f32::NAN);
+            conv2d_into(x.view(), wt.view(), Some(b.view()), &forced, out.view_mut()).unwrap();
+            let bits = |a: &Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&y), "{:?} {algo:?}", (n, c, h, w, o, k));
+        }
+    }
+}

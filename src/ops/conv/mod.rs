@@ -45,7 +45,7 @@ use ndarray::{
 use super::geometry::{Conv2dGeometry, Conv2dOptions};
 use super::im2col::Im2colMap;
 use crate::error::{Error, Result};
-use crate::limits::{try_standard_layout, try_zeros};
+use crate::limits::{try_output, try_standard_layout, try_zeros};
 
 mod autotune;
 mod choose;
@@ -422,7 +422,9 @@ fn forward_impl(
 ) -> Result<Array4<f32>> {
     check_bias(geo, weight.shape(), bias.map(|b| b.len()))?;
     check_plan(&plan, geo)?;
-    let mut y = try_zeros(OP, geo.y_shape(), || {
+    // Every forward algorithm writes each element of `y` (the `_into` contract), so
+    // the buffer needs no zeros of its own.
+    let mut y = try_output(OP, geo.y_shape(), || {
         format!(
             "the output {:?} of {}",
             <[usize; 4]>::from(geo.y_shape()),
@@ -441,14 +443,13 @@ fn forward_into(
     weight: ArrayView4<'_, f32>,
     bias: Option<ArrayView1<'_, f32>>,
     plan: ConvPlan,
-    mut y: ArrayViewMut4<'_, f32>,
+    y: ArrayViewMut4<'_, f32>,
 ) -> Result<()> {
     let geo = *geo;
     check_bias(&geo, weight.shape(), bias.map(|b| b.len()))?;
     check_plan(&plan, &geo)?;
     let (x, weight) = standard_operands(&geo, x, weight)?;
     let ops = operands(&geo, x.view(), weight.view(), plan, false)?;
-    y.fill(0.0);
     let y3 = y
         .into_shape_with_order((geo.batch, geo.out_channels, geo.col_cols()))
         .map_err(shape_err)?;
