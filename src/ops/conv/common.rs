@@ -240,18 +240,31 @@ pub(super) fn group_col_grad(
     Ok(())
 }
 
-/// `sum(v)` in f64 over eight interleaved partial sums, which vectorise (one running
-/// sum waits on each add's latency: it took 3% of a training step of the notebook net).
+/// `sum(v)` in f64 over 32 interleaved partial sums, which vectorise into four
+/// independent vector sums (one running sum waits on each add's latency: it took 3% of
+/// a training step of the notebook net; one vector of eight still waited 4 cycles per 8
+/// floats, 2% of `train_mnist`'s step).
 fn sum_f64(v: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut chunks = v.chunks_exact(8);
-    for c in &mut chunks {
+    let mut acc = [0.0f64; 32];
+    let mut wide = v.chunks_exact(32);
+    for c in &mut wide {
         for (a, &x) in acc.iter_mut().zip(c) {
             *a += f64::from(x);
         }
     }
-    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
-    acc.iter().sum::<f64>() + tail
+    // Short rows (the small layers' 16 or 49 positions) in eights, then one by one.
+    let mut narrow = wide.remainder().chunks_exact(8);
+    for c in &mut narrow {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f64::from(x);
+        }
+    }
+    let tail: f64 = narrow.remainder().iter().map(|&x| f64::from(x)).sum();
+    let mut lanes = [0.0f64; 8];
+    for (i, l) in lanes.iter_mut().enumerate() {
+        *l = (acc[i] + acc[i + 8]) + (acc[i + 16] + acc[i + 24]);
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// The bias gradient of images `n0..n0 + nb`: `sum(dy[n, o, :])` per channel, in f64.
