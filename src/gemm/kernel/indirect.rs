@@ -36,6 +36,8 @@ pub(crate) struct IndirectArgs {
     pub ldw: usize,
     /// Output, `rows x ldw`.
     pub c: *mut f32,
+    /// Add the sums to what `c` holds instead of storing them.
+    pub accumulate: bool,
 }
 
 /// All tiles of one indirect call.
@@ -57,6 +59,7 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
         w,
         ldw,
         c,
+        accumulate,
     } = *args;
     let nvec = ldw / S::LANES;
     // SAFETY: positions below `rows` and channels below `ldw` only; an edge tile points
@@ -86,7 +89,7 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
                         *xi = x.add(*bases.add(p0 + i.min(valid - 1)));
                     }
                     let cv = c.add(p0 * ldw + v0 * S::LANES);
-                    let (kk, add) = (k1 - k0, kb > 0);
+                    let (kk, add) = (k1 - k0, kb > 0 || accumulate);
                     if nv >= 3 {
                         tile::<S, MR, 3>(&xs, ob, kk, wv, ldw, cv, valid, add);
                     } else if nv == 2 {

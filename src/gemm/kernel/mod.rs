@@ -428,7 +428,8 @@ pub(crate) fn macro_kernel(
 
 /// The indirect GEMM of the direct conv path:
 /// `out[p * ldw + o] = sum_k x[bases[p] + offs[k]] * w[k * ldw + o]` for every position
-/// `p < bases.len()` and channel `o < ldw` (see the `indirect` module).
+/// `p < bases.len()` and channel `o < ldw` (see the `indirect` module); with
+/// `accumulate`, the sum is added to what `out` holds (`+=`).
 ///
 /// `w` is `offs.len() x ldw` (the weights packed tap-major, channels padded with zeros
 /// to `ldw`, a multiple of [`Kernel::lanes`]); `out` receives `bases.len() x ldw`.
@@ -437,6 +438,7 @@ pub(crate) fn macro_kernel(
 /// If `ldw` is not a positive multiple of the kernel's vector width, `w` or `out` is
 /// too short, some `bases[p] + offs[k]` is outside `x`, or the CPU cannot run
 /// `kernel`: all bugs of the caller, checked before any unsafe code runs.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn indirect_gemm(
     kernel: Kernel,
     x: &[f32],
@@ -445,6 +447,7 @@ pub(crate) fn indirect_gemm(
     w: &[f32],
     ldw: usize,
     out: &mut [f32],
+    accumulate: bool,
 ) {
     let (rows, k) = (bases.len(), offs.len());
     assert!(
@@ -458,7 +461,9 @@ pub(crate) fn indirect_gemm(
         return;
     }
     if k == 0 {
-        out[..rows * ldw].fill(0.0);
+        if !accumulate {
+            out[..rows * ldw].fill(0.0);
+        }
         return;
     }
     let last = bases.iter().max().copied().unwrap_or(0) + offs.iter().max().copied().unwrap_or(0);
@@ -476,6 +481,7 @@ pub(crate) fn indirect_gemm(
         w: w.as_ptr(),
         ldw,
         c: out.as_mut_ptr(),
+        accumulate,
     };
     // SAFETY: the asserts above check every read of `x` (the largest base plus the
     // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the

@@ -63,8 +63,7 @@ struct BackwardScratch {
     xpad: Zeroed,
     /// `dy` position-major, padding lanes zero.
     dyt: Zeroed,
-    /// One call's weight-gradient tile and the chunk's sum of them.
-    tmp: Vec<f32>,
+    /// The chunk's weight-gradient sum, which each call adds to.
     acc: Vec<f32>,
     /// Padded `dy`, borders zero.
     dypad: Zeroed,
@@ -182,7 +181,7 @@ fn forward_tile(
         } else {
             xs
         };
-        indirect_gemm(kernel, src, &bases[..nc * l], &idx.offs, w, ldw, out);
+        indirect_gemm(kernel, src, &bases[..nc * l], &idx.offs, w, ldw, out, false);
         for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
             let yn = yn.as_slice_mut().expect("output images are contiguous");
@@ -469,7 +468,6 @@ impl Backward {
         BackwardScratch {
             xpad,
             dyt,
-            tmp,
             acc,
             dypad,
             tile,
@@ -504,7 +502,6 @@ impl Backward {
             let what = "the transposed grad_out of the direct path";
             let dyt = dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?;
             let what = "the weight gradient tile of the direct path";
-            resize(tmp, &[k, ldo], what, geo)?;
             acc.clear();
             resize(acc, &[k, ldo], what, geo)?;
             dyt
@@ -560,10 +557,7 @@ impl Backward {
                     transpose_add(dyn_, l, (o, l), None, dst, ldo);
                 }
                 let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
-                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, tmp);
-                for (a, &t) in acc.iter_mut().zip(tmp.iter()) {
-                    *a += t;
-                }
+                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, acc, true);
             }
             // dx, one pixel class at a time, for all `nc` images in each call.
             let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
@@ -587,7 +581,7 @@ impl Backward {
                     "the input gradient tile of the direct path",
                     geo,
                 )?;
-                indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile);
+                indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile, false);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
