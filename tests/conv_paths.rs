@@ -39,6 +39,9 @@ const SHAPES: &[Shape] = &[
     (4, 6, 5, 9, 4, (1, 1), (1, 1), (0, 0), (1, 1), 2),
     // 1x1 stride 1 unpadded, one image.
     (1, 8, 12, 12, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    // 1x1 with 70 output channels and 1600 positions: a one-image tile's GEMM runs in
+    // column blocks (960 columns each) with the bias added per block.
+    (2, 3, 40, 40, 70, (1, 1), (1, 1), (0, 0), (1, 1), 1),
     // 1x1 strided and padded (im2col only).
     (2, 3, 7, 8, 5, (1, 1), (2, 3), (1, 2), (1, 1), 1),
     // The first layers' kind: one input channel, 5x5.
