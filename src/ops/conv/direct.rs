@@ -136,22 +136,7 @@ fn forward_tile(
     let bases = multi_bases(&idx.bases, img, per_call);
     // The borders stay zero for every image of the tile, and of later tiles and calls
     // that pad the same way.
-    let padded = if copy {
-        let (pt, pl) = geo.options.padding;
-        let layout = [
-            geo.in_channels,
-            geo.in_h,
-            geo.in_w,
-            pt,
-            pl,
-            idx.rows,
-            idx.cols,
-        ];
-        let what = "the padded images of the direct path";
-        padded.prepare(&[per_call, img], &layout, what, geo)?
-    } else {
-        &mut []
-    };
+    let padded = padded_images(padded, geo, idx, per_call)?;
     resize(
         out,
         &[per_call, l, ldw],
@@ -189,6 +174,31 @@ fn forward_tile(
         }
     }
     Ok(())
+}
+
+/// `per_call` padded images in `buf`, borders zero (zeroed only when the padding
+/// layout changes); empty when the kernels read the input itself.
+fn padded_images<'a>(
+    buf: &'a mut Zeroed,
+    geo: &Conv2dGeometry,
+    idx: &DirectIndex,
+    per_call: usize,
+) -> Result<&'a mut [f32]> {
+    if idx.is_input(geo) {
+        return Ok(&mut []);
+    }
+    let (pt, pl) = geo.options.padding;
+    let layout = [
+        geo.in_channels,
+        geo.in_h,
+        geo.in_w,
+        pt,
+        pl,
+        idx.rows,
+        idx.cols,
+    ];
+    let what = "the padded images of the direct path";
+    buf.prepare(&[per_call, image_len(geo, idx)], &layout, what, geo)
 }
 
 /// Floats of one image as the direct kernels read it: its padded region, or the input
@@ -482,22 +492,7 @@ impl Backward {
         let x_bases = multi_bases(&idx.bases, img, per_call);
         // Borders (and padding lanes) are zero for the whole chunk, and for later chunks
         // and calls laid out the same way; insides are rewritten per call.
-        let xpad = if copy {
-            let (pt, pl) = geo.options.padding;
-            let layout = [
-                geo.in_channels,
-                geo.in_h,
-                geo.in_w,
-                pt,
-                pl,
-                idx.rows,
-                idx.cols,
-            ];
-            let what = "the padded images of the direct path";
-            xpad.prepare(&[per_call, img], &layout, what, geo)?
-        } else {
-            &mut []
-        };
+        let xpad = padded_images(xpad, geo, idx, per_call)?;
         let dyt = if want_dw {
             let what = "the transposed grad_out of the direct path";
             let dyt = dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?;
