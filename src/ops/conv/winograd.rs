@@ -38,13 +38,11 @@ use std::cell::RefCell;
 use ndarray::parallel::prelude::*;
 use ndarray::{
     ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, Axis,
-    ShapeBuilder,
 };
-use rayon::slice::ParallelSliceMut;
 
 use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
-use crate::gemm::{Kernel, sgemm_par};
+use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
 use crate::limits::{checked_len, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -97,34 +95,20 @@ const MIN_BLOCK_TILES: usize = 48;
 /// several tasks.
 const MAX_BLOCK_TILES: usize = 512;
 
-/// F(2x2, 3x3) (Lavin & Gray): `B^T` (4 x 4), `G` (4 x 3), `A^T` (2 x 4).
+/// F(2x2, 3x3) (Lavin & Gray): `G` (4 x 3); `B^T` and `A^T` are [`in_f2`] and
+/// [`out_f2`].
 mod f2 {
-    pub(super) const BT: [[f32; 4]; 4] = [
-        [1.0, 0.0, -1.0, 0.0],
-        [0.0, 1.0, 1.0, 0.0],
-        [0.0, -1.0, 1.0, 0.0],
-        [0.0, 1.0, 0.0, -1.0],
-    ];
     pub(super) const G: [[f64; 3]; 4] = [
         [1.0, 0.0, 0.0],
         [0.5, 0.5, 0.5],
         [0.5, -0.5, 0.5],
         [0.0, 0.0, 1.0],
     ];
-    pub(super) const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 }
 
-/// F(4x4, 3x3) (Lavin & Gray, points 0, ±1, ±2 and infinity): `B^T` (6 x 6), `G`
-/// (6 x 3), `A^T` (4 x 6).
+/// F(4x4, 3x3) (Lavin & Gray, points 0, ±1, ±2 and infinity): `G` (6 x 3); `B^T` and
+/// `A^T` are [`in_f4`] and [`out_f4`].
 mod f4 {
-    pub(super) const BT: [[f32; 6]; 6] = [
-        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
-        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
-        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-    ];
     pub(super) const G: [[f64; 3]; 6] = [
         [1.0 / 4.0, 0.0, 0.0],
         [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
@@ -133,99 +117,123 @@ mod f4 {
         [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
         [0.0, 0.0, 1.0],
     ];
-    pub(super) const AT: [[f32; 6]; 4] = [
-        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
-        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
-    ];
 }
 
-/// `sum_k coef[k] * rows[k]` lane by lane, in `k` order, the zero coefficients
-/// skipped and ±1 as an add or subtract (the coefficients are constants: once inlined
-/// the tests fold away).
+/// `B^T d` of F2 on [`LANES`] columns, `B^T` = `[1 0 -1 0; 0 1 1 0; 0 -1 1 0;
+/// 0 1 0 -1]`.
 #[inline(always)]
-fn comb<const K: usize>(coef: &[f32; K], rows: &[Lane; K]) -> Lane {
-    let mut acc = [0.0f32; LANES];
-    let mut first = true;
-    for (&c, r) in coef.iter().zip(rows) {
-        if c == 0.0 {
-            continue;
-        }
-        if first {
-            if c == 1.0 {
-                acc = *r;
-            } else if c == -1.0 {
-                for (a, &v) in acc.iter_mut().zip(r) {
-                    *a = -v;
-                }
-            } else {
-                for (a, &v) in acc.iter_mut().zip(r) {
-                    *a = c * v;
-                }
-            }
-            first = false;
-        } else if c == 1.0 {
-            for (a, &v) in acc.iter_mut().zip(r) {
-                *a += v;
-            }
-        } else if c == -1.0 {
-            for (a, &v) in acc.iter_mut().zip(r) {
-                *a -= v;
-            }
-        } else {
-            for (a, &v) in acc.iter_mut().zip(r) {
-                *a += c * v;
-            }
-        }
+fn in_f2(d: &[Lane; 4]) -> [Lane; 4] {
+    let mut v = [[0.0f32; LANES]; 4];
+    for l in 0..LANES {
+        let [d0, d1, d2, d3] = [d[0][l], d[1][l], d[2][l], d[3][l]];
+        v[0][l] = d0 - d2;
+        v[1][l] = d1 + d2;
+        v[2][l] = d2 - d1;
+        v[3][l] = d1 - d3;
     }
-    acc
+    v
 }
 
-/// `V = B^T d B` of [`LANES`] tiles: `dc[s][r]` holds column `s`, row `r` of the
-/// tiles; `v` gets `V[i][j]` at `v[(i * A + j) * stride..][..LANES]`.
+/// `A^T m` of F2 on [`LANES`] columns, `A^T` = `[1 1 1 0; 0 1 -1 -1]`.
 #[inline(always)]
-fn input_tf<const A: usize>(bt: &[[f32; A]; A], dc: &[[Lane; A]; A], v: &mut [f32], stride: usize) {
-    // t[i][s] = sum_r BT[i][r] d[r][s]
+fn out_f2(m: &[Lane; 4]) -> [Lane; 2] {
+    let mut y = [[0.0f32; LANES]; 2];
+    for l in 0..LANES {
+        let [m0, m1, m2, m3] = [m[0][l], m[1][l], m[2][l], m[3][l]];
+        y[0][l] = m0 + m1 + m2;
+        y[1][l] = m1 - m2 - m3;
+    }
+    y
+}
+
+/// `B^T d` of F4 on [`LANES`] columns, `B^T` = `[4 0 -5 0 1 0; 0 -4 -4 1 1 0;
+/// 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]`, factored.
+#[inline(always)]
+fn in_f4(d: &[Lane; 6]) -> [Lane; 6] {
+    let mut v = [[0.0f32; LANES]; 6];
+    for l in 0..LANES {
+        let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
+        let a = d4 - 4.0 * d2;
+        let b = d3 - 4.0 * d1;
+        let c = d4 - d2;
+        let e = 2.0 * (d3 - d1);
+        v[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        v[1][l] = a + b;
+        v[2][l] = a - b;
+        v[3][l] = c + e;
+        v[4][l] = c - e;
+        v[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    v
+}
+
+/// `A^T m` of F4 on [`LANES`] columns, `A^T` = `[1 1 1 1 1 0; 0 1 -1 2 -2 0;
+/// 0 1 1 4 4 0; 0 1 -1 8 -8 1]`, factored.
+#[inline(always)]
+fn out_f4(m: &[Lane; 6]) -> [Lane; 4] {
+    let mut y = [[0.0f32; LANES]; 4];
+    for l in 0..LANES {
+        let [m0, m1, m2, m3, m4, m5] = [m[0][l], m[1][l], m[2][l], m[3][l], m[4][l], m[5][l]];
+        let (s12, d12) = (m1 + m2, m1 - m2);
+        let (s34, d34) = (m3 + m4, m3 - m4);
+        y[0][l] = m0 + s12 + s34;
+        y[1][l] = d12 + 2.0 * d34;
+        y[2][l] = s12 + 4.0 * s34;
+        y[3][l] = d12 + 8.0 * d34 + m5;
+    }
+    y
+}
+
+/// `V = B^T d B` of [`LANES`] tiles, `tf` the 1-d `B^T`: `dc[s][r]` holds column `s`,
+/// row `r` of the tiles; `v` gets `V[i][j]` at `v[(i * A + j) * stride..][..LANES]`.
+#[inline(always)]
+fn input_tf<const A: usize>(
+    tf: impl Fn(&[Lane; A]) -> [Lane; A],
+    dc: &[[Lane; A]; A],
+    v: &mut [f32],
+    stride: usize,
+) {
+    // t[s] = B^T (column s of d): t[s][i] = (B^T d)[i][s].
     let mut t = [[[0.0f32; LANES]; A]; A];
-    for (s, col) in dc.iter().enumerate() {
-        for (i, row) in bt.iter().enumerate() {
-            t[i][s] = comb(row, col);
-        }
+    for (ts, col) in t.iter_mut().zip(dc) {
+        *ts = tf(col);
     }
-    // V[i][j] = sum_s t[i][s] BT[j][s]
-    for (i, ti) in t.iter().enumerate() {
-        for (j, row) in bt.iter().enumerate() {
-            let out = comb(row, ti);
+    let mut row = [[0.0f32; LANES]; A];
+    for i in 0..A {
+        // Row i of B^T d, transformed: (B^T d B)[i][j].
+        for (r, ts) in row.iter_mut().zip(&t) {
+            *r = ts[i];
+        }
+        for (j, out) in tf(&row).iter().enumerate() {
             let at = (i * A + j) * stride;
-            v[at..at + LANES].copy_from_slice(&out);
+            v[at..at + LANES].copy_from_slice(out);
         }
     }
 }
 
-/// `Y = A^T M A + b` of [`LANES`] tiles: `mc[s][r]` holds `M[r][s]`; returns `Y[i][j]`
-/// at `[i * M + j]`, as `M * M` lanes in `out`.
+/// `Y = A^T M A + b` of [`LANES`] tiles, `tf` the 1-d `A^T`: `mc[s][r]` holds
+/// `M[r][s]`; `out[i * M + j]` gets `Y[i][j]`.
 #[inline(always)]
 fn output_tf<const A: usize, const M: usize>(
-    at: &[[f32; A]; M],
+    tf: impl Fn(&[Lane; A]) -> [Lane; M],
     mc: &[[Lane; A]; A],
     bias: f32,
     out: &mut [Lane],
 ) {
-    // t[i][s] = sum_r AT[i][r] M[r][s]
-    let mut t = [[[0.0f32; LANES]; A]; M];
-    for (s, col) in mc.iter().enumerate() {
-        for (i, row) in at.iter().enumerate() {
-            t[i][s] = comb(row, col);
-        }
+    let mut t = [[[0.0f32; LANES]; M]; A];
+    for (ts, col) in t.iter_mut().zip(mc) {
+        *ts = tf(col);
     }
-    for (i, ti) in t.iter().enumerate() {
-        for (j, row) in at.iter().enumerate() {
-            let mut y = comb(row, ti);
-            for v in &mut y {
-                *v += bias;
+    let mut row = [[0.0f32; LANES]; A];
+    for i in 0..M {
+        for (r, ts) in row.iter_mut().zip(&t) {
+            *r = ts[i];
+        }
+        for (j, y) in tf(&row).iter().enumerate() {
+            let o = &mut out[i * M + j];
+            for (o, &v) in o.iter_mut().zip(y) {
+                *o = v + bias;
             }
-            out[i * M + j] = y;
         }
     }
 }
@@ -255,8 +263,9 @@ pub(super) struct Conv<'a> {
     /// The input offset of output (0, 0): output `(i, j)` reads input `(i - ph + a,
     /// j - pw + b)` for the taps `(a, b)`; negative padding crops.
     pad: (isize, isize),
-    /// The transformed filter, `[xi][cout][cin]`.
-    u: &'a [f32],
+    /// The transformed filter `U[xi]` (`cout x cin`) per position `xi`, packed for the
+    /// GEMM kernel.
+    u: &'a [Vec<f32>],
     bias: Option<&'a [f32]>,
     geo: &'a Conv2dGeometry,
 }
@@ -279,6 +288,8 @@ struct Scratch {
     m: Vec<f32>,
     y: Vec<f32>,
     origins: Vec<Origin>,
+    /// The offsets of the rows of `V[xi]` (one per input channel).
+    offs: Vec<usize>,
 }
 
 thread_local! {
@@ -287,60 +298,74 @@ thread_local! {
 }
 
 /// The filter transform `U[xi][p][q] = (G g_pq G^T)[xi]` in f64, rounded once, for the
-/// `p x q` 3x3 filters `g_pq = filter(p, q)` (9 taps, row-major).
+/// `p x q` 3x3 filters `g_pq = filter(p, q)` (9 taps, row-major): 8 filters `q` at a
+/// time, so the f64 arithmetic vectorises and each `U[xi][p]` row is written in runs.
 fn transform_filter(
     tile: Tile,
     p: usize,
     q: usize,
-    filter: impl Fn(usize, usize) -> [f32; 9] + Sync,
-    parallel: bool,
+    filter: impl Fn(usize, usize) -> [f32; 9],
     geo: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
+    const Q: usize = 8;
     let a = tile.alpha();
-    let aa = a * a;
     let describe = || format!("the Winograd filter transform of {}", geo.describe());
-    let len = checked_len(OP, &[aa, p, q], describe)?;
+    let len = checked_len(OP, &[a * a, p, q], describe)?;
     let mut u = try_zeroed_vec(OP, len, describe)?;
     let g: &[[f64; 3]] = match tile {
         Tile::F2 => &f2::G,
         Tile::F4 => &f4::G,
     };
-    // Per row p: its q filters' alpha^2 values, `[p][q][xi]`, then scattered.
-    let mut pq = try_zeroed_vec(OP, len, describe)?;
-    let row = |(pi, out): (usize, &mut [f32])| {
-        for (qi, out) in out.chunks_exact_mut(aa).enumerate() {
-            let f = filter(pi, qi);
-            // t = G f (alpha x 3)
-            let mut t = [[0.0f64; 3]; 6];
+    for pi in 0..p {
+        for q0 in (0..q).step_by(Q) {
+            let qn = Q.min(q - q0);
+            let mut f = [[0.0f64; Q]; 9];
+            for k in 0..qn {
+                for (ft, &v) in f.iter_mut().zip(&filter(pi, q0 + k)) {
+                    ft[k] = f64::from(v);
+                }
+            }
+            // t = G f, (alpha x 3) per lane.
+            let mut t = [[[0.0f64; Q]; 3]; 6];
             for (ti, gi) in t.iter_mut().zip(g) {
                 for (c, tc) in ti.iter_mut().enumerate() {
-                    *tc = (0..3).map(|r| gi[r] * f64::from(f[r * 3 + c])).sum();
+                    for (r, &gr) in gi.iter().enumerate() {
+                        for (o, &v) in tc.iter_mut().zip(&f[r * 3 + c]) {
+                            *o += gr * v;
+                        }
+                    }
                 }
             }
             for (i, ti) in t.iter().take(a).enumerate() {
                 for (j, gj) in g.iter().enumerate() {
-                    let v: f64 = (0..3).map(|c| ti[c] * gj[c]).sum();
-                    out[i * a + j] = v as f32;
+                    let mut acc = [0.0f64; Q];
+                    for (c, &gc) in gj.iter().enumerate() {
+                        for (o, &v) in acc.iter_mut().zip(&ti[c]) {
+                            *o += v * gc;
+                        }
+                    }
+                    let at = ((i * a + j) * p + pi) * q + q0;
+                    for (o, &v) in u[at..at + qn].iter_mut().zip(&acc) {
+                        *o = v as f32;
+                    }
                 }
-            }
-        }
-    };
-    if q == 0 {
-        return Ok(u);
-    }
-    if parallel {
-        pq.par_chunks_mut(q * aa).enumerate().for_each(row);
-    } else {
-        pq.chunks_mut(q * aa).enumerate().for_each(row);
-    }
-    for (pi, r) in pq.chunks_exact(q * aa).enumerate() {
-        for (qi, f) in r.chunks_exact(aa).enumerate() {
-            for (xi, &val) in f.iter().enumerate() {
-                u[(xi * p + pi) * q + qi] = val;
             }
         }
     }
     Ok(u)
+}
+
+/// `U` as [`transform_filter`] makes it (`[xi][p][q]`), each `U[xi]` packed for the
+/// kernel's GEMM.
+fn pack(kernel: Kernel, tile: Tile, u: &[f32], p: usize, q: usize) -> Result<Vec<Vec<f32>>> {
+    let a = tile.alpha();
+    (0..a * a)
+        .map(|xi| {
+            let uxi = ArrayView2::from_shape((p, q), &u[xi * p * q..(xi + 1) * p * q])
+                .map_err(shape_err)?;
+            Ok(pack_a_panels(kernel, uxi))
+        })
+        .collect()
 }
 
 /// Tiles per task for `alpha^2 (cin + cout)` floats per tile.
@@ -413,7 +438,9 @@ impl Conv<'_> {
         let tw = self.wo.div_ceil(m);
         let rows = task.r1 - task.r0;
         let t = task.nimg * rows * tw;
-        let tp = t.next_multiple_of(LANES);
+        // Lanes `tp` apart, a whole number of the kernel's column panels: the GEMM reads
+        // whole panels of each row of `V`.
+        let tp = t.next_multiple_of(LANES.max(self.kernel.blocks().nr));
         let plane = self.hi * self.wi;
         s.origins.clear();
         for img in 0..task.nimg {
@@ -438,15 +465,12 @@ impl Conv<'_> {
             self.geo,
         )?;
         isa::input_block(self.kernel, self, &s.origins, &mut s.v, tp);
-        for xi in 0..aa {
-            let u = &self.u[xi * self.cout * self.cin..(xi + 1) * self.cout * self.cin];
-            let u = ArrayView2::from_shape((self.cout, self.cin), u).map_err(shape_err)?;
+        s.offs.clear();
+        s.offs.extend((0..self.cin).map(|c| c * tp));
+        for (xi, u) in self.u.iter().enumerate() {
             let v = &s.v[xi * self.cin * tp..(xi + 1) * self.cin * tp];
-            let v = ArrayView2::from_shape((self.cin, t).strides((tp, 1)), v).map_err(shape_err)?;
             let mo = &mut s.m[xi * self.cout * tp..(xi + 1) * self.cout * tp];
-            let mo = ArrayViewMut2::from_shape((self.cout, t).strides((tp, 1)), mo)
-                .map_err(shape_err)?;
-            sgemm_par(self.kernel, false, 1.0, u, v, 0.0, mo)?;
+            indirect_b_gemm(self.kernel, u, self.cout, v, &s.offs, t, mo, tp);
         }
         let block = OutBlock {
             tw,
@@ -481,8 +505,8 @@ struct OutBlock {
 #[inline(always)]
 fn input_block(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
     match conv.tile {
-        Tile::F2 => input_block_t::<4>(&f2::BT, conv, origins, v, tp),
-        Tile::F4 => input_block_t::<6>(&f4::BT, conv, origins, v, tp),
+        Tile::F2 => input_block_t::<4>(in_f2, conv, origins, v, tp),
+        Tile::F4 => input_block_t::<6>(in_f4, conv, origins, v, tp),
     }
 }
 
@@ -490,7 +514,7 @@ fn input_block(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn input_block_t<const A: usize>(
-    bt: &[[f32; A]; A],
+    tf: impl Fn(&[Lane; A]) -> [Lane; A] + Copy,
     conv: &Conv<'_>,
     origins: &[Origin],
     v: &mut [f32],
@@ -530,7 +554,7 @@ fn input_block_t<const A: usize>(
                 }
             }
             let at = c * tp + b * LANES;
-            input_tf(bt, &dc, &mut v[at..], stride);
+            input_tf(tf, &dc, &mut v[at..], stride);
         }
     }
 }
@@ -540,8 +564,8 @@ fn input_block_t<const A: usize>(
 #[inline(always)]
 fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [f32]) {
     match conv.tile {
-        Tile::F2 => output_block_t::<4, 2>(&f2::AT, conv, blk, mm, y),
-        Tile::F4 => output_block_t::<6, 4>(&f4::AT, conv, blk, mm, y),
+        Tile::F2 => output_block_t::<4, 2>(out_f2, conv, blk, mm, y),
+        Tile::F4 => output_block_t::<6, 4>(out_f4, conv, blk, mm, y),
     }
 }
 
@@ -549,7 +573,7 @@ fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [f32]) {
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn output_block_t<const A: usize, const M: usize>(
-    at: &[[f32; A]; M],
+    tf: impl Fn(&[Lane; A]) -> [Lane; M] + Copy,
     conv: &Conv<'_>,
     blk: &OutBlock,
     mm: &[f32],
@@ -570,7 +594,7 @@ fn output_block_t<const A: usize, const M: usize>(
                     mc[sc][r].copy_from_slice(&mm[at..at + LANES]);
                 }
             }
-            output_tf::<A, M>(at, &mc, bias, &mut out[..M * M]);
+            output_tf::<A, M>(tf, &mc, bias, &mut out[..M * M]);
             let lanes = LANES.min(blk.t - b * LANES);
             for l in 0..lanes {
                 let t = b * LANES + l;
@@ -679,7 +703,8 @@ pub(super) fn forward(
     let (c, o) = (geo.in_channels, geo.out_channels);
     let w = contiguous(ops.w.view(), "the weights")?;
     let parallel = ops.plan.parallel;
-    let u = transform_filter(tile, o, c, |oi, ci| taps(w, c, oi, ci), parallel, geo)?;
+    let u = transform_filter(tile, o, c, |oi, ci| taps(w, c, oi, ci), geo)?;
+    let u = pack(ops.plan.kernel, tile, &u, o, c)?;
     let bias = match bias {
         Some(b) => Some(
             b.to_slice()
@@ -718,7 +743,7 @@ fn signed(p: usize) -> Result<isize> {
 /// and transposed, `U[xi][C][O]`.
 pub(super) struct Backward {
     tile: Tile,
-    u: Vec<f32>,
+    u: Vec<Vec<f32>>,
 }
 
 impl Backward {
@@ -732,7 +757,8 @@ impl Backward {
             f.reverse();
             f
         };
-        let u = transform_filter(tile, c, o, rotated, ops.plan.parallel, geo)?;
+        let u = transform_filter(tile, c, o, rotated, geo)?;
+        let u = pack(ops.plan.kernel, tile, &u, c, o)?;
         Ok(Backward { tile, u })
     }
 
@@ -777,11 +803,36 @@ impl Backward {
 mod tests {
     use super::*;
 
-    /// 1-d check of the matrices: `A^T [(G g) . (B^T d)] = correlation of d with g`.
+    const BT2: [[f64; 4]; 4] = [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ];
+    const AT2: [[f64; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+    const BT4: [[f64; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const AT4: [[f64; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+
+    /// 1-d check of the matrices: `A^T [(G g) . (B^T d)] = correlation of d with g`;
+    /// and of the factored lane transforms against the matrices.
     fn check<const A: usize, const M: usize>(
-        bt: &[[f32; A]; A],
+        bt: &[[f64; A]; A],
         g: &[[f64; 3]; A],
-        at: &[[f32; A]; M],
+        at: &[[f64; A]; M],
+        tin: fn(&[Lane; A]) -> [Lane; A],
+        tout: fn(&[Lane; A]) -> [Lane; M],
     ) {
         let d: Vec<f64> = (0..A).map(|i| (i as f64 * 0.7 - 1.3).sin()).collect();
         let k = [0.3, -1.1, 0.8];
@@ -791,18 +842,35 @@ mod tests {
             .collect();
         let v: Vec<f64> = bt
             .iter()
-            .map(|r| (0..A).map(|i| f64::from(r[i]) * d[i]).sum())
+            .map(|r| (0..A).map(|i| r[i] * d[i]).sum())
             .collect();
         for (i, r) in at.iter().enumerate() {
-            let y: f64 = (0..A).map(|j| f64::from(r[j]) * u[j] * v[j]).sum();
+            let y: f64 = (0..A).map(|j| r[j] * u[j] * v[j]).sum();
             let want: f64 = (0..3).map(|j| d[i + j] * k[j]).sum();
             assert!((y - want).abs() < 1e-12, "{i}: {y} vs {want}");
+        }
+        // Small integers: exact in f32 whatever the factoring.
+        let lanes: [Lane; A] =
+            std::array::from_fn(|i| std::array::from_fn(|l| (i * 7 + l) as f32 % 5.0 - 2.0));
+        let got = tin(&lanes);
+        for (i, r) in bt.iter().enumerate() {
+            for l in 0..LANES {
+                let want: f64 = (0..A).map(|j| r[j] * f64::from(lanes[j][l])).sum();
+                assert_eq!(f64::from(got[i][l]), want, "B^T row {i}");
+            }
+        }
+        let got = tout(&lanes);
+        for (i, r) in at.iter().enumerate() {
+            for l in 0..LANES {
+                let want: f64 = (0..A).map(|j| r[j] * f64::from(lanes[j][l])).sum();
+                assert_eq!(f64::from(got[i][l]), want, "A^T row {i}");
+            }
         }
     }
 
     #[test]
     fn transforms_compute_a_correlation() {
-        check(&f2::BT, &f2::G, &f2::AT);
-        check(&f4::BT, &f4::G, &f4::AT);
+        check(&BT2, &f2::G, &AT2, in_f2, out_f2);
+        check(&BT4, &f4::G, &AT4, in_f4, out_f4);
     }
 }
