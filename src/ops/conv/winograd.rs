@@ -12,8 +12,8 @@
 //! - The filter transform runs once per call, in f64 (rounded once to f32), into
 //!   `U[xi][O][C]`.
 //! - [`Conv::run`] cuts the output into tasks of whole tile rows (several small images
-//!   per task, or a band of tile rows of one large image), about [`BLOCK_BYTES`] of
-//!   transformed input and output each. Per task: the input transform of every tile and
+//!   per task, or a band of tile rows of one large image), about [`GEMM_BYTES`] of
+//!   transformed input and output per GEMM. Per task: the input transform of every tile and
 //!   channel into `V[xi][C][T]`, [`LANES`] tiles at a time (plain loops over
 //!   fixed-size lane arrays, which the compiler vectorises); `alpha^2` GEMMs on the
 //!   calling thread; the output transform (plus the bias) into a contiguous block,
@@ -40,7 +40,7 @@ use ndarray::{
     ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, Axis,
 };
 
-use super::common::{OP, Operands, resize, shape_err, with_scratch};
+use super::common::{MIN_SPLIT, OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
 use crate::limits::{checked_len, try_zeroed_vec};
@@ -83,17 +83,21 @@ impl Tile {
 const LANES: usize = 16;
 type Lane = [f32; LANES];
 
-/// Bytes of transformed input and output per task, `alpha^2 (C + O) T` floats: the
-/// GEMMs' operands stay in the 1 MiB L2.
-const BLOCK_BYTES: usize = 1 << 20;
+/// Bytes of transformed input and output of one GEMM, `V[xi]` and `M[xi]`,
+/// `(C + O) T` floats (the task's block is `alpha^2` times that). Measured (1 thread,
+/// fwd ms, F2 / F4, the block's bytes `alpha^2 (C + O) T * 4` per task): resnet_64 at 1
+/// MiB 78 / 58, 4 MiB 79 / 50, 16 MiB 77 / 48, 32 MiB 86 / 57; vgg_256 1 MiB 43 / 53,
+/// 4 MiB 44 / 41, 16 MiB 41 / 29, 32 MiB 45 / 32. Smaller blocks leave the GEMMs short
+/// (few columns per packed `U[xi]`, which is `O x C` floats, read once per GEMM).
+const GEMM_BYTES: usize = 1 << 19;
 
 /// Fewest tiles per task (when the images have that many): fewer leave the GEMM's
-/// 48-column panels half empty and the per-GEMM packing of `U` unshared.
+/// 48-column panels half empty.
 const MIN_BLOCK_TILES: usize = 48;
 
-/// Most tiles per task, so that a large image with few channels is still cut into
-/// several tasks.
-const MAX_BLOCK_TILES: usize = 512;
+/// Most tiles per task, whatever the channels, so that small channel counts do not
+/// make tasks of huge images.
+const MAX_BLOCK_TILES: usize = 2048;
 
 /// F(2x2, 3x3) (Lavin & Gray): `G` (4 x 3); `B^T` and `A^T` are [`in_f2`] and
 /// [`out_f2`].
@@ -368,11 +372,15 @@ fn pack(kernel: Kernel, tile: Tile, u: &[f32], p: usize, q: usize) -> Result<Vec
         .collect()
 }
 
-/// Tiles per task for `alpha^2 (cin + cout)` floats per tile.
-fn block_tiles(tile: Tile, cin: usize, cout: usize) -> usize {
-    let a = tile.alpha();
-    let per_tile = (a * a * size_of::<f32>()).saturating_mul(cin.saturating_add(cout).max(1));
-    (BLOCK_BYTES / per_tile).clamp(MIN_BLOCK_TILES, MAX_BLOCK_TILES)
+/// Tiles per task: `V[xi]` and `M[xi]`, `(cin + cout) T` floats, within
+/// [`GEMM_BYTES`], at least [`MIN_SPLIT`] tasks when the batch has that many tiles
+/// (`total` tiles in all), within [`MIN_BLOCK_TILES`] and [`MAX_BLOCK_TILES`]. Depends
+/// on the shape only.
+fn block_tiles(cin: usize, cout: usize, total: usize) -> usize {
+    let per_tile = size_of::<f32>().saturating_mul(cin.saturating_add(cout).max(1));
+    (GEMM_BYTES / per_tile)
+        .min(total.div_ceil(MIN_SPLIT))
+        .clamp(MIN_BLOCK_TILES, MAX_BLOCK_TILES)
 }
 
 impl Conv<'_> {
@@ -385,7 +393,7 @@ impl Conv<'_> {
         }
         let m = self.tile.m();
         let (th, tw) = (self.ho.div_ceil(m), self.wo.div_ceil(m));
-        let target = block_tiles(self.tile, self.cin, self.cout);
+        let target = block_tiles(self.cin, self.cout, n.saturating_mul(th * tw));
         let mut tasks = Vec::new();
         let mut rest = y;
         if th * tw <= target {
