@@ -159,7 +159,8 @@ pub struct ConvPlan {
     /// `Pointwise`; `Phase` backward counts extended positions), must be positive:
     /// images with fewer run several side by side in one GEMM, larger ones are cut
     /// into runs of columns (`Columns`, `Pointwise`; `Phase` always takes at least one
-    /// whole image). Unused by `Direct`, `Depthwise` and the `Phase` forward.
+    /// whole image). Unused by `Direct`, `Depthwise`, the Winograd algorithms (whose
+    /// tasks are sized by their GEMMs' operands) and the `Phase` forward.
     pub tile_cols: usize,
     /// Lower whole-image tiles of the `Columns` algorithms through an index map (built
     /// once per call, for images of at most 65 536 column entries) rather than by rows.
