@@ -284,13 +284,12 @@ struct Task<'a> {
     y: ArrayViewMut4<'a, f32>,
 }
 
-/// Per-thread scratch: transformed inputs, GEMM outputs, the output block, the
-/// origins of a task's tiles.
+/// Per-thread scratch: transformed inputs, GEMM outputs, the origins of a task's
+/// tiles.
 #[derive(Default)]
 struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
-    y: Vec<f32>,
     origins: Vec<Origin>,
     /// The offsets of the rows of `V[xi]` (one per input channel).
     offs: Vec<usize>,
@@ -440,7 +439,7 @@ impl Conv<'_> {
     }
 
     /// One task: input transform, GEMMs, output transform.
-    fn task(&self, s: &mut Scratch, mut task: Task<'_>) -> Result<()> {
+    fn task(&self, s: &mut Scratch, task: Task<'_>) -> Result<()> {
         let (m, a) = (self.tile.m(), self.tile.alpha());
         let aa = a * a;
         let tw = self.wo.div_ceil(m);
@@ -466,12 +465,6 @@ impl Conv<'_> {
         resize(&mut s.v, &[aa, self.cin, tp], what, self.geo)?;
         resize(&mut s.m, &[aa, self.cout, tp], what, self.geo)?;
         let out_rows = task.y.len_of(Axis(2));
-        resize(
-            &mut s.y,
-            &[task.nimg, self.cout, out_rows, self.wo],
-            "the Winograd output block",
-            self.geo,
-        )?;
         isa::input_block(self.kernel, self, &s.origins, &mut s.v, tp);
         s.offs.clear();
         s.offs.extend((0..self.cin).map(|c| c * tp));
@@ -487,13 +480,23 @@ impl Conv<'_> {
             t,
             tp,
         };
-        isa::output_block(self.kernel, self, &block, &s.m, &mut s.y);
-        let yb = ndarray::ArrayView4::from_shape(
-            (task.nimg, self.cout, out_rows, self.wo),
-            &s.y[..task.nimg * self.cout * out_rows * self.wo],
-        )
-        .map_err(shape_err)?;
-        task.y.assign(&yb);
+        // The task's output planes, `nimg * cout` runs of `out_rows` whole rows each.
+        let mut planes = Vec::new();
+        let mut rest = task.y;
+        for _ in 0..task.nimg {
+            let (mut img, tail) = rest.split_at(Axis(0), 1);
+            rest = tail;
+            for _ in 0..self.cout {
+                let (plane, tail) = img.split_at(Axis(1), 1);
+                img = tail;
+                planes.push(
+                    plane
+                        .into_slice()
+                        .ok_or_else(|| Error::shape(OP, "the output rows are not contiguous"))?,
+                );
+            }
+        }
+        isa::output_block(self.kernel, self, &block, &s.m, &mut planes);
         Ok(())
     }
 }
@@ -567,10 +570,10 @@ fn input_block_t<const A: usize>(
     }
 }
 
-/// The output transform of every tile of a task into the block `y` `(nimg, cout,
-/// out_rows, wo)`, partial tiles clipped.
+/// The output transform of every tile of a task into its output planes `y` (image
+/// `img`, channel `o` at `img * cout + o`, `out_rows x wo` each), partial tiles clipped.
 #[inline(always)]
-fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [f32]) {
+fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
     match conv.tile {
         Tile::F2 => output_block_t::<4, 2>(out_f2, conv, blk, mm, y),
         Tile::F4 => output_block_t::<6, 4>(out_f4, conv, blk, mm, y),
@@ -585,10 +588,9 @@ fn output_block_t<const A: usize, const M: usize>(
     conv: &Conv<'_>,
     blk: &OutBlock,
     mm: &[f32],
-    y: &mut [f32],
+    y: &mut [&mut [f32]],
 ) {
     let (cout, wo) = (conv.cout, conv.wo);
-    let image = cout * blk.out_rows * wo;
     let stride = cout * blk.tp;
     let mut out = [[0.0f32; LANES]; 16];
     for o in 0..cout {
@@ -611,11 +613,11 @@ fn output_block_t<const A: usize, const M: usize>(
                 let tx = t % blk.tw;
                 let y0 = ty * M;
                 let x0 = tx * M;
-                let plane = img * image + o * blk.out_rows * wo;
+                let plane = &mut *y[img * cout + o];
                 for i in 0..M.min(blk.out_rows - y0) {
-                    let row = plane + (y0 + i) * wo;
-                    for j in 0..M.min(wo - x0) {
-                        y[row + x0 + j] = out[i * M + j][l];
+                    let row = &mut plane[(y0 + i) * wo + x0..(y0 + i + 1) * wo];
+                    for (j, v) in row.iter_mut().take(M).enumerate() {
+                        *v = out[i * M + j][l];
                     }
                 }
             }
@@ -662,16 +664,16 @@ mod isa {
         conv: &Conv<'_>,
         blk: &OutBlock,
         mm: &[f32],
-        y: &mut [f32],
+        y: &mut [&mut [f32]],
     ) {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f")]
-            fn avx512(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [f32]) {
+            fn avx512(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
                 super::output_block(conv, blk, mm, y)
             }
             #[target_feature(enable = "avx2")]
-            fn avx2(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [f32]) {
+            fn avx2(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
                 super::output_block(conv, blk, mm, y)
             }
             match kernel {
