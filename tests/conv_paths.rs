@@ -216,26 +216,28 @@ fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
     assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Direct);
 }
 
-/// The Winograd defaults of `choose.rs`: F4 for 64-channel 3x3 stride-1 convs with many
-/// output positions (resnet_64), F2 for more channels (vgg_256, with the F2 input
-/// gradient from 256 output channels), the direct path below 64 channels, on small
-/// batches, and for strided or grouped 3x3 convs.
+/// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
+/// gradient of 3x3 stride-1 convs with at least 64 channels and enough work (resnet_64,
+/// vgg_256), the direct path below 64 channels, on small batches, and for strided or
+/// grouped 3x3 convs.
 #[test]
 fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     let p1 = Conv2dOptions::new().with_padding((1, 1));
     let plan = |x: [usize; 4], w: [usize; 4], opts: &Conv2dOptions| {
         ConvPlan::choose(&Conv2dGeometry::new("test", x, w, opts).unwrap(), 2)
     };
-    let resnet = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1);
-    assert_eq!(resnet.forward, ForwardAlgo::WinogradF4);
-    assert_eq!(resnet.input_grad, InputGradAlgo::Direct);
-    assert_eq!(resnet.weight_grad, WeightGradAlgo::Direct);
-    let vgg = plan([8, 256, 28, 28], [256, 256, 3, 3], &p1);
-    assert_eq!(vgg.forward, ForwardAlgo::WinogradF2);
-    assert_eq!(vgg.input_grad, InputGradAlgo::WinogradF2);
-    assert_eq!(vgg.weight_grad, WeightGradAlgo::Direct);
+    for (x, w) in [
+        ([32, 64, 56, 56], [64, 64, 3, 3]),
+        ([8, 256, 28, 28], [256, 256, 3, 3]),
+    ] {
+        let p = plan(x, w, &p1);
+        assert_eq!(p.forward, ForwardAlgo::WinogradF4, "{x:?}");
+        assert_eq!(p.input_grad, InputGradAlgo::WinogradF4, "{x:?}");
+        assert_eq!(p.weight_grad, WeightGradAlgo::Direct, "{x:?}");
+    }
     let narrow = plan([32, 32, 28, 28], [32, 32, 3, 3], &p1);
     assert_eq!(narrow.forward, ForwardAlgo::Direct);
+    assert_eq!(narrow.input_grad, InputGradAlgo::Direct);
     let small = plan([8, 64, 28, 28], [64, 64, 3, 3], &p1);
     assert_eq!(small.forward, ForwardAlgo::Direct);
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));

@@ -87,44 +87,35 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 /// dw_64 5.9 / 15.2 vs 17.5 / 91.9, m = 4 5.7 / 14.0 vs 6.4 / 27.6.
 const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 
-/// Fewest input channels (forward) or output channels (input gradient) for a Winograd
-/// default: below, each of the `alpha^2` GEMMs is too short to beat the direct path,
+/// Fewest input channels (forward) or output channels (input gradient) for the
+/// Winograd default: below, each of the 36 GEMMs is too short to beat the direct path,
 /// and the transforms cost as much per channel. 1 thread, Intel Xeon (family 6 model
 /// 207, AVX-512, 2 vCPUs), `convbench --pass both`, fwd ms direct / F2 / F4: N = 32,
 /// 32 channels, 28x28: 3.94 / 7.68 / 4.67; 16 channels 14x14: 0.32 / 0.70 / 0.53.
 const WINOGRAD_MIN_CHANNELS: usize = 64;
 
-/// Most input channels for the F(4x4, 3x3) forward default: its rounding error grows
-/// with the reduction (`examples/winograd_error.rs`, 3x3 padding 1, kaiming-normal
-/// weights, N(0, 1) inputs, max error relative to `max|ref|`, direct / F2 / F4): C =
-/// 16: 4.3e-7 / 1.9e-7 / 2.9e-6; 64: 9.6e-7 / 3.4e-7 / 5.5e-6; 256: 2.5e-6 / 6.2e-7 /
-/// 1.3e-5, past the tests' 1e-5. F2 is as accurate as the direct path everywhere, so
-/// it has no bound. F4's input gradient (7.7e-6 at 64 channels) is never a default.
-const WINOGRAD_F4_MAX_CHANNELS: usize = 64;
-
-/// Fewest output positions (`N * out_h * out_w`) for the F4 forward default: the filter
-/// transform and the packing of `U` (`36 O C` floats per call) must be shared by many
-/// tiles. Same machine, 1 thread, fwd ms direct -> F4 (two runs): resnet_64 (N = 32, 64
-/// channels, 56x56, 100 352 positions) 71.4 / 71.7 -> 53.1 / 50.6, and at 2 threads
-/// 70.8 / 80.6 -> 68.5 / 76.8; but N = 8, 64 channels, 28x28 (6 272 positions) 3.37 ->
-/// 3.68.
-const WINOGRAD_F4_MIN_POSITIONS: usize = 1 << 15;
-
-/// Fewest output positions for the F2 forward default (more than
-/// [`WINOGRAD_F4_MAX_CHANNELS`] input channels) and the F2 input-gradient default (at
-/// least [`WINOGRAD_F2_DX_MIN_CHANNELS`] output channels, positions of `dx`). 1 thread,
-/// fwd ms direct -> F2 (two runs): vgg_256 (N = 8, 256 channels, 28x28, 6 272 positions)
-/// 59.6 / 58.1 -> 41.9 / 41.2 (2 threads 58.7 / 59.9 -> 53.5 / 54.4); N = 32, 128
-/// channels, 28x28: 58.1 / 58.0 -> 50.1 / 49.1; but N = 8, 128 channels, 14x14 (1 568
-/// positions): 3.65 -> 4.88.
-const WINOGRAD_F2_MIN_POSITIONS: usize = 1 << 12;
-
-/// Fewest output channels for the F2 input-gradient default. 1 thread, bwd (dx + dW) ms,
-/// direct -> F2 dx with the direct dW: vgg_256 (256 channels) 126.4 / 125.3 -> 110.0 /
-/// 109.2 (2 threads 127.2 / 129.4 -> 119.4 / 124.3); but 128 channels (N = 32, 28x28)
-/// 118.8 / 118.0 -> 112.8 / 112.8 at 1 thread and 122.4 / 116.7 -> 115.7 / 119.4 at 2:
-/// within the noise; resnet_64 (64 channels) 133.7 -> 139.3.
-const WINOGRAD_F2_DX_MIN_CHANNELS: usize = 256;
+/// Fewest `positions x channels` for the Winograd default, the output positions
+/// `N * out_h * out_w` times the input channels (forward), or the input positions
+/// `N * H * W` times the output channels (input gradient): the filter transform and
+/// the packing of `U` (`36 O C` floats per call) must be shared by many tiles.
+///
+/// F(4x4, 3x3) is the default: on the points 0, 1, -1, 1/2, -2 its error stays within
+/// the tests' `1e-5` relative tolerance with margin up to 256 channels
+/// (`examples/winograd_error.rs`, kaiming-normal weights, N(0, 1) or post-ReLU inputs,
+/// max error relative to `max|ref|`, direct / F2 / F4, forward: 64 channels 9.6e-7 /
+/// 3.4e-7 / 2.2e-6, 256 channels 2.5e-6 / 7.6e-7 / 5.8e-6; input gradient at 256:
+/// 2.2e-6 / 7.4e-7 / 5.1e-6), and it runs faster than F2 wherever either beats the
+/// direct path. Same machine, 1 thread, ms direct -> F4 (fwd; dx + dW with the direct
+/// dW), runs back to back: resnet_64 (64 channels, 56x56, N = 32: 6.4 M) fwd 71.4 /
+/// 71.7 / 74.2 -> 53.1 / 50.6 / 52.0, bwd 133.7 / 132.9 / 141.6 -> 116.4 / 115.7 /
+/// 115.7; vgg_256 (256 channels, 28x28, N = 8: 1.6 M) fwd 58.1 -> 40.3 (F2 45.7), bwd
+/// 122.7 -> 108.0; 128 channels, 28x28, N = 32 (3.2 M) fwd 61.2 -> 40.3, bwd 116.7 ->
+/// 103.1. At 2 threads (a shared machine: noisy) resnet_64 fwd 70.8 / 80.6 -> 68.5 /
+/// 75.1, bwd 129.4 / 140.5 -> 116.4 / 123.4; vgg_256 fwd 58.7 / 63.9 -> 43.1 / 51.3.
+/// Smaller: N = 8, 64 channels, 28x28 (0.4 M) fwd 3.37 -> 3.68; N = 8, 128 channels,
+/// 14x14 (0.2 M) 3.65 -> 3.23 but bwd 8.1 -> 9.8; N = 8, 512 channels, 7x7 (0.2 M)
+/// fwd 32.3 -> 52.4 (a 7x7 image is 2x2 tiles of 4, half of them empty).
+const WINOGRAD_MIN_WORK: usize = 1 << 20;
 
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
@@ -136,17 +127,14 @@ impl ConvPlan {
     ///
     /// - every pass: `Depthwise` for depthwise convs (`groups == C > 1`) with a channel
     ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
-    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; for a 3x3 conv of
-    ///   stride 1, dilation 1 and groups of 1 with at least 64 input channels
-    ///   (`WINOGRAD_MIN_CHANNELS`), `WinogradF4` up to 64 input channels
-    ///   (`WINOGRAD_F4_MAX_CHANNELS`, its rounding error) from 2^15 output positions
-    ///   `N * out_h * out_w` up (`WINOGRAD_F4_MIN_POSITIONS`), `WinogradF2` for more
-    ///   channels from 2^12 positions up (`WINOGRAD_F2_MIN_POSITIONS`); else `Direct`
-    ///   for groups of 1 with at least 8 input channels (`DIRECT_MIN_CHANNELS`), else
-    ///   `Phase`;
-    /// - input gradient: `WinogradF2` for such a 3x3 conv with at least 256 output
-    ///   channels (`WINOGRAD_F2_DX_MIN_CHANNELS`) and 2^12 input positions `N * H * W`;
-    ///   else `Direct` for groups of 1 with at least 8 input channels (not
+    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
+    ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 64 input
+    ///   channels (`WINOGRAD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least 2^20
+    ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
+    ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
+    /// - input gradient: `WinogradF4` for such a 3x3 conv with at least 64 output
+    ///   channels and `N * H * W * O` of at least 2^20; else `Direct` for groups of 1
+    ///   with at least 8 input channels (not
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
@@ -184,23 +172,12 @@ impl ConvPlan {
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
         let direct = o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS;
         let winograd = winograd::supports(geo);
-        let positions = [geo.batch, geo.out_h, geo.out_w]
-            .iter()
-            .fold(1usize, |a, &d| a.saturating_mul(d));
-        let dx_positions = [geo.batch, geo.in_h, geo.in_w]
-            .iter()
-            .fold(1usize, |a, &d| a.saturating_mul(d));
-        let c = geo.in_channels;
-        let winograd_forward = if !winograd || c < WINOGRAD_MIN_CHANNELS {
-            None
-        } else if c <= WINOGRAD_F4_MAX_CHANNELS {
-            (positions >= WINOGRAD_F4_MIN_POSITIONS).then_some(ForwardAlgo::WinogradF4)
-        } else {
-            (positions >= WINOGRAD_F2_MIN_POSITIONS).then_some(ForwardAlgo::WinogradF2)
+        let work = |positions: [usize; 3], channels: usize| {
+            channels >= WINOGRAD_MIN_CHANNELS
+                && positions.iter().fold(channels, |a, &d| a.saturating_mul(d)) >= WINOGRAD_MIN_WORK
         };
-        let winograd_dx = winograd
-            && geo.out_channels >= WINOGRAD_F2_DX_MIN_CHANNELS
-            && dx_positions >= WINOGRAD_F2_MIN_POSITIONS;
+        let winograd_forward = winograd && work([geo.batch, geo.out_h, geo.out_w], geo.in_channels);
+        let winograd_dx = winograd && work([geo.batch, geo.in_h, geo.in_w], geo.out_channels);
         let depthwise = depthwise::supports(geo)
             && o.groups > 1
             && geo.out_channels / geo.in_channels <= DEPTHWISE_MAX_MULTIPLIER;
@@ -222,8 +199,8 @@ impl ConvPlan {
                 ForwardAlgo::Depthwise
             } else if pointwise {
                 ForwardAlgo::Pointwise
-            } else if let Some(algo) = winograd_forward {
-                algo
+            } else if winograd_forward {
+                ForwardAlgo::WinogradF4
             } else if direct {
                 ForwardAlgo::Direct
             } else {
@@ -232,7 +209,7 @@ impl ConvPlan {
             input_grad: if depthwise {
                 InputGradAlgo::Depthwise
             } else if winograd_dx {
-                InputGradAlgo::WinogradF2
+                InputGradAlgo::WinogradF4
             } else if direct && !pointwise {
                 InputGradAlgo::Direct
             } else {
