@@ -110,7 +110,8 @@ const WINOGRAD_MIN_CHANNELS: usize = 64;
 /// 71.7 / 74.2 -> 53.1 / 50.6 / 52.0, bwd 133.7 / 132.9 / 141.6 -> 116.4 / 115.7 /
 /// 115.7; vgg_256 (256 channels, 28x28, N = 8: 1.6 M) fwd 58.1 -> 40.3 (F2 45.7), bwd
 /// 122.7 -> 108.0; 128 channels, 28x28, N = 32 (3.2 M) fwd 61.2 -> 40.3, bwd 116.7 ->
-/// 103.1. At 2 threads (a shared machine: noisy) resnet_64 fwd 70.8 / 80.6 -> 68.5 /
+/// 103.1; the final build, two more runs: resnet_64 fwd 70.4 / 70.1 -> 48.9 / 53.8, bwd
+/// 130.8 / 131.2 -> 112.2 / 113.6. At 2 threads (a shared machine: noisy) resnet_64 fwd 70.8 / 80.6 -> 68.5 /
 /// 75.1, bwd 129.4 / 140.5 -> 116.4 / 123.4; vgg_256 fwd 58.7 / 63.9 -> 43.1 / 51.3.
 /// Smaller: N = 8, 64 channels, 28x28 (0.4 M) fwd 3.37 -> 3.68; N = 8, 128 channels,
 /// 14x14 (0.2 M) 3.65 -> 3.23 but bwd 8.1 -> 9.8; N = 8, 512 channels, 7x7 (0.2 M)
