@@ -1266,6 +1266,8 @@ mod tests {
                 "pointwise",
                 "phase",
                 "depthwise",
+                "winograd2",
+                "winograd4",
                 "naive"
             ]
         );

@@ -3,7 +3,9 @@
 //! more, dilation, stride, rectangular kernels, N = 1, padding larger than the kernel,
 //! 1x1 convs the pointwise algorithm takes, depthwise convs (groups = C, channel
 //! multiplier 1 to 3, strides 1 to 3, padding 0 to 2, dilation, 5x5 and 3x1 kernels,
-//! 1x1 outputs) the depthwise algorithm takes. Every algorithm in the pass enums' `ALL`
+//! 1x1 outputs) the depthwise algorithm takes, 3x3 stride-1 convs the Winograd
+//! algorithms take (1x1 and 2x2 outputs, partial tiles, padding 0 to 3, many channels,
+//! an image cut into several tasks). Every algorithm in the pass enums' `ALL`
 //! lists runs. The backward runs every (input-gradient,
 //! weight-gradient) pair, so both the fused and the separate paths run, the column
 //! weight gradient of groups-of-1 convs included. Plans an algorithm cannot run, and
@@ -90,6 +92,18 @@ const SHAPES: &[Shape] = &[
     (2, 8, 5, 5, 3, (5, 5), (1, 1), (0, 0), (1, 1), 1),
     (1, 4, 3, 3, 4, (3, 3), (2, 2), (0, 0), (1, 1), 2),
     (2, 2, 1, 1, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    // Winograd (3x3, stride 1, groups of 1): a 1x1 output, unpadded; a 2x2 output.
+    (2, 3, 3, 3, 4, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    (1, 2, 4, 4, 3, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    // Odd sizes leaving partial tiles for F2 and F4 (11 x 9 outputs), padding 1.
+    (3, 5, 11, 9, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    // Many channels (C = 40, O = 33), padding 2, N = 1.
+    (1, 40, 13, 10, 33, (3, 3), (1, 1), (2, 2), (1, 1), 1),
+    // Padding 3 (the input gradient crops dy), and padding (0, 2).
+    (2, 6, 7, 8, 5, (3, 3), (1, 1), (3, 3), (1, 1), 1),
+    (2, 3, 6, 9, 4, (3, 3), (1, 1), (0, 2), (1, 1), 1),
+    // An image of more tiles than one Winograd task takes: cut into bands of tile rows.
+    (1, 4, 100, 90, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 ];
 
 /// Every algorithm of each pass: a new variant is tested here as soon as it is in its
@@ -109,6 +123,12 @@ fn runs(name: &str, geo: &Conv2dGeometry) -> bool {
         "Pointwise" => pointwise(geo),
         "Depthwise" => geo.options.groups == geo.in_channels,
         "Columns" | "Phase" => true,
+        "WinogradF2" | "WinogradF4" => {
+            geo.kernel == (3, 3)
+                && geo.options.stride == (1, 1)
+                && geo.options.dilation == (1, 1)
+                && geo.options.groups == 1
+        }
         _ => panic!("no rule for the algorithm {name}: add it to `runs`"),
     }
 }

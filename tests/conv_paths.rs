@@ -312,3 +312,36 @@ fn every_forward_algorithm_overwrites_the_into_buffer() {
         }
     }
 }
+
+/// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
+/// gradient of 3x3 stride-1 convs with at least 64 channels and enough work (resnet_64,
+/// vgg_256), the direct path below 64 channels, on small batches, and for strided or
+/// grouped 3x3 convs.
+#[test]
+fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
+    let p1 = Conv2dOptions::new().with_padding((1, 1));
+    let plan = |x: [usize; 4], w: [usize; 4], opts: &Conv2dOptions| {
+        ConvPlan::choose(&Conv2dGeometry::new("test", x, w, opts).unwrap(), 2)
+    };
+    for (x, w) in [
+        ([32, 64, 56, 56], [64, 64, 3, 3]),
+        ([8, 256, 28, 28], [256, 256, 3, 3]),
+    ] {
+        let p = plan(x, w, &p1);
+        assert_eq!(p.forward, ForwardAlgo::WinogradF4, "{x:?}");
+        assert_eq!(p.input_grad, InputGradAlgo::WinogradF4, "{x:?}");
+        assert_eq!(p.weight_grad, WeightGradAlgo::Direct, "{x:?}");
+    }
+    let narrow = plan([32, 32, 28, 28], [32, 32, 3, 3], &p1);
+    assert_eq!(narrow.forward, ForwardAlgo::Direct);
+    assert_eq!(narrow.input_grad, InputGradAlgo::Direct);
+    let small = plan([8, 64, 28, 28], [64, 64, 3, 3], &p1);
+    assert_eq!(small.forward, ForwardAlgo::Direct);
+    let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
+    assert_eq!(strided.forward, ForwardAlgo::Direct);
+    let grouped = plan([32, 64, 56, 56], [64, 32, 3, 3], &p1.with_groups(2));
+    assert!(!matches!(
+        grouped.forward,
+        ForwardAlgo::WinogradF2 | ForwardAlgo::WinogradF4
+    ));
+}

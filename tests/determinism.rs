@@ -4,7 +4,8 @@
 //! sides of their parallel threshold), every
 //! initialiser, the seed network (forward, MSE, backward, every parameter gradient, and a
 //! second step through `forward_shared` and `backward_params`) and
-//! the GEMM, in rayon pools of 1, 2 and 7 threads ([`THREADS`]), compared with
+//! the GEMM, the depthwise and Winograd conv algorithms forced, in rayon pools of 1, 2
+//! and 7 threads ([`THREADS`]), compared with
 //! `to_bits()`. [`rayon_num_threads_env_var_gives_identical_hashes`] also runs this test
 //! binary as a child process with `RAYON_NUM_THREADS` = 1, 2 and 7 (how users set it)
 //! and compares a hash of all the outputs.
@@ -260,6 +261,60 @@ fn depthwise_run() -> Vec<Vec<u32>> {
     out
 }
 
+/// The Winograd algorithms (F2 and F4) forced on the forward and input-gradient
+/// passes, through the public setting and on explicit parallel plans: a batch whose
+/// images are cut into bands of tile rows, N = 1 with padding 2 and many channels, and
+/// unpadded odd sizes (partial tiles).
+fn winograd_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{
+        Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo,
+        InputGradAlgo, conv2d, conv2d_backward, conv2d_backward_with_plan, conv2d_with_plan,
+    };
+    // N, C, H, W, O, padding.
+    let shapes = [
+        (3, 24, 30, 29, 20, 1),
+        (1, 40, 45, 50, 33, 2),
+        (9, 8, 11, 13, 12, 0),
+    ];
+    let algos = [
+        (ForwardAlgo::WinogradF2, InputGradAlgo::WinogradF2),
+        (ForwardAlgo::WinogradF4, InputGradAlgo::WinogradF4),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(11);
+    for (n, c, h, w, o, p) in shapes {
+        let base = Conv2dOptions::new().with_padding((p, p));
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (o, c, 3, 3));
+        let b: Array1<f32> = uniform(&mut rng, o);
+        for (fwd, dx) in algos {
+            let fixed = ConvAlgos::new().with_forward(fwd).with_input_grad(dx);
+            let opts = base.with_algorithm(ConvAlgorithm::Fixed(fixed));
+            let y = conv2d(x.view(), wt.view(), Some(b.view()), &opts).unwrap();
+            let dy: Array<f32, _> = uniform(&mut rng, y.raw_dim());
+            let g = conv2d_backward(x.view(), wt.view(), true, dy.view(), &opts).unwrap();
+            out.extend([bits(&y), bits(&g.dx), bits(&g.dw)]);
+            // The parallel split forced, whatever the chooser says of the size.
+            let geo = Conv2dGeometry::new("t", [n, c, h, w], [o, c, 3, 3], &base).unwrap();
+            let plan = ConvPlan {
+                parallel: true,
+                ..fixed.apply_to(ConvPlan::choose(&geo, 2))
+            };
+            assert_eq!(plan.forward, fwd);
+            let yp = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &base, plan).unwrap();
+            assert_eq!(bits(&yp), bits(&y), "the parallel split changes nothing");
+            let gp = conv2d_backward_with_plan(x.view(), wt.view(), false, dy.view(), &base, plan)
+                .unwrap();
+            assert_eq!(
+                bits(&gp.dx),
+                bits(&g.dx),
+                "the parallel split changes nothing"
+            );
+        }
+    }
+    out
+}
+
 /// Runs `f` in a pool of each of [`THREADS`] and asserts the results are identical.
 fn assert_same_in_every_pool(what: &str, f: fn() -> Vec<Vec<u32>>) {
     let one = in_pool(THREADS[0], f);
@@ -380,6 +435,13 @@ fn depthwise_is_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("depthwise conv", depthwise_run);
     // And on 3 threads, which splits the channels unevenly.
     assert_eq!(in_pool(1, depthwise_run), in_pool(3, depthwise_run));
+}
+
+#[test]
+fn winograd_is_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("winograd conv", winograd_run);
+    // And on 3 threads, which splits the tasks unevenly.
+    assert_eq!(in_pool(1, winograd_run), in_pool(3, winograd_run));
 }
 
 #[test]

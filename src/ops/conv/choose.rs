@@ -5,6 +5,7 @@ use super::columns;
 use super::depthwise;
 use super::phase::PhaseGeometry;
 use super::plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
+use super::winograd;
 use crate::gemm::Kernel;
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -86,6 +87,37 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 /// dw_64 5.9 / 15.2 vs 17.5 / 91.9, m = 4 5.7 / 14.0 vs 6.4 / 27.6.
 const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 
+/// Fewest input channels (forward) or output channels (input gradient) for the
+/// Winograd default: below, each of the 36 GEMMs is too short to beat the direct path,
+/// and the transforms cost as much per channel. 1 thread, Intel Xeon (family 6 model
+/// 207, AVX-512, 2 vCPUs), `convbench --pass both`, fwd ms direct / F2 / F4: N = 32,
+/// 32 channels, 28x28: 3.94 / 7.68 / 4.67; 16 channels 14x14: 0.32 / 0.70 / 0.53.
+const WINOGRAD_MIN_CHANNELS: usize = 64;
+
+/// Fewest `positions x channels` for the Winograd default, the output positions
+/// `N * out_h * out_w` times the input channels (forward), or the input positions
+/// `N * H * W` times the output channels (input gradient): the filter transform and
+/// the packing of `U` (`36 O C` floats per call) must be shared by many tiles.
+///
+/// F(4x4, 3x3) is the default: on the points 0, 1, -1, 1/2, -2 its error stays within
+/// the tests' `1e-5` relative tolerance with margin up to 256 channels
+/// (`examples/winograd_error.rs`, kaiming-normal weights, N(0, 1) or post-ReLU inputs,
+/// max error relative to `max|ref|`, direct / F2 / F4, forward: 64 channels 9.6e-7 /
+/// 3.4e-7 / 2.2e-6, 256 channels 2.5e-6 / 7.6e-7 / 5.8e-6; input gradient at 256:
+/// 2.2e-6 / 7.4e-7 / 5.1e-6), and it runs faster than F2 wherever either beats the
+/// direct path. Same machine, 1 thread, ms direct -> F4 (fwd; dx + dW with the direct
+/// dW), runs back to back: resnet_64 (64 channels, 56x56, N = 32: 6.4 M) fwd 71.4 /
+/// 71.7 / 74.2 -> 53.1 / 50.6 / 52.0, bwd 133.7 / 132.9 / 141.6 -> 116.4 / 115.7 /
+/// 115.7; vgg_256 (256 channels, 28x28, N = 8: 1.6 M) fwd 58.1 -> 40.3 (F2 45.7), bwd
+/// 122.7 -> 108.0; 128 channels, 28x28, N = 32 (3.2 M) fwd 61.2 -> 40.3, bwd 116.7 ->
+/// 103.1; the final build, two more runs: resnet_64 fwd 70.4 / 70.1 -> 48.9 / 53.8, bwd
+/// 130.8 / 131.2 -> 112.2 / 113.6. At 2 threads (a shared machine: noisy) resnet_64 fwd 70.8 / 80.6 -> 68.5 /
+/// 75.1, bwd 129.4 / 140.5 -> 116.4 / 123.4; vgg_256 fwd 58.7 / 63.9 -> 43.1 / 51.3.
+/// Smaller: N = 8, 64 channels, 28x28 (0.4 M) fwd 3.37 -> 3.68; N = 8, 128 channels,
+/// 14x14 (0.2 M) 3.65 -> 3.23 but bwd 8.1 -> 9.8; N = 8, 512 channels, 7x7 (0.2 M)
+/// fwd 32.3 -> 52.4 (a 7x7 image is 2x2 tiles of 4, half of them empty).
+const WINOGRAD_MIN_WORK: usize = 1 << 20;
+
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
@@ -96,10 +128,14 @@ impl ConvPlan {
     ///
     /// - every pass: `Depthwise` for depthwise convs (`groups == C > 1`) with a channel
     ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
-    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv, else `Direct` for
-    ///   groups of 1 with at least 8 input channels (`DIRECT_MIN_CHANNELS`), else
-    ///   `Phase`;
-    /// - input gradient: `Direct` for groups of 1 with at least 8 input channels (not
+    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
+    ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 64 input
+    ///   channels (`WINOGRAD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least 2^20
+    ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
+    ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
+    /// - input gradient: `WinogradF4` for such a 3x3 conv with at least 64 output
+    ///   channels and `N * H * W * O` of at least 2^20; else `Direct` for groups of 1
+    ///   with at least 8 input channels (not
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
@@ -136,6 +172,13 @@ impl ConvPlan {
             .batch
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
         let direct = o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS;
+        let winograd = winograd::supports(geo);
+        let work = |positions: [usize; 3], channels: usize| {
+            channels >= WINOGRAD_MIN_CHANNELS
+                && positions.iter().fold(channels, |a, &d| a.saturating_mul(d)) >= WINOGRAD_MIN_WORK
+        };
+        let winograd_forward = winograd && work([geo.batch, geo.out_h, geo.out_w], geo.in_channels);
+        let winograd_dx = winograd && work([geo.batch, geo.in_h, geo.in_w], geo.out_channels);
         let depthwise = depthwise::supports(geo)
             && o.groups > 1
             && geo.out_channels / geo.in_channels <= DEPTHWISE_MAX_MULTIPLIER;
@@ -157,6 +200,8 @@ impl ConvPlan {
                 ForwardAlgo::Depthwise
             } else if pointwise {
                 ForwardAlgo::Pointwise
+            } else if winograd_forward {
+                ForwardAlgo::WinogradF4
             } else if direct {
                 ForwardAlgo::Direct
             } else {
@@ -164,6 +209,8 @@ impl ConvPlan {
             },
             input_grad: if depthwise {
                 InputGradAlgo::Depthwise
+            } else if winograd_dx {
+                InputGradAlgo::WinogradF4
             } else if direct && !pointwise {
                 InputGradAlgo::Direct
             } else {

@@ -19,7 +19,8 @@
 //!   own index types: `direct` (indirect kernel, taps read in place; groups of 1),
 //!   `columns` (im2col tiles, [`crate::ops`]'s `im2col` module), `pointwise` (the input
 //!   as the column matrix), `phase` (stride-phase planes), `depthwise` (one input
-//!   channel per group, plain vectorised loops, no GEMM).
+//!   channel per group, plain vectorised loops, no GEMM), `winograd` (F(2x2, 3x3) and
+//!   F(4x4, 3x3) for 3x3 stride-1 convs, forward and input gradient only).
 //!
 //! Adding an algorithm costs its file, a variant in each pass enum it serves (and its
 //! `ALL` list), a `Family` with its rule in `unsupported`, an arm in the dispatch
@@ -56,6 +57,7 @@ mod direct;
 mod phase;
 mod plan;
 mod pointwise;
+mod winograd;
 
 pub use autotune::{ConvPass, autotuned_plan, clear_autotune_cache};
 pub use common::REDUCTION_CHUNK;
@@ -73,6 +75,7 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
         Family::Pointwise => pointwise::supports(geo),
         Family::Phase => phase::supports(geo),
         Family::Depthwise => depthwise::supports(geo),
+        Family::WinogradF2 | Family::WinogradF4 => winograd::supports(geo),
     };
     if runs {
         return None;
@@ -92,6 +95,11 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
              has {} input channels and groups {}",
             geo.in_channels, o.groups
         ),
+        Family::WinogradF2 | Family::WinogradF4 => format!(
+            "it runs 3x3 kernels of stride 1, dilation 1 and groups of 1 only, this conv \
+             has kernel {:?}, stride {:?}, dilation {:?}, groups {}",
+            geo.kernel, o.stride, o.dilation, o.groups
+        ),
         Family::Columns | Family::Phase => "it cannot run this geometry".into(),
     })
 }
@@ -99,7 +107,8 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
 impl ForwardAlgo {
     /// Whether this algorithm can run `geo` (the pointwise algorithm only a 1x1,
     /// stride-1, unpadded conv; the direct one only groups of 1; the depthwise one only
-    /// one input channel per group, `groups == C`).
+    /// one input channel per group, `groups == C`; the Winograd ones only a 3x3 kernel
+    /// of stride 1, dilation 1 and groups of 1).
     pub fn supports(self, geo: &Conv2dGeometry) -> bool {
         unsupported(self.family(), geo).is_none()
     }
@@ -165,6 +174,8 @@ fn forward(
         ForwardAlgo::Pointwise => pointwise::forward(ops, bias, y),
         ForwardAlgo::Phase => phase::forward(ops, bias, y),
         ForwardAlgo::Depthwise => depthwise::forward(ops, bias, y),
+        ForwardAlgo::WinogradF2 => winograd::forward(ops, winograd::Tile::F2, bias, y),
+        ForwardAlgo::WinogradF4 => winograd::forward(ops, winograd::Tile::F4, bias, y),
     }
 }
 
@@ -200,6 +211,7 @@ fn weight_grad(
 fn input_grad(
     ops: &Operands<'_>,
     direct: Option<&direct::Backward>,
+    winograd: Option<&winograd::Backward>,
     dy: ArrayView3<'_, f32>,
     chunk: (usize, usize),
     dxc: ArrayViewMut2<'_, f32>,
@@ -212,6 +224,9 @@ fn input_grad(
         InputGradAlgo::Pointwise => pointwise::input_grad(ops, dy, chunk, dxc),
         InputGradAlgo::Phase => phase::input_grad(ops, dy, chunk, dxc),
         InputGradAlgo::Depthwise => depthwise::input_grad(ops, dy, chunk, dxc),
+        InputGradAlgo::WinogradF2 | InputGradAlgo::WinogradF4 => winograd
+            .expect("the Winograd backward is prepared whenever the plan runs it")
+            .input_grad(ops, dy, chunk, dxc),
     }
 }
 
@@ -256,13 +271,24 @@ fn backward(
         .then(|| direct::Backward::new(ops, dx_direct))
         .transpose()?;
     let direct = direct.as_ref();
+    // The Winograd input gradient's transformed filter, shared by the chunks.
+    let winograd = match plan.input_grad {
+        InputGradAlgo::WinogradF2 if want_dx => {
+            Some(winograd::Backward::new(ops, winograd::Tile::F2)?)
+        }
+        InputGradAlgo::WinogradF4 if want_dx => {
+            Some(winograd::Backward::new(ops, winograd::Tile::F4)?)
+        }
+        _ => None,
+    };
+    let winograd = winograd.as_ref();
     let run = |(n0, nb, dxc): (usize, usize, Option<ArrayViewMut2<'_, f32>>)| {
         let chunk = (n0, nb);
         let dw = match dxc {
             Some(dxc) if fused(&plan) => gradients(ops, direct, dy, chunk, dxc)?,
             Some(dxc) => {
                 let dw = weight_grad(ops, direct, dy, chunk)?;
-                input_grad(ops, direct, dy, chunk, dxc)?;
+                input_grad(ops, direct, winograd, dy, chunk, dxc)?;
                 dw
             }
             None => weight_grad(ops, direct, dy, chunk)?,

@@ -8,7 +8,7 @@ use crate::gemm::Kernel;
 
 /// The algorithm of the forward pass, in [`ConvPlan::forward`].
 ///
-/// Non-exhaustive: more algorithms (Winograd) will be added; iterate over
+/// Non-exhaustive: more algorithms may be added; iterate over
 /// [`ForwardAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -32,11 +32,21 @@ pub enum ForwardAlgo {
     /// inner loop vectorised along the output row (`depthwise.rs`). One input channel
     /// per group only (`groups == C`, any channel multiplier `O / C`).
     Depthwise,
+    /// Winograd F(2x2, 3x3): per block of 4x4 input tiles, the transformed input
+    /// `B^T d B`, one GEMM per each of the 16 tile positions against the transformed
+    /// filter `G g G^T` (over the input channels), then `A^T M A` with the bias
+    /// (`winograd.rs`). 3x3 kernels of stride 1, dilation 1 and groups of 1 only (any
+    /// padding).
+    WinogradF2,
+    /// Winograd F(4x4, 3x3): as [`ForwardAlgo::WinogradF2`] on 6x6 input tiles of 4x4
+    /// outputs, 4x fewer multiplications than a direct 3x3 conv (2.25x for F2) with a
+    /// larger rounding error (`examples/winograd_error.rs`). The same geometries.
+    WinogradF4,
 }
 
 /// The algorithm of the input gradient `dx`, in [`ConvPlan::input_grad`].
 ///
-/// Non-exhaustive: more algorithms (Winograd) will be added; iterate over
+/// Non-exhaustive: more algorithms may be added; iterate over
 /// [`InputGradAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -57,11 +67,18 @@ pub enum InputGradAlgo {
     /// zero-padded plane, whose interior is copied to `dx` (`depthwise.rs`). One input
     /// channel per group only.
     Depthwise,
+    /// Winograd F(2x2, 3x3) on `dy` padded by `2 - p` (a larger padding crops) with
+    /// the filter rotated by 180 degrees and transposed, as
+    /// [`ForwardAlgo::WinogradF2`] (`winograd.rs`). The same geometries.
+    WinogradF2,
+    /// Winograd F(4x4, 3x3), as [`InputGradAlgo::WinogradF2`] on 6x6 tiles. The same
+    /// geometries.
+    WinogradF4,
 }
 
 /// The algorithm of the weight gradient `dW`, in [`ConvPlan::weight_grad`].
 ///
-/// Non-exhaustive: more algorithms (Winograd) will be added; iterate over
+/// Non-exhaustive: more algorithms (a Winograd one) may be added; iterate over
 /// [`WeightGradAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -142,7 +159,8 @@ pub struct ConvPlan {
     /// `Pointwise`; `Phase` backward counts extended positions), must be positive:
     /// images with fewer run several side by side in one GEMM, larger ones are cut
     /// into runs of columns (`Columns`, `Pointwise`; `Phase` always takes at least one
-    /// whole image). Unused by `Direct`, `Depthwise` and the `Phase` forward.
+    /// whole image). Unused by `Direct`, `Depthwise`, the Winograd algorithms (whose
+    /// tasks are sized by their GEMMs' operands) and the `Phase` forward.
     pub tile_cols: usize,
     /// Lower whole-image tiles of the `Columns` algorithms through an index map (built
     /// once per call, for images of at most 65 536 column entries) rather than by rows.
@@ -169,6 +187,8 @@ pub(super) enum Family {
     Pointwise,
     Phase,
     Depthwise,
+    WinogradF2,
+    WinogradF4,
 }
 
 impl Family {
@@ -179,6 +199,8 @@ impl Family {
             Family::Pointwise => "pointwise",
             Family::Phase => "phase",
             Family::Depthwise => "depthwise",
+            Family::WinogradF2 => "winograd2",
+            Family::WinogradF4 => "winograd4",
         }
     }
 }
@@ -191,6 +213,8 @@ impl ForwardAlgo {
         ForwardAlgo::Pointwise,
         ForwardAlgo::Phase,
         ForwardAlgo::Depthwise,
+        ForwardAlgo::WinogradF2,
+        ForwardAlgo::WinogradF4,
     ];
 
     /// The lowering this algorithm belongs to.
@@ -201,11 +225,14 @@ impl ForwardAlgo {
             ForwardAlgo::Pointwise => Family::Pointwise,
             ForwardAlgo::Phase => Family::Phase,
             ForwardAlgo::Depthwise => Family::Depthwise,
+            ForwardAlgo::WinogradF2 => Family::WinogradF2,
+            ForwardAlgo::WinogradF4 => Family::WinogradF4,
         }
     }
 
     /// The algorithm's lower-case name (`"direct"`, `"columns"`, `"pointwise"`,
-    /// `"phase"`, `"depthwise"`): the same word names the same lowering in every pass enum.
+    /// `"phase"`, `"depthwise"`, `"winograd2"`, `"winograd4"`): the same word names the
+    /// same lowering in every pass enum.
     pub fn name(self) -> &'static str {
         self.family().name()
     }
@@ -227,6 +254,8 @@ impl InputGradAlgo {
         InputGradAlgo::Pointwise,
         InputGradAlgo::Phase,
         InputGradAlgo::Depthwise,
+        InputGradAlgo::WinogradF2,
+        InputGradAlgo::WinogradF4,
     ];
 
     /// The lowering this algorithm belongs to.
@@ -237,6 +266,8 @@ impl InputGradAlgo {
             InputGradAlgo::Pointwise => Family::Pointwise,
             InputGradAlgo::Phase => Family::Phase,
             InputGradAlgo::Depthwise => Family::Depthwise,
+            InputGradAlgo::WinogradF2 => Family::WinogradF2,
+            InputGradAlgo::WinogradF4 => Family::WinogradF4,
         }
     }
 
