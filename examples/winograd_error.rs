@@ -1,6 +1,7 @@
 //! The rounding error of the Winograd conv algorithms (F(2x2, 3x3), F(4x4, 3x3)) beside
 //! the direct one, against a naive f64 conv, on realistic data: 3x3 convs of stride 1
-//! and padding 1, C = O in {16, 64, 256}, 28x28 and 56x56 images, kaiming-normal
+//! and padding 1, C = O in {16, 64, 256} at 28x28 and 56x56, 512 and 1024 at 14x14,
+//! kaiming-normal
 //! weights (std `sqrt(2 / (9 C))`), inputs N(0, 1) or post-ReLU (`max(0, N(0, 1))`).
 //! Prints the max and mean absolute error relative to `max|ref|`, of the forward pass
 //! and of the input gradient (`dy` N(0, 1)). The tests' tolerance is `1e-5 * max(1,
@@ -90,8 +91,14 @@ fn main() -> Result<(), convinit::Error> {
         "input", "C=O", "HxW", "algorithm", "y max", "y mean", "dx max", "dx mean"
     );
     for relu in [false, true] {
-        for c in [16, 64, 256] {
-            for hw in [28, 56] {
+        for (c, sizes) in [
+            (16, &[28, 56][..]),
+            (64, &[28, 56]),
+            (256, &[28, 56]),
+            (512, &[14]),
+            (1024, &[14]),
+        ] {
+            for &hw in sizes {
                 let x = Array4::from_shape_simple_fn((1, c, hw, hw), || {
                     let v = normal.sample(&mut rng);
                     if relu { v.max(0.0) } else { v }

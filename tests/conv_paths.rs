@@ -314,8 +314,8 @@ fn every_forward_algorithm_overwrites_the_into_buffer() {
 }
 
 /// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
-/// gradient of 3x3 stride-1 convs with at least 64 channels and enough work (resnet_64,
-/// vgg_256), the direct path below 64 channels, on small batches, and for strided or
+/// gradient of 3x3 stride-1 convs with 64 to 256 channels and enough work (resnet_64,
+/// vgg_256), F2 past 256, the direct path below 64 channels, on small batches, and for strided or
 /// grouped 3x3 convs.
 #[test]
 fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
@@ -332,6 +332,14 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         assert_eq!(p.input_grad, InputGradAlgo::WinogradF4, "{x:?}");
         assert_eq!(p.weight_grad, WeightGradAlgo::Direct, "{x:?}");
     }
+    // Past 256 channels summed over, F2 (F4's error nears the tolerance): 512 input
+    // channels forward, 128 output channels for the input gradient; and the reverse.
+    let wide_in = plan([64, 512, 14, 14], [128, 512, 3, 3], &p1);
+    assert_eq!(wide_in.forward, ForwardAlgo::WinogradF2);
+    assert_eq!(wide_in.input_grad, InputGradAlgo::WinogradF4);
+    let wide_out = plan([64, 128, 14, 14], [512, 128, 3, 3], &p1);
+    assert_eq!(wide_out.forward, ForwardAlgo::WinogradF4);
+    assert_eq!(wide_out.input_grad, InputGradAlgo::WinogradF2);
     let narrow = plan([32, 32, 28, 28], [32, 32, 3, 3], &p1);
     assert_eq!(narrow.forward, ForwardAlgo::Direct);
     assert_eq!(narrow.input_grad, InputGradAlgo::Direct);

@@ -118,6 +118,16 @@ const WINOGRAD_MIN_CHANNELS: usize = 64;
 /// fwd 32.3 -> 52.4 (a 7x7 image is 2x2 tiles of 4, half of them empty).
 const WINOGRAD_MIN_WORK: usize = 1 << 20;
 
+/// Most channels summed over (input channels forward, output channels for the input
+/// gradient) for F(4x4, 3x3) by default; F(2x2, 3x3) above. F4's error grows with the
+/// sum and reaches the tests' tolerance: `examples/winograd_error.rs`, 14x14, max error
+/// relative to `max|ref|`, y / dx, direct, F2, F4: 512 channels 3.4e-6 / 3.4e-6, 8.8e-7
+/// / 7.8e-7, 7.0e-6 / 6.3e-6 (post-ReLU); 1024 channels 4.1e-6 / 4.9e-6, 1.2e-6 /
+/// 1.5e-6, 7.5e-6 / **1.05e-5** (over `1e-5`). At 256 channels F4 keeps a margin of
+/// 1.7x (5.8e-6). F2 stays faster than the direct path there: N = 16, 512 channels,
+/// 14x14, 2 threads, fwd / bwd ms: direct 118 / 339, F2 101 / 320, F4 86 / 306.
+const WINOGRAD_F4_MAX_CHANNELS: usize = 256;
+
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
@@ -131,10 +141,11 @@ impl ConvPlan {
     /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 64 input
     ///   channels (`WINOGRAD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least 2^20
-    ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
+    ///   (`WINOGRAD_MIN_WORK`), `WinogradF2` instead above 256 channels
+    ///   (`WINOGRAD_F4_MAX_CHANNELS`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
-    /// - input gradient: `WinogradF4` for such a 3x3 conv with at least 64 output
-    ///   channels and `N * H * W * O` of at least 2^20; else `Direct` for groups of 1
+    /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
+    ///   at least 64 output channels and `N * H * W * O` of at least 2^20; else `Direct` for groups of 1
     ///   with at least 8 input channels (not
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
@@ -201,7 +212,11 @@ impl ConvPlan {
             } else if pointwise {
                 ForwardAlgo::Pointwise
             } else if winograd_forward {
-                ForwardAlgo::WinogradF4
+                if geo.in_channels <= WINOGRAD_F4_MAX_CHANNELS {
+                    ForwardAlgo::WinogradF4
+                } else {
+                    ForwardAlgo::WinogradF2
+                }
             } else if direct {
                 ForwardAlgo::Direct
             } else {
@@ -210,7 +225,11 @@ impl ConvPlan {
             input_grad: if depthwise {
                 InputGradAlgo::Depthwise
             } else if winograd_dx {
-                InputGradAlgo::WinogradF4
+                if geo.out_channels <= WINOGRAD_F4_MAX_CHANNELS {
+                    InputGradAlgo::WinogradF4
+                } else {
+                    InputGradAlgo::WinogradF2
+                }
             } else if direct && !pointwise {
                 InputGradAlgo::Direct
             } else {
