@@ -119,6 +119,14 @@ pub(crate) fn reference(kernel: Kernel) -> GemmBlocks {
 
 /// The L2 bytes for one task's B chunk on a core with `l2` bytes of L2: half of it
 /// (512 KiB on Zen 5, as measured there), at least 64 KiB.
+///
+/// On this session's Intel Xeon (Emerald Rapids, L2 2 MiB) that is 1 MiB. Against the
+/// Zen 5 value forced with `l2=524288` (`examples/gemm_tune`, interleaved, best of 7 to
+/// 11 rounds, AVX-512, one thread), it measured the same within the noise of a shared
+/// machine: 2048^3 149.6 / 149.4, 152.3 / 153.5 and 147.2 / 144.5 GFLOP/s, 1024^3
+/// 152.6 / 151.1, 153.7 / 153.0 and 148.6 / 149.1 (1 MiB / 512 KiB); `examples/bench`
+/// medians agree (2048^3: 146.6-149.9 against 143.3-149.2). Neither is faster, so the
+/// rule that gives Zen 5's value from Zen 5's cache is kept rather than a special case.
 pub(crate) fn l2_budget(l2: usize) -> usize {
     (l2 / 2).max(64 * 1024)
 }
@@ -194,10 +202,13 @@ fn env_spec() -> Option<BlockSpec> {
 ///   6 x 16 AVX2 tile needs 2 loads and 6 broadcasts per 12 ymm FMAs: 0.67. With 32
 ///   registers the larger tile also moves fewer bytes of packed A and B per flop
 ///   (`(MR + NR) / (MR * NR)`: 0.15 against 0.23 floats per multiply-add), and half the
-///   instructions leave the front end idle. The 0.88x of OpenBLAS at 2048 on one Zen 4
-///   thread is put down to `KC` instead: a 16 KiB A panel (Zen 5's `KC` = 512) is half
-///   of Zen 4's 32 KiB L1d, and [`derive`] now gives 336 there. `CONVINIT_GEMM_KERNEL=avx2`
-///   tries the other choice.
+///   instructions leave the front end idle. OpenBLAS, which reached 1/0.88 of this
+///   crate at 2048 on one Zen 4 thread (issue 15), also runs AVX-512 kernels there. So
+///   the 0.88x is read as a blocking effect rather than a kernel one: Zen 5's `KC` =
+///   512 made the A micro-panel 16 KiB, half of Zen 4's 32 KiB L1d, and [`derive`] now
+///   gives `KC` = 336 there (the panel at a third of L1d, as on Zen 5). This is
+///   unverified until measured on a Zen 4: `CONVINIT_GEMM_KERNEL=avx2` and
+///   `CONVINIT_GEMM_BLOCKS=kc=512` (or `examples/gemm_tune`) test both readings.
 /// * Other AVX2 + FMA CPUs: `avx2`; anything else: the portable kernel.
 pub(crate) fn preferred_kernel(microarch: Microarch) -> Kernel {
     match microarch {

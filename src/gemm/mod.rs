@@ -17,6 +17,15 @@
 //! (read once). All `unsafe` code of the crate lives in the kernel module (and the one
 //! `cpuid` call of [`crate::cpu`]).
 //!
+//! # Default kernel
+//! `avx512` wherever AVX-512F is usable, `avx2` on other AVX2 + FMA CPUs, else the
+//! portable kernel. On Zen 4, whose 256-bit datapath runs a 512-bit FMA as two halves,
+//! both SIMD kernels peak at 32 flops per cycle per core; `avx512` stays the default
+//! there because its 8 x 48 tile, in 32 registers, needs 0.23 vector loads per 256-bit
+//! FMA against 0.67 for the 6 x 16 AVX2 tile, and moves 0.15 floats of packed A and B
+//! per multiply-add against 0.23. That is a reasoned choice, not a Zen 4 measurement;
+//! `CONVINIT_GEMM_KERNEL=avx2` tries the other.
+//!
 //! # Block sizes
 //! The block sizes ([`GemmBlocks`]: `KC`, `MC`, the L2 budget, `NC`) of each kernel are
 //! derived once from the caches [`crate::cpu::CpuInfo`] reads: the values measured on a

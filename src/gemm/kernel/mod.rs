@@ -92,9 +92,10 @@ impl Kernel {
 
     /// The kernel `sgemm` uses: `CONVINIT_GEMM_KERNEL` (`avx512`, `avx2` or `fallback`)
     /// if set, else the default of this CPU's [`Microarch`](crate::cpu::Microarch)
-    /// (`avx512` wherever AVX-512F is usable, Zen 4 included; the reasons are in the
-    /// `archparam` module). Read once per process; a requested kernel this CPU cannot
-    /// run is replaced by the fastest supported one below it.
+    /// (`avx512` wherever AVX-512F is usable, Zen 4 included: see
+    /// [the module docs](crate::gemm#default-kernel)). Read once per process; a
+    /// requested kernel this CPU cannot run is replaced by the fastest supported one
+    /// below it.
     pub fn selected() -> Kernel {
         static SELECTED: OnceLock<Kernel> = OnceLock::new();
         *SELECTED.get_or_init(|| {
