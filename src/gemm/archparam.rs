@@ -125,7 +125,9 @@ pub(crate) fn reference(kernel: Kernel) -> GemmBlocks {
 /// 11 rounds, AVX-512, one thread), it measured the same within the noise of a shared
 /// machine: 2048^3 149.6 / 149.4, 152.3 / 153.5 and 147.2 / 144.5 GFLOP/s, 1024^3
 /// 152.6 / 151.1, 153.7 / 153.0 and 148.6 / 149.1 (1 MiB / 512 KiB); `examples/bench`
-/// medians agree (2048^3: 146.6-149.9 against 143.3-149.2). Neither is faster, so the
+/// medians agree (2048^3: 146.6-149.9 against 143.3-149.2). On two threads, with the
+/// other core quiet: 2048^3 299.2 / 299.1 and 297.0 / 293.3, 1024^3 291.3 / 289.8 and
+/// 296.5 / 289.6 (best). Neither is faster, so the
 /// rule that gives Zen 5's value from Zen 5's cache is kept rather than a special case.
 pub(crate) fn l2_budget(l2: usize) -> usize {
     (l2 / 2).max(64 * 1024)
@@ -192,9 +194,11 @@ fn env_spec() -> Option<BlockSpec> {
 /// The default micro-kernel of a micro-architecture, before checking that the CPU
 /// supports it ([`Kernel::selected`] takes the next supported one below it).
 ///
-/// * Zen 5, Intel with AVX-512: `avx512`. Full 512-bit FMA units, so twice the FLOPs per
-///   instruction of AVX2 (measured on Zen 5 and on this session's Intel Xeon with
-///   `CONVINIT_GEMM_KERNEL`, see [`crate::gemm`]).
+/// * Zen 5, Intel with AVX-512: `avx512`. Full 512-bit FMA units, so twice the flops
+///   per instruction of AVX2. Measured on this session's Intel Xeon (Emerald Rapids,
+///   `examples/gemm_tune --kernel`, one thread, quiet machine): 2048^3 at 153.5 against
+///   80.1 GFLOP/s for `avx2`, 1024^3 at 151.7 against 80.3, so 1.9x; on two threads
+///   297.0 against 155.9. Zen 5 has the same two 512-bit FMA pipes per core.
 /// * Zen 4: `avx512` as well, a reasoned choice (no Zen 4 to measure on). Zen 4 has two
 ///   256-bit FMA pipes and runs a 512-bit FMA as two halves, so both kernels have the same
 ///   peak, 32 flops per cycle per core. The 8 x 48 AVX-512 tile needs 3 vector loads and
