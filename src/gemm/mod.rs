@@ -45,7 +45,7 @@
 //! On the project's 2-core AVX-512 EPYC, 1024^3 and 2048^3 run at about 0.9 of the
 //! measured FMA peak (`fma_peak_gflops`), on par with OpenBLAS. On a 2-core Intel Xeon
 //! (Emerald Rapids, L2 2 MiB, a shared machine: four rounds in which the other core was
-//! idle), `examples/bench` against `torch_anchor.py`'s numpy OpenBLAS: 0.89-0.92x at
+//! idle), `examples/bench` against `torch_anchor.py`'s numpy OpenBLAS: 0.88-0.92x at
 //! 2048^3 and 0.92-0.97x at 1024^3 on one thread (about 146 against 160 GFLOP/s), 0.93-0.97x
 //! at 2048^3 and 0.97-1.2x at 1024^3 on two (about 290 against 305).
 //!
