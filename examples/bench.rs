@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Every figure is the median of several runs after a warm-up (at least three calls and
-//! 50 ms). `--only` runs one item
+//! 50 ms). The JSON also says which CPU the figures come from (`cpu`: micro-architecture,
+//! brand, cache sizes) and the GEMM kernel and block sizes in effect (`gemm`), which
+//! `CONVINIT_GEMM_KERNEL` and `CONVINIT_GEMM_BLOCKS` force. `--only` runs one item
 //! (`sgemm`, `fma`, `seed_net`, `layers`, or a conv name such as `resnet_64`), e.g. to
 //! measure the
 //! peak memory of one shape with `/usr/bin/time -v`.
@@ -15,7 +17,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use convinit::gemm::sgemm;
+use convinit::gemm::{GemmBlocks, Kernel, sgemm};
 use convinit::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Layer, Relu,
     Sequential,
@@ -294,6 +296,36 @@ fn bench_lenet(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// The CPU the figures come from (`convinit::cpu`), as the GEMM sees it.
+fn cpu_json() -> Value {
+    let cpu = convinit::cpu::CpuInfo::get();
+    json!({
+        "microarch": cpu.microarch.name(),
+        "vendor": cpu.vendor,
+        "family": cpu.family,
+        "model": cpu.model,
+        "brand": cpu.brand,
+        "avx512f": cpu.avx512f,
+        "avx2_fma": cpu.avx2_fma,
+        "l1d_bytes": cpu.l1d_bytes,
+        "l2_bytes": cpu.l2_bytes,
+        "l3_bytes": cpu.l3_bytes,
+        "caches_detected": cpu.caches_detected,
+    })
+}
+
+/// The GEMM kernel and block sizes `sgemm` runs with (after `CONVINIT_GEMM_KERNEL` and
+/// `CONVINIT_GEMM_BLOCKS`), and the sizes detected from the caches.
+fn gemm_json() -> Value {
+    let k = Kernel::selected();
+    let blocks = |b: GemmBlocks| json!({"mr": b.mr, "nr": b.nr, "kc": b.kc, "mc": b.mc, "l2_budget": b.l2_budget, "nc": b.nc});
+    json!({
+        "kernel": k.name(),
+        "blocks": blocks(k.blocks()),
+        "detected_blocks": blocks(k.detected_blocks()),
+    })
+}
+
 fn run(o: &Options) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
     let mut rng = StdRng::seed_from_u64(0);
     let want = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
@@ -303,6 +335,8 @@ fn run(o: &Options) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         json!(format!("convinit {}", env!("CARGO_PKG_VERSION"))),
     );
     out.insert("threads".into(), json!(o.threads));
+    out.insert("cpu".into(), cpu_json());
+    out.insert("gemm".into(), gemm_json());
     if want("fma") {
         out.insert(
             "fma_peak_gflops".into(),

@@ -10,6 +10,7 @@
 //! ## Modules
 //! - [`data`]: numpy pickle reader (gzip detected), MNIST from `mnist.pkl.gz` or IDX files.
 //! - [`gemm`]: the single matrix-multiply entry point all ops use.
+//! - [`cpu`]: the CPU's micro-architecture class and cache sizes, which the GEMM tunes to.
 //! - [`ops`]: conv2d, activations, pooling, flatten, linear and MSE, forward and backward.
 //! - [`nn`]: layers owning parameters and gradients, and a `Sequential` container.
 //! - [`init`]: `torch.nn.init`, formula for formula.
@@ -35,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod buffers;
+pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod gemm;

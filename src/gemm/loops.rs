@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, Slice};
 use rayon::prelude::*;
 
+use super::archparam::GemmBlocks;
 use super::kernel::{self, BPanels, Kernel};
 use super::pack::{pack_a, pack_b};
 
@@ -30,6 +31,15 @@ use super::pack::{pack_a, pack_b};
 /// Measured with the AVX-512 kernel on 2 cores: at 2 M (128^3) two threads break even,
 /// at 1.8 M (32 x 144 x 400) and 2 M (8 x 25 x 10000) they win by 1.3-1.6x, at 0.9 M
 /// (96^3) and below they lose.
+///
+/// Kept the same on every CPU: the break-even is set by the cost of waking rayon's
+/// workers (microseconds, an OS and scheduler cost, not a cache size) against the time
+/// the product takes. Zen 5 and Intel's AVX-512 server cores both do 32 multiply-adds
+/// per cycle per core at similar clocks, so the measured value carries over. Zen 4 (two
+/// 256-bit FMA pipes) and AVX2-only cores do 16: a product takes twice as long there, so
+/// two threads would already pay off at about half the size, and this threshold is
+/// conservative: products between about 0.75 M and 1.5 M multiply-adds (under 50
+/// microseconds each) stay on one thread. Not measured on those CPUs, so not changed.
 pub(crate) const PARALLEL_THRESHOLD: usize = 3 << 19;
 
 /// B is read in place rather than packed when C has at most this many micro-panels of
@@ -73,10 +83,12 @@ fn split_chunks<'a>(
     out.push(v);
 }
 
-/// `C = alpha * A * B + beta * C` with `kernel` on up to `threads` rayon threads.
-/// Shapes are already checked.
+/// `C = alpha * A * B + beta * C` with `kernel` and block sizes `bs` (valid for it) on
+/// up to `threads` rayon threads. Shapes are already checked.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     kernel: Kernel,
+    bs: GemmBlocks,
     alpha: f32,
     a: ArrayView2<'_, f32>,
     b: ArrayView2<'_, f32>,
@@ -95,6 +107,7 @@ pub(crate) fn gemm(
     if unit_m && (!unit_n || m > n) {
         return gemm_oriented(
             kernel,
+            bs,
             alpha,
             b.t(),
             a.t(),
@@ -103,12 +116,14 @@ pub(crate) fn gemm(
             threads,
         );
     }
-    gemm_oriented(kernel, alpha, a, b, beta, c, threads);
+    gemm_oriented(kernel, bs, alpha, a, b, beta, c, threads);
 }
 
 /// [`gemm`] after choosing the orientation.
+#[allow(clippy::too_many_arguments)]
 fn gemm_oriented(
     kernel: Kernel,
+    bs: GemmBlocks,
     alpha: f32,
     a: ArrayView2<'_, f32>,
     b: ArrayView2<'_, f32>,
@@ -127,7 +142,6 @@ fn gemm_oriented(
         return;
     }
     let parallel = threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD;
-    let bs = kernel.blocks();
     let kc = bs.kc_for(k);
     let nb_max = bs.nb(kc);
     // With few rows of C each B panel is used once or twice: read B in place instead of

@@ -14,11 +14,40 @@
 //! Three micro-kernels share one generic source: AVX-512F (8 x 48), AVX2 + FMA (6 x 16)
 //! and portable Rust (4 x 8); the fastest the CPU supports is chosen once at run time,
 //! or forced with the environment variable `CONVINIT_GEMM_KERNEL=avx512|avx2|fallback`
-//! (read once). Block sizes (`KC`, `MC`, `NC`) come from this machine's caches (L1d
-//! 48 KiB, L2 1 MiB). All `unsafe` code of the crate lives in the kernel module.
+//! (read once). All `unsafe` code of the crate lives in the kernel module (and the one
+//! `cpuid` call of [`crate::cpu`]).
+//!
+//! # Default kernel
+//! `avx512` wherever AVX-512F is usable, `avx2` on other AVX2 + FMA CPUs, else the
+//! portable kernel. On Zen 4, whose 256-bit datapath runs a 512-bit FMA as two halves,
+//! both SIMD kernels peak at 32 flops per cycle per core; `avx512` stays the default
+//! there because its 8 x 48 tile, in 32 registers, needs 0.23 vector loads per 256-bit
+//! FMA against 0.67 for the 6 x 16 AVX2 tile, and moves 0.15 floats of packed A and B
+//! per multiply-add against 0.23. That is a reasoned choice, not a Zen 4 measurement;
+//! `CONVINIT_GEMM_KERNEL=avx2` tries the other.
+//!
+//! # Block sizes
+//! The block sizes ([`GemmBlocks`]: `KC`, `MC`, the L2 budget, `NC`) of each kernel are
+//! derived once from the caches [`crate::cpu::CpuInfo`] reads: the values measured on a
+//! Zen 5 (L1d 48 KiB, L2 1 MiB), with `KC` scaled down for a smaller L1d (Zen 4), the
+//! L2 budget half of L2, and `NC` limited by half of L3. [`Kernel::blocks`] gives the
+//! sizes in effect, [`Kernel::detected_blocks`] the derived ones.
+//!
+//! `CONVINIT_GEMM_BLOCKS` overrides them for the whole process, for every kernel: a
+//! comma-separated subset of `kc=N`, `mc=N`, `l2=BYTES`, `nc=N` (e.g.
+//! `kc=256,mc=96,l2=1048576,nc=4096`; syntax of [`GemmBlocks::with_spec`]), read once.
+//! `mc` and `nc` are rounded up to multiples of each kernel's `MR` and `NR`. A value that
+//! does not parse (unknown key, zero, not a number) makes the whole variable ignored,
+//! with one warning on standard error: a mistyped tuning run then still computes
+//! correctly and says so, rather than failing or half-applying the spec.
+//! [`sgemm_with_blocks`] runs one product with explicit sizes instead.
 //!
 //! On the project's 2-core AVX-512 EPYC, 1024^3 and 2048^3 run at about 0.9 of the
-//! measured FMA peak (`fma_peak_gflops`), on par with OpenBLAS.
+//! measured FMA peak (`fma_peak_gflops`), on par with OpenBLAS. On a 2-core Intel Xeon
+//! (Emerald Rapids, L2 2 MiB, a shared machine: four rounds in which the other core was
+//! idle), `examples/bench` against `torch_anchor.py`'s numpy OpenBLAS: 0.88-0.92x at
+//! 2048^3 and 0.92-0.97x at 1024^3 on one thread (about 146 against 160 GFLOP/s), 0.93-0.97x
+//! at 2048^3 and 0.97-1.2x at 1024^3 on two (about 290 against 305).
 //!
 //! Products of at least 1.5 M multiply-adds (about 116^3) run on the rayon pool, split
 //! over tiles of C only; smaller ones run on the calling thread. The result does not
@@ -34,6 +63,7 @@ mod loops;
 mod naive;
 mod pack;
 
+pub use archparam::GemmBlocks;
 pub use kernel::{Kernel, fma_peak_gflops};
 pub(crate) use kernel::{indirect_b_gemm, indirect_gemm, pack_a_panels};
 pub use naive::sgemm_naive;
@@ -63,8 +93,10 @@ pub fn sgemm(
     c: ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
     check_shapes(&a, &b, &c)?;
+    let kernel = Kernel::selected();
     loops::gemm(
-        Kernel::selected(),
+        kernel,
+        kernel.blocks(),
         alpha,
         a,
         b,
@@ -94,7 +126,7 @@ pub(crate) fn sgemm_par(
     } else {
         1
     };
-    loops::gemm(kernel, alpha, a, b, beta, c, threads);
+    loops::gemm(kernel, kernel.blocks(), alpha, a, b, beta, c, threads);
     Ok(())
 }
 
@@ -118,7 +150,72 @@ pub fn sgemm_with_kernel(
             format!("the {} kernel is not supported by this CPU", kernel.name()),
         ));
     }
-    loops::gemm(kernel, alpha, a, b, beta, c, rayon::current_num_threads());
+    loops::gemm(
+        kernel,
+        kernel.blocks(),
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        rayon::current_num_threads(),
+    );
+    Ok(())
+}
+
+/// [`sgemm_with_kernel`] with explicit block sizes, so tests and benchmarks can run any
+/// blocking in one process (the environment variable `CONVINIT_GEMM_BLOCKS` sets them
+/// for the whole process instead). Start from [`Kernel::blocks`] and change fields, or
+/// use [`GemmBlocks::with_spec`]. The result is bit-identical at any thread count for
+/// given sizes; other sizes may round differently (another split of the depth).
+///
+/// # Errors
+/// [`Error::Shape`] as [`sgemm`]; [`Error::Config`] when this CPU cannot run `kernel` or
+/// `blocks` fails [`GemmBlocks::validate`] for it.
+///
+/// # Examples
+/// ```
+/// use convinit::gemm::{Kernel, sgemm_with_blocks};
+/// use ndarray::Array2;
+/// let a = Array2::<f32>::ones((30, 20));
+/// let b = Array2::<f32>::ones((20, 10));
+/// let mut c = Array2::<f32>::zeros((30, 10));
+/// let k = Kernel::Fallback;
+/// let blocks = k.blocks().with_spec("kc=8,mc=4,nc=8")?;
+/// sgemm_with_blocks(k, blocks, 1.0, a.view(), b.view(), 0.0, c.view_mut())?;
+/// assert!(c.iter().all(|&x| x == 20.0));
+/// let mut bad = blocks;
+/// bad.mc = 3; // not a multiple of mr = 4
+/// assert!(sgemm_with_blocks(k, bad, 1.0, a.view(), b.view(), 0.0, c.view_mut()).is_err());
+/// # Ok::<(), convinit::Error>(())
+/// ```
+pub fn sgemm_with_blocks(
+    kernel: Kernel,
+    blocks: GemmBlocks,
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    c: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    check_shapes(&a, &b, &c)?;
+    if !kernel.is_supported() {
+        return Err(Error::config(
+            "sgemm",
+            format!("the {} kernel is not supported by this CPU", kernel.name()),
+        ));
+    }
+    blocks.validate(kernel)?;
+    loops::gemm(
+        kernel,
+        blocks,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        rayon::current_num_threads(),
+    );
     Ok(())
 }
 

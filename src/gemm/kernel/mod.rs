@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use super::archparam::{self, BlockSizes};
+use super::archparam::{self, GemmBlocks};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -91,15 +91,20 @@ impl Kernel {
     }
 
     /// The kernel `sgemm` uses: `CONVINIT_GEMM_KERNEL` (`avx512`, `avx2` or `fallback`)
-    /// if set, else the fastest supported one. Read once per process; a requested kernel
-    /// this CPU cannot run is replaced by the fastest supported one below it.
+    /// if set, else the default of this CPU's [`Microarch`](crate::cpu::Microarch)
+    /// (`avx512` wherever AVX-512F is usable, Zen 4 included: see
+    /// [the module docs](crate::gemm#default-kernel)). Read once per process; a
+    /// requested kernel this CPU cannot run is replaced by the fastest supported one
+    /// below it.
     pub fn selected() -> Kernel {
         static SELECTED: OnceLock<Kernel> = OnceLock::new();
         *SELECTED.get_or_init(|| {
             let wanted = std::env::var("CONVINIT_GEMM_KERNEL")
                 .ok()
                 .and_then(|v| Kernel::from_name(&v))
-                .unwrap_or(Kernel::Avx512);
+                .unwrap_or_else(|| {
+                    archparam::preferred_kernel(crate::cpu::CpuInfo::get().microarch)
+                });
             Kernel::ALL
                 .into_iter()
                 .skip_while(|&k| k != wanted)
@@ -119,16 +124,26 @@ impl Kernel {
     /// Columns of one register tile (`NR`): the B-indirect kernel's reads of a row run
     /// up to a multiple of this.
     pub(crate) fn tile_cols(self) -> usize {
-        self.blocks().nr
+        self.tile().1
     }
 
-    /// Block sizes of this kernel's loop nest.
-    pub(crate) fn blocks(self) -> BlockSizes {
-        match self {
-            Kernel::Avx512 => archparam::AVX512,
-            Kernel::Avx2 => archparam::AVX2,
-            Kernel::Fallback => archparam::FALLBACK,
-        }
+    /// The block sizes this kernel's loop nest runs with in [`crate::gemm::sgemm`]: the
+    /// sizes derived from this CPU's caches ([`Kernel::detected_blocks`]) with
+    /// `CONVINIT_GEMM_BLOCKS` applied, if set and valid (read once per process).
+    pub fn blocks(self) -> GemmBlocks {
+        archparam::effective(self)
+    }
+
+    /// The block sizes derived from this CPU's caches ([`crate::cpu::CpuInfo`]) alone,
+    /// ignoring `CONVINIT_GEMM_BLOCKS`.
+    pub fn detected_blocks(self) -> GemmBlocks {
+        archparam::detected(self)
+    }
+
+    /// The micro-tile `(MR, NR)` of this kernel.
+    pub(crate) fn tile(self) -> (usize, usize) {
+        let r = archparam::reference(self);
+        (r.mr, r.nr)
     }
 }
 
@@ -368,7 +383,7 @@ pub(crate) fn macro_kernel(
     if m == 0 || n == 0 {
         return;
     }
-    let BlockSizes { mr, nr, .. } = kernel.blocks();
+    let (mr, nr) = kernel.tile();
     assert!(a.len() >= m.div_ceil(mr) * mr * kc, "packed A too short");
     let (b, direct, rsb, b_edge) = match b {
         BPanels::Packed(p) => {
@@ -521,7 +536,7 @@ pub(crate) fn indirect_b_gemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let BlockSizes { mr, nr, .. } = kernel.blocks();
+    let (mr, nr) = kernel.tile();
     let k = offs.len();
     if m == 0 || n == 0 {
         return;
@@ -575,7 +590,7 @@ pub(crate) fn indirect_b_gemm(
 /// A (`m x k`) packed in `kernel`'s `MR`-row micro-panels, zero-padded, as
 /// [`indirect_b_gemm`] reads it.
 pub(crate) fn pack_a_panels(kernel: Kernel, a: ArrayView2<'_, f32>) -> Vec<f32> {
-    let mr = kernel.blocks().mr;
+    let mr = kernel.tile().0;
     let (m, k) = a.dim();
     let mut out = vec![0.0f32; m.div_ceil(mr) * mr * k];
     if !out.is_empty() {
