@@ -588,15 +588,22 @@ pub(crate) fn indirect_b_gemm(
 }
 
 /// A (`m x k`) packed in `kernel`'s `MR`-row micro-panels, zero-padded, as
-/// [`indirect_b_gemm`] reads it.
-pub(crate) fn pack_a_panels(kernel: Kernel, a: ArrayView2<'_, f32>) -> Vec<f32> {
+/// [`indirect_b_gemm`] reads it; reserved fallibly, an error naming `op`.
+pub(crate) fn pack_a_panels(
+    kernel: Kernel,
+    a: ArrayView2<'_, f32>,
+    op: &'static str,
+) -> crate::Result<Vec<f32>> {
     let mr = kernel.tile().0;
     let (m, k) = a.dim();
-    let mut out = vec![0.0f32; m.div_ceil(mr) * mr * k];
+    let len = crate::limits::checked_len(op, &[m.div_ceil(mr), mr, k], || {
+        format!("a packed {m} x {k} operand")
+    })?;
+    let mut out = crate::limits::try_zeroed_vec(op, len, || format!("a packed {m} x {k} operand"))?;
     if !out.is_empty() {
         super::pack::pack_a(a, mr, &mut out, false);
     }
-    out
+    Ok(out)
 }
 
 /// Measured peak of fused multiply-adds on this machine, in GFLOP/s (2 flops per lane

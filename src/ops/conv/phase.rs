@@ -118,9 +118,9 @@ pub(super) fn forward(
     let groups: Vec<(Vec<f32>, &[usize])> = (0..g)
         .map(|gi| {
             let w = ops.w.slice(s![gi * og..(gi + 1) * og, ..]);
-            (pack_a_panels(kernel, w), &taps[gi * kg..(gi + 1) * kg])
+            Ok((pack_a_panels(kernel, w, OP)?, &taps[gi * kg..(gi + 1) * kg]))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&SCRATCH, |scratch| {
             forward_tile(ops, &pg, kernel, &groups, bias, n0, yt, scratch)

@@ -371,7 +371,7 @@ fn pack(kernel: Kernel, tile: Tile, u: &[f32], p: usize, q: usize) -> Result<Vec
         .map(|xi| {
             let uxi = ArrayView2::from_shape((p, q), &u[xi * p * q..(xi + 1) * p * q])
                 .map_err(shape_err)?;
-            Ok(pack_a_panels(kernel, uxi))
+            pack_a_panels(kernel, uxi, OP)
         })
         .collect()
 }
