@@ -42,7 +42,7 @@ use ndarray::{
     ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, Axis,
 };
 
-use super::common::{MIN_SPLIT, OP, Operands, resize, shape_err, with_scratch};
+use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
 use crate::limits::{checked_len, try_zeroed_vec};
@@ -92,6 +92,16 @@ type Lane = [f32; LANES];
 /// 4 MiB 44 / 41, 16 MiB 41 / 29, 32 MiB 45 / 32. Smaller blocks leave the GEMMs short
 /// (few columns per packed `U[xi]`, which is `O x C` floats, read once per GEMM).
 const GEMM_BYTES: usize = 1 << 19;
+
+/// Fewest tasks a batch is cut into (when it has enough tiles), instead of the other
+/// paths' `MIN_SPLIT` of 8: every task reads all of the packed `U` (36 `O x C`
+/// floats, 9.4 MB for vgg_256) from beyond L2, so fewer, longer tasks read it less.
+/// vgg_256 forward ms (Intel Xeon 6/207, two interleaved runs), at least 8 / 4 / 2
+/// tasks: 2 threads 26.5 / 23.2-23.5 / 19.9-21.2, 1 thread 41.1-42.1 / 34.7-36.7 /
+/// 32.1-33.9; resnet_64 unchanged (its tasks are bounded by [`GEMM_BYTES`]). Not 2:
+/// tasks are fixed by the shape (for determinism), and more cores than tasks would
+/// idle.
+const WINOGRAD_MIN_TASKS: usize = 4;
 
 /// Fewest tiles per task (when the images have that many): fewer leave the GEMM's
 /// 48-column panels half empty.
@@ -377,13 +387,13 @@ fn pack(kernel: Kernel, tile: Tile, u: &[f32], p: usize, q: usize) -> Result<Vec
 }
 
 /// Tiles per task: `V[xi]` and `M[xi]`, `(cin + cout) T` floats, within
-/// [`GEMM_BYTES`], at least [`MIN_SPLIT`] tasks when the batch has that many tiles
+/// [`GEMM_BYTES`], at least [`WINOGRAD_MIN_TASKS`] tasks when the batch has that many tiles
 /// (`total` tiles in all), within [`MIN_BLOCK_TILES`] and [`MAX_BLOCK_TILES`]. Depends
 /// on the shape only.
 fn block_tiles(cin: usize, cout: usize, total: usize) -> usize {
     let per_tile = size_of::<f32>().saturating_mul(cin.saturating_add(cout).max(1));
     (GEMM_BYTES / per_tile)
-        .min(total.div_ceil(MIN_SPLIT))
+        .min(total.div_ceil(WINOGRAD_MIN_TASKS))
         .clamp(MIN_BLOCK_TILES, MAX_BLOCK_TILES)
 }
 
