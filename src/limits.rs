@@ -390,16 +390,9 @@ pub(crate) fn checked_len(
         })
 }
 
-/// Fixes glibc's mmap threshold at [`HUGE_PAGE_MIN_BYTES`] and its trim threshold at
-/// twice that (glibc's own ratio when it moves them), once per process, when the crate
-/// first allocates a block that large, unless the program set either itself
-/// (`GLIBC_TUNABLES=glibc.malloc.*_threshold=...`, `MALLOC_MMAP_THRESHOLD_`,
-/// `MALLOC_TRIM_THRESHOLD_`). Fixing the mmap threshold alone left the trim threshold at
-/// its 128 KiB default, so mid-sized blocks (seed_l1's 627 KB output) went back to the
-/// system on every free and faulted in again: seed_l1's forward after larger convs
-/// took 0.36 ms against 0.23 before; with both fixed, 0.21 (and resnet_128s2 32.2-33.1
-/// ms against 35.3-36.7, nb_32x1x5 3.3-3.4 against 3.8; 1 thread, one `convbench` run
-/// of the three, Intel Xeon 6/207).
+/// Fixes glibc's mmap threshold at [`HUGE_PAGE_MIN_BYTES`], once per process, when the
+/// crate first allocates a block that large, unless the program set it itself
+/// (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...` or `MALLOC_MMAP_THRESHOLD_`).
 ///
 /// glibc raises the threshold to the size of every mapped block a program frees (up to
 /// 32 MiB), so after one large output is dropped, the next ones of that size come from
@@ -416,12 +409,10 @@ fn pin_mmap_threshold() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
             let set_by_user = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-                || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
-                || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("_threshold"));
+                || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("mmap_threshold"));
             if set_by_user {
                 return;
             }
-            const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
             const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
             unsafe extern "C" {
                 fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
@@ -430,7 +421,6 @@ fn pin_mmap_threshold() {
             // allocations; it takes its own locks. A failure leaves the default.
             unsafe {
                 mallopt(M_MMAP_THRESHOLD, HUGE_PAGE_MIN_BYTES as std::ffi::c_int);
-                mallopt(M_TRIM_THRESHOLD, 2 * HUGE_PAGE_MIN_BYTES as std::ffi::c_int);
             }
         });
     }
