@@ -8,42 +8,18 @@
 
 mod common;
 
-use common::naive::{self, Params, assert_close, random_array, to64};
+use common::naive::{self, Case, Params, Shape, assert_close, to64};
 use convinit::Error;
 use convinit::gemm::Kernel;
 use convinit::nn::{Conv2d, Conv2dConfig, Layer};
 use convinit::ops::{
-    Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo,
-    InputGradAlgo, WeightGradAlgo, autotuned_plan, clear_autotune_cache, conv2d, conv2d_backward,
+    Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo, InputGradAlgo,
+    WeightGradAlgo, autotuned_plan, clear_autotune_cache, conv2d, conv2d_backward,
     conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
 };
-use ndarray::{Array1, Array4};
+use ndarray::Array4;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-
-/// One conv's operands: x, weight, bias, upstream gradient, options.
-struct Case {
-    x: Array4<f32>,
-    w: Array4<f32>,
-    b: Array1<f32>,
-    dy: Array4<f32>,
-    opts: Conv2dOptions,
-    geo: Conv2dGeometry,
-}
-
-/// (N, C, H, W, O, (kh, kw), stride, padding, dilation, groups)
-type Shape = (
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    (usize, usize),
-    (usize, usize),
-    (usize, usize),
-    (usize, usize),
-    usize,
-);
 
 const SHAPES: &[Shape] = &[
     // Groups of 1, enough channels for the direct path.
@@ -60,23 +36,9 @@ const SHAPES: &[Shape] = &[
     (1, 6, 12, 13, 6, (5, 5), (1, 1), (2, 2), (2, 2), 6),
 ];
 
+/// A seeded case of `s` (the naive references come with it, unused here).
 fn case(s: Shape, rng: &mut StdRng) -> Case {
-    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
-    let opts = Conv2dOptions::new()
-        .with_stride(stride)
-        .with_padding(padding)
-        .with_dilation(dilation)
-        .with_groups(groups);
-    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
-    let (_, _, oh, ow) = geo.y_shape();
-    Case {
-        x: random_array(rng, (n, c, h, w)),
-        w: random_array(rng, (o, c / groups, k.0, k.1)),
-        b: random_array(rng, o),
-        dy: random_array(rng, (n, o, oh, ow)),
-        opts,
-        geo,
-    }
+    Case::new(s, rng)
 }
 
 /// The three passes on `opts`, every result compared bit for bit with the same passes

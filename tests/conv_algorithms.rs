@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::naive::{self, Params, assert_close, random_array, to64};
+use common::naive::{Case, Shape, assert_close};
 use convinit::Error;
 use convinit::gemm::Kernel;
 use convinit::ops::{
@@ -23,23 +23,9 @@ use convinit::ops::{
     WeightGradAlgo, conv2d, conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan,
     conv2d_into, conv2d_with_plan,
 };
-use ndarray::{Array1, Array4};
+use ndarray::Array4;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-
-/// N, C, H, W, O, (kh, kw), stride, padding, dilation, groups.
-type Shape = (
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    (usize, usize),
-    (usize, usize),
-    (usize, usize),
-    (usize, usize),
-    usize,
-);
 
 const SHAPES: &[Shape] = &[
     // N = 1, padding larger than the kernel, stride 2.
@@ -141,25 +127,18 @@ fn kernels() -> Vec<Kernel> {
 }
 
 fn check_shape(s: Shape, rng: &mut StdRng) {
-    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
-    let p = Params {
-        stride,
-        padding,
-        dilation,
-        groups,
-    };
-    let x: Array4<f32> = random_array(rng, (n, c, h, w));
-    let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
-    let b: Array1<f32> = random_array(rng, o);
-    let opts = Conv2dOptions::new()
-        .with_stride(stride)
-        .with_padding(padding)
-        .with_dilation(dilation)
-        .with_groups(groups);
-    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
-    let y_ref = naive::conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
-    let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
-    let (dx_ref, dw_ref, db_ref) = naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+    let Case {
+        x,
+        w: wt,
+        b,
+        dy,
+        opts,
+        geo,
+        y_ref,
+        dx_ref,
+        dw_ref,
+        db_ref,
+    } = Case::new(s, rng);
     let base = ConvPlan::choose(&geo, rayon::current_num_threads());
     for kernel in kernels() {
         // The chosen knobs, and small tiles that cut output rows, by rows and by map.
@@ -240,25 +219,18 @@ fn algorithm_names() -> Vec<&'static str> {
 /// the naive reference; a forced algorithm the geometry cannot run fails every pass with
 /// a configuration error that names it.
 fn check_setting(s: Shape, rng: &mut StdRng) {
-    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
-    let p = Params {
-        stride,
-        padding,
-        dilation,
-        groups,
-    };
-    let x: Array4<f32> = random_array(rng, (n, c, h, w));
-    let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
-    let b: Array1<f32> = random_array(rng, o);
-    let base = Conv2dOptions::new()
-        .with_stride(stride)
-        .with_padding(padding)
-        .with_dilation(dilation)
-        .with_groups(groups);
-    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &base).unwrap();
-    let y_ref = naive::conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
-    let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
-    let (dx_ref, dw_ref, db_ref) = naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+    let Case {
+        x,
+        w: wt,
+        b,
+        dy,
+        opts: base,
+        geo,
+        y_ref,
+        dx_ref,
+        dw_ref,
+        db_ref,
+    } = Case::new(s, rng);
     for name in algorithm_names() {
         let algos = ConvAlgos::named(name).unwrap();
         let opts = base.with_algorithm(ConvAlgorithm::Fixed(algos));

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::naive::{self, Params, assert_close, random_array, to64};
+use common::naive::{self, Case, Params, Shape, assert_close, random_array, to64};
 use convinit::ops::{
     Conv2dGeometry, Conv2dOptions, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo,
     conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_with_plan,
@@ -13,20 +13,6 @@ use convinit::ops::{
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-
-/// (N, C, H, W, O, (kh, kw), stride, padding, dilation, groups)
-type Shape = (
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    (usize, usize),
-    (usize, usize),
-    (usize, usize),
-    (usize, usize),
-    usize,
-);
 
 const SHAPES: &[Shape] = &[
     // N = 1, odd sizes, padding larger than the kernel, stride 2.
@@ -129,25 +115,18 @@ fn plans(geo: &Conv2dGeometry) -> Vec<ConvPlan> {
 }
 
 fn check_shape(s: Shape, rng: &mut StdRng) {
-    let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
-    let p = Params {
-        stride,
-        padding,
-        dilation,
-        groups,
-    };
-    let x: Array4<f32> = random_array(rng, (n, c, h, w));
-    let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
-    let b: Array1<f32> = random_array(rng, o);
-    let opts = Conv2dOptions::new()
-        .with_stride(stride)
-        .with_padding(padding)
-        .with_dilation(dilation)
-        .with_groups(groups);
-    let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / groups, k.0, k.1], &opts).unwrap();
-    let y_ref = naive::conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
-    let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
-    let (dx_ref, dw_ref, db_ref) = naive::conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+    let Case {
+        x,
+        w: wt,
+        b,
+        dy,
+        opts,
+        geo,
+        y_ref,
+        dx_ref,
+        dw_ref,
+        db_ref,
+    } = Case::new(s, rng);
     for plan in plans(&geo) {
         let ctx = format!("{s:?} {plan:?}");
         let y = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &opts, plan).unwrap();

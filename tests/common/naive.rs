@@ -140,3 +140,76 @@ pub fn assert_close<D: ndarray::Dimension>(
         .fold(0.0f64, f64::max);
     assert!(err <= 1e-5 * scale, "{what}: max error {err:e} for {ctx:?}");
 }
+
+/// A conv shape as the tests write it: N, C, H, W, O, (kh, kw), stride, padding,
+/// dilation, groups.
+pub type Shape = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    usize,
+);
+
+/// One conv case: seeded operands for a [`Shape`] (x, weight, bias, then `dy`), its
+/// options and geometry, and the naive f64 results every path is checked against.
+pub struct Case {
+    pub x: Array4<f32>,
+    pub w: Array4<f32>,
+    pub b: Array1<f32>,
+    pub dy: Array4<f32>,
+    pub opts: convinit::ops::Conv2dOptions,
+    pub geo: convinit::ops::Conv2dGeometry,
+    pub y_ref: Array4<f64>,
+    pub dx_ref: Array4<f64>,
+    pub dw_ref: Array4<f64>,
+    pub db_ref: Array1<f64>,
+}
+
+impl Case {
+    /// The case of `s`, its operands drawn from `rng`.
+    pub fn new(s: Shape, rng: &mut rand::rngs::StdRng) -> Case {
+        let (n, c, h, w, o, k, stride, padding, dilation, groups) = s;
+        let p = Params {
+            stride,
+            padding,
+            dilation,
+            groups,
+        };
+        let x: Array4<f32> = random_array(rng, (n, c, h, w));
+        let wt: Array4<f32> = random_array(rng, (o, c / groups, k.0, k.1));
+        let b: Array1<f32> = random_array(rng, o);
+        let opts = convinit::ops::Conv2dOptions::new()
+            .with_stride(stride)
+            .with_padding(padding)
+            .with_dilation(dilation)
+            .with_groups(groups);
+        let geo = convinit::ops::Conv2dGeometry::new(
+            "test",
+            [n, c, h, w],
+            [o, c / groups, k.0, k.1],
+            &opts,
+        )
+        .unwrap();
+        let y_ref = conv2d(&to64(&x), &to64(&wt), Some(&to64(&b)), p);
+        let dy: Array4<f32> = random_array(rng, y_ref.raw_dim());
+        let (dx_ref, dw_ref, db_ref) = conv2d_backward(&to64(&x), &to64(&wt), &to64(&dy), p);
+        Case {
+            x,
+            w: wt,
+            b,
+            dy,
+            opts,
+            geo,
+            y_ref,
+            dx_ref,
+            dw_ref,
+            db_ref,
+        }
+    }
+}
