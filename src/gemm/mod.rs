@@ -143,24 +143,7 @@ pub fn sgemm_with_kernel(
     beta: f32,
     c: ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
-    check_shapes(&a, &b, &c)?;
-    if !kernel.is_supported() {
-        return Err(Error::config(
-            "sgemm",
-            format!("the {} kernel is not supported by this CPU", kernel.name()),
-        ));
-    }
-    loops::gemm(
-        kernel,
-        kernel.blocks(),
-        alpha,
-        a,
-        b,
-        beta,
-        c,
-        rayon::current_num_threads(),
-    );
-    Ok(())
+    sgemm_with_blocks(kernel, kernel.blocks(), alpha, a, b, beta, c)
 }
 
 /// [`sgemm_with_kernel`] with explicit block sizes, so tests and benchmarks can run any
