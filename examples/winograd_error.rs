@@ -3,14 +3,15 @@
 //! and padding 1, C = O in {16, 64, 256} at 28x28 and 56x56, 512 and 1024 at 14x14,
 //! kaiming-normal
 //! weights (std `sqrt(2 / (9 C))`), inputs N(0, 1) or post-ReLU (`max(0, N(0, 1))`).
-//! Prints the max and mean absolute error relative to `max|ref|`, of the forward pass
-//! and of the input gradient (`dy` N(0, 1)). The tests' tolerance is `1e-5 * max(1,
+//! Prints the max and mean absolute error relative to `max|ref|`, of the forward pass,
+//! the input gradient and the weight gradient (`dy` N(0, 1)). The tests' tolerance is `1e-5 * max(1,
 //! max|ref|)`.
 //!
 //!     cargo run --release --example winograd_error
 
 use convinit::ops::{
-    Conv2dOptions, ConvAlgorithm, ConvAlgos, ForwardAlgo, InputGradAlgo, conv2d, conv2d_backward,
+    Conv2dOptions, ConvAlgorithm, ConvAlgos, ForwardAlgo, InputGradAlgo, WeightGradAlgo, conv2d,
+    conv2d_backward,
 };
 use ndarray::{Array4, ArrayView4};
 use rand::SeedableRng;
@@ -58,6 +59,46 @@ fn naive(x: ArrayView4<'_, f32>, w: ArrayView4<'_, f32>, p: usize) -> Array4<f64
     y
 }
 
+/// `dw[o, c, a, b] = sum_{i, j} dy[o, i, j] * x[c, i + a - p, j + b - p]` (3x3,
+/// stride 1, padding `p`) in f64, over the batch.
+fn naive_dw(x: ArrayView4<'_, f32>, dy: ArrayView4<'_, f32>, p: usize) -> Array4<f64> {
+    let (n, c, h, wd) = x.dim();
+    let (o, oh, ow) = (dy.dim().1, dy.dim().2, dy.dim().3);
+    let (hp, wp) = (h + 2 * p, wd + 2 * p);
+    let mut xp = vec![0.0f64; c * hp * wp];
+    let mut dw = Array4::<f64>::zeros((o, c, 3, 3));
+    for ni in 0..n {
+        for ((ci, i, j), &v) in x.index_axis(ndarray::Axis(0), ni).indexed_iter() {
+            xp[(ci * hp + i + p) * wp + j + p] = f64::from(v);
+        }
+        for oi in 0..o {
+            let g: Vec<f64> = dy
+                .slice(ndarray::s![ni, oi, .., ..])
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            for ci in 0..c {
+                let xc = &xp[ci * hp * wp..(ci + 1) * hp * wp];
+                for a in 0..3 {
+                    for b in 0..3 {
+                        let mut acc = 0.0;
+                        for i in 0..oh {
+                            let src = &xc[(i + a) * wp + b..(i + a) * wp + b + ow];
+                            acc += g[i * ow..(i + 1) * ow]
+                                .iter()
+                                .zip(src)
+                                .map(|(d, s)| d * s)
+                                .sum::<f64>();
+                        }
+                        dw[[oi, ci, a, b]] += acc;
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
 /// (max, mean) of `|got - want|`, relative to `max|want|`.
 fn errors(got: ArrayView4<'_, f32>, want: &Array4<f64>) -> (f64, f64) {
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -73,22 +114,38 @@ fn errors(got: ArrayView4<'_, f32>, want: &Array4<f64>) -> (f64, f64) {
 fn main() -> Result<(), convinit::Error> {
     let mut rng = StdRng::seed_from_u64(0x3a11);
     let normal = Normal::new(0.0f32, 1.0).expect("a valid normal");
-    let algos: [(&str, ForwardAlgo, InputGradAlgo); 3] = [
-        ("direct", ForwardAlgo::Direct, InputGradAlgo::Direct),
+    let algos: [(&str, ForwardAlgo, InputGradAlgo, WeightGradAlgo); 3] = [
+        (
+            "direct",
+            ForwardAlgo::Direct,
+            InputGradAlgo::Direct,
+            WeightGradAlgo::Direct,
+        ),
         (
             "winograd2",
             ForwardAlgo::WinogradF2,
             InputGradAlgo::WinogradF2,
+            WeightGradAlgo::WinogradF2,
         ),
         (
             "winograd4",
             ForwardAlgo::WinogradF4,
             InputGradAlgo::WinogradF4,
+            WeightGradAlgo::WinogradF4,
         ),
     ];
     println!(
-        "{:<8} {:>4} {:>6} {:<10} {:>11} {:>11} {:>11} {:>11}",
-        "input", "C=O", "HxW", "algorithm", "y max", "y mean", "dx max", "dx mean"
+        "{:<8} {:>4} {:>6} {:<10} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "input",
+        "C=O",
+        "HxW",
+        "algorithm",
+        "y max",
+        "y mean",
+        "dx max",
+        "dx mean",
+        "dw max",
+        "dw mean"
     );
     for relu in [false, true] {
         for (c, sizes) in [
@@ -115,18 +172,24 @@ fn main() -> Result<(), convinit::Error> {
                     wt[[ci, o, 2 - a, 2 - b]] = v;
                 }
                 let dx_ref = naive(dy.view(), wt.view(), 1);
-                for (name, fwd, dx) in algos {
+                let dw_ref = naive_dw(x.view(), dy.view(), 1);
+                for (name, fwd, dx, dw) in algos {
                     let opts = Conv2dOptions::new().with_padding((1, 1)).with_algorithm(
                         ConvAlgorithm::Fixed(
-                            ConvAlgos::new().with_forward(fwd).with_input_grad(dx),
+                            ConvAlgos::new()
+                                .with_forward(fwd)
+                                .with_input_grad(dx)
+                                .with_weight_grad(dw),
                         ),
                     );
                     let y = conv2d(x.view(), w.view(), None, &opts)?;
                     let g = conv2d_backward(x.view(), w.view(), false, dy.view(), &opts)?;
                     let (ym, ya) = errors(y.view(), &y_ref);
                     let (dm, da) = errors(g.dx.view(), &dx_ref);
+                    let (wm, wa) = errors(g.dw.view(), &dw_ref);
                     println!(
-                        "{:<8} {c:>4} {:>6} {name:<10} {ym:>11.3e} {ya:>11.3e} {dm:>11.3e} {da:>11.3e}",
+                        "{:<8} {c:>4} {:>6} {name:<10} {ym:>11.3e} {ya:>11.3e} {dm:>11.3e} {da:>11.3e} \
+                         {wm:>11.3e} {wa:>11.3e}",
                         if relu { "relu" } else { "normal" },
                         format!("{hw}x{hw}"),
                     );

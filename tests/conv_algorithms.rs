@@ -5,7 +5,7 @@
 //! multiplier 1 to 3, strides 1 to 3, padding 0 to 2, dilation, 5x5 and 3x1 kernels,
 //! 1x1 outputs) the depthwise algorithm takes, 3x3 stride-1 convs the Winograd
 //! algorithms take (1x1 and 2x2 outputs, partial tiles, padding 0 to 3, many channels,
-//! an image cut into several tasks). Every algorithm in the pass enums' `ALL`
+//! an image cut into several tasks, more tiles than one weight-gradient block). Every algorithm in the pass enums' `ALL`
 //! lists runs. The backward runs every (input-gradient,
 //! weight-gradient) pair, so both the fused and the separate paths run, the column
 //! weight gradient of groups-of-1 convs included. Plans an algorithm cannot run, and
@@ -90,6 +90,8 @@ const SHAPES: &[Shape] = &[
     (2, 3, 6, 9, 4, (3, 3), (1, 1), (0, 2), (1, 1), 1),
     // An image of more tiles than one Winograd task takes: cut into bands of tile rows.
     (1, 4, 100, 90, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    // More F4 tiles (51 x 48) than one block of the Winograd weight gradient.
+    (1, 2, 201, 190, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1),
 ];
 
 /// Every algorithm of each pass: a new variant is tested here as soon as it is in its

@@ -294,7 +294,8 @@ fn every_forward_algorithm_overwrites_the_into_buffer() {
 
 /// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
 /// gradient of 3x3 stride-1 convs with 64 to 256 channels and enough work (resnet_64,
-/// vgg_256), F2 past 256, the direct path below 64 channels, on small batches, and for strided or
+/// vgg_256), F2 past 256, the F4 weight gradient from 128 channels and 196 tiles per
+/// reduction chunk, the direct path below 64 channels, on small batches, and for strided or
 /// grouped 3x3 convs.
 #[test]
 fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
@@ -311,6 +312,18 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         assert_eq!(p.input_grad, InputGradAlgo::WinogradF4, "{x:?}");
         assert_eq!(p.weight_grad, WeightGradAlgo::Direct, "{x:?}");
     }
+    // The Winograd weight gradient: at least 128 channels on both sides and 196 tiles
+    // per reduction chunk (4 images of 28x28 here); not on 64 channels or 1-image chunks.
+    let dw = plan([32, 128, 28, 28], [256, 128, 3, 3], &p1);
+    assert_eq!(dw.weight_grad, WeightGradAlgo::WinogradF4);
+    assert_eq!(
+        plan([32, 128, 28, 28], [64, 128, 3, 3], &p1).weight_grad,
+        WeightGradAlgo::Direct
+    );
+    assert_eq!(
+        plan([16, 128, 28, 28], [128, 128, 3, 3], &p1).weight_grad,
+        WeightGradAlgo::Direct
+    );
     // Past 256 channels summed over, F2 (F4's error nears the tolerance): 512 input
     // channels forward, 128 output channels for the input gradient; and the reverse.
     let wide_in = plan([64, 512, 14, 14], [128, 512, 3, 3], &p1);

@@ -261,24 +261,34 @@ fn depthwise_run() -> Vec<Vec<u32>> {
     out
 }
 
-/// The Winograd algorithms (F2 and F4) forced on the forward and input-gradient
-/// passes, through the public setting and on explicit parallel plans: a batch whose
-/// images are cut into bands of tile rows, N = 1 with padding 2 and many channels, and
-/// unpadded odd sizes (partial tiles).
+/// The Winograd algorithms (F2 and F4) forced on every pass, through the public
+/// setting and on explicit parallel plans: a batch whose images are cut into bands of
+/// tile rows, N = 1 with padding 2 and many channels, unpadded odd sizes (partial
+/// tiles), and an image of more tiles than one weight-gradient block.
 fn winograd_run() -> Vec<Vec<u32>> {
     use convinit::ops::{
         Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo,
-        InputGradAlgo, conv2d, conv2d_backward, conv2d_backward_with_plan, conv2d_with_plan,
+        InputGradAlgo, WeightGradAlgo, conv2d, conv2d_backward, conv2d_backward_with_plan,
+        conv2d_with_plan,
     };
     // N, C, H, W, O, padding.
     let shapes = [
         (3, 24, 30, 29, 20, 1),
         (1, 40, 45, 50, 33, 2),
         (9, 8, 11, 13, 12, 0),
+        (1, 2, 201, 190, 3, 1),
     ];
     let algos = [
-        (ForwardAlgo::WinogradF2, InputGradAlgo::WinogradF2),
-        (ForwardAlgo::WinogradF4, InputGradAlgo::WinogradF4),
+        (
+            ForwardAlgo::WinogradF2,
+            InputGradAlgo::WinogradF2,
+            WeightGradAlgo::WinogradF2,
+        ),
+        (
+            ForwardAlgo::WinogradF4,
+            InputGradAlgo::WinogradF4,
+            WeightGradAlgo::WinogradF4,
+        ),
     ];
     let mut out = Vec::new();
     let mut rng = StdRng::seed_from_u64(11);
@@ -287,8 +297,11 @@ fn winograd_run() -> Vec<Vec<u32>> {
         let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
         let wt: Array<f32, _> = uniform(&mut rng, (o, c, 3, 3));
         let b: Array1<f32> = uniform(&mut rng, o);
-        for (fwd, dx) in algos {
-            let fixed = ConvAlgos::new().with_forward(fwd).with_input_grad(dx);
+        for (fwd, dx, dw) in algos {
+            let fixed = ConvAlgos::new()
+                .with_forward(fwd)
+                .with_input_grad(dx)
+                .with_weight_grad(dw);
             let opts = base.with_algorithm(ConvAlgorithm::Fixed(fixed));
             let y = conv2d(x.view(), wt.view(), Some(b.view()), &opts).unwrap();
             let dy: Array<f32, _> = uniform(&mut rng, y.raw_dim());
@@ -308,6 +321,11 @@ fn winograd_run() -> Vec<Vec<u32>> {
             assert_eq!(
                 bits(&gp.dx),
                 bits(&g.dx),
+                "the parallel split changes nothing"
+            );
+            assert_eq!(
+                bits(&gp.dw),
+                bits(&g.dw),
                 "the parallel split changes nothing"
             );
         }

@@ -2,6 +2,7 @@
 //! Every threshold cites the measurement behind it (`examples/plan_sweep`, unless said).
 
 use super::columns;
+use super::common::chunk_images;
 use super::depthwise;
 use super::phase::PhaseGeometry;
 use super::plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
@@ -128,6 +129,36 @@ const WINOGRAD_MIN_WORK: usize = 1 << 20;
 /// 14x14, 2 threads, fwd / bwd ms: direct 118 / 339, F2 101 / 320, F4 86 / 306.
 const WINOGRAD_F4_MAX_CHANNELS: usize = 256;
 
+/// Fewest channels on both sides (`min(C, O)`) for the Winograd weight gradient by
+/// default, and fewest F(4x4) tiles per reduction chunk (`ceil(N / 8)` images, at
+/// most 8, times `ceil(out_h / 4) * ceil(out_w / 4)`): each chunk's 36 GEMMs sum over
+/// its tiles, and the `36 O C` sums are transformed back once per chunk.
+///
+/// F4 only: F2 was slower than the direct weight gradient on every shape measured
+/// (resnet_64 bwd 1 thread 166 ms against 102). F4's error does not grow with the
+/// channels (the sum runs over positions): 3.5e-6 of `max|ref|` at 256 channels 56x56,
+/// 1.6e-6 at 1024 (`examples/winograd_error.rs`, direct 1.7e-6 / 7.6e-7).
+///
+/// `convbench --pass bwd`, Intel Xeon 6/207, median ms, the input gradient on F4 in
+/// both, weight gradient direct -> F4, two runs (1 thread | 2 threads):
+/// - 32 x 256 x 28x28 (196 tiles per chunk): 373 / 384 -> 279 / 323 | 197 / 200 ->
+///   156 / 160;
+/// - 8 x 128 x 56x56 (196): 88.0 / 88.2 -> 77.5 / 77.9 | 46.1 / 48.0 -> 40.9 / 42.2;
+/// - 32 x 128 x 28x28 (196): 94.7 / 95.2 -> 88.0 / 87.9 | 50.9 / 53.9 -> 45.4 / 47.3;
+/// - but vgg_256 (8 x 256 x 28x28, 49 tiles per chunk): 111.8 / 109.6 -> 111.6 / 118.7;
+///   resnet_64 (32 x 64 x 56x56, 784 tiles) 102 / 103 -> 107 / 109 | 111 / 110 -> 115 /
+///   111, and 64 x 64 x 56x56 200 / 199 -> 214 / 210: at 64 channels each `O x C`
+///   product fills 64 of the GEMM kernel's 96 columns (two 48-column panels), and the
+///   packing of both operands costs as much as their product.
+///
+/// On Zen 4, whose FMA throughput per core is half this machine's while the transforms
+/// are loads, stores and adds, the 4x fewer multiplications weigh more: the rule is
+/// expected to hold there (not measured).
+const WINOGRAD_DW_MIN_CHANNELS: usize = 128;
+
+/// See [`WINOGRAD_DW_MIN_CHANNELS`].
+const WINOGRAD_DW_MIN_TILES: usize = 196;
+
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
@@ -150,8 +181,10 @@ impl ConvPlan {
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
-    /// - weight gradient: `Direct` for every groups-of-1 conv, else the input
-    ///   gradient's column lowering (so the two run fused);
+    /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 128 channels
+    ///   on both sides (`WINOGRAD_DW_MIN_CHANNELS`) and at least 196 4x4 tiles per
+    ///   reduction chunk (`WINOGRAD_DW_MIN_TILES`); else `Direct` for every groups-of-1
+    ///   conv, else the input gradient's column lowering (so the two run fused);
     /// - tiles of 1 MiB of columns (`TILE_BYTES`), within 192 and 1024 columns
     ///   (`MIN_TILE_COLS`, `MAX_TILE_COLS`), whole images up to 2 MiB; the index map for
     ///   output rows of at most 16; parallel from 2^20 multiply-adds or 2^15 floats of
@@ -190,6 +223,12 @@ impl ConvPlan {
         };
         let winograd_forward = winograd && work([geo.batch, geo.out_h, geo.out_w], geo.in_channels);
         let winograd_dx = winograd && work([geo.batch, geo.in_h, geo.in_w], geo.out_channels);
+        let chunk_tiles = chunk_images(geo.batch)
+            .saturating_mul(geo.out_h.div_ceil(4))
+            .saturating_mul(geo.out_w.div_ceil(4));
+        let winograd_dw = winograd
+            && geo.in_channels.min(geo.out_channels) >= WINOGRAD_DW_MIN_CHANNELS
+            && chunk_tiles >= WINOGRAD_DW_MIN_TILES;
         let depthwise = depthwise::supports(geo)
             && o.groups > 1
             && geo.out_channels / geo.in_channels <= DEPTHWISE_MAX_MULTIPLIER;
@@ -241,6 +280,8 @@ impl ConvPlan {
             // (N = 100), 4.35 -> 2.48 (N = 1000); nb_32x1x5 3.74 -> 2.62.
             weight_grad: if depthwise {
                 WeightGradAlgo::Depthwise
+            } else if winograd_dw {
+                WeightGradAlgo::WinogradF4
             } else if o.groups == 1 {
                 WeightGradAlgo::Direct
             } else {

@@ -204,6 +204,8 @@ fn weight_grad(
         WeightGradAlgo::Pointwise => pointwise::weight_grad(ops, dy, chunk),
         WeightGradAlgo::Phase => phase::weight_grad(ops, dy, chunk),
         WeightGradAlgo::Depthwise => depthwise::weight_grad(ops, dy, chunk),
+        WeightGradAlgo::WinogradF2 => winograd::weight_grad(ops, winograd::Tile::F2, dy, chunk),
+        WeightGradAlgo::WinogradF4 => winograd::weight_grad(ops, winograd::Tile::F4, dy, chunk),
     }
 }
 
@@ -247,6 +249,9 @@ fn gradients(
         WeightGradAlgo::Pointwise => pointwise::gradients(ops, dy, chunk, dxc),
         WeightGradAlgo::Phase => phase::gradients(ops, dy, chunk, dxc),
         WeightGradAlgo::Depthwise => depthwise::gradients(ops, dy, chunk, dxc),
+        WeightGradAlgo::WinogradF2 | WeightGradAlgo::WinogradF4 => {
+            unreachable!("the Winograd weight gradient never runs fused (`fused`)")
+        }
     }
 }
 

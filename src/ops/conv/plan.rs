@@ -78,7 +78,7 @@ pub enum InputGradAlgo {
 
 /// The algorithm of the weight gradient `dW`, in [`ConvPlan::weight_grad`].
 ///
-/// Non-exhaustive: more algorithms (a Winograd one) may be added; iterate over
+/// Non-exhaustive: more algorithms may be added; iterate over
 /// [`WeightGradAlgo::ALL`] rather than listing the variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -98,6 +98,15 @@ pub enum WeightGradAlgo {
     /// row over the images and rows in a fixed order, each accumulator summed at the end
     /// (`depthwise.rs`). One input channel per group only.
     Depthwise,
+    /// Winograd F(2x2, 3x3) transposed: per block of tiles, the transformed input
+    /// `B^T d B` (as the forward) and the transformed output gradient `A dy A^T`, one
+    /// GEMM per each of the 16 tile positions summing their products over the tiles,
+    /// then `G^T . G` in f64 back to the 3x3 taps (`winograd.rs`). The geometries of
+    /// [`ForwardAlgo::WinogradF2`].
+    WinogradF2,
+    /// Winograd F(4x4, 3x3) transposed, as [`WeightGradAlgo::WinogradF2`] on 6x6 tiles
+    /// (36 GEMMs). The same geometries.
+    WinogradF4,
 }
 
 /// How one conv runs: an algorithm per pass and the knobs they take.
@@ -293,6 +302,8 @@ impl WeightGradAlgo {
         WeightGradAlgo::Pointwise,
         WeightGradAlgo::Phase,
         WeightGradAlgo::Depthwise,
+        WeightGradAlgo::WinogradF2,
+        WeightGradAlgo::WinogradF4,
     ];
 
     /// The lowering this algorithm belongs to.
@@ -303,6 +314,8 @@ impl WeightGradAlgo {
             WeightGradAlgo::Pointwise => Family::Pointwise,
             WeightGradAlgo::Phase => Family::Phase,
             WeightGradAlgo::Depthwise => Family::Depthwise,
+            WeightGradAlgo::WinogradF2 => Family::WinogradF2,
+            WeightGradAlgo::WinogradF4 => Family::WinogradF4,
         }
     }
 

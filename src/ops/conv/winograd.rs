@@ -21,7 +21,10 @@
 //! - The input gradient is the same conv of `dy` with the filter rotated by 180 degrees
 //!   and transposed (`C x O`), padded by `2 - p` (a negative padding crops: the tiles'
 //!   origins are signed), [`Backward`] holding its transformed filter for the call.
-//! - No weight gradient: the chooser keeps the direct one.
+//! - The weight gradient ([`weight_grad`]) is the forward transposed: per block of
+//!   tiles, `V` as the forward makes it and `Z = A dY A^T` of the output gradient,
+//!   `P[xi] += Z[xi] V[xi]^T` (`O x C`, one GEMM per position summing over the tiles),
+//!   and `dW = G^T P G` in f64 at the end of a reduction chunk.
 //!
 //! F2 uses Lavin & Gray's matrices (points 0, ±1, infinity). F4 uses the points 0, 1,
 //! -1, 1/2, -2 and infinity, whose f32 error is 3-5x smaller than Lavin & Gray's 0, ±1,
@@ -39,12 +42,13 @@ use std::cell::RefCell;
 
 use ndarray::parallel::prelude::*;
 use ndarray::{
-    ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, Axis,
+    Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, Axis,
+    s,
 };
 
 use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
-use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
+use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels, sgemm_par};
 use crate::limits::{checked_len, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -828,6 +832,287 @@ impl Backward {
     }
 }
 
+/// `A y` of F2 on [`LANES`] columns, the transpose of [`out_f2`]: an output-gradient
+/// tile's 2 rows (or columns) to the 4 positions of its transformed tile.
+#[inline(always)]
+fn grad_f2(y: &[Lane; 2]) -> [Lane; 4] {
+    let mut z = [[0.0f32; LANES]; 4];
+    for l in 0..LANES {
+        let [y0, y1] = [y[0][l], y[1][l]];
+        z[0][l] = y0;
+        z[1][l] = y0 + y1;
+        z[2][l] = y0 - y1;
+        z[3][l] = -y1;
+    }
+    z
+}
+
+/// `A y` of F4 on [`LANES`] columns, the transpose of [`out_f4`]; every coefficient a
+/// power of two.
+#[inline(always)]
+fn grad_f4(y: &[Lane; 4]) -> [Lane; 6] {
+    let mut z = [[0.0f32; LANES]; 6];
+    for l in 0..LANES {
+        let [y0, y1, y2, y3] = [y[0][l], y[1][l], y[2][l], y[3][l]];
+        let (s02, s13) = (y0 + y2, y1 + y3);
+        z[0][l] = y0;
+        z[1][l] = s02 + s13;
+        z[2][l] = s02 - s13;
+        z[3][l] = y0 + 0.5 * y1 + 0.25 * y2 + 0.125 * y3;
+        z[4][l] = y0 - 2.0 * y1 + 4.0 * y2 - 8.0 * y3;
+        z[5][l] = y3;
+    }
+    z
+}
+
+/// `Z = A dY A^T` of [`LANES`] output-gradient tiles, `tf` the 1-d `A`: `yc[s][r]`
+/// holds column `s`, row `r` of the tiles; `z` gets `Z[i][j]` at `z[(i * A + j) *
+/// stride..][..LANES]`.
+#[inline(always)]
+fn grad_tf<const A: usize, const M: usize>(
+    tf: impl Fn(&[Lane; M]) -> [Lane; A],
+    yc: &[[Lane; M]; M],
+    z: &mut [f32],
+    stride: usize,
+) {
+    let mut t = [[[0.0f32; LANES]; A]; M];
+    for (ts, col) in t.iter_mut().zip(yc) {
+        *ts = tf(col);
+    }
+    let mut row = [[0.0f32; LANES]; M];
+    for i in 0..A {
+        for (r, ts) in row.iter_mut().zip(&t) {
+            *r = ts[i];
+        }
+        for (j, out) in tf(&row).iter().enumerate() {
+            let at = (i * A + j) * stride;
+            z[at..at + LANES].copy_from_slice(out);
+        }
+    }
+}
+
+/// One block of output-gradient tiles for the weight gradient: `dy` the chunk's
+/// `(images, cout, ho * wo)`, `places` each tile's image (in the chunk), first row and
+/// first column; `z` gets `[xi][cout][tp]`, zeros past the output's edges.
+struct GradBlock<'a> {
+    tile: Tile,
+    dy: &'a [f32],
+    cout: usize,
+    ho: usize,
+    wo: usize,
+    places: &'a [(usize, usize, usize)],
+}
+
+/// The output-gradient transform of every tile and channel of `blk` into `z`.
+#[inline(always)]
+fn grad_block(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+    match blk.tile {
+        Tile::F2 => grad_block_t::<4, 2>(grad_f2, blk, z, tp),
+        Tile::F4 => grad_block_t::<6, 4>(grad_f4, blk, z, tp),
+    }
+}
+
+// The loops index the tiles transposed (lanes innermost): ranges read clearer.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn grad_block_t<const A: usize, const M: usize>(
+    tf: impl Fn(&[Lane; M]) -> [Lane; A] + Copy,
+    blk: &GradBlock<'_>,
+    z: &mut [f32],
+    tp: usize,
+) {
+    let l = blk.ho * blk.wo;
+    let stride = blk.cout * tp;
+    for o in 0..blk.cout {
+        for (b, lanes) in blk.places.chunks(LANES).enumerate() {
+            let mut yc = [[[0.0f32; LANES]; M]; M];
+            for (lane, &(img, y0, x0)) in lanes.iter().enumerate() {
+                let plane = &blk.dy[(img * blk.cout + o) * l..(img * blk.cout + o + 1) * l];
+                for r in 0..M.min(blk.ho - y0) {
+                    let row = &plane[(y0 + r) * blk.wo + x0..(y0 + r + 1) * blk.wo];
+                    for (sc, &v) in row.iter().take(M).enumerate() {
+                        yc[sc][r][lane] = v;
+                    }
+                }
+            }
+            let at = o * tp + b * LANES;
+            grad_tf::<A, M>(tf, &yc, &mut z[at..], stride);
+        }
+    }
+}
+
+/// [`grad_block`] compiled for the instruction set of the plan's GEMM kernel, as
+/// [`isa::input_block`].
+fn grad_block_isa(kernel: Kernel, blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+            grad_block(blk, z, tp)
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+            grad_block(blk, z, tp)
+        }
+        match kernel {
+            // SAFETY: the dispatch checked that this CPU runs the plan's kernel
+            // (`check_plan`), so it has the kernel's target features.
+            Kernel::Avx512 => return unsafe { avx512(blk, z, tp) },
+            Kernel::Avx2 => return unsafe { avx2(blk, z, tp) },
+            Kernel::Fallback => {}
+        }
+    }
+    let _ = kernel;
+    grad_block(blk, z, tp)
+}
+
+/// Per-thread scratch of the weight gradient: the transformed output gradient and the
+/// per-position sums `P[xi]` (the input side reuses [`Scratch`]).
+#[derive(Default)]
+struct GradScratch {
+    z: Vec<f32>,
+    p: Vec<f32>,
+    places: Vec<(usize, usize, usize)>,
+}
+
+thread_local! {
+    /// Each thread's weight-gradient scratch, reused across calls.
+    static GRAD_SCRATCH: RefCell<GradScratch> = RefCell::default();
+}
+
+/// The weight gradient `(O, C * 9)` of images `n0..n0 + nb` on `tile`.
+///
+/// The forward's `Y = A^T [U . V] A` is bilinear in `U = G g G^T`, so `dL/dU[xi] =
+/// (A dY A^T)[xi] . V[xi]` per tile, and `dL/dg = G^T (dL/dU) G`. Summed over the
+/// tiles, `P[xi] (O x C) = Z[xi] (O x T) x V[xi]^T (T x C)` with `Z = A dY A^T`: one
+/// GEMM per position `xi` and block of tiles, accumulated in f32 over the chunk's
+/// blocks in order; then `G^T P G` per filter in f64, rounded once. The blocks, and so
+/// the sums, depend on the shape only.
+pub(super) fn weight_grad(
+    ops: &Operands<'_>,
+    tile: Tile,
+    dy: ArrayView3<'_, f32>,
+    (n0, nb): (usize, usize),
+) -> Result<Array2<f32>> {
+    let geo = ops.geo;
+    let (c, o) = (geo.in_channels, geo.out_channels);
+    let mut dw = Array2::<f32>::zeros((o, c * 9));
+    let (ho, wo) = (geo.out_h, geo.out_w);
+    if dw.is_empty() || nb == 0 || ho == 0 || wo == 0 {
+        return Ok(dw);
+    }
+    let (m, a) = (tile.m(), tile.alpha());
+    let aa = a * a;
+    let (th, tw) = (ho.div_ceil(m), wo.div_ceil(m));
+    let l = ho * wo;
+    let dy = dy
+        .to_slice()
+        .ok_or_else(|| Error::shape(OP, "grad_out is not contiguous"))?;
+    let (ph, pw) = geo.options.padding;
+    let conv = Conv {
+        tile,
+        kernel: ops.plan.kernel,
+        x: contiguous(ops.x.view(), "the input")?,
+        cin: c,
+        hi: geo.in_h,
+        wi: geo.in_w,
+        cout: o,
+        ho,
+        wo,
+        pad: (signed(ph)?, signed(pw)?),
+        u: &[],
+        bias: None,
+        geo,
+    };
+    let total = nb * th * tw;
+    let per_tile = size_of::<f32>().saturating_mul(c + o);
+    let block = (GEMM_BYTES / per_tile).clamp(MIN_BLOCK_TILES, MAX_BLOCK_TILES);
+    let plane = geo.in_h * geo.in_w;
+    let what = "the Winograd weight-gradient tiles";
+    with_scratch(&SCRATCH, |s| {
+        with_scratch(&GRAD_SCRATCH, |g| {
+            resize(&mut g.p, &[aa, o, c], what, geo)?;
+            for (bi, t0) in (0..total).step_by(block).enumerate() {
+                let t = block.min(total - t0);
+                let tp = t.next_multiple_of(LANES);
+                s.origins.clear();
+                g.places.clear();
+                for k in t0..t0 + t {
+                    let (img, ty, tx) = (k / (th * tw), (k / tw) % th, k % tw);
+                    s.origins.push(Origin {
+                        image: (n0 + img) * c * plane,
+                        iy: (ty * m) as isize - conv.pad.0,
+                        ix: (tx * m) as isize - conv.pad.1,
+                    });
+                    g.places.push((img, ty * m, tx * m));
+                }
+                resize(&mut s.v, &[aa, c, tp], what, geo)?;
+                resize(&mut g.z, &[aa, o, tp], what, geo)?;
+                isa::input_block(conv.kernel, &conv, &s.origins, &mut s.v, tp);
+                let grads = GradBlock {
+                    tile,
+                    dy: &dy[n0 * o * l..(n0 + nb) * o * l],
+                    cout: o,
+                    ho,
+                    wo,
+                    places: &g.places,
+                };
+                grad_block_isa(conv.kernel, &grads, &mut g.z, tp);
+                for xi in 0..aa {
+                    let zx = ArrayView2::from_shape((o, tp), &g.z[xi * o * tp..(xi + 1) * o * tp])
+                        .map_err(shape_err)?;
+                    let vx = ArrayView2::from_shape((c, tp), &s.v[xi * c * tp..(xi + 1) * c * tp])
+                        .map_err(shape_err)?;
+                    let px =
+                        ArrayViewMut2::from_shape((o, c), &mut g.p[xi * o * c..(xi + 1) * o * c])
+                            .map_err(shape_err)?;
+                    // P[xi] (+)= Z[xi] V[xi]^T over the block's `t` tiles.
+                    sgemm_par(
+                        conv.kernel,
+                        ops.gemm_parallel(),
+                        1.0,
+                        zx.slice_move(s![.., ..t]),
+                        vx.slice_move(s![.., ..t]).reversed_axes(),
+                        if bi == 0 { 0.0 } else { 1.0 },
+                        px,
+                    )?;
+                }
+            }
+            untransform_filter(tile, &g.p, o, c, &mut dw);
+            Ok(dw)
+        })
+    })
+}
+
+/// `dW[o][c * 9 + 3 a + b] = (G^T P[.][o][c] G)[a][b]` in f64, rounded once: the
+/// per-position sums `p` `[xi][o][c]` back to the 3x3 taps.
+fn untransform_filter(tile: Tile, p: &[f32], o: usize, c: usize, dw: &mut Array2<f32>) {
+    let a = tile.alpha();
+    let g: &[[f64; 3]] = match tile {
+        Tile::F2 => &f2::G,
+        Tile::F4 => &f4::G,
+    };
+    for oi in 0..o {
+        for ci in 0..c {
+            // t[i][b] = sum_j P[i][j] G[j][b].
+            let mut t = [[0.0f64; 3]; 6];
+            for (i, ti) in t.iter_mut().take(a).enumerate() {
+                for (j, gj) in g.iter().enumerate() {
+                    let v = f64::from(p[((i * a + j) * o + oi) * c + ci]);
+                    for (tb, &gb) in ti.iter_mut().zip(gj) {
+                        *tb += v * gb;
+                    }
+                }
+            }
+            for (k, dst) in dw.row_mut(oi).iter_mut().skip(ci * 9).take(9).enumerate() {
+                let (ar, b) = (k / 3, k % 3);
+                let v: f64 = (0..a).map(|i| g[i][ar] * t[i][b]).sum();
+                *dst = v as f32;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,6 +1147,7 @@ mod tests {
         at: &[[f64; A]; M],
         tin: fn(&[Lane; A]) -> [Lane; A],
         tout: fn(&[Lane; A]) -> [Lane; M],
+        tgrad: fn(&[Lane; M]) -> [Lane; A],
     ) {
         let d: Vec<f64> = (0..A).map(|i| (i as f64 * 0.7 - 1.3).sin()).collect();
         let k = [0.3, -1.1, 0.8];
@@ -877,6 +1163,17 @@ mod tests {
             let y: f64 = (0..A).map(|j| r[j] * u[j] * v[j]).sum();
             let want: f64 = (0..3).map(|j| d[i + j] * k[j]).sum();
             assert!((y - want).abs() < 1e-12, "{i}: {y} vs {want}");
+        }
+        // The weight gradient: `G^T [(A dy) . (B^T d)]` is the correlation of `d` with
+        // `dy`, `dg[k] = sum_i dy[i] d[i + k]`.
+        let dy: Vec<f64> = (0..M).map(|i| (i as f64 * 1.3 + 0.4).cos()).collect();
+        let z: Vec<f64> = (0..A)
+            .map(|j| (0..M).map(|i| at[i][j] * dy[i]).sum())
+            .collect();
+        for k in 0..3 {
+            let got: f64 = (0..A).map(|j| g[j][k] * z[j] * v[j]).sum();
+            let want: f64 = (0..M).map(|i| dy[i] * d[i + k]).sum();
+            assert!((got - want).abs() < 1e-12, "dg {k}: {got} vs {want}");
         }
         // Small integers: exact in f32 whatever the factoring.
         let lanes: [Lane; A] =
@@ -895,11 +1192,19 @@ mod tests {
                 assert_eq!(f64::from(got[i][l]), want, "A^T row {i}");
             }
         }
+        let small: [Lane; M] = std::array::from_fn(|i| lanes[i]);
+        let got = tgrad(&small);
+        for j in 0..A {
+            for l in 0..LANES {
+                let want: f64 = (0..M).map(|i| at[i][j] * f64::from(small[i][l])).sum();
+                assert_eq!(f64::from(got[j][l]), want, "A column {j}");
+            }
+        }
     }
 
     #[test]
     fn transforms_compute_a_correlation() {
-        check(&BT2, &f2::G, &AT2, in_f2, out_f2);
-        check(&BT4, &f4::G, &AT4, in_f4, out_f4);
+        check(&BT2, &f2::G, &AT2, in_f2, out_f2, grad_f2);
+        check(&BT4, &f4::G, &AT4, in_f4, out_f4, grad_f4);
     }
 }
