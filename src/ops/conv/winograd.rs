@@ -49,7 +49,7 @@ use ndarray::{
 use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels, sgemm_par};
-use crate::limits::{checked_len, try_zeroed_vec};
+use crate::limits::{checked_len, try_resize, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
 /// A 3x3 kernel, stride 1, dilation 1 and groups of 1; any padding, batch, channels
@@ -966,12 +966,23 @@ fn grad_block_isa(kernel: Kernel, blk: &GradBlock<'_>, z: &mut [f32], tp: usize)
     grad_block(blk, z, tp)
 }
 
+/// Most tiles per f32 product of the weight gradient; the products are added up in f64.
+/// `P` sums every tile of a chunk (thousands for a large image), and `G^T P G` cancels
+/// much of it: one f32 run over the 2 048 tiles of a block (of a 201 x 190 image, a
+/// kernel summing all of `k` in one accumulator) erred by 1.6e-3 of `max|dW|` on the
+/// tests' data (non-zero means), against their `1e-5`; the GEMM's own depth blocks
+/// only shorten the runs by chance.
+const SUM_TILES: usize = 128;
+
 /// Per-thread scratch of the weight gradient: the transformed output gradient and the
 /// per-position sums `P[xi]` (the input side reuses [`Scratch`]).
 #[derive(Default)]
 struct GradScratch {
     z: Vec<f32>,
-    p: Vec<f32>,
+    /// One product `O x C` (of at most [`SUM_TILES`] tiles), and the chunk's sums `P`
+    /// `[xi][O][C]` in f64.
+    prod: Vec<f32>,
+    p: Vec<f64>,
     places: Vec<(usize, usize, usize)>,
 }
 
@@ -985,8 +996,8 @@ thread_local! {
 /// The forward's `Y = A^T [U . V] A` is bilinear in `U = G g G^T`, so `dL/dU[xi] =
 /// (A dY A^T)[xi] . V[xi]` per tile, and `dL/dg = G^T (dL/dU) G`. Summed over the
 /// tiles, `P[xi] (O x C) = Z[xi] (O x T) x V[xi]^T (T x C)` with `Z = A dY A^T`: one
-/// GEMM per position `xi` and block of tiles, accumulated in f32 over the chunk's
-/// blocks in order; then `G^T P G` per filter in f64, rounded once. The blocks, and so
+/// GEMM per position `xi` and run of at most [`SUM_TILES`] tiles, added up in f64 over
+/// the chunk's runs in order; then `G^T P G` per filter in f64, rounded once. The blocks, and so
 /// the sums, depend on the shape only.
 pub(super) fn weight_grad(
     ops: &Operands<'_>,
@@ -1031,8 +1042,11 @@ pub(super) fn weight_grad(
     let what = "the Winograd weight-gradient tiles";
     with_scratch(&SCRATCH, |s| {
         with_scratch(&GRAD_SCRATCH, |g| {
-            resize(&mut g.p, &[aa, o, c], what, geo)?;
-            for (bi, t0) in (0..total).step_by(block).enumerate() {
+            let plen = checked_len(OP, &[aa, o, c], || what.into())?;
+            try_resize(OP, &mut g.p, plen, 0.0, || what.into())?;
+            g.p[..plen].fill(0.0);
+            resize(&mut g.prod, &[o, c], what, geo)?;
+            for t0 in (0..total).step_by(block) {
                 let t = block.min(total - t0);
                 let tp = t.next_multiple_of(LANES);
                 s.origins.clear();
@@ -1063,19 +1077,26 @@ pub(super) fn weight_grad(
                         .map_err(shape_err)?;
                     let vx = ArrayView2::from_shape((c, tp), &s.v[xi * c * tp..(xi + 1) * c * tp])
                         .map_err(shape_err)?;
-                    let px =
-                        ArrayViewMut2::from_shape((o, c), &mut g.p[xi * o * c..(xi + 1) * o * c])
+                    let px = &mut g.p[xi * o * c..(xi + 1) * o * c];
+                    // Sums of at most `SUM_TILES` tiles in f32, added up in f64.
+                    for k0 in (0..t).step_by(SUM_TILES) {
+                        let k1 = (k0 + SUM_TILES).min(t);
+                        let prod = ArrayViewMut2::from_shape((o, c), &mut g.prod[..o * c])
                             .map_err(shape_err)?;
-                    // P[xi] (+)= Z[xi] V[xi]^T over the block's `t` tiles.
-                    sgemm_par(
-                        conv.kernel,
-                        ops.gemm_parallel(),
-                        1.0,
-                        zx.slice_move(s![.., ..t]),
-                        vx.slice_move(s![.., ..t]).reversed_axes(),
-                        if bi == 0 { 0.0 } else { 1.0 },
-                        px,
-                    )?;
+                        // Z[xi] V[xi]^T over tiles k0..k1.
+                        sgemm_par(
+                            conv.kernel,
+                            ops.gemm_parallel(),
+                            1.0,
+                            zx.slice(s![.., k0..k1]),
+                            vx.slice(s![.., k0..k1]).reversed_axes(),
+                            0.0,
+                            prod,
+                        )?;
+                        for (d, &v) in px.iter_mut().zip(&g.prod) {
+                            *d += f64::from(v);
+                        }
+                    }
                 }
             }
             untransform_filter(tile, &g.p, o, c, &mut dw);
@@ -1086,7 +1107,7 @@ pub(super) fn weight_grad(
 
 /// `dW[o][c * 9 + 3 a + b] = (G^T P[.][o][c] G)[a][b]` in f64, rounded once: the
 /// per-position sums `p` `[xi][o][c]` back to the 3x3 taps.
-fn untransform_filter(tile: Tile, p: &[f32], o: usize, c: usize, dw: &mut Array2<f32>) {
+fn untransform_filter(tile: Tile, p: &[f64], o: usize, c: usize, dw: &mut Array2<f32>) {
     let a = tile.alpha();
     let g: &[[f64; 3]] = match tile {
         Tile::F2 => &f2::G,
@@ -1098,7 +1119,7 @@ fn untransform_filter(tile: Tile, p: &[f32], o: usize, c: usize, dw: &mut Array2
             let mut t = [[0.0f64; 3]; 6];
             for (i, ti) in t.iter_mut().take(a).enumerate() {
                 for (j, gj) in g.iter().enumerate() {
-                    let v = f64::from(p[((i * a + j) * o + oi) * c + ci]);
+                    let v = p[((i * a + j) * o + oi) * c + ci];
                     for (tb, &gb) in ti.iter_mut().zip(gj) {
                         *tb += v * gb;
                     }
