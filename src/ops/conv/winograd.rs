@@ -527,60 +527,91 @@ struct OutBlock {
 }
 
 /// The input transform of every tile of a task, channel by channel, into `v`
-/// `[xi][cin][tp]`.
+/// `[xi][cin][tp]`, the tiles' windows gathered by [`gather_scalar`] (the portable
+/// version; [`gather::input_block`] is the AVX-512 one).
 #[inline(always)]
 fn input_block(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
+    let groups = origins.len().div_ceil(LANES);
     match conv.tile {
-        Tile::F2 => input_block_t::<4>(in_f2, conv, origins, v, tp),
-        Tile::F4 => input_block_t::<6>(in_f4, conv, origins, v, tp),
+        Tile::F2 => input_block_t::<4>(in_f2, conv, groups, v, tp, |c, b, dc| {
+            gather_scalar(conv, origins, c, b, dc)
+        }),
+        Tile::F4 => input_block_t::<6>(in_f4, conv, groups, v, tp, |c, b, dc| {
+            gather_scalar(conv, origins, c, b, dc)
+        }),
     }
 }
 
-// The loops index the tiles transposed (lanes innermost): ranges read clearer.
-#[allow(clippy::needless_range_loop)]
+/// The input transform of `groups` lane groups of tiles, every channel, into `v`
+/// `[xi][cin][tp]`: `gather(c, b, dc)` fills `dc[s][r][l]` with column `s`, row `r` of
+/// the `A x A` window of channel `c` of tile `b * LANES + l` (zero outside the image
+/// and for lanes past the last tile), all of `dc`.
 #[inline(always)]
 fn input_block_t<const A: usize>(
     tf: impl Fn(&[Lane; A]) -> [Lane; A] + Copy,
     conv: &Conv<'_>,
-    origins: &[Origin],
+    groups: usize,
     v: &mut [f32],
     tp: usize,
+    gather: impl Fn(usize, usize, &mut [[Lane; A]; A]),
+) {
+    let stride = conv.cin * tp;
+    // Aligned: a vector store or load of a lane splitting two cache lines is slower.
+    let mut dc = Aligned([[[0.0f32; LANES]; A]; A]);
+    for c in 0..conv.cin {
+        for b in 0..groups {
+            gather(c, b, &mut dc.0);
+            let at = c * tp + b * LANES;
+            input_tf(tf, &dc.0, &mut v[at..], stride);
+        }
+    }
+}
+
+/// Lanes on whole cache lines.
+#[repr(align(64))]
+struct Aligned<T>(T);
+
+/// The gather of [`input_block_t`] with scalar loads and stores: each lane's window
+/// element by element, the border tiles' (partly outside the image) one bounds check
+/// per element. The portable version, and the reference of the vectorised ones.
+// The loops index the tiles transposed (lanes innermost): ranges read clearer.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn gather_scalar<const A: usize>(
+    conv: &Conv<'_>,
+    origins: &[Origin],
+    c: usize,
+    b: usize,
+    dc: &mut [[Lane; A]; A],
 ) {
     let (hi, wi) = (conv.hi as isize, conv.wi as isize);
     let plane = conv.hi * conv.wi;
-    let stride = conv.cin * tp;
-    for c in 0..conv.cin {
-        for (b, lanes) in origins.chunks(LANES).enumerate() {
-            let mut dc = [[[0.0f32; LANES]; A]; A];
-            for (l, o) in lanes.iter().enumerate() {
-                let base = o.image + c * plane;
-                let inside =
-                    o.iy >= 0 && o.ix >= 0 && o.iy + A as isize <= hi && o.ix + A as isize <= wi;
-                if inside {
-                    let at = base + o.iy as usize * conv.wi + o.ix as usize;
-                    for r in 0..A {
-                        let row = &conv.x[at + r * conv.wi..at + r * conv.wi + A];
-                        for (sc, &val) in row.iter().enumerate() {
-                            dc[sc][r][l] = val;
-                        }
-                    }
-                } else {
-                    for r in 0..A {
-                        let y = o.iy + r as isize;
-                        if y < 0 || y >= hi {
-                            continue;
-                        }
-                        for sc in 0..A {
-                            let x = o.ix + sc as isize;
-                            if x >= 0 && x < wi {
-                                dc[sc][r][l] = conv.x[base + y as usize * conv.wi + x as usize];
-                            }
-                        }
+    *dc = [[[0.0f32; LANES]; A]; A];
+    let lanes = &origins[b * LANES..origins.len().min((b + 1) * LANES)];
+    for (l, o) in lanes.iter().enumerate() {
+        let base = o.image + c * plane;
+        let inside = o.iy >= 0 && o.ix >= 0 && o.iy + A as isize <= hi && o.ix + A as isize <= wi;
+        if inside {
+            let at = base + o.iy as usize * conv.wi + o.ix as usize;
+            for r in 0..A {
+                let row = &conv.x[at + r * conv.wi..at + r * conv.wi + A];
+                for (sc, &val) in row.iter().enumerate() {
+                    dc[sc][r][l] = val;
+                }
+            }
+        } else {
+            for r in 0..A {
+                let y = o.iy + r as isize;
+                if y < 0 || y >= hi {
+                    continue;
+                }
+                for sc in 0..A {
+                    let x = o.ix + sc as isize;
+                    if x >= 0 && x < wi {
+                        dc[sc][r][l] = conv.x[base + y as usize * conv.wi + x as usize];
                     }
                 }
             }
-            let at = c * tp + b * LANES;
-            input_tf(tf, &dc, &mut v[at..], stride);
         }
     }
 }
@@ -644,6 +675,9 @@ fn output_block_t<const A: usize, const M: usize>(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod gather;
+
 /// [`input_block`] and [`output_block`] compiled for the instruction set of the plan's
 /// GEMM kernel: the same source (and bits) with wider vectors where the CPU has them.
 mod isa {
@@ -658,10 +692,7 @@ mod isa {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx512f")]
-            fn avx512(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
-                super::input_block(conv, origins, v, tp)
-            }
+            use super::gather::input_block as avx512;
             #[target_feature(enable = "avx2")]
             fn avx2(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
                 super::input_block(conv, origins, v, tp)
