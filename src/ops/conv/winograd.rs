@@ -617,59 +617,86 @@ fn gather_scalar<const A: usize>(
 }
 
 /// The output transform of every tile of a task into its output planes `y` (image
-/// `img`, channel `o` at `img * cout + o`, `out_rows x wo` each), partial tiles clipped.
+/// `img`, channel `o` at `img * cout + o`, `out_rows x wo` each), partial tiles clipped,
+/// the tiles' outputs scattered by [`scatter_scalar`] (the portable version;
+/// [`gather::output_block`] is the AVX-512 one).
 #[inline(always)]
 fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
+    let places = places(blk, conv.tile.m());
     match conv.tile {
-        Tile::F2 => output_block_t::<4, 2>(out_f2, conv, blk, mm, y),
-        Tile::F4 => output_block_t::<6, 4>(out_f4, conv, blk, mm, y),
+        Tile::F2 => output_block_t::<4, 2>(out_f2, conv, blk, mm, |o, b, out| {
+            scatter_scalar::<2>(conv, blk, &places, o, b, out, y)
+        }),
+        Tile::F4 => output_block_t::<6, 4>(out_f4, conv, blk, mm, |o, b, out| {
+            scatter_scalar::<4>(conv, blk, &places, o, b, out, y)
+        }),
     }
 }
 
-// The loops index the tiles transposed (lanes innermost): ranges read clearer.
-#[allow(clippy::needless_range_loop)]
+/// Each tile's image, first output row and column (in the task's block, tiles `m`
+/// outputs wide), worked out once for all output channels (three divisions per tile
+/// and channel were a third of the output transform).
+fn places(blk: &OutBlock, m: usize) -> Vec<(usize, usize, usize)> {
+    (0..blk.t)
+        .map(|t| {
+            let img = t / (blk.rows * blk.tw);
+            let ty = (t / blk.tw) % blk.rows;
+            (img, ty * m, (t % blk.tw) * m)
+        })
+        .collect()
+}
+
+/// The output transform of every tile of a task: `scatter(o, b, out)` writes `out[i *
+/// M + j][l]`, output `(i, j)` of channel `o` of tile `b * LANES + l`, plus the bias,
+/// into the output (partial tiles clipped, lanes past the last tile dropped).
 #[inline(always)]
 fn output_block_t<const A: usize, const M: usize>(
     tf: impl Fn(&[Lane; A]) -> [Lane; M] + Copy,
     conv: &Conv<'_>,
     blk: &OutBlock,
     mm: &[f32],
-    y: &mut [&mut [f32]],
+    mut scatter: impl FnMut(usize, usize, &[Lane]),
 ) {
-    let (cout, wo) = (conv.cout, conv.wo);
+    let cout = conv.cout;
     let stride = cout * blk.tp;
-    let mut out = [[0.0f32; LANES]; 16];
-    // Each tile's image, first output row and column, worked out once for all output
-    // channels (three divisions per tile and channel were a third of this loop).
-    let places: Vec<(usize, usize, usize)> = (0..blk.t)
-        .map(|t| {
-            let img = t / (blk.rows * blk.tw);
-            let ty = (t / blk.tw) % blk.rows;
-            (img, ty * M, (t % blk.tw) * M)
-        })
-        .collect();
+    let mut out = Aligned([[0.0f32; LANES]; 16]);
+    let mut mc = Aligned([[[0.0f32; LANES]; A]; A]);
     for o in 0..cout {
         let bias = conv.bias.map_or(0.0, |b| b[o]);
         for b in 0..blk.t.div_ceil(LANES) {
-            let mut mc = [[[0.0f32; LANES]; A]; A];
             let base = o * blk.tp + b * LANES;
             for (r, row) in (0..A).map(|r| (r, r * A)) {
                 for sc in 0..A {
                     let at = base + (row + sc) * stride;
-                    mc[sc][r].copy_from_slice(&mm[at..at + LANES]);
+                    mc.0[sc][r].copy_from_slice(&mm[at..at + LANES]);
                 }
             }
-            output_tf::<A, M>(tf, &mc, bias, &mut out[..M * M]);
-            let lanes = LANES.min(blk.t - b * LANES);
-            for l in 0..lanes {
-                let (img, y0, x0) = places[b * LANES + l];
-                let plane = &mut *y[img * cout + o];
-                for i in 0..M.min(blk.out_rows - y0) {
-                    let row = &mut plane[(y0 + i) * wo + x0..(y0 + i + 1) * wo];
-                    for (j, v) in row.iter_mut().take(M).enumerate() {
-                        *v = out[i * M + j][l];
-                    }
-                }
+            output_tf::<A, M>(tf, &mc.0, bias, &mut out.0[..M * M]);
+            scatter(o, b, &out.0[..M * M]);
+        }
+    }
+}
+
+/// The scatter of [`output_block_t`] with scalar stores, `places` the tiles' (from
+/// [`places`]). The portable version, and the reference of the vectorised one.
+#[inline(always)]
+fn scatter_scalar<const M: usize>(
+    conv: &Conv<'_>,
+    blk: &OutBlock,
+    places: &[(usize, usize, usize)],
+    o: usize,
+    b: usize,
+    out: &[Lane],
+    y: &mut [&mut [f32]],
+) {
+    let (cout, wo) = (conv.cout, conv.wo);
+    let tiles = &places[b * LANES..blk.t.min((b + 1) * LANES)];
+    for (l, &(img, y0, x0)) in tiles.iter().enumerate() {
+        let plane = &mut *y[img * cout + o];
+        for i in 0..M.min(blk.out_rows - y0) {
+            let row = &mut plane[(y0 + i) * wo + x0..(y0 + i + 1) * wo];
+            for (j, v) in row.iter_mut().take(M).enumerate() {
+                *v = out[i * M + j][l];
             }
         }
     }
@@ -718,10 +745,7 @@ mod isa {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx512f")]
-            fn avx512(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
-                super::output_block(conv, blk, mm, y)
-            }
+            use super::gather::output_block as avx512;
             #[target_feature(enable = "avx2")]
             fn avx2(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
                 super::output_block(conv, blk, mm, y)

@@ -14,11 +14,15 @@
 //! virtual row: one `vpermt2ps` (F2) or two and a blend (F4).
 
 use std::arch::x86_64::{
-    __m512, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_loadu_si512, _mm512_mask_blend_ps,
-    _mm512_mask_loadu_ps, _mm512_permutex2var_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    __m512, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_loadu_ps, _mm512_loadu_si512,
+    _mm512_mask_blend_ps, _mm512_mask_loadu_ps, _mm512_mask_storeu_ps, _mm512_permutex2var_ps,
+    _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
-use super::{Conv, LANES, Lane, Origin, Tile, in_f2, in_f4, input_block_t};
+use super::{
+    Conv, LANES, Lane, Origin, OutBlock, Tile, in_f2, in_f4, input_block_t, out_f2, out_f4,
+    output_block_t,
+};
 
 /// One masked load of a lane group's virtual row.
 #[derive(Debug, Clone, Copy)]
@@ -265,9 +269,225 @@ fn gather_n<const A: usize, const P: usize>(
     }
 }
 
+/// One masked store of a lane group's virtual output row.
+#[derive(Debug, Clone, Copy)]
+struct Put {
+    /// The image of the tiles (its planes are `y[img * cout..]`).
+    img: usize,
+    /// The index in the plane of the store's first float, in the tiles' output row 0
+    /// (only the masked floats are written).
+    off: isize,
+    /// Per tile output row `i`, the floats of the 16 the store writes (none for rows
+    /// past the block's last).
+    masks: [u16; 4],
+}
+
+/// The masked stores of every lane group of a task's output block: output row `i` of
+/// group `b`'s tiles is a virtual row of `16 m` floats (`m` outputs of each lane in
+/// turn), its 16-float slot `k` written by the `per` stores from `puts[first + k *
+/// per..]`, `(first, per) = groups[b]` (as [`Loads`]).
+struct Stores {
+    puts: Vec<Put>,
+    groups: Vec<(usize, usize)>,
+}
+
+impl Stores {
+    /// The stores of the tiles at `places` (from [`super::places`]) of `blk`, `M`
+    /// outputs a side, into planes of `out_rows x wo` floats.
+    ///
+    /// # Panics
+    /// If a store would write outside its plane (it cannot: the masks clip the tiles).
+    fn new<const M: usize>(blk: &OutBlock, wo: usize, places: &[(usize, usize, usize)]) -> Stores {
+        let mut stores = Stores {
+            puts: Vec::new(),
+            groups: Vec::new(),
+        };
+        let empty = Put {
+            img: 0,
+            off: 0,
+            masks: [0; 4],
+        };
+        let mut slots: [Vec<Put>; 4] = Default::default();
+        for lanes in places.chunks(LANES) {
+            let mut l0 = 0;
+            while l0 < lanes.len() {
+                let (img, y0, x0) = lanes[l0];
+                let mut l1 = l0 + 1;
+                while l1 < lanes.len() && lanes[l1] == (img, y0, x0 + (l1 - l0) * M) {
+                    l1 += 1;
+                }
+                // Element `e` of the virtual row is output column `x0 - M l0 + e`.
+                let x = x0 as isize - (M * l0) as isize;
+                let end = ((M * l1) as isize).min(wo as isize - x);
+                let lo = (M * l0) as isize;
+                let bits = if lo < end {
+                    let ones = |n: isize| if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+                    ones(end) & !ones(lo)
+                } else {
+                    0
+                };
+                for (k, slot) in slots.iter_mut().enumerate().take(M) {
+                    let mask = (bits >> (16 * k)) as u16;
+                    if mask == 0 || y0 >= blk.out_rows {
+                        continue;
+                    }
+                    let put = Put {
+                        img,
+                        off: (y0 * wo) as isize + x + (16 * k) as isize,
+                        masks: std::array::from_fn(|i| {
+                            if i < M && y0 + i < blk.out_rows {
+                                mask
+                            } else {
+                                0
+                            }
+                        }),
+                    };
+                    for (i, &mask) in put.masks.iter().enumerate() {
+                        let row = put.off + (i * wo) as isize;
+                        assert!(
+                            mask == 0
+                                || (row + mask.trailing_zeros() as isize >= 0
+                                    && (row + 16 - mask.leading_zeros() as isize) as usize
+                                        <= blk.out_rows * wo),
+                            "a Winograd tile store outside its plane"
+                        );
+                    }
+                    slot.push(put);
+                }
+                l0 = l1;
+            }
+            let slots = &mut slots[..M];
+            let per = slots.iter().map(Vec::len).max().unwrap_or(0).max(1);
+            stores.groups.push((stores.puts.len(), per));
+            for slot in slots {
+                slot.resize(per, empty);
+                stores.puts.append(slot);
+            }
+        }
+        stores
+    }
+}
+
+/// The output transform of every tile of a task into its output planes, as
+/// [`super::output_block`] (and the same bits), the outputs scattered with AVX-512
+/// permutes and masked stores.
+#[target_feature(enable = "avx512f")]
+pub(super) fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
+    let m = conv.tile.m();
+    let places = super::places(blk, m);
+    assert!(
+        y.iter().all(|p| p.len() >= blk.out_rows * conv.wo),
+        "a Winograd output plane is short"
+    );
+    match conv.tile {
+        Tile::F2 => {
+            let stores = Stores::new::<2>(blk, conv.wo, &places);
+            output_block_t::<4, 2>(out_f2, conv, blk, mm, |o, b, out| {
+                scatter::<2>(conv, &stores, o, b, out, y)
+            })
+        }
+        Tile::F4 => {
+            let stores = Stores::new::<4>(blk, conv.wo, &places);
+            output_block_t::<6, 4>(out_f4, conv, blk, mm, |o, b, out| {
+                scatter::<4>(conv, &stores, o, b, out, y)
+            })
+        }
+    }
+}
+
+/// `vpermt2ps` indices of the interleaves of 2 and 4 columns: float `M u + j` of slot
+/// `k` of the virtual row is lane `16 k / M + u` of column `j` (on F4, of column `j & 1`
+/// of the pair `0, 1` or `2, 3`, blended).
+const INTERLEAVE: [[[i32; 16]; 4]; 2] = {
+    let mut idx = [[[0; 16]; 4]; 2];
+    let mut k = 0;
+    while k < 4 {
+        let mut e = 0;
+        while e < 16 {
+            idx[0][k][e] = ((e & 1) * 16 + 8 * k + e / 2) as i32;
+            idx[1][k][e] = ((e & 1) * 16 + 4 * k + e / 4) as i32;
+            e += 1;
+        }
+        k += 1;
+    }
+    idx
+};
+
+/// Slot `k` of the virtual row of the `M` columns `cols`: `cols[j][lane]` at `M lane
+/// + j - 16 k`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn interleave<const M: usize>(cols: &[__m512; 4], k: usize) -> __m512 {
+    let idx = &INTERLEAVE[M / 2 - 1][k];
+    // SAFETY: `idx` is 16 i32, 64 bytes (unaligned loads).
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast::<__m512i>()) };
+    let lo = _mm512_permutex2var_ps(cols[0], idx, cols[1]);
+    if M == 2 {
+        lo
+    } else {
+        let hi = _mm512_permutex2var_ps(cols[2], idx, cols[3]);
+        _mm512_mask_blend_ps(0xcccc, lo, hi)
+    }
+}
+
+/// Writes `out` (as [`super::scatter_scalar`]) of channel `o` of lane group `b`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn scatter<const M: usize>(
+    conv: &Conv<'_>,
+    stores: &Stores,
+    o: usize,
+    b: usize,
+    out: &[Lane],
+    y: &mut [&mut [f32]],
+) {
+    let (first, per) = stores.groups[b];
+    let puts = &stores.puts[first..first + M * per];
+    match per {
+        1 => scatter_n::<M, 1>(conv, puts, o, per, out, y),
+        2 => scatter_n::<M, 2>(conv, puts, o, per, out, y),
+        _ => scatter_n::<M, 0>(conv, puts, o, per, out, y),
+    }
+}
+
+/// [`scatter`] with `per` stores per slot, `P` when not 0 (then the loops unroll).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn scatter_n<const M: usize, const P: usize>(
+    conv: &Conv<'_>,
+    puts: &[Put],
+    o: usize,
+    per: usize,
+    out: &[Lane],
+    y: &mut [&mut [f32]],
+) {
+    let per = if P == 0 { per } else { P };
+    let puts = &puts[..M * per];
+    let out = &out[..M * M];
+    for i in 0..M {
+        let mut cols = [_mm512_setzero_ps(); 4];
+        for (j, col) in cols.iter_mut().take(M).enumerate() {
+            // SAFETY: `out[i * M + j]` is 16 f32.
+            *col = unsafe { _mm512_loadu_ps(out[i * M + j].as_ptr()) };
+        }
+        let row = (i * conv.wo) as isize;
+        for k in 0..M {
+            let v = interleave::<M>(&cols, k);
+            for p in &puts[k * per..(k + 1) * per] {
+                let plane = &mut *y[p.img * conv.cout + o];
+                let at = plane.as_mut_ptr().wrapping_offset(p.off + row);
+                // SAFETY: the floats of mask `p.masks[i]` are inside the plane (checked
+                // in `Stores::new` against `out_rows * wo`, and `output_block` checked
+                // the planes' length); AVX-512 masked stores do not touch the others.
+                unsafe { _mm512_mask_storeu_ps(at, p.masks[i], v) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::{Conv, Origin, Tile, input_block, isa};
+    use super::super::{Conv, Origin, OutBlock, Tile, input_block, isa, output_block};
     use crate::gemm::Kernel;
     use crate::ops::geometry::{Conv2dGeometry, Conv2dOptions};
 
@@ -394,6 +614,81 @@ mod tests {
                     }
                 }
                 compare(tile, &x, (n, cin, hi, wi), &origins);
+            }
+        }
+    }
+
+    #[test]
+    fn vector_scatter_is_bit_identical_to_the_scalar_one() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        // (images, tile rows, output width, rows clipped off the last tile row, cout)
+        let blocks: [(usize, usize, usize, usize, usize); 7] = [
+            (1, 1, 1, 0, 1),
+            (1, 3, 7, 1, 3),
+            (2, 2, 56, 0, 2),
+            (3, 5, 13, 3, 1),
+            (1, 9, 30, 2, 5),
+            (4, 1, 3, 1, 2),
+            (1, 2, 70, 0, 1),
+        ];
+        for (nimg, rows, wo, clip, cout) in blocks {
+            for tile in [Tile::F2, Tile::F4] {
+                let (m, a) = (tile.m(), tile.alpha());
+                let tw = wo.div_ceil(m);
+                let out_rows = rows * m - clip.min(m - 1);
+                let t = nimg * rows * tw;
+                let tp = t.next_multiple_of(16) + 16 * rng.below(2);
+                let mm: Vec<f32> = (0..a * a * cout * tp).map(|_| rng.float()).collect();
+                let bias: Vec<f32> = (0..cout).map(|_| rng.float()).collect();
+                let geo = Conv2dGeometry::new(
+                    "winograd scatter test",
+                    [nimg, 1, out_rows, wo],
+                    [cout, 1, 3, 3],
+                    &Conv2dOptions::default().with_padding((1, 1)),
+                )
+                .expect("a geometry");
+                let conv = |kernel| Conv {
+                    tile,
+                    kernel,
+                    x: &[],
+                    cin: 1,
+                    hi: out_rows,
+                    wi: wo,
+                    cout,
+                    ho: out_rows,
+                    wo,
+                    pad: (1, 1),
+                    u: &[],
+                    bias: Some(&bias),
+                    geo: &geo,
+                };
+                let blk = OutBlock {
+                    tw,
+                    rows,
+                    out_rows,
+                    t,
+                    tp,
+                };
+                let run = |f: &dyn Fn(&mut [&mut [f32]])| {
+                    let mut planes = vec![vec![f32::NAN; out_rows * wo]; nimg * cout];
+                    let mut y: Vec<&mut [f32]> = planes.iter_mut().map(|p| &mut p[..]).collect();
+                    f(&mut y);
+                    planes
+                };
+                let want = run(&|y| output_block(&conv(Kernel::Fallback), &blk, &mm, y));
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                    let got = run(&|y| isa::output_block(kernel, &conv(kernel), &blk, &mm, y));
+                    for (p, (g, w)) in got.iter().zip(&want).enumerate() {
+                        for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                w.to_bits(),
+                                "{tile:?} {} {nimg}x{rows}x{wo} clip {clip}: plane {p}, [{i}]",
+                                kernel.name()
+                            );
+                        }
+                    }
+                }
             }
         }
     }
