@@ -531,122 +531,183 @@ struct OutBlock {
 }
 
 /// The input transform of every tile of a task, channel by channel, into `v`
-/// `[xi][cin][tp]`.
+/// `[xi][cin][tp]`, the tiles' windows gathered by [`gather_scalar`] (the portable
+/// version; [`gather::input_block`] is the AVX-512 one).
 #[inline(always)]
 fn input_block(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
+    let groups = origins.len().div_ceil(LANES);
     match conv.tile {
-        Tile::F2 => input_block_t::<4>(in_f2, conv, origins, v, tp),
-        Tile::F4 => input_block_t::<6>(in_f4, conv, origins, v, tp),
+        Tile::F2 => input_block_t::<4>(in_f2, conv, groups, v, tp, |c, b, dc| {
+            gather_scalar(conv, origins, c, b, dc)
+        }),
+        Tile::F4 => input_block_t::<6>(in_f4, conv, groups, v, tp, |c, b, dc| {
+            gather_scalar(conv, origins, c, b, dc)
+        }),
     }
 }
 
-// The loops index the tiles transposed (lanes innermost): ranges read clearer.
-#[allow(clippy::needless_range_loop)]
+/// The input transform of `groups` lane groups of tiles, every channel, into `v`
+/// `[xi][cin][tp]`: `gather(c, b, dc)` fills `dc[s][r][l]` with column `s`, row `r` of
+/// the `A x A` window of channel `c` of tile `b * LANES + l` (zero outside the image
+/// and for lanes past the last tile), all of `dc`.
 #[inline(always)]
 fn input_block_t<const A: usize>(
     tf: impl Fn(&[Lane; A]) -> [Lane; A] + Copy,
     conv: &Conv<'_>,
-    origins: &[Origin],
+    groups: usize,
     v: &mut [f32],
     tp: usize,
+    gather: impl Fn(usize, usize, &mut [[Lane; A]; A]),
+) {
+    let stride = conv.cin * tp;
+    // Aligned: a vector store or load of a lane splitting two cache lines is slower.
+    let mut dc = Aligned([[[0.0f32; LANES]; A]; A]);
+    for c in 0..conv.cin {
+        for b in 0..groups {
+            gather(c, b, &mut dc.0);
+            let at = c * tp + b * LANES;
+            input_tf(tf, &dc.0, &mut v[at..], stride);
+        }
+    }
+}
+
+/// Lanes on whole cache lines.
+#[repr(align(64))]
+struct Aligned<T>(T);
+
+/// The gather of [`input_block_t`] with scalar loads and stores: each lane's window
+/// element by element, the border tiles' (partly outside the image) one bounds check
+/// per element. The portable version, and the reference of the vectorised ones.
+// The loops index the tiles transposed (lanes innermost): ranges read clearer.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn gather_scalar<const A: usize>(
+    conv: &Conv<'_>,
+    origins: &[Origin],
+    c: usize,
+    b: usize,
+    dc: &mut [[Lane; A]; A],
 ) {
     let (hi, wi) = (conv.hi as isize, conv.wi as isize);
     let plane = conv.hi * conv.wi;
-    let stride = conv.cin * tp;
-    for c in 0..conv.cin {
-        for (b, lanes) in origins.chunks(LANES).enumerate() {
-            let mut dc = [[[0.0f32; LANES]; A]; A];
-            for (l, o) in lanes.iter().enumerate() {
-                let base = o.image + c * plane;
-                let inside =
-                    o.iy >= 0 && o.ix >= 0 && o.iy + A as isize <= hi && o.ix + A as isize <= wi;
-                if inside {
-                    let at = base + o.iy as usize * conv.wi + o.ix as usize;
-                    for r in 0..A {
-                        let row = &conv.x[at + r * conv.wi..at + r * conv.wi + A];
-                        for (sc, &val) in row.iter().enumerate() {
-                            dc[sc][r][l] = val;
-                        }
-                    }
-                } else {
-                    for r in 0..A {
-                        let y = o.iy + r as isize;
-                        if y < 0 || y >= hi {
-                            continue;
-                        }
-                        for sc in 0..A {
-                            let x = o.ix + sc as isize;
-                            if x >= 0 && x < wi {
-                                dc[sc][r][l] = conv.x[base + y as usize * conv.wi + x as usize];
-                            }
-                        }
+    *dc = [[[0.0f32; LANES]; A]; A];
+    let lanes = &origins[b * LANES..origins.len().min((b + 1) * LANES)];
+    for (l, o) in lanes.iter().enumerate() {
+        let base = o.image + c * plane;
+        let inside = o.iy >= 0 && o.ix >= 0 && o.iy + A as isize <= hi && o.ix + A as isize <= wi;
+        if inside {
+            let at = base + o.iy as usize * conv.wi + o.ix as usize;
+            for r in 0..A {
+                let row = &conv.x[at + r * conv.wi..at + r * conv.wi + A];
+                for (sc, &val) in row.iter().enumerate() {
+                    dc[sc][r][l] = val;
+                }
+            }
+        } else {
+            for r in 0..A {
+                let y = o.iy + r as isize;
+                if y < 0 || y >= hi {
+                    continue;
+                }
+                for sc in 0..A {
+                    let x = o.ix + sc as isize;
+                    if x >= 0 && x < wi {
+                        dc[sc][r][l] = conv.x[base + y as usize * conv.wi + x as usize];
                     }
                 }
             }
-            let at = c * tp + b * LANES;
-            input_tf(tf, &dc, &mut v[at..], stride);
         }
     }
 }
 
 /// The output transform of every tile of a task into its output planes `y` (image
-/// `img`, channel `o` at `img * cout + o`, `out_rows x wo` each), partial tiles clipped.
+/// `img`, channel `o` at `img * cout + o`, `out_rows x wo` each), partial tiles clipped,
+/// the tiles' outputs scattered by [`scatter_scalar`] (the portable version;
+/// [`gather::output_block`] is the AVX-512 one).
 #[inline(always)]
 fn output_block(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
+    let places = places(blk, conv.tile.m());
     match conv.tile {
-        Tile::F2 => output_block_t::<4, 2>(out_f2, conv, blk, mm, y),
-        Tile::F4 => output_block_t::<6, 4>(out_f4, conv, blk, mm, y),
+        Tile::F2 => output_block_t::<4, 2>(out_f2, conv, blk, mm, |o, b, out| {
+            scatter_scalar::<2>(conv, blk, &places, o, b, out, y)
+        }),
+        Tile::F4 => output_block_t::<6, 4>(out_f4, conv, blk, mm, |o, b, out| {
+            scatter_scalar::<4>(conv, blk, &places, o, b, out, y)
+        }),
     }
 }
 
-// The loops index the tiles transposed (lanes innermost): ranges read clearer.
-#[allow(clippy::needless_range_loop)]
+/// Each tile's image, first output row and column (in the task's block, tiles `m`
+/// outputs wide), worked out once for all output channels (three divisions per tile
+/// and channel were a third of the output transform).
+fn places(blk: &OutBlock, m: usize) -> Vec<(usize, usize, usize)> {
+    (0..blk.t)
+        .map(|t| {
+            let img = t / (blk.rows * blk.tw);
+            let ty = (t / blk.tw) % blk.rows;
+            (img, ty * m, (t % blk.tw) * m)
+        })
+        .collect()
+}
+
+/// The output transform of every tile of a task: `scatter(o, b, out)` writes `out[i *
+/// M + j][l]`, output `(i, j)` of channel `o` of tile `b * LANES + l`, plus the bias,
+/// into the output (partial tiles clipped, lanes past the last tile dropped).
 #[inline(always)]
 fn output_block_t<const A: usize, const M: usize>(
     tf: impl Fn(&[Lane; A]) -> [Lane; M] + Copy,
     conv: &Conv<'_>,
     blk: &OutBlock,
     mm: &[f32],
-    y: &mut [&mut [f32]],
+    mut scatter: impl FnMut(usize, usize, &[Lane]),
 ) {
-    let (cout, wo) = (conv.cout, conv.wo);
+    let cout = conv.cout;
     let stride = cout * blk.tp;
-    let mut out = [[0.0f32; LANES]; 16];
-    // Each tile's image, first output row and column, worked out once for all output
-    // channels (three divisions per tile and channel were a third of this loop).
-    let places: Vec<(usize, usize, usize)> = (0..blk.t)
-        .map(|t| {
-            let img = t / (blk.rows * blk.tw);
-            let ty = (t / blk.tw) % blk.rows;
-            (img, ty * M, (t % blk.tw) * M)
-        })
-        .collect();
+    let mut out = Aligned([[0.0f32; LANES]; 16]);
+    let mut mc = Aligned([[[0.0f32; LANES]; A]; A]);
     for o in 0..cout {
         let bias = conv.bias.map_or(0.0, |b| b[o]);
         for b in 0..blk.t.div_ceil(LANES) {
-            let mut mc = [[[0.0f32; LANES]; A]; A];
             let base = o * blk.tp + b * LANES;
             for (r, row) in (0..A).map(|r| (r, r * A)) {
                 for sc in 0..A {
                     let at = base + (row + sc) * stride;
-                    mc[sc][r].copy_from_slice(&mm[at..at + LANES]);
+                    mc.0[sc][r].copy_from_slice(&mm[at..at + LANES]);
                 }
             }
-            output_tf::<A, M>(tf, &mc, bias, &mut out[..M * M]);
-            let lanes = LANES.min(blk.t - b * LANES);
-            for l in 0..lanes {
-                let (img, y0, x0) = places[b * LANES + l];
-                let plane = &mut *y[img * cout + o];
-                for i in 0..M.min(blk.out_rows - y0) {
-                    let row = &mut plane[(y0 + i) * wo + x0..(y0 + i + 1) * wo];
-                    for (j, v) in row.iter_mut().take(M).enumerate() {
-                        *v = out[i * M + j][l];
-                    }
-                }
+            output_tf::<A, M>(tf, &mc.0, bias, &mut out.0[..M * M]);
+            scatter(o, b, &out.0[..M * M]);
+        }
+    }
+}
+
+/// The scatter of [`output_block_t`] with scalar stores, `places` the tiles' (from
+/// [`places`]). The portable version, and the reference of the vectorised one.
+#[inline(always)]
+fn scatter_scalar<const M: usize>(
+    conv: &Conv<'_>,
+    blk: &OutBlock,
+    places: &[(usize, usize, usize)],
+    o: usize,
+    b: usize,
+    out: &[Lane],
+    y: &mut [&mut [f32]],
+) {
+    let (cout, wo) = (conv.cout, conv.wo);
+    let tiles = &places[b * LANES..blk.t.min((b + 1) * LANES)];
+    for (l, &(img, y0, x0)) in tiles.iter().enumerate() {
+        let plane = &mut *y[img * cout + o];
+        for i in 0..M.min(blk.out_rows - y0) {
+            let row = &mut plane[(y0 + i) * wo + x0..(y0 + i + 1) * wo];
+            for (j, v) in row.iter_mut().take(M).enumerate() {
+                *v = out[i * M + j][l];
             }
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod gather;
 
 /// [`input_block`] and [`output_block`] compiled for the instruction set of the plan's
 /// GEMM kernel: the same source (and bits) with wider vectors where the CPU has them.
@@ -662,10 +723,7 @@ mod isa {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx512f")]
-            fn avx512(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
-                super::input_block(conv, origins, v, tp)
-            }
+            use super::gather::input_block as avx512;
             #[target_feature(enable = "avx2")]
             fn avx2(conv: &Conv<'_>, origins: &[Origin], v: &mut [f32], tp: usize) {
                 super::input_block(conv, origins, v, tp)
@@ -691,10 +749,7 @@ mod isa {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx512f")]
-            fn avx512(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
-                super::output_block(conv, blk, mm, y)
-            }
+            use super::gather::output_block as avx512;
             #[target_feature(enable = "avx2")]
             fn avx2(conv: &Conv<'_>, blk: &OutBlock, mm: &[f32], y: &mut [&mut [f32]]) {
                 super::output_block(conv, blk, mm, y)
