@@ -293,9 +293,9 @@ fn every_forward_algorithm_overwrites_the_into_buffer() {
 }
 
 /// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
-/// gradient of 3x3 stride-1 convs with 64 to 256 channels and enough work (resnet_64,
-/// vgg_256), F2 past 256, the F4 weight gradient from 128 channels and 196 tiles per
-/// reduction chunk, the direct path below 64 channels, on small batches, and for strided or
+/// gradient of 3x3 stride-1 convs with 64 to 256 channels (16 forward) and enough work
+/// (resnet_64, vgg_256), F2 past 256, the F4 weight gradient from 64 channels and 196
+/// tiles per reduction chunk, the direct path below 64 channels, on small batches, and for strided or
 /// grouped 3x3 convs.
 #[test]
 fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
@@ -303,21 +303,22 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     let plan = |x: [usize; 4], w: [usize; 4], opts: &Conv2dOptions| {
         ConvPlan::choose(&Conv2dGeometry::new("test", x, w, opts).unwrap(), 2)
     };
-    for (x, w) in [
-        ([32, 64, 56, 56], [64, 64, 3, 3]),
-        ([8, 256, 28, 28], [256, 256, 3, 3]),
+    for (x, w, dw) in [
+        ([32, 64, 56, 56], [64, 64, 3, 3], WeightGradAlgo::WinogradF4),
+        ([8, 256, 28, 28], [256, 256, 3, 3], WeightGradAlgo::Direct),
     ] {
         let p = plan(x, w, &p1);
         assert_eq!(p.forward, ForwardAlgo::WinogradF4, "{x:?}");
         assert_eq!(p.input_grad, InputGradAlgo::WinogradF4, "{x:?}");
-        assert_eq!(p.weight_grad, WeightGradAlgo::Direct, "{x:?}");
+        assert_eq!(p.weight_grad, dw, "{x:?}");
     }
-    // The Winograd weight gradient: at least 128 channels on both sides and 196 tiles
-    // per reduction chunk (4 images of 28x28 here); not on 64 channels or 1-image chunks.
-    let dw = plan([32, 128, 28, 28], [256, 128, 3, 3], &p1);
+    // The Winograd weight gradient: at least 64 channels on both sides and 196 tiles
+    // per reduction chunk (4 images of 28x28 here); not on 32 channels or 2-image
+    // chunks of 28x28.
+    let dw = plan([32, 128, 28, 28], [64, 128, 3, 3], &p1);
     assert_eq!(dw.weight_grad, WeightGradAlgo::WinogradF4);
     assert_eq!(
-        plan([32, 128, 28, 28], [64, 128, 3, 3], &p1).weight_grad,
+        plan([32, 128, 28, 28], [32, 128, 3, 3], &p1).weight_grad,
         WeightGradAlgo::Direct
     );
     assert_eq!(
@@ -332,11 +333,18 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     let wide_out = plan([64, 128, 14, 14], [512, 128, 3, 3], &p1);
     assert_eq!(wide_out.forward, ForwardAlgo::WinogradF4);
     assert_eq!(wide_out.input_grad, InputGradAlgo::WinogradF2);
+    // The forward from 16 input channels and 2^17 positions x channels; the input
+    // gradient from 64 output channels and 2^20.
     let narrow = plan([32, 32, 28, 28], [32, 32, 3, 3], &p1);
-    assert_eq!(narrow.forward, ForwardAlgo::Direct);
+    assert_eq!(narrow.forward, ForwardAlgo::WinogradF4);
     assert_eq!(narrow.input_grad, InputGradAlgo::Direct);
+    let narrower = plan([32, 8, 28, 28], [8, 8, 3, 3], &p1);
+    assert_eq!(narrower.forward, ForwardAlgo::Direct);
     let small = plan([8, 64, 28, 28], [64, 64, 3, 3], &p1);
-    assert_eq!(small.forward, ForwardAlgo::Direct);
+    assert_eq!(small.forward, ForwardAlgo::WinogradF4);
+    assert_eq!(small.input_grad, InputGradAlgo::Direct);
+    let tiny = plan([2, 16, 14, 14], [16, 16, 3, 3], &p1);
+    assert_eq!(tiny.forward, ForwardAlgo::Direct);
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
     assert_eq!(strided.forward, ForwardAlgo::Direct);
     let grouped = plan([32, 64, 56, 56], [64, 32, 3, 3], &p1.with_groups(2));

@@ -119,6 +119,21 @@ const WINOGRAD_MIN_CHANNELS: usize = 64;
 /// fwd 32.3 -> 52.4 (a 7x7 image is 2x2 tiles of 4, half of them empty).
 const WINOGRAD_MIN_WORK: usize = 1 << 20;
 
+/// The forward's own minimums, lower than the input gradient's
+/// ([`WINOGRAD_MIN_CHANNELS`], [`WINOGRAD_MIN_WORK`]) since its input gather runs on
+/// AVX-512 vectors (`winograd/gather.rs`): fewest input channels, and fewest `N *
+/// out_h * out_w * C`. `convbench --pass fwd`, Intel Xeon 6/207, median ms of 9,
+/// direct -> F4, 1 thread | 2 threads: N = 32, 16 channels, 28x28 (0.4 M) 1.18 ->
+/// 0.97 | 1.19 -> 0.70; 32 channels 14x14 (0.2 M) 0.84 -> 0.70 | 0.51 -> 0.52; N = 8,
+/// 64 channels 14x14 (0.1 M) 1.08 -> 0.69 | 0.69 -> 0.62; N = 8, 32 channels 28x28
+/// (0.2 M) 0.96 -> 0.71 | 0.53 -> 0.52; N = 32, 32 channels 28x28 3.91 -> 2.89 | 2.15
+/// -> 1.75; N = 8, 64 channels 28x28 4.13 -> 2.39 | 2.20 -> 1.96. Not measured below
+/// 16 channels.
+const WINOGRAD_FWD_MIN_CHANNELS: usize = 16;
+
+/// See [`WINOGRAD_FWD_MIN_CHANNELS`].
+const WINOGRAD_FWD_MIN_WORK: usize = 1 << 17;
+
 /// Most channels summed over (input channels forward, output channels for the input
 /// gradient) for F(4x4, 3x3) by default; F(2x2, 3x3) above. F4's error grows with the
 /// sum and reaches the tests' tolerance: `examples/winograd_error.rs`, 14x14, max error
@@ -139,22 +154,25 @@ const WINOGRAD_F4_MAX_CHANNELS: usize = 256;
 /// channels (the sum runs over positions): 3.5e-6 of `max|ref|` at 256 channels 56x56,
 /// 1.6e-6 at 1024 (`examples/winograd_error.rs`, direct 1.7e-6 / 7.6e-7).
 ///
-/// `convbench --pass bwd`, Intel Xeon 6/207, median ms, the input gradient on F4 in
-/// both, weight gradient direct -> F4, two runs (1 thread | 2 threads):
-/// - 32 x 256 x 28x28 (196 tiles per chunk): 373 / 384 -> 279 / 323 | 197 / 200 ->
-///   156 / 160;
-/// - 8 x 128 x 56x56 (196): 88.0 / 88.2 -> 77.5 / 77.9 | 46.1 / 48.0 -> 40.9 / 42.2;
-/// - 32 x 128 x 28x28 (196): 94.7 / 95.2 -> 88.0 / 87.9 | 50.9 / 53.9 -> 45.4 / 47.3;
-/// - but vgg_256 (8 x 256 x 28x28, 49 tiles per chunk): 111.8 / 109.6 -> 111.6 / 118.7;
-///   resnet_64 (32 x 64 x 56x56, 784 tiles) 102 / 103 -> 107 / 109 | 111 / 110 -> 115 /
-///   111, and 64 x 64 x 56x56 200 / 199 -> 214 / 210: at 64 channels each `O x C`
-///   product fills 64 of the GEMM kernel's 96 columns (two 48-column panels), and the
-///   packing of both operands costs as much as their product.
+/// `convbench --pass bwd`, Intel Xeon 6/207, an idle machine, the AVX-512 input
+/// gather, median ms of 5, two runs, the input gradient on F4 in both, weight gradient
+/// direct -> F4 (1 thread | 2 threads):
+/// - resnet_64 (32 x 64 x 56x56, 784 tiles per chunk): 100.0 / 106.3 -> 87.5 / 91.2 |
+///   61.5 / 54.2 -> 50.5 / 49.0;
+/// - 64 x 64 x 56x56 (1 568 tiles): 202.9 / 202.4 -> 180.1 / 186.2 | 110.6 / 104.7 ->
+///   105.3 / 96.4;
+/// - 32 x 128 x 28x28 (196 tiles), dx + dW on F4 against both direct: 115.2 / 116.1
+///   -> 82.9 / 84.0 | 60.0 / 57.6 -> 44.6 / 42.5 (before the AVX-512 gather, under
+///   load, dx on F4 in both: 94.7 -> 88.0 | 50.9 -> 45.4); 32 x 256 x 28x28: 373 ->
+///   279 | 197 -> 156; 8 x 128 x 56x56: 88.0 -> 77.5 | 46.1 -> 40.9;
+/// - but vgg_256 (8 x 256 x 28x28, 49 tiles per chunk): 114.5 / 113.3 -> 127.0 /
+///   134.1 | 63.7 / 63.5 -> 76.4 / 72.5; and 32 channels (32 x 32 x 28x28, 196 tiles),
+///   dx + dW on F4 against direct: 7.5 -> 9.1 | 4.0 -> 4.6.
 ///
 /// On Zen 4, whose FMA throughput per core is half this machine's while the transforms
 /// are loads, stores and adds, the 4x fewer multiplications weigh more: the rule is
 /// expected to hold there (not measured).
-const WINOGRAD_DW_MIN_CHANNELS: usize = 128;
+const WINOGRAD_DW_MIN_CHANNELS: usize = 64;
 
 /// See [`WINOGRAD_DW_MIN_CHANNELS`].
 const WINOGRAD_DW_MIN_TILES: usize = 196;
@@ -170,9 +188,9 @@ impl ConvPlan {
     /// - every pass: `Depthwise` for depthwise convs (`groups == C > 1`) with a channel
     ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
     /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
-    ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 64 input
-    ///   channels (`WINOGRAD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least 2^20
-    ///   (`WINOGRAD_MIN_WORK`), `WinogradF2` instead above 256 channels
+    ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
+    ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least
+    ///   2^17 (`WINOGRAD_FWD_MIN_WORK`), `WinogradF2` instead above 256 channels
     ///   (`WINOGRAD_F4_MAX_CHANNELS`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
     /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
@@ -181,7 +199,7 @@ impl ConvPlan {
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
-    /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 128 channels
+    /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 64 channels
     ///   on both sides (`WINOGRAD_DW_MIN_CHANNELS`) and at least 196 4x4 tiles per
     ///   reduction chunk (`WINOGRAD_DW_MIN_TILES`); else `Direct` for every groups-of-1
     ///   conv, else the input gradient's column lowering (so the two run fused);
@@ -217,12 +235,22 @@ impl ConvPlan {
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
         let direct = o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS;
         let winograd = winograd::supports(geo);
-        let work = |positions: [usize; 3], channels: usize| {
-            channels >= WINOGRAD_MIN_CHANNELS
-                && positions.iter().fold(channels, |a, &d| a.saturating_mul(d)) >= WINOGRAD_MIN_WORK
+        let work = |positions: [usize; 3], channels: usize, (min_channels, min_work)| {
+            channels >= min_channels
+                && positions.iter().fold(channels, |a, &d| a.saturating_mul(d)) >= min_work
         };
-        let winograd_forward = winograd && work([geo.batch, geo.out_h, geo.out_w], geo.in_channels);
-        let winograd_dx = winograd && work([geo.batch, geo.in_h, geo.in_w], geo.out_channels);
+        let winograd_forward = winograd
+            && work(
+                [geo.batch, geo.out_h, geo.out_w],
+                geo.in_channels,
+                (WINOGRAD_FWD_MIN_CHANNELS, WINOGRAD_FWD_MIN_WORK),
+            );
+        let winograd_dx = winograd
+            && work(
+                [geo.batch, geo.in_h, geo.in_w],
+                geo.out_channels,
+                (WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_WORK),
+            );
         let chunk_tiles = chunk_images(geo.batch)
             .saturating_mul(geo.out_h.div_ceil(4))
             .saturating_mul(geo.out_w.div_ceil(4));
