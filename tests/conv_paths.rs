@@ -293,7 +293,7 @@ fn every_forward_algorithm_overwrites_the_into_buffer() {
 }
 
 /// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
-/// gradient of 3x3 stride-1 convs with 64 to 256 channels (16 forward) and enough work
+/// gradient of 3x3 stride-1 convs with 32 to 256 channels (16 forward) and enough work
 /// (resnet_64, vgg_256), F2 past 256, the F4 weight gradient from 64 channels and 196
 /// tiles per reduction chunk, the direct path below 64 channels, on small batches, and for strided or
 /// grouped 3x3 convs.
@@ -334,15 +334,18 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     assert_eq!(wide_out.forward, ForwardAlgo::WinogradF4);
     assert_eq!(wide_out.input_grad, InputGradAlgo::WinogradF2);
     // The forward from 16 input channels and 2^17 positions x channels; the input
-    // gradient from 64 output channels and 2^20.
-    let narrow = plan([32, 32, 28, 28], [32, 32, 3, 3], &p1);
+    // gradient from 32 output channels and 2^18.
+    let narrow = plan([32, 16, 28, 28], [16, 16, 3, 3], &p1);
     assert_eq!(narrow.forward, ForwardAlgo::WinogradF4);
     assert_eq!(narrow.input_grad, InputGradAlgo::Direct);
     let narrower = plan([32, 8, 28, 28], [8, 8, 3, 3], &p1);
     assert_eq!(narrower.forward, ForwardAlgo::Direct);
-    let small = plan([8, 64, 28, 28], [64, 64, 3, 3], &p1);
-    assert_eq!(small.forward, ForwardAlgo::WinogradF4);
+    let small = plan([8, 64, 14, 14], [64, 64, 3, 3], &p1);
+    assert_eq!(small.forward, ForwardAlgo::Direct);
     assert_eq!(small.input_grad, InputGradAlgo::Direct);
+    let medium = plan([8, 32, 28, 28], [64, 32, 3, 3], &p1);
+    assert_eq!(medium.forward, ForwardAlgo::WinogradF4);
+    assert_eq!(medium.input_grad, InputGradAlgo::WinogradF4);
     let tiny = plan([2, 16, 14, 14], [16, 16, 3, 3], &p1);
     assert_eq!(tiny.forward, ForwardAlgo::Direct);
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));

@@ -88,17 +88,25 @@ const PARALLEL_FLOATS: usize = 1 << 15;
 /// dw_64 5.9 / 15.2 vs 17.5 / 91.9, m = 4 5.7 / 14.0 vs 6.4 / 27.6.
 const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 
-/// Fewest input channels (forward) or output channels (input gradient) for the
-/// Winograd default: below, each of the 36 GEMMs is too short to beat the direct path,
-/// and the transforms cost as much per channel. 1 thread, Intel Xeon (family 6 model
-/// 207, AVX-512, 2 vCPUs), `convbench --pass both`, fwd ms direct / F2 / F4: N = 32,
-/// 32 channels, 28x28: 3.94 / 7.68 / 4.67; 16 channels 14x14: 0.32 / 0.70 / 0.53.
-const WINOGRAD_MIN_CHANNELS: usize = 64;
+/// Fewest output channels (summed over by the input gradient) for the Winograd input
+/// gradient by default: below, each of the 36 GEMMs is too short to beat the direct
+/// path, and the transforms cost as much per channel. Intel Xeon (family 6 model 207,
+/// AVX-512, 2 vCPUs), the whole backward with the direct weight gradient, median ms of
+/// 9, dx direct -> F4, 1 thread | 2 threads, with the AVX-512 input gather: N = 32, 32
+/// channels 28x28 (0.8 M) 7.40 -> 7.03 | 4.08 -> 3.88; 32 channels 56x56 (3.2 M)
+/// 33.5 -> 27.0 | 20.0 -> 14.5; N = 8, 64 channels 28x28 (0.4 M) 8.09 -> 6.91 | 4.34
+/// -> 3.83; N = 32, 64 channels 14x14 (0.4 M) 7.58 -> 6.15 | 4.31 -> 3.75; but 16
+/// channels 28x28 2.32 -> 2.53 | 1.32 -> 1.48. Before the gather (forward then, ms
+/// direct / F2 / F4): N = 32, 32 channels, 28x28: 3.94 / 7.68 / 4.67.
+const WINOGRAD_MIN_CHANNELS: usize = 32;
 
-/// Fewest `positions x channels` for the Winograd default, the output positions
-/// `N * out_h * out_w` times the input channels (forward), or the input positions
-/// `N * H * W` times the output channels (input gradient): the filter transform and
-/// the packing of `U` (`36 O C` floats per call) must be shared by many tiles.
+/// Fewest `positions x channels` for the Winograd input gradient by default, the input
+/// positions `N * H * W` times the output channels (the forward has its own,
+/// [`WINOGRAD_FWD_MIN_WORK`]): the filter transform and the packing of `U` (`36 O C`
+/// floats per call) must be shared by many tiles. With the AVX-512 input gather (as
+/// [`WINOGRAD_MIN_CHANNELS`]): N = 8, 64 channels 14x14 (0.1 M) 2.09 -> 2.31 | 1.27 ->
+/// 1.56, while 0.4 M wins. The history below is of the rule the forward and input
+/// gradient shared before the gather, at 2^20.
 ///
 /// F(4x4, 3x3) is the default: on the points 0, 1, -1, 1/2, -2 its error stays within
 /// the tests' `1e-5` relative tolerance with margin up to 256 channels
@@ -116,8 +124,10 @@ const WINOGRAD_MIN_CHANNELS: usize = 64;
 /// 75.1, bwd 129.4 / 140.5 -> 116.4 / 123.4; vgg_256 fwd 58.7 / 63.9 -> 43.1 / 51.3.
 /// Smaller: N = 8, 64 channels, 28x28 (0.4 M) fwd 3.37 -> 3.68; N = 8, 128 channels,
 /// 14x14 (0.2 M) 3.65 -> 3.23 but bwd 8.1 -> 9.8; N = 8, 512 channels, 7x7 (0.2 M)
-/// fwd 32.3 -> 52.4 (a 7x7 image is 2x2 tiles of 4, half of them empty).
-const WINOGRAD_MIN_WORK: usize = 1 << 20;
+/// fwd 32.3 -> 52.4 (a 7x7 image is 2x2 tiles of 4, half of them empty; with the
+/// gather, F2, which the chooser takes past 256 channels: 32.4 -> 17.8 at 1 thread,
+/// 24.8 -> 16.2 at 2).
+const WINOGRAD_MIN_WORK: usize = 1 << 18;
 
 /// The forward's own minimums, lower than the input gradient's
 /// ([`WINOGRAD_MIN_CHANNELS`], [`WINOGRAD_MIN_WORK`]) since its input gather runs on
@@ -194,7 +204,8 @@ impl ConvPlan {
     ///   (`WINOGRAD_F4_MAX_CHANNELS`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
     /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
-    ///   at least 64 output channels and `N * H * W * O` of at least 2^20; else `Direct` for groups of 1
+    ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`) and `N * H * W * O` of at
+    ///   least 2^18 (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1
     ///   with at least 8 input channels (not
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
