@@ -390,42 +390,6 @@ pub(crate) fn checked_len(
         })
 }
 
-/// Fixes glibc's mmap threshold at [`HUGE_PAGE_MIN_BYTES`], once per process, when the
-/// crate first allocates a block that large, unless the program set it itself
-/// (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...` or `MALLOC_MMAP_THRESHOLD_`).
-///
-/// glibc raises the threshold to the size of every mapped block a program frees (up to
-/// 32 MiB), so after one large output is dropped, the next ones of that size come from
-/// an arena instead; a rayon worker's arena hands them back to the system on free, page
-/// by page, and they fault in again 4 KiB at a time, without the huge-page hint. In one
-/// `convbench` run, dw_64's forward (1 thread, Intel Xeon 6/207) took 17.9 ms after
-/// resnet_64's and 6.1 ms after resnet_128s2's (237 K page faults against 27 K); with
-/// the threshold fixed, 7.6 ms after resnet_64's. Blocks of 4 MiB and more are then
-/// always mapped fresh (zero, huge pages where offered) and smaller ones stay in the
-/// arenas, as glibc's default of 128 KiB would have them mapped.
-fn pin_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            let set_by_user = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-                || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("mmap_threshold"));
-            if set_by_user {
-                return;
-            }
-            const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-            unsafe extern "C" {
-                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-            }
-            // SAFETY: mallopt only changes glibc's allocation policy for later
-            // allocations; it takes its own locks. A failure leaves the default.
-            unsafe {
-                mallopt(M_MMAP_THRESHOLD, HUGE_PAGE_MIN_BYTES as std::ffi::c_int);
-            }
-        });
-    }
-}
-
 /// Fresh blocks of at least this many bytes are offered transparent huge pages.
 const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
@@ -439,9 +403,6 @@ const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 fn advise_huge_pages(ptr: *const u8, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
-        if bytes >= HUGE_PAGE_MIN_BYTES {
-            pin_mmap_threshold();
-        }
         const HUGE: usize = 2 << 20;
         const MADV_HUGEPAGE: std::ffi::c_int = 14;
         unsafe extern "C" {
