@@ -207,29 +207,32 @@ fn out_f4(m: &[Lane; 6]) -> [Lane; 4] {
     y
 }
 
-/// `V = B^T d B` of [`LANES`] tiles, `tf` the 1-d `B^T`: `dc[s][r]` holds column `s`,
-/// row `r` of the tiles; `v` gets `V[i][j]` at `v[(i * A + j) * stride..][..LANES]`.
+/// `T d T^T` of [`LANES`] `M x M` tiles `d`, `tf` the 1-d `T` (`A x M`): `d[s][r]`
+/// holds column `s`, row `r` of the tiles; `out` gets entry `(i, j)` at `out[(i * A +
+/// j) * stride..][..LANES]`. The input transform `V = B^T d B` (`tf` = [`in_f4`] or
+/// [`in_f2`], `M = A`) and the weight gradient's `Z = A dY A^T` ([`grad_f4`],
+/// [`grad_f2`]).
 #[inline(always)]
-fn input_tf<const A: usize>(
-    tf: impl Fn(&[Lane; A]) -> [Lane; A],
-    dc: &[[Lane; A]; A],
-    v: &mut [f32],
+fn transform_2d<const A: usize, const M: usize>(
+    tf: impl Fn(&[Lane; M]) -> [Lane; A],
+    d: &[[Lane; M]; M],
+    out: &mut [f32],
     stride: usize,
 ) {
-    // t[s] = B^T (column s of d): t[s][i] = (B^T d)[i][s].
-    let mut t = [[[0.0f32; LANES]; A]; A];
-    for (ts, col) in t.iter_mut().zip(dc) {
+    // t[s] = T (column s of d): t[s][i] = (T d)[i][s].
+    let mut t = [[[0.0f32; LANES]; A]; M];
+    for (ts, col) in t.iter_mut().zip(d) {
         *ts = tf(col);
     }
-    let mut row = [[0.0f32; LANES]; A];
+    let mut row = [[0.0f32; LANES]; M];
     for i in 0..A {
-        // Row i of B^T d, transformed: (B^T d B)[i][j].
+        // Row i of T d, transformed: (T d T^T)[i][j].
         for (r, ts) in row.iter_mut().zip(&t) {
             *r = ts[i];
         }
-        for (j, out) in tf(&row).iter().enumerate() {
+        for (j, v) in tf(&row).iter().enumerate() {
             let at = (i * A + j) * stride;
-            v[at..at + LANES].copy_from_slice(out);
+            out[at..at + LANES].copy_from_slice(v);
         }
     }
 }
@@ -566,7 +569,7 @@ fn input_block_t<const A: usize>(
         for b in 0..groups {
             gather(c, b, &mut dc.0);
             let at = c * tp + b * LANES;
-            input_tf(tf, &dc.0, &mut v[at..], stride);
+            transform_2d::<A, A>(tf, &dc.0, &mut v[at..], stride);
         }
     }
 }
@@ -920,32 +923,6 @@ fn grad_f4(y: &[Lane; 4]) -> [Lane; 6] {
     z
 }
 
-/// `Z = A dY A^T` of [`LANES`] output-gradient tiles, `tf` the 1-d `A`: `yc[s][r]`
-/// holds column `s`, row `r` of the tiles; `z` gets `Z[i][j]` at `z[(i * A + j) *
-/// stride..][..LANES]`.
-#[inline(always)]
-fn grad_tf<const A: usize, const M: usize>(
-    tf: impl Fn(&[Lane; M]) -> [Lane; A],
-    yc: &[[Lane; M]; M],
-    z: &mut [f32],
-    stride: usize,
-) {
-    let mut t = [[[0.0f32; LANES]; A]; M];
-    for (ts, col) in t.iter_mut().zip(yc) {
-        *ts = tf(col);
-    }
-    let mut row = [[0.0f32; LANES]; M];
-    for i in 0..A {
-        for (r, ts) in row.iter_mut().zip(&t) {
-            *r = ts[i];
-        }
-        for (j, out) in tf(&row).iter().enumerate() {
-            let at = (i * A + j) * stride;
-            z[at..at + LANES].copy_from_slice(out);
-        }
-    }
-}
-
 /// One block of output-gradient tiles for the weight gradient: `dy` the chunk's
 /// `(images, cout, ho * wo)`, `places` each tile's image (in the chunk), first row and
 /// first column; `z` gets `[xi][cout][tp]`, zeros past the output's edges.
@@ -991,7 +968,7 @@ fn grad_block_t<const A: usize, const M: usize>(
                 }
             }
             let at = o * tp + b * LANES;
-            grad_tf::<A, M>(tf, &yc, &mut z[at..], stride);
+            transform_2d::<A, M>(tf, &yc, &mut z[at..], stride);
         }
     }
 }
