@@ -40,11 +40,13 @@
 
 use std::cell::RefCell;
 
+use ndarray::ShapeBuilder;
 use ndarray::parallel::prelude::*;
 use ndarray::{
     Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, ArrayViewMut4, Axis,
     s,
 };
+use rayon::slice::ParallelSliceMut;
 
 use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
@@ -323,25 +325,29 @@ thread_local! {
 }
 
 /// The filter transform `U[xi][p][q] = (G g_pq G^T)[xi]` in f64, rounded once, for the
-/// `p x q` 3x3 filters `g_pq = filter(p, q)` (9 taps, row-major): 8 filters `q` at a
-/// time, so the f64 arithmetic vectorises and each `U[xi][p]` row is written in runs.
+/// `p x q` 3x3 filters `g_pq = filter(p, q)` (9 taps, row-major), laid out `[p][xi][q]`
+/// so that each row `p` is one contiguous run for every `xi`: rows split over the
+/// rayon pool when `parallel` (the transform is the same per row either way). Within a
+/// row, 8 filters `q` at a time, so the f64 arithmetic vectorises.
 fn transform_filter(
     tile: Tile,
     p: usize,
     q: usize,
-    filter: impl Fn(usize, usize) -> [f32; 9],
+    filter: impl Fn(usize, usize) -> [f32; 9] + Sync,
     geo: &Conv2dGeometry,
+    parallel: bool,
 ) -> Result<Vec<f32>> {
     const Q: usize = 8;
     let a = tile.alpha();
+    let aa = a * a;
     let describe = || format!("the Winograd filter transform of {}", geo.describe());
-    let len = checked_len(OP, &[a * a, p, q], describe)?;
+    let len = checked_len(OP, &[p, aa, q], describe)?;
     let mut u = try_zeroed_vec(OP, len, describe)?;
     let g: &[[f64; 3]] = match tile {
         Tile::F2 => &f2::G,
         Tile::F4 => &f4::G,
     };
-    for pi in 0..p {
+    let row = |(pi, out): (usize, &mut [f32])| {
         for q0 in (0..q).step_by(Q) {
             let qn = Q.min(q - q0);
             let mut f = [[0.0f64; Q]; 9];
@@ -369,28 +375,49 @@ fn transform_filter(
                             *o += v * gc;
                         }
                     }
-                    let at = ((i * a + j) * p + pi) * q + q0;
-                    for (o, &v) in u[at..at + qn].iter_mut().zip(&acc) {
+                    let at = (i * a + j) * q + q0;
+                    for (o, &v) in out[at..at + qn].iter_mut().zip(&acc) {
                         *o = v as f32;
                     }
                 }
             }
         }
+    };
+    if q > 0 {
+        if parallel {
+            u.par_chunks_mut(aa * q).enumerate().for_each(row);
+        } else {
+            u.chunks_mut(aa * q).enumerate().for_each(row);
+        }
     }
     Ok(u)
 }
 
-/// `U` as [`transform_filter`] makes it (`[xi][p][q]`), each `U[xi]` packed for the
-/// kernel's GEMM.
-fn pack(kernel: Kernel, tile: Tile, u: &[f32], p: usize, q: usize) -> Result<Vec<Vec<f32>>> {
-    let a = tile.alpha();
-    (0..a * a)
-        .map(|xi| {
-            let uxi = ArrayView2::from_shape((p, q), &u[xi * p * q..(xi + 1) * p * q])
-                .map_err(shape_err)?;
-            pack_a_panels(kernel, uxi, OP)
-        })
-        .collect()
+/// `U` as [`transform_filter`] makes it (`[p][xi][q]`), each `U[xi]` (`p x q`, rows
+/// `alpha^2 q` apart) packed for the kernel's GEMM, the positions over the rayon pool
+/// when `parallel`.
+fn pack(
+    kernel: Kernel,
+    tile: Tile,
+    u: &[f32],
+    (p, q): (usize, usize),
+    parallel: bool,
+) -> Result<Vec<Vec<f32>>> {
+    let aa = tile.alpha() * tile.alpha();
+    let one = |xi: usize| {
+        let uxi = if p == 0 || q == 0 {
+            ArrayView2::from_shape((p, q), &[][..])
+        } else {
+            ArrayView2::from_shape((p, q).strides((aa * q, 1)), &u[xi * q..])
+        }
+        .map_err(shape_err)?;
+        pack_a_panels(kernel, uxi, OP)
+    };
+    if parallel {
+        (0..aa).into_par_iter().map(one).collect()
+    } else {
+        (0..aa).map(one).collect()
+    }
 }
 
 /// Tiles per task: `V[xi]` and `M[xi]`, `(cin + cout) T` floats, within
@@ -794,8 +821,8 @@ pub(super) fn forward(
     let (c, o) = (geo.in_channels, geo.out_channels);
     let w = contiguous(ops.w.view(), "the weights")?;
     let parallel = ops.plan.parallel;
-    let u = transform_filter(tile, o, c, |oi, ci| taps(w, c, oi, ci), geo)?;
-    let u = pack(ops.plan.kernel, tile, &u, o, c)?;
+    let u = transform_filter(tile, o, c, |oi, ci| taps(w, c, oi, ci), geo, parallel)?;
+    let u = pack(ops.plan.kernel, tile, &u, (o, c), parallel)?;
     let bias = match bias {
         Some(b) => Some(
             b.to_slice()
@@ -848,8 +875,9 @@ impl Backward {
             f.reverse();
             f
         };
-        let u = transform_filter(tile, c, o, rotated, geo)?;
-        let u = pack(ops.plan.kernel, tile, &u, c, o)?;
+        let parallel = ops.plan.parallel;
+        let u = transform_filter(tile, c, o, rotated, geo, parallel)?;
+        let u = pack(ops.plan.kernel, tile, &u, (c, o), parallel)?;
         Ok(Backward { tile, u })
     }
 
