@@ -65,7 +65,7 @@ mod pack;
 
 pub use archparam::GemmBlocks;
 pub use kernel::{Kernel, fma_peak_gflops};
-pub(crate) use kernel::{indirect_b_gemm, indirect_gemm, pack_a_panels};
+pub(crate) use kernel::{indirect_b_gemm, indirect_gemm, pack_a_panels, pack_a_panels_into};
 pub use naive::sgemm_naive;
 
 /// `C = alpha * A * B + beta * C` with `A` (m, k), `B` (k, n) and `C` (m, n).

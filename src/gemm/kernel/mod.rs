@@ -594,16 +594,29 @@ pub(crate) fn pack_a_panels(
     a: ArrayView2<'_, f32>,
     op: &'static str,
 ) -> crate::Result<Vec<f32>> {
+    let mut out = Vec::new();
+    pack_a_panels_into(kernel, a, &mut out, op)?;
+    Ok(out)
+}
+
+/// [`pack_a_panels`] into `out`, resized (fallibly) to the panels' length: a buffer
+/// reused across calls. Every float of the panels is written (padding rows as zeros).
+pub(crate) fn pack_a_panels_into(
+    kernel: Kernel,
+    a: ArrayView2<'_, f32>,
+    out: &mut Vec<f32>,
+    op: &'static str,
+) -> crate::Result<()> {
     let mr = kernel.tile().0;
     let (m, k) = a.dim();
-    let len = crate::limits::checked_len(op, &[m.div_ceil(mr), mr, k], || {
-        format!("a packed {m} x {k} operand")
-    })?;
-    let mut out = crate::limits::try_zeroed_vec(op, len, || format!("a packed {m} x {k} operand"))?;
+    let describe = || format!("a packed {m} x {k} operand");
+    let len = crate::limits::checked_len(op, &[m.div_ceil(mr), mr, k], describe)?;
+    crate::limits::try_resize(op, out, len, 0.0, describe)?;
+    out.truncate(len);
     if !out.is_empty() {
-        super::pack::pack_a(a, mr, &mut out, false);
+        super::pack::pack_a(a, mr, out, false);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Measured peak of fused multiply-adds on this machine, in GFLOP/s (2 flops per lane

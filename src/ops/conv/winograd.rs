@@ -50,8 +50,8 @@ use rayon::slice::ParallelSliceMut;
 
 use super::common::{OP, Operands, resize, shape_err, with_scratch};
 use crate::error::{Error, Result};
-use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels, sgemm_par};
-use crate::limits::{checked_len, try_resize, try_zeroed_vec};
+use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels_into, sgemm_par};
+use crate::limits::{checked_len, try_resize};
 use crate::ops::geometry::Conv2dGeometry;
 
 /// A 3x3 kernel, stride 1, dilation 1 and groups of 1; any padding, batch, channels
@@ -325,7 +325,8 @@ thread_local! {
 }
 
 /// The filter transform `U[xi][p][q] = (G g_pq G^T)[xi]` in f64, rounded once, for the
-/// `p x q` 3x3 filters `g_pq = filter(p, q)` (9 taps, row-major), laid out `[p][xi][q]`
+/// `p x q` 3x3 filters `g_pq = filter(p, q)` (9 taps, row-major), into `u` (resized,
+/// every float written) laid out `[p][xi][q]`
 /// so that each row `p` is one contiguous run for every `xi`: rows split over the
 /// rayon pool when `parallel` (the transform is the same per row either way). Within a
 /// row, 8 filters `q` at a time, so the f64 arithmetic vectorises.
@@ -336,13 +337,15 @@ fn transform_filter(
     filter: impl Fn(usize, usize) -> [f32; 9] + Sync,
     geo: &Conv2dGeometry,
     parallel: bool,
-) -> Result<Vec<f32>> {
+    u: &mut Vec<f32>,
+) -> Result<()> {
     const Q: usize = 8;
     let a = tile.alpha();
     let aa = a * a;
     let describe = || format!("the Winograd filter transform of {}", geo.describe());
     let len = checked_len(OP, &[p, aa, q], describe)?;
-    let mut u = try_zeroed_vec(OP, len, describe)?;
+    try_resize(OP, u, len, 0.0, describe)?;
+    u.truncate(len);
     let g: &[[f64; 3]] = match tile {
         Tile::F2 => &f2::G,
         Tile::F4 => &f4::G,
@@ -390,34 +393,51 @@ fn transform_filter(
             u.chunks_mut(aa * q).enumerate().for_each(row);
         }
     }
-    Ok(u)
+    Ok(())
 }
 
 /// `U` as [`transform_filter`] makes it (`[p][xi][q]`), each `U[xi]` (`p x q`, rows
-/// `alpha^2 q` apart) packed for the kernel's GEMM, the positions over the rayon pool
-/// when `parallel`.
+/// `alpha^2 q` apart) packed for the kernel's GEMM into `out[xi]` (buffers reused), the
+/// positions over the rayon pool when `parallel`.
 fn pack(
     kernel: Kernel,
     tile: Tile,
     u: &[f32],
     (p, q): (usize, usize),
     parallel: bool,
-) -> Result<Vec<Vec<f32>>> {
+    out: &mut Vec<Vec<f32>>,
+) -> Result<()> {
     let aa = tile.alpha() * tile.alpha();
-    let one = |xi: usize| {
+    out.resize_with(aa, Vec::new);
+    out.truncate(aa);
+    let one = |(xi, dst): (usize, &mut Vec<f32>)| {
         let uxi = if p == 0 || q == 0 {
             ArrayView2::from_shape((p, q), &[][..])
         } else {
             ArrayView2::from_shape((p, q).strides((aa * q, 1)), &u[xi * q..])
         }
         .map_err(shape_err)?;
-        pack_a_panels(kernel, uxi, OP)
+        pack_a_panels_into(kernel, uxi, dst, OP)
     };
     if parallel {
-        (0..aa).into_par_iter().map(one).collect()
+        out.par_iter_mut().enumerate().try_for_each(one)
     } else {
-        (0..aa).map(one).collect()
+        out.iter_mut().enumerate().try_for_each(one)
     }
+}
+
+/// The calling thread's transformed and packed filters, kept across calls: a fresh
+/// 9.4 MB transform and 36 packed panels per call (vgg_256) cost page faults (about 9%
+/// of its 2-thread forward's samples).
+#[derive(Default)]
+struct Filters {
+    u: Vec<f32>,
+    packed: Vec<Vec<f32>>,
+}
+
+thread_local! {
+    /// Each calling thread's [`Filters`].
+    static FILTERS: RefCell<Filters> = RefCell::default();
 }
 
 /// Tiles per task: `V[xi]` and `M[xi]`, `(cin + cout) T` floats, within
@@ -821,8 +841,6 @@ pub(super) fn forward(
     let (c, o) = (geo.in_channels, geo.out_channels);
     let w = contiguous(ops.w.view(), "the weights")?;
     let parallel = ops.plan.parallel;
-    let u = transform_filter(tile, o, c, |oi, ci| taps(w, c, oi, ci), geo, parallel)?;
-    let u = pack(ops.plan.kernel, tile, &u, (o, c), parallel)?;
     let bias = match bias {
         Some(b) => Some(
             b.to_slice()
@@ -831,25 +849,32 @@ pub(super) fn forward(
         None => None,
     };
     let (ph, pw) = geo.options.padding;
-    let conv = Conv {
-        tile,
-        kernel: ops.plan.kernel,
-        x: contiguous(ops.x.view(), "the input")?,
-        cin: c,
-        hi: geo.in_h,
-        wi: geo.in_w,
-        cout: o,
-        ho: geo.out_h,
-        wo: geo.out_w,
-        pad: (signed(ph)?, signed(pw)?),
-        u: &u,
-        bias,
-        geo,
-    };
+    let pad = (signed(ph)?, signed(pw)?);
+    let x = contiguous(ops.x.view(), "the input")?;
     let y = y
         .into_shape_with_order((geo.batch, o, geo.out_h, geo.out_w))
         .map_err(shape_err)?;
-    conv.run(y, parallel)
+    with_scratch(&FILTERS, |f| {
+        let taps = |oi, ci| taps(w, c, oi, ci);
+        transform_filter(tile, o, c, taps, geo, parallel, &mut f.u)?;
+        pack(ops.plan.kernel, tile, &f.u, (o, c), parallel, &mut f.packed)?;
+        let conv = Conv {
+            tile,
+            kernel: ops.plan.kernel,
+            x,
+            cin: c,
+            hi: geo.in_h,
+            wi: geo.in_w,
+            cout: o,
+            ho: geo.out_h,
+            wo: geo.out_w,
+            pad,
+            u: &f.packed,
+            bias,
+            geo,
+        };
+        conv.run(y, parallel)
+    })
 }
 
 /// `p` as a signed offset; padding beyond `isize` is not a conv any image fits.
@@ -876,8 +901,10 @@ impl Backward {
             f
         };
         let parallel = ops.plan.parallel;
-        let u = transform_filter(tile, c, o, rotated, geo, parallel)?;
-        let u = pack(ops.plan.kernel, tile, &u, (c, o), parallel)?;
+        let mut t = Vec::new();
+        transform_filter(tile, c, o, rotated, geo, parallel, &mut t)?;
+        let mut u = Vec::new();
+        pack(ops.plan.kernel, tile, &t, (c, o), parallel, &mut u)?;
         Ok(Backward { tile, u })
     }
 
