@@ -138,7 +138,11 @@ const WINOGRAD_MIN_WORK: usize = 1 << 18;
 /// 64 channels 14x14 (0.1 M) 1.08 -> 0.69 | 0.69 -> 0.62; N = 8, 32 channels 28x28
 /// (0.2 M) 0.96 -> 0.71 | 0.53 -> 0.52; N = 32, 32 channels 28x28 3.91 -> 2.89 | 2.15
 /// -> 1.75; N = 8, 64 channels 28x28 4.13 -> 2.39 | 2.20 -> 1.96. Not measured below
-/// 16 channels.
+/// 16 channels. With the other kernels forced (`CONVINIT_GEMM_KERNEL`, whose gathers
+/// are scalar), 1 | 2 threads: AVX2, 16 channels 28x28 1.69 -> 1.89 | 1.70 -> 1.11,
+/// 32 channels 14x14 1.53 -> 1.64 | 1.52 -> 1.19, 8 x 64 x 28x28 7.14 -> 3.70 | 3.85
+/// -> 2.18 (the smallest shapes 7-12% slower on one AVX2 thread, kept for one rule);
+/// portable, the same three 4.83 -> 2.65, 4.88 -> 2.57, 20.6 -> 6.6 at 1 thread.
 const WINOGRAD_FWD_MIN_CHANNELS: usize = 16;
 
 /// See [`WINOGRAD_FWD_MIN_CHANNELS`].
@@ -178,6 +182,11 @@ const WINOGRAD_F4_MAX_CHANNELS: usize = 256;
 /// - but vgg_256 (8 x 256 x 28x28, 49 tiles per chunk): 114.5 / 113.3 -> 127.0 /
 ///   134.1 | 63.7 / 63.5 -> 76.4 / 72.5; and 32 channels (32 x 32 x 28x28, 196 tiles),
 ///   dx + dW on F4 against direct: 7.5 -> 9.1 | 4.0 -> 4.6.
+///
+/// With AVX2 forced (`CONVINIT_GEMM_KERNEL=avx2`), the input gradient on F4, dW
+/// direct -> F4, median ms of 5, 1 | 2 threads: resnet_64 166 -> 122 | 86.8 -> 65.3;
+/// 32 x 128 x 28x28 158 -> 106 | 82.2 -> 56.1 (AVX-512 the same run: 94.5 -> 85.1 |
+/// 54.6 -> 42.5; 91.0 -> 76.2 | 45.3 -> 40.2).
 ///
 /// On Zen 4, whose FMA throughput per core is half this machine's while the transforms
 /// are loads, stores and adds, the 4x fewer multiplications weigh more: the rule is

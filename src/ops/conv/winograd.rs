@@ -759,10 +759,11 @@ fn scatter_scalar<const M: usize>(
 #[cfg(target_arch = "x86_64")]
 mod gather;
 
-/// [`input_block`] and [`output_block`] compiled for the instruction set of the plan's
-/// GEMM kernel: the same source (and bits) with wider vectors where the CPU has them.
+/// [`input_block`], [`output_block`] and [`grad_block`] compiled for the instruction set
+/// of the plan's GEMM kernel: the same source (and bits) with wider vectors where the
+/// CPU has them (AVX-512's gather and scatter in `gather.rs`).
 mod isa {
-    use super::{Conv, Kernel, Origin, OutBlock};
+    use super::{Conv, GradBlock, Kernel, Origin, OutBlock};
 
     pub(super) fn input_block(
         kernel: Kernel,
@@ -813,6 +814,30 @@ mod isa {
         }
         let _ = kernel;
         super::output_block(conv, blk, mm, y)
+    }
+
+    /// [`super::grad_block`] compiled for the plan's kernel's instruction set, as
+    /// [`input_block`].
+    pub(super) fn grad_block(kernel: Kernel, blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn avx512(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+                super::grad_block(blk, z, tp)
+            }
+            #[target_feature(enable = "avx2")]
+            fn avx2(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
+                super::grad_block(blk, z, tp)
+            }
+            match kernel {
+                // SAFETY: as `input_block`.
+                Kernel::Avx512 => return unsafe { avx512(blk, z, tp) },
+                Kernel::Avx2 => return unsafe { avx2(blk, z, tp) },
+                Kernel::Fallback => {}
+            }
+        }
+        let _ = kernel;
+        super::grad_block(blk, z, tp)
     }
 }
 
@@ -1028,31 +1053,6 @@ fn grad_block_t<const A: usize, const M: usize>(
     }
 }
 
-/// [`grad_block`] compiled for the instruction set of the plan's GEMM kernel, as
-/// [`isa::input_block`].
-fn grad_block_isa(kernel: Kernel, blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
-            grad_block(blk, z, tp)
-        }
-        #[target_feature(enable = "avx2")]
-        fn avx2(blk: &GradBlock<'_>, z: &mut [f32], tp: usize) {
-            grad_block(blk, z, tp)
-        }
-        match kernel {
-            // SAFETY: the dispatch checked that this CPU runs the plan's kernel
-            // (`check_plan`), so it has the kernel's target features.
-            Kernel::Avx512 => return unsafe { avx512(blk, z, tp) },
-            Kernel::Avx2 => return unsafe { avx2(blk, z, tp) },
-            Kernel::Fallback => {}
-        }
-    }
-    let _ = kernel;
-    grad_block(blk, z, tp)
-}
-
 /// Most tiles per f32 product of the weight gradient; the products are added up in f64.
 /// `P` sums every tile of a chunk (thousands for a large image), and `G^T P G` cancels
 /// much of it: one f32 run over the 2 048 tiles of a block (of a 201 x 190 image, a
@@ -1158,7 +1158,7 @@ pub(super) fn weight_grad(
                     wo,
                     places: &g.places,
                 };
-                grad_block_isa(conv.kernel, &grads, &mut g.z, tp);
+                isa::grad_block(conv.kernel, &grads, &mut g.z, tp);
                 for xi in 0..aa {
                     let zx = ArrayView2::from_shape((o, tp), &g.z[xi * o * tp..(xi + 1) * o * tp])
                         .map_err(shape_err)?;
