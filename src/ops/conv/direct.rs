@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{OP, Operands, Zeroed, for_each_image_tile, resize, with_scratch};
+use super::layout::{pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
@@ -154,6 +155,7 @@ fn forward_tile(
                 .zip(padded.chunks_exact_mut(img))
             {
                 pad_into(
+                    kernel,
                     x,
                     geo.in_channels,
                     (geo.in_h, geo.in_w),
@@ -170,7 +172,7 @@ fn forward_tile(
         for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
             let yn = yn.as_slice_mut().expect("output images are contiguous");
-            transpose_add(t, ldw, (l, o), Some(&bias_v), yn, l);
+            transpose_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, l);
         }
     }
     Ok(())
@@ -223,120 +225,6 @@ fn multi_bases(bases: &[usize], image_len: usize, images: usize) -> Vec<usize> {
     (0..images)
         .flat_map(|i| bases.iter().map(move |&b| i * image_len + b))
         .collect()
-}
-
-/// `y[j * ldy + i] = t[i * ldt + j] (+ add[j])` for `i < n`, `j < m`: a transpose
-/// between the kernel's position-major tiles and channel-major tensors. Sixteen `i` at
-/// a time, so each `y` row gets whole 64-byte stores (a scalar strided loop took 40% of
-/// the direct forward of seed_l2).
-fn transpose_add(
-    t: &[f32],
-    ldt: usize,
-    (n, m): (usize, usize),
-    add: Option<&[f32]>,
-    y: &mut [f32],
-    ldy: usize,
-) {
-    const B: usize = 16;
-    let bias = |j: usize| add.map_or(0.0, |a| a[j]);
-    let full = n / B * B;
-    for i0 in (0..full).step_by(B) {
-        let rows: [&[f32]; B] = std::array::from_fn(|r| &t[(i0 + r) * ldt..][..m]);
-        for j in 0..m {
-            let b = bias(j);
-            let v: [f32; B] = std::array::from_fn(|r| rows[r][j] + b);
-            y[j * ldy + i0..][..B].copy_from_slice(&v);
-        }
-    }
-    for i in full..n {
-        for (j, &v) in t[i * ldt..][..m].iter().enumerate() {
-            y[j * ldy + i] = v + bias(j);
-        }
-    }
-}
-
-/// `y[c * ldy + pixels[p]] = t[p * ldt + c]` for `c < channels`: a pixel class's
-/// position-major tile into the channel-major input gradient. Eight pixels at a time,
-/// channel by channel, so the eight stores of a channel land in one stretch of its
-/// plane (a pixel-by-pixel loop jumping between planes took 18% of seed_l2's
-/// backward).
-fn scatter_pixels(
-    t: &[f32],
-    ldt: usize,
-    pixels: &[usize],
-    channels: usize,
-    y: &mut [f32],
-    ldy: usize,
-) {
-    let full = pixels.len() / 8 * 8;
-    for (p0, pix) in pixels[..full].chunks_exact(8).enumerate() {
-        let rows: [&[f32]; 8] = std::array::from_fn(|r| &t[(p0 * 8 + r) * ldt..][..channels]);
-        for (c, yc) in y.chunks_exact_mut(ldy).take(channels).enumerate() {
-            for (r, &px) in pix.iter().enumerate() {
-                yc[px] = rows[r][c];
-            }
-        }
-    }
-    for (p, &px) in pixels.iter().enumerate().skip(full) {
-        for (c, &v) in t[p * ldt..][..channels].iter().enumerate() {
-            y[c * ldy + px] = v;
-        }
-    }
-}
-
-/// Copies `src` (`channels` planes of `h x w`) into the inside of a padded region
-/// (`channels` planes of `rows x cols`) at `(top, left)`, clipped to the region; the
-/// border is left as it is (zeroed once per tile by the callers).
-fn pad_into(
-    src: &[f32],
-    channels: usize,
-    (h, w): (usize, usize),
-    (top, left): (usize, usize),
-    (rows, cols): (usize, usize),
-    dst: &mut [f32],
-) {
-    let hh = h.min(rows.saturating_sub(top));
-    let ww = w.min(cols.saturating_sub(left));
-    if hh == 0 || ww == 0 {
-        return;
-    }
-    for (sc, dc) in src
-        .chunks_exact(h * w)
-        .zip(dst.chunks_exact_mut(rows * cols))
-        .take(channels)
-    {
-        for (s, d) in sc
-            .chunks_exact(w)
-            .zip(dc[top * cols..].chunks_exact_mut(cols))
-            .take(hh)
-        {
-            copy_short(&mut d[left..left + ww], &s[..ww]);
-        }
-    }
-}
-
-/// `dst.copy_from_slice(src)` for short rows, inline: a library `memcpy` call per row of
-/// a few floats cost more than the copy (a third of the direct forward of seed_l3).
-#[inline]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len().min(src.len());
-    if n < 8 {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s;
-        }
-        return;
-    }
-    // Whole 8-float moves; the last one overlaps the one before when n % 8 != 0.
-    let mut i = 0;
-    loop {
-        let i0 = i.min(n - 8);
-        let v: [f32; 8] = src[i0..i0 + 8].try_into().expect("8 floats");
-        dst[i0..i0 + 8].copy_from_slice(&v);
-        if i0 + 8 == n {
-            break;
-        }
-        i += 8;
-    }
 }
 
 /// The per-conv part of the direct backward, shared by every reduction chunk.
@@ -537,7 +425,7 @@ impl Backward {
                 {
                     let pad = geo.options.padding;
                     let (hw, region) = ((geo.in_h, geo.in_w), (idx.rows, idx.cols));
-                    pad_into(x, geo.in_channels, hw, pad, region, dst);
+                    pad_into(self.kernel, x, geo.in_channels, hw, pad, region, dst);
                 }
                 &xpad[..]
             } else {
@@ -549,7 +437,7 @@ impl Backward {
             // positions of all `nc` images.
             if want_dw {
                 for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
-                    transpose_add(dyn_, l, (o, l), None, dst, ldo);
+                    transpose_add(self.kernel, dyn_, l, (o, l), None, dst, ldo);
                 }
                 let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
                 indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, acc, true);
@@ -561,7 +449,7 @@ impl Backward {
             let (t, ldc) = (&g.index, g.ldc);
             for (dyn_, dst) in dys.chunks_exact(o * l).zip(dypad.chunks_exact_mut(dy_img)) {
                 let hw = (geo.out_h, geo.out_w);
-                pad_into(dyn_, o, hw, t.origin, (t.rows, t.cols), dst);
+                pad_into(self.kernel, dyn_, o, hw, t.origin, (t.rows, t.cols), dst);
             }
             let hw = geo.in_h * geo.in_w;
             for (ci, (cl, (w, offs))) in t.classes.iter().zip(&g.classes).enumerate() {
@@ -582,7 +470,8 @@ impl Backward {
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
                     if np == hw {
                         // One class (stride 1): its pixels are all of them, in order.
-                        transpose_add(tile, ldc, (hw, geo.in_channels), None, dxn, hw);
+                        let c = geo.in_channels;
+                        transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw);
                     } else {
                         scatter_pixels(tile, ldc, &cl.pixels, geo.in_channels, dxn, hw);
                     }
@@ -592,7 +481,7 @@ impl Backward {
         let mut dw = Array2::<f32>::zeros((o, k));
         if want_dw {
             let out = dw.as_slice_mut().expect("a new array is contiguous");
-            transpose_add(acc, ldo, (k, o), None, out, k);
+            transpose_add(self.kernel, acc, ldo, (k, o), None, out, k);
         }
         Ok(dw)
     }

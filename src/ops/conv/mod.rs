@@ -54,6 +54,7 @@ mod columns;
 mod common;
 mod depthwise;
 mod direct;
+mod layout;
 mod phase;
 mod plan;
 mod pointwise;
