@@ -50,6 +50,73 @@ unsafe impl Simd for Avx512 {
         // SAFETY: AVX-512F is available.
         unsafe { _mm512_mul_ps(a, b) }
     }
+    /// Eight rows at consecutive addresses (one image's positions) go through an
+    /// in-register 8 x 16 transpose, two channels per vector, stored with masks; other
+    /// tiles (rows across two images) are spilled and stored float by float.
+    #[inline(always)]
+    unsafe fn store_transposed<const MR: usize>(
+        rows: &[__m512; MR],
+        valid: usize,
+        cols: usize,
+        dst: &[*mut f32; MR],
+        ld: usize,
+    ) {
+        let contiguous = MR == 8 && (1..valid).all(|i| dst[i] == dst[0].wrapping_add(i));
+        // SAFETY: the caller's contract covers every address written: row `i < valid`,
+        // channel `j < cols`, at `dst[0] + i + j * ld` when contiguous.
+        unsafe {
+            if !contiguous {
+                return super::store_transposed_spilled::<Self, MR>(rows, valid, cols, dst, ld);
+            }
+            let r: [__m512; 8] = std::array::from_fn(|i| rows[i]);
+            // Pairs of rows interleaved by floats, then quads by float pairs: u[4g + c]
+            // holds, per 128-bit lane L, rows 4g..4g + 4 at channel 4L + c.
+            let t: [__m512; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            let pd = |v: __m512| _mm512_castps_pd(v);
+            let u: [__m512; 8] = std::array::from_fn(|i| {
+                let (g, c) = (i / 4, i % 4);
+                let (x, y) = (pd(t[4 * g + c / 2]), pd(t[4 * g + 2 + c / 2]));
+                _mm512_castpd_ps(if c % 2 == 0 {
+                    _mm512_unpacklo_pd(x, y)
+                } else {
+                    _mm512_unpackhi_pd(x, y)
+                })
+            });
+            // Channel j = 4L + c in the low half (rows 0..8), channel j + 8 in the high.
+            let idx = [
+                _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31),
+            ];
+            let low = if valid >= 8 {
+                0xFFu16
+            } else {
+                (1u16 << valid) - 1
+            };
+            let d0 = dst[0];
+            for (l, &ix) in idx.iter().enumerate() {
+                for c in 0..4 {
+                    let j = 4 * l + c;
+                    if j >= cols {
+                        continue;
+                    }
+                    let v = _mm512_permutex2var_ps(u[c], ix, u[4 + c]);
+                    _mm512_mask_storeu_ps(d0.add(j * ld), low, v);
+                    if j + 8 < cols {
+                        // Lanes 8..16 land at the row of channel j + 8.
+                        let hi = d0.add((j + 8) * ld).wrapping_sub(8);
+                        _mm512_mask_storeu_ps(hi, low << 8, v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The macro-kernel compiled for AVX-512F.

@@ -174,6 +174,53 @@ pub(crate) unsafe trait Simd {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// Hints that the cache line holding `p` is about to be used (may do nothing).
     unsafe fn prefetch(p: *const f32);
+    /// A register tile stored transposed: lane `j` of `rows[i]` goes to `dst[i] + j *
+    /// ld`, for `i < valid` and `j < cols` (`cols <= LANES <= 16`). Rows `valid..` of
+    /// `dst` may repeat row `valid - 1`; they are not written.
+    ///
+    /// This default spills the rows and stores float by float; ISAs with fast
+    /// shuffles override it.
+    ///
+    /// # Safety
+    /// Every address written is valid for a write of an f32.
+    #[inline(always)]
+    unsafe fn store_transposed<const MR: usize>(
+        rows: &[Self::V; MR],
+        valid: usize,
+        cols: usize,
+        dst: &[*mut f32; MR],
+        ld: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { store_transposed_spilled::<Self, MR>(rows, valid, cols, dst, ld) }
+    }
+}
+
+/// [`Simd::store_transposed`] by spilling the rows and storing float by float.
+///
+/// # Safety
+/// As [`Simd::store_transposed`].
+#[inline(always)]
+unsafe fn store_transposed_spilled<S: Simd + ?Sized, const MR: usize>(
+    rows: &[S::V; MR],
+    valid: usize,
+    cols: usize,
+    dst: &[*mut f32; MR],
+    ld: usize,
+) {
+    // SAFETY: the spill buffer holds `LANES <= 16` floats per row; the writes are the
+    // caller's.
+    unsafe {
+        let mut buf = [[0.0f32; 16]; MR];
+        for (b, &r) in buf.iter_mut().zip(rows).take(valid) {
+            S::store(b.as_mut_ptr(), r);
+        }
+        for j in 0..cols {
+            for (b, &d) in buf.iter().zip(dst).take(valid) {
+                *d.add(j * ld) = b[j];
+            }
+        }
+    }
 }
 
 /// Where a macro-kernel reads the B micro-panels of its columns.
@@ -464,6 +511,129 @@ pub(crate) fn indirect_gemm(
     out: &mut [f32],
     accumulate: bool,
 ) {
+    if k_is_empty(bases, offs, ldw, out, accumulate) {
+        return;
+    }
+    let args = indirect_args(kernel, x, bases, offs, w, ldw, out, accumulate, None);
+    // SAFETY: `indirect_args` checked every read of `x` (the largest base plus the
+    // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the
+    // vector width, and the CPU.
+    unsafe { run_indirect(kernel, &args) }
+}
+
+/// Where [`indirect_gemm_channels`] puts its result: channel-major images.
+#[derive(Clone, Copy)]
+pub(crate) struct ChannelRows<'a> {
+    /// Real output channels (`<= ldw`).
+    pub channels: usize,
+    /// Positions of one image: position `p` is `(p / per_image, p % per_image)`.
+    pub per_image: usize,
+    /// Added to each channel, padded with zeros to `ldw` floats.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// [`indirect_gemm`] with the result stored channel-major, the transpose done on the
+/// register tiles: `y[(img * channels + o) * per_image + q] = sum_k x[bases[p] +
+/// offs[k]] * w[k * ldw + o] (+ bias[o])` for position `p = img * per_image + q` and
+/// `o < channels`. `scratch` (`bases.len() x ldw`) holds the partial sums of all but the
+/// last depth block.
+///
+/// # Panics
+/// As [`indirect_gemm`] (with `scratch` as its `out`), and if `bases.len()` is not a
+/// whole number of images, `y` holds fewer floats than they fill, or the bias is shorter
+/// than `ldw`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn indirect_gemm_channels(
+    kernel: Kernel,
+    x: &[f32],
+    bases: &[usize],
+    offs: &[usize],
+    w: &[f32],
+    ldw: usize,
+    scratch: &mut [f32],
+    out: ChannelRows<'_>,
+    y: &mut [f32],
+) {
+    let ChannelRows {
+        channels,
+        per_image,
+        bias,
+    } = out;
+    let rows = bases.len();
+    assert!(
+        per_image > 0 && rows.is_multiple_of(per_image) && channels <= ldw,
+        "indirect: {rows} positions are not whole images of {per_image}, or {channels} channels over {ldw}"
+    );
+    assert!(
+        y.len() >= rows * channels,
+        "indirect: channel-major output too short"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= ldw, "indirect: bias shorter than ldw");
+    }
+    if rows == 0 || channels == 0 {
+        return;
+    }
+    if offs.is_empty() {
+        // No taps: the sums are zero, plus the bias.
+        for yi in y[..rows * channels].chunks_exact_mut(channels * per_image) {
+            for (o, yo) in yi.chunks_exact_mut(per_image).enumerate() {
+                yo.fill(bias.map_or(0.0, |b| b[o]));
+            }
+        }
+        return;
+    }
+    let cm = indirect::ChannelMajor {
+        y: y.as_mut_ptr(),
+        channels,
+        per_image,
+        bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+    };
+    let args = indirect_args(kernel, x, bases, offs, w, ldw, scratch, false, Some(cm));
+    // SAFETY: as `indirect_gemm`, and the asserts above check that `y` holds every
+    // image's channels and the bias `ldw` floats.
+    unsafe { run_indirect(kernel, &args) }
+}
+
+/// Whether an indirect call has nothing for the kernel to do (no positions or no taps),
+/// with its result (zeros, or `out` as it is) written.
+fn k_is_empty(
+    bases: &[usize],
+    offs: &[usize],
+    ldw: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    let rows = bases.len();
+    if rows == 0 {
+        return true;
+    }
+    if offs.is_empty() {
+        assert!(out.len() >= rows * ldw, "indirect: output too short");
+        if !accumulate {
+            out[..rows * ldw].fill(0.0);
+        }
+        return true;
+    }
+    false
+}
+
+/// The checked arguments of an indirect call with at least one position and one tap.
+///
+/// # Panics
+/// As [`indirect_gemm`].
+#[allow(clippy::too_many_arguments)]
+fn indirect_args(
+    kernel: Kernel,
+    x: &[f32],
+    bases: &[usize],
+    offs: &[usize],
+    w: &[f32],
+    ldw: usize,
+    out: &mut [f32],
+    accumulate: bool,
+    cm: Option<indirect::ChannelMajor>,
+) -> indirect::IndirectArgs {
     let (rows, k) = (bases.len(), offs.len());
     assert!(
         ldw > 0 && ldw.is_multiple_of(kernel.lanes()),
@@ -472,22 +642,13 @@ pub(crate) fn indirect_gemm(
     );
     assert!(w.len() >= k * ldw, "indirect: packed weights too short");
     assert!(out.len() >= rows * ldw, "indirect: output too short");
-    if rows == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out[..rows * ldw].fill(0.0);
-        }
-        return;
-    }
     let last = bases.iter().max().copied().unwrap_or(0) + offs.iter().max().copied().unwrap_or(0);
     assert!(last < x.len(), "indirect: a window reads past the input");
     assert!(
         kernel.is_supported(),
         "{kernel:?} not supported by this CPU"
     );
-    let args = indirect::IndirectArgs {
+    indirect::IndirectArgs {
         x: x.as_ptr(),
         bases: bases.as_ptr(),
         rows,
@@ -497,10 +658,18 @@ pub(crate) fn indirect_gemm(
         ldw,
         c: out.as_mut_ptr(),
         accumulate,
-    };
-    // SAFETY: the asserts above check every read of `x` (the largest base plus the
-    // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the
-    // vector width, and the CPU.
+        cm,
+    }
+}
+
+/// Runs checked indirect arguments on `kernel`.
+///
+/// # Safety
+/// `args` comes from [`indirect_args`] (and, with a channel-major output, the checks of
+/// [`indirect_gemm_channels`]).
+unsafe fn run_indirect(kernel: Kernel, args: &indirect::IndirectArgs) {
+    let args = *args;
+    // SAFETY: the caller's contract.
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -812,6 +981,83 @@ unsafe fn gather_group<const G: usize>(
         for p in 0..kc {
             let col: [f32; G] = std::array::from_fn(|i| *rows[i].add(p));
             dst.add(p * stride).cast::<[f32; G]>().write_unaligned(col);
+        }
+    }
+}
+
+#[cfg(test)]
+mod indirect_tests {
+    use super::*;
+
+    /// Distinct floats of both signs.
+    fn vals(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn channel_major_output_is_the_row_output_transposed_for_every_kernel() {
+        // (images, positions per image, taps, channels): tiles across images (7 and 13
+        // positions), one position, depth over one block (576, 900), channel counts off
+        // the vector width, more channels than one panel.
+        let cases: [(usize, usize, usize, usize); 8] = [
+            (1, 1, 1, 1),
+            (3, 49, 72, 16),
+            (2, 16, 576, 10),
+            (5, 4, 900, 33),
+            (1, 784, 9, 64),
+            (3, 7, 20, 1),
+            (4, 13, 400, 48),
+            (2, 9, 30, 130),
+        ];
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+            for &(images, per_image, k, channels) in &cases {
+                let ldw = channels.next_multiple_of(kernel.lanes());
+                let rows = images * per_image;
+                let x = vals(rows * 3 + k * 2 + 1, 1);
+                let bases: Vec<usize> = (0..rows).map(|p| p * 3).collect();
+                let offs: Vec<usize> = (0..k).map(|t| t * 2).collect();
+                let w = vals(k * ldw, 2);
+                let mut bias = vals(ldw, 3);
+                bias[channels..].fill(0.0);
+                let mut by_rows = vec![0.0; rows * ldw];
+                indirect_gemm(kernel, &x, &bases, &offs, &w, ldw, &mut by_rows, false);
+                for b in [None, Some(&bias[..])] {
+                    let mut want = vec![0.0f32; rows * channels];
+                    for p in 0..rows {
+                        let (img, q) = (p / per_image, p % per_image);
+                        for o in 0..channels {
+                            let v = by_rows[p * ldw + o];
+                            want[(img * channels + o) * per_image + q] = b.map_or(v, |b| v + b[o]);
+                        }
+                    }
+                    let mut y = vec![f32::NAN; rows * channels];
+                    let mut scratch = vec![0.0; rows * ldw];
+                    let to = ChannelRows {
+                        channels,
+                        per_image,
+                        bias: b,
+                    };
+                    indirect_gemm_channels(
+                        kernel,
+                        &x,
+                        &bases,
+                        &offs,
+                        &w,
+                        ldw,
+                        &mut scratch,
+                        to,
+                        &mut y,
+                    );
+                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{kernel:?} {images}x{per_image} k {k} channels {channels} bias {}",
+                        b.is_some()
+                    );
+                }
+            }
         }
     }
 }

@@ -4,10 +4,9 @@
 //! Same floats moved, same bias added: the same bits as the portable loops.
 
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps,
-    _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
-    _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_mask_storeu_ps,
+    _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+    _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
 };
 
 /// The first `n` of 16 lanes (`n <= 16`).
@@ -125,8 +124,12 @@ pub(super) unsafe fn pad_into(
             let d = dp.add(c * rows * cols + top * cols + left);
             for r in 0..hh {
                 let (sr, dr) = (s.add(r * w), d.add(r * cols));
+                // Masked moves even for whole vectors: plain loads and stores in a loop
+                // are turned into a `memcpy` call, the cost this function is here to
+                // avoid (6.6% of resnet_128s2's forward).
                 for k in (0..full).step_by(16) {
-                    _mm512_storeu_ps(dr.add(k), _mm512_loadu_ps(sr.add(k)));
+                    let v = _mm512_maskz_loadu_ps(u16::MAX, sr.add(k));
+                    _mm512_mask_storeu_ps(dr.add(k), u16::MAX, v);
                 }
                 if full < ww {
                     let v = _mm512_maskz_loadu_ps(tail, sr.add(full));
