@@ -113,6 +113,56 @@ pub(super) fn scatter_pixels(
     }
 }
 
+/// One row of a phase plane: `row[q] = x[xoff + (q - qlo) * sw]` for `q` in
+/// `qlo..qhi`, zero elsewhere in `row`.
+///
+/// # Panics
+/// If `qlo..qhi` is not inside `row` or reads past `x`.
+pub(super) fn phase_row(
+    kernel: Kernel,
+    row: &mut [f32],
+    x: &[f32],
+    xoff: usize,
+    (qlo, qhi): (usize, usize),
+    sw: usize,
+) {
+    assert!(
+        qlo <= qhi && qhi <= row.len(),
+        "phase_row: columns outside the row"
+    );
+    assert!(
+        qhi == qlo || xoff + (qhi - qlo - 1) * sw < x.len(),
+        "phase_row: reads past the image"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && (sw == 1 || sw == 2) {
+        // SAFETY: as in `transpose_add`; the reads were checked above.
+        return unsafe { avx512::phase_row(row, x, xoff, (qlo, qhi), sw) };
+    }
+    let _ = kernel;
+    phase_row_portable(row, x, xoff, (qlo, qhi), sw)
+}
+
+/// [`phase_row`] in portable loops.
+pub(super) fn phase_row_portable(
+    row: &mut [f32],
+    x: &[f32],
+    xoff: usize,
+    (qlo, qhi): (usize, usize),
+    sw: usize,
+) {
+    row[..qlo].fill(0.0);
+    row[qhi..].fill(0.0);
+    let mid = &mut row[qlo..qhi];
+    if sw == 1 {
+        mid.copy_from_slice(&x[xoff..xoff + mid.len()]);
+    } else {
+        for (d, &v) in mid.iter_mut().zip(x[xoff..].iter().step_by(sw)) {
+            *d = v;
+        }
+    }
+}
+
 /// Copies `src` (`channels` planes of `h x w`) into the inside of a padded region
 /// (`channels` planes of `rows x cols`) at `(top, left)`, clipped to the region; the
 /// border is left as it is (zeroed once per tile by the callers).
@@ -271,6 +321,37 @@ mod tests {
                         add.is_some()
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn phase_row_matches_the_definition_for_every_kernel() {
+        // (row length, qlo, qhi, xoff, stride): rows shorter and longer than a vector,
+        // padding on either side, strides with and without a vector version.
+        let cases: [(usize, usize, usize, usize, usize); 8] = [
+            (1, 0, 1, 0, 1),
+            (16, 1, 15, 0, 2),
+            (16, 2, 16, 5, 1),
+            (29, 1, 29, 3, 1),
+            (40, 3, 37, 1, 2),
+            (17, 0, 0, 0, 2),
+            (35, 2, 33, 4, 3),
+            (64, 0, 64, 0, 2),
+        ];
+        for (len, qlo, qhi, xoff, sw) in cases {
+            let x = data(xoff + qhi.saturating_sub(qlo) * sw + 1, 5);
+            let mut want = vec![0.0f32; len];
+            for q in qlo..qhi {
+                want[q] = x[xoff + (q - qlo) * sw];
+            }
+            for kernel in kernels() {
+                let mut row = vec![7.5f32; len];
+                phase_row(kernel, &mut row, &x, xoff, (qlo, qhi), sw);
+                assert!(
+                    same_bits(&row, &want),
+                    "{kernel:?} len {len} {qlo}..{qhi} sw {sw}"
+                );
             }
         }
     }

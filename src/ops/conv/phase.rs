@@ -29,6 +29,7 @@ use super::common::{
     OP, Operands, for_each_image_tile, group_col_grad, group_weight_grad, images_per_tile, resize,
     shape_err, with_scratch,
 };
+use super::layout::phase_row;
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
 use crate::ops::geometry::Conv2dGeometry;
@@ -66,7 +67,7 @@ impl Scratch {
         for bi in 0..b {
             let x = ops.x.row(n0 + bi);
             let x = x.as_slice().expect("input rows are contiguous");
-            phase_split(x, geo, pg, &mut self.planes);
+            phase_split(ops.plan.kernel, x, geo, pg, &mut self.planes);
             phase_gather(&self.planes, geo, pg, &mut self.cols[bi * pg.ext..], ld);
         }
         Ok(())
@@ -155,7 +156,7 @@ fn forward_tile(
     for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
         let x = ops.x.row(n0 + bi);
         let x = x.as_slice().expect("input rows are contiguous");
-        phase_split(x, geo, pg, &mut scratch.planes);
+        phase_split(kernel, x, geo, pg, &mut scratch.planes);
         for (gi, (a, taps)) in groups.iter().enumerate() {
             let out = &mut scratch.out[gi * og * ext..(gi + 1) * og * ext];
             indirect_b_gemm(kernel, a, og, &scratch.planes, taps, ext, out, ext);
@@ -356,23 +357,18 @@ impl PhaseGeometry {
 /// Splits image `x` (C, H, W, row-major) into its phase planes: `C * sh * sw` planes of
 /// `pg.plane` floats in `planes`, plane `(c, py, px)` at `((c * sh + py) * sw + px) *
 /// pg.plane`. Every float of `planes` is written (zero in the padding and the slack).
-fn phase_split(x: &[f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, planes: &mut [f32]) {
+fn phase_split(
+    kernel: Kernel,
+    x: &[f32],
+    geo: &Conv2dGeometry,
+    pg: &PhaseGeometry,
+    planes: &mut [f32],
+) {
     debug_assert_eq!(x.len(), geo.in_channels * geo.in_h * geo.in_w);
+    let sw = geo.options.stride.1;
     for_each_phase_row(geo, pg, planes, |row, piece| match piece {
-        None => row.fill(0.0),
-        Some((xoff, (qlo, qhi))) => {
-            let sw = geo.options.stride.1;
-            row[..qlo].fill(0.0);
-            row[qhi..].fill(0.0);
-            let mid = &mut row[qlo..qhi];
-            if sw == 1 {
-                mid.copy_from_slice(&x[xoff..xoff + mid.len()]);
-            } else {
-                for (d, &v) in mid.iter_mut().zip(x[xoff..].iter().step_by(sw)) {
-                    *d = v;
-                }
-            }
-        }
+        None => phase_row(kernel, row, x, 0, (0, 0), sw),
+        Some((xoff, cols)) => phase_row(kernel, row, x, xoff, cols, sw),
     });
 }
 

@@ -5,8 +5,9 @@
 
 use std::arch::x86_64::{
     __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_mask_storeu_ps,
-    _mm512_maskz_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
-    _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    _mm512_maskz_loadu_ps, _mm512_maskz_permutex2var_ps, _mm512_set1_ps, _mm512_setr_epi32,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
+    _mm512_unpacklo_pd, _mm512_unpacklo_ps,
 };
 
 /// The first `n` of 16 lanes (`n <= 16`).
@@ -136,6 +137,58 @@ pub(super) unsafe fn pad_into(
                     _mm512_mask_storeu_ps(dr.add(full), tail, v);
                 }
             }
+        }
+    }
+}
+
+/// [`super::phase_row`] for strides 1 and 2: each 16 floats of the row from masked
+/// loads of the image (stride 2: two loads, their even floats picked by one permute),
+/// the lanes outside `qlo..qhi` zero.
+///
+/// # Safety
+/// The CPU has AVX-512F; `qlo <= qhi <= row.len()`; `x` holds `xoff + (qhi - qlo - 1) *
+/// sw + 1` floats when `qhi > qlo`; `sw` is 1 or 2.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn phase_row(
+    row: &mut [f32],
+    x: &[f32],
+    xoff: usize,
+    (qlo, qhi): (usize, usize),
+    sw: usize,
+) {
+    let (rp, xp) = (row.as_mut_ptr(), x.as_ptr());
+    // Lanes `j` of the block at `q0` with `lo <= q0 + j < hi`.
+    let within = |q0: usize, lo: usize, hi: usize| -> u16 {
+        let (a, b) = (lo.saturating_sub(q0).min(16), hi.saturating_sub(q0).min(16));
+        if b <= a { 0 } else { lanes(b) & !lanes(a) }
+    };
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    // SAFETY: every load is masked to the lanes of `qlo..qhi`, whose image floats are
+    // inside `x` (the contract); the pointer for masked-off lanes is only formed
+    // (wrapping), never read. Stores are masked to the row.
+    unsafe {
+        for q0 in (0..row.len()).step_by(16) {
+            let store = within(q0, 0, row.len());
+            let real = within(q0, qlo, qhi);
+            // Image index of the block's lane 0 (before `x` when `q0 < qlo`).
+            let at = |d: isize| xp.wrapping_offset(xoff as isize + d);
+            let v = if real == 0 {
+                _mm512_setzero_ps()
+            } else if sw == 1 {
+                _mm512_maskz_loadu_ps(real, at(q0 as isize - qlo as isize))
+            } else {
+                // Lane j reads float 2j of the 32 from the block's first image index.
+                let (mut ma, mut mb) = (0u16, 0u16);
+                for j in 0..8 {
+                    ma |= ((real >> j) & 1) << (2 * j);
+                    mb |= ((real >> (j + 8)) & 1) << (2 * j);
+                }
+                let base = 2 * (q0 as isize - qlo as isize);
+                let a = _mm512_maskz_loadu_ps(ma, at(base));
+                let b = _mm512_maskz_loadu_ps(mb, at(base + 16));
+                _mm512_maskz_permutex2var_ps(real, a, even, b)
+            };
+            _mm512_mask_storeu_ps(rp.add(q0), store, v);
         }
     }
 }
