@@ -50,6 +50,15 @@ unsafe impl Simd for Avx512 {
         // SAFETY: AVX-512F is available.
         unsafe { _mm512_mul_ps(a, b) }
     }
+    /// One register compress and one masked store.
+    #[inline(always)]
+    unsafe fn store_compressed(v: __m512, keep: u32, dst: *mut f32) {
+        let n = keep.count_ones();
+        let first = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+        // SAFETY: the caller guarantees `n` writable f32 at `dst`; the store is masked
+        // to them.
+        unsafe { _mm512_mask_storeu_ps(dst, first, _mm512_maskz_compress_ps(keep as u16, v)) }
+    }
     /// Eight rows at consecutive addresses (one image's positions) go through an
     /// in-register 8 x 16 transpose, two channels per vector, stored with masks; other
     /// tiles (rows across two images) are spilled and stored float by float.

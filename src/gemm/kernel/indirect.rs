@@ -331,9 +331,43 @@ pub(crate) struct IndirectBArgs {
     pub offs: *const usize,
     /// Columns of C.
     pub n: usize,
-    /// C, `m` rows of `n` at row stride `ldc`.
+    /// C, `m` rows of `n` at row stride `ldc` (unused with `ext`).
     pub c: *mut f32,
     pub ldc: usize,
+    /// Store only the real columns of an extended grid, packed, instead of into `c`.
+    pub ext: Option<ExtOut>,
+}
+
+/// The real part of an extended output grid: of each `cols` consecutive columns the
+/// first `ow` are real; row `i` of C goes to `y + i * ldy` with the other columns left
+/// out (column `e` to `(e / cols) * ow + e % cols`), plus `bias[i]`.
+#[derive(Clone, Copy)]
+pub(crate) struct ExtOut {
+    pub y: *mut f32,
+    pub ldy: usize,
+    pub cols: usize,
+    pub ow: usize,
+    /// `m` floats, or null.
+    pub bias: *const f32,
+}
+
+/// Which lanes of the vector of columns `es..es + LANES` (below `n`) are real in `ext`,
+/// and where the first real one goes in a row of its output.
+#[inline(always)]
+fn ext_lanes<S: Simd>(es: usize, n: usize, ext: &ExtOut) -> (u32, usize) {
+    let start = es / ext.cols * ext.ow + (es % ext.cols).min(ext.ow);
+    let mut keep = 0u32;
+    let mut q = es % ext.cols;
+    for j in 0..S::LANES.min(n.saturating_sub(es)) {
+        if q < ext.ow {
+            keep |= 1 << j;
+        }
+        q += 1;
+        if q == ext.cols {
+            q = 0;
+        }
+    }
+    (keep, start)
 }
 
 /// `C = A x B` with B's rows read in place at offsets: `c[i * ldc + e] = sum_kk
@@ -358,6 +392,7 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
         n,
         c,
         ldc,
+        ext,
     } = *args;
     let nr = NV * S::LANES;
     // SAFETY: reads stay inside the panels and B's rows as the contract allows; full
@@ -368,6 +403,16 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
         // Column panels outside: one panel of B (k x NR) is reused by every A panel.
         for e0 in (0..n).step_by(nr) {
             let cols = nr.min(n - e0);
+            // With an extended grid, each vector's real lanes and their place in y.
+            let mut lanes_of = [(0u32, 0usize); NV];
+            if let Some(x) = &ext {
+                for (v, l) in lanes_of.iter_mut().enumerate() {
+                    let es = e0 + v * S::LANES;
+                    if es < n {
+                        *l = ext_lanes::<S>(es, n, x);
+                    }
+                }
+            }
             for ip in 0..m.div_ceil(MR) {
                 let rows = MR.min(m - ip * MR);
                 let ap = a.add(ip * MR * k);
@@ -385,6 +430,29 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
                             *x = S::fma(ai, bvv, *x);
                         }
                     }
+                }
+                if let Some(x) = &ext {
+                    // A copy: indexing the accumulators by a loop variable would keep
+                    // them in memory through the loop above.
+                    let fin = acc;
+                    let one = S::splat(1.0);
+                    for (i, row) in fin.iter().enumerate().take(rows) {
+                        let r = ip * MR + i;
+                        let yr = x.y.add(r * x.ldy);
+                        for (&val, &(keep, start)) in row.iter().zip(&lanes_of) {
+                            if keep == 0 {
+                                continue;
+                            }
+                            let val = if x.bias.is_null() {
+                                val
+                            } else {
+                                // `1 * b + v`: `v + b` rounded once, as an add.
+                                S::fma(S::splat(*x.bias.add(r)), one, val)
+                            };
+                            S::store_compressed(val, keep, yr.add(start));
+                        }
+                    }
+                    continue;
                 }
                 let ct = c.add(ip * MR * ldc + e0);
                 if rows == MR && cols == nr {

@@ -174,6 +174,29 @@ pub(crate) unsafe trait Simd {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// Hints that the cache line holding `p` is about to be used (may do nothing).
     unsafe fn prefetch(p: *const f32);
+    /// The lanes of `v` whose bits are set in `keep` (below `LANES`), stored to
+    /// consecutive floats from `dst`, lowest lane first.
+    ///
+    /// This default spills `v` and stores float by float.
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of `keep.count_ones()` f32.
+    #[inline(always)]
+    unsafe fn store_compressed(v: Self::V, keep: u32, dst: *mut f32) {
+        // SAFETY: the spill buffer holds `LANES <= 16` floats; the writes are the
+        // caller's.
+        unsafe {
+            let mut buf = [0.0f32; 16];
+            Self::store(buf.as_mut_ptr(), v);
+            let mut at = dst;
+            for (j, &x) in buf.iter().enumerate().take(Self::LANES) {
+                if keep >> j & 1 == 1 {
+                    *at = x;
+                    at = at.add(1);
+                }
+            }
+        }
+    }
     /// A register tile stored transposed: lane `j` of `rows[i]` goes to `dst[i] + j *
     /// ld`, for `i < valid` and `j < cols` (`cols <= LANES <= 16`). Rows `valid..` of
     /// `dst` may repeat row `valid - 1`; they are not written.
@@ -740,9 +763,108 @@ pub(crate) fn indirect_b_gemm(
         n,
         c: c.as_mut_ptr(),
         ldc,
+        ext: None,
     };
     // SAFETY: the asserts above check the packed A's length, every read of B (largest
     // offset plus the padded row length inside `b`), C's extent and the CPU.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::indirect_b_kernel(&args),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::indirect_b_kernel(&args),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
+            Kernel::Fallback => fallback::indirect_b_kernel(&args),
+        }
+    }
+}
+
+/// Where [`indirect_b_gemm_real`] puts its result: the real columns of an extended grid.
+#[derive(Clone, Copy)]
+pub(crate) struct RealColumns<'a> {
+    /// Columns per extended row.
+    pub cols: usize,
+    /// Real columns per extended row (the first ones, `<= cols`).
+    pub ow: usize,
+    /// Added to each row, `m` floats.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// [`indirect_b_gemm`] on an extended grid, storing only its real columns: column `e`
+/// of row `i` goes to `y[i * ldy + (e / cols) * ow + e % cols]` when `e % cols < ow`
+/// (plus `bias[i]`), the others are dropped. The phase path's forward, which so needs
+/// no buffer for the extended output and no copy out of it.
+///
+/// # Panics
+/// As [`indirect_b_gemm`], and if `ow > cols`, `y` does not hold `m` rows of the real
+/// columns at stride `ldy`, or the bias is shorter than `m`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn indirect_b_gemm_real(
+    kernel: Kernel,
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: RealColumns<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let RealColumns { cols, ow, bias } = out;
+    assert!(
+        cols > 0 && ow <= cols,
+        "indirect B: {ow} real of {cols} columns"
+    );
+    let real = n / cols * ow + (n % cols).min(ow);
+    if m == 0 || real == 0 {
+        return;
+    }
+    assert!(ldy >= real, "indirect B: ldy {ldy} < {real} real columns");
+    assert!(y.len() >= (m - 1) * ldy + real, "indirect B: y too short");
+    if let Some(b) = bias {
+        assert!(b.len() >= m, "indirect B: bias shorter than m");
+    }
+    let k = offs.len();
+    if k == 0 {
+        for (i, row) in y.chunks_mut(ldy).take(m).enumerate() {
+            row[..real].fill(bias.map_or(0.0, |b| b[i]));
+        }
+        return;
+    }
+    let (mr, nr) = kernel.tile();
+    assert!(
+        a.len() >= m.div_ceil(mr) * mr * k,
+        "indirect B: packed A too short"
+    );
+    let last = offs.iter().max().copied().unwrap_or(0) + n.next_multiple_of(nr);
+    assert!(
+        last <= b.len(),
+        "indirect B: a row of B reads past its image"
+    );
+    assert!(
+        kernel.is_supported(),
+        "{kernel:?} not supported by this CPU"
+    );
+    let args = indirect::IndirectBArgs {
+        a: a.as_ptr(),
+        m,
+        k,
+        b: b.as_ptr(),
+        offs: offs.as_ptr(),
+        n,
+        c: std::ptr::null_mut(),
+        ldc: 0,
+        ext: Some(indirect::ExtOut {
+            y: y.as_mut_ptr(),
+            ldy,
+            cols,
+            ow,
+            bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        }),
+    };
+    // SAFETY: as `indirect_b_gemm` for A and B; every real column of every row lands
+    // below `(m - 1) * ldy + real` in `y` (checked), and the bias holds `m` floats.
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -1055,6 +1177,54 @@ mod indirect_tests {
                         same,
                         "{kernel:?} {images}x{per_image} k {k} channels {channels} bias {}",
                         b.is_some()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn real_columns_are_the_extended_output_compacted_for_every_kernel() {
+        // (m, taps, rows of the grid, cols, real cols): grids narrower than a vector
+        // (a vector across several rows), all columns real, one real column, rows of
+        // A off the tile.
+        let cases: [(usize, usize, usize, usize, usize); 6] = [
+            (1, 1, 1, 1, 1),
+            (16, 25, 24, 28, 24),
+            (8, 9, 14, 16, 14),
+            (13, 30, 7, 8, 7),
+            (5, 4, 5, 5, 1),
+            (33, 10, 3, 20, 20),
+        ];
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+            for (m, k, h, cols, ow) in cases {
+                let n = h * cols;
+                let nr = kernel.tile().1;
+                let b = vals(k * 3 + n.next_multiple_of(nr) + 1, 4);
+                let offs: Vec<usize> = (0..k).map(|t| t * 3).collect();
+                let w = vals(m * k, 5);
+                let wa = ndarray::ArrayView2::from_shape((m, k), &w).unwrap();
+                let a = pack_a_panels(kernel, wa, "test").unwrap();
+                let mut full = vec![0.0; m * n];
+                indirect_b_gemm(kernel, &a, m, &b, &offs, n, &mut full, n);
+                let bias = vals(m, 6);
+                let ldy = h * ow + 3;
+                for bs in [None, Some(&bias[..])] {
+                    let mut want = vec![7.5f32; m * ldy];
+                    for i in 0..m {
+                        for e in (0..n).filter(|e| e % cols < ow) {
+                            let v = full[i * n + e];
+                            want[i * ldy + e / cols * ow + e % cols] = bs.map_or(v, |b| v + b[i]);
+                        }
+                    }
+                    let mut y = vec![7.5f32; m * ldy];
+                    let to = RealColumns { cols, ow, bias: bs };
+                    indirect_b_gemm_real(kernel, &a, m, &b, &offs, n, to, &mut y, ldy);
+                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{kernel:?} m {m} k {k} grid {h}x{cols} real {ow} bias {}",
+                        bs.is_some()
                     );
                 }
             }

@@ -5,9 +5,10 @@
 //! the stride, padding or dilation. Any geometry ([`supports`]).
 //!
 //! - [`forward`], per image: no column matrix. The B-indirect kernel
-//!   ([`crate::gemm`]'s `indirect_b_gemm`) reads each tap's run of the planes in place,
-//!   `out (O, ext) = W x planes[tap + e]` per group, which comes out channel-major; the
-//!   real columns of `out` plus the bias go to `y`. The default forward of layers with
+//!   ([`crate::gemm`]'s `indirect_b_gemm_real`) reads each tap's run of the planes in
+//!   place, `out (O, ext) = W x planes[tap + e]` per group, which comes out
+//!   channel-major; it stores the real columns of `out`, plus the bias, straight into
+//!   `y` (on AVX-512 one register compress and masked store per vector). The default forward of layers with
 //!   few input channels or groups, where the direct path's tile of output channels would
 //!   run half empty or cannot run.
 //! - Backward, per tile of whole images side by side: the extended column matrix is
@@ -31,7 +32,7 @@ use super::common::{
 };
 use super::layout::phase_row;
 use crate::error::Result;
-use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels};
+use crate::gemm::{Kernel, RealColumns, indirect_b_gemm_real, pack_a_panels};
 use crate::ops::geometry::Conv2dGeometry;
 use crate::ops::im2col::valid_range;
 
@@ -40,8 +41,8 @@ pub(super) fn supports(_geo: &Conv2dGeometry) -> bool {
     true
 }
 
-/// Scratch buffers of one worker: phase planes, extended columns, GEMM output (forward)
-/// or extended `dy` (backward), and the column gradient.
+/// Scratch buffers of one worker: phase planes, and for the backward the extended
+/// columns, the extended `dy` and the column gradient.
 #[derive(Default)]
 struct Scratch {
     planes: Vec<f32>,
@@ -142,35 +143,28 @@ fn forward_tile(
     scratch: &mut Scratch,
 ) -> Result<()> {
     let geo = ops.geo;
-    let (o, ow, ext) = (geo.out_channels, geo.out_w, pg.ext);
+    let (o, ext, l) = (geo.out_channels, pg.ext, geo.col_cols());
     let og = o / groups.len().max(1);
+    if og * l == 0 {
+        return Ok(());
+    }
     // The kernel reads each tap's run up to a whole register tile past `ext`.
     let extra = kernel.tile_cols() + pg.cols;
     resize_planes(&mut scratch.planes, geo, pg, extra)?;
-    resize(
-        &mut scratch.out,
-        &[o, ext],
-        "the output of the phase path",
-        geo,
-    )?;
+    let bias: Option<Vec<f32>> = bias.map(|b| b.to_vec());
     for (bi, mut yn) in yt.outer_iter_mut().enumerate() {
         let x = ops.x.row(n0 + bi);
         let x = x.as_slice().expect("input rows are contiguous");
         phase_split(kernel, x, geo, pg, &mut scratch.planes);
-        for (gi, (a, taps)) in groups.iter().enumerate() {
-            let out = &mut scratch.out[gi * og * ext..(gi + 1) * og * ext];
-            indirect_b_gemm(kernel, a, og, &scratch.planes, taps, ext, out, ext);
-        }
-        // The real columns, plus the bias.
-        for (oi, mut yo) in yn.outer_iter_mut().enumerate() {
-            let bv = bias.map_or(0.0, |b| b[oi]);
-            let yo = yo.as_slice_mut().expect("output rows are contiguous");
-            let src = &scratch.out[oi * ext..(oi + 1) * ext];
-            for (dst, src) in yo.chunks_exact_mut(ow).zip(src.chunks_exact(pg.cols)) {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = v + bv;
-                }
-            }
+        let yn = yn.as_slice_mut().expect("output images are contiguous");
+        // Each group's channels, their real columns stored by the kernel, plus the bias.
+        for (gi, ((a, taps), yg)) in groups.iter().zip(yn.chunks_exact_mut(og * l)).enumerate() {
+            let to = RealColumns {
+                cols: pg.cols,
+                ow: geo.out_w,
+                bias: bias.as_deref().map(|b| &b[gi * og..(gi + 1) * og]),
+            };
+            indirect_b_gemm_real(kernel, a, og, &scratch.planes, taps, ext, to, yg, l);
         }
     }
     Ok(())
