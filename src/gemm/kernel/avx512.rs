@@ -57,7 +57,12 @@ unsafe impl Simd for Avx512 {
         let first = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
         // SAFETY: the caller guarantees `n` writable f32 at `dst`; the store is masked
         // to them.
-        unsafe { _mm512_mask_storeu_ps(dst, first, _mm512_maskz_compress_ps(keep as u16, v)) }
+        unsafe {
+            if keep & 0xFFFF == 0xFFFF {
+                return _mm512_storeu_ps(dst, v);
+            }
+            _mm512_mask_storeu_ps(dst, first, _mm512_maskz_compress_ps(keep as u16, v))
+        }
     }
     /// Eight rows at consecutive addresses (one image's positions) go through an
     /// in-register 8 x 16 transpose, two channels per vector, stored with masks; other
