@@ -65,60 +65,6 @@ unsafe impl Simd for Avx2 {
             _mm256_maskstore_ps(dst, mask, packed);
         }
     }
-    /// Up to eight rows at consecutive addresses (one image's positions) go through an
-    /// in-register 8 x 8 transpose and masked stores; other tiles are spilled and
-    /// stored float by float.
-    #[inline(always)]
-    unsafe fn store_transposed<const MR: usize>(
-        rows: &[__m256; MR],
-        valid: usize,
-        cols: usize,
-        dst: &[*mut f32; MR],
-        ld: usize,
-    ) {
-        let contiguous = MR <= 8 && (1..valid).all(|i| dst[i] == dst[0].wrapping_add(i));
-        // SAFETY: the caller's contract covers every address written: row `i < valid`,
-        // channel `j < cols`, at `dst[0] + i + j * ld` when contiguous.
-        unsafe {
-            if !contiguous {
-                return super::store_transposed_spilled::<Self, MR>(rows, valid, cols, dst, ld);
-            }
-            let r: [__m256; 8] =
-                std::array::from_fn(|i| if i < MR { rows[i] } else { _mm256_setzero_ps() });
-            // Per 128-bit lane L: t[2k], t[2k + 1] interleave rows 2k, 2k + 1 (columns
-            // 4L, 4L + 1 and 4L + 2, 4L + 3); q[4g + c] holds rows 4g..4g + 4 at column
-            // 4L + c.
-            let t: [__m256; 8] = std::array::from_fn(|i| {
-                let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-                if i % 2 == 0 {
-                    _mm256_unpacklo_ps(a, b)
-                } else {
-                    _mm256_unpackhi_ps(a, b)
-                }
-            });
-            let q: [__m256; 8] = std::array::from_fn(|i| {
-                let (g, c) = (i / 4, i % 4);
-                let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
-                if c % 2 == 0 {
-                    _mm256_shuffle_ps::<0x44>(a, b)
-                } else {
-                    _mm256_shuffle_ps::<0xEE>(a, b)
-                }
-            });
-            let mask = _mm256_loadu_si256(PREFIX[valid.min(8)].as_ptr().cast());
-            let d0 = dst[0];
-            for c in 0..4 {
-                if c < cols {
-                    let v = _mm256_permute2f128_ps::<0x20>(q[c], q[4 + c]);
-                    _mm256_maskstore_ps(d0.add(c * ld), mask, v);
-                }
-                if c + 4 < cols {
-                    let v = _mm256_permute2f128_ps::<0x31>(q[c], q[4 + c]);
-                    _mm256_maskstore_ps(d0.add((c + 4) * ld), mask, v);
-                }
-            }
-        }
-    }
 }
 
 /// Per 8-bit lane mask, the indices that move its lanes to the front, lowest first.

@@ -38,33 +38,6 @@ pub(crate) struct IndirectArgs {
     pub c: *mut f32,
     /// Add the sums to what `c` holds instead of storing them.
     pub accumulate: bool,
-    /// Store the last depth block's sums channel-major here instead of into `c`
-    /// (`accumulate` is then false; `c` holds the earlier blocks' partial sums).
-    pub cm: Option<ChannelMajor>,
-}
-
-/// A channel-major output of the indirect kernel: position `p` of channel `o` at
-/// `y + ((p / per_image) * channels + o) * per_image + p % per_image`.
-#[derive(Clone, Copy)]
-pub(crate) struct ChannelMajor {
-    pub y: *mut f32,
-    /// Real channels (`<= ldw`); the padding channels are not stored.
-    pub channels: usize,
-    /// Positions per image.
-    pub per_image: usize,
-    /// `ldw` floats added to the sums, or null.
-    pub bias: *const f32,
-}
-
-/// Where one tile's final sums go when the output is channel-major: each row's
-/// address for channel 0 of the tile's panel, the channels left from there, the row
-/// stride of a channel and the bias of the panel (or null).
-#[derive(Clone, Copy)]
-struct TileOut<const MR: usize> {
-    rows: [*mut f32; MR],
-    channels: usize,
-    ld: usize,
-    bias: *const f32,
 }
 
 /// All tiles of one indirect call.
@@ -72,10 +45,7 @@ struct TileOut<const MR: usize> {
 /// # Safety
 /// For every `p < rows` and `k' < k`, `x + bases[p] + offs[k']` is readable; `w` holds
 /// `k * ldw` readable f32 and `c` `rows * ldw` writable f32; `ldw` is a positive
-/// multiple of `S::LANES`; the caller runs under `S`'s target features. With `cm`:
-/// `accumulate` is false, `rows` is a multiple of `per_image`, `y` holds `rows *
-/// channels` writable f32, `channels <= ldw`, and the bias (when not null) `ldw`
-/// readable f32.
+/// multiple of `S::LANES`; the caller runs under `S`'s target features.
 #[inline(always)]
 pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>(
     args: &IndirectArgs,
@@ -90,7 +60,6 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
         ldw,
         c,
         accumulate,
-        cm,
     } = *args;
     let nvec = ldw / S::LANES;
     // SAFETY: positions below `rows` and channels below `ldw` only; an edge tile points
@@ -121,34 +90,12 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
                     }
                     let cv = c.add(p0 * ldw + v0 * S::LANES);
                     let (kk, add) = (k1 - k0, kb > 0 || accumulate);
-                    // The last block of a channel-major output stores there.
-                    let out = match cm {
-                        Some(m) if kb + 1 == blocks => {
-                            let o0 = v0 * S::LANES;
-                            let row = |i: usize| {
-                                let p = p0 + i.min(valid - 1);
-                                let (img, q) = (p / m.per_image, p % m.per_image);
-                                m.y.add((img * m.channels + o0) * m.per_image + q)
-                            };
-                            Some(TileOut {
-                                rows: std::array::from_fn(row),
-                                channels: m.channels.saturating_sub(o0),
-                                ld: m.per_image,
-                                bias: if m.bias.is_null() {
-                                    m.bias
-                                } else {
-                                    m.bias.add(o0)
-                                },
-                            })
-                        }
-                        _ => None,
-                    };
                     if nv >= 3 {
-                        tile::<S, MR, 3>(&xs, ob, kk, wv, ldw, cv, valid, add, out);
+                        tile::<S, MR, 3>(&xs, ob, kk, wv, ldw, cv, valid, add);
                     } else if nv == 2 {
-                        tile::<S, MR, 2>(&xs, ob, kk, wv, ldw, cv, valid, add, out);
+                        tile::<S, MR, 2>(&xs, ob, kk, wv, ldw, cv, valid, add);
                     } else {
-                        tile_split::<S, MR>(&xs, ob, kk, wv, ldw, cv, valid, add, out);
+                        tile_split::<S, MR>(&xs, ob, kk, wv, ldw, cv, valid, add);
                     }
                 }
             }
@@ -174,7 +121,6 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     c: *mut f32,
     valid: usize,
     add: bool,
-    out: Option<TileOut<MR>>,
 ) {
     // SAFETY: the caller's contract covers every read and the `valid` rows written.
     unsafe {
@@ -200,56 +146,11 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
         }
-        if let Some(out) = out {
-            // A copy: the stores below take the rows by reference, which would keep
-            // `acc` itself in memory, spilled in the loop above (twice the time).
-            let fin = acc;
-            for v in 0..NV {
-                let mut rows = [S::zero(); MR];
-                for (r, a) in rows.iter_mut().zip(&fin) {
-                    *r = a[v];
-                }
-                store_channels::<S, MR>(rows, v, valid, &out);
-            }
-            return;
-        }
         for (i, row) in acc.iter().enumerate().take(valid) {
             for (v, &x) in row.iter().enumerate() {
                 S::store(c.add(i * ldw + v * S::LANES), x);
             }
         }
-    }
-}
-
-/// Vector `v` of a tile's panel, its rows' sums `rows`, stored channel-major: plus the
-/// bias, transposed, its real channels only.
-///
-/// # Safety
-/// `out` describes `valid` rows of a channel-major output that hold the tile's
-/// channels (as [`indirect_body`]'s contract with `cm`).
-#[inline(always)]
-unsafe fn store_channels<S: Simd, const MR: usize>(
-    mut rows: [S::V; MR],
-    v: usize,
-    valid: usize,
-    out: &TileOut<MR>,
-) {
-    let o = v * S::LANES;
-    if o >= out.channels {
-        return;
-    }
-    // SAFETY: the caller's contract; the bias holds the panel's `ldw` floats.
-    unsafe {
-        if !out.bias.is_null() {
-            // `1 * b + x`: `x + b` rounded once, as an add.
-            let (b, one) = (S::load(out.bias.add(o)), S::splat(1.0));
-            for r in &mut rows {
-                *r = S::fma(b, one, *r);
-            }
-        }
-        let dst: [*mut f32; MR] = std::array::from_fn(|i| out.rows[i].add(o * out.ld));
-        let cols = S::LANES.min(out.channels - o);
-        S::store_transposed(&rows, valid, cols, &dst, out.ld);
     }
 }
 
@@ -271,7 +172,6 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
     c: *mut f32,
     valid: usize,
     add: bool,
-    out: Option<TileOut<MR>>,
 ) {
     // SAFETY: the caller's contract covers every read and the `valid` rows written.
     unsafe {
@@ -303,14 +203,6 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
         }
         // `odd * 1 + even`: one rounding, the exact sum rounded, as an add.
         let one = S::splat(1.0);
-        if let Some(out) = out {
-            let mut rows = [S::zero(); MR];
-            for ((r, &e), &d) in rows.iter_mut().zip(&even).zip(&odd) {
-                *r = S::fma(d, one, e);
-            }
-            store_channels::<S, MR>(rows, 0, valid, &out);
-            return;
-        }
         for (i, (&e, &d)) in even.iter().zip(&odd).enumerate().take(valid) {
             S::store(c.add(i * ldw), S::fma(d, one, e));
         }

@@ -197,53 +197,6 @@ pub(crate) unsafe trait Simd {
             }
         }
     }
-    /// A register tile stored transposed: lane `j` of `rows[i]` goes to `dst[i] + j *
-    /// ld`, for `i < valid` and `j < cols` (`cols <= LANES <= 16`). Rows `valid..` of
-    /// `dst` may repeat row `valid - 1`; they are not written.
-    ///
-    /// This default spills the rows and stores float by float; ISAs with fast
-    /// shuffles override it.
-    ///
-    /// # Safety
-    /// Every address written is valid for a write of an f32.
-    #[inline(always)]
-    unsafe fn store_transposed<const MR: usize>(
-        rows: &[Self::V; MR],
-        valid: usize,
-        cols: usize,
-        dst: &[*mut f32; MR],
-        ld: usize,
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe { store_transposed_spilled::<Self, MR>(rows, valid, cols, dst, ld) }
-    }
-}
-
-/// [`Simd::store_transposed`] by spilling the rows and storing float by float.
-///
-/// # Safety
-/// As [`Simd::store_transposed`].
-#[inline(always)]
-unsafe fn store_transposed_spilled<S: Simd + ?Sized, const MR: usize>(
-    rows: &[S::V; MR],
-    valid: usize,
-    cols: usize,
-    dst: &[*mut f32; MR],
-    ld: usize,
-) {
-    // SAFETY: the spill buffer holds `LANES <= 16` floats per row; the writes are the
-    // caller's.
-    unsafe {
-        let mut buf = [[0.0f32; 16]; MR];
-        for (b, &r) in buf.iter_mut().zip(rows).take(valid) {
-            S::store(b.as_mut_ptr(), r);
-        }
-        for j in 0..cols {
-            for (b, &d) in buf.iter().zip(dst).take(valid) {
-                *d.add(j * ld) = b[j];
-            }
-        }
-    }
 }
 
 /// Where a macro-kernel reads the B micro-panels of its columns.
@@ -534,129 +487,6 @@ pub(crate) fn indirect_gemm(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    if k_is_empty(bases, offs, ldw, out, accumulate) {
-        return;
-    }
-    let args = indirect_args(kernel, x, bases, offs, w, ldw, out, accumulate, None);
-    // SAFETY: `indirect_args` checked every read of `x` (the largest base plus the
-    // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the
-    // vector width, and the CPU.
-    unsafe { run_indirect(kernel, &args) }
-}
-
-/// Where [`indirect_gemm_channels`] puts its result: channel-major images.
-#[derive(Clone, Copy)]
-pub(crate) struct ChannelRows<'a> {
-    /// Real output channels (`<= ldw`).
-    pub channels: usize,
-    /// Positions of one image: position `p` is `(p / per_image, p % per_image)`.
-    pub per_image: usize,
-    /// Added to each channel, padded with zeros to `ldw` floats.
-    pub bias: Option<&'a [f32]>,
-}
-
-/// [`indirect_gemm`] with the result stored channel-major, the transpose done on the
-/// register tiles: `y[(img * channels + o) * per_image + q] = sum_k x[bases[p] +
-/// offs[k]] * w[k * ldw + o] (+ bias[o])` for position `p = img * per_image + q` and
-/// `o < channels`. `scratch` (`bases.len() x ldw`) holds the partial sums of all but the
-/// last depth block.
-///
-/// # Panics
-/// As [`indirect_gemm`] (with `scratch` as its `out`), and if `bases.len()` is not a
-/// whole number of images, `y` holds fewer floats than they fill, or the bias is shorter
-/// than `ldw`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn indirect_gemm_channels(
-    kernel: Kernel,
-    x: &[f32],
-    bases: &[usize],
-    offs: &[usize],
-    w: &[f32],
-    ldw: usize,
-    scratch: &mut [f32],
-    out: ChannelRows<'_>,
-    y: &mut [f32],
-) {
-    let ChannelRows {
-        channels,
-        per_image,
-        bias,
-    } = out;
-    let rows = bases.len();
-    assert!(
-        per_image > 0 && rows.is_multiple_of(per_image) && channels <= ldw,
-        "indirect: {rows} positions are not whole images of {per_image}, or {channels} channels over {ldw}"
-    );
-    assert!(
-        y.len() >= rows * channels,
-        "indirect: channel-major output too short"
-    );
-    if let Some(b) = bias {
-        assert!(b.len() >= ldw, "indirect: bias shorter than ldw");
-    }
-    if rows == 0 || channels == 0 {
-        return;
-    }
-    if offs.is_empty() {
-        // No taps: the sums are zero, plus the bias.
-        for yi in y[..rows * channels].chunks_exact_mut(channels * per_image) {
-            for (o, yo) in yi.chunks_exact_mut(per_image).enumerate() {
-                yo.fill(bias.map_or(0.0, |b| b[o]));
-            }
-        }
-        return;
-    }
-    let cm = indirect::ChannelMajor {
-        y: y.as_mut_ptr(),
-        channels,
-        per_image,
-        bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-    };
-    let args = indirect_args(kernel, x, bases, offs, w, ldw, scratch, false, Some(cm));
-    // SAFETY: as `indirect_gemm`, and the asserts above check that `y` holds every
-    // image's channels and the bias `ldw` floats.
-    unsafe { run_indirect(kernel, &args) }
-}
-
-/// Whether an indirect call has nothing for the kernel to do (no positions or no taps),
-/// with its result (zeros, or `out` as it is) written.
-fn k_is_empty(
-    bases: &[usize],
-    offs: &[usize],
-    ldw: usize,
-    out: &mut [f32],
-    accumulate: bool,
-) -> bool {
-    let rows = bases.len();
-    if rows == 0 {
-        return true;
-    }
-    if offs.is_empty() {
-        assert!(out.len() >= rows * ldw, "indirect: output too short");
-        if !accumulate {
-            out[..rows * ldw].fill(0.0);
-        }
-        return true;
-    }
-    false
-}
-
-/// The checked arguments of an indirect call with at least one position and one tap.
-///
-/// # Panics
-/// As [`indirect_gemm`].
-#[allow(clippy::too_many_arguments)]
-fn indirect_args(
-    kernel: Kernel,
-    x: &[f32],
-    bases: &[usize],
-    offs: &[usize],
-    w: &[f32],
-    ldw: usize,
-    out: &mut [f32],
-    accumulate: bool,
-    cm: Option<indirect::ChannelMajor>,
-) -> indirect::IndirectArgs {
     let (rows, k) = (bases.len(), offs.len());
     assert!(
         ldw > 0 && ldw.is_multiple_of(kernel.lanes()),
@@ -665,13 +495,22 @@ fn indirect_args(
     );
     assert!(w.len() >= k * ldw, "indirect: packed weights too short");
     assert!(out.len() >= rows * ldw, "indirect: output too short");
+    if rows == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out[..rows * ldw].fill(0.0);
+        }
+        return;
+    }
     let last = bases.iter().max().copied().unwrap_or(0) + offs.iter().max().copied().unwrap_or(0);
     assert!(last < x.len(), "indirect: a window reads past the input");
     assert!(
         kernel.is_supported(),
         "{kernel:?} not supported by this CPU"
     );
-    indirect::IndirectArgs {
+    let args = indirect::IndirectArgs {
         x: x.as_ptr(),
         bases: bases.as_ptr(),
         rows,
@@ -681,18 +520,10 @@ fn indirect_args(
         ldw,
         c: out.as_mut_ptr(),
         accumulate,
-        cm,
-    }
-}
-
-/// Runs checked indirect arguments on `kernel`.
-///
-/// # Safety
-/// `args` comes from [`indirect_args`] (and, with a channel-major output, the checks of
-/// [`indirect_gemm_channels`]).
-unsafe fn run_indirect(kernel: Kernel, args: &indirect::IndirectArgs) {
-    let args = *args;
-    // SAFETY: the caller's contract.
+    };
+    // SAFETY: the asserts above check every read of `x` (the largest base plus the
+    // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the
+    // vector width, and the CPU.
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -728,7 +559,6 @@ pub(crate) fn indirect_b_gemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let (mr, nr) = kernel.tile();
     let k = offs.len();
     if m == 0 || n == 0 {
         return;
@@ -741,6 +571,30 @@ pub(crate) fn indirect_b_gemm(
         }
         return;
     }
+    let args = indirect::IndirectBArgs {
+        c: c.as_mut_ptr(),
+        ldc,
+        ..b_args(kernel, a, m, b, offs, n)
+    };
+    // SAFETY: `b_args` checked the packed A's length, every read of B (largest offset
+    // plus the padded row length inside `b`) and the CPU; the asserts above C's extent.
+    unsafe { run_indirect_b(kernel, &args) }
+}
+
+/// The checked A and B arguments of a B-indirect call with `k > 0` (no output yet).
+///
+/// # Panics
+/// As [`indirect_b_gemm`], for A, B and the CPU.
+fn b_args(
+    kernel: Kernel,
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+) -> indirect::IndirectBArgs {
+    let (mr, nr) = kernel.tile();
+    let k = offs.len();
     assert!(
         a.len() >= m.div_ceil(mr) * mr * k,
         "indirect B: packed A too short"
@@ -754,28 +608,34 @@ pub(crate) fn indirect_b_gemm(
         kernel.is_supported(),
         "{kernel:?} not supported by this CPU"
     );
-    let args = indirect::IndirectBArgs {
+    indirect::IndirectBArgs {
         a: a.as_ptr(),
         m,
         k,
         b: b.as_ptr(),
         offs: offs.as_ptr(),
         n,
-        c: c.as_mut_ptr(),
-        ldc,
+        c: std::ptr::null_mut(),
+        ldc: 0,
         ext: None,
-    };
-    // SAFETY: the asserts above check the packed A's length, every read of B (largest
-    // offset plus the padded row length inside `b`), C's extent and the CPU.
+    }
+}
+
+/// Runs checked B-indirect arguments on `kernel`.
+///
+/// # Safety
+/// `args` comes from [`b_args`], with an output whose extent its caller checked.
+unsafe fn run_indirect_b(kernel: Kernel, args: &indirect::IndirectBArgs) {
+    // SAFETY: the caller's contract.
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => avx512::indirect_b_kernel(&args),
+            Kernel::Avx512 => avx512::indirect_b_kernel(args),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::indirect_b_kernel(&args),
+            Kernel::Avx2 => avx2::indirect_b_kernel(args),
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
-            Kernel::Fallback => fallback::indirect_b_kernel(&args),
+            Kernel::Fallback => fallback::indirect_b_kernel(args),
         }
     }
 }
@@ -832,29 +692,7 @@ pub(crate) fn indirect_b_gemm_real(
         }
         return;
     }
-    let (mr, nr) = kernel.tile();
-    assert!(
-        a.len() >= m.div_ceil(mr) * mr * k,
-        "indirect B: packed A too short"
-    );
-    let last = offs.iter().max().copied().unwrap_or(0) + n.next_multiple_of(nr);
-    assert!(
-        last <= b.len(),
-        "indirect B: a row of B reads past its image"
-    );
-    assert!(
-        kernel.is_supported(),
-        "{kernel:?} not supported by this CPU"
-    );
     let args = indirect::IndirectBArgs {
-        a: a.as_ptr(),
-        m,
-        k,
-        b: b.as_ptr(),
-        offs: offs.as_ptr(),
-        n,
-        c: std::ptr::null_mut(),
-        ldc: 0,
         ext: Some(indirect::ExtOut {
             y: y.as_mut_ptr(),
             ldy,
@@ -862,20 +700,11 @@ pub(crate) fn indirect_b_gemm_real(
             ow,
             bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
         }),
+        ..b_args(kernel, a, m, b, offs, n)
     };
-    // SAFETY: as `indirect_b_gemm` for A and B; every real column of every row lands
-    // below `(m - 1) * ldy + real` in `y` (checked), and the bias holds `m` floats.
-    unsafe {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => avx512::indirect_b_kernel(&args),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2::indirect_b_kernel(&args),
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
-            Kernel::Fallback => fallback::indirect_b_kernel(&args),
-        }
-    }
+    // SAFETY: `b_args` checked A, B and the CPU; every real column of every row lands
+    // below `(m - 1) * ldy + real` in `y` (checked above), and the bias holds `m` floats.
+    unsafe { run_indirect_b(kernel, &args) }
 }
 
 /// A (`m x k`) packed in `kernel`'s `MR`-row micro-panels, zero-padded, as
@@ -1116,71 +945,6 @@ mod indirect_tests {
         (0..len)
             .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
             .collect()
-    }
-
-    #[test]
-    fn channel_major_output_is_the_row_output_transposed_for_every_kernel() {
-        // (images, positions per image, taps, channels): tiles across images (7 and 13
-        // positions), one position, depth over one block (576, 900), channel counts off
-        // the vector width, more channels than one panel.
-        let cases: [(usize, usize, usize, usize); 8] = [
-            (1, 1, 1, 1),
-            (3, 49, 72, 16),
-            (2, 16, 576, 10),
-            (5, 4, 900, 33),
-            (1, 784, 9, 64),
-            (3, 7, 20, 1),
-            (4, 13, 400, 48),
-            (2, 9, 30, 130),
-        ];
-        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
-            for &(images, per_image, k, channels) in &cases {
-                let ldw = channels.next_multiple_of(kernel.lanes());
-                let rows = images * per_image;
-                let x = vals(rows * 3 + k * 2 + 1, 1);
-                let bases: Vec<usize> = (0..rows).map(|p| p * 3).collect();
-                let offs: Vec<usize> = (0..k).map(|t| t * 2).collect();
-                let w = vals(k * ldw, 2);
-                let mut bias = vals(ldw, 3);
-                bias[channels..].fill(0.0);
-                let mut by_rows = vec![0.0; rows * ldw];
-                indirect_gemm(kernel, &x, &bases, &offs, &w, ldw, &mut by_rows, false);
-                for b in [None, Some(&bias[..])] {
-                    let mut want = vec![0.0f32; rows * channels];
-                    for p in 0..rows {
-                        let (img, q) = (p / per_image, p % per_image);
-                        for o in 0..channels {
-                            let v = by_rows[p * ldw + o];
-                            want[(img * channels + o) * per_image + q] = b.map_or(v, |b| v + b[o]);
-                        }
-                    }
-                    let mut y = vec![f32::NAN; rows * channels];
-                    let mut scratch = vec![0.0; rows * ldw];
-                    let to = ChannelRows {
-                        channels,
-                        per_image,
-                        bias: b,
-                    };
-                    indirect_gemm_channels(
-                        kernel,
-                        &x,
-                        &bases,
-                        &offs,
-                        &w,
-                        ldw,
-                        &mut scratch,
-                        to,
-                        &mut y,
-                    );
-                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(
-                        same,
-                        "{kernel:?} {images}x{per_image} k {k} channels {channels} bias {}",
-                        b.is_some()
-                    );
-                }
-            }
-        }
     }
 
     #[test]

@@ -3,15 +3,12 @@
 //! A operand in place at `base + offset` from a zero-padded copy of one image:
 //!
 //! - forward: `y[p, o] = sum_k xpad[bases[p] + offs[k]] * W[k, o]` (positions by
-//!   output channels, [`DirectIndex`]), the kernel storing its register tiles
-//!   transposed, channel-major, with the bias ([`crate::gemm`]'s
-//!   `indirect_gemm_channels`);
+//!   output channels, [`DirectIndex`]), then written channel-major with the bias;
 //! - weight gradient: the same gather with the roles swapped,
 //!   `dW[k, o] += sum_p xpad[offs[k] + bases[p]] * dy[p, o]`, summed per image;
 //! - input gradient: a transposed conv, run per pixel class as a gather from a
 //!   zero-padded `dy` ([`TransposeIndex`]): `dx[pix, c] = sum_(o, tap)
-//!   dypad[bases[pix] + off(o, tap)] * W[o, c, tap]` (stored channel-major by the
-//!   kernel when there is one class, scattered per class otherwise).
+//!   dypad[bases[pix] + off(o, tap)] * W[o, c, tap]`.
 //!
 //! It pays where im2col does not: the column matrix costs a gather per element to build
 //! and a scatter per element to fold back, which dominated the notebook's small layers
@@ -28,7 +25,7 @@ use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis
 use super::common::{OP, Operands, Zeroed, for_each_image_tile, resize, with_scratch};
 use super::layout::{pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
-use crate::gemm::{ChannelRows, Kernel, indirect_gemm, indirect_gemm_channels};
+use crate::gemm::{Kernel, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -147,12 +144,7 @@ fn forward_tile(
         "the output tile of the direct path",
         geo,
     )?;
-    // The bias padded to the kernel's channel tile, added as the tiles are stored.
-    let bias_v: Option<Vec<f32>> = bias.map(|b| {
-        let mut v = vec![0.0; ldw];
-        v[..o].iter_mut().zip(b).for_each(|(d, &s)| *d = s);
-        v
-    });
+    let bias_v: Vec<f32> = bias.map_or_else(|| vec![0.0; o], |b| b.to_vec());
     for c0 in (0..b).step_by(per_call) {
         let nc = per_call.min(b - c0);
         let xs = ops.x.slice(s![n0 + c0..n0 + c0 + nc, ..]);
@@ -176,24 +168,12 @@ fn forward_tile(
         } else {
             xs
         };
-        let mut ys = yt.slice_mut(s![c0..c0 + nc, .., ..]);
-        let ys = ys.as_slice_mut().expect("output tiles are contiguous");
-        let to = ChannelRows {
-            channels: o,
-            per_image: l,
-            bias: bias_v.as_deref(),
-        };
-        indirect_gemm_channels(
-            kernel,
-            src,
-            &bases[..nc * l],
-            &idx.offs,
-            w,
-            ldw,
-            out,
-            to,
-            ys,
-        );
+        indirect_gemm(kernel, src, &bases[..nc * l], &idx.offs, w, ldw, out, false);
+        for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
+            let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
+            let yn = yn.as_slice_mut().expect("output images are contiguous");
+            transpose_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, l);
+        }
     }
     Ok(())
 }
@@ -484,24 +464,17 @@ impl Backward {
                     "the input gradient tile of the direct path",
                     geo,
                 )?;
-                if np == hw {
-                    // One class (stride 1): its pixels are all of them, in order, so the
-                    // kernel stores them channel-major into dx itself.
-                    let mut dxs = dxc.slice_mut(s![c0..c0 + nc, ..]);
-                    let dxs = dxs.as_slice_mut().expect("dx rows are contiguous");
-                    let to = ChannelRows {
-                        channels: geo.in_channels,
-                        per_image: hw,
-                        bias: None,
-                    };
-                    indirect_gemm_channels(self.kernel, dypad, bases, offs, w, ldc, tile, to, dxs);
-                    continue;
-                }
                 indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile, false);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
-                    scatter_pixels(tile, ldc, &cl.pixels, geo.in_channels, dxn, hw);
+                    if np == hw {
+                        // One class (stride 1): its pixels are all of them, in order.
+                        let c = geo.in_channels;
+                        transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw);
+                    } else {
+                        scatter_pixels(tile, ldc, &cl.pixels, geo.in_channels, dxn, hw);
+                    }
                 }
             }
         }
