@@ -14,6 +14,9 @@
 //!   process-wide cache ([`autotuned_plan`]);
 //! - `common`: what the algorithms share (operands, buffers and scratch, image tiles
 //!   and reduction chunks, the per-group GEMM loop, the bias gradient);
+//! - `layout`: the data movement between layouts (padded copies, transposes between
+//!   kernel tiles and NCHW, phase-plane rows), portable loops with AVX-512 versions
+//!   behind the same functions;
 //! - one file per algorithm, each with `supports(geometry)`, its forward, input-gradient
 //!   and weight-gradient functions side by side, a fused `gradients` for both, and its
 //!   own index types: `direct` (indirect kernel, taps read in place; groups of 1),
