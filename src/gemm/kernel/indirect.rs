@@ -270,7 +270,9 @@ fn ext_lanes<S: Simd>(es: usize, n: usize, ext: &ExtOut) -> (u32, usize) {
 /// # Safety
 /// `a` holds `ceil(m / MR) * MR * k` f32; for every `kk < k`, `b + offs[kk]` starts
 /// `ceil(n / NR) * NR` readable f32 (`NR = NV * S::LANES`); `c + i * ldc + e` is
-/// writable for `i < m`, `e < n`; the caller runs under `S`'s target features.
+/// writable for `i < m`, `e < n`, or, with `ext`, `y + i * ldy + j` for `i < m` and `j`
+/// below the real columns of `n` (`(n / cols) * ow + min(n % cols, ow)`), and the bias
+/// (when not null) holds `m` readable f32; the caller runs under `S`'s target features.
 #[inline(always)]
 pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
     args: &IndirectBArgs,
@@ -289,7 +291,8 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     // SAFETY: reads stay inside the panels and B's rows as the contract allows; full
     // tiles store inside C's `m x n`, edge tiles go through a stack buffer and only
-    // their valid part is copied out.
+    // their valid part is copied out; with `ext`, each vector stores only its real
+    // lanes, at their places among the real columns of its row.
     unsafe {
         let mut buf = [0.0f32; super::MAX_TILE];
         // Column panels outside: one panel of B (k x NR) is reused by every A panel.

@@ -1,11 +1,11 @@
 //! Data movement between the layouts of the conv paths: the padded copy of an image
 //! ([`pad_into`]), the transpose between position-major kernel tiles and channel-major
-//! tensors ([`transpose_add`]) and the scatter of a pixel class's tile into the input
-//! gradient ([`scatter_pixels`]).
+//! tensors ([`transpose_add`]), the scatter of a pixel class's tile into the input
+//! gradient ([`scatter_pixels`]) and the rows of the phase planes ([`phase_row`]).
 //!
 //! Each function takes the plan's GEMM kernel and runs the AVX-512 version
 //! (`layout/avx512.rs`: masked row copies, 16 x 16 in-register transposes) when that is
-//! the kernel, else the portable loops here, which are also the reference of the tests.
+//! the kernel (and the CPU has it), else the portable loops here, which are also the reference of the tests.
 //! The two give the same bits: they move the same floats and add the same bias.
 //!
 //! Measured on the notebook net's training step (N = 1000, 2 threads, Intel Xeon
@@ -44,9 +44,8 @@ pub(super) fn transpose_add(
         assert!(a.len() >= m, "transpose_add: add too short");
     }
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 {
-        // SAFETY: the plan's kernel is AVX-512 only when the CPU has it (`check_plan`),
-        // and the lengths were checked above.
+    if kernel == Kernel::Avx512 && kernel.is_supported() {
+        // SAFETY: the CPU has AVX-512 (checked), and the lengths were checked above.
         return unsafe { avx512::transpose_add(t, ldt, (n, m), add, y, ldy) };
     }
     let _ = kernel;
@@ -135,7 +134,7 @@ pub(super) fn phase_row(
         "phase_row: reads past the image"
     );
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 && (sw == 1 || sw == 2) {
+    if kernel == Kernel::Avx512 && kernel.is_supported() && (sw == 1 || sw == 2) {
         // SAFETY: as in `transpose_add`; the reads were checked above.
         return unsafe { avx512::phase_row(row, x, xoff, (qlo, qhi), sw) };
     }
@@ -188,7 +187,7 @@ pub(super) fn pad_into(
         "pad_into: fewer than {channels} planes"
     );
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 {
+    if kernel == Kernel::Avx512 && kernel.is_supported() {
         // SAFETY: as in `transpose_add`; every row copied is inside its plane (`hh`,
         // `ww` clipped above) and the planes inside the slices (checked above).
         return unsafe {
