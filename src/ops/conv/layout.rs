@@ -54,7 +54,7 @@ pub(super) fn transpose_add(
 
 /// [`transpose_add`] in portable loops, sixteen `i` at a time, so each `y` row gets whole
 /// 64-byte stores (a scalar strided loop took 40% of the direct forward of seed_l2).
-pub(super) fn transpose_add_portable(
+fn transpose_add_portable(
     t: &[f32],
     ldt: usize,
     (n, m): (usize, usize),
@@ -143,7 +143,7 @@ pub(super) fn phase_row(
 }
 
 /// [`phase_row`] in portable loops.
-pub(super) fn phase_row_portable(
+fn phase_row_portable(
     row: &mut [f32],
     x: &[f32],
     xoff: usize,
@@ -203,23 +203,27 @@ pub(super) fn pad_into(
         };
     }
     let _ = kernel;
-    pad_into_portable(src, channels, (h, w), (top, left), (rows, cols), dst)
+    pad_into_portable(
+        src,
+        channels,
+        (h, w),
+        (top, left),
+        (rows, cols),
+        (hh, ww),
+        dst,
+    )
 }
 
-/// [`pad_into`] in portable loops.
-pub(super) fn pad_into_portable(
+/// [`pad_into`] in portable loops, `hh x ww` of each plane (clipped by the caller).
+fn pad_into_portable(
     src: &[f32],
     channels: usize,
     (h, w): (usize, usize),
     (top, left): (usize, usize),
     (rows, cols): (usize, usize),
+    (hh, ww): (usize, usize),
     dst: &mut [f32],
 ) {
-    let hh = h.min(rows.saturating_sub(top));
-    let ww = w.min(cols.saturating_sub(left));
-    if hh == 0 || ww == 0 {
-        return;
-    }
     for (sc, dc) in src
         .chunks_exact(h * w)
         .zip(dst.chunks_exact_mut(rows * cols))
