@@ -13,7 +13,9 @@
 //! gradient, the activations a new forward pass releases) to this cache, and the ops
 //! take their outputs from it when one of about the right size is there. Nothing else
 //! changes: an output taken from the cache is written in full or zeroed first, so
-//! results are bit for bit the same with or without it.
+//! results are bit for bit the same with or without it. A buffer keeps its length (the
+//! values its last user left, all initialised) while cached, so an output its op writes
+//! in full is taken as it is ([`take_written`]), without a pass of zeros first.
 //!
 //! The cache keeps at most [`cache_limit`] bytes (default 256 MiB; buffers below 256 KiB,
 //! which the allocator serves well, are never kept). [`set_cache_limit`] changes it
@@ -29,7 +31,7 @@ const MIN_BYTES: usize = 256 << 10;
 pub const DEFAULT_CACHE_LIMIT: usize = 256 << 20;
 
 struct Cache {
-    /// Free buffers, oldest first, each empty (`len == 0`) with its capacity.
+    /// Free buffers, oldest first, each holding the values its last user left.
     free: Vec<Vec<f32>>,
     /// Sum of the capacities in `free`, in bytes.
     bytes: usize,
@@ -95,8 +97,8 @@ impl Cache {
     }
 }
 
-/// An empty buffer with room for at least `len` `f32`s (and at most a quarter more),
-/// when the cache holds one; the smallest that fits.
+/// A buffer with room for at least `len` `f32`s (and at most a quarter more), when the
+/// cache holds one; the smallest that fits. Its length and values are its last user's.
 fn take_f32(len: usize) -> Option<Vec<f32>> {
     if bytes_of(len) < MIN_BYTES {
         return None;
@@ -122,20 +124,35 @@ pub(crate) fn take<T: 'static>(len: usize) -> Option<Vec<T>> {
     if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
         return None;
     }
-    let mut slot = take_f32(len);
+    let mut slot = take_f32(len).map(|mut v| {
+        v.clear();
+        v
+    });
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<Vec<T>>>()
         .and_then(Option::take)
 }
 
+/// `len` `f32`s from the cache, when it holds a buffer that fits, with whatever values
+/// its last user left in them (zeros past what it used): for an output its op
+/// overwrites in full, which then costs one pass over its memory instead of two.
+pub(crate) fn take_written(len: usize) -> Option<Vec<f32>> {
+    let mut v = take_f32(len)?;
+    if v.len() >= len {
+        v.truncate(len);
+    } else {
+        v.resize(len, 0.0);
+    }
+    Some(v)
+}
+
 /// Keeps `v`'s memory for a later [`take`], when it is large enough and the limit
 /// allows (the oldest buffers go first); else frees it.
-pub(crate) fn give(mut v: Vec<f32>) {
+pub(crate) fn give(v: Vec<f32>) {
     let bytes = bytes_of(v.capacity());
     if bytes < MIN_BYTES {
         return;
     }
-    v.clear();
     let dropped = with_cache(|c| {
         if bytes > c.limit {
             return Some(v);
@@ -190,6 +207,17 @@ mod tests {
             give(Vec::with_capacity(n));
         }
         assert!(cached_bytes() <= 8 << 20);
+        // A written output takes a buffer with its last user's values (zeros past
+        // them), without clearing it.
+        clear_cache();
+        give(vec![7.0; n]);
+        let w = take_written(n - 3).expect("the 1 MiB buffer fits");
+        assert_eq!((w.len(), w[0], w[n - 4]), (n - 3, 7.0, 7.0));
+        give(w);
+        let w = take_written(n).expect("it fits again");
+        assert_eq!((w[n - 4], w[n - 3], w[n - 1]), (7.0, 0.0, 0.0));
+        give(w);
+        assert_eq!(take::<f32>(n).map(|v| v.len()), Some(0), "take clears");
         // Small buffers are never kept.
         let before = cached_bytes();
         give(Vec::with_capacity(100));

@@ -228,6 +228,32 @@ where
     array_of(op, shape, describe, try_output_vec)
 }
 
+/// An `f32` array of `shape` for an output the caller overwrites in full before it
+/// reads any of it (the conv forward, whose every algorithm writes each element):
+/// a cached buffer as its last user left it ([`crate::buffers::take_written`]), else a
+/// zero-valued one as [`try_output`] makes it. Either way every element is initialised;
+/// only the values differ, and the caller's writes replace them all. Skipping the zeros
+/// matters in a training step: they were a serial `memset` of every conv output on the
+/// calling thread (1.5% of `train_mnist`'s profile, with the pool's workers waiting).
+pub(crate) fn try_written_output<Sh>(
+    op: &'static str,
+    shape: Sh,
+    describe: impl FnOnce() -> String,
+) -> Result<ndarray::Array<f32, Sh::Dim>>
+where
+    Sh: ndarray::ShapeBuilder,
+{
+    array_of(
+        op,
+        shape,
+        describe,
+        |op, len, describe| match crate::buffers::take_written(len) {
+            Some(v) => Ok(v),
+            None => try_output_vec(op, len, describe),
+        },
+    )
+}
+
 /// An output element a kernel writes exactly once: an initialised `T` (an output the
 /// caller gave, the `_into` ops) or a `MaybeUninit<T>` (a new output, see
 /// [`filled_output`]). Kernels generic over it serve both without an unsafe cast.
