@@ -357,9 +357,9 @@ impl Backward {
         want_dw: bool,
     ) -> Result<Array2<f32>> {
         let geo = ops.geo;
-        // An empty image (every tap reads padding) or no output channels: dW is zero or
-        // empty, and so is dx.
-        if ops.x.ncols() == 0 || geo.out_channels == 0 {
+        // An empty image (every tap reads padding), no output channels or no images: dW
+        // is zero or empty, and so is dx (zeroed by the caller).
+        if ops.x.ncols() == 0 || geo.out_channels == 0 || nb == 0 {
             return Ok(Array2::zeros((geo.out_channels, geo.col_rows())));
         }
         with_scratch(&BACKWARD, |bufs| {
@@ -395,8 +395,8 @@ impl Backward {
         let dyt = if want_dw {
             let what = "the transposed grad_out of the direct path";
             let dyt = dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?;
+            // Written in full by the chunk's first call, which stores instead of adding.
             let what = "the weight gradient tile of the direct path";
-            acc.clear();
             resize(acc, &[k, ldo], what, geo)?;
             dyt
         } else {
@@ -425,6 +425,13 @@ impl Backward {
                 .map(|cl| multi_bases(&cl.bases, dy_img, per_call))
                 .collect()
         });
+        // One tile for every class, sized once: resizing it per class between the
+        // classes' pixel counts wrote zeros on every call.
+        if let Some(g) = &self.dx {
+            let most = g.index.classes.iter().map(|cl| cl.pixels.len()).max();
+            let what = "the input gradient tile of the direct path";
+            resize(tile, &[per_call, most.unwrap_or(0), g.ldc], what, geo)?;
+        }
         for c0 in (0..nb).step_by(per_call) {
             let nc = per_call.min(nb - c0);
             let xs = ops.x.slice(s![n0 + c0..n0 + c0 + nc, ..]);
@@ -451,7 +458,8 @@ impl Backward {
                     transpose_add(self.kernel, dyn_, l, (o, l), None, dst, ldo);
                 }
                 let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
-                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, acc, true);
+                let add = c0 > 0;
+                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, acc, add);
             }
             // dx, one pixel class at a time, for all `nc` images in each call.
             let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
@@ -469,12 +477,7 @@ impl Backward {
                     continue;
                 }
                 let bases = &class_bases[ci][..nc * np];
-                resize(
-                    tile,
-                    &[nc, np, ldc],
-                    "the input gradient tile of the direct path",
-                    geo,
-                )?;
+                let tile = &mut tile[..nc * np * ldc];
                 indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile, false);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
