@@ -250,6 +250,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    // The main thread drives every op: as worker 0 of the pool it runs each op's share
+    // itself instead of handing the op over and sleeping (see the crate docs, Threads).
+    // RAYON_NUM_THREADS still sets the pool's size; if the pool exists already, fine.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
