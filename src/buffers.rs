@@ -15,7 +15,7 @@
 //! changes: an output taken from the cache is written in full or zeroed first, so
 //! results are bit for bit the same with or without it. A buffer keeps its length (the
 //! values its last user left, all initialised) while cached, so an output its op writes
-//! in full is taken as it is ([`take_written`]), without a pass of zeros first.
+//! in full is taken as it is (`take_written`), without a pass of zeros first.
 //!
 //! The cache keeps at most [`cache_limit`] bytes (default 256 MiB; buffers below 256 KiB,
 //! which the allocator serves well, are never kept). [`set_cache_limit`] changes it

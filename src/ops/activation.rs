@@ -11,7 +11,9 @@ use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelExtend};
 use rayon::slice::{ParallelSlice, ParallelSliceMut};
 
+use super::lanes;
 use crate::error::{Error, Result};
+use crate::gemm::Kernel;
 use crate::limits::try_vec_with_capacity;
 
 /// Elements per rayon task in the element-wise ops; arrays of up to twice this many
@@ -25,11 +27,7 @@ fn parallel(len: usize) -> bool {
 /// `out[i] = f(x[i])`; both slices have the same length.
 pub(crate) fn map_slice(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     debug_assert_eq!(x.len(), out.len());
-    let run = |out: &mut [f32], x: &[f32]| {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = f(v);
-        }
-    };
+    let run = |out: &mut [f32], x: &[f32]| lanes::map(Kernel::selected(), out, x, &f);
     if parallel(x.len()) {
         out.par_chunks_mut(PAR_CHUNK)
             .zip(x.par_chunks(PAR_CHUNK))
@@ -90,7 +88,7 @@ pub(crate) fn update_array<D: Dimension>(
     mut y: ArrayViewMut<'_, f32, D>,
     f: impl Fn(f32) -> f32 + Sync + Send,
 ) {
-    let run = |s: &mut [f32]| s.iter_mut().for_each(|v| *v = f(*v));
+    let run = |s: &mut [f32]| lanes::update(Kernel::selected(), s, &f);
     match y.as_slice_memory_order_mut() {
         Some(s) if parallel(s.len()) => s.par_chunks_mut(PAR_CHUNK).for_each(run),
         Some(s) => run(s),
@@ -105,11 +103,7 @@ pub(crate) fn update_array_with<D: Dimension>(
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) {
     debug_assert_eq!(dy.shape(), x.shape());
-    let run = |g: &mut [f32], x: &[f32]| {
-        for (g, &v) in g.iter_mut().zip(x) {
-            *g = f(v, *g);
-        }
-    };
+    let run = |g: &mut [f32], x: &[f32]| lanes::update_with(Kernel::selected(), g, x, &f);
     let same_layout = dy.strides() == x.strides();
     if let (true, Some(xs)) = (same_layout, x.as_slice_memory_order())
         && let Some(gs) = dy.as_slice_memory_order_mut()

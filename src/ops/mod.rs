@@ -50,6 +50,7 @@ mod dropout;
 mod flatten;
 mod geometry;
 mod im2col;
+mod lanes;
 mod linear;
 mod loss;
 mod pool;

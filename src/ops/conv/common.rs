@@ -7,7 +7,7 @@ use ndarray::{Array1, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMu
 
 use super::plan::ConvPlan;
 use crate::error::{Error, Result};
-use crate::gemm::sgemm_par;
+use crate::gemm::{Kernel, sgemm_par};
 use crate::limits::{checked_len, try_resize};
 use crate::ops::geometry::Conv2dGeometry;
 use crate::ops::im2col::Im2colMap;
@@ -261,35 +261,14 @@ pub(super) fn group_col_grad(
     Ok(())
 }
 
-/// `sum(v)` in f64 over 32 interleaved partial sums, which vectorise into four
-/// independent vector sums (one running sum waits on each add's latency: it took 3% of
-/// a training step of the notebook net; one vector of eight still waited 4 cycles per 8
-/// floats, 2% of `train_mnist`'s step).
-fn sum_f64(v: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 32];
-    let mut wide = v.chunks_exact(32);
-    for c in &mut wide {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f64::from(x);
-        }
-    }
-    // Short rows (the small layers' 16 or 49 positions) in eights, then one by one.
-    let mut narrow = wide.remainder().chunks_exact(8);
-    for c in &mut narrow {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f64::from(x);
-        }
-    }
-    let tail: f64 = narrow.remainder().iter().map(|&x| f64::from(x)).sum();
-    let mut lanes = [0.0f64; 8];
-    for (i, l) in lanes.iter_mut().enumerate() {
-        *l = (acc[i] + acc[i + 8]) + (acc[i + 16] + acc[i + 24]);
-    }
-    lanes.iter().sum::<f64>() + tail
-}
-
-/// The bias gradient of images `n0..n0 + nb`: `sum(dy[n, o, :])` per channel, in f64.
-pub(super) fn bias_partial(dy: ArrayView3<'_, f32>, n0: usize, nb: usize) -> Array1<f64> {
+/// The bias gradient of images `n0..n0 + nb`: `sum(dy[n, o, :])` per channel, in f64,
+/// each row summed by `kernel`'s copy of [`crate::ops::lanes::sum_f64`].
+pub(super) fn bias_partial(
+    kernel: Kernel,
+    dy: ArrayView3<'_, f32>,
+    n0: usize,
+    nb: usize,
+) -> Array1<f64> {
     let mut db = Array1::<f64>::zeros(dy.len_of(Axis(1)));
     for i in 0..nb {
         for (acc, row) in db
@@ -297,7 +276,7 @@ pub(super) fn bias_partial(dy: ArrayView3<'_, f32>, n0: usize, nb: usize) -> Arr
             .zip(dy.index_axis(Axis(0), n0 + i).outer_iter())
         {
             *acc += match row.as_slice() {
-                Some(row) => sum_f64(row),
+                Some(row) => crate::ops::lanes::sum_f64(kernel, row),
                 None => row.iter().map(|&v| f64::from(v)).sum::<f64>(),
             };
         }

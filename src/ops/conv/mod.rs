@@ -315,7 +315,7 @@ fn backward(
             None => weight_grad(ops, direct, dy, chunk)?,
         };
         let db = if with_bias {
-            bias_partial(dy, n0, nb)
+            bias_partial(plan.kernel, dy, n0, nb)
         } else {
             Array1::zeros(dy.len_of(ndarray::Axis(1)))
         };
