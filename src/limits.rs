@@ -228,31 +228,55 @@ where
     array_of(op, shape, describe, try_output_vec)
 }
 
+/// Most bytes of a new output that [`try_written_output`] zeroes over the rayon pool;
+/// larger ones come from `calloc`, whose fresh pages are zero already (zeroing them
+/// again would be a whole extra pass over memory).
+const POOL_ZEROED_BYTES: usize = 8 << 20;
+
 /// An `f32` array of `shape` for an output the caller overwrites in full before it
 /// reads any of it (the conv forward, whose every algorithm writes each element):
 /// a cached buffer as its last user left it ([`crate::buffers::take_written`]), else a
-/// zero-valued one as [`try_output`] makes it. Either way every element is initialised;
-/// only the values differ, and the caller's writes replace them all. Skipping the zeros
-/// matters in a training step: they were a serial `memset` of every conv output on the
-/// calling thread (1.5% of `train_mnist`'s profile, with the pool's workers waiting).
+/// zero-valued one. Either way every element is initialised; only the values differ,
+/// and the caller's writes replace them all. Skipping the zeros matters in a training
+/// step: they were a serial `memset` of every conv output on the calling thread (1.5%
+/// of `train_mnist`'s profile, with the pool's workers waiting).
+///
+/// With `parallel`, a new buffer of at most [`POOL_ZEROED_BYTES`] is reserved
+/// uninitialised and zeroed over the rayon pool rather than by `calloc` on the calling
+/// thread (`calloc` clears a block the allocator reuses with one serial `memset`: 5%
+/// of seed_l1's 2-thread forward, called in a loop); it also wakes the pool's workers
+/// while the calling thread does its share.
 pub(crate) fn try_written_output<Sh>(
     op: &'static str,
     shape: Sh,
+    parallel: bool,
     describe: impl FnOnce() -> String,
 ) -> Result<ndarray::Array<f32, Sh::Dim>>
 where
     Sh: ndarray::ShapeBuilder,
 {
-    array_of(
-        op,
-        shape,
-        describe,
-        |op, len, describe| match crate::buffers::take_written(len) {
-            Some(v) => Ok(v),
-            None => try_output_vec(op, len, describe),
-        },
-    )
+    array_of(op, shape, describe, |op, len, describe| {
+        if let Some(v) = crate::buffers::take_written(len) {
+            return Ok(v);
+        }
+        let bytes = len.saturating_mul(size_of::<f32>());
+        if !parallel || bytes > POOL_ZEROED_BYTES || len < 2 * ZERO_CHUNK {
+            return try_output_vec(op, len, describe);
+        }
+        let mut v = try_vec_with_capacity::<f32>(op, len, describe)?;
+        use rayon::prelude::*;
+        v.spare_capacity_mut()[..len]
+            .par_chunks_mut(ZERO_CHUNK)
+            .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+        // SAFETY: the capacity is at least `len` (reserved above), and the fill just
+        // initialised the first `len` elements.
+        unsafe { v.set_len(len) };
+        Ok(v)
+    })
 }
+
+/// Floats per task when [`try_written_output`] zeroes over the pool (64 KiB).
+const ZERO_CHUNK: usize = 1 << 14;
 
 /// An output element a kernel writes exactly once: an initialised `T` (an output the
 /// caller gave, the `_into` ops) or a `MaybeUninit<T>` (a new output, see

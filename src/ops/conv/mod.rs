@@ -471,7 +471,7 @@ fn forward_impl(
     check_plan(&plan, geo)?;
     // Every forward algorithm writes each element of `y` (the `_into` contract), so
     // the buffer needs no zeros of its own.
-    let mut y = try_written_output(OP, geo.y_shape(), || {
+    let mut y = try_written_output(OP, geo.y_shape(), plan.parallel, || {
         format!(
             "the output {:?} of {}",
             <[usize; 4]>::from(geo.y_shape()),
@@ -710,9 +710,12 @@ fn backward_impl(
         .map_err(shape_err)?;
     let mut dx = match want_dx {
         // Zeroed chunk by chunk by `backward`, on the pool.
-        true => Some(try_written_output(OP, geo.x_shape(), || {
-            format!("the input gradient of {}", geo.describe())
-        })?),
+        true => Some(try_written_output(
+            OP,
+            geo.x_shape(),
+            plan.parallel,
+            || format!("the input gradient of {}", geo.describe()),
+        )?),
         false => None,
     };
     let dx2 = match dx.as_mut() {
