@@ -228,10 +228,12 @@ where
     array_of(op, shape, describe, try_output_vec)
 }
 
-/// Most bytes of a new output that [`try_written_output`] zeroes over the rayon pool;
-/// larger ones come from `calloc`, whose fresh pages are zero already (zeroing them
-/// again would be a whole extra pass over memory).
-const POOL_ZEROED_BYTES: usize = 8 << 20;
+/// Most bytes of a new output that [`try_written_output`] zeroes over the rayon pool:
+/// glibc's largest dynamic mmap threshold. Larger blocks are always fresh pages from
+/// the kernel, which `calloc` does not clear; smaller ones are often a reused part of
+/// the heap, which it clears with one serial `memset` (nb_32x1x5's 14.7 MB output in a
+/// loop: 11% of its 2-thread forward).
+const POOL_ZEROED_BYTES: usize = 32 << 20;
 
 /// An `f32` array of `shape` for an output the caller overwrites in full before it
 /// reads any of it (the conv forward, whose every algorithm writes each element):
@@ -241,7 +243,7 @@ const POOL_ZEROED_BYTES: usize = 8 << 20;
 /// step: they were a serial `memset` of every conv output on the calling thread (1.5%
 /// of `train_mnist`'s profile, with the pool's workers waiting).
 ///
-/// With `parallel`, a new buffer of at most [`POOL_ZEROED_BYTES`] is reserved
+/// With `parallel`, a new buffer of 128 KiB to [`POOL_ZEROED_BYTES`] is reserved
 /// uninitialised and zeroed over the rayon pool rather than by `calloc` on the calling
 /// thread (`calloc` clears a block the allocator reuses with one serial `memset`: 5%
 /// of seed_l1's 2-thread forward, called in a loop); it also wakes the pool's workers
