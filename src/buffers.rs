@@ -104,12 +104,11 @@ fn take_f32(len: usize) -> Option<Vec<f32>> {
         return None;
     }
     with_cache(|c| {
-        let max = len.saturating_add(len / 4);
         let at = c
             .free
             .iter()
             .enumerate()
-            .filter(|(_, b)| (len..=max).contains(&b.capacity()))
+            .filter(|(_, b)| fits(b, len))
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i)?;
         let b = c.free.remove(at);
@@ -131,6 +130,16 @@ pub(crate) fn take<T: 'static>(len: usize) -> Option<Vec<T>> {
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<Vec<T>>>()
         .and_then(Option::take)
+}
+
+/// Whether the cache holds a buffer that [`take_written`] would return for `len`.
+pub(crate) fn holds(len: usize) -> bool {
+    bytes_of(len) >= MIN_BYTES && with_cache(|c| c.free.iter().any(|b| fits(b, len)))
+}
+
+/// Whether `b` can serve `len` floats: room for them, and at most a quarter more.
+fn fits(b: &Vec<f32>, len: usize) -> bool {
+    (len..=len.saturating_add(len / 4)).contains(&b.capacity())
 }
 
 /// `len` `f32`s from the cache, when it holds a buffer that fits, with whatever values

@@ -22,7 +22,7 @@ use std::cell::RefCell;
 
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::common::{OP, Operands, Zeroed, for_each_image_tile, resize, with_scratch};
+use super::common::{OP, Operands, Out, Zeroed, for_each_image_tile, resize, with_scratch};
 use super::layout::{pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
@@ -97,22 +97,19 @@ fn pack_weights(kernel: Kernel, w: ndarray::ArrayView2<'_, f32>, ldw: usize) -> 
 pub(super) fn forward(
     ops: &Operands<'_>,
     bias: Option<ArrayView1<'_, f32>>,
-    mut y: ArrayViewMut3<'_, f32>,
+    y: Out<'_>,
 ) -> Result<()> {
-    if y.is_empty() {
-        return Ok(());
-    }
-    if ops.x.ncols() == 0 {
+    let (n, o, l) = y.dim();
+    if n * o * l == 0 || ops.x.ncols() == 0 {
         // An empty image (no channels, or zero height or width, all padding): the output
         // is the bias.
-        for (oi, mut yo) in y.axis_iter_mut(Axis(1)).enumerate() {
+        for (oi, mut yo) in y.into_view().axis_iter_mut(Axis(1)).enumerate() {
             yo.fill(bias.map_or(0.0, |b| b[oi]));
         }
         return Ok(());
     }
     let geo = ops.geo;
     let kernel = ops.plan.kernel;
-    let o = y.len_of(Axis(1));
     let ldw = o.next_multiple_of(kernel.lanes());
     let idx = DirectIndex::new(geo)?;
     let w = pack_weights(kernel, ops.w, ldw)?;

@@ -27,8 +27,8 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, for_each_image_tile, group_col_grad, group_weight_grad, images_per_tile, resize,
-    shape_err, with_scratch,
+    OP, Operands, Out, for_each_image_tile, group_col_grad, group_weight_grad, images_per_tile,
+    resize, shape_err, with_scratch,
 };
 use super::layout::phase_row;
 use crate::error::Result;
@@ -106,7 +106,7 @@ fn planes_len(geo: &Conv2dGeometry, pg: &PhaseGeometry) -> Result<usize> {
 pub(super) fn forward(
     ops: &Operands<'_>,
     bias: Option<ArrayView1<'_, f32>>,
-    y: ArrayViewMut3<'_, f32>,
+    y: Out<'_>,
 ) -> Result<()> {
     let geo = ops.geo;
     let pg = PhaseGeometry::new(geo);
