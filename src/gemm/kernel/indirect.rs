@@ -50,27 +50,12 @@ pub(crate) struct IndirectArgs {
 pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>(
     args: &IndirectArgs,
 ) {
-    let IndirectArgs {
-        x,
-        bases,
-        rows,
-        offs,
-        k,
-        w,
-        ldw,
-        c,
-        accumulate,
-    } = *args;
-    let nvec = ldw / S::LANES;
-    // SAFETY: positions below `rows` and channels below `ldw` only; an edge tile points
-    // its missing rows at the last valid position (valid reads), and stores only the
-    // valid rows.
+    let nvec = args.ldw / S::LANES;
+    // SAFETY: each panel covers vectors below `nvec` (`ldw`), as `panel` requires.
     unsafe {
         // Channel panels outside, positions inside: one panel of weights (`k x NR`)
         // stays in cache while every position streams past it.
-        // Panels as even as possible: 4 vectors run as 2 + 2, not 3 + 1 (a one-vector
-        // tile does one weight load per MR broadcasts and is load-bound).
-        if NVMAX == 3 && MR == 8 && nvec % 4 == 0 {
+        if NVMAX == 3 && MR == 8 && nvec.is_multiple_of(4) {
             // Whole panels of four vectors (64 channels on AVX-512) in 6 x 4 tiles
             // rather than 8 x 3 + 8 x 1 or 8 x 2 + 8 x 2: 10 loads per 24 FMAs, each
             // tap's broadcasts loaded once per four vectors. 1 thread, direct path, ms
@@ -83,34 +68,16 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
             }
             return;
         }
+        // Panels as even as possible: 4 vectors run as 2 + 2, not 3 + 1 (a one-vector
+        // tile does one weight load per MR broadcasts and is load-bound).
         let panels = nvec.div_ceil(NVMAX);
         let mut v0 = 0;
-        for panel in 0..panels {
-            let nv = (nvec - v0).div_ceil(panels - panel);
-            // Depth in blocks of at most KB taps, so the block of the weight panel
-            // (KB x NR floats) stays in L1 while the positions stream past; later blocks
-            // add onto what the earlier ones stored.
-            let blocks = k.div_ceil(KB).max(1);
-            for kb in 0..blocks {
-                let (k0, k1) = (kb * k / blocks, (kb + 1) * k / blocks);
-                let wv = w.add(k0 * ldw + v0 * S::LANES);
-                let ob = offs.add(k0);
-                for p0 in (0..rows).step_by(MR) {
-                    let valid = MR.min(rows - p0);
-                    let mut xs = [x; MR];
-                    for (i, xi) in xs.iter_mut().enumerate() {
-                        *xi = x.add(*bases.add(p0 + i.min(valid - 1)));
-                    }
-                    let cv = c.add(p0 * ldw + v0 * S::LANES);
-                    let (kk, add) = (k1 - k0, kb > 0 || accumulate);
-                    if nv >= 3 {
-                        tile::<S, MR, 3>(&xs, ob, kk, wv, ldw, cv, valid, add);
-                    } else if nv == 2 {
-                        tile::<S, MR, 2>(&xs, ob, kk, wv, ldw, cv, valid, add);
-                    } else {
-                        tile_split::<S, MR>(&xs, ob, kk, wv, ldw, cv, valid, add);
-                    }
-                }
+        for p in 0..panels {
+            let nv = (nvec - v0).div_ceil(panels - p);
+            match nv {
+                3.. => panel::<S, MR, 3>(args, v0),
+                2 => panel::<S, MR, 2>(args, v0),
+                _ => panel::<S, MR, 1>(args, v0),
             }
             v0 += nv;
         }
@@ -118,7 +85,7 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
 }
 
 /// [`indirect_body`] for the `NV` vectors of channels from vector `v0`, in `MR x NV`
-/// tiles.
+/// tiles ([`tile_split`] for one vector).
 ///
 /// # Safety
 /// As [`indirect_body`], with `ldw >= (v0 + NV) * S::LANES`.
@@ -135,8 +102,13 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, 
         c,
         accumulate,
     } = *args;
-    // SAFETY: as in `indirect_body`: positions below `rows`, the four vectors of `ldw`.
+    // SAFETY: positions below `rows` and the `NV` vectors from `v0` only; an edge tile
+    // points its missing rows at the last valid position (valid reads), and stores only
+    // the valid rows.
     unsafe {
+        // Depth in blocks of at most KB taps, so the block of the weight panel (KB x NR
+        // floats) stays in L1 while the positions stream past; later blocks add onto
+        // what the earlier ones stored.
         let blocks = k.div_ceil(KB).max(1);
         for kb in 0..blocks {
             let (k0, k1) = (kb * k / blocks, (kb + 1) * k / blocks);
@@ -149,7 +121,11 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, 
                 }
                 let (kk, add) = (k1 - k0, kb > 0 || accumulate);
                 let cv = c.add(p0 * ldw + v0 * S::LANES);
-                tile::<S, MR, NV>(&xs, ob, kk, wv, ldw, cv, valid, add);
+                if NV == 1 {
+                    tile_split::<S, MR>(&xs, ob, kk, wv, ldw, cv, valid, add);
+                } else {
+                    tile::<S, MR, NV>(&xs, ob, kk, wv, ldw, cv, valid, add);
+                }
             }
         }
     }
