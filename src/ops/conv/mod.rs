@@ -63,6 +63,7 @@ mod plan;
 mod pointwise;
 mod winograd;
 
+use super::lanes;
 pub use autotune::{ConvPass, autotuned_plan, clear_autotune_cache};
 pub use common::REDUCTION_CHUNK;
 use common::{MAP_ENTRIES, OP, Operands, Out, bias_partial, reduction_chunks, shape_err};
@@ -345,6 +346,32 @@ fn backward(
         chunks.into_par_iter().with_max_len(1).map(run).collect()
     } else {
         chunks.into_iter().map(run).collect()
+    }
+}
+
+/// `dw += pw` for every chunk's partial, in chunk order, with the kernel's vectors and,
+/// on a parallel plan, over blocks of `dw` on the pool (each element sums the partials
+/// in the same order either way, so the bits do not change). Added one by one on the
+/// calling thread, they took 1.2% of `train_mnist`'s profile with the pool waiting.
+fn sum_partials(plan: &ConvPlan, dw: &mut Array2<f32>, partials: &[(Array2<f32>, Array1<f64>)]) {
+    use rayon::prelude::*;
+    /// Floats of `dw` per task.
+    const BLOCK: usize = 1 << 12;
+    let parts: Vec<&[f32]> = partials
+        .iter()
+        .map(|(pw, _)| pw.as_slice().expect("a new partial is contiguous"))
+        .collect();
+    let dw = dw.as_slice_mut().expect("a new array is contiguous");
+    let add = |(i, d): (usize, &mut [f32])| {
+        for p in &parts {
+            let p = &p[i * BLOCK..][..d.len()];
+            lanes::update_with(plan.kernel, d, p, &|v: f32, g: f32| g + v);
+        }
+    };
+    if plan.parallel && dw.len() > 2 * BLOCK {
+        dw.par_chunks_mut(BLOCK).enumerate().for_each(add);
+    } else {
+        dw.chunks_mut(BLOCK).enumerate().for_each(add);
     }
 }
 
@@ -791,10 +818,10 @@ fn backward_impl(
         format!("the weight gradient of {}", geo.describe())
     })?;
     let mut db = Array1::<f64>::zeros(o);
-    for (pw, pb) in &partials {
-        dw += pw;
+    for (_, pb) in &partials {
         db += pb;
     }
+    sum_partials(&plan, &mut dw, &partials);
     let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
     Ok((dx, dw, with_bias.then(|| db.mapv(|v| v as f32))))
 }
