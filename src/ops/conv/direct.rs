@@ -173,6 +173,11 @@ fn forward_tile(
         } else {
             xs
         };
+        // All the call's positions in one kernel call. Tried: calls over chunks of
+        // positions whose output rows fit L1 (32 KiB), each transposed at once: faster
+        // alone (resnet_128s2 1T fwd 36-38 -> 30-33 ms) but slower wherever the backward
+        // runs between forwards (bench: 33.5-34.1 -> 35.4-37.5 ms; Intel Xeon 6/207);
+        // the same for the input gradient's classes was slower outright.
         indirect_gemm(kernel, src, &bases[..nc * l], &idx.offs, w, ldw, out, false);
         for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
