@@ -115,10 +115,26 @@ pub fn gather_rows(
         ));
     }
     let describe = || format!("{} rows of x {:?}", idx.len(), x.shape());
-    let mut xb = try_zeros::<f32, _>(OP, (idx.len(), x.ncols()), describe)?;
-    for (mut row, &i) in xb.outer_iter_mut().zip(idx) {
-        row.assign(&x.row(i));
-    }
+    let len = idx.len().checked_mul(x.ncols());
+    let xb = match (len, x.as_slice()) {
+        // Contiguous rows: one copy each into reserved memory, no zeros first
+        // (`train_mnist`'s profile: the gather 2.0% -> 1.6%, on the calling thread; what
+        // is left is the copies' cache misses, rows picked at random).
+        (Some(len), Some(xs)) => {
+            let mut v = try_vec_with_capacity(OP, len, describe)?;
+            for &i in idx {
+                v.extend_from_slice(&xs[i * x.ncols()..][..x.ncols()]);
+            }
+            Array2::from_shape_vec((idx.len(), x.ncols()), v).expect("length matches the shape")
+        }
+        _ => {
+            let mut xb = try_zeros::<f32, _>(OP, (idx.len(), x.ncols()), describe)?;
+            for (mut row, &i) in xb.outer_iter_mut().zip(idx) {
+                row.assign(&x.row(i));
+            }
+            xb
+        }
+    };
     let mut yb = try_vec_with_capacity(OP, idx.len(), describe)?;
     yb.extend(idx.iter().map(|&i| y[i]));
     Ok((xb, Array1::from_vec(yb)))
