@@ -1047,6 +1047,10 @@ fn batch_helpers_take_any_count_or_say_why_not() {
         array![[3.0, 4.0, 5.0], [0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     );
     assert_eq!(yb, array![8, 7, 8]);
+    // Strided rows (a transposed view) gather the same as their contiguous copy.
+    let xt = Array2::<f32>::from_shape_fn((3, 2), |(j, i)| (i * 3 + j) as f32);
+    let (xs, _) = gather_rows(xt.t(), y.view(), &[1, 0, 1]).unwrap();
+    assert_eq!(xs, xb);
     // An image shape whose size overflows.
     let e = gather_images(x.view(), y.view(), &[0], (usize::MAX, 2, 1)).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
