@@ -189,8 +189,11 @@ impl<'a> Out<'a> {
         }
     }
 
-    /// The output cut into tiles of `per` images, in order.
+    /// The output cut into tiles of `per` images, in order; none for no images.
     fn tiles(self, per: usize) -> Vec<Out<'a>> {
+        if self.dim().0 == 0 {
+            return Vec::new();
+        }
         match self {
             Out::View(mut rest) => {
                 let mut tiles = Vec::new();
