@@ -90,6 +90,11 @@ fn transpose_add_portable(
 /// to `dx` costing the same either way. Tried too: on AVX-512, 16 x 16 blocks
 /// transposed in registers and each channel stored with one masked `vscatterdps`: 10%
 /// slower (seed_l2's direct backward, 1 thread, Intel Xeon 6/207: 0.61 against 0.55 ms).
+/// Tried too: each class's tile transposed channel-major, then each grid row stored in
+/// masked stores (stride 2: 8 floats spread by one `vexpandps`): no faster at 16 and 32
+/// channels, slower at 64 (train_mnist's layers at N = 128, 2 threads, Intel Xeon
+/// 6/207, direct backward: 0.85-1.08 / 0.85-0.86 / 0.37 ms against these scalar stores'
+/// 0.88-0.93 / 0.82-0.85 / 0.30-0.32 ms).
 pub(super) fn scatter_pixels(
     t: &[f32],
     ldt: usize,
