@@ -15,6 +15,7 @@ use super::loss::{
 use super::optim::Optimizer;
 use crate::error::{Error, Result};
 use crate::nn::Sequential;
+use crate::threads::KeepAwake;
 
 const OP: &str = "fit";
 
@@ -237,6 +238,7 @@ pub fn evaluate(
         .iter()
         .enumerate()
     {
+        let _awake = KeepAwake::new();
         let (xb, yb) = gather_images(data.x, data.y, idx, image_shape)?;
         let out = logits(net.infer_shared(xb.into_dyn().into_shared())?)?;
         if b == 0 {
@@ -362,6 +364,9 @@ where
         let start = Instant::now();
         let (mut loss_sum, mut right) = (0.0f64, 0usize);
         for idx in batch_indices(train.len(), config.batch_size, Some(&mut rng))? {
+            // The pool polls for work through the step's few dozen small ops instead of
+            // sleeping between them (`train_mnist`: 4.7-4.8 -> 4.3 s).
+            let _awake = KeepAwake::new();
             let (xb, yb) = gather_images(train.x, train.y, &idx, config.image_shape)?;
             net.zero_grad();
             // Handed over, not copied: the first layer keeps the batch itself.
