@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use convinit::data::Mnist;
 use convinit::init::Init;
 use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
+use convinit::ops::MemoryFormat;
 use convinit::stats::{normalize, stats};
 use convinit::train::{FitConfig, LrSchedule, Sgd, SgdConfig, Split, fit};
 use rand::SeedableRng;
@@ -35,33 +36,42 @@ const MAX_WARM: usize = 256 << 10;
 const MAX_WARM_COUNT: usize = 24;
 
 /// `train_mnist`'s net: Conv2d 1-16-32-64-10 (5x5 then 3x3, stride 2), ReLU, average
-/// pool, flatten.
-fn net(rng: &mut StdRng) -> Sequential {
-    let conv = |c, o, k, rng: &mut StdRng| {
+/// pool, flatten; the first three convs' outputs in `layout` (`train_mnist` runs them
+/// channels-last).
+fn net(rng: &mut StdRng, layout: MemoryFormat) -> Sequential {
+    let conv = |c, o, k, f, rng: &mut StdRng| {
         let cfg = Conv2dConfig::new(c, o, (k, k))
             .with_stride((2, 2))
-            .with_padding((k / 2, k / 2));
+            .with_padding((k / 2, k / 2))
+            .with_memory_format(f);
         Conv2d::with_init(cfg, &Init::KAIMING_NORMAL, rng).unwrap()
     };
     Sequential::new()
-        .with(conv(1, 16, 5, rng))
+        .with(conv(1, 16, 5, layout, rng))
         .with(Relu::new())
-        .with(conv(16, 32, 3, rng))
+        .with(conv(16, 32, 3, layout, rng))
         .with(Relu::new())
-        .with(conv(32, 64, 3, rng))
+        .with(conv(32, 64, 3, layout, rng))
         .with(Relu::new())
-        .with(conv(64, 10, 3, rng))
+        .with(conv(64, 10, 3, MemoryFormat::Contiguous, rng))
         .with(AdaptiveAvgPool2d::new((1, 1)).unwrap())
         .with(Flatten::new(1, -1))
 }
 
 #[test]
 fn a_warm_training_step_makes_no_large_allocation() {
+    // One after the other: the allocation counter is process-wide.
+    for layout in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+        warm_steps_make_no_large_allocation(layout);
+    }
+}
+
+fn warm_steps_make_no_large_allocation(layout: MemoryFormat) {
     let mnist = Mnist::embedded().unwrap();
     let (mean, std) = stats(&mnist.train.0);
     let x = normalize(&mnist.train.0, mean, std);
     let train = Split::new(x.view(), mnist.train.1.view());
-    let mut net = net(&mut StdRng::seed_from_u64(0));
+    let mut net = net(&mut StdRng::seed_from_u64(0), layout);
     let mut opt = Sgd::new(SgdConfig::new(0.1).with_momentum(0.9)).unwrap();
     // Batches of 128, the last of an epoch smaller: two epochs so shapes repeat.
     let config = FitConfig::new(2, 128)
@@ -95,7 +105,7 @@ fn a_warm_training_step_makes_no_large_allocation() {
     for &&(step, count, largest) in &warm {
         assert!(
             largest < MAX_WARM && count <= MAX_WARM_COUNT,
-            "warm step {step}: {count} allocations of >= {LARGE} bytes, the largest \
+            "{layout:?}: warm step {step}: {count} allocations of >= {LARGE} bytes, the largest \
              {largest} bytes (every step: {per_step:?})"
         );
     }

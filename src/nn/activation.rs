@@ -86,8 +86,9 @@ impl Saved {
     ) -> Result<ArcArrayD<f32>> {
         let spare = self.spare.take().or_else(|| self.values.take());
         self.values = None;
-        let y = if x.is_unique() && x.is_standard_layout() {
-            // Nobody else sees `x`: overwrite it, and let another op have the spare.
+        let y = if x.is_unique() && x.as_slice_memory_order().is_some() {
+            // Nobody else sees `x`: overwrite it (in whatever layout it has, channels-last
+            // included), and let another op have the spare.
             if let Some(b) = spare {
                 crate::buffers::give_shared(b);
             }
@@ -95,12 +96,22 @@ impl Saved {
             update_array(y.view_mut(), f);
             y
         } else {
+            let standard = x.is_standard_layout();
             let reuse = spare
-                .filter(|b| b.is_unique() && b.len() == x.len() && b.is_standard_layout())
-                .and_then(|b| b.into_owned().into_shape_with_order(x.raw_dim()).ok());
-            match (reuse, x.as_slice()) {
+                .filter(|b| b.is_unique() && b.len() == x.len())
+                .and_then(|b| match standard {
+                    true => b
+                        .is_standard_layout()
+                        .then(|| b.into_owned().into_shape_with_order(x.raw_dim()).ok())
+                        .flatten(),
+                    // Another contiguous layout (channels-last): the spare must have it.
+                    false => (b.shape() == x.shape() && b.strides() == x.strides())
+                        .then(|| b.into_owned()),
+                });
+            match (reuse, x.as_slice_memory_order()) {
                 (Some(mut y), Some(xs)) => {
-                    map_slice(xs, y.as_slice_mut().expect("standard layout"), f);
+                    let ys = y.as_slice_memory_order_mut().expect("contiguous as x is");
+                    map_slice(xs, ys, f);
                     y
                 }
                 _ => map_array(op, x.view(), f)?,

@@ -7,7 +7,7 @@
 //! the thread count.
 
 use ndarray::parallel::prelude::*;
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, ShapeBuilder, Zip};
 use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelExtend};
 use rayon::slice::{ParallelSlice, ParallelSliceMut};
 
@@ -49,13 +49,37 @@ pub(crate) fn map_array<D: Dimension>(
     f: impl Fn(f32) -> f32 + Sync + Send,
 ) -> Result<Array<f32, D>> {
     let mut out = try_vec_with_capacity(op, x.len(), || format!("the output, x {:?}", x.shape()))?;
-    match x.as_slice() {
+    // A contiguous `x` in another order (channels-last, say) keeps its layout: the
+    // values are mapped in memory order and given `x`'s strides.
+    let strides = same_strides(&x);
+    let xs = match strides {
+        Some(_) => x.as_slice_memory_order(),
+        None => x.as_slice(),
+    };
+    match xs {
         // Rayon writes the indexed results straight into the reserved capacity.
         Some(xs) if parallel(xs.len()) => out.par_extend(xs.par_iter().map(|&v| f(v))),
         Some(xs) => out.extend(xs.iter().map(|&v| f(v))),
         None => out.extend(x.iter().map(|&v| f(v))),
     }
-    Ok(Array::from_shape_vec(x.raw_dim(), out).expect("length matches the shape"))
+    let y = match strides {
+        Some(st) => Array::from_shape_vec(x.raw_dim().strides(st), out),
+        None => Array::from_shape_vec(x.raw_dim(), out),
+    };
+    Ok(y.expect("length matches the shape"))
+}
+
+/// `x`'s strides when it is contiguous in memory, not in standard layout, and its
+/// strides are all non-negative (an array with them holds its elements in the same order).
+fn same_strides<D: Dimension>(x: &ArrayView<'_, f32, D>) -> Option<D> {
+    if x.is_standard_layout() || x.as_slice_memory_order().is_none() {
+        return None;
+    }
+    let mut st = x.raw_dim();
+    for (d, &s) in st.slice_mut().iter_mut().zip(x.strides()) {
+        *d = usize::try_from(s).ok()?;
+    }
+    Some(st)
 }
 
 /// `f(x, dy)` element by element (paired by index, whatever the two layouts), in a new

@@ -22,6 +22,44 @@ pub struct Conv2dOptions {
     /// other settings change which algorithm runs, never what is computed (results may
     /// differ in the last bits).
     pub algorithm: ConvAlgorithm,
+    /// The memory layout of [`crate::ops::conv2d`]'s output. Default
+    /// [`MemoryFormat::Contiguous`]. The input may be in either layout whatever this
+    /// says, and an input gradient comes back in its input's layout.
+    pub memory_format: MemoryFormat,
+}
+
+/// How an `(N, C, H, W)` array lies in memory, as PyTorch's `torch.memory_format`.
+///
+/// Either way the array's shape is `(N, C, H, W)`; only its strides differ. Between
+/// conv layers, [`MemoryFormat::ChannelsLast`] spares the direct conv path its
+/// transposes: its kernels produce and read position-major tiles (all channels of a
+/// pixel side by side), which are then the tensors themselves. Element-wise layers keep
+/// the layout they are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MemoryFormat {
+    /// Row-major `(N, C, H, W)` (`torch.contiguous_format`): each channel's plane
+    /// contiguous.
+    #[default]
+    Contiguous,
+    /// `(N, H, W, C)` in memory, seen as `(N, C, H, W)` (`torch.channels_last`): strides
+    /// `(H * W * C, 1, W * C, C)`.
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// The layout of `x`: [`MemoryFormat::ChannelsLast`] when its strides are exactly
+    /// those of channels-last and not also row-major (with one channel, or one pixel,
+    /// the two coincide, and it counts as [`MemoryFormat::Contiguous`]); else
+    /// [`MemoryFormat::Contiguous`], whatever its strides.
+    pub fn of<S: ndarray::Data<Elem = f32>>(
+        x: &ndarray::ArrayBase<S, ndarray::Ix4>,
+    ) -> MemoryFormat {
+        if !x.is_standard_layout() && x.view().permuted_axes([0, 2, 3, 1]).is_standard_layout() {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        }
+    }
 }
 
 impl Default for Conv2dOptions {
@@ -32,6 +70,7 @@ impl Default for Conv2dOptions {
             dilation: (1, 1),
             groups: 1,
             algorithm: ConvAlgorithm::Auto,
+            memory_format: MemoryFormat::Contiguous,
         }
     }
 }
@@ -69,6 +108,12 @@ impl Conv2dOptions {
     /// Sets how the algorithms are picked ([`ConvAlgorithm`]).
     pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
         self.algorithm = algorithm;
+        self
+    }
+
+    /// Sets the memory layout of the output ([`MemoryFormat`]).
+    pub fn with_memory_format(mut self, memory_format: MemoryFormat) -> Self {
+        self.memory_format = memory_format;
         self
     }
 

@@ -57,6 +57,21 @@ macro_rules! multiversion {
 }
 
 multiversion! {
+    /// `acc[j] += rows[i * acc.len() + j]` in f64, for every whole row `i` in order: the
+    /// column sums of a row-major block (a channels-last tensor's per-channel sums).
+    fn add_columns_f64<>(acc: &mut [f64], rows: &[f32]) {
+        if acc.is_empty() {
+            return;
+        }
+        for row in rows.chunks_exact(acc.len()) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += f64::from(v);
+            }
+        }
+    }
+}
+
+multiversion! {
     /// `s[i] = f(s[i])` for every element.
     fn update<F: Fn(f32) -> f32>(s: &mut [f32], f: &F) {
         for v in s.iter_mut() {

@@ -72,12 +72,12 @@ pub use conv::{
     Conv2dGrads, Conv2dParamGrads, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo,
     InputGradAlgo, REDUCTION_CHUNK, WeightGradAlgo, autotuned_plan, clear_autotune_cache, conv2d,
     conv2d_backward, conv2d_backward_params, conv2d_backward_with_plan, conv2d_into,
-    conv2d_with_plan,
+    conv2d_with_plan, to_memory_format,
 };
 pub(crate) use dropout::check_p as dropout_check_p;
 pub use dropout::{dropout, dropout_backward, dropout2d, dropout2d_backward};
 pub use flatten::{flatten, flatten_backward, flatten_shape};
-pub use geometry::{Conv2dGeometry, Conv2dOptions, conv_out_size};
+pub use geometry::{Conv2dGeometry, Conv2dOptions, MemoryFormat, conv_out_size};
 pub(crate) use linear::linear_backward_params;
 pub use linear::{LinearGrads, linear, linear_backward};
 pub use loss::{mse, mse_backward};

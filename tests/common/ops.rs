@@ -21,7 +21,7 @@ use convinit::nn::{
     MaxPool2d, Relu, Sequential, Sigmoid, Tanh,
 };
 use convinit::ops::{
-    AvgPool2dOptions, BatchNormOptions, MaxPool2dOptions, adaptive_avg_pool2d,
+    AvgPool2dOptions, BatchNormOptions, MaxPool2dOptions, MemoryFormat, adaptive_avg_pool2d,
     adaptive_avg_pool2d_backward, adaptive_max_pool2d_backward, adaptive_max_pool2d_with_indices,
     avg_pool2d, avg_pool2d_backward, batch_norm2d, batch_norm2d_backward, conv2d, conv2d_backward,
     dropout, dropout2d, flatten, flatten_backward, leaky_relu, leaky_relu_backward, linear,
@@ -1118,6 +1118,24 @@ pub fn op_cases() -> Vec<OpCase> {
             c(1, 8, (5, 5)).with_stride((2, 2)).with_padding((2, 2)),
             [23, 1, 28, 28],
             9,
+        ),
+        // Channels-last outputs (the direct path writes them, dy arrives channel-major):
+        // one input channel, and a vector of them.
+        conv(
+            c(1, 8, (5, 5))
+                .with_stride((2, 2))
+                .with_padding((2, 2))
+                .with_memory_format(MemoryFormat::ChannelsLast),
+            [11, 1, 14, 14],
+            41,
+        ),
+        conv(
+            c(16, 24, (3, 3))
+                .with_stride((2, 2))
+                .with_padding((1, 1))
+                .with_memory_format(MemoryFormat::ChannelsLast),
+            [19, 16, 9, 9],
+            42,
         ),
         // Depthwise (groups = C, multiplier 2, strided): the depthwise path.
         conv(

@@ -43,6 +43,11 @@ pub(super) struct Operands<'a> {
     pub plan: ConvPlan,
     /// The im2col index map, for small images (whole-image tiles of `Columns` only).
     pub map: Option<Im2colMap>,
+    /// `x`'s rows are channels-last, `(H, W, C)` (the direct algorithm only).
+    pub x_last: bool,
+    /// The output `y` (forward) or `dy` (backward) is channels-last, `(N, L, O)` (the
+    /// direct algorithm only).
+    pub y_last: bool,
 }
 
 impl Operands<'_> {
@@ -365,6 +370,32 @@ pub(super) fn bias_partial(
         }
     }
     db
+}
+
+/// [`bias_partial`] of a channels-last `dy` (N, L, O): `db[o]` sums its images' `dy`
+/// in f64, position by position, in `kernel`'s vectors (the order differs from
+/// [`bias_partial`]'s, so the last bits of `db` may too).
+pub(super) fn bias_partial_last(
+    kernel: Kernel,
+    dy: ArrayView3<'_, f32>,
+    n0: usize,
+    nb: usize,
+) -> Array1<f64> {
+    let mut db = vec![0.0f64; dy.len_of(Axis(2))];
+    for i in 0..nb {
+        let img = dy.index_axis(Axis(0), n0 + i);
+        match img.as_slice() {
+            Some(rows) => crate::ops::lanes::add_columns_f64(kernel, &mut db, rows),
+            None => {
+                for row in img.outer_iter() {
+                    for (acc, &v) in db.iter_mut().zip(row.iter()) {
+                        *acc += f64::from(v);
+                    }
+                }
+            }
+        }
+    }
+    Array1::from(db)
 }
 
 #[cfg(test)]

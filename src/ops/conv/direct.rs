@@ -10,6 +10,14 @@
 //!   zero-padded `dy` ([`TransposeIndex`]): `dx[pix, c] = sum_(o, tap)
 //!   dypad[bases[pix] + off(o, tap)] * W[o, c, tap]`.
 //!
+//! Channels-last tensors ([`crate::ops::MemoryFormat::ChannelsLast`]) are read and
+//! written as they are: the padded copy of a channels-last image is channels-last too
+//! ([`DirectIndex::new`] with `last`), a position-major kernel tile is a channels-last
+//! output or `dy` but for its padding lanes (rows copied, no transpose; with whole
+//! vectors of channels `dy` is the tile itself), and a channels-last `dx` takes each
+//! pixel's row of its class's tile with one copy. The sums are the same, in the same
+//! order, so the bits are those of the channel-major run.
+//!
 //! It pays where im2col does not: the column matrix costs a gather per element to build
 //! and a scatter per element to fold back, which dominated the notebook's small layers
 //! (two thirds of their forward time), and an extra pass over memory on large ones.
@@ -23,7 +31,7 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{OP, Operands, Out, Zeroed, for_each_image_tile, resize, with_scratch};
-use super::layout::{pad_into, scatter_pixels, transpose_add};
+use super::layout::{copy_rows_add, pad_into, scatter_pixels, scatter_rows, transpose_add};
 use crate::error::Result;
 use crate::gemm::{Kernel, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
@@ -93,25 +101,28 @@ fn pack_weights(kernel: Kernel, w: ndarray::ArrayView2<'_, f32>, ldw: usize) -> 
     Ok(out)
 }
 
-/// Forward into `y` (N, O, L), on the rayon pool when the plan says so.
+/// Forward into `y`, on the rayon pool when the plan says so: `y` is (N, O, L), or
+/// (N, L, O) when `ops.y_last` (channels-last), `x` read in either layout
+/// (`ops.x_last`).
 pub(super) fn forward(
     ops: &Operands<'_>,
     bias: Option<ArrayView1<'_, f32>>,
     y: Out<'_>,
 ) -> Result<()> {
-    let (n, o, l) = y.dim();
+    let geo = ops.geo;
+    let (n, o, l) = (geo.batch, geo.out_channels, geo.col_cols());
     if n * o * l == 0 || ops.x.ncols() == 0 {
         // An empty image (no channels, or zero height or width, all padding): the output
         // is the bias.
-        for (oi, mut yo) in y.into_view().axis_iter_mut(Axis(1)).enumerate() {
+        let axis = if ops.y_last { Axis(2) } else { Axis(1) };
+        for (oi, mut yo) in y.into_view().axis_iter_mut(axis).enumerate() {
             yo.fill(bias.map_or(0.0, |b| b[oi]));
         }
         return Ok(());
     }
-    let geo = ops.geo;
     let kernel = ops.plan.kernel;
     let ldw = o.next_multiple_of(kernel.lanes());
-    let idx = DirectIndex::new(geo)?;
+    let idx = DirectIndex::new(geo, ops.x_last)?;
     let w = pack_weights(kernel, ops.w, ldw)?;
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
@@ -120,7 +131,8 @@ pub(super) fn forward(
     })
 }
 
-/// Images `n0..n0 + b` into `yt` (b, O, L), [`images_per_call`] images per kernel call.
+/// Images `n0..n0 + b` into `yt` ((b, O, L), or (b, L, O) channels-last),
+/// [`images_per_call`] images per kernel call.
 #[allow(clippy::too_many_arguments)]
 fn forward_tile(
     ops: &Operands<'_>,
@@ -137,12 +149,12 @@ fn forward_tile(
     let l = geo.col_cols();
     let copy = !idx.is_input(geo);
     let img = image_len(geo, idx);
-    let (b, o) = (yt.len_of(Axis(0)), yt.len_of(Axis(1)));
+    let (b, o) = (yt.len_of(Axis(0)), geo.out_channels);
     let per_call = images_per_call(img, b);
     let bases = multi_bases(&idx.bases, img, per_call);
     // The borders stay zero for every image of the tile, and of later tiles and calls
     // that pad the same way.
-    let padded = padded_images(padded, geo, idx, per_call)?;
+    let padded = padded_images(padded, geo, idx, ops.x_last, per_call)?;
     resize(
         out,
         &[per_call, l, ldw],
@@ -159,15 +171,7 @@ fn forward_tile(
                 .chunks_exact(ops.x.ncols())
                 .zip(padded.chunks_exact_mut(img))
             {
-                pad_into(
-                    kernel,
-                    x,
-                    geo.in_channels,
-                    (geo.in_h, geo.in_w),
-                    geo.options.padding,
-                    (idx.rows, idx.cols),
-                    dst,
-                );
+                pad_image(kernel, x, geo, idx, ops.x_last, dst);
             }
             &padded[..]
         } else {
@@ -182,18 +186,45 @@ fn forward_tile(
         for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
             let yn = yn.as_slice_mut().expect("output images are contiguous");
-            transpose_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, l);
+            if ops.y_last {
+                // Channels-last: the tile is the image, but for the padding lanes.
+                copy_rows_add(t, ldw, (l, o), Some(&bias_v), yn, o);
+            } else {
+                transpose_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, l);
+            }
         }
     }
     Ok(())
 }
 
-/// `per_call` padded images in `buf`, borders zero (zeroed only when the padding
-/// layout changes); empty when the kernels read the input itself.
+/// Copies image `x` (channel-major, or channels-last when `last`) into the inside of
+/// its padded region in the same layout (the borders are left as they are).
+fn pad_image(
+    kernel: Kernel,
+    x: &[f32],
+    geo: &Conv2dGeometry,
+    idx: &DirectIndex,
+    last: bool,
+    dst: &mut [f32],
+) {
+    let (top, left) = geo.options.padding;
+    let (h, w, c) = (geo.in_h, geo.in_w, geo.in_channels);
+    if last {
+        // One plane whose rows are `w * c` floats: each image row in one copy.
+        let region = (idx.rows, idx.cols * c);
+        pad_into(kernel, x, 1, (h, w * c), (top, left * c), region, dst);
+    } else {
+        pad_into(kernel, x, c, (h, w), (top, left), (idx.rows, idx.cols), dst);
+    }
+}
+
+/// `per_call` padded images in `buf` (channels-last when `last`), borders zero (zeroed
+/// only when the padding layout changes); empty when the kernels read the input itself.
 fn padded_images<'a>(
     buf: &'a mut Zeroed,
     geo: &Conv2dGeometry,
     idx: &DirectIndex,
+    last: bool,
     per_call: usize,
 ) -> Result<&'a mut [f32]> {
     if idx.is_input(geo) {
@@ -208,6 +239,7 @@ fn padded_images<'a>(
         pl,
         idx.rows,
         idx.cols,
+        usize::from(last),
     ];
     let what = "the padded images of the direct path";
     buf.prepare(&[per_call, image_len(geo, idx)], &layout, what, geo)
@@ -241,6 +273,10 @@ fn multi_bases(bases: &[usize], image_len: usize, images: usize) -> Vec<usize> {
 pub(super) struct Backward {
     kernel: Kernel,
     idx: DirectIndex,
+    /// `x` and `dx` are channels-last.
+    x_last: bool,
+    /// `dy` is channels-last, (N, L, O).
+    dy_last: bool,
     /// Output channels padded to whole vectors (`dW`'s tile width).
     ldo: usize,
     /// For the input gradient, when wanted.
@@ -253,8 +289,11 @@ struct InputGrad {
     index: TransposeIndex,
     /// Input channels padded to whole vectors (the tile width).
     ldc: usize,
-    /// Per class, the weights packed `(O * taps) x ldc` and each row's offset.
+    /// Per class, the weights packed `(O * taps) x ldc` and each row's offset in one
+    /// padded `dy`.
     classes: Vec<(Vec<f32>, Vec<usize>)>,
+    /// Per class, each pixel's window corner in one padded `dy`.
+    bases: Vec<Vec<usize>>,
 }
 
 impl Backward {
@@ -281,8 +320,16 @@ impl Backward {
                             geo.describe()
                         )
                     })?;
+                    // Tap `off` of output channel `oi`: channel-major, `oi`'s plane;
+                    // channels-last, `oi` among the `O` floats of each position.
+                    let dy_last = ops.y_last;
                     let offs = (0..o)
-                        .flat_map(|oi| cl.tap_offs.iter().map(move |&off| oi * plane + off))
+                        .flat_map(|oi| {
+                            cl.tap_offs.iter().map(move |&off| match dy_last {
+                                true => off * o + oi,
+                                false => oi * plane + off,
+                            })
+                        })
                         .collect();
                     Ok((w, offs))
                 })
@@ -314,17 +361,26 @@ impl Backward {
                     }
                 }
             }
+            let scale = if ops.y_last { o } else { 1 };
+            let bases = t
+                .classes
+                .iter()
+                .map(|cl| cl.bases.iter().map(|&b| b * scale).collect())
+                .collect();
             Some(InputGrad {
                 index: t,
                 ldc,
                 classes,
+                bases,
             })
         } else {
             None
         };
         Ok(Backward {
             kernel,
-            idx: DirectIndex::new(geo)?,
+            idx: DirectIndex::new(geo, ops.x_last)?,
+            x_last: ops.x_last,
+            dy_last: ops.y_last,
             ldo: o.next_multiple_of(lanes).max(lanes),
             dx,
         })
@@ -410,10 +466,16 @@ impl Backward {
         let x_bases = multi_bases(&idx.bases, img, per_call);
         // Borders (and padding lanes) are zero for the whole chunk, and for later chunks
         // and calls laid out the same way; insides are rewritten per call.
-        let xpad = padded_images(xpad, geo, idx, per_call)?;
+        let xpad = padded_images(xpad, geo, idx, self.x_last, per_call)?;
+        // Channels-last `dy` with whole vectors of channels is its own position-major
+        // tile: no copy.
+        let dy_is_dyt = self.dy_last && ldo == o;
         let dyt = if want_dw {
             let what = "the transposed grad_out of the direct path";
-            let dyt = dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?;
+            let dyt = match dy_is_dyt {
+                true => &mut [],
+                false => dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?,
+            };
             // Written in full by the chunk's first call, which stores instead of adding.
             let what = "the weight gradient tile of the direct path";
             resize(acc, &[k, ldo], what, geo)?;
@@ -429,7 +491,14 @@ impl Backward {
             Some(g) => {
                 let t = &g.index;
                 let layout = [
-                    o, geo.out_h, geo.out_w, t.origin.0, t.origin.1, t.rows, t.cols,
+                    o,
+                    geo.out_h,
+                    geo.out_w,
+                    t.origin.0,
+                    t.origin.1,
+                    t.rows,
+                    t.cols,
+                    usize::from(self.dy_last),
                 ];
                 let what = "the padded grad_out of the direct path";
                 dypad.prepare(&[per_call, dy_img], &layout, what, geo)?
@@ -438,10 +507,9 @@ impl Backward {
         };
         // Each class's window corners for `per_call` images side by side.
         let class_bases: Vec<Vec<usize>> = self.dx.as_ref().map_or_else(Vec::new, |g| {
-            let classes = &g.index.classes;
-            classes
+            g.bases
                 .iter()
-                .map(|cl| multi_bases(&cl.bases, dy_img, per_call))
+                .map(|b| multi_bases(b, dy_img, per_call))
                 .collect()
         });
         // One tile for every class, sized once: resizing it per class between the
@@ -460,22 +528,28 @@ impl Backward {
                     .chunks_exact(ops.x.ncols())
                     .zip(xpad.chunks_exact_mut(img))
                 {
-                    let pad = geo.options.padding;
-                    let (hw, region) = ((geo.in_h, geo.in_w), (idx.rows, idx.cols));
-                    pad_into(self.kernel, x, geo.in_channels, hw, pad, region, dst);
+                    pad_image(self.kernel, x, geo, idx, self.x_last, dst);
                 }
                 &xpad[..]
             } else {
                 xs
             };
+            // (nc, O, L), or (nc, L, O) channels-last.
             let dys = dy.slice(s![n0 + c0..n0 + c0 + nc, .., ..]);
             let dys = dys.to_slice().expect("standard layout dy");
             // dW^T (K x O) += sum_p xpad[offs[k] + bases[p]] * dy^T[p, o], over the
             // positions of all `nc` images.
             if want_dw {
-                for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
-                    transpose_add(self.kernel, dyn_, l, (o, l), None, dst, ldo);
+                if !dy_is_dyt {
+                    for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
+                        if self.dy_last {
+                            copy_rows_add(dyn_, o, (l, o), None, dst, ldo);
+                        } else {
+                            transpose_add(self.kernel, dyn_, l, (o, l), None, dst, ldo);
+                        }
+                    }
                 }
+                let dyt = if dy_is_dyt { dys } else { &dyt[..] };
                 let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
                 let add = c0 > 0;
                 indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, acc, add);
@@ -486,8 +560,30 @@ impl Backward {
             };
             let (t, ldc) = (&g.index, g.ldc);
             for (dyn_, dst) in dys.chunks_exact(o * l).zip(dypad.chunks_exact_mut(dy_img)) {
-                let hw = (geo.out_h, geo.out_w);
-                pad_into(self.kernel, dyn_, o, hw, t.origin, (t.rows, t.cols), dst);
+                let (oh, ow) = (geo.out_h, geo.out_w);
+                if self.dy_last {
+                    let (top, left) = t.origin;
+                    let region = (t.rows, t.cols * o);
+                    pad_into(
+                        self.kernel,
+                        dyn_,
+                        1,
+                        (oh, ow * o),
+                        (top, left * o),
+                        region,
+                        dst,
+                    );
+                } else {
+                    pad_into(
+                        self.kernel,
+                        dyn_,
+                        o,
+                        (oh, ow),
+                        t.origin,
+                        (t.rows, t.cols),
+                        dst,
+                    );
+                }
             }
             let hw = geo.in_h * geo.in_w;
             for (ci, (cl, (w, offs))) in t.classes.iter().zip(&g.classes).enumerate() {
@@ -501,12 +597,15 @@ impl Backward {
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
-                    if np == hw {
+                    let c = geo.in_channels;
+                    match (self.x_last, np == hw) {
                         // One class (stride 1): its pixels are all of them, in order.
-                        let c = geo.in_channels;
-                        transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw);
-                    } else {
-                        scatter_pixels(tile, ldc, &cl.pixels, geo.in_channels, dxn, hw);
+                        (true, true) => copy_rows_add(tile, ldc, (hw, c), None, dxn, c),
+                        (true, false) => scatter_rows(tile, ldc, &cl.pixels, c, dxn),
+                        (false, true) => {
+                            transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw)
+                        }
+                        (false, false) => scatter_pixels(tile, ldc, &cl.pixels, c, dxn, hw),
                     }
                 }
             }
@@ -545,11 +644,14 @@ impl DirectIndex {
 }
 
 impl DirectIndex {
-    /// The indexing of `geo` (groups of 1).
+    /// The indexing of `geo` (groups of 1), of a channel-major padded region or, when
+    /// `last`, a channels-last one (`(rows, cols, C)` row-major: input `x` of output
+    /// `(oy, ox)` and tap `(c, i, j)` at `((oy * sh + i * dh) * cols + ox * sw + j * dw)
+    /// * C + c`).
     ///
     /// # Errors
     /// [`crate::Error::Alloc`] when the padded region of one image overflows.
-    pub(super) fn new(geo: &Conv2dGeometry) -> Result<DirectIndex> {
+    pub(super) fn new(geo: &Conv2dGeometry, last: bool) -> Result<DirectIndex> {
         let (kh, kw) = geo.kernel;
         let (sh, sw) = geo.options.stride;
         let (dh, dw) = geo.options.dilation;
@@ -559,14 +661,17 @@ impl DirectIndex {
         checked_len(OP, &[geo.in_channels, rows, cols, size_of::<f32>()], || {
             format!("a padded image of {}", geo.describe())
         })?;
+        let ch = geo.in_channels;
+        // A pixel's first float, and a channel's distance from it.
+        let (pixel, channel) = if last { (ch, 1) } else { (1, rows * cols) };
         let bases = (0..geo.out_h)
-            .flat_map(|oy| (0..geo.out_w).map(move |ox| oy * sh * cols + ox * sw))
+            .flat_map(|oy| (0..geo.out_w).map(move |ox| (oy * sh * cols + ox * sw) * pixel))
             .collect();
         let mut offs = Vec::with_capacity(geo.col_rows());
-        for c in 0..geo.in_channels {
+        for c in 0..ch {
             for i in 0..kh {
                 for j in 0..kw {
-                    offs.push((c * rows + i * dh) * cols + j * dw);
+                    offs.push(c * channel + (i * dh * cols + j * dw) * pixel);
                 }
             }
         }

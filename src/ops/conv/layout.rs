@@ -80,6 +80,63 @@ fn transpose_add_portable(
     }
 }
 
+/// `y[i * ldy + j] = t[i * ldt + j] (+ add[j])` for `i < n`, `j < m`: rows between a
+/// kernel's position-major tile (`ldt` floats a row, vector-padded) and a channels-last
+/// tensor, or back.
+///
+/// # Panics
+/// If `t` or `y` is too short for the shape, or `add` shorter than `m`.
+pub(super) fn copy_rows_add(
+    t: &[f32],
+    ldt: usize,
+    (n, m): (usize, usize),
+    add: Option<&[f32]>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    if n == 0 || m == 0 {
+        return;
+    }
+    assert!(
+        ldt >= m && ldy >= m,
+        "copy_rows_add: strides shorter than rows"
+    );
+    assert!(t.len() >= (n - 1) * ldt + m, "copy_rows_add: t too short");
+    assert!(y.len() >= (n - 1) * ldy + m, "copy_rows_add: y too short");
+    match add {
+        Some(a) => {
+            let a = &a[..m];
+            for (tr, yr) in t.chunks(ldt).zip(y.chunks_mut(ldy)).take(n) {
+                for ((d, &v), &b) in yr[..m].iter_mut().zip(&tr[..m]).zip(a) {
+                    *d = v + b;
+                }
+            }
+        }
+        None => {
+            for (tr, yr) in t.chunks(ldt).zip(y.chunks_mut(ldy)).take(n) {
+                copy_short(&mut yr[..m], &tr[..m]);
+            }
+        }
+    }
+}
+
+/// `y[pixels[p] * channels + c] = t[p * ldt + c]` for `c < channels`: a pixel class's
+/// position-major tile into a channels-last input gradient, one row copy per pixel.
+///
+/// # Panics
+/// If `t` or `y` is too short for the pixels and channels.
+pub(super) fn scatter_rows(
+    t: &[f32],
+    ldt: usize,
+    pixels: &[usize],
+    channels: usize,
+    y: &mut [f32],
+) {
+    for (tr, &px) in t.chunks(ldt).zip(pixels) {
+        copy_short(&mut y[px * channels..(px + 1) * channels], &tr[..channels]);
+    }
+}
+
 /// `y[c * ldy + pixels[p]] = t[p * ldt + c]` for `c < channels`: a pixel class's
 /// position-major tile into the channel-major input gradient. Eight pixels at a time,
 /// channel by channel, so the eight stores of a channel land in one stretch of its

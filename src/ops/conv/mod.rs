@@ -45,7 +45,7 @@ use ndarray::{
     Array1, Array2, Array4, ArrayView1, ArrayView3, ArrayView4, ArrayViewMut2, ArrayViewMut4,
 };
 
-use super::geometry::{Conv2dGeometry, Conv2dOptions};
+use super::geometry::{Conv2dGeometry, Conv2dOptions, MemoryFormat};
 use super::im2col::Im2colMap;
 use crate::error::{Error, Result};
 use crate::limits::{try_standard_layout, try_vec_with_capacity, try_written_output, try_zeros};
@@ -66,7 +66,9 @@ mod winograd;
 use super::lanes;
 pub use autotune::{ConvPass, autotuned_plan, clear_autotune_cache};
 pub use common::REDUCTION_CHUNK;
-use common::{MAP_ENTRIES, OP, Operands, Out, bias_partial, reduction_chunks, shape_err};
+use common::{
+    MAP_ENTRIES, OP, Operands, Out, bias_partial, bias_partial_last, reduction_chunks, shape_err,
+};
 use plan::Family;
 pub use plan::{ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
 
@@ -334,10 +336,10 @@ fn backward(
             }
             None => weight_grad(ops, direct, dy, chunk)?,
         };
-        let db = if with_bias {
-            bias_partial(plan.kernel, dy, n0, nb)
-        } else {
-            Array1::zeros(dy.len_of(ndarray::Axis(1)))
+        let db = match (with_bias, ops.y_last) {
+            (true, false) => bias_partial(plan.kernel, dy, n0, nb),
+            (true, true) => bias_partial_last(plan.kernel, dy, n0, nb),
+            (false, _) => Array1::zeros(ops.geo.out_channels),
         };
         Ok((dw, db))
     };
@@ -411,6 +413,13 @@ fn check_bias(geo: &Conv2dGeometry, w_shape: &[usize], bias_len: Option<usize>) 
 /// [`ConvPlan::choose`]'s for this shape and pool), splitting the images over rayon's
 /// pool; with [`ConvAlgorithm::Auto`] or [`ConvAlgorithm::Fixed`] the result is the same
 /// for any number of threads.
+///
+/// `x` may be channel-major or channels-last ([`MemoryFormat`], read from its strides;
+/// any other strides are copied first); the output is laid out as
+/// `options.memory_format` says. The values do not depend on either: the direct
+/// algorithm reads and writes channels-last tensors as they are, the others run on
+/// channel-major copies. [`conv2d_backward`] returns `dx` in `x`'s layout and takes `dy`
+/// in either.
 ///
 /// # Errors
 /// [`Error::Config`] for a zero stride, dilation or groups, or groups not dividing the
@@ -522,6 +531,11 @@ fn forward_impl(
             geo.describe()
         )
     };
+    let x_last = MemoryFormat::of(&x) == MemoryFormat::ChannelsLast;
+    let y_last = geo.options.memory_format == MemoryFormat::ChannelsLast;
+    if x_last || y_last {
+        return forward_layouts(geo, x, weight, bias, plan, (x_last, y_last));
+    }
     let (n, o, h, w) = geo.y_shape();
     // `None` on overflow: `try_written_output` reports it.
     let len = [o, h, w].iter().try_fold(n, |a, &d| a.checked_mul(d));
@@ -554,6 +568,123 @@ fn forward_impl(
     let mut y = try_written_output(OP, geo.y_shape(), plan.parallel, describe)?;
     forward_into(geo, x, weight, bias, plan, y.view_mut())?;
     Ok(y)
+}
+
+/// [`forward_impl`] with a channels-last input or output (`x_last`, `y_last`): the
+/// direct algorithm reads and writes them as they are (its kernels work on
+/// position-major tiles, so channels-last spares it the transposes); the others run
+/// channel-major on a copy of the input, and their output is copied to channels-last
+/// when asked. The same bits either way.
+fn forward_layouts(
+    geo: &Conv2dGeometry,
+    x: ArrayView4<'_, f32>,
+    weight: ArrayView4<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    plan: ConvPlan,
+    (x_last, y_last): (bool, bool),
+) -> Result<Array4<f32>> {
+    if plan.forward != ForwardAlgo::Direct {
+        let x = try_standard_layout(OP, x, || {
+            format!("a contiguous copy of the input of {}", geo.describe())
+        })?;
+        let mut contiguous = *geo;
+        contiguous.options.memory_format = MemoryFormat::Contiguous;
+        let y = forward_impl(&contiguous, x.view(), weight, bias, plan)?;
+        return match y_last {
+            true => to_memory_format(y.view(), MemoryFormat::ChannelsLast),
+            false => Ok(y),
+        };
+    }
+    let (n, o, oh, ow) = geo.y_shape();
+    let describe = || format!("the output {:?} of {}", [n, o, oh, ow], geo.describe());
+    // The input as stored: (N, H, W, C) or (N, C, H, W), row-major.
+    let xs = if x_last {
+        x.permuted_axes([0, 2, 3, 1])
+    } else {
+        x
+    };
+    let xs = try_standard_layout(OP, xs, || {
+        format!("a contiguous copy of the input of {}", geo.describe())
+    })?;
+    let weight = try_standard_layout(OP, weight, || {
+        format!("a contiguous copy of the weight of {}", geo.describe())
+    })?;
+    let ops = operands_in(geo, xs.view(), weight.view(), plan, false, (x_last, y_last))?;
+    let (shape, dims) = match y_last {
+        true => ((n, oh, ow, o), (n, oh * ow, o)),
+        false => ((n, o, oh, ow), (n, o, oh * ow)),
+    };
+    let mut y = try_written_output(OP, shape, plan.parallel, describe)?;
+    let y3 = y
+        .view_mut()
+        .into_shape_with_order(dims)
+        .map_err(shape_err)?;
+    direct::forward(&ops, bias, Out::View(y3))?;
+    Ok(if y_last {
+        y.permuted_axes([0, 3, 1, 2])
+    } else {
+        y
+    })
+}
+
+/// `x` copied into `format`'s layout (its shape stays `(N, C, H, W)`), or as it is when
+/// already laid out so. Convert a network's input once with it; the layers keep the
+/// layout they are given.
+///
+/// ```
+/// use convinit::ops::{MemoryFormat, to_memory_format};
+/// use ndarray::Array4;
+///
+/// let x = Array4::from_shape_fn((2, 3, 4, 5), |(n, c, h, w)| (n * 1000 + c * 100 + h * 10 + w) as f32);
+/// let last = to_memory_format(x.view(), MemoryFormat::ChannelsLast)?;
+/// assert_eq!(MemoryFormat::of(&last), MemoryFormat::ChannelsLast);
+/// assert_eq!(last, x); // the same elements, in another order in memory
+/// assert_eq!(last.strides(), &[60, 1, 15, 3]);
+/// # Ok::<(), convinit::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Alloc`] when the copy cannot be allocated.
+pub fn to_memory_format(x: ArrayView4<'_, f32>, format: MemoryFormat) -> Result<Array4<f32>> {
+    use rayon::prelude::*;
+    let (n, c, h, w) = x.dim();
+    let describe = || format!("a {format:?} copy of {:?}", x.shape());
+    // Row-major: (N, C, H, W) for contiguous, (N, H, W, C) for channels-last.
+    let (want, other) = match format {
+        MemoryFormat::Contiguous => (x, x.permuted_axes([0, 2, 3, 1])),
+        MemoryFormat::ChannelsLast => (x.permuted_axes([0, 2, 3, 1]), x),
+    };
+    let image = c * h * w;
+    let mut v = try_vec_with_capacity(OP, n * image, describe)?;
+    if let Some(s) = want.as_slice() {
+        // Laid out so already (with one channel or pixel, both layouts are).
+        v.extend_from_slice(s);
+    } else if let Some(s) = other.as_slice() {
+        // The other layout: a transpose per image, (rows, cols) -> (cols, rows).
+        let (rows, cols) = match format {
+            MemoryFormat::Contiguous => (h * w, c),
+            MemoryFormat::ChannelsLast => (c, h * w),
+        };
+        v.resize(n * image, 0.0);
+        let kernel = crate::gemm::Kernel::selected();
+        let run = |(t, y): (&[f32], &mut [f32])| {
+            layout::transpose_add(kernel, t, cols, (rows, cols), None, y, rows);
+        };
+        if n * image >= 1 << 16 {
+            s.par_chunks(image)
+                .zip(v.par_chunks_mut(image))
+                .for_each(run);
+        } else {
+            s.chunks(image).zip(v.chunks_mut(image)).for_each(run);
+        }
+    } else {
+        v.extend(want.iter().copied());
+    }
+    let y = Array4::from_shape_vec(want.dim(), v).expect("length matches the shape");
+    Ok(match format {
+        MemoryFormat::Contiguous => y,
+        MemoryFormat::ChannelsLast => y.permuted_axes([0, 3, 1, 2]),
+    })
 }
 
 /// The forward pass into `y`: the shape of `geo.y_shape()`, standard layout (checked
@@ -617,6 +748,20 @@ fn operands<'a>(
     plan: ConvPlan,
     backward: bool,
 ) -> Result<Operands<'a>> {
+    operands_in(geo, x, weight, plan, backward, (false, false))
+}
+
+/// [`operands`] with the layouts of the direct path: `x` is the standard-layout input
+/// (N, H, W, C) when `x_last`, and `y_last` says whether the output (forward) or `dy`
+/// (backward) is channels-last.
+fn operands_in<'a>(
+    geo: &'a Conv2dGeometry,
+    x: ArrayView4<'a, f32>,
+    weight: ArrayView4<'a, f32>,
+    plan: ConvPlan,
+    backward: bool,
+    (x_last, y_last): (bool, bool),
+) -> Result<Operands<'a>> {
     // The index map serves only the `Columns` algorithm; the others never read it
     // (building it was 2% of seed_l2's direct forward).
     let uses_columns = if backward {
@@ -637,6 +782,8 @@ fn operands<'a>(
         map: (plan.use_map && uses_columns)
             .then(|| Im2colMap::new(geo, MAP_ENTRIES))
             .flatten(),
+        x_last,
+        y_last,
     })
 }
 
@@ -780,6 +927,34 @@ fn backward_impl(
         ));
     }
     check_plan(&plan, &geo)?;
+    let x_last = MemoryFormat::of(&x) == MemoryFormat::ChannelsLast;
+    let dy_last = MemoryFormat::of(&dy) == MemoryFormat::ChannelsLast;
+    let direct = plan.weight_grad == WeightGradAlgo::Direct
+        && (!want_dx || plan.input_grad == InputGradAlgo::Direct);
+    if (x_last || dy_last) && !direct {
+        // The other algorithms run channel-major: on copies, dx copied back.
+        let describe = |what| format!("a contiguous copy of {what} of {}", geo.describe());
+        let x = try_standard_layout(OP, x, || describe("the input"))?;
+        let dy = try_standard_layout(OP, dy, || describe("grad_out"))?;
+        let (dx, dw, db) =
+            backward_impl(&geo, x.view(), weight, with_bias, dy.view(), plan, want_dx)?;
+        let dx = match (dx, x_last) {
+            (Some(dx), true) => Some(to_memory_format(dx.view(), MemoryFormat::ChannelsLast)?),
+            (dx, _) => dx,
+        };
+        return Ok((dx, dw, db));
+    }
+    // As stored, row-major: (N, H, W, C) or (N, C, H, W); (N, oh, ow, O) or (N, O, oh, ow).
+    let x = if x_last {
+        x.permuted_axes([0, 2, 3, 1])
+    } else {
+        x
+    };
+    let dy = if dy_last {
+        dy.permuted_axes([0, 2, 3, 1])
+    } else {
+        dy
+    };
     let (x, weight) = standard_operands(&geo, x, weight)?;
     let dy = try_standard_layout(OP, dy, || {
         format!(
@@ -788,17 +963,21 @@ fn backward_impl(
             geo.describe()
         )
     })?;
-    let ops = operands(&geo, x.view(), weight.view(), plan, true)?;
+    let ops = operands_in(&geo, x.view(), weight.view(), plan, true, (x_last, dy_last))?;
     let (o, kg) = ops.w.dim();
-    let dy3 = dy
-        .view()
-        .into_shape_with_order((geo.batch, o, geo.col_cols()))
-        .map_err(shape_err)?;
+    let l = geo.col_cols();
+    let dims = if dy_last {
+        (geo.batch, l, o)
+    } else {
+        (geo.batch, o, l)
+    };
+    let dy3 = dy.view().into_shape_with_order(dims).map_err(shape_err)?;
+    let (n, c, h, w) = geo.x_shape();
     let mut dx = match want_dx {
         // Zeroed chunk by chunk by `backward`, on the pool.
         true => Some(try_written_output(
             OP,
-            geo.x_shape(),
+            if x_last { (n, h, w, c) } else { (n, c, h, w) },
             plan.parallel,
             || format!("the input gradient of {}", geo.describe()),
         )?),
@@ -814,6 +993,10 @@ fn backward_impl(
     };
     // One (dW, db) partial per chunk of images, added in chunk order.
     let partials = backward(&ops, dy3, with_bias, dx2)?;
+    let dx = dx.map(|dx| match x_last {
+        true => dx.permuted_axes([0, 3, 1, 2]),
+        false => dx,
+    });
     let mut dw: Array2<f32> = try_zeros(OP, (o, kg), || {
         format!("the weight gradient of {}", geo.describe())
     })?;
