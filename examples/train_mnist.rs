@@ -15,7 +15,9 @@
 //! The net is the notebook's, grown to 10 outputs: Conv2d(1,w,5,s2,p2) ReLU
 //! Conv2d(w,2w,3,s2,p1) ReLU Conv2d(2w,4w,3,s2,p1) ReLU Conv2d(4w,10,3,s2,p1)
 //! AdaptiveAvgPool2d(1) Flatten, trained with cross-entropy and SGD (momentum 0.9,
-//! weight decay 1e-4) on inputs normalised with the training mean and std.
+//! weight decay 1e-4) on inputs normalised with the training mean and std. The first
+//! three convs' outputs are channels-last (`MemoryFormat::ChannelsLast`; set
+//! `CONVINIT_CONTIGUOUS=1` to run them channel-major, for comparison).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,6 +25,7 @@ use std::time::Instant;
 use convinit::data::Mnist;
 use convinit::init::Init;
 use convinit::nn::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Flatten, Relu, Sequential};
+use convinit::ops::MemoryFormat;
 use convinit::stats::{normalize, stats};
 use convinit::train::{
     EpochReport, FitConfig, LrSchedule, LsuvConfig, Sgd, SgdConfig, Split, Telemetry, fit,
@@ -107,20 +110,33 @@ fn build(init: &str, width: usize, rng: &mut StdRng) -> convinit::Result<Sequent
         _ => Init::ORTHOGONAL,
     };
     let w = width;
-    let conv = |c, o, k, p, rng: &mut StdRng| {
+    // The activations between the convs channels-last: the direct conv path then reads
+    // and writes them without transposes. The last conv's output is pooled, so it stays
+    // channel-major. The same arithmetic either way.
+    let layout = if std::env::var_os("CONVINIT_CONTIGUOUS").is_some() {
+        MemoryFormat::Contiguous
+    } else {
+        MemoryFormat::ChannelsLast
+    };
+    let conv = |c, o, k, p, last: bool, rng: &mut StdRng| {
         let cfg = Conv2dConfig::new(c, o, (k, k))
             .with_stride((2, 2))
-            .with_padding((p, p));
+            .with_padding((p, p))
+            .with_memory_format(if last {
+                layout
+            } else {
+                MemoryFormat::Contiguous
+            });
         Conv2d::with_init(cfg, &scheme, rng)
     };
     Ok(Sequential::new()
-        .with(conv(1, w, 5, 2, rng)?)
+        .with(conv(1, w, 5, 2, true, rng)?)
         .with(Relu::new())
-        .with(conv(w, 2 * w, 3, 1, rng)?)
+        .with(conv(w, 2 * w, 3, 1, true, rng)?)
         .with(Relu::new())
-        .with(conv(2 * w, 4 * w, 3, 1, rng)?)
+        .with(conv(2 * w, 4 * w, 3, 1, true, rng)?)
         .with(Relu::new())
-        .with(conv(4 * w, 10, 3, 1, rng)?)
+        .with(conv(4 * w, 10, 3, 1, false, rng)?)
         .with(AdaptiveAvgPool2d::new((1, 1))?)
         .with(Flatten::new(1, -1)))
 }
