@@ -527,11 +527,22 @@ impl Backward {
                 false => dyt.prepare(&[per_call, l, ldo], &[l, ldo, o], what, geo)?,
             };
             // Written in full by the chunk's first call, which stores instead of adding.
-            let what = "the weight gradient tile of the direct path";
-            resize(acc, &[k, ldo], what, geo)?;
+            if ldo != o {
+                let what = "the weight gradient tile of the direct path";
+                resize(acc, &[k, ldo], what, geo)?;
+            }
             dyt
         } else {
             &mut []
+        };
+        // The chunk's (K, O) partial; with whole vectors of output channels the kernel
+        // sums straight into it, else into `acc` (`ldo` wide), copied after.
+        let describe = || format!("a weight-gradient partial of {}", geo.describe());
+        let mut partial = try_zeroed_vec(OP, k * o, describe)?;
+        let target: &mut [f32] = match (want_dw, ldo == o) {
+            (true, true) => &mut partial,
+            (true, false) => acc,
+            (false, _) => &mut [],
         };
         let dy_img = self
             .dx
@@ -597,7 +608,7 @@ impl Backward {
                 let dyt = if dy_is_dyt { dys } else { &dyt[..] };
                 let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
                 let add = c0 > 0;
-                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, acc, add);
+                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, target, add);
             }
             // dx, one pixel class at a time, for all `nc` images in each call.
             let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
@@ -656,12 +667,10 @@ impl Backward {
             }
         }
         // Transposed, (K, O): the chunks' partials are summed so and transposed once.
-        let mut dw = Array2::<f32>::zeros((k, o));
-        if want_dw {
-            let out = dw.as_slice_mut().expect("a new array is contiguous");
-            copy_rows_add(acc, ldo, (k, o), None, out, o);
+        if want_dw && ldo != o {
+            copy_rows_add(acc, ldo, (k, o), None, &mut partial, o);
         }
-        Ok(dw)
+        Ok(Array2::from_shape_vec((k, o), partial).expect("length matches the shape"))
     }
 }
 
