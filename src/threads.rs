@@ -62,13 +62,24 @@ impl KeepAwake {
                     return;
                 }
                 let mut last_work = Instant::now();
+                let mut idle = 0u32;
                 while !flag.load(Ordering::Relaxed) {
                     if rayon::yield_now() == Some(rayon::Yield::Executed) {
                         last_work = Instant::now();
+                        idle = 0;
                     } else if last_work.elapsed() > IDLE_LIMIT {
                         break;
                     } else {
-                        std::thread::yield_now();
+                        // Mostly `pause`s, which leave a sibling hardware thread its share
+                        // of the core; now and then the OS's turn.
+                        idle = idle.wrapping_add(1);
+                        if idle.is_multiple_of(64) {
+                            std::thread::yield_now();
+                        } else {
+                            for _ in 0..8 {
+                                std::hint::spin_loop();
+                            }
+                        }
                     }
                 }
             });
