@@ -59,13 +59,31 @@ macro_rules! multiversion {
 multiversion! {
     /// `acc[j] += rows[i * acc.len() + j]` in f64, for every whole row `i` in order: the
     /// column sums of a row-major block (a channels-last tensor's per-channel sums).
+    /// Eight columns at a time down all the rows, their sums in registers (row by row,
+    /// each row's loads and stores of `acc` made it 3% of `train_mnist`'s profile); each
+    /// sum still adds the rows in order.
     fn add_columns_f64<>(acc: &mut [f64], rows: &[f32]) {
-        if acc.is_empty() {
+        let w = acc.len();
+        if w == 0 {
             return;
         }
-        for row in rows.chunks_exact(acc.len()) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += f64::from(v);
+        let n = rows.len() / w;
+        let rows = &rows[..n * w];
+        let mut j0 = 0;
+        while j0 + 8 <= w {
+            let mut a: [f64; 8] = acc[j0..j0 + 8].try_into().expect("8 sums");
+            for row in rows.chunks_exact(w) {
+                let v: &[f32; 8] = row[j0..j0 + 8].try_into().expect("8 floats");
+                for (s, &x) in a.iter_mut().zip(v) {
+                    *s += f64::from(x);
+                }
+            }
+            acc[j0..j0 + 8].copy_from_slice(&a);
+            j0 += 8;
+        }
+        for (j, s) in acc.iter_mut().enumerate().skip(j0) {
+            for row in rows.chunks_exact(w) {
+                *s += f64::from(row[j]);
             }
         }
     }
@@ -165,6 +183,30 @@ mod tests {
                 assert_eq!(bits(&w), bits(&want_with), "update_with {kernel:?} {len}");
                 let sum = sum_f64(kernel, &g);
                 assert_eq!(sum.to_bits(), want_sum.to_bits(), "sum {kernel:?} {len}");
+            }
+        }
+    }
+
+    /// Column sums against a plain loop adding the rows in order, for widths below, at
+    /// and past eight columns, on every ISA's copy: the same bits.
+    #[test]
+    fn add_columns_adds_the_rows_in_order() {
+        for w in [1, 3, 8, 10, 16, 17, 64] {
+            let rows: Vec<f32> = (0..w * 37)
+                .map(|i| ((i * 7919) % 1013) as f32 / 7.0 - 70.0)
+                .collect();
+            let start: Vec<f64> = (0..w).map(|j| j as f64 * 0.1).collect();
+            let mut want = start.clone();
+            for row in rows.chunks_exact(w) {
+                for (a, &v) in want.iter_mut().zip(row) {
+                    *a += f64::from(v);
+                }
+            }
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut got = start.clone();
+                add_columns_f64(kernel, &mut got, &rows);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{kernel:?} width {w}");
             }
         }
     }
