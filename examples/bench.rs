@@ -23,9 +23,10 @@ use convinit::nn::{
     Sequential,
 };
 use convinit::ops::{
-    MaxPool2dOptions, conv2d, conv2d_backward, max_pool2d, max_pool2d_backward,
+    MaxPool2dOptions, MemoryFormat, conv2d, conv2d_backward, max_pool2d, max_pool2d_backward,
     max_pool2d_with_indices, mse, mse_backward,
 };
+use convinit::threads::KeepAwake;
 use convinit::train::cross_entropy_with_grad;
 use ndarray::{Array, Array1, Array2, Array4, Dimension, ShapeBuilder};
 use rand::rngs::StdRng;
@@ -180,11 +181,19 @@ fn bench_conv(s: &ConvShape, reps: usize, rng: &mut StdRng) -> convinit::Result<
     }))
 }
 
+/// The seed net, its hidden activations channels-last (as `train_mnist` runs them: the
+/// direct conv path then needs no transposes; the same values as channel-major).
 fn seed_net(rng: &mut StdRng) -> convinit::Result<Sequential> {
     let conv = |i, o, k, p| {
+        let format = if o > 1 {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        };
         Conv2dConfig::new(i, o, (k, k))
             .with_stride((2, 2))
             .with_padding((p, p))
+            .with_memory_format(format)
     };
     Ok(Sequential::new()
         .with(Conv2d::new(conv(1, 8, 5, 2), rng)?)
@@ -208,6 +217,9 @@ fn bench_seed_net(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
         // PyTorch keeps a reference to its input).
         let x = x.into_dyn().into_shared();
         let mut step = || -> convinit::Result<()> {
+            // The pool polls through the step's small ops, as `train::fit` has it (and
+            // as PyTorch's OpenMP threads spin between ops).
+            let _awake = KeepAwake::new();
             net.zero_grad();
             let out = net.forward_shared(x.clone())?;
             black_box(mse(out.view(), y.view())?);
@@ -276,6 +288,9 @@ fn bench_lenet(reps: usize, rng: &mut StdRng) -> convinit::Result<Value> {
         let x = randn((n, 1, 28, 28), rng).into_dyn().into_shared();
         let t: Array1<i64> = (0..n).map(|_| rng.random_range(0..10)).collect();
         let mut step = || -> convinit::Result<()> {
+            // The pool polls through the step's small ops, as `train::fit` has it (and
+            // as PyTorch's OpenMP threads spin between ops).
+            let _awake = KeepAwake::new();
             net.zero_grad();
             let out = net.forward_shared(x.clone())?;
             let logits = out
