@@ -43,6 +43,15 @@
 //! before sleeping; [`train::fit`] takes one per step (`train_mnist`: 4.7-4.8 s to
 //! 4.2-4.3 s, the same bits).
 //!
+//! ## Memory layout
+//! Tensors are `(N, C, H, W)` arrays, channel-major by default. A conv layer can put its
+//! output channels-last instead ([`ops::MemoryFormat::ChannelsLast`], PyTorch's
+//! `channels_last`: the same shape, NHWC strides), which the direct conv path reads and
+//! writes without transposes; element-wise layers keep the layout they are given, and a
+//! conv takes its input in either. [`ops::to_memory_format`] converts an array.
+//! `examples/train_mnist` keeps its hidden activations channels-last (4.2-4.6 s to
+//! 3.9-4.3 s for 3 epochs at 2 threads, Intel Xeon 6/207).
+//!
 //! ## Build profile
 //! In a debug build of a crate that depends on this one, `convinit`'s kernels are not
 //! optimised and run about 100x slower. Optimise this crate alone with

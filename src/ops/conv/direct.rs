@@ -536,11 +536,14 @@ impl Backward {
             &mut []
         };
         // The chunk's (K, O) partial; with whole vectors of output channels the kernel
-        // sums straight into it, else into `acc` (`ldo` wide), copied after.
-        let describe = || format!("a weight-gradient partial of {}", geo.describe());
-        let mut partial = try_zeroed_vec(OP, k * o, describe)?;
+        // sums straight into it, else into `acc` (`ldo` wide), copied after. A plain
+        // allocation, not the buffer cache's: the partials are dropped after the sum, and
+        // taking cached buffers for them left the ops after a large conv to fault theirs
+        // in afresh (dw_64 after vgg_256 in `bench`: 3.0-4.5 -> 4.8-5.0 ms).
+        let mut partial = Array2::<f32>::zeros((k, o));
+        let partial_s = partial.as_slice_mut().expect("a new array is contiguous");
         let target: &mut [f32] = match (want_dw, ldo == o) {
-            (true, true) => &mut partial,
+            (true, true) => partial_s,
             (true, false) => acc,
             (false, _) => &mut [],
         };
@@ -668,9 +671,10 @@ impl Backward {
         }
         // Transposed, (K, O): the chunks' partials are summed so and transposed once.
         if want_dw && ldo != o {
-            copy_rows_add(acc, ldo, (k, o), None, &mut partial, o);
+            let out = partial.as_slice_mut().expect("a new array is contiguous");
+            copy_rows_add(acc, ldo, (k, o), None, out, o);
         }
-        Ok(Array2::from_shape_vec((k, o), partial).expect("length matches the shape"))
+        Ok(partial)
     }
 }
 

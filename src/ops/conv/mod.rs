@@ -995,26 +995,28 @@ fn backward_impl(
         None => None,
     };
     // One (dW, db) partial per chunk of images, added in chunk order.
-    let partials = backward(&ops, dy3, with_bias, dx2)?;
+    let mut partials = backward(&ops, dy3, with_bias, dx2)?;
     let dx = dx.map(|dx| match x_last {
         true => dx.permuted_axes([0, 3, 1, 2]),
         false => dx,
     });
-    // The direct algorithm's partials come transposed, (K, O): transposed once here.
-    let transposed = plan.weight_grad == WeightGradAlgo::Direct;
     let describe = || format!("the weight gradient of {}", geo.describe());
-    let mut dw: Array2<f32> = try_zeros(OP, if transposed { (kg, o) } else { (o, kg) }, describe)?;
+    let mut dw: Array2<f32> = try_zeros(OP, (o, kg), describe)?;
     let mut db = Array1::<f64>::zeros(o);
     for (_, pb) in &partials {
         db += pb;
     }
-    sum_partials(&plan, &mut dw, &partials);
-    if transposed {
-        let mut t: Array2<f32> = try_zeros(OP, (o, kg), describe)?;
-        let src = dw.as_slice().expect("a new array is contiguous");
-        let dst = t.as_slice_mut().expect("a new array is contiguous");
-        layout::transpose_add(plan.kernel, src, o, (kg, o), None, dst, kg);
-        dw = t;
+    match (plan.weight_grad == WeightGradAlgo::Direct, partials.split_first_mut()) {
+        // The direct algorithm's partials come transposed, (K, O): summed into the first
+        // (no other buffer: a second K x O allocation per call upset the allocator for
+        // the ops after it) and transposed once.
+        (true, Some(((first, _), rest))) => {
+            sum_partials(&plan, first, rest);
+            let src = first.as_slice().expect("a new partial is contiguous");
+            let dst = dw.as_slice_mut().expect("a new array is contiguous");
+            layout::transpose_add(plan.kernel, src, o, (kg, o), None, dst, kg);
+        }
+        _ => sum_partials(&plan, &mut dw, &partials),
     }
     let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
     Ok((dx, dw, with_bias.then(|| db.mapv(|v| v as f32))))
