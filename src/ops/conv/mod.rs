@@ -606,12 +606,7 @@ fn forward_layouts(
     } else {
         x
     };
-    let xs = try_standard_layout(OP, xs, || {
-        format!("a contiguous copy of the input of {}", geo.describe())
-    })?;
-    let weight = try_standard_layout(OP, weight, || {
-        format!("a contiguous copy of the weight of {}", geo.describe())
-    })?;
+    let (xs, weight) = standard_operands(geo, xs, weight)?;
     let ops = operands_in(geo, xs.view(), weight.view(), plan, false, (x_last, y_last))?;
     let (shape, dims) = match y_last {
         true => ((n, oh, ow, o), (n, oh * ow, o)),
