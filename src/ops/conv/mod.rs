@@ -1001,7 +1001,10 @@ fn backward_impl(
     for (_, pb) in &partials {
         db += pb;
     }
-    match (plan.weight_grad == WeightGradAlgo::Direct, partials.split_first_mut()) {
+    match (
+        plan.weight_grad == WeightGradAlgo::Direct,
+        partials.split_first_mut(),
+    ) {
         // The direct algorithm's partials come transposed, (K, O): summed into the first
         // (no other buffer: a second K x O allocation per call upset the allocator for
         // the ops after it) and transposed once.
