@@ -206,7 +206,7 @@ fn forward_tile(
             let yn = yn.as_slice_mut().expect("output images are contiguous");
             if ops.y_last {
                 // Channels-last: the tile is the image, but for the padding lanes.
-                copy_rows_add(t, ldw, (l, o), Some(&bias_v), yn, o);
+                copy_rows_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, o);
             } else {
                 transpose_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, l);
             }
@@ -602,7 +602,7 @@ impl Backward {
                 if !dy_is_dyt {
                     for (dyn_, dst) in dys.chunks_exact(o * l).zip(dyt.chunks_exact_mut(l * ldo)) {
                         if self.dy_last {
-                            copy_rows_add(dyn_, o, (l, o), None, dst, ldo);
+                            copy_rows_add(self.kernel, dyn_, o, (l, o), None, dst, ldo);
                         } else {
                             transpose_add(self.kernel, dyn_, l, (o, l), None, dst, ldo);
                         }
@@ -659,8 +659,10 @@ impl Backward {
                     let c = geo.in_channels;
                     match (self.x_last, np == hw) {
                         // One class (stride 1): its pixels are all of them, in order.
-                        (true, true) => copy_rows_add(tile, ldc, (hw, c), None, dxn, c),
-                        (true, false) => scatter_rows(tile, ldc, &cl.pixels, c, dxn),
+                        (true, true) => {
+                            copy_rows_add(self.kernel, tile, ldc, (hw, c), None, dxn, c)
+                        }
+                        (true, false) => scatter_rows(self.kernel, tile, ldc, &cl.pixels, c, dxn),
                         (false, true) => {
                             transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw)
                         }
@@ -672,7 +674,7 @@ impl Backward {
         // Transposed, (K, O): the chunks' partials are summed so and transposed once.
         if want_dw && ldo != o {
             let out = partial.as_slice_mut().expect("a new array is contiguous");
-            copy_rows_add(acc, ldo, (k, o), None, out, o);
+            copy_rows_add(self.kernel, acc, ldo, (k, o), None, out, o);
         }
         Ok(partial)
     }

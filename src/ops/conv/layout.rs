@@ -87,6 +87,7 @@ fn transpose_add_portable(
 /// # Panics
 /// If `t` or `y` is too short for the shape, or `add` shorter than `m`.
 pub(super) fn copy_rows_add(
+    kernel: Kernel,
     t: &[f32],
     ldt: usize,
     (n, m): (usize, usize),
@@ -103,6 +104,16 @@ pub(super) fn copy_rows_add(
     );
     assert!(t.len() >= (n - 1) * ldt + m, "copy_rows_add: t too short");
     assert!(y.len() >= (n - 1) * ldy + m, "copy_rows_add: y too short");
+    if let Some(a) = add {
+        assert!(a.len() >= m, "copy_rows_add: add too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && kernel.is_supported() {
+        // SAFETY: the CPU has AVX-512 (checked), and the lengths were checked above:
+        // row `i` of `y` starts at `i * ldy`, `(n - 1) * ldy + m` floats in all.
+        return unsafe { avx512::copy_rows(t, ldt, (n, m), add, y, |i| i * ldy) };
+    }
+    let _ = kernel;
     match add {
         Some(a) => {
             let a = &a[..m];
@@ -126,12 +137,34 @@ pub(super) fn copy_rows_add(
 /// # Panics
 /// If `t` or `y` is too short for the pixels and channels.
 pub(super) fn scatter_rows(
+    kernel: Kernel,
     t: &[f32],
     ldt: usize,
     pixels: &[usize],
     channels: usize,
     y: &mut [f32],
 ) {
+    let n = pixels.len();
+    if n == 0 || channels == 0 {
+        return;
+    }
+    assert!(
+        ldt >= channels && t.len() >= (n - 1) * ldt + channels,
+        "scatter_rows: t too short"
+    );
+    let last = pixels.iter().max().copied().unwrap_or(0);
+    assert!(
+        y.len() >= (last + 1) * channels,
+        "scatter_rows: y too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && kernel.is_supported() {
+        // SAFETY: the CPU has AVX-512 (checked); every pixel's row ends by
+        // `(last + 1) * channels`, inside `y` (checked above), and `t` holds the rows.
+        let dst = |p: usize| pixels[p] * channels;
+        return unsafe { avx512::copy_rows(t, ldt, (n, channels), None, y, dst) };
+    }
+    let _ = kernel;
     for (tr, &px) in t.chunks(ldt).zip(pixels) {
         copy_short(&mut y[px * channels..(px + 1) * channels], &tr[..channels]);
     }
@@ -388,6 +421,43 @@ mod tests {
                         add.is_some()
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn row_copies_match_the_definition_for_every_kernel() {
+        // (rows, floats a row, t padding, y padding): rows shorter than, equal to and
+        // longer than a vector, padded strides.
+        for &(n, m, pt, py) in &[(1, 1, 0, 0), (5, 16, 0, 0), (7, 10, 6, 3), (3, 33, 15, 1)] {
+            let (ldt, ldy) = (m + pt, m + py);
+            let t = data((n - 1) * ldt + m, 4);
+            let bias = data(m, 6);
+            for add in [None, Some(&bias[..])] {
+                let mut want = vec![7.5f32; (n - 1) * ldy + m];
+                for i in 0..n {
+                    for j in 0..m {
+                        let v = t[i * ldt + j];
+                        want[i * ldy + j] = add.map_or(v, |a| v + a[j]);
+                    }
+                }
+                for kernel in kernels() {
+                    let mut y = vec![7.5f32; want.len()];
+                    copy_rows_add(kernel, &t, ldt, (n, m), add, &mut y, ldy);
+                    assert!(same_bits(&y, &want), "{kernel:?} {n} x {m}");
+                }
+            }
+            // The same rows scattered to pixels out of order, a gap between two.
+            let pixels: Vec<usize> = (0..n).map(|p| (p * 3 + 1) % (n + 1) + p / 2).collect();
+            let last = pixels.iter().max().copied().unwrap();
+            let mut want = vec![7.5f32; (last + 1) * m];
+            for (p, &px) in pixels.iter().enumerate() {
+                want[px * m..(px + 1) * m].copy_from_slice(&t[p * ldt..p * ldt + m]);
+            }
+            for kernel in kernels() {
+                let mut y = vec![7.5f32; want.len()];
+                scatter_rows(kernel, &t, ldt, &pixels, m, &mut y);
+                assert!(same_bits(&y, &want), "{kernel:?} scatter {n} x {m}");
             }
         }
     }
