@@ -237,7 +237,7 @@ pub(super) fn for_each_image_tile(
     parallel: bool,
     f: impl Fn(usize, ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
 ) -> Result<()> {
-    let per = y.dim().0.div_ceil(MIN_SPLIT).max(1);
+    let per = tile_images(y.dim().0);
     let tiles: Vec<_> = y.tiles(per).into_iter().enumerate().collect();
     if parallel {
         tiles
@@ -249,6 +249,12 @@ pub(super) fn for_each_image_tile(
             .into_iter()
             .try_for_each(|(t, yt)| f(t * per, yt.into_view()))
     }
+}
+
+/// Images per forward tile of [`for_each_image_tile`]: `ceil(N / MIN_SPLIT)`, at least
+/// 1. Depends on the batch size only.
+pub(super) fn tile_images(n: usize) -> usize {
+    n.div_ceil(MIN_SPLIT).max(1)
 }
 
 /// Images per reduction chunk of the backward pass: `ceil(N / MIN_SPLIT)`, at most

@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, Out, Zeroed, chunk_images, for_each_image_tile, resize, with_scratch,
+    OP, Operands, Out, Zeroed, chunk_images, for_each_image_tile, resize, tile_images, with_scratch,
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, scatter_rows, transpose_add};
 use crate::error::Result;
@@ -128,12 +128,8 @@ pub(super) fn forward(
     let w = pack_weights(kernel, ops.w, ldw)?;
     // The window corners of the most images a call of any tile takes, built once (per
     // call they were 1% of `train_mnist`'s profile).
-    let tile = n.div_ceil(super::common::MIN_SPLIT);
-    let bases = multi_bases(
-        &idx.bases,
-        image_len(geo, &idx),
-        images_per_call(image_len(geo, &idx), tile),
-    );
+    let img = image_len(geo, &idx);
+    let bases = multi_bases(&idx.bases, img, images_per_call(img, tile_images(n)));
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
             forward_tile(ops, &idx, &bases, kernel, &w, ldw, bias, n0, yt, bufs)
@@ -162,14 +158,11 @@ fn forward_tile(
     let img = image_len(geo, idx);
     let (b, o) = (yt.len_of(Axis(0)), geo.out_channels);
     let per_call = images_per_call(img, b);
-    let fresh;
-    let bases = match bases.len() >= per_call * l {
-        true => bases,
-        false => {
-            fresh = multi_bases(&idx.bases, img, per_call);
-            &fresh[..]
-        }
-    };
+    // Built for the largest tile's calls (no tile is larger).
+    assert!(
+        bases.len() >= per_call * l,
+        "direct: a tile larger than the first"
+    );
     // The borders stay zero for every image of the tile, and of later tiles and calls
     // that pad the same way.
     let padded = padded_images(padded, geo, idx, ops.x_last, per_call)?;
@@ -189,7 +182,7 @@ fn forward_tile(
                 .chunks_exact(ops.x.ncols())
                 .zip(padded.chunks_exact_mut(img))
             {
-                pad_image(kernel, x, geo, idx, ops.x_last, dst);
+                pad_x(kernel, x, geo, idx, ops.x_last, dst);
             }
             &padded[..]
         } else {
@@ -215,9 +208,39 @@ fn forward_tile(
     Ok(())
 }
 
-/// Copies image `x` (channel-major, or channels-last when `last`) into the inside of
-/// its padded region in the same layout (the borders are left as they are).
+/// Copies `channels` planes of `h x w` (channel-major, or channels-last when `last`)
+/// into the inside of a padded `rows x cols` region at `origin`, in the same layout (the
+/// borders are left as they are): an input image, or a `dy` image.
+#[allow(clippy::too_many_arguments)]
 fn pad_image(
+    kernel: Kernel,
+    src: &[f32],
+    channels: usize,
+    (h, w): (usize, usize),
+    (top, left): (usize, usize),
+    (rows, cols): (usize, usize),
+    last: bool,
+    dst: &mut [f32],
+) {
+    let c = channels;
+    if last {
+        // One plane whose rows are `w * c` floats: each image row in one copy.
+        pad_into(
+            kernel,
+            src,
+            1,
+            (h, w * c),
+            (top, left * c),
+            (rows, cols * c),
+            dst,
+        );
+    } else {
+        pad_into(kernel, src, c, (h, w), (top, left), (rows, cols), dst);
+    }
+}
+
+/// [`pad_image`] of input image `x` into its padded region of [`DirectIndex`].
+fn pad_x(
     kernel: Kernel,
     x: &[f32],
     geo: &Conv2dGeometry,
@@ -225,15 +248,18 @@ fn pad_image(
     last: bool,
     dst: &mut [f32],
 ) {
-    let (top, left) = geo.options.padding;
-    let (h, w, c) = (geo.in_h, geo.in_w, geo.in_channels);
-    if last {
-        // One plane whose rows are `w * c` floats: each image row in one copy.
-        let region = (idx.rows, idx.cols * c);
-        pad_into(kernel, x, 1, (h, w * c), (top, left * c), region, dst);
-    } else {
-        pad_into(kernel, x, c, (h, w), (top, left), (idx.rows, idx.cols), dst);
-    }
+    let hw = (geo.in_h, geo.in_w);
+    let region = (idx.rows, idx.cols);
+    pad_image(
+        kernel,
+        x,
+        geo.in_channels,
+        hw,
+        geo.options.padding,
+        region,
+        last,
+        dst,
+    );
 }
 
 /// `per_call` padded images in `buf` (channels-last when `last`), borders zero (zeroed
@@ -587,7 +613,7 @@ impl Backward {
                     .chunks_exact(ops.x.ncols())
                     .zip(xpad.chunks_exact_mut(img))
                 {
-                    pad_image(self.kernel, x, geo, idx, self.x_last, dst);
+                    pad_x(self.kernel, x, geo, idx, self.x_last, dst);
                 }
                 &xpad[..]
             } else {
@@ -619,30 +645,17 @@ impl Backward {
             };
             let (t, ldc) = (&g.index, g.ldc);
             for (dyn_, dst) in dys.chunks_exact(o * l).zip(dypad.chunks_exact_mut(dy_img)) {
-                let (oh, ow) = (geo.out_h, geo.out_w);
-                if self.dy_last {
-                    let (top, left) = t.origin;
-                    let region = (t.rows, t.cols * o);
-                    pad_into(
-                        self.kernel,
-                        dyn_,
-                        1,
-                        (oh, ow * o),
-                        (top, left * o),
-                        region,
-                        dst,
-                    );
-                } else {
-                    pad_into(
-                        self.kernel,
-                        dyn_,
-                        o,
-                        (oh, ow),
-                        t.origin,
-                        (t.rows, t.cols),
-                        dst,
-                    );
-                }
+                let (hw, region) = ((geo.out_h, geo.out_w), (t.rows, t.cols));
+                pad_image(
+                    self.kernel,
+                    dyn_,
+                    o,
+                    hw,
+                    t.origin,
+                    region,
+                    self.dy_last,
+                    dst,
+                );
             }
             let hw = geo.in_h * geo.in_w;
             for (ci, (cl, (w, offs))) in t.classes.iter().zip(&g.classes).enumerate() {
