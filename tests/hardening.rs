@@ -76,11 +76,11 @@ use convinit::nn::{
 };
 use convinit::ops::{
     AvgPool2dOptions, BatchNormOptions, Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos,
-    MaxPool2dOptions, adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
-    adaptive_max_pool2d_backward, avg_pool2d, avg_pool2d_backward, batch_norm2d,
-    batch_norm2d_backward, conv2d, conv2d_backward, flatten, flatten_backward, flatten_shape,
-    leaky_relu, leaky_relu_backward, linear, linear_backward, max_pool2d, max_pool2d_backward, mse,
-    mse_backward, relu, relu_backward,
+    MaxPool2dOptions, MemoryFormat, adaptive_avg_pool2d, adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d, adaptive_max_pool2d_backward, avg_pool2d, avg_pool2d_backward,
+    batch_norm2d, batch_norm2d_backward, conv2d, conv2d_backward, flatten, flatten_backward,
+    flatten_shape, leaky_relu, leaky_relu_backward, linear, linear_backward, max_pool2d,
+    max_pool2d_backward, mse, mse_backward, relu, relu_backward, to_memory_format,
 };
 use convinit::stats::to_images;
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
@@ -1335,6 +1335,35 @@ fn alloc_cases() -> Vec<Case> {
                     ones4((1, 1, 1024, 1024)).view(),
                     None,
                     &opts(),
+                )
+            },
+        ),
+        case(
+            "to_memory_format: a channels-last copy of a broadcast input",
+            Alloc,
+            &[
+                "conv2d",
+                "cannot allocate",
+                "ChannelsLast copy",
+                "[1048576, 1, 1024, 1024]",
+            ],
+            || {
+                to_memory_format(
+                    broadcast4((TB_SIDE, 1, 1024, 1024)),
+                    MemoryFormat::ChannelsLast,
+                )
+            },
+        ),
+        case(
+            "conv2d: a broadcast input's copy, channels-last output",
+            Alloc,
+            &["conv2d", "cannot allocate", "[1048576, 1, 1024, 1024]"],
+            || {
+                conv2d(
+                    broadcast4((TB_SIDE, 1, 1024, 1024)),
+                    ones4((1, 1, 1024, 1024)).view(),
+                    None,
+                    &opts().with_memory_format(MemoryFormat::ChannelsLast),
                 )
             },
         ),
