@@ -170,7 +170,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for &init in &args.inits {
         let start = Instant::now();
         let mut rng = StdRng::seed_from_u64(args.seed);
-        let mut net = build(init, args.width, &mut rng)?;
+        // Without telemetry nothing reads the layers' outputs after the step: keeping
+        // only what backward needs lets each ReLU run in place over its conv's output.
+        let record = args.csv.is_some();
+        let mut net = build(init, args.width, &mut rng)?.with_retain_outputs(record);
         if init == "lsuv" {
             let idx: Vec<usize> = (0..train.len().min(512)).collect();
             let (xb, _) = gather_images(train.x, train.y, &idx, (1, 28, 28))?;
@@ -191,7 +194,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )?);
         bar.set_prefix(init);
         let mut telemetry = Telemetry::new();
-        let record = args.csv.is_some();
         let history = fit(
             &mut net,
             &mut opt,
