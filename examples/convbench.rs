@@ -20,7 +20,8 @@ use std::time::Instant;
 use convinit::gemm::Kernel;
 use convinit::ops::{
     Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo,
-    InputGradAlgo, WeightGradAlgo, autotuned_plan, conv2d, conv2d_backward,
+    InputGradAlgo, MemoryFormat, WeightGradAlgo, autotuned_plan, conv2d, conv2d_backward,
+    to_memory_format,
 };
 use ndarray::{Array, Array1, Array4, Dimension, ShapeBuilder};
 use rand::rngs::StdRng;
@@ -50,6 +51,8 @@ usage: convbench [--shape [NAME=]SPEC]... [--named NAME[,NAME..]|all]... [option
   --pass        fwd, bwd or both (default: both)
   --threads T   rayon pool size, also of the FMA peak (default: the CPUs available)
   --reps R      timed runs per pass after a warm-up (default: 7; naive: at most 3)
+  --memory-format contiguous|channels-last
+                the layout of x, dy and the outputs (default: contiguous)
   --json        one JSON object (with a \"conv2d\" section as examples/bench --json)
   --csv         one CSV line per shape, path and pass
   --max-ref-macs M
@@ -178,6 +181,7 @@ struct Options {
     reps: usize,
     format: Format,
     ref_macs: f64,
+    memory_format: MemoryFormat,
 }
 
 /// The command line (without the program name); `Ok(None)` for `--help`.
@@ -190,6 +194,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         reps: 7,
         format: Format::Table,
         ref_macs: DEFAULT_REF_MACS,
+        memory_format: MemoryFormat::Contiguous,
     };
     let mut format = None;
     let mut it = args.iter();
@@ -238,6 +243,17 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             }
             "--threads" => o.threads = positive("--threads", value("--threads")?)?,
             "--reps" => o.reps = positive("--reps", value("--reps")?)?,
+            "--memory-format" => {
+                o.memory_format = match value("--memory-format")? {
+                    "contiguous" => MemoryFormat::Contiguous,
+                    "channels-last" | "channels_last" => MemoryFormat::ChannelsLast,
+                    v => {
+                        return Err(format!(
+                            "--memory-format: '{v}' is not contiguous or channels-last"
+                        ));
+                    }
+                }
+            }
             "--max-ref-macs" => {
                 let v = value("--max-ref-macs")?;
                 o.ref_macs = match v.trim().parse::<f64>() {
@@ -442,7 +458,7 @@ fn run_conv(
     refs: &Reference,
     o: &Options,
 ) -> Result<Outcome, String> {
-    let opts = conv_options(path, &s.options());
+    let opts = conv_options(path, &shape_options(s, o));
     let geo = Conv2dGeometry::new("convbench", s.x_dim().into(), s.w_dim().into(), &opts)
         .map_err(|e| e.to_string())?;
     let threads = rayon::current_num_threads();
@@ -514,12 +530,25 @@ struct ShapeResult {
     rows: Vec<(Path, Outcome)>,
 }
 
+/// The shape's options in the layout `--memory-format` asks for.
+fn shape_options(s: &ConvShape, o: &Options) -> Conv2dOptions {
+    s.options().with_memory_format(o.memory_format)
+}
+
+/// `a` in the layout `--memory-format` asks for (the same values).
+fn laid_out(a: Array4<f32>, o: &Options) -> Array4<f32> {
+    match o.memory_format {
+        MemoryFormat::Contiguous => a,
+        f => to_memory_format(a.view(), f).expect("a benchmark tensor fits in memory"),
+    }
+}
+
 fn bench_shape(name: &str, s: &ConvShape, o: &Options, rng: &mut StdRng) -> ShapeResult {
     let inp = Inputs {
-        x: uniform(s.x_dim(), rng),
+        x: laid_out(uniform(s.x_dim(), rng), o),
         w: uniform(s.w_dim(), rng),
         b: uniform(s.o, rng),
-        dy: uniform(s.y_dim(), rng),
+        dy: laid_out(uniform(s.y_dim(), rng), o),
     };
     let macs = s.macs();
     let unchecked = (macs > o.ref_macs).then(|| {
@@ -548,7 +577,7 @@ fn bench_shape(name: &str, s: &ConvShape, o: &Options, rng: &mut StdRng) -> Shap
         "convbench",
         s.x_dim().into(),
         s.w_dim().into(),
-        &s.options(),
+        &shape_options(s, o),
     )
     .expect("a parsed shape is a valid geometry");
     let auto = ConvPlan::choose(&geo, rayon::current_num_threads());
@@ -595,6 +624,8 @@ struct Context {
     peak: f64,
     kernel: &'static str,
     cpu: String,
+    /// `--memory-format`, as it is spelled there.
+    layout: &'static str,
 }
 
 fn cpu_name() -> String {
@@ -692,12 +723,13 @@ fn aligned(rows: &[Vec<String>], right: &[bool]) -> String {
 
 fn print_table(ctx: &Context, results: &[ShapeResult]) {
     println!(
-        "convbench: {} thread{}, FMA peak {:.1} GFLOP/s, GEMM kernel {}, {} reps, {}",
+        "convbench: {} thread{}, FMA peak {:.1} GFLOP/s, GEMM kernel {}, {} reps, {} tensors, {}",
         ctx.threads,
         if ctx.threads == 1 { "" } else { "s" },
         ctx.peak,
         ctx.kernel,
         ctx.reps,
+        ctx.layout,
         ctx.cpu
     );
     for r in results {
@@ -958,6 +990,7 @@ fn to_json(ctx: &Context, results: &[ShapeResult]) -> Value {
         "tool": "convbench",
         "cpu": ctx.cpu,
         "threads": ctx.threads,
+        "memory_format": ctx.layout,
         "reps": ctx.reps,
         "kernel": ctx.kernel,
         "fma_peak_gflops": round(ctx.peak, 1),
@@ -998,6 +1031,10 @@ fn main() {
         peak: peak::fma_peak(o.threads),
         kernel: Kernel::selected().name(),
         cpu: cpu_name(),
+        layout: match o.memory_format {
+            MemoryFormat::ChannelsLast => "channels-last",
+            _ => "contiguous",
+        },
     };
     let results: Vec<ShapeResult> = pool.install(|| {
         let mut rng = StdRng::seed_from_u64(0);
@@ -1234,6 +1271,7 @@ mod tests {
         assert_eq!(o.paths, all_paths());
         assert_eq!((o.pass, o.format, o.reps), (Pass::Both, Format::Table, 7));
         assert_eq!(o.ref_macs, DEFAULT_REF_MACS);
+        assert_eq!(o.memory_format, MemoryFormat::Contiguous);
 
         let o = parse(
             "--named all --path auto,direct --path phase --pass fwd --threads 3 --reps 2 --csv",
@@ -1253,6 +1291,8 @@ mod tests {
             (o.pass, o.format, o.ref_macs),
             (Pass::Bwd, Format::Json, 1e6)
         );
+        let o = parse("--named seed_l2 --memory-format channels-last").unwrap();
+        assert_eq!(o.memory_format, MemoryFormat::ChannelsLast);
 
         // `all` is every path: auto, autotune, each algorithm, naive.
         let all: Vec<&str> = all_paths().iter().map(|p| p.name()).collect();
@@ -1295,6 +1335,10 @@ mod tests {
             ),
             ("--named seed_l1 --json --csv", "exclude each other"),
             ("--named seed_l1 --max-ref-macs -1", "not a number >= 0"),
+            (
+                "--named seed_l1 --memory-format nhwc",
+                "'nhwc' is not contiguous or channels-last",
+            ),
             (
                 "--named seed_l1 --frobnicate",
                 "unknown argument '--frobnicate'",
