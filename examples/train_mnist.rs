@@ -257,7 +257,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let last = r.history.last().map_or(f32::NAN, |e| e.train_loss);
         println!(
-            "{:<8} {:>10.4} {} {:>9.1}",
+            "{:<8} {:>10.4} {} {:>9.2}",
             r.init,
             last,
             accs.join(" "),
