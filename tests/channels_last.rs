@@ -81,8 +81,10 @@ fn every_algorithm_gives_the_channel_major_bits_in_every_layout() {
     // (N, C, H, W, O, k, stride, padding, dilation, groups): strides 1 and 2, output
     // channels below, at and above a vector, one input channel, padding past the
     // kernel, dilation, depthwise and grouped convs, 1x1, one output pixel.
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (3, 16, 14, 14, 32, 3, 2, 1, 1, 1),
+        // Whole vectors of channels at stride 1: the kernel writes y and dx itself.
+        (2, 16, 6, 5, 16, 3, 1, 1, 1, 1),
         (2, 32, 7, 7, 64, 3, 2, 1, 1, 1),
         (2, 64, 4, 4, 10, 3, 2, 1, 1, 1),
         (3, 1, 12, 12, 16, 5, 2, 2, 1, 1),

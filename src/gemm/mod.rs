@@ -64,11 +64,11 @@ mod naive;
 mod pack;
 
 pub use archparam::GemmBlocks;
-pub use kernel::{Kernel, fma_peak_gflops};
 pub(crate) use kernel::{
-    RealColumns, indirect_b_gemm, indirect_b_gemm_real, indirect_gemm, pack_a_panels,
+    IndirectOut, RealColumns, indirect_b_gemm, indirect_b_gemm_real, indirect_gemm, pack_a_panels,
     pack_a_panels_into,
 };
+pub use kernel::{Kernel, fma_peak_gflops};
 pub use naive::sgemm_naive;
 
 /// `C = alpha * A * B + beta * C` with `A` (m, k), `B` (k, n) and `C` (m, n).

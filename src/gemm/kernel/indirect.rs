@@ -34,8 +34,12 @@ pub(crate) struct IndirectArgs {
     pub w: *const f32,
     /// Channels per weight row and per output row (a multiple of the vector width).
     pub ldw: usize,
-    /// Output, `rows x ldw`.
+    /// Output, `rows` rows of `ldw` floats.
     pub c: *mut f32,
+    /// Row `p` of the output starts at `c + c_rows[p]`; null: at `c + p * ldw`.
+    pub c_rows: *const usize,
+    /// `ldw` floats added to every output row once its sum is complete; null: none.
+    pub bias: *const f32,
     /// Add the sums to what `c` holds instead of storing them.
     pub accumulate: bool,
 }
@@ -44,7 +48,9 @@ pub(crate) struct IndirectArgs {
 ///
 /// # Safety
 /// For every `p < rows` and `k' < k`, `x + bases[p] + offs[k']` is readable; `w` holds
-/// `k * ldw` readable f32 and `c` `rows * ldw` writable f32; `ldw` is a positive
+/// `k * ldw` readable f32; each output row (`ldw` floats from `c + p * ldw`, or from
+/// `c + c_rows[p]` when `c_rows` is not null, which then holds `rows` offsets) is
+/// writable; `bias`, when not null, holds `ldw` readable f32; `ldw` is a positive
 /// multiple of `S::LANES`; the caller runs under `S`'s target features.
 #[inline(always)]
 pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>(
@@ -100,6 +106,8 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, 
         w,
         ldw,
         c,
+        c_rows,
+        bias,
         accumulate,
     } = *args;
     // SAFETY: positions below `rows` and the `NV` vectors from `v0` only; an edge tile
@@ -113,30 +121,41 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, 
         for kb in 0..blocks {
             let (k0, k1) = (kb * k / blocks, (kb + 1) * k / blocks);
             let (wv, ob) = (w.add(k0 * ldw + v0 * S::LANES), offs.add(k0));
+            // The bias goes onto the complete sums: after the last block.
+            let bv = match bias.is_null() || kb + 1 < blocks {
+                true => std::ptr::null(),
+                false => bias.add(v0 * S::LANES),
+            };
             for p0 in (0..rows).step_by(MR) {
                 let valid = MR.min(rows - p0);
                 let mut xs = [x; MR];
-                for (i, xi) in xs.iter_mut().enumerate() {
-                    *xi = x.add(*bases.add(p0 + i.min(valid - 1)));
+                let mut cs = [c; MR];
+                for (i, (xi, ci)) in xs.iter_mut().zip(&mut cs).enumerate() {
+                    let p = p0 + i.min(valid - 1);
+                    *xi = x.add(*bases.add(p));
+                    let row = match c_rows.is_null() {
+                        true => p * ldw,
+                        false => *c_rows.add(p),
+                    };
+                    *ci = c.add(row + v0 * S::LANES);
                 }
                 let (kk, add) = (k1 - k0, kb > 0 || accumulate);
-                let cv = c.add(p0 * ldw + v0 * S::LANES);
                 if NV == 1 {
-                    tile_split::<S, MR>(&xs, ob, kk, wv, ldw, cv, valid, add);
+                    tile_split::<S, MR>(&xs, ob, kk, wv, ldw, &cs, bv, valid, add);
                 } else {
-                    tile::<S, MR, NV>(&xs, ob, kk, wv, ldw, cv, valid, add);
+                    tile::<S, MR, NV>(&xs, ob, kk, wv, ldw, &cs, bv, valid, add);
                 }
             }
         }
     }
 }
 
-/// One `MR x NV` vector tile: `valid` rows of `c` (row stride `ldw`), stored, or added
-/// to what they hold when `add`.
+/// One `MR x NV` vector tile: `valid` rows, row `i` at `cs[i]`, stored, or added to
+/// what they hold when `add`; then `bias` (when not null) added to them.
 ///
 /// # Safety
-/// As [`indirect_body`], for the `NV` vectors of channels at `w` and `c`; with `add`,
-/// the `valid` rows of `c` must already be written.
+/// As [`indirect_body`], for the `NV` vectors of channels at `w`, `bias` and each
+/// `cs[i]`; with `add`, the `valid` rows must already be written.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
@@ -145,7 +164,8 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     k: usize,
     w: *const f32,
     ldw: usize,
-    c: *mut f32,
+    cs: &[*mut f32; MR],
+    bias: *const f32,
     valid: usize,
     add: bool,
 ) {
@@ -153,9 +173,9 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     unsafe {
         let mut acc = [[S::zero(); NV]; MR];
         if add {
-            for (i, row) in acc.iter_mut().enumerate().take(valid) {
+            for (row, &ci) in acc.iter_mut().zip(cs).take(valid) {
                 for (v, x) in row.iter_mut().enumerate() {
-                    *x = S::load(c.add(i * ldw + v * S::LANES));
+                    *x = S::load(ci.add(v * S::LANES));
                 }
             }
         }
@@ -173,9 +193,15 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate().take(valid) {
+        let one = S::splat(1.0);
+        for (row, &ci) in acc.iter().zip(cs).take(valid) {
             for (v, &x) in row.iter().enumerate() {
-                S::store(c.add(i * ldw + v * S::LANES), x);
+                let x = match bias.is_null() {
+                    true => x,
+                    // `1 * b + x`: `x + b` rounded once, as an add.
+                    false => S::fma(S::load(bias.add(v * S::LANES)), one, x),
+                };
+                S::store(ci.add(v * S::LANES), x);
             }
         }
     }
@@ -196,7 +222,8 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
     k: usize,
     w: *const f32,
     ldw: usize,
-    c: *mut f32,
+    cs: &[*mut f32; MR],
+    bias: *const f32,
     valid: usize,
     add: bool,
 ) {
@@ -205,8 +232,8 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
         let mut even = [S::zero(); MR];
         let mut odd = [S::zero(); MR];
         if add {
-            for (i, x) in even.iter_mut().enumerate().take(valid) {
-                *x = S::load(c.add(i * ldw));
+            for (x, &ci) in even.iter_mut().zip(cs).take(valid) {
+                *x = S::load(ci);
             }
         }
         let pairs = k / 2;
@@ -230,8 +257,13 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
         }
         // `odd * 1 + even`: one rounding, the exact sum rounded, as an add.
         let one = S::splat(1.0);
-        for (i, (&e, &d)) in even.iter().zip(&odd).enumerate().take(valid) {
-            S::store(c.add(i * ldw), S::fma(d, one, e));
+        for ((&e, &d), &ci) in even.iter().zip(&odd).zip(cs).take(valid) {
+            let x = S::fma(d, one, e);
+            let x = match bias.is_null() {
+                true => x,
+                false => S::fma(S::load(bias), one, x),
+            };
+            S::store(ci, x);
         }
     }
 }

@@ -464,19 +464,47 @@ pub(crate) fn macro_kernel(
     }
 }
 
+/// Where [`indirect_gemm`] writes: `rows` rows of `ldw` floats in `c`, packed (row `p`
+/// at `p * ldw`) or each at its own offset, stored or added to what `c` holds, with an
+/// optional bias added to the complete sums.
+pub(crate) struct IndirectOut<'a> {
+    /// The output.
+    pub c: &'a mut [f32],
+    /// Row `p` at `c[row_starts[p]..]` instead of `c[p * ldw..]` (a channels-last
+    /// input gradient's pixels of one class, say).
+    pub row_starts: Option<&'a [usize]>,
+    /// `ldw` floats added to every row after its sum (`sum + b`, one rounding), as a
+    /// conv's bias.
+    pub bias: Option<&'a [f32]>,
+    /// Add the sums to what the rows hold (`+=`) instead of storing them.
+    pub accumulate: bool,
+}
+
+impl<'a> IndirectOut<'a> {
+    /// Rows packed in `c`, no bias.
+    pub(crate) fn packed(c: &'a mut [f32], accumulate: bool) -> Self {
+        IndirectOut {
+            c,
+            row_starts: None,
+            bias: None,
+            accumulate,
+        }
+    }
+}
+
 /// The indirect GEMM of the direct conv path:
-/// `out[p * ldw + o] = sum_k x[bases[p] + offs[k]] * w[k * ldw + o]` for every position
-/// `p < bases.len()` and channel `o < ldw` (see the `indirect` module); with
-/// `accumulate`, the sum is added to what `out` holds (`+=`).
+/// `out[p][o] = sum_k x[bases[p] + offs[k]] * w[k * ldw + o] (+ bias[o])` for every
+/// position `p < bases.len()` and channel `o < ldw` (see the `indirect` module), row `p`
+/// where `out` puts it; with `out.accumulate`, the sum is added to what the row holds
+/// (`+=`).
 ///
 /// `w` is `offs.len() x ldw` (the weights packed tap-major, channels padded with zeros
-/// to `ldw`, a multiple of [`Kernel::lanes`]); `out` receives `bases.len() x ldw`.
+/// to `ldw`, a multiple of [`Kernel::lanes`]).
 ///
 /// # Panics
-/// If `ldw` is not a positive multiple of the kernel's vector width, `w` or `out` is
-/// too short, some `bases[p] + offs[k]` is outside `x`, or the CPU cannot run
-/// `kernel`: all bugs of the caller, checked before any unsafe code runs.
-#[allow(clippy::too_many_arguments)]
+/// If `ldw` is not a positive multiple of the kernel's vector width, `w`, the output
+/// rows or the bias are too short, some `bases[p] + offs[k]` is outside `x`, or the CPU
+/// cannot run `kernel`: all bugs of the caller, checked before any unsafe code runs.
 pub(crate) fn indirect_gemm(
     kernel: Kernel,
     x: &[f32],
@@ -484,8 +512,7 @@ pub(crate) fn indirect_gemm(
     offs: &[usize],
     w: &[f32],
     ldw: usize,
-    out: &mut [f32],
-    accumulate: bool,
+    out: IndirectOut<'_>,
 ) {
     let (rows, k) = (bases.len(), offs.len());
     assert!(
@@ -494,13 +521,41 @@ pub(crate) fn indirect_gemm(
         kernel.lanes()
     );
     assert!(w.len() >= k * ldw, "indirect: packed weights too short");
-    assert!(out.len() >= rows * ldw, "indirect: output too short");
+    let IndirectOut {
+        c,
+        row_starts,
+        bias,
+        accumulate,
+    } = out;
+    match row_starts {
+        Some(r) => {
+            assert!(r.len() >= rows, "indirect: fewer row starts than rows");
+            assert!(
+                r[..rows]
+                    .iter()
+                    .all(|&s| s.checked_add(ldw).is_some_and(|e| e <= c.len())),
+                "indirect: an output row past the output"
+            );
+        }
+        None => assert!(c.len() >= rows * ldw, "indirect: output too short"),
+    }
+    if let Some(b) = bias {
+        assert!(b.len() >= ldw, "indirect: bias shorter than ldw");
+    }
     if rows == 0 {
         return;
     }
     if k == 0 {
-        if !accumulate {
-            out[..rows * ldw].fill(0.0);
+        // No taps: the sums are zero.
+        for p in 0..rows {
+            let start = row_starts.map_or(p * ldw, |r| r[p]);
+            let row = &mut c[start..start + ldw];
+            if !accumulate {
+                row.fill(0.0);
+            }
+            if let Some(b) = bias {
+                row.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+            }
         }
         return;
     }
@@ -518,12 +573,14 @@ pub(crate) fn indirect_gemm(
         k,
         w: w.as_ptr(),
         ldw,
-        c: out.as_mut_ptr(),
+        c: c.as_mut_ptr(),
+        c_rows: row_starts.map_or(std::ptr::null(), |r| r.as_ptr()),
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
         accumulate,
     };
     // SAFETY: the asserts above check every read of `x` (the largest base plus the
-    // largest offset is inside it), the lengths of `w` and `out`, `ldw` against the
-    // vector width, and the CPU.
+    // largest offset is inside it), the lengths of `w` and the bias, every output row
+    // against `c`, `ldw` against the vector width, and the CPU.
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -955,7 +1012,7 @@ mod indirect_tests {
         for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
             let lanes = kernel.lanes();
             for nvec in [1, 2, 3, 4, 5, 6, 8, 12] {
-                for (rows, k) in [(1, 1), (7, 9), (13, 30), (25, 400)] {
+                for (rows, k) in [(3, 0), (1, 1), (7, 9), (13, 30), (25, 400)] {
                     let ldw = nvec * lanes;
                     let x = vals(rows * 2 + k * 3 + 1, nvec);
                     let bases: Vec<usize> = (0..rows).map(|p| p * 2).collect();
@@ -964,7 +1021,15 @@ mod indirect_tests {
                     let init = vals(rows * ldw, 8);
                     for accumulate in [false, true] {
                         let mut out = init.clone();
-                        indirect_gemm(kernel, &x, &bases, &offs, &w, ldw, &mut out, accumulate);
+                        indirect_gemm(
+                            kernel,
+                            &x,
+                            &bases,
+                            &offs,
+                            &w,
+                            ldw,
+                            IndirectOut::packed(&mut out, accumulate),
+                        );
                         for p in 0..rows {
                             for o in 0..ldw {
                                 let mut want = if accumulate {
@@ -982,6 +1047,40 @@ mod indirect_tests {
                                      at ({p}, {o}): {got} against {want}"
                                 );
                             }
+                        }
+                        // The same rows placed in reverse order with gaps between them,
+                        // a bias added: each row is the packed one plus the bias, bit for
+                        // bit, and the gaps are left as they were.
+                        let bias = vals(ldw, 9);
+                        let gap = 3;
+                        let starts: Vec<usize> = (0..rows)
+                            .map(|p| (rows - 1 - p) * (ldw + gap) + gap)
+                            .collect();
+                        let mut placed = vals(rows * (ldw + gap) + gap, 10);
+                        let before = placed.clone();
+                        for p in 0..rows {
+                            placed[starts[p]..starts[p] + ldw]
+                                .copy_from_slice(&init[p * ldw..(p + 1) * ldw]);
+                        }
+                        let out2 = IndirectOut {
+                            c: &mut placed,
+                            row_starts: Some(&starts),
+                            bias: Some(&bias),
+                            accumulate,
+                        };
+                        indirect_gemm(kernel, &x, &bases, &offs, &w, ldw, out2);
+                        for (e, (&got, &was)) in placed.iter().zip(&before).enumerate() {
+                            let row = starts.iter().position(|&s| (s..s + ldw).contains(&e));
+                            let want = match row {
+                                Some(p) => out[p * ldw + e - starts[p]] + bias[e - starts[p]],
+                                None => was,
+                            };
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{kernel:?} nvec {nvec} rows {rows} k {k} acc {accumulate} \
+                                 placed, at {e}"
+                            );
                         }
                     }
                 }

@@ -13,10 +13,12 @@
 //! Channels-last tensors ([`crate::ops::MemoryFormat::ChannelsLast`]) are read and
 //! written as they are: the padded copy of a channels-last image is channels-last too
 //! ([`DirectIndex::new`] with `last`), a position-major kernel tile is a channels-last
-//! output or `dy` but for its padding lanes (rows copied, no transpose; with whole
-//! vectors of channels `dy` is the tile itself), and a channels-last `dx` takes each
-//! pixel's row of its class's tile with one copy. The sums are the same, in the same
-//! order, so the bits are those of the channel-major run.
+//! output or `dy` but for its padding lanes (rows copied, no transpose), and a
+//! channels-last `dx` takes each pixel's row of its class's tile with one copy. With
+//! whole vectors of channels there is no tile at all: `dy` is the weight gradient's
+//! operand as it is, and the kernel stores the output's rows (adding the bias as it
+//! stores them) and each pixel's row of `dx` ([`crate::gemm::IndirectOut`]). The sums
+//! are the same, in the same order, so the bits are those of the channel-major run.
 //!
 //! It pays where im2col does not: the column matrix costs a gather per element to build
 //! and a scatter per element to fold back, which dominated the notebook's small layers
@@ -35,7 +37,7 @@ use super::common::{
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, scatter_rows, transpose_add};
 use crate::error::Result;
-use crate::gemm::{Kernel, indirect_gemm};
+use crate::gemm::{IndirectOut, Kernel, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -166,12 +168,17 @@ fn forward_tile(
     // The borders stay zero for every image of the tile, and of later tiles and calls
     // that pad the same way.
     let padded = padded_images(padded, geo, idx, ops.x_last, per_call)?;
-    resize(
-        out,
-        &[per_call, l, ldw],
-        "the output tile of the direct path",
-        geo,
-    )?;
+    // A channels-last output with whole vectors of channels takes the kernel's rows as
+    // they are: no tile.
+    let direct_out = ops.y_last && ldw == o;
+    if !direct_out {
+        resize(
+            out,
+            &[per_call, l, ldw],
+            "the output tile of the direct path",
+            geo,
+        )?;
+    }
     let bias_v: Vec<f32> = bias.map_or_else(|| vec![0.0; o], |b| b.to_vec());
     for c0 in (0..b).step_by(per_call) {
         let nc = per_call.min(b - c0);
@@ -193,7 +200,32 @@ fn forward_tile(
         // alone (resnet_128s2 1T fwd 36-38 -> 30-33 ms) but slower wherever the backward
         // runs between forwards (bench: 33.5-34.1 -> 35.4-37.5 ms; Intel Xeon 6/207);
         // the same for the input gradient's classes was slower outright.
-        indirect_gemm(kernel, src, &bases[..nc * l], &idx.offs, w, ldw, out, false);
+        let bases = &bases[..nc * l];
+        if direct_out {
+            // Channels-last with whole vectors of channels: the kernel's rows are the
+            // output's, its bias added as the sums are stored (no tile, no copy).
+            let y = yt.slice_mut(s![c0..c0 + nc, .., ..]);
+            let y = y
+                .into_slice()
+                .expect("channels-last output images are contiguous");
+            let out = IndirectOut {
+                c: y,
+                row_starts: None,
+                bias: Some(&bias_v),
+                accumulate: false,
+            };
+            indirect_gemm(kernel, src, bases, &idx.offs, w, ldw, out);
+            continue;
+        }
+        indirect_gemm(
+            kernel,
+            src,
+            bases,
+            &idx.offs,
+            w,
+            ldw,
+            IndirectOut::packed(out, false),
+        );
         for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
             let yn = yn.as_slice_mut().expect("output images are contiguous");
@@ -341,6 +373,17 @@ struct InputGrad {
     /// Per class, each pixel's window corner in the padded `dy` of the most images a
     /// call of any chunk takes, one image after the other.
     bases: Vec<Vec<usize>>,
+    /// Per class, where each pixel's row of a channels-last `dx` starts, for the same
+    /// images, when the kernel writes `dx` itself (channels in whole vectors); else
+    /// empty.
+    starts: Vec<Vec<usize>>,
+}
+
+impl InputGrad {
+    /// Whether the kernel writes the rows of a channels-last `dx` itself (no tile).
+    fn writes_dx(&self) -> bool {
+        !self.starts.is_empty()
+    }
 }
 
 impl Backward {
@@ -422,11 +465,25 @@ impl Backward {
                     multi_bases(&one, dy_img, calls)
                 })
                 .collect();
+            // Channels-last with whole vectors of channels: each pixel's row of `dx`
+            // is a row of the kernel's output.
+            let starts = match ops.x_last && ldc == c {
+                true => t
+                    .classes
+                    .iter()
+                    .map(|cl| {
+                        let one: Vec<usize> = cl.pixels.iter().map(|&px| px * c).collect();
+                        multi_bases(&one, geo.in_h * geo.in_w * c, calls)
+                    })
+                    .collect(),
+                false => Vec::new(),
+            };
             Some(InputGrad {
                 index: t,
                 ldc,
                 classes,
                 bases,
+                starts,
             })
         } else {
             None
@@ -599,7 +656,7 @@ impl Backward {
         let class_bases: &[Vec<usize>] = self.dx.as_ref().map_or(&[], |g| &g.bases);
         // One tile for every class, sized once: resizing it per class between the
         // classes' pixel counts wrote zeros on every call.
-        if let Some(g) = &self.dx {
+        if let Some(g) = self.dx.as_ref().filter(|g| !g.writes_dx()) {
             let most = g.index.classes.iter().map(|cl| cl.pixels.len()).max();
             let what = "the input gradient tile of the direct path";
             resize(tile, &[per_call, most.unwrap_or(0), g.ldc], what, geo)?;
@@ -637,7 +694,8 @@ impl Backward {
                 let dyt = if dy_is_dyt { dys } else { &dyt[..] };
                 let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
                 let add = c0 > 0;
-                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, target, add);
+                let out = IndirectOut::packed(target, add);
+                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, out);
             }
             // dx, one pixel class at a time, for all `nc` images in each call.
             let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
@@ -664,8 +722,20 @@ impl Backward {
                     continue;
                 }
                 let bases = &class_bases[ci][..nc * np];
+                if g.writes_dx() {
+                    let dx = dxc.slice_mut(s![c0..c0 + nc, ..]);
+                    let out = IndirectOut {
+                        c: dx.into_slice().expect("dx rows are contiguous"),
+                        row_starts: Some(&g.starts[ci][..nc * np]),
+                        bias: None,
+                        accumulate: false,
+                    };
+                    indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, out);
+                    continue;
+                }
                 let tile = &mut tile[..nc * np * ldc];
-                indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, tile, false);
+                let out = IndirectOut::packed(tile, false);
+                indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, out);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
