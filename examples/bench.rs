@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+use convinit::buffers::recycle;
 use convinit::gemm::{GemmBlocks, Kernel, sgemm};
 use convinit::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Flatten, Layer, Relu,
@@ -162,15 +163,22 @@ fn bench_conv(s: &ConvShape, reps: usize, rng: &mut StdRng) -> convinit::Result<
     let bias = layer.bias().map(|b| b.view());
     let dy: Array4<f32> = randn(s.y_dim(), rng);
     let flops = 2.0 * s.macs();
+    // Outputs and gradients go back to the buffer cache, as a training loop's layers
+    // hand theirs back: the next call reuses their memory instead of faulting in fresh
+    // pages, whose cost depends on what ran before (pw_64x128's 51 MB forward output:
+    // 11 ms alone, 26 ms inside this run; 2 threads, Intel Xeon).
     let fwd = median_secs(reps, 1, || {
-        black_box(conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv"));
+        let y = conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv");
+        recycle(black_box(y));
     });
     let fwd_bwd = median_secs(reps, 1, || {
-        black_box(conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv"));
-        black_box(
-            conv2d_backward(x.view(), layer.weight().view(), true, dy.view(), &opts)
-                .expect("valid conv"),
-        );
+        let y = conv2d(x.view(), layer.weight().view(), bias, &opts).expect("valid conv");
+        recycle(black_box(y));
+        let g = conv2d_backward(x.view(), layer.weight().view(), true, dy.view(), &opts)
+            .expect("valid conv");
+        let g = black_box(g);
+        recycle(g.dx);
+        recycle(g.dw);
     });
     Ok(json!({
         "shape": s.given,
@@ -395,8 +403,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The calling thread is worker 0 (as `train_mnist` has it): the benchmark loops and
+    // the outputs they allocate and drop run on the main thread, whose glibc arena keeps
+    // a freed block for the next call. From a pool thread, whose arena hands large
+    // blocks back to the system, dw_64 read 10-18 ms after resnet_128s2 against 3.0-3.3
+    // alone (2 threads, Intel Xeon).
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(o.threads)
+        .use_current_thread()
         .build()
     {
         Ok(p) => p,

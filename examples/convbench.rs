@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::time::Instant;
 
+use convinit::buffers::recycle;
 use convinit::gemm::Kernel;
 use convinit::ops::{
     Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPass, ConvPlan, ForwardAlgo,
@@ -503,14 +504,22 @@ fn run_conv(
         fwd_plan.filter(|_| o.pass.fwd()),
         bwd_plan.filter(|_| o.pass.bwd()),
     );
+    // Outputs and gradients go back to the buffer cache, as in examples/bench (the next
+    // call reuses their memory instead of faulting in fresh pages).
     let timing = time_passes(
         o.pass,
         o.reps,
         || {
-            black_box(conv2d(x, w, Some(b), &opts).ok());
+            if let Ok(y) = conv2d(x, w, Some(b), &opts) {
+                recycle(black_box(y));
+            }
         },
         || {
-            black_box(conv2d_backward(x, w, true, dy, &opts).ok());
+            if let Ok(g) = conv2d_backward(x, w, true, dy, &opts) {
+                let g = black_box(g);
+                recycle(g.dx);
+                recycle(g.dw);
+            }
         },
     );
     Ok(Outcome::Ran {
@@ -1012,8 +1021,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The calling thread is worker 0: the timed calls and their outputs run on the main
+    // thread, whose glibc arena keeps a freed block for the next call (from a pool
+    // thread's arena, dw_64 read 10-18 ms after resnet_128s2 against 3.0-3.3 alone; 2
+    // threads, Intel Xeon).
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(o.threads)
+        .use_current_thread()
         .build()
     {
         Ok(p) => p,
