@@ -1,6 +1,6 @@
 //! [`ConvAlgorithm::Autotune`]: the first call for a geometry, a thread count and a pass
-//! times every algorithm that can run the geometry and caches the fastest plan; later
-//! calls run it. The process-wide cache is a `Mutex<HashMap>`, never held while a conv
+//! times every algorithm that can run the geometry and caches the fastest plan (auto's
+//! unless beaten by more than [`MARGIN`]); later calls run it. The process-wide cache is a `Mutex<HashMap>`, never held while a conv
 //! runs (a conv may run on rayon workers that tune other convs).
 //!
 //! [`ConvAlgorithm::Autotune`]: super::ConvAlgorithm::Autotune
@@ -33,6 +33,13 @@ const EXTRA_ROUNDS: usize = 3;
 /// Tuning starts no round of timed runs that it expects to end past this (the first
 /// round, one run of each candidate, always runs).
 const BUDGET: Duration = Duration::from_secs(1);
+
+/// Another candidate replaces auto's plan only when its fastest run beats auto's by more
+/// than this fraction: tuning runs are few and noisy, and close candidates swapped
+/// places from run to run. resnet_64's backward tuned to a direct weight gradient
+/// that ran 1.05-1.13x slower than auto's Winograd one in steady state (2 threads,
+/// Intel Xeon).
+const MARGIN: f64 = 0.03;
 
 /// The cache key: the geometry (its algorithm setting aside), threads, pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,15 +151,50 @@ fn candidates(geo: &Conv2dGeometry, threads: usize, pass: ConvPass) -> Vec<ConvP
     out
 }
 
+/// A result of a conv pass whose buffers can go back to the buffer cache.
+pub(super) trait Spent {
+    /// Hands the large buffers to [`crate::buffers`].
+    fn recycle(self);
+}
+
+impl Spent for () {
+    fn recycle(self) {}
+}
+
+impl<D: ndarray::Dimension> Spent for ndarray::Array<f32, D> {
+    fn recycle(self) {
+        crate::buffers::give_array(self);
+    }
+}
+
+impl<T: Spent> Spent for Option<T> {
+    fn recycle(self) {
+        if let Some(t) = self {
+            t.recycle();
+        }
+    }
+}
+
+impl<A: Spent, B: Spent, C: Spent> Spent for (A, B, C) {
+    fn recycle(self) {
+        self.0.recycle();
+        self.1.recycle();
+        self.2.recycle();
+    }
+}
+
 /// Runs `call` on the autotuned plan of (`geo`, this pool's size, `pass`), tuning it
 /// first when the cache has none.
 ///
 /// Tuning runs every candidate once, then further rounds of one run each (at most
 /// [`EXTRA_ROUNDS`]) while the next round is expected to end within [`BUDGET`]; each
-/// candidate scores its fastest run, and the fastest candidate wins. The result of its
-/// fastest run is returned. A candidate that runs out of memory ([`Error::Alloc`]) is
-/// left out; any other error is the call's (every candidate would fail alike).
-pub(super) fn run<T>(
+/// candidate scores its fastest run, and the fastest candidate wins, unless auto's
+/// plan (the first candidate) is within [`MARGIN`] of it. The result of the winner's
+/// fastest run is returned (auto's plan, kept so, runs once more for it); every result
+/// not returned goes back to the buffer cache. A candidate that runs out of memory
+/// ([`Error::Alloc`]) is left out; any other error is the call's (every candidate would
+/// fail alike).
+pub(super) fn run<T: Spent>(
     geo: &Conv2dGeometry,
     pass: ConvPass,
     mut call: impl FnMut(ConvPlan) -> Result<T>,
@@ -196,16 +238,31 @@ pub(super) fn run<T>(
             let t = t0.elapsed();
             last_time[i] = t;
             best_time[i] = Some(best_time[i].map_or(t, |b| b.min(t)));
+            // The result not kept goes back to the buffer cache, where the next
+            // candidate's output comes from: fresh memory would time its page faults
+            // (pw_64x128's 51 MB forward output: the pointwise forward timed slower than
+            // the column one, which runs 1.2x slower once the output is reused).
             if winner.as_ref().is_none_or(|w| t < w.1) {
-                winner = Some((i, t, result));
+                if let Some((_, _, old)) = winner.replace((i, t, result)) {
+                    old.recycle();
+                }
+            } else {
+                result.recycle();
             }
         }
     }
-    let Some((i, _, result)) = winner else {
+    let Some((mut i, t, mut result)) = winner else {
         return Err(alloc_err.unwrap_or_else(|| {
             Error::config("conv2d", "autotuning found no algorithm for this geometry")
         }));
     };
+    // Auto's plan (the first candidate) stays unless beaten by more than the margin.
+    let near_auto = |a: Duration| t.as_secs_f64() > a.as_secs_f64() * (1.0 - MARGIN);
+    if i != 0 && best_time[0].is_some_and(near_auto) {
+        result.recycle();
+        i = 0;
+        result = call(plans[0])?;
+    }
     let chosen = *cache().entry(key).or_insert(plans[i]);
     if chosen != plans[i] {
         // Another thread tuned the same key meanwhile and its plan is the cached one:

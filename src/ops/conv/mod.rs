@@ -382,7 +382,7 @@ fn sum_partials(plan: &ConvPlan, dw: &mut Array2<f32>, partials: &[(Array2<f32>,
 
 /// Runs `call` on the plan of `geo.options.algorithm` for `pass` on this pool: auto's,
 /// auto's with the fixed passes replaced, or the autotuned one.
-fn with_algorithm<T>(
+fn with_algorithm<T: autotune::Spent>(
     geo: &Conv2dGeometry,
     pass: ConvPass,
     mut call: impl FnMut(ConvPlan) -> Result<T>,

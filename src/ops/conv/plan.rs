@@ -364,7 +364,8 @@ pub enum ConvAlgorithm {
     /// As `torch.backends.cudnn.benchmark = True`: the first call for a geometry, a
     /// thread count and a pass ([`ConvPass`](crate::ops::ConvPass)) runs every algorithm
     /// that can run the geometry on the call's own inputs, a few times each within about
-    /// a second (at least once each), and keeps the fastest in a process-wide cache;
+    /// a second (at least once each), and keeps the fastest in a process-wide cache (auto's
+    /// own choice stays unless another beats it by more than 3%: tuning runs are noisy);
     /// later calls run the cached plan ([`autotuned_plan`](crate::ops::autotuned_plan)
     /// tells which). The first call returns the result of the winning run.
     ///
