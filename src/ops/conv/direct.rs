@@ -37,7 +37,7 @@ use super::common::{
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, scatter_rows, transpose_add};
 use crate::error::Result;
-use crate::gemm::{IndirectOut, Kernel, indirect_gemm};
+use crate::gemm::{IndirectOut, Kernel, Offsets, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -145,7 +145,7 @@ pub(super) fn forward(
 fn forward_tile(
     ops: &Operands<'_>,
     idx: &DirectIndex,
-    bases: &[usize],
+    bases: &Offsets,
     kernel: Kernel,
     w: &[f32],
     ldw: usize,
@@ -162,7 +162,7 @@ fn forward_tile(
     let per_call = images_per_call(img, b);
     // Built for the largest tile's calls (no tile is larger).
     assert!(
-        bases.len() >= per_call * l,
+        bases.as_slice().len() >= per_call * l,
         "direct: a tile larger than the first"
     );
     // The borders stay zero for every image of the tile, and of later tiles and calls
@@ -200,7 +200,7 @@ fn forward_tile(
         // alone (resnet_128s2 1T fwd 36-38 -> 30-33 ms) but slower wherever the backward
         // runs between forwards (bench: 33.5-34.1 -> 35.4-37.5 ms; Intel Xeon 6/207);
         // the same for the input gradient's classes was slower outright.
-        let bases = &bases[..nc * l];
+        let bases = bases.prefix(nc * l);
         if direct_out {
             // Channels-last with whole vectors of channels: the kernel's rows are the
             // output's, its bias added as the sums are stored (no tile, no copy).
@@ -214,18 +214,11 @@ fn forward_tile(
                 bias: Some(&bias_v),
                 accumulate: false,
             };
-            indirect_gemm(kernel, src, bases, &idx.offs, w, ldw, out);
+            indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, out);
             continue;
         }
-        indirect_gemm(
-            kernel,
-            src,
-            bases,
-            &idx.offs,
-            w,
-            ldw,
-            IndirectOut::packed(out, false),
-        );
+        let packed = IndirectOut::packed(out, false);
+        indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, packed);
         for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
             let yn = yn.as_slice_mut().expect("output images are contiguous");
@@ -339,10 +332,12 @@ fn images_per_call(image_len: usize, b: usize) -> usize {
 }
 
 /// `bases` of one image repeated for `images` images `image_len` apart.
-fn multi_bases(bases: &[usize], image_len: usize, images: usize) -> Vec<usize> {
-    (0..images)
-        .flat_map(|i| bases.iter().map(move |&b| i * image_len + b))
-        .collect()
+fn multi_bases(bases: &[usize], image_len: usize, images: usize) -> Offsets {
+    Offsets::new(
+        (0..images)
+            .flat_map(|i| bases.iter().map(move |&b| i * image_len + b))
+            .collect(),
+    )
 }
 
 /// The per-conv part of the direct backward, shared by every reduction chunk.
@@ -350,7 +345,7 @@ pub(super) struct Backward {
     kernel: Kernel,
     idx: DirectIndex,
     /// The window corners of the most images a call of any chunk takes.
-    x_bases: Vec<usize>,
+    x_bases: Offsets,
     /// `x` and `dx` are channels-last.
     x_last: bool,
     /// `dy` is channels-last, (N, L, O).
@@ -369,14 +364,14 @@ struct InputGrad {
     ldc: usize,
     /// Per class, the weights packed `(O * taps) x ldc` and each row's offset in one
     /// padded `dy`.
-    classes: Vec<(Vec<f32>, Vec<usize>)>,
+    classes: Vec<(Vec<f32>, Offsets)>,
     /// Per class, each pixel's window corner in the padded `dy` of the most images a
     /// call of any chunk takes, one image after the other.
-    bases: Vec<Vec<usize>>,
+    bases: Vec<Offsets>,
     /// Per class, where each pixel's row of a channels-last `dx` starts, for the same
     /// images, when the kernel writes `dx` itself (channels in whole vectors); else
     /// empty.
-    starts: Vec<Vec<usize>>,
+    starts: Vec<Offsets>,
 }
 
 impl InputGrad {
@@ -425,9 +420,9 @@ impl Backward {
                             })
                         })
                         .collect();
-                    Ok((w, offs))
+                    Ok((w, Offsets::new(offs)))
                 })
-                .collect::<Result<Vec<(Vec<f32>, Vec<usize>)>>>()?;
+                .collect::<Result<Vec<(Vec<f32>, Offsets)>>>()?;
             // Each output channel's weights (C, kh * kw) transposed once to tap-major
             // rows of C, which are then each class's rows: a strided element loop per
             // class took 1.5% of `train_mnist`, on the calling thread while the pool
@@ -593,7 +588,7 @@ impl Backward {
         let per_call = images_per_call(img, nb);
         // Built for the largest chunk's calls (a later chunk is no larger).
         assert!(
-            self.x_bases.len() >= per_call * l,
+            self.x_bases.as_slice().len() >= per_call * l,
             "direct: a chunk larger than the first"
         );
         let x_bases = &self.x_bases;
@@ -653,7 +648,7 @@ impl Backward {
             None => &mut [],
         };
         // Each class's window corners for `per_call` images side by side.
-        let class_bases: &[Vec<usize>] = self.dx.as_ref().map_or(&[], |g| &g.bases);
+        let class_bases: &[Offsets] = self.dx.as_ref().map_or(&[], |g| &g.bases);
         // One tile for every class, sized once: resizing it per class between the
         // classes' pixel counts wrote zeros on every call.
         if let Some(g) = self.dx.as_ref().filter(|g| !g.writes_dx()) {
@@ -692,10 +687,10 @@ impl Backward {
                     }
                 }
                 let dyt = if dy_is_dyt { dys } else { &dyt[..] };
-                let (bases, dyt) = (&x_bases[..nc * l], &dyt[..nc * l * ldo]);
+                let (bases, dyt) = (x_bases.prefix(nc * l), &dyt[..nc * l * ldo]);
                 let add = c0 > 0;
                 let out = IndirectOut::packed(target, add);
-                indirect_gemm(self.kernel, src, &idx.offs, bases, dyt, ldo, out);
+                indirect_gemm(self.kernel, src, idx.offs.all(), bases, dyt, ldo, out);
             }
             // dx, one pixel class at a time, for all `nc` images in each call.
             let (Some(g), Some(dxc)) = (&self.dx, dxc.as_mut()) else {
@@ -721,21 +716,21 @@ impl Backward {
                 if cl.taps.is_empty() || np == 0 {
                     continue;
                 }
-                let bases = &class_bases[ci][..nc * np];
+                let bases = class_bases[ci].prefix(nc * np);
                 if g.writes_dx() {
                     let dx = dxc.slice_mut(s![c0..c0 + nc, ..]);
                     let out = IndirectOut {
                         c: dx.into_slice().expect("dx rows are contiguous"),
-                        row_starts: Some(&g.starts[ci][..nc * np]),
+                        row_starts: Some(g.starts[ci].prefix(nc * np)),
                         bias: None,
                         accumulate: false,
                     };
-                    indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, out);
+                    indirect_gemm(self.kernel, dypad, bases, offs.all(), w, ldc, out);
                     continue;
                 }
                 let tile = &mut tile[..nc * np * ldc];
                 let out = IndirectOut::packed(tile, false);
-                indirect_gemm(self.kernel, dypad, bases, offs, w, ldc, out);
+                indirect_gemm(self.kernel, dypad, bases, offs.all(), w, ldc, out);
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
@@ -776,7 +771,7 @@ pub(super) struct DirectIndex {
     /// Window corner of each output position.
     pub bases: Vec<usize>,
     /// Offset of each tap from its window's corner.
-    pub offs: Vec<usize>,
+    pub offs: Offsets,
 }
 
 impl DirectIndex {
@@ -823,7 +818,7 @@ impl DirectIndex {
             rows,
             cols,
             bases,
-            offs,
+            offs: Offsets::new(offs),
         })
     }
 }
