@@ -58,7 +58,8 @@ unsafe fn transpose16(r: &mut [__m512; 16]) {
     }
 }
 
-/// [`super::transpose_add`] in 16 x 16 blocks, the edges masked.
+/// [`super::transpose_add`] in 16 x 16 blocks, the edges masked, the blocks in the
+/// order [`super::rows_outer`] gives.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `t` holds `(n - 1) * ldt + m` floats, `y` `(m - 1) * ldy + n`,
@@ -76,23 +77,34 @@ pub(super) unsafe fn transpose_add(
     // SAFETY: row `i0 + i < n` of `t` is read at columns `j0 + j < m` only (masked), and
     // row `j0 + j < m` of `y` written at `i0 + i < n` only, inside the lengths given.
     unsafe {
-        for i0 in (0..n).step_by(16) {
+        let block = |i0: usize, j0: usize| {
             let ni = (n - i0).min(16);
             let imask = lanes(ni);
-            for j0 in (0..m).step_by(16) {
-                let nj = (m - j0).min(16);
-                let jmask = lanes(nj);
-                let mut r = [_mm512_setzero_ps(); 16];
-                for (i, v) in r.iter_mut().enumerate().take(ni) {
-                    *v = _mm512_maskz_loadu_ps(jmask, tp.add((i0 + i) * ldt + j0));
+            let nj = (m - j0).min(16);
+            let jmask = lanes(nj);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate().take(ni) {
+                *v = _mm512_maskz_loadu_ps(jmask, tp.add((i0 + i) * ldt + j0));
+            }
+            transpose16(&mut r);
+            for (j, &v) in r.iter().enumerate().take(nj) {
+                let v = match add {
+                    Some(a) => _mm512_add_ps(v, _mm512_set1_ps(a[j0 + j])),
+                    None => v,
+                };
+                _mm512_mask_storeu_ps(yp.add((j0 + j) * ldy + i0), imask, v);
+            }
+        };
+        if super::rows_outer(ldt, ldy) {
+            for i0 in (0..n).step_by(16) {
+                for j0 in (0..m).step_by(16) {
+                    block(i0, j0);
                 }
-                transpose16(&mut r);
-                for (j, &v) in r.iter().enumerate().take(nj) {
-                    let v = match add {
-                        Some(a) => _mm512_add_ps(v, _mm512_set1_ps(a[j0 + j])),
-                        None => v,
-                    };
-                    _mm512_mask_storeu_ps(yp.add((j0 + j) * ldy + i0), imask, v);
+            }
+        } else {
+            for j0 in (0..m).step_by(16) {
+                for i0 in (0..n).step_by(16) {
+                    block(i0, j0);
                 }
             }
         }
