@@ -131,6 +131,17 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     unsafe { super::indirect::indirect_body::<Avx2, 6, 2>(args) }
 }
 
+/// The indirect (direct conv) kernel, for rows of live channels, compiled for AVX2 and FMA: 6 positions x up to 16
+/// channels.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA and `args` satisfies `indirect_body`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
+    unsafe { super::indirect::indirect_body_live::<Avx2, 6, 2>(args) }
+}
+
 /// The B-indirect (phase conv) kernel compiled for AVX2 and FMA: 6 x 16 tiles.
 ///
 /// # Safety

@@ -50,6 +50,43 @@ unsafe impl Simd for Avx512 {
         // SAFETY: AVX-512F is available.
         unsafe { _mm512_mul_ps(a, b) }
     }
+    /// A masked store for `stride` 1, else the default's float loop. Tried: one masked
+    /// scatter per vector, for a channel-major output written by the direct forward's
+    /// kernel: 1.8x slower than its transposed tile (resnet_128s2, 1 thread, Intel Xeon
+    /// 6/207), and no faster float by float: each tile's stores touch a page per channel.
+    #[inline(always)]
+    unsafe fn store_strided(p: *mut f32, stride: usize, n: usize, v: __m512) {
+        // SAFETY: the caller guarantees `p + j * stride` writable for `j < n`; the store
+        // is masked to those lanes.
+        unsafe {
+            if stride == 1 {
+                _mm512_mask_storeu_ps(p, lane_mask(n), v)
+            } else {
+                let mut buf = [0.0f32; 16];
+                _mm512_storeu_ps(buf.as_mut_ptr(), v);
+                for (j, &x) in buf.iter().enumerate().take(n.min(16)) {
+                    *p.add(j * stride) = x;
+                }
+            }
+        }
+    }
+    /// A masked load for `stride` 1, else the default's float loop.
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, stride: usize, n: usize) -> __m512 {
+        // SAFETY: the caller guarantees `p + j * stride` readable for `j < n`; the load
+        // is masked to those lanes (the others zero).
+        unsafe {
+            if stride == 1 {
+                _mm512_maskz_loadu_ps(lane_mask(n), p)
+            } else {
+                let mut buf = [0.0f32; 16];
+                for (j, x) in buf.iter_mut().enumerate().take(n.min(16)) {
+                    *x = *p.add(j * stride);
+                }
+                _mm512_loadu_ps(buf.as_ptr())
+            }
+        }
+    }
     /// One register compress and one masked store.
     #[inline(always)]
     unsafe fn store_compressed(v: __m512, keep: u32, dst: *mut f32) {
@@ -64,6 +101,12 @@ unsafe impl Simd for Avx512 {
             _mm512_mask_storeu_ps(dst, first, _mm512_maskz_compress_ps(keep as u16, v))
         }
     }
+}
+
+/// The low `n` lanes (all 16 from `n >= 16`).
+#[inline(always)]
+fn lane_mask(n: usize) -> __mmask16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
 }
 
 /// The macro-kernel compiled for AVX-512F.
@@ -95,6 +138,17 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
 pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
     unsafe { super::indirect::indirect_body::<Avx512, 8, 3>(args) }
+}
+
+/// The indirect (direct conv) kernel, for rows of live channels, compiled for AVX-512F: 8 positions x up to 48
+/// channels.
+///
+/// # Safety
+/// The CPU supports AVX-512F and `args` satisfies `indirect_body`'s contract.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
+    unsafe { super::indirect::indirect_body_live::<Avx512, 8, 3>(args) }
 }
 
 /// The B-indirect (phase conv) kernel compiled for AVX-512F: 8 x 48 tiles.

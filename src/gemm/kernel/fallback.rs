@@ -68,6 +68,15 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     unsafe { super::indirect::indirect_body::<Fallback, 4, 1>(args) }
 }
 
+/// The portable indirect (direct conv) kernel: 4 positions x 8 channels.
+///
+/// # Safety
+/// `args` satisfies `indirect_body`'s contract.
+pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; `Fallback` needs no target feature.
+    unsafe { super::indirect::indirect_body_live::<Fallback, 4, 1>(args) }
+}
+
 /// The portable B-indirect (phase conv) kernel: 4 x 8 tiles.
 ///
 /// # Safety

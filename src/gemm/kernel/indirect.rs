@@ -38,6 +38,11 @@ pub(crate) struct IndirectArgs {
     pub c: *mut f32,
     /// Row `p` of the output starts at `c + c_rows[p]`; null: at `c + p * ldw`.
     pub c_rows: *const usize,
+    /// Floats between a row's consecutive channels (1: consecutive).
+    pub c_stride: usize,
+    /// Only the first this many channels of each row are written (`None`: all `ldw`,
+    /// with `c_stride` 1).
+    pub c_channels: Option<usize>,
     /// `ldw` floats added to every output row once its sum is complete; null: none.
     pub bias: *const f32,
     /// Add the sums to what `c` holds instead of storing them.
@@ -48,13 +53,47 @@ pub(crate) struct IndirectArgs {
 ///
 /// # Safety
 /// For every `p < rows` and `k' < k`, `x + bases[p] + offs[k']` is readable; `w` holds
-/// `k * ldw` readable f32; each output row (`ldw` floats from `c + p * ldw`, or from
-/// `c + c_rows[p]` when `c_rows` is not null, which then holds `rows` offsets) is
+/// `k * ldw` readable f32; each output row's channels (from `c + p * ldw`, or from
+/// `c + c_rows[p]` when `c_rows` is not null, which then holds `rows` offsets; channel
+/// `o` at `o * c_stride` from there, for `o` below `c_channels` or `ldw`) are
 /// writable; `bias`, when not null, holds `ldw` readable f32; `ldw` is a positive
-/// multiple of `S::LANES`; the caller runs under `S`'s target features.
+/// multiple of `S::LANES`; `c_stride` is 1 when `c_channels` is `None`; the caller runs
+/// under `S`'s target features.
 #[inline(always)]
 pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>(
     args: &IndirectArgs,
+) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { body::<S, MR, NVMAX, AllLanes>(args, AllLanes) }
+}
+
+/// [`indirect_body`] for calls with `c_channels` (the live channels of each row,
+/// `c_stride` apart): compiled apart, so that its stores do not change how the usual
+/// case is compiled (sharing one function, the one-vector tiles of seed_l2 kept two of
+/// their loop's values on the stack: 4-5% slower).
+///
+/// # Safety
+/// As [`indirect_body`].
+#[inline(always)]
+pub(super) unsafe fn indirect_body_live<S: Simd, const MR: usize, const NVMAX: usize>(
+    args: &IndirectArgs,
+) {
+    let out = LiveLanes {
+        live: args.c_channels.unwrap_or(args.ldw),
+        stride: args.c_stride,
+    };
+    // SAFETY: the caller's contract, passed on.
+    unsafe { body::<S, MR, NVMAX, LiveLanes>(args, out) }
+}
+
+/// [`indirect_body`] with the rows' channels as `out` says.
+///
+/// # Safety
+/// As [`indirect_body`].
+#[inline(always)]
+unsafe fn body<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols>(
+    args: &IndirectArgs,
+    out: O,
 ) {
     let nvec = args.ldw / S::LANES;
     // SAFETY: each panel covers vectors below `nvec` (`ldw`), as `panel` requires.
@@ -70,7 +109,7 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
             // the same. Tried: 12 x 2 for two vectors, three times slower (twelve row
             // pointers do not fit the general registers).
             for v0 in (0..nvec).step_by(4) {
-                panel::<S, 6, 4>(args, v0);
+                panel::<S, 6, 4, O>(args, v0, out);
             }
             return;
         }
@@ -81,9 +120,9 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
         for p in 0..panels {
             let nv = (nvec - v0).div_ceil(panels - p);
             match nv {
-                3.. => panel::<S, MR, 3>(args, v0),
-                2 => panel::<S, MR, 2>(args, v0),
-                _ => panel::<S, MR, 1>(args, v0),
+                3.. => panel::<S, MR, 3, O>(args, v0, out),
+                2 => panel::<S, MR, 2, O>(args, v0, out),
+                _ => panel::<S, MR, 1, O>(args, v0, out),
             }
             v0 += nv;
         }
@@ -96,7 +135,11 @@ pub(super) unsafe fn indirect_body<S: Simd, const MR: usize, const NVMAX: usize>
 /// # Safety
 /// As [`indirect_body`], with `ldw >= (v0 + NV) * S::LANES`.
 #[inline(always)]
-unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, v0: usize) {
+unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
+    args: &IndirectArgs,
+    v0: usize,
+    out: O,
+) {
     let IndirectArgs {
         x,
         bases,
@@ -107,9 +150,15 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, 
         ldw,
         c,
         c_rows,
+        c_stride,
+        c_channels,
         bias,
         accumulate,
     } = *args;
+    let _ = (c_stride, c_channels);
+    // Where this panel's channels go (`out` was built from `c_stride` and
+    // `c_channels`).
+    let out = out.from_lane(v0 * S::LANES);
     // SAFETY: positions below `rows` and the `NV` vectors from `v0` only; an edge tile
     // points its missing rows at the last valid position (valid reads), and stores only
     // the valid rows.
@@ -137,34 +186,132 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize>(args: &IndirectArgs, 
                         true => p * ldw,
                         false => *c_rows.add(p),
                     };
-                    *ci = c.add(row + v0 * S::LANES);
+                    *ci = c.add(row + out.offset(v0 * S::LANES));
                 }
                 let (kk, add) = (k1 - k0, kb > 0 || accumulate);
                 if NV == 1 {
-                    tile_split::<S, MR>(&xs, ob, kk, wv, ldw, &cs, bv, valid, add);
+                    tile_split::<S, MR, O>(&xs, ob, kk, wv, ldw, &cs, out, bv, valid, add);
                 } else {
-                    tile::<S, MR, NV>(&xs, ob, kk, wv, ldw, &cs, bv, valid, add);
+                    tile::<S, MR, NV, O>(&xs, ob, kk, wv, ldw, &cs, out, bv, valid, add);
                 }
             }
         }
     }
 }
 
-/// One `MR x NV` vector tile: `valid` rows, row `i` at `cs[i]`, stored, or added to
-/// what they hold when `add`; then `bias` (when not null) added to them.
+/// How a panel's output rows take its channels: a type, so that the usual case
+/// ([`AllLanes`]) compiles to plain vector loads and stores. Tried as one enum matched
+/// at each store: the direct path's kernels ran 5-8% slower wherever it took the
+/// usual case (resnet_128s2 backward, seed_l2..l4; 1 thread, Intel Xeon 6/207).
+trait OutCols: Copy {
+    /// This panel's view, its first lane at channel `lane0` of the row.
+    fn from_lane(self, lane0: usize) -> Self;
+    /// Floats from a row's start to its channel `lane`.
+    fn offset(self, lane: usize) -> usize;
+    /// Vector `v` of a row starting at `row`.
+    ///
+    /// # Safety
+    /// `row`'s channels are readable as [`indirect_body`] says.
+    unsafe fn load<S: Simd>(self, row: *const f32, v: usize) -> S::V;
+    /// `x` to vector `v` of a row starting at `row`.
+    ///
+    /// # Safety
+    /// `row`'s channels are writable as [`indirect_body`] says.
+    unsafe fn store<S: Simd>(self, row: *mut f32, v: usize, x: S::V);
+}
+
+/// Every lane, consecutive.
+#[derive(Clone, Copy)]
+struct AllLanes;
+
+impl OutCols for AllLanes {
+    #[inline(always)]
+    fn from_lane(self, _: usize) -> Self {
+        self
+    }
+    #[inline(always)]
+    fn offset(self, lane: usize) -> usize {
+        lane
+    }
+    #[inline(always)]
+    unsafe fn load<S: Simd>(self, row: *const f32, v: usize) -> S::V {
+        // SAFETY: the caller's contract.
+        unsafe { S::load(row.add(v * S::LANES)) }
+    }
+    #[inline(always)]
+    unsafe fn store<S: Simd>(self, row: *mut f32, v: usize, x: S::V) {
+        // SAFETY: the caller's contract.
+        unsafe { S::store(row.add(v * S::LANES), x) }
+    }
+}
+
+/// The first `live` channels from the panel's first lane (possibly none, or more
+/// than it has), `stride` floats apart.
+#[derive(Clone, Copy)]
+struct LiveLanes {
+    live: usize,
+    stride: usize,
+}
+
+impl LiveLanes {
+    /// The lanes of vector `v` that are live.
+    #[inline(always)]
+    fn lanes<S: Simd>(self, v: usize) -> usize {
+        self.live.saturating_sub(v * S::LANES).min(S::LANES)
+    }
+}
+
+impl OutCols for LiveLanes {
+    #[inline(always)]
+    fn from_lane(self, lane0: usize) -> Self {
+        LiveLanes {
+            live: self.live.saturating_sub(lane0),
+            stride: self.stride,
+        }
+    }
+    #[inline(always)]
+    fn offset(self, lane: usize) -> usize {
+        lane * self.stride
+    }
+    #[inline(always)]
+    unsafe fn load<S: Simd>(self, row: *const f32, v: usize) -> S::V {
+        // SAFETY: the caller's contract; only the live lanes are read.
+        unsafe {
+            match self.lanes::<S>(v) {
+                0 => S::zero(),
+                n => S::load_strided(row.add(self.offset(v * S::LANES)), self.stride, n),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn store<S: Simd>(self, row: *mut f32, v: usize, x: S::V) {
+        // SAFETY: the caller's contract; only the live lanes are written.
+        unsafe {
+            let n = self.lanes::<S>(v);
+            if n > 0 {
+                S::store_strided(row.add(self.offset(v * S::LANES)), self.stride, n, x);
+            }
+        }
+    }
+}
+
+/// One `MR x NV` vector tile: `valid` rows, row `i` at `cs[i]` (its channels as `out`
+/// says), stored, or added to what they hold when `add`; then `bias` (when not null)
+/// added to them.
 ///
 /// # Safety
 /// As [`indirect_body`], for the `NV` vectors of channels at `w`, `bias` and each
 /// `cs[i]`; with `add`, the `valid` rows must already be written.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
     xs: &[*const f32; MR],
     offs: *const usize,
     k: usize,
     w: *const f32,
     ldw: usize,
     cs: &[*mut f32; MR],
+    out: O,
     bias: *const f32,
     valid: usize,
     add: bool,
@@ -175,7 +322,7 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
         if add {
             for (row, &ci) in acc.iter_mut().zip(cs).take(valid) {
                 for (v, x) in row.iter_mut().enumerate() {
-                    *x = S::load(ci.add(v * S::LANES));
+                    *x = out.load::<S>(ci, v);
                 }
             }
         }
@@ -193,15 +340,18 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
         }
+        // A copy: the strided stores below (their lane counts depend on the vector)
+        // otherwise kept the accumulators in memory through the loop above (2x slower).
+        let fin = acc;
         let one = S::splat(1.0);
-        for (row, &ci) in acc.iter().zip(cs).take(valid) {
+        for (row, &ci) in fin.iter().zip(cs).take(valid) {
             for (v, &x) in row.iter().enumerate() {
                 let x = match bias.is_null() {
                     true => x,
                     // `1 * b + x`: `x + b` rounded once, as an add.
                     false => S::fma(S::load(bias.add(v * S::LANES)), one, x),
                 };
-                S::store(ci.add(v * S::LANES), x);
+                out.store::<S>(ci, v, x);
             }
         }
     }
@@ -216,13 +366,14 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
 /// As [`tile`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_split<S: Simd, const MR: usize>(
+unsafe fn tile_split<S: Simd, const MR: usize, O: OutCols>(
     xs: &[*const f32; MR],
     offs: *const usize,
     k: usize,
     w: *const f32,
     ldw: usize,
     cs: &[*mut f32; MR],
+    out: O,
     bias: *const f32,
     valid: usize,
     add: bool,
@@ -233,7 +384,7 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
         let mut odd = [S::zero(); MR];
         if add {
             for (x, &ci) in even.iter_mut().zip(cs).take(valid) {
-                *x = S::load(ci);
+                *x = out.load::<S>(ci, 0);
             }
         }
         let pairs = k / 2;
@@ -256,6 +407,8 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
             }
         }
         // `odd * 1 + even`: one rounding, the exact sum rounded, as an add.
+        // Copies, as in `tile`.
+        let (even, odd) = (even, odd);
         let one = S::splat(1.0);
         for ((&e, &d), &ci) in even.iter().zip(&odd).zip(cs).take(valid) {
             let x = S::fma(d, one, e);
@@ -263,7 +416,7 @@ unsafe fn tile_split<S: Simd, const MR: usize>(
                 true => x,
                 false => S::fma(S::load(bias), one, x),
             };
-            S::store(ci, x);
+            out.store::<S>(ci, 0, x);
         }
     }
 }

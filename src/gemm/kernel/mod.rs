@@ -174,6 +174,44 @@ pub(crate) unsafe trait Simd {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     /// Hints that the cache line holding `p` is about to be used (may do nothing).
     unsafe fn prefetch(p: *const f32);
+    /// Lanes `j < n` (`n <= LANES`) of `v` stored to `p + j * stride`: one output
+    /// position's channels in a channel-major tensor (`stride` its plane), or the first
+    /// `n` channels of a row (`stride` 1).
+    ///
+    /// This default spills `v` and stores float by float.
+    ///
+    /// # Safety
+    /// `p + j * stride` is writable for `j < n`.
+    #[inline(always)]
+    unsafe fn store_strided(p: *mut f32, stride: usize, n: usize, v: Self::V) {
+        // SAFETY: the spill buffer holds `LANES <= 16` floats; the writes are the
+        // caller's.
+        unsafe {
+            let mut buf = [0.0f32; 16];
+            Self::store(buf.as_mut_ptr(), v);
+            for (j, &x) in buf.iter().enumerate().take(n.min(Self::LANES)) {
+                *p.add(j * stride) = x;
+            }
+        }
+    }
+    /// Lanes `j < n` (`n <= LANES`) loaded from `p + j * stride`, the others zero: the
+    /// inverse of [`Simd::store_strided`].
+    ///
+    /// This default loads float by float into a buffer.
+    ///
+    /// # Safety
+    /// `p + j * stride` is readable for `j < n`.
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, stride: usize, n: usize) -> Self::V {
+        // SAFETY: the buffer holds `LANES <= 16` floats; the reads are the caller's.
+        unsafe {
+            let mut buf = [0.0f32; 16];
+            for (j, x) in buf.iter_mut().enumerate().take(n.min(Self::LANES)) {
+                *x = *p.add(j * stride);
+            }
+            Self::load(buf.as_ptr())
+        }
+    }
     /// The lanes of `v` whose bits are set in `keep` (below `LANES`), stored to
     /// consecutive floats from `dst`, lowest lane first.
     ///
@@ -522,20 +560,49 @@ impl OffsetsRef<'_> {
     }
 }
 
-/// Where [`indirect_gemm`] writes: `rows` rows of `ldw` floats in `c`, packed (row `p`
-/// at `p * ldw`) or each at its own offset, stored or added to what `c` holds, with an
-/// optional bias added to the complete sums.
+/// Where [`indirect_gemm`] writes: `rows` rows of channels in `c`, packed (row `p`
+/// at `p * ldw`) or each at its own offset, their channels consecutive or strided,
+/// stored or added to what `c` holds, with an optional bias added to the complete sums.
 pub(crate) struct IndirectOut<'a> {
     /// The output.
     pub c: &'a mut [f32],
     /// Row `p` at `c[row_starts[p]..]` instead of `c[p * ldw..]` (a channels-last
     /// input gradient's pixels of one class, say).
     pub row_starts: Option<OffsetsRef<'a>>,
+    /// How each row's channels lie from its start.
+    pub channels: Channels,
     /// `ldw` floats added to every row after its sum (`sum + b`, one rounding), as a
     /// conv's bias.
     pub bias: Option<&'a [f32]>,
     /// Add the sums to what the rows hold (`+=`) instead of storing them.
     pub accumulate: bool,
+}
+
+/// How the channels of one output row of [`indirect_gemm`] lie in its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Channels {
+    /// All `ldw` of them, consecutive (the padding lanes written too).
+    All,
+    /// Only the first `channels` (at most `ldw`), channel `o` at `o * stride` from the
+    /// row's start: a channel-major output (`stride` its plane), or a channels-last one
+    /// whose channels are not whole vectors (`stride` 1).
+    Strided {
+        /// How many channels are written.
+        channels: usize,
+        /// Floats between a row's consecutive channels.
+        stride: usize,
+    },
+}
+
+impl Channels {
+    /// Floats from a row's start to just past its last channel, for rows of `ldw`.
+    fn span(self, ldw: usize) -> usize {
+        match self {
+            Channels::All => ldw,
+            Channels::Strided { channels: 0, .. } => 0,
+            Channels::Strided { channels, stride } => (channels - 1) * stride + 1,
+        }
+    }
 }
 
 impl<'a> IndirectOut<'a> {
@@ -544,6 +611,7 @@ impl<'a> IndirectOut<'a> {
         IndirectOut {
             c,
             row_starts: None,
+            channels: Channels::All,
             bias: None,
             accumulate,
         }
@@ -582,35 +650,52 @@ pub(crate) fn indirect_gemm(
     let IndirectOut {
         c,
         row_starts,
+        channels,
         bias,
         accumulate,
     } = out;
-    match row_starts {
-        Some(r) => {
-            assert!(r.len() >= rows, "indirect: fewer row starts than rows");
-            assert!(
-                r.bound.checked_add(ldw).is_some_and(|e| e <= c.len()),
-                "indirect: an output row past the output"
-            );
+    let (live, stride) = match channels {
+        Channels::All => (ldw, 1),
+        Channels::Strided { channels, stride } => {
+            assert!(channels <= ldw, "indirect: more channels than ldw");
+            assert!(stride > 0, "indirect: a channel stride of 0");
+            (channels, stride)
         }
-        None => assert!(c.len() >= rows * ldw, "indirect: output too short"),
+    };
+    let span = channels.span(ldw);
+    if rows > 0 {
+        let last = match row_starts {
+            Some(r) => {
+                assert!(r.len() >= rows, "indirect: fewer row starts than rows");
+                r.bound
+            }
+            None => (rows - 1)
+                .checked_mul(ldw)
+                .expect("indirect: rows overflow"),
+        };
+        assert!(
+            last.checked_add(span).is_some_and(|e| e <= c.len()),
+            "indirect: an output row past the output"
+        );
     }
     if let Some(b) = bias {
         assert!(b.len() >= ldw, "indirect: bias shorter than ldw");
     }
-    if rows == 0 {
+    if rows == 0 || live == 0 {
         return;
     }
     if k == 0 {
         // No taps: the sums are zero.
         for p in 0..rows {
             let start = row_starts.map_or(p * ldw, |r| r.v[p]);
-            let row = &mut c[start..start + ldw];
-            if !accumulate {
-                row.fill(0.0);
-            }
-            if let Some(b) = bias {
-                row.iter_mut().zip(b).for_each(|(v, &b)| *v += b);
+            for o in 0..live {
+                let v = &mut c[start + o * stride];
+                if !accumulate {
+                    *v = 0.0;
+                }
+                if let Some(b) = bias {
+                    *v += b[o];
+                }
             }
         }
         return;
@@ -636,21 +721,32 @@ pub(crate) fn indirect_gemm(
         ldw,
         c: c.as_mut_ptr(),
         c_rows: row_starts.map_or(std::ptr::null(), |r| r.v.as_ptr()),
+        c_stride: stride,
+        c_channels: match channels {
+            Channels::All => None,
+            Channels::Strided { channels, .. } => Some(channels),
+        },
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
         accumulate,
     };
     // SAFETY: the asserts above check every read of `x` (a bound on the bases plus a
     // bound on the offsets is inside it), the lengths of `w` and the bias, every output
-    // row against `c` (through the bound on the row starts), `ldw` against the vector
-    // width, and the CPU.
+    // row against `c` (through the bound on the row starts and the span of a row's
+    // channels), `ldw` against the vector width, and the CPU.
     unsafe {
+        let live = args.c_channels.is_some();
         match kernel {
             #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if live => avx512::indirect_kernel_live(&args),
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => avx512::indirect_kernel(&args),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if live => avx2::indirect_kernel_live(&args),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => avx2::indirect_kernel(&args),
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
+            Kernel::Fallback if live => fallback::indirect_kernel_live(&args),
             Kernel::Fallback => fallback::indirect_kernel(&args),
         }
     }
@@ -1132,6 +1228,7 @@ mod indirect_tests {
                         let out2 = IndirectOut {
                             c: &mut placed,
                             row_starts: Some(starts.all()),
+                            channels: Channels::All,
                             bias: Some(&bias),
                             accumulate,
                         };
@@ -1148,6 +1245,46 @@ mod indirect_tests {
                                 "{kernel:?} nvec {nvec} rows {rows} k {k} acc {accumulate} \
                                  placed, at {e}"
                             );
+                        }
+                        // Only the first `live` channels of each row, `stride` apart
+                        // (channels-last rows of channels that are not whole vectors;
+                        // channel-major columns): the packed sums plus the bias, bit
+                        // for bit, and nothing else written.
+                        for (live, stride) in [(ldw - 3, 1), (1, 1), (ldw - 1, 2), (0, 1)] {
+                            let span = live.saturating_sub(1) * stride + 1;
+                            let row_len = span + gap;
+                            let starts = Offsets::new(
+                                (0..rows).map(|p| (rows - 1 - p) * row_len + gap).collect(),
+                            );
+                            let starts_v = starts.as_slice();
+                            let mut placed = vals(rows * row_len + gap + span, 11);
+                            let mut want = placed.clone();
+                            for p in 0..rows {
+                                for o in 0..live {
+                                    let e = starts_v[p] + o * stride;
+                                    placed[e] = init[p * ldw + o];
+                                    want[e] = out[p * ldw + o] + bias[o];
+                                }
+                            }
+                            let out3 = IndirectOut {
+                                c: &mut placed,
+                                row_starts: Some(starts.all()),
+                                channels: Channels::Strided {
+                                    channels: live,
+                                    stride,
+                                },
+                                bias: Some(&bias),
+                                accumulate,
+                            };
+                            indirect_gemm(kernel, &x, bases.all(), offs.all(), &w, ldw, out3);
+                            for (e, (&got, &w)) in placed.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    got.to_bits(),
+                                    w.to_bits(),
+                                    "{kernel:?} nvec {nvec} rows {rows} k {k} acc \
+                                     {accumulate} live {live} stride {stride}, at {e}"
+                                );
+                            }
                         }
                     }
                 }

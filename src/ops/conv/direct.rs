@@ -12,13 +12,13 @@
 //!
 //! Channels-last tensors ([`crate::ops::MemoryFormat::ChannelsLast`]) are read and
 //! written as they are: the padded copy of a channels-last image is channels-last too
-//! ([`DirectIndex::new`] with `last`), a position-major kernel tile is a channels-last
-//! output or `dy` but for its padding lanes (rows copied, no transpose), and a
-//! channels-last `dx` takes each pixel's row of its class's tile with one copy. With
-//! whole vectors of channels there is no tile at all: `dy` is the weight gradient's
-//! operand as it is, and the kernel stores the output's rows (adding the bias as it
-//! stores them) and each pixel's row of `dx` ([`crate::gemm::IndirectOut`]). The sums
-//! are the same, in the same order, so the bits are those of the channel-major run.
+//! ([`DirectIndex::new`] with `last`), and the kernel stores the output's rows (adding
+//! the bias as it stores them) and each pixel's row of `dx` itself
+//! ([`crate::gemm::IndirectOut`]; masked to the first `O` or `C` lanes when the
+//! channels are not whole vectors). With whole vectors of output channels `dy` is the
+//! weight gradient's operand as it is; otherwise its rows are copied to a tile padded
+//! to whole vectors (no transpose). The sums are the same, in the same order, so the
+//! bits are those of the channel-major run.
 //!
 //! It pays where im2col does not: the column matrix costs a gather per element to build
 //! and a scatter per element to fold back, which dominated the notebook's small layers
@@ -35,9 +35,9 @@ use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis
 use super::common::{
     OP, Operands, Out, Zeroed, chunk_images, for_each_image_tile, resize, tile_images, with_scratch,
 };
-use super::layout::{copy_rows_add, pad_into, scatter_pixels, scatter_rows, transpose_add};
+use super::layout::{copy_rows_add, pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
-use crate::gemm::{IndirectOut, Kernel, Offsets, indirect_gemm};
+use crate::gemm::{Channels, IndirectOut, Kernel, Offsets, indirect_gemm};
 use crate::limits::{checked_len, try_zeroed_vec};
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -65,8 +65,8 @@ thread_local! {
 struct ForwardScratch {
     /// Padded images, borders zero.
     padded: Zeroed,
-    /// The kernel's position-major output tile.
-    out: Vec<f32>,
+    /// The kernel's position-major output tile (a channel-major output).
+    tile: Vec<f32>,
 }
 
 /// The backward's buffers.
@@ -131,16 +131,49 @@ pub(super) fn forward(
     // The window corners of the most images a call of any tile takes, built once (per
     // call they were 1% of `train_mnist`'s profile).
     let img = image_len(geo, &idx);
-    let bases = multi_bases(&idx.bases, img, images_per_call(img, tile_images(n)));
+    let calls = images_per_call(img, tile_images(n));
+    let bases = multi_bases(&idx.bases, img, calls);
+    // A channels-last output takes each position's `O` channels from the kernel as it
+    // stores them: rows packed when the channels are whole vectors, else each row's
+    // start and its channels masked.
+    let starts = match ops.y_last && ldw != o {
+        true => {
+            let one: Vec<usize> = (0..l).map(|q| q * o).collect();
+            Some(multi_bases(&one, o * l, calls))
+        }
+        false => None,
+    };
+    let out = Output {
+        rows: ops.y_last.then_some(starts),
+        bias: {
+            let mut b = vec![0.0; ldw];
+            if let Some(bias) = bias {
+                b[..o].iter_mut().zip(bias).for_each(|(d, &s)| *d = s);
+            }
+            b
+        },
+    };
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
-            forward_tile(ops, &idx, &bases, kernel, &w, ldw, bias, n0, yt, bufs)
+            forward_tile(ops, &idx, &bases, kernel, &w, ldw, &out, n0, yt, bufs)
         })
     })
 }
 
+/// Where the forward's kernel puts the output, built once per conv.
+struct Output {
+    /// A channels-last output, which the kernel writes: each position's row start for
+    /// the images of the largest call (`None`: packed rows, the channels whole
+    /// vectors). `None`: a channel-major output, from a position-major tile.
+    rows: Option<Option<Offsets>>,
+    /// The bias padded to `ldw` (zero without one).
+    bias: Vec<f32>,
+}
+
 /// Images `n0..n0 + b` into `yt` ((b, O, L), or (b, L, O) channels-last),
-/// [`images_per_call`] images per kernel call.
+/// [`images_per_call`] images per kernel call: a channels-last output stored by the
+/// kernel with the bias ([`Output`]), a channel-major one transposed from the kernel's
+/// position-major tile.
 #[allow(clippy::too_many_arguments)]
 fn forward_tile(
     ops: &Operands<'_>,
@@ -149,10 +182,10 @@ fn forward_tile(
     kernel: Kernel,
     w: &[f32],
     ldw: usize,
-    bias: Option<ArrayView1<'_, f32>>,
+    out: &Output,
     n0: usize,
     mut yt: ArrayViewMut3<'_, f32>,
-    ForwardScratch { padded, out }: &mut ForwardScratch,
+    ForwardScratch { padded, tile }: &mut ForwardScratch,
 ) -> Result<()> {
     let geo = ops.geo;
     let l = geo.col_cols();
@@ -168,18 +201,14 @@ fn forward_tile(
     // The borders stay zero for every image of the tile, and of later tiles and calls
     // that pad the same way.
     let padded = padded_images(padded, geo, idx, ops.x_last, per_call)?;
-    // A channels-last output with whole vectors of channels takes the kernel's rows as
-    // they are: no tile.
-    let direct_out = ops.y_last && ldw == o;
-    if !direct_out {
+    if out.rows.is_none() {
         resize(
-            out,
+            tile,
             &[per_call, l, ldw],
             "the output tile of the direct path",
             geo,
         )?;
     }
-    let bias_v: Vec<f32> = bias.map_or_else(|| vec![0.0; o], |b| b.to_vec());
     for c0 in (0..b).step_by(per_call) {
         let nc = per_call.min(b - c0);
         let xs = ops.x.slice(s![n0 + c0..n0 + c0 + nc, ..]);
@@ -195,39 +224,42 @@ fn forward_tile(
         } else {
             xs
         };
-        // All the call's positions in one kernel call. Tried: calls over chunks of
-        // positions whose output rows fit L1 (32 KiB), each transposed at once: faster
-        // alone (resnet_128s2 1T fwd 36-38 -> 30-33 ms) but slower wherever the backward
-        // runs between forwards (bench: 33.5-34.1 -> 35.4-37.5 ms; Intel Xeon 6/207);
-        // the same for the input gradient's classes was slower outright.
+        // All the call's positions in one kernel call.
         let bases = bases.prefix(nc * l);
-        if direct_out {
-            // Channels-last with whole vectors of channels: the kernel's rows are the
-            // output's, its bias added as the sums are stored (no tile, no copy).
+        if let Some(starts) = &out.rows {
             let y = yt.slice_mut(s![c0..c0 + nc, .., ..]);
             let y = y
                 .into_slice()
                 .expect("channels-last output images are contiguous");
-            let out = IndirectOut {
+            let channels = match starts {
+                None => Channels::All,
+                Some(_) => Channels::Strided {
+                    channels: o,
+                    stride: 1,
+                },
+            };
+            let y = IndirectOut {
                 c: y,
-                row_starts: None,
-                bias: Some(&bias_v),
+                row_starts: starts.as_ref().map(|s| s.prefix(nc * l)),
+                channels,
+                bias: Some(&out.bias),
                 accumulate: false,
             };
-            indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, out);
+            indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, y);
             continue;
         }
-        let packed = IndirectOut::packed(out, false);
+        // Channel-major. Tried: the kernel storing each position's channels `L` apart
+        // (a scatter per vector, or float by float): 1.8x slower on resnet_128s2
+        // (1 thread, Intel Xeon 6/207, 38 -> 70 ms), each tile's stores touching a
+        // page per channel. And calls over chunks of positions whose tile fits L1,
+        // each transposed at once: faster alone but slower wherever the backward runs
+        // between forwards.
+        let packed = IndirectOut::packed(tile, false);
         indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, packed);
-        for (bi, t) in out.chunks_exact(l * ldw).take(nc).enumerate() {
+        for (bi, t) in tile.chunks_exact(l * ldw).take(nc).enumerate() {
             let mut yn = yt.index_axis_mut(Axis(0), c0 + bi);
             let yn = yn.as_slice_mut().expect("output images are contiguous");
-            if ops.y_last {
-                // Channels-last: the tile is the image, but for the padding lanes.
-                copy_rows_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, o);
-            } else {
-                transpose_add(kernel, t, ldw, (l, o), Some(&bias_v), yn, l);
-            }
+            transpose_add(kernel, t, ldw, (l, o), Some(&out.bias), yn, l);
         }
     }
     Ok(())
@@ -369,8 +401,8 @@ struct InputGrad {
     /// call of any chunk takes, one image after the other.
     bases: Vec<Offsets>,
     /// Per class, where each pixel's row of a channels-last `dx` starts, for the same
-    /// images, when the kernel writes `dx` itself (channels in whole vectors); else
-    /// empty.
+    /// images: the kernel writes such a `dx` itself (its first `C` lanes when the
+    /// channels are not whole vectors). Empty for a channel-major `dx`.
     starts: Vec<Offsets>,
 }
 
@@ -460,9 +492,9 @@ impl Backward {
                     multi_bases(&one, dy_img, calls)
                 })
                 .collect();
-            // Channels-last with whole vectors of channels: each pixel's row of `dx`
-            // is a row of the kernel's output.
-            let starts = match ops.x_last && ldc == c {
+            // Channels-last: each pixel's row of `dx` is a row of the kernel's output
+            // (its first `C` lanes, when the channels are not whole vectors).
+            let starts = match ops.x_last {
                 true => t
                     .classes
                     .iter()
@@ -722,6 +754,13 @@ impl Backward {
                     let out = IndirectOut {
                         c: dx.into_slice().expect("dx rows are contiguous"),
                         row_starts: Some(g.starts[ci].prefix(nc * np)),
+                        channels: match g.ldc == geo.in_channels {
+                            true => Channels::All,
+                            false => Channels::Strided {
+                                channels: geo.in_channels,
+                                stride: 1,
+                            },
+                        },
                         bias: None,
                         accumulate: false,
                     };
@@ -731,20 +770,16 @@ impl Backward {
                 let tile = &mut tile[..nc * np * ldc];
                 let out = IndirectOut::packed(tile, false);
                 indirect_gemm(self.kernel, dypad, bases, offs.all(), w, ldc, out);
+                // Channel-major (a channels-last `dx` was written above).
                 for (bi, tile) in tile.chunks_exact(np * ldc).take(nc).enumerate() {
                     let mut dxn = dxc.row_mut(c0 + bi);
                     let dxn = dxn.as_slice_mut().expect("dx rows are contiguous");
                     let c = geo.in_channels;
-                    match (self.x_last, np == hw) {
+                    if np == hw {
                         // One class (stride 1): its pixels are all of them, in order.
-                        (true, true) => {
-                            copy_rows_add(self.kernel, tile, ldc, (hw, c), None, dxn, c)
-                        }
-                        (true, false) => scatter_rows(self.kernel, tile, ldc, &cl.pixels, c, dxn),
-                        (false, true) => {
-                            transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw)
-                        }
-                        (false, false) => scatter_pixels(tile, ldc, &cl.pixels, c, dxn, hw),
+                        transpose_add(self.kernel, tile, ldc, (hw, c), None, dxn, hw)
+                    } else {
+                        scatter_pixels(tile, ldc, &cl.pixels, c, dxn, hw)
                     }
                 }
             }

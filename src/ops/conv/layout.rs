@@ -153,45 +153,6 @@ pub(super) fn copy_rows_add(
     }
 }
 
-/// `y[pixels[p] * channels + c] = t[p * ldt + c]` for `c < channels`: a pixel class's
-/// position-major tile into a channels-last input gradient, one row copy per pixel.
-///
-/// # Panics
-/// If `t` or `y` is too short for the pixels and channels.
-pub(super) fn scatter_rows(
-    kernel: Kernel,
-    t: &[f32],
-    ldt: usize,
-    pixels: &[usize],
-    channels: usize,
-    y: &mut [f32],
-) {
-    let n = pixels.len();
-    if n == 0 || channels == 0 {
-        return;
-    }
-    assert!(
-        ldt >= channels && t.len() >= (n - 1) * ldt + channels,
-        "scatter_rows: t too short"
-    );
-    let last = pixels.iter().max().copied().unwrap_or(0);
-    assert!(
-        y.len() >= (last + 1) * channels,
-        "scatter_rows: y too short"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 && kernel.is_supported() {
-        // SAFETY: the CPU has AVX-512 (checked); every pixel's row ends by
-        // `(last + 1) * channels`, inside `y` (checked above), and `t` holds the rows.
-        let dst = |p: usize| pixels[p] * channels;
-        return unsafe { avx512::copy_rows(t, ldt, (n, channels), None, y, dst) };
-    }
-    let _ = kernel;
-    for (tr, &px) in t.chunks(ldt).zip(pixels) {
-        copy_short(&mut y[px * channels..(px + 1) * channels], &tr[..channels]);
-    }
-}
-
 /// `y[c * ldy + pixels[p]] = t[p * ldt + c]` for `c < channels`: a pixel class's
 /// position-major tile into the channel-major input gradient. Eight pixels at a time,
 /// channel by channel, so the eight stores of a channel land in one stretch of its
@@ -207,6 +168,10 @@ pub(super) fn scatter_rows(
 /// channels, slower at 64 (train_mnist's layers at N = 128, 2 threads, Intel Xeon
 /// 6/207, direct backward: 0.85-1.08 / 0.85-0.86 / 0.37 ms against these scalar stores'
 /// 0.88-0.93 / 0.82-0.85 / 0.30-0.32 ms).
+///
+/// Never inlined: inlined into the direct backward's chunk loop it compiled to a loop
+/// twice as slow (seed_l4's backward, 1 thread, Intel Xeon 6/207: 0.121 -> 0.139 ms).
+#[inline(never)]
 pub(super) fn scatter_pixels(
     t: &[f32],
     ldt: usize,
@@ -471,18 +436,6 @@ mod tests {
                     copy_rows_add(kernel, &t, ldt, (n, m), add, &mut y, ldy);
                     assert!(same_bits(&y, &want), "{kernel:?} {n} x {m}");
                 }
-            }
-            // The same rows scattered to pixels out of order, a gap between two.
-            let pixels: Vec<usize> = (0..n).map(|p| (p * 3 + 1) % (n + 1) + p / 2).collect();
-            let last = pixels.iter().max().copied().unwrap();
-            let mut want = vec![7.5f32; (last + 1) * m];
-            for (p, &px) in pixels.iter().enumerate() {
-                want[px * m..(px + 1) * m].copy_from_slice(&t[p * ldt..p * ldt + m]);
-            }
-            for kernel in kernels() {
-                let mut y = vec![7.5f32; want.len()];
-                scatter_rows(kernel, &t, ldt, &pixels, m, &mut y);
-                assert!(same_bits(&y, &want), "{kernel:?} scatter {n} x {m}");
             }
         }
     }
