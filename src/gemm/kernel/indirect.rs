@@ -158,7 +158,7 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
     let _ = (c_stride, c_channels);
     // Where this panel's channels go (`out` was built from `c_stride` and
     // `c_channels`).
-    let out = out.from_lane(v0 * S::LANES);
+    let out = out.past_lanes(v0 * S::LANES);
     // SAFETY: positions below `rows` and the `NV` vectors from `v0` only; an edge tile
     // points its missing rows at the last valid position (valid reads), and stores only
     // the valid rows.
@@ -205,7 +205,7 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
 /// usual case (resnet_128s2 backward, seed_l2..l4; 1 thread, Intel Xeon 6/207).
 trait OutCols: Copy {
     /// This panel's view, its first lane at channel `lane0` of the row.
-    fn from_lane(self, lane0: usize) -> Self;
+    fn past_lanes(self, lane0: usize) -> Self;
     /// Floats from a row's start to its channel `lane`.
     fn offset(self, lane: usize) -> usize;
     /// Vector `v` of a row starting at `row`.
@@ -226,7 +226,7 @@ struct AllLanes;
 
 impl OutCols for AllLanes {
     #[inline(always)]
-    fn from_lane(self, _: usize) -> Self {
+    fn past_lanes(self, _: usize) -> Self {
         self
     }
     #[inline(always)]
@@ -263,7 +263,7 @@ impl LiveLanes {
 
 impl OutCols for LiveLanes {
     #[inline(always)]
-    fn from_lane(self, lane0: usize) -> Self {
+    fn past_lanes(self, lane0: usize) -> Self {
         LiveLanes {
             live: self.live.saturating_sub(lane0),
             stride: self.stride,
