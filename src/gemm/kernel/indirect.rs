@@ -150,14 +150,13 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
         ldw,
         c,
         c_rows,
-        c_stride,
-        c_channels,
         bias,
         accumulate,
+        // `out` is built from them.
+        c_stride: _,
+        c_channels: _,
     } = *args;
-    let _ = (c_stride, c_channels);
-    // Where this panel's channels go (`out` was built from `c_stride` and
-    // `c_channels`).
+    // Where this panel's channels go.
     let out = out.past_lanes(v0 * S::LANES);
     // SAFETY: positions below `rows` and the `NV` vectors from `v0` only; an edge tile
     // points its missing rows at the last valid position (valid reads), and stores only
