@@ -47,6 +47,43 @@ unsafe impl Simd for Avx2 {
         // SAFETY: AVX2 and FMA is available.
         unsafe { _mm256_mul_ps(a, b) }
     }
+    /// One masked store for `stride` 1 (the first `n` lanes), else the default's float
+    /// loop.
+    #[inline(always)]
+    unsafe fn store_strided(p: *mut f32, stride: usize, n: usize, v: __m256) {
+        // SAFETY: the caller guarantees `p + j * stride` writable for `j < n`; the store
+        // is masked to those lanes.
+        unsafe {
+            if stride == 1 {
+                let mask = _mm256_loadu_si256(PREFIX[n.min(8)].as_ptr().cast());
+                _mm256_maskstore_ps(p, mask, v)
+            } else {
+                let mut buf = [0.0f32; 8];
+                _mm256_storeu_ps(buf.as_mut_ptr(), v);
+                for (j, &x) in buf.iter().enumerate().take(n.min(8)) {
+                    *p.add(j * stride) = x;
+                }
+            }
+        }
+    }
+    /// One masked load for `stride` 1 (the other lanes zero), else the default's loop.
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, stride: usize, n: usize) -> __m256 {
+        // SAFETY: the caller guarantees `p + j * stride` readable for `j < n`; the load
+        // is masked to those lanes (a masked-off lane neither reads nor faults).
+        unsafe {
+            if stride == 1 {
+                let mask = _mm256_loadu_si256(PREFIX[n.min(8)].as_ptr().cast());
+                _mm256_maskload_ps(p, mask)
+            } else {
+                let mut buf = [0.0f32; 8];
+                for (j, x) in buf.iter_mut().enumerate().take(n.min(8)) {
+                    *x = *p.add(j * stride);
+                }
+                _mm256_loadu_ps(buf.as_ptr())
+            }
+        }
+    }
     /// A full vector stored as it is; otherwise the kept lanes moved to the front by
     /// one permute (its indices from [`COMPRESS`]) and stored under a prefix mask.
     #[inline(always)]
