@@ -58,11 +58,7 @@ unsafe impl Simd for Avx2 {
                 let mask = _mm256_loadu_si256(PREFIX[n.min(8)].as_ptr().cast());
                 _mm256_maskstore_ps(p, mask, v)
             } else {
-                let mut buf = [0.0f32; 8];
-                _mm256_storeu_ps(buf.as_mut_ptr(), v);
-                for (j, &x) in buf.iter().enumerate().take(n.min(8)) {
-                    *p.add(j * stride) = x;
-                }
+                super::store_lanes::<Avx2>(p, stride, n, v)
             }
         }
     }
@@ -76,11 +72,7 @@ unsafe impl Simd for Avx2 {
                 let mask = _mm256_loadu_si256(PREFIX[n.min(8)].as_ptr().cast());
                 _mm256_maskload_ps(p, mask)
             } else {
-                let mut buf = [0.0f32; 8];
-                for (j, x) in buf.iter_mut().enumerate().take(n.min(8)) {
-                    *x = *p.add(j * stride);
-                }
-                _mm256_loadu_ps(buf.as_ptr())
+                super::load_lanes::<Avx2>(p, stride, n)
             }
         }
     }

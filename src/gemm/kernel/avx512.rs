@@ -62,11 +62,7 @@ unsafe impl Simd for Avx512 {
             if stride == 1 {
                 _mm512_mask_storeu_ps(p, lane_mask(n), v)
             } else {
-                let mut buf = [0.0f32; 16];
-                _mm512_storeu_ps(buf.as_mut_ptr(), v);
-                for (j, &x) in buf.iter().enumerate().take(n.min(16)) {
-                    *p.add(j * stride) = x;
-                }
+                super::store_lanes::<Avx512>(p, stride, n, v)
             }
         }
     }
@@ -79,11 +75,7 @@ unsafe impl Simd for Avx512 {
             if stride == 1 {
                 _mm512_maskz_loadu_ps(lane_mask(n), p)
             } else {
-                let mut buf = [0.0f32; 16];
-                for (j, x) in buf.iter_mut().enumerate().take(n.min(16)) {
-                    *x = *p.add(j * stride);
-                }
-                _mm512_loadu_ps(buf.as_ptr())
+                super::load_lanes::<Avx512>(p, stride, n)
             }
         }
     }

@@ -184,15 +184,8 @@ pub(crate) unsafe trait Simd {
     /// `p + j * stride` is writable for `j < n`.
     #[inline(always)]
     unsafe fn store_strided(p: *mut f32, stride: usize, n: usize, v: Self::V) {
-        // SAFETY: the spill buffer holds `LANES <= 16` floats; the writes are the
-        // caller's.
-        unsafe {
-            let mut buf = [0.0f32; 16];
-            Self::store(buf.as_mut_ptr(), v);
-            for (j, &x) in buf.iter().enumerate().take(n.min(Self::LANES)) {
-                *p.add(j * stride) = x;
-            }
-        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { store_lanes::<Self>(p, stride, n, v) }
     }
     /// Lanes `j < n` (`n <= LANES`) loaded from `p + j * stride`, the others zero: the
     /// inverse of [`Simd::store_strided`].
@@ -203,14 +196,8 @@ pub(crate) unsafe trait Simd {
     /// `p + j * stride` is readable for `j < n`.
     #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize, n: usize) -> Self::V {
-        // SAFETY: the buffer holds `LANES <= 16` floats; the reads are the caller's.
-        unsafe {
-            let mut buf = [0.0f32; 16];
-            for (j, x) in buf.iter_mut().enumerate().take(n.min(Self::LANES)) {
-                *x = *p.add(j * stride);
-            }
-            Self::load(buf.as_ptr())
-        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { load_lanes::<Self>(p, stride, n) }
     }
     /// The lanes of `v` whose bits are set in `keep` (below `LANES`), stored to
     /// consecutive floats from `dst`, lowest lane first.
@@ -234,6 +221,40 @@ pub(crate) unsafe trait Simd {
                 }
             }
         }
+    }
+}
+
+/// [`Simd::store_strided`] float by float through a spill buffer: the trait's default,
+/// and the ISAs' path for strides other than 1.
+///
+/// # Safety
+/// As [`Simd::store_strided`]; the caller runs under `S`'s target features.
+#[inline(always)]
+pub(super) unsafe fn store_lanes<S: Simd + ?Sized>(p: *mut f32, stride: usize, n: usize, v: S::V) {
+    // SAFETY: the spill buffer holds `LANES <= 16` floats; the writes are the caller's.
+    unsafe {
+        let mut buf = [0.0f32; 16];
+        S::store(buf.as_mut_ptr(), v);
+        for (j, &x) in buf.iter().enumerate().take(n.min(S::LANES)) {
+            *p.add(j * stride) = x;
+        }
+    }
+}
+
+/// [`Simd::load_strided`] float by float into a buffer: the trait's default, and the
+/// ISAs' path for strides other than 1.
+///
+/// # Safety
+/// As [`Simd::load_strided`]; the caller runs under `S`'s target features.
+#[inline(always)]
+pub(super) unsafe fn load_lanes<S: Simd + ?Sized>(p: *const f32, stride: usize, n: usize) -> S::V {
+    // SAFETY: the buffer holds `LANES <= 16` floats; the reads are the caller's.
+    unsafe {
+        let mut buf = [0.0f32; 16];
+        for (j, x) in buf.iter_mut().enumerate().take(n.min(S::LANES)) {
+            *x = *p.add(j * stride);
+        }
+        S::load(buf.as_ptr())
     }
 }
 
@@ -595,6 +616,18 @@ pub(crate) enum Channels {
 }
 
 impl Channels {
+    /// The first `channels` of rows of `ldw`, consecutive: [`Channels::All`] when they
+    /// are all of them (whole vectors), else masked ([`Channels::Strided`], stride 1).
+    pub(crate) fn first(channels: usize, ldw: usize) -> Self {
+        match channels == ldw {
+            true => Channels::All,
+            false => Channels::Strided {
+                channels,
+                stride: 1,
+            },
+        }
+    }
+
     /// Floats from a row's start to just past its last channel, for rows of `ldw`.
     fn span(self, ldw: usize) -> usize {
         match self {

@@ -231,17 +231,10 @@ fn forward_tile(
             let y = y
                 .into_slice()
                 .expect("channels-last output images are contiguous");
-            let channels = match starts {
-                None => Channels::All,
-                Some(_) => Channels::Strided {
-                    channels: o,
-                    stride: 1,
-                },
-            };
             let y = IndirectOut {
                 c: y,
                 row_starts: starts.as_ref().map(|s| s.prefix(nc * l)),
-                channels,
+                channels: Channels::first(o, ldw),
                 bias: Some(&out.bias),
                 accumulate: false,
             };
@@ -252,8 +245,9 @@ fn forward_tile(
         // (a scatter per vector, or float by float): 1.8x slower on resnet_128s2
         // (1 thread, Intel Xeon 6/207, 38 -> 70 ms), each tile's stores touching a
         // page per channel. And calls over chunks of positions whose tile fits L1,
-        // each transposed at once: faster alone but slower wherever the backward runs
-        // between forwards.
+        // each transposed at once: within noise since `transpose_add` keeps the
+        // output's rows in its inner loop (before, faster alone but slower wherever
+        // the backward ran between forwards).
         let packed = IndirectOut::packed(tile, false);
         indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, packed);
         for (bi, t) in tile.chunks_exact(l * ldw).take(nc).enumerate() {
@@ -754,13 +748,7 @@ impl Backward {
                     let out = IndirectOut {
                         c: dx.into_slice().expect("dx rows are contiguous"),
                         row_starts: Some(g.starts[ci].prefix(nc * np)),
-                        channels: match g.ldc == geo.in_channels {
-                            true => Channels::All,
-                            false => Channels::Strided {
-                                channels: geo.in_channels,
-                                stride: 1,
-                            },
-                        },
+                        channels: Channels::first(geo.in_channels, g.ldc),
                         bias: None,
                         accumulate: false,
                     };
