@@ -30,7 +30,7 @@ use super::common::{
     OP, Operands, Out, for_each_image_tile, group_col_grad, group_weight_grad, images_per_tile,
     resize, shape_err, with_scratch,
 };
-use super::layout::phase_row;
+use super::layout::{PhasePlane, phase_planes};
 use crate::error::Result;
 use crate::gemm::{Kernel, RealColumns, indirect_b_gemm_real, pack_a_panels};
 use crate::ops::geometry::Conv2dGeometry;
@@ -350,7 +350,7 @@ impl PhaseGeometry {
 
 /// Splits image `x` (C, H, W, row-major) into its phase planes: `C * sh * sw` planes of
 /// `pg.plane` floats in `planes`, plane `(c, py, px)` at `((c * sh + py) * sw + px) *
-/// pg.plane`. Every float of `planes` is written (zero in the padding and the slack).
+/// pg.plane`. Every float of the planes is written (zero in the padding and the slack).
 fn phase_split(
     kernel: Kernel,
     x: &[f32],
@@ -359,61 +359,63 @@ fn phase_split(
     planes: &mut [f32],
 ) {
     debug_assert_eq!(x.len(), geo.in_channels * geo.in_h * geo.in_w);
-    let sw = geo.options.stride.1;
-    for_each_phase_row(geo, pg, planes, |row, piece| match piece {
-        None => phase_row(kernel, row, x, 0, (0, 0), sw),
-        Some((xoff, cols)) => phase_row(kernel, row, x, xoff, cols, sw),
-    });
+    phase_planes(
+        kernel,
+        planes,
+        x,
+        geo.options.stride.1,
+        image_planes(geo, pg),
+    );
 }
 
 /// The adjoint of [`phase_split`]: adds the planes' values at real pixels into `dx`
-/// (C, H, W); the padding and slack are dropped (the slack is zeroed on the way).
-fn phase_merge_add(planes: &mut [f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, dx: &mut [f32]) {
+/// (C, H, W); the padding and slack are dropped.
+fn phase_merge_add(planes: &[f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, dx: &mut [f32]) {
     debug_assert_eq!(dx.len(), geo.in_channels * geo.in_h * geo.in_w);
-    for_each_phase_row(geo, pg, planes, |row, piece| {
-        if let Some((xoff, (qlo, qhi))) = piece {
-            let sw = geo.options.stride.1;
-            let mid = &row[qlo..qhi];
-            if sw == 1 {
-                for (d, &v) in dx[xoff..xoff + mid.len()].iter_mut().zip(mid) {
-                    *d += v;
-                }
-            } else {
-                for (d, &v) in dx[xoff..].iter_mut().step_by(sw).zip(mid) {
-                    *d += v;
-                }
+    let sw = geo.options.stride.1;
+    for p in image_planes(geo, pg) {
+        let ((r0, r1), (qlo, qhi)) = (p.rows_real, p.cols_real);
+        for (i, r) in (r0..r1).enumerate() {
+            let row = &planes[p.start + r * p.cols..][qlo..qhi];
+            let xoff = p.xoff + i * p.xstep;
+            for (d, &v) in dx[xoff..].iter_mut().step_by(sw).zip(row) {
+                *d += v;
             }
         }
-    });
+    }
 }
 
-/// Walks the plane rows of an image: calls `f(row, piece)` for every row of every plane
-/// (the slack after each plane is zeroed here), `piece` being `None` for a row in the
-/// vertical padding, else `Some((offset in x of the first real pixel, (qlo, qhi)))`
-/// with `qlo..qhi` the columns of the row that hold real pixels, `sw` apart in `x`.
-fn for_each_phase_row(
-    geo: &Conv2dGeometry,
-    pg: &PhaseGeometry,
-    planes: &mut [f32],
-    mut f: impl FnMut(&mut [f32], Option<(usize, (usize, usize))>),
-) {
+/// The planes of an image, in order: plane `(c, py, px)` holds the padded pixels
+/// `(r * sh + py, q * sw + px)` of channel `c` at `(r, q)`; its real rows and columns
+/// are those inside the image.
+fn image_planes<'a>(
+    geo: &'a Conv2dGeometry,
+    pg: &'a PhaseGeometry,
+) -> impl Iterator<Item = PhasePlane> + 'a {
     let (h, w) = (geo.in_h, geo.in_w);
     let (sh, sw) = geo.options.stride;
     let (ph, pw) = geo.options.padding;
-    let planes = &mut planes[..geo.in_channels * sh * sw * pg.plane];
-    for (p, plane) in planes.chunks_exact_mut(pg.plane).enumerate() {
+    (0..geo.in_channels * sh * sw).map(move |p| {
         let (c, py, px) = (p / (sh * sw), p / sw % sh, p % sw);
-        let (body, slack) = plane.split_at_mut(pg.rows * pg.cols);
-        slack.fill(0.0);
+        let (r0, r1) = valid_range(py, sh, ph, 1, h, pg.rows);
         let (qlo, qhi) = valid_range(px, sw, pw, 1, w, pg.cols);
-        for (r, row) in body.chunks_exact_mut(pg.cols).enumerate() {
-            let piece = (r * sh + py)
-                .checked_sub(ph)
-                .filter(|&iy| iy < h && qhi > qlo)
-                .map(|iy| ((c * h + iy) * w + qlo * sw + px - pw, (qlo, qhi)));
-            f(row, piece);
+        // The first real pixel, when there is one (else never read).
+        let xoff = if r1 > r0 && qhi > qlo {
+            (c * h + r0 * sh + py - ph) * w + qlo * sw + px - pw
+        } else {
+            0
+        };
+        PhasePlane {
+            start: p * pg.plane,
+            rows: pg.rows,
+            cols: pg.cols,
+            slack: pg.plane - pg.rows * pg.cols,
+            rows_real: (r0, r1),
+            cols_real: (qlo, qhi),
+            xoff,
+            xstep: sh * w,
         }
-    }
+    })
 }
 
 /// Fills the extended column matrix of one image from its phase planes: row `r` (tap

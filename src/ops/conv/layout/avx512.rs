@@ -157,54 +157,79 @@ pub(super) unsafe fn pad_into(
     }
 }
 
-/// [`super::phase_row`] for strides 1 and 2: each 16 floats of the row from masked
+/// [`super::phase_planes`] for strides 1 and 2: each 16 floats of a real row from masked
 /// loads of the image (stride 2: two loads, their even floats picked by one permute),
-/// the lanes outside `qlo..qhi` zero.
+/// the lanes outside the real columns zero; the masks of a column block worked out once
+/// per plane and used for all its real rows.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `qlo <= qhi <= row.len()`; `x` holds `xoff + (qhi - qlo - 1) *
-/// sw + 1` floats when `qhi > qlo`; `sw` is 1 or 2.
+/// The CPU has AVX-512F; `sw` is 1 or 2; every plane passes `PhasePlane::check` for
+/// `planes`, `x` and `sw` (what `super::phase_planes` checks).
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn phase_row(
-    row: &mut [f32],
+pub(super) unsafe fn phase_planes(
+    planes: &mut [f32],
     x: &[f32],
-    xoff: usize,
-    (qlo, qhi): (usize, usize),
     sw: usize,
+    planes_of: impl Iterator<Item = super::PhasePlane>,
 ) {
-    let (rp, xp) = (row.as_mut_ptr(), x.as_ptr());
-    // Lanes `j` of the block at `q0` with `lo <= q0 + j < hi`.
-    let within = |q0: usize, lo: usize, hi: usize| -> u16 {
-        let (a, b) = (lo.saturating_sub(q0).min(16), hi.saturating_sub(q0).min(16));
-        if b <= a { 0 } else { lanes(b) & !lanes(a) }
-    };
+    let (pp, xp) = (planes.as_mut_ptr(), x.as_ptr());
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    // SAFETY: every load is masked to the lanes of `qlo..qhi`, whose image floats are
-    // inside `x` (the contract); the pointer for masked-off lanes is only formed
-    // (wrapping), never read. Stores are masked to the row.
-    unsafe {
-        for q0 in (0..row.len()).step_by(16) {
-            let store = within(q0, 0, row.len());
-            let real = within(q0, qlo, qhi);
-            // Image index of the block's lane 0 (before `x` when `q0 < qlo`).
-            let at = |d: isize| xp.wrapping_offset(xoff as isize + d);
-            let v = if real == 0 {
-                _mm512_setzero_ps()
-            } else if sw == 1 {
-                _mm512_maskz_loadu_ps(real, at(q0 as isize - qlo as isize))
-            } else {
-                // Lane j reads float 2j of the 32 from the block's first image index.
-                let (mut ma, mut mb) = (0u16, 0u16);
-                for j in 0..8 {
-                    ma |= ((real >> j) & 1) << (2 * j);
-                    mb |= ((real >> (j + 8)) & 1) << (2 * j);
+    let zero = _mm512_setzero_ps();
+    // Lanes `lo..hi` as a mask, `hi <= 16`.
+    let bits = |lo: usize, hi: usize| if hi <= lo { 0 } else { lanes(hi) & !lanes(lo) };
+    // Zeroes `n` floats from `p`.
+    let fill_zero = |p: *mut f32, n: usize| {
+        for j in (0..n).step_by(16) {
+            // SAFETY: masked to the `n` floats, inside the plane (the contract).
+            unsafe { _mm512_mask_storeu_ps(p.add(j), lanes(n - j), zero) };
+        }
+    };
+    for p in planes_of {
+        let (cols, (r0, r1), (qlo, qhi)) = (p.cols, p.rows_real, p.cols_real);
+        // SAFETY: the plane is inside `planes` (the contract).
+        let base = unsafe { pp.add(p.start) };
+        if !p.has_pixels() {
+            fill_zero(base, p.len());
+            continue;
+        }
+        // The rows above, and those below with the slack.
+        fill_zero(base, r0 * cols);
+        // SAFETY: as `base`.
+        fill_zero(unsafe { base.add(r1 * cols) }, p.len() - r1 * cols);
+        for q0 in (0..cols).step_by(16) {
+            let store = lanes(cols - q0);
+            // The lanes `a..b` of the block that hold pixels.
+            let (a, b) = (
+                qlo.saturating_sub(q0).min(16),
+                qhi.saturating_sub(q0).min(16),
+            );
+            let real = bits(a, b);
+            // Stride 2: lanes a..b are the even floats 2a..2b of two loads of 16.
+            let (ma, mb) = (
+                bits((2 * a).min(16), (2 * b).min(16)) & 0x5555,
+                bits((2 * a).max(16) - 16, (2 * b).max(16) - 16) & 0x5555,
+            );
+            // Image index of the block's lane 0 in the first real row (before `x` when
+            // `q0 < qlo`).
+            let first = (p.xoff as isize) + (q0 as isize - qlo as isize) * sw as isize;
+            for i in 0..r1 - r0 {
+                let at = xp.wrapping_offset(first + (i * p.xstep) as isize);
+                // SAFETY: every load is masked to the lanes of `qlo..qhi`, whose image
+                // floats are inside `x` (the contract); the pointer for masked-off lanes
+                // is only formed (wrapping), never read. The store is masked to the row.
+                unsafe {
+                    let v = if real == 0 {
+                        zero
+                    } else if sw == 1 {
+                        _mm512_maskz_loadu_ps(real, at)
+                    } else {
+                        let lo = _mm512_maskz_loadu_ps(ma, at);
+                        let hi = _mm512_maskz_loadu_ps(mb, at.wrapping_add(16));
+                        _mm512_maskz_permutex2var_ps(real, lo, even, hi)
+                    };
+                    _mm512_mask_storeu_ps(base.add((r0 + i) * cols + q0), store, v);
                 }
-                let base = 2 * (q0 as isize - qlo as isize);
-                let a = _mm512_maskz_loadu_ps(ma, at(base));
-                let b = _mm512_maskz_loadu_ps(mb, at(base + 16));
-                _mm512_maskz_permutex2var_ps(real, a, even, b)
-            };
-            _mm512_mask_storeu_ps(rp.add(q0), store, v);
+            }
         }
     }
 }
