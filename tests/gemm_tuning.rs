@@ -269,9 +269,10 @@ fn detected_blocks_fit_the_caches() {
     for kernel in Kernel::ALL {
         let b = kernel.detected_blocks();
         assert!(b.validate(kernel).is_ok(), "{kernel:?} {b:?}");
-        // The A micro-panel takes at most a third of L1d, the B chunk half of L2.
+        // The A micro-panel takes at most half of L1d (Zen 4's 32 KiB, measured), the B
+        // chunk half of L2.
         assert!(
-            b.mr * b.kc * 4 <= cpu.l1d_bytes / 3 + 64,
+            b.mr * b.kc * 4 <= cpu.l1d_bytes / 2 + 64,
             "{kernel:?} {b:?}"
         );
         assert!(

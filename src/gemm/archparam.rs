@@ -14,11 +14,14 @@
 //!
 //! * `KC`: the A micro-panel (`MR * KC * 4` bytes) plus the B rows streaming past it fit
 //!   L1d. The measured `KC` put the panel at 16 KiB (AVX-512), 6 KiB (AVX2) and 4 KiB
-//!   (portable) of 48 KiB; on a smaller L1d (Zen 4: 32 KiB) `KC` shrinks in proportion so
-//!   the panel keeps its share of L1d (AVX-512: `512 * 32 / 48` = 341, rounded down to a
-//!   multiple of 8: 336). A larger L1d keeps the measured `KC` (no larger one was
-//!   measured). The depth is split into equal blocks of at most `KC` (k = 576 runs as
-//!   2 x 288).
+//!   (portable) of 48 KiB, and it stays the same on a 32 KiB L1d: on a Zen 4 (EPYC
+//!   family 25 model 17, L1d 32 KiB; `examples/gemm_tune`, medians of 9 to 11
+//!   interleaved rounds) `KC` 512 ran 0.5-1.3% faster than 336 (the old rule: the panel
+//!   kept at a third of L1d) at 1024^3 and 2048^3 on 1 and 2 threads (1 thread 2048^3:
+//!   109.4-109.7 against 108.5-108.7 GFLOP/s; 448: 108.9), and the AVX2 kernel's 256
+//!   ran 2% faster than 168 (105.7 against 103.3). Below [`MIN_L1D`] (not measured)
+//!   `KC` shrinks in proportion to L1d. The depth is split into equal blocks of at most
+//!   `KC` (k = 576 runs as 2 x 288).
 //! * `L2 budget`: the bytes of L2 for one task's B chunk (`KC * NB * 4`), which sets
 //!   `NB`: half of L2 (the other half holds the A block of the task, `MC * KC * 4`, 256
 //!   KiB for AVX-512, and C). 512 KiB on Zen 5; see [`l2_budget`] for Intel's 2 MiB L2.
@@ -105,8 +108,9 @@ pub(crate) const FALLBACK: GemmBlocks = GemmBlocks {
     nc: 4096,
 };
 
-/// L1d of the reference machine the constants were measured on (Zen 5).
-const REF_L1D: usize = 48 * 1024;
+/// The smallest L1d the measured `KC` was measured to suit (Zen 4's; Zen 5 and the
+/// Intel Xeon have 48 KiB).
+const MIN_L1D: usize = 32 * 1024;
 
 /// The measured reference sizes of `kernel`.
 pub(crate) fn reference(kernel: Kernel) -> GemmBlocks {
@@ -138,10 +142,10 @@ pub(crate) fn l2_budget(l2: usize) -> usize {
 /// unchanged for Zen 5's L1d 48 KiB, L2 1 MiB, L3 32 MiB.
 pub(crate) fn derive(kernel: Kernel, l1d: usize, l2: usize, l3: usize) -> GemmBlocks {
     let r = reference(kernel);
-    let kc = if l1d >= REF_L1D {
+    let kc = if l1d >= MIN_L1D {
         r.kc
     } else {
-        (r.kc * l1d / REF_L1D / 8 * 8).max(32)
+        (r.kc * l1d / MIN_L1D / 8 * 8).max(32)
     };
     let nc_l3 = (l3 / 2) / (kc * size_of::<f32>()) / r.nr * r.nr;
     GemmBlocks {
@@ -199,20 +203,16 @@ fn env_spec() -> Option<BlockSpec> {
 ///   `examples/gemm_tune --kernel`, one thread, quiet machine): 2048^3 at 153.5 against
 ///   80.1 GFLOP/s for `avx2`, 1024^3 at 151.7 against 80.3, so 1.9x; on two threads
 ///   297.0 against 155.9. Zen 5 has the same two 512-bit FMA pipes per core.
-/// * Zen 4: `avx512` as well, a reasoned choice (no Zen 4 to measure on). Zen 4 has two
-///   256-bit FMA pipes and runs a 512-bit FMA as two halves, so both kernels have the same
-///   peak, 32 flops per cycle per core. The 8 x 48 AVX-512 tile needs 3 vector loads and
-///   8 broadcasts per 24 zmm FMAs (48 256-bit halves): 0.23 loads per 256-bit FMA; the
-///   6 x 16 AVX2 tile needs 2 loads and 6 broadcasts per 12 ymm FMAs: 0.67. With 32
-///   registers the larger tile also moves fewer bytes of packed A and B per flop
-///   (`(MR + NR) / (MR * NR)`: 0.15 against 0.23 floats per multiply-add), and half the
-///   instructions leave the front end idle. OpenBLAS, which reached 1/0.88 of this
-///   crate at 2048 on one Zen 4 thread (issue 15), also runs AVX-512 kernels there. So
-///   the 0.88x is read as a blocking effect rather than a kernel one: Zen 5's `KC` =
-///   512 made the A micro-panel 16 KiB, half of Zen 4's 32 KiB L1d, and [`derive`] now
-///   gives `KC` = 336 there (the panel at a third of L1d, as on Zen 5). This is
-///   unverified until measured on a Zen 4: `CONVINIT_GEMM_KERNEL=avx2` and
-///   `CONVINIT_GEMM_BLOCKS=kc=512` (or `examples/gemm_tune`) test both readings.
+/// * Zen 4: `avx512` as well. Zen 4 has two 256-bit FMA pipes and runs a 512-bit FMA as
+///   two halves, so both kernels have the same peak, 32 flops per cycle per core, but
+///   the 8 x 48 AVX-512 tile needs 3 vector loads and 8 broadcasts per 24 zmm FMAs (48
+///   256-bit halves) against the 6 x 16 AVX2 tile's 2 loads and 6 broadcasts per 12 ymm
+///   FMAs, and moves fewer bytes of packed A and B per flop. Measured on a Zen 4 (EPYC
+///   family 25 model 17, `examples/gemm_tune --kernel`, medians of 7 to 9 interleaved
+///   rounds, each kernel with its own `KC`): 1 thread 2048^3 109.4 against 105.7
+///   GFLOP/s for `avx2`, 1024^3 105.5 against 103.3; 2 threads 2048^3 217.4 against
+///   201.4, 1024^3 209.4 against 194.0: 3-8% faster. The FMA-loop peak there is 116
+///   GFLOP/s per core, so `avx512` runs at 0.94 of it.
 /// * Other AVX2 + FMA CPUs: `avx2`; anything else: the portable kernel.
 pub(crate) fn preferred_kernel(microarch: Microarch) -> Kernel {
     match microarch {
@@ -369,10 +369,12 @@ mod tests {
     }
 
     #[test]
-    fn zen4_l1d_shrinks_kc() {
+    fn zen4_keeps_kc_and_a_smaller_l1d_shrinks_it() {
         let b = derive(Kernel::Avx512, 32 * 1024, MIB, 32 * MIB);
-        assert_eq!((b.kc, b.l2_budget, b.nc), (336, 512 * 1024, 5760));
-        assert_eq!(derive(Kernel::Avx2, 32 * 1024, MIB, 32 * MIB).kc, 168);
+        assert_eq!((b.kc, b.l2_budget, b.nc), (512, 512 * 1024, 5760));
+        assert_eq!(derive(Kernel::Avx2, 32 * 1024, MIB, 32 * MIB).kc, 256);
+        // A 16 KiB L1d: half the depth.
+        assert_eq!(derive(Kernel::Avx512, 16 * 1024, MIB, 32 * MIB).kc, 256);
     }
 
     #[test]

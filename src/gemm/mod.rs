@@ -23,14 +23,15 @@
 //! both SIMD kernels peak at 32 flops per cycle per core; `avx512` stays the default
 //! there because its 8 x 48 tile, in 32 registers, needs 0.23 vector loads per 256-bit
 //! FMA against 0.67 for the 6 x 16 AVX2 tile, and moves 0.15 floats of packed A and B
-//! per multiply-add against 0.23. That is a reasoned choice, not a Zen 4 measurement;
+//! per multiply-add against 0.23: measured on a Zen 4, 3-8% faster than `avx2` on
+//! 1024^3 and 2048^3 at 1 and 2 threads (see `archparam::preferred_kernel`).
 //! `CONVINIT_GEMM_KERNEL=avx2` tries the other.
 //!
 //! # Block sizes
 //! The block sizes ([`GemmBlocks`]: `KC`, `MC`, the L2 budget, `NC`) of each kernel are
 //! derived once from the caches [`crate::cpu::CpuInfo`] reads: the values measured on a
-//! Zen 5 (L1d 48 KiB, L2 1 MiB), with `KC` scaled down for a smaller L1d (Zen 4), the
-//! L2 budget half of L2, and `NC` limited by half of L3. [`Kernel::blocks`] gives the
+//! Zen 5 (L1d 48 KiB, L2 1 MiB), kept on Zen 4's 32 KiB L1d (measured) and scaled down
+//! for a smaller one, the L2 budget half of L2, and `NC` limited by half of L3. [`Kernel::blocks`] gives the
 //! sizes in effect, [`Kernel::detected_blocks`] the derived ones.
 //!
 //! `CONVINIT_GEMM_BLOCKS` overrides them for the whole process, for every kernel: a
