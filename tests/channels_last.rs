@@ -81,7 +81,7 @@ fn every_algorithm_gives_the_channel_major_bits_in_every_layout() {
     // (N, C, H, W, O, k, stride, padding, dilation, groups): strides 1 and 2, output
     // channels below, at and above a vector, one input channel, padding past the
     // kernel, dilation, depthwise and grouped convs, 1x1, one output pixel.
-    let cases: [Case; 11] = [
+    let cases: [Case; 12] = [
         (3, 16, 14, 14, 32, 3, 2, 1, 1, 1),
         // Whole vectors of channels at stride 1: the kernel writes y and dx itself.
         (2, 16, 6, 5, 16, 3, 1, 1, 1, 1),
@@ -93,6 +93,8 @@ fn every_algorithm_gives_the_channel_major_bits_in_every_layout() {
         (2, 16, 10, 10, 16, 3, 1, 1, 1, 16),
         (2, 6, 8, 8, 4, 3, 1, 1, 1, 2),
         (2, 24, 6, 6, 20, 1, 1, 0, 1, 1),
+        // 1x1 with few input channels: auto's channels-last plan is direct throughout.
+        (2, 3, 5, 6, 10, 1, 1, 0, 1, 1),
         (2, 17, 3, 3, 19, 3, 1, 0, 1, 1),
     ];
     let mut runs = 0;

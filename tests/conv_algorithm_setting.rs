@@ -498,3 +498,39 @@ fn autotune_returns_what_its_plan_gives() {
     assert!(matches!(e, Error::Shape { .. }), "{e:?}");
     assert_eq!(autotuned_plan(&c.geo, threads, ConvPass::Backward), None);
 }
+
+#[test]
+fn pointwise_plans_follow_the_layout_and_the_channels() {
+    use convinit::ops::{Conv2dGeometry, MemoryFormat};
+    let plan = |c, o, format| {
+        let opts = Conv2dOptions::new().with_memory_format(format);
+        let geo = Conv2dGeometry::new("test", [2, c, 5, 5], [o, c, 1, 1], &opts).unwrap();
+        let p = ConvPlan::choose(&geo, 2);
+        (p.forward, p.input_grad, p.weight_grad)
+    };
+    let (contiguous, cl) = (MemoryFormat::Contiguous, MemoryFormat::ChannelsLast);
+    // Channel-major: the GEMM forward and input gradient; the weight gradient a GEMM too
+    // once both sides are wide, else the direct path's.
+    assert_eq!(
+        plan(64, 128, contiguous),
+        (
+            ForwardAlgo::Pointwise,
+            InputGradAlgo::Pointwise,
+            WeightGradAlgo::Pointwise
+        )
+    );
+    assert_eq!(plan(64, 64, contiguous).2, WeightGradAlgo::Direct);
+    assert_eq!(plan(32, 128, contiguous).2, WeightGradAlgo::Direct);
+    // Channels-last: the direct path for every pass, even with few input channels.
+    for c in [3, 64] {
+        assert_eq!(
+            plan(c, 128, cl),
+            (
+                ForwardAlgo::Direct,
+                InputGradAlgo::Direct,
+                WeightGradAlgo::Direct
+            ),
+            "{c} channels"
+        );
+    }
+}

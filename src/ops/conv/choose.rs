@@ -196,6 +196,28 @@ const WINOGRAD_DW_MIN_CHANNELS: usize = 64;
 /// See [`WINOGRAD_DW_MIN_CHANNELS`].
 const WINOGRAD_DW_MIN_TILES: usize = 196;
 
+/// Fewest output and input channels for a pointwise (1x1, stride 1, unpadded) conv's
+/// weight gradient to run as the plain GEMM (`Pointwise`) rather than on the direct
+/// path: `dW += dy_n x_n^T` per image, the GEMM's `O x C` output tiles filled, beats the
+/// direct kernel once both sides are wide. Zen 4 (EPYC family 25 model 17), `convbench
+/// --pass bwd`, the input gradient pointwise in both, median ms of 9, dW direct ->
+/// pointwise, 1 thread | 2 threads:
+/// - faster: pw_64x128 (32 x 64 -> 128, 56x56) 50.7 -> 40.7 | 24.8 -> 20.3; 32 x 128
+///   -> 256, 28x28 39.2 -> 35.2 | 18.9 -> 18.0; 8 x 256 -> 512, 14x14 9.4 -> 9.0 | 4.83
+///   -> 4.72; 8 x 64 -> 256, 28x28 4.73 -> 4.49 | 2.36 -> 2.22; 16 x 512 -> 512, 7x7
+///   10.1 -> 9.9 | 5.2 -> 5.0;
+/// - slower: 32 x 256 -> 64, 14x14 6.4 -> 7.0 | 2.8 -> 3.1; 32 x 32 -> 32, 28x28 1.28
+///   -> 1.52 | 0.64 -> 0.74; 16 x 16 -> 16, 56x56 0.81 -> 1.10; 100 x 16 -> 32, 7x7
+///   0.37 -> 0.39; 100 x 8 -> 16, 14x14 0.42 -> 0.54.
+///
+/// With the AVX2 kernel forced, 1 thread: pw_64x128 63.5 -> 43.4, 32 x 128 -> 256
+/// 44.2 -> 36.5. Not measured on Zen 5 or the Intel Xeon: a shape rule, taken on every
+/// CPU.
+const POINTWISE_DW_MIN_OUT: usize = 128;
+
+/// See [`POINTWISE_DW_MIN_OUT`].
+const POINTWISE_DW_MIN_IN: usize = 64;
+
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
@@ -206,6 +228,8 @@ impl ConvPlan {
     ///
     /// - every pass: `Depthwise` for depthwise convs (`groups == C > 1`) with a channel
     ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
+    /// - a channels-last 1x1 / stride-1 / unpadded conv of groups of 1: `Direct` for all
+    ///   three passes; otherwise:
     /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
     ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least
@@ -221,8 +245,10 @@ impl ConvPlan {
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
     /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 64 channels
     ///   on both sides (`WINOGRAD_DW_MIN_CHANNELS`) and at least 196 4x4 tiles per
-    ///   reduction chunk (`WINOGRAD_DW_MIN_TILES`); else `Direct` for every groups-of-1
-    ///   conv, else the input gradient's column lowering (so the two run fused);
+    ///   reduction chunk (`WINOGRAD_DW_MIN_TILES`); `Pointwise` for a pointwise conv
+    ///   with at least 128 output and 64 input channels (`POINTWISE_DW_MIN_OUT`,
+    ///   `POINTWISE_DW_MIN_IN`); else `Direct` for every groups-of-1 conv, else the
+    ///   input gradient's column lowering (so the two run fused);
     /// - tiles of 1 MiB of columns (`TILE_BYTES`), within 192 and 1024 columns
     ///   (`MIN_TILE_COLS`, `MAX_TILE_COLS`), whole images up to 2 MiB; the index map for
     ///   output rows of at most 16; parallel from 2^20 multiply-adds or 2^15 floats of
@@ -230,7 +256,6 @@ impl ConvPlan {
     ///   thread.
     pub fn choose(geo: &Conv2dGeometry, threads: usize) -> ConvPlan {
         let o = &geo.options;
-        let pointwise = columns::pointwise_fits(geo);
         let phase = o.stride != (1, 1)
             && geo.out_w >= PHASE_MIN_OUT_W
             && geo.col_rows().saturating_mul(PhaseGeometry::new(geo).ext)
@@ -253,7 +278,17 @@ impl ConvPlan {
         let floats = geo
             .batch
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
-        let direct = o.groups == 1 && geo.in_channels >= DIRECT_MIN_CHANNELS;
+        // A channels-last pointwise conv runs all three passes direct: the pointwise
+        // and column paths work on channel-major planes, and there ran 5 to 12 times
+        // slower (Zen 4, 2 threads, `convbench --memory-format channels-last`,
+        // fwd / bwd ms, pointwise -> direct: pw_64x128 54.4 / 114.6 -> 11.3 / 21.4;
+        // 32 x 4 -> 64, 56x56 9.7 / 29.7 -> 0.77 / 3.1; 100 x 16 -> 32, 7x7 0.57 / 1.37
+        // -> 0.053 / 0.126; 32 x 256 -> 64, 14x14 7.0 / 11.6 -> 1.06 / 2.44).
+        let cl_pointwise = columns::pointwise_fits(geo)
+            && o.groups == 1
+            && o.memory_format == crate::ops::MemoryFormat::ChannelsLast;
+        let pointwise = columns::pointwise_fits(geo) && !cl_pointwise;
+        let direct = o.groups == 1 && (geo.in_channels >= DIRECT_MIN_CHANNELS || cl_pointwise);
         // A channels-last output: the direct forward writes it as its kernel produces it,
         // where the others' output is transposed after. Forward ms, 2 threads, Intel Xeon
         // 6/207, direct (channels-last) against phase (channel-major, then the copy to
@@ -338,6 +373,11 @@ impl ConvPlan {
                 WeightGradAlgo::Depthwise
             } else if winograd_dw {
                 WeightGradAlgo::WinogradF4
+            } else if pointwise
+                && geo.out_channels >= POINTWISE_DW_MIN_OUT
+                && geo.in_channels >= POINTWISE_DW_MIN_IN
+            {
+                WeightGradAlgo::Pointwise
             } else if o.groups == 1 {
                 WeightGradAlgo::Direct
             } else {
