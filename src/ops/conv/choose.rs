@@ -7,6 +7,7 @@ use super::depthwise;
 use super::phase::PhaseGeometry;
 use super::plan::{ConvPlan, ForwardAlgo, InputGradAlgo, WeightGradAlgo};
 use super::winograd;
+use crate::cpu::{CpuInfo, Microarch};
 use crate::gemm::Kernel;
 use crate::ops::geometry::Conv2dGeometry;
 
@@ -148,6 +149,26 @@ const WINOGRAD_FWD_MIN_CHANNELS: usize = 16;
 /// See [`WINOGRAD_FWD_MIN_CHANNELS`].
 const WINOGRAD_FWD_MIN_WORK: usize = 1 << 17;
 
+/// [`WINOGRAD_FWD_MIN_CHANNELS`] on a Zen 4 running the AVX-512 kernel: its FMA
+/// throughput per core is half the Xeon's while the transforms are loads, stores and
+/// adds, so F4's 4x fewer multiplications pay off from fewer channels. Zen 4 (EPYC
+/// family 25 model 17), `convbench --pass fwd`, median ms of 15, direct -> F4, 1
+/// thread | 2 threads: N = 32, 12 -> 32 channels, 28x28 1.77 -> 1.34 | 0.91 -> 0.73;
+/// 8 -> 16 channels, 28x28 0.60 -> 0.59 | 0.37 -> 0.30; at 16 channels, as on the
+/// Xeon, 16 -> 16 channels 28x28 1.25 -> 0.94 | 0.57 -> 0.47. The work minimum
+/// ([`WINOGRAD_FWD_MIN_WORK`]) holds there too: below it, N = 8, 16 -> 32 channels
+/// 14x14 0.079 -> 0.119 at 2 threads.
+const WINOGRAD_FWD_MIN_CHANNELS_ZEN4: usize = 8;
+
+/// The forward's fewest input channels for Winograd with `kernel` on `microarch`.
+fn winograd_fwd_min_channels(microarch: Microarch, kernel: Kernel) -> usize {
+    if microarch == Microarch::Zen4 && kernel == Kernel::Avx512 {
+        WINOGRAD_FWD_MIN_CHANNELS_ZEN4
+    } else {
+        WINOGRAD_FWD_MIN_CHANNELS
+    }
+}
+
 /// Most channels summed over (input channels forward, output channels for the input
 /// gradient) for F(4x4, 3x3) by default; F(2x2, 3x3) above. F4's error grows with the
 /// sum and reaches the tests' tolerance: `examples/winograd_error.rs`, 14x14, max error
@@ -234,7 +255,8 @@ impl ConvPlan {
     ///   three passes; otherwise:
     /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
-    ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`) and `N * out_h * out_w * C` of at least
+    ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`; 8 on a Zen 4 with the AVX-512 kernel,
+    ///   `WINOGRAD_FWD_MIN_CHANNELS_ZEN4`) and `N * out_h * out_w * C` of at least
     ///   2^17 (`WINOGRAD_FWD_MIN_WORK`), `WinogradF2` instead above 256 channels
     ///   (`WINOGRAD_F4_MAX_CHANNELS`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
@@ -304,11 +326,13 @@ impl ConvPlan {
             channels >= min_channels
                 && positions.iter().fold(channels, |a, &d| a.saturating_mul(d)) >= min_work
         };
+        let kernel = Kernel::selected();
+        let fwd_min_channels = winograd_fwd_min_channels(CpuInfo::get().microarch, kernel);
         let winograd_forward = winograd
             && work(
                 [geo.batch, geo.out_h, geo.out_w],
                 geo.in_channels,
-                (WINOGRAD_FWD_MIN_CHANNELS, WINOGRAD_FWD_MIN_WORK),
+                (fwd_min_channels, WINOGRAD_FWD_MIN_WORK),
             );
         let winograd_dx = winograd
             && work(
@@ -393,7 +417,7 @@ impl ConvPlan {
             // both) and scatter faster by rows (bwd 8.4 ms vs 9.3 ms).
             use_map: geo.out_w <= 16,
             parallel: (macs >= PARALLEL_MACS || floats >= PARALLEL_FLOATS) && threads > 1,
-            kernel: Kernel::selected(),
+            kernel,
         }
     }
 }
