@@ -99,6 +99,13 @@ const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 /// -> 3.83; N = 32, 64 channels 14x14 (0.4 M) 7.58 -> 6.15 | 4.31 -> 3.75; but 16
 /// channels 28x28 2.32 -> 2.53 | 1.32 -> 1.48. Before the gather (forward then, ms
 /// direct / F2 / F4): N = 32, 32 channels, 28x28: 3.94 / 7.68 / 4.67.
+///
+/// On a Zen 4 (EPYC family 25 model 17) the Winograd input gradient gains no more than
+/// on the Xeon, so the rule is the same there: the whole backward, dW direct, median
+/// ms of 15, dx direct -> F4, 1 | 2 threads: N = 32, 16 -> 16 channels 28x28 2.36 ->
+/// 2.70 | 1.23 -> 1.39; 16 -> 24 channels 4.00 -> 4.22 | 2.04 -> 2.17; 24 -> 24 6.71 ->
+/// 5.83 | 3.41 -> 2.94; 32 -> 32 9.12 -> 8.91 | 4.44 -> 4.49; N = 8, 64 channels 14x14
+/// (0.1 M) 2.18 -> 2.62 | 1.16 -> 1.42.
 const WINOGRAD_MIN_CHANNELS: usize = 32;
 
 /// Fewest `positions x channels` for the Winograd input gradient by default, the input
