@@ -22,18 +22,19 @@ mod largest_alloc;
 use largest_alloc::{COUNTED_FROM as LARGE, counted_allocations, take_largest_any_thread};
 
 // Allocations of at least `LARGE` (64 KiB) bytes are counted: the batch (128 x 784 f32
-// = 401 KB), every activation and gradient of the net, and the per-chunk
+// = 401 KB), every activation and gradient of the net, and conv 3's per-chunk
 // weight-gradient partials are above it; the small bookkeeping of a step is below.
 
 /// No warm step may allocate this much at once: every activation, gradient and batch
 /// of the net (the smallest, conv 3's output, 128 x 64 x 4 x 4 f32, is 512 KiB) must
 /// come from the buffer cache.
 const MAX_WARM: usize = 256 << 10;
-/// At most this many allocations of at least `LARGE` bytes per warm step: what is
-/// left are conv 3's weight-gradient partials, one per reduction chunk (16 of 72 KiB at
-/// N = 128: their fixed order makes the sum the same at any thread count), and a packed
-/// weight or two, all below [`MAX_WARM`].
-const MAX_WARM_COUNT: usize = 24;
+/// At most this many allocations of at least `LARGE` bytes per warm step: a packed
+/// weight or two, below [`MAX_WARM`]. Conv 3's weight-gradient partials, one per
+/// reduction chunk (16 of 72 KiB at N = 128), come from the small buffers kept for them
+/// (`buffers`): from the allocator, they were 16 more allocations a step, and at N =
+/// 1000 the notebook net's steps faulted them in afresh (690 page faults a step).
+const MAX_WARM_COUNT: usize = 4;
 
 /// `train_mnist`'s net: Conv2d 1-16-32-64-10 (5x5 then 3x3, stride 2), ReLU, average
 /// pool, flatten; the first three convs' outputs in `layout` (`train_mnist` runs them

@@ -33,7 +33,8 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, Out, Zeroed, chunk_images, for_each_image_tile, resize, tile_images, with_scratch,
+    OP, Operands, Out, Zeroed, chunk_images, for_each_image_tile, resize, shape_err, tile_images,
+    with_scratch,
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
@@ -640,11 +641,13 @@ impl Backward {
             &mut []
         };
         // The chunk's (K, O) partial; with whole vectors of output channels the kernel
-        // sums straight into it, else into `acc` (`ldo` wide), copied after. A plain
-        // allocation, not the buffer cache's: the partials are dropped after the sum, and
-        // taking cached buffers for them left the ops after a large conv to fault theirs
-        // in afresh (dw_64 after vgg_256 in `bench`: 3.0-4.5 -> 4.8-5.0 ms).
-        let mut partial = Array2::<f32>::zeros((k, o));
+        // sums straight into it, else into `acc` (`ldo` wide), copied after. From the
+        // small buffers (`buffers::take_small_zeroed`), handed back after the sum; not
+        // the large buffers' cache: taking those for the partials left the ops after a
+        // large conv to fault theirs in afresh (dw_64 after vgg_256 in `bench`: 3.0-4.5
+        // -> 4.8-5.0 ms).
+        let mut partial = Array2::from_shape_vec((k, o), crate::buffers::take_small_zeroed(k * o))
+            .map_err(shape_err)?;
         let partial_s = partial.as_slice_mut().expect("a new array is contiguous");
         let target: &mut [f32] = match (want_dw, ldo == o) {
             (true, true) => partial_s,

@@ -1016,6 +1016,10 @@ fn backward_impl(
         }
         _ => sum_partials(&plan, &mut dw, &partials),
     }
+    // Summed: their memory serves the next call's partials.
+    for (p, _) in partials {
+        crate::buffers::give_small(p.into_raw_vec_and_offset().0);
+    }
     let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
     Ok((dx, dw, with_bias.then(|| db.mapv(|v| v as f32))))
 }
