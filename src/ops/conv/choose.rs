@@ -310,11 +310,12 @@ impl ConvPlan {
             .batch
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
         // A channels-last pointwise conv runs all three passes direct: the pointwise
-        // and column paths work on channel-major planes, and there ran 5 to 12 times
-        // slower (Zen 4, 2 threads, `convbench --memory-format channels-last`,
-        // fwd / bwd ms, pointwise -> direct: pw_64x128 54.4 / 114.6 -> 11.3 / 21.4;
-        // 32 x 4 -> 64, 56x56 9.7 / 29.7 -> 0.77 / 3.1; 100 x 16 -> 32, 7x7 0.57 / 1.37
-        // -> 0.053 / 0.126; 32 x 256 -> 64, 14x14 7.0 / 11.6 -> 1.06 / 2.44).
+        // and column paths work on channel-major copies. Zen 4, 2 threads, `convbench
+        // --memory-format channels-last`, fwd / bwd ms, pointwise -> direct, with the
+        // copies by blocked transposes: pw_64x128 20.8 / 36.9 -> 10.9 / 20.7; 32 x 4 ->
+        // 64, 56x56 4.2 / 6.2 -> 0.81 / 2.5; 100 x 16 -> 32, 7x7 0.097 / 0.251 -> 0.033
+        // / 0.077; 32 x 256 -> 64, 14x14 2.2 / 5.3 -> 1.0 / 2.2 (with the copies element
+        // by element, as before: 54.4 / 114.6, 9.7 / 29.7, 0.57 / 1.37, 7.0 / 11.6).
         let cl_pointwise = columns::pointwise_fits(geo)
             && o.groups == 1
             && o.memory_format == crate::ops::MemoryFormat::ChannelsLast;
