@@ -236,26 +236,47 @@ pub(crate) fn take_small_zeroed(len: usize) -> Vec<f32> {
     }
 }
 
-/// Keeps a buffer below the large buffers' 256 KiB for [`take_small_zeroed`] of its
-/// length, while the small buffers kept stay within 64 MiB and the [`cache_limit`];
-/// else frees it.
+/// Keeps a buffer below the large buffers' 256 KiB (larger ones go to [`give`]) for
+/// [`take_small_zeroed`] of its length. The small buffers kept stay within 64 MiB and
+/// the [`cache_limit`]: past it, the other lengths given back longest ago are freed
+/// first, so a later network's sizes replace an earlier one's; a buffer larger than the
+/// limit alone is freed.
 pub(crate) fn give_small(v: Vec<f32>) {
     let bytes = bytes_of(v.capacity());
     if bytes >= MIN_BYTES || v.is_empty() {
         return give(v);
     }
     let limit = cache_limit().min(SMALL_LIMIT);
+    let len = v.len();
     let dropped = with_small(|s| {
+        // Past the limit, the lengths given back longest ago go first (a later
+        // network's sizes replace an earlier one's), never this length's own.
+        let mut evicted = Vec::new();
+        if bytes > limit {
+            return (Some(v), evicted);
+        }
+        while s.bytes + bytes > limit {
+            let Some(at) = s.free.iter().position(|(l, _)| *l != len) else {
+                break;
+            };
+            let (_, bucket) = s.free.remove(at);
+            s.bytes -= bucket.iter().map(|b| bytes_of(b.capacity())).sum::<usize>();
+            evicted.push(bucket);
+        }
         if s.bytes + bytes > limit {
-            return Some(v);
+            return (Some(v), evicted);
         }
         s.bytes += bytes;
-        let len = v.len();
-        match s.free.iter_mut().find(|(l, _)| *l == len) {
-            Some((_, bucket)) => bucket.push(v),
+        match s.free.iter().position(|(l, _)| *l == len) {
+            // Moved to the back: the most recently given length.
+            Some(at) => {
+                let mut entry = s.free.remove(at);
+                entry.1.push(v);
+                s.free.push(entry);
+            }
             None => s.free.push((len, vec![v])),
         }
-        None
+        (None, evicted)
     });
     drop(dropped);
 }
@@ -359,8 +380,22 @@ mod tests {
         assert_eq!((z.as_ptr(), z.len(), small()), (at, 100, 0));
         assert!(z.iter().all(|&x| x == 0.0));
         give_small(z);
-        give_small(vec![1.0; SMALL_LIMIT / 4 - 50]);
-        assert_eq!(small(), 400, "within 64 MiB");
+        // Past the limit, the other lengths given back longest ago go first.
+        set_cache_limit(1000);
+        give_small(vec![1.0; 10]);
+        give_small(vec![1.0; 140]);
+        assert_eq!(small(), 1000);
+        give_small(vec![1.0; 20]);
+        assert_eq!(small(), 40 + 560 + 80, "the 100 went");
+        give_small(vec![1.0; 10]);
+        give_small(vec![1.0; 100]);
+        assert_eq!(small(), 40 + 40 + 80 + 400, "then the 140");
+        give_small(vec![1.0; 300]);
+        assert_eq!(
+            small(),
+            560,
+            "one past the limit alone is dropped, nothing else"
+        );
         set_cache_limit(0);
         assert_eq!((cached_bytes(), small()), (0, 0));
         give_small(vec![1.0; 10]);
