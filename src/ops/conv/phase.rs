@@ -378,8 +378,14 @@ fn phase_merge_add(planes: &[f32], geo: &Conv2dGeometry, pg: &PhaseGeometry, dx:
         for (i, r) in (r0..r1).enumerate() {
             let row = &planes[p.start + r * p.cols..][qlo..qhi];
             let xoff = p.xoff + i * p.xstep;
-            for (d, &v) in dx[xoff..].iter_mut().step_by(sw).zip(row) {
-                *d += v;
+            if sw == 1 {
+                for (d, &v) in dx[xoff..xoff + row.len()].iter_mut().zip(row) {
+                    *d += v;
+                }
+            } else {
+                for (d, &v) in dx[xoff..].iter_mut().step_by(sw).zip(row) {
+                    *d += v;
+                }
             }
         }
     }
