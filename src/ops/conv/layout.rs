@@ -296,7 +296,8 @@ pub(super) fn phase_planes(
     }
 }
 
-/// One real row of a [`PhasePlane`] in portable loops.
+/// The real pixels of one row of a [`PhasePlane`] in portable loops (the rest of the
+/// row is left as it is: [`phase_planes`] zeroes each plane first).
 fn phase_row_portable(
     row: &mut [f32],
     x: &[f32],
@@ -304,8 +305,6 @@ fn phase_row_portable(
     (qlo, qhi): (usize, usize),
     sw: usize,
 ) {
-    row[..qlo].fill(0.0);
-    row[qhi..].fill(0.0);
     let mid = &mut row[qlo..qhi];
     if sw == 1 {
         mid.copy_from_slice(&x[xoff..xoff + mid.len()]);

@@ -693,19 +693,14 @@ pub fn to_memory_format(x: ArrayView4<'_, f32>, format: MemoryFormat) -> Result<
             MemoryFormat::Contiguous => (h * w, c),
             MemoryFormat::ChannelsLast => (c, h * w),
         };
-        let mut v = match crate::buffers::take_written(n * image) {
-            Some(v) => v,
-            None => {
-                let mut v = try_vec_with_capacity(OP, n * image, describe)?;
-                v.resize(n * image, 0.0);
-                v
-            }
-        };
+        let parallel = n * image >= 1 << 16;
+        let (mut v, _) =
+            try_written_output(OP, n * image, parallel, describe)?.into_raw_vec_and_offset();
         let kernel = crate::gemm::Kernel::selected();
         let run = |(t, y): (&[f32], &mut [f32])| {
             layout::transpose_add(kernel, t, cols, (rows, cols), None, y, rows);
         };
-        if n * image >= 1 << 16 {
+        if parallel {
             s.par_chunks(image)
                 .zip(v.par_chunks_mut(image))
                 .for_each(run);
@@ -1062,9 +1057,12 @@ fn backward_impl(
         }
         _ => sum_partials(&plan, &mut dw, &partials),
     }
-    // Summed: their memory serves the next call's partials.
-    for (p, _) in partials {
-        crate::buffers::give_small(p.into_raw_vec_and_offset().0);
+    // Summed: the direct path's partials came from the small buffers, and their memory
+    // serves its next call's (the other algorithms allocate their own).
+    if plan.weight_grad == WeightGradAlgo::Direct {
+        for (p, _) in partials {
+            crate::buffers::give_small(p.into_raw_vec_and_offset().0);
+        }
     }
     let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
     Ok((dx, dw, with_bias.then(|| db.mapv(|v| v as f32))))
