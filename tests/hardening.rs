@@ -223,6 +223,21 @@ fn idx_bytes(code: u8, shape: &[u32], data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Loads MNIST from a scratch directory holding the four IDX files (see `idx_dir`),
+/// then removes the directory.
+fn load_idx_dir(
+    tag: &str,
+    train_n: u32,
+    images_code: u8,
+    labels_code: u8,
+    images_3d: bool,
+) -> Result<Mnist, Error> {
+    let dir = idx_dir(tag, train_n, images_code, labels_code, images_3d);
+    let loaded = Mnist::from_idx_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded
+}
+
 /// A directory with the four MNIST IDX files, `train_n` training images of 2 x 2
 /// pixels; `images_code` / `labels_code` pick the IDX types.
 fn idx_dir(
@@ -232,7 +247,13 @@ fn idx_dir(
     labels_code: u8,
     images_3d: bool,
 ) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("convinit-hardening-{tag}-{}", std::process::id()));
+    // One directory per call: tests run the table on several threads at once.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "convinit-hardening-{tag}-{}-{call}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     for (prefix, n) in [("train", train_n), ("t10k", 3)] {
         let shape: Vec<u32> = if images_3d { vec![n, 2, 2] } else { vec![n, 4] };
@@ -1728,16 +1749,16 @@ fn data_cases() -> Vec<Case> {
         case("mnist: load missing file", Io, &["/nonexistent/mnist.pkl.gz"], || Mnist::load("/nonexistent/mnist.pkl.gz")),
         case("mnist: IDX dir without files", Io, &["train-images-idx3-ubyte"], || Mnist::from_idx_dir(std::env::temp_dir().join("convinit-hardening-empty-dir-does-not-exist"))),
         case("mnist: IDX too few train images", InvalidData, &["mnist", "5 training images", "10000"], || {
-            Mnist::from_idx_dir(idx_dir("few", 5, 0x08, 0x08, true))
+            load_idx_dir("few", 5, 0x08, 0x08, true)
         }),
         case("mnist: IDX images not u8", InvalidData, &["mnist", "images must be u8", "int8"], || {
-            Mnist::from_idx_dir(idx_dir("imgtype", 10_003, 0x09, 0x08, true))
+            load_idx_dir("imgtype", 10_003, 0x09, 0x08, true)
         }),
         case("mnist: IDX images 2-D", InvalidData, &["mnist", "images must be 3-D", "[10003, 4]"], || {
-            Mnist::from_idx_dir(idx_dir("2d", 10_003, 0x08, 0x08, false))
+            load_idx_dir("2d", 10_003, 0x08, 0x08, false)
         }),
         case("mnist: IDX labels not u8", InvalidData, &["mnist", "labels must be u8", "int8"], || {
-            Mnist::from_idx_dir(idx_dir("lab", 10_003, 0x08, 0x09, true))
+            load_idx_dir("lab", 10_003, 0x08, 0x09, true)
         }),
     ]
 }
@@ -2662,7 +2683,7 @@ fn corrected_calls_succeed() {
     pickle::from_reader(&gz(b"\x80\x02K\x01.")[..]).unwrap();
     idx::from_reader(&idx_bytes(8, &[2], &[1, 2])[..]).unwrap();
     Mnist::from_value(mnist_with(good_split())).unwrap();
-    let m = Mnist::from_idx_dir(idx_dir("ok", 10_003, 0x08, 0x08, true)).unwrap();
+    let m = load_idx_dir("ok", 10_003, 0x08, 0x08, true).unwrap();
     assert_eq!(m.train.0.dim(), (3, 4));
 }
 
