@@ -27,6 +27,14 @@
 //! 1024^3 and 2048^3 at 1 and 2 threads (see `archparam::preferred_kernel`).
 //! `CONVINIT_GEMM_KERNEL=avx2` tries the other.
 //!
+//! The indirect GEMM of the AVX-512 kernel runs rows whose last 512-bit vector would be
+//! at most half used (1 to 8 channels past a multiple of 16) on 256-bit vectors on a
+//! Zen 4, in 8 x 24 tiles (32 registers with AVX-512VL): there a 256-bit FMA issues
+//! twice a cycle and a 512-bit one once, so the notebook's 8- and 1-channel layers run
+//! their direct path 10-30% faster. Elsewhere a half-empty 512-bit vector costs no more
+//! than a full 256-bit one. `CONVINIT_HALF_VECTORS=on|off` forces the choice (read
+//! once).
+//!
 //! # Block sizes
 //! The block sizes ([`GemmBlocks`]: `KC`, `MC`, the L2 budget, `NC`) of each kernel are
 //! derived once from the caches [`crate::cpu::CpuInfo`] reads: the values measured on a

@@ -143,6 +143,30 @@ pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) 
     unsafe { super::indirect::indirect_body_live::<Avx512, 8, 3>(args) }
 }
 
+/// The indirect kernel on 256-bit vectors, for rows whose channels would leave half of
+/// a 512-bit vector empty ([`super::Kernel::indirect_ldw`]): the AVX2 vector operations
+/// compiled with AVX-512VL, so the tile has 32 registers (8 positions x up to 24
+/// channels) instead of AVX2's 16.
+///
+/// # Safety
+/// The CPU supports AVX-512F, AVX-512VL, AVX2 and FMA, and `args` satisfies
+/// `indirect_body`'s contract for 8-lane vectors.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn indirect_kernel_half(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2` and more.
+    unsafe { super::indirect::indirect_body::<super::avx2::Avx2, 8, 3>(args) }
+}
+
+/// [`indirect_kernel_half`] for rows of live channels.
+///
+/// # Safety
+/// As [`indirect_kernel_half`].
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn indirect_kernel_half_live(args: &super::indirect::IndirectArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2` and more.
+    unsafe { super::indirect::indirect_body_live::<super::avx2::Avx2, 8, 3>(args) }
+}
+
 /// The B-indirect (phase conv) kernel compiled for AVX-512F: 8 x 48 tiles.
 ///
 /// # Safety

@@ -121,6 +121,17 @@ impl Kernel {
         }
     }
 
+    /// The row width of an [`indirect_gemm`] whose rows hold `channels` channels: a
+    /// multiple of [`Kernel::lanes`], except that the AVX-512 kernel runs rows whose
+    /// last 512-bit vector would be at most half used (1 to 8 channels past a multiple
+    /// of 16) on 256-bit vectors (a multiple of 8) where [`half_vectors`] says so. At
+    /// least one vector.
+    pub(crate) fn indirect_ldw(self, channels: usize) -> usize {
+        let half = self == Kernel::Avx512 && (1..=8).contains(&(channels % 16)) && half_vectors();
+        let lanes = if half { 8 } else { self.lanes() };
+        channels.next_multiple_of(lanes).max(lanes)
+    }
+
     /// Columns of one register tile (`NR`): the B-indirect kernel's reads of a row run
     /// up to a multiple of this.
     pub(crate) fn tile_cols(self) -> usize {
@@ -523,6 +534,47 @@ pub(crate) fn macro_kernel(
     }
 }
 
+/// Whether the AVX-512 kernel runs narrow rows of [`indirect_gemm`] on 256-bit vectors
+/// ([`Kernel::indirect_ldw`]): `CONVINIT_HALF_VECTORS=on` or `off` if set, else on a
+/// Zen 4 only. Needs AVX-512VL (for 32 registers) besides AVX2 and FMA; off without.
+/// Read once per process.
+///
+/// Zen 4 issues a 512-bit FMA as two 256-bit halves, one a cycle, and a 256-bit FMA
+/// two a cycle: a 512-bit vector half empty costs a full vector's time there, twice
+/// its 256-bit half's. Measured there (1 thread, off -> on, medians of 5-12
+/// interleaved runs): the notebook net's layers at N = 1000, channels-last, the first
+/// (1 -> 8 channels, 5x5, stride 2) forward 2.09 -> 1.46 ms, its backward 8.7 -> 7.8;
+/// the second's backward (8 input channels) 4.39 -> 4.06; the last's forward (1
+/// output channel) 0.39 -> 0.30; seed_l1 / seed_l2 backward 0.60 / 0.45 -> 0.53 /
+/// 0.39. Zen 5's desktop and server parts and Intel's AVX-512 cores run a 512-bit
+/// FMA at the rate of a 256-bit one, so a half-empty 512-bit vector costs them
+/// nothing more; they keep 512 bits (not measured there).
+pub(crate) fn half_vectors() -> bool {
+    static HALF: OnceLock<bool> = OnceLock::new();
+    *HALF.get_or_init(|| {
+        let wanted = match std::env::var("CONVINIT_HALF_VECTORS").as_deref() {
+            Ok("on") => true,
+            Ok("off") => false,
+            _ => crate::cpu::CpuInfo::get().microarch == crate::cpu::Microarch::Zen4,
+        };
+        wanted && half_supported()
+    })
+}
+
+/// Whether this CPU can run the AVX-512 kernel's 256-bit indirect tiles.
+fn half_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Kernel::Avx512.is_supported()
+            && Kernel::Avx2.is_supported()
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Offsets with an upper bound on them, found once when they are made, so that
 /// [`indirect_gemm`]'s bounds checks are one comparison per call instead of a scan of
 /// every offset (those scans, per call, were 1.9% of `train_mnist`'s profile). The
@@ -658,7 +710,8 @@ impl<'a> IndirectOut<'a> {
 /// (`+=`).
 ///
 /// `w` is `offs.len() x ldw` (the weights packed tap-major, channels padded with zeros
-/// to `ldw`, a multiple of [`Kernel::lanes`]).
+/// to `ldw`, a multiple of [`Kernel::lanes`]; for the AVX-512 kernel an odd multiple of
+/// 8 runs on 256-bit vectors, see [`Kernel::indirect_ldw`]).
 ///
 /// # Panics
 /// If `ldw` is not a positive multiple of the kernel's vector width, `w`, the output
@@ -674,10 +727,12 @@ pub(crate) fn indirect_gemm(
     out: IndirectOut<'_>,
 ) {
     let (rows, k) = (bases.len(), offs.len());
+    // The AVX-512 kernel's rows of odd multiples of 8 run on 256-bit vectors.
+    let half = kernel == Kernel::Avx512 && ldw.is_multiple_of(8) && !ldw.is_multiple_of(16);
+    let lanes = if half { 8 } else { kernel.lanes() };
     assert!(
-        ldw > 0 && ldw.is_multiple_of(kernel.lanes()),
-        "indirect: ldw {ldw} is not a multiple of {}",
-        kernel.lanes()
+        ldw > 0 && ldw.is_multiple_of(lanes),
+        "indirect: ldw {ldw} is not a multiple of {lanes}"
     );
     assert!(w.len() >= k * ldw, "indirect: packed weights too short");
     let IndirectOut {
@@ -744,6 +799,10 @@ pub(crate) fn indirect_gemm(
         kernel.is_supported(),
         "{kernel:?} not supported by this CPU"
     );
+    assert!(
+        !half || half_supported(),
+        "indirect: ldw {ldw} needs AVX-512VL for 256-bit vectors"
+    );
     let args = indirect::IndirectArgs {
         x: x.as_ptr(),
         bases: bases.v.as_ptr(),
@@ -765,10 +824,15 @@ pub(crate) fn indirect_gemm(
     // SAFETY: the asserts above check every read of `x` (a bound on the bases plus a
     // bound on the offsets is inside it), the lengths of `w` and the bias, every output
     // row against `c` (through the bound on the row starts and the span of a row's
-    // channels), `ldw` against the vector width, and the CPU.
+    // channels), `ldw` against the vector width (8 floats for the AVX-512 kernel's
+    // 256-bit tiles), and the CPU (AVX-512VL too for those).
     unsafe {
         let live = args.c_channels.is_some();
         match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if half && live => avx512::indirect_kernel_half_live(&args),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if half => avx512::indirect_kernel_half(&args),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 if live => avx512::indirect_kernel_live(&args),
             #[cfg(target_arch = "x86_64")]
@@ -1202,10 +1266,14 @@ mod indirect_tests {
     fn indirect_gemm_matches_a_plain_loop_for_every_kernel() {
         for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
             let lanes = kernel.lanes();
-            for nvec in [1, 2, 3, 4, 5, 6, 8, 12] {
+            let mut widths: Vec<usize> = [1, 2, 3, 4, 5, 6, 8, 12].map(|v| v * lanes).into();
+            if kernel == Kernel::Avx512 && half_supported() {
+                // Rows of odd multiples of 8 floats, on 256-bit vectors.
+                widths.extend([8, 24, 40, 56]);
+            }
+            for ldw in widths {
                 for (rows, k) in [(3, 0), (1, 1), (7, 9), (13, 30), (25, 400)] {
-                    let ldw = nvec * lanes;
-                    let x = vals(rows * 2 + k * 3 + 1, nvec);
+                    let x = vals(rows * 2 + k * 3 + 1, ldw / 8);
                     let bases = Offsets::new((0..rows).map(|p| p * 2).collect());
                     let offs = Offsets::new((0..k).map(|t| t * 3).collect());
                     let (bases_v, offs_v) = (bases.as_slice(), offs.as_slice());
@@ -1236,7 +1304,7 @@ mod indirect_tests {
                                 let got = out[p * ldw + o] as f64;
                                 assert!(
                                     (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                    "{kernel:?} nvec {nvec} rows {rows} k {k} acc {accumulate} \
+                                    "{kernel:?} ldw {ldw} rows {rows} k {k} acc {accumulate} \
                                      at ({p}, {o}): {got} against {want}"
                                 );
                             }
@@ -1275,7 +1343,7 @@ mod indirect_tests {
                             assert_eq!(
                                 got.to_bits(),
                                 want.to_bits(),
-                                "{kernel:?} nvec {nvec} rows {rows} k {k} acc {accumulate} \
+                                "{kernel:?} ldw {ldw} rows {rows} k {k} acc {accumulate} \
                                  placed, at {e}"
                             );
                         }
@@ -1314,7 +1382,7 @@ mod indirect_tests {
                                 assert_eq!(
                                     got.to_bits(),
                                     w.to_bits(),
-                                    "{kernel:?} nvec {nvec} rows {rows} k {k} acc \
+                                    "{kernel:?} ldw {ldw} rows {rows} k {k} acc \
                                      {accumulate} live {live} stride {stride}, at {e}"
                                 );
                             }

@@ -20,6 +20,11 @@
 //! to whole vectors (no transpose). The sums are the same, in the same order, so the
 //! bits are those of the channel-major run.
 //!
+//! Each kernel row holds the output channels (forward, weight gradient) or the input
+//! channels (input gradient) padded to [`Kernel::indirect_ldw`]: whole vectors, which
+//! on a Zen 4 are 256-bit ones for the AVX-512 kernel when a 512-bit vector would be
+//! at most half used (the notebook's 8- and 1-channel layers).
+//!
 //! It pays where im2col does not: the column matrix costs a gather per element to build
 //! and a scatter per element to fold back, which dominated the notebook's small layers
 //! (two thirds of their forward time), and an extra pass over memory on large ones.
@@ -126,7 +131,7 @@ pub(super) fn forward(
         return Ok(());
     }
     let kernel = ops.plan.kernel;
-    let ldw = o.next_multiple_of(kernel.lanes());
+    let ldw = kernel.indirect_ldw(o);
     let idx = DirectIndex::new(geo, ops.x_last)?;
     let w = pack_weights(kernel, ops.w, ldw)?;
     // The window corners of the most images a call of any tile takes, built once (per
@@ -414,7 +419,6 @@ impl Backward {
     pub(super) fn new(ops: &Operands<'_>, want_dx: bool) -> Result<Self> {
         let geo = ops.geo;
         let kernel = ops.plan.kernel;
-        let lanes = kernel.lanes();
         let (o, c) = (geo.out_channels, geo.in_channels);
         let (kh, kw) = geo.kernel;
         let idx = DirectIndex::new(geo, ops.x_last)?;
@@ -423,7 +427,7 @@ impl Backward {
         let calls = images_per_call(image_len(geo, &idx), chunk_images(geo.batch));
         let dx = if want_dx {
             let t = TransposeIndex::new(geo)?;
-            let ldc = c.next_multiple_of(lanes).max(lanes);
+            let ldc = kernel.indirect_ldw(c);
             let plane = t.rows * t.cols;
             let mut classes = t
                 .classes
@@ -516,7 +520,7 @@ impl Backward {
             idx,
             x_last: ops.x_last,
             dy_last: ops.y_last,
-            ldo: o.next_multiple_of(lanes).max(lanes),
+            ldo: kernel.indirect_ldw(o),
             dx,
         })
     }
