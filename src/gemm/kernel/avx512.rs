@@ -167,6 +167,19 @@ pub(super) unsafe fn indirect_kernel_half_live(args: &super::indirect::IndirectA
     unsafe { super::indirect::indirect_body_live::<super::avx2::Avx2, 8, 3>(args) }
 }
 
+/// The B-indirect kernel on 256-bit vectors, 8 x 24 tiles in 32 registers (the AVX2
+/// vector operations compiled with AVX-512VL): the phase forward's row-by-row tiling
+/// on a Zen 4 (see `indirect_b_gemm_real`).
+///
+/// # Safety
+/// The CPU supports AVX-512F, AVX-512VL, AVX2 and FMA, and `args` satisfies
+/// `indirect_b_body`'s contract for 8 x 24 tiles.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn indirect_b_kernel_half(args: &super::indirect::IndirectBArgs) {
+    // SAFETY: forwarded contract; this function enables the ISA of `Avx2` and more.
+    unsafe { super::indirect::indirect_b_body::<super::avx2::Avx2, 8, 3>(args) }
+}
+
 /// The B-indirect (phase conv) kernel compiled for AVX-512F: 8 x 48 tiles.
 ///
 /// # Safety

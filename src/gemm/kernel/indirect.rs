@@ -452,6 +452,9 @@ pub(crate) struct ExtOut {
     pub ow: usize,
     /// `m` floats, or null.
     pub bias: *const f32,
+    /// Tile the real columns row by row ([`indirect_b_rows`]) instead of running the
+    /// tiles along the whole extended grid.
+    pub by_rows: bool,
 }
 
 /// Which lanes of the vector of columns `es..es + LANES` (below `n`) are real in `ext`,
@@ -471,6 +474,111 @@ fn ext_lanes<S: Simd>(es: usize, n: usize, ext: &ExtOut) -> (u32, usize) {
         }
     }
     (keep, start)
+}
+
+/// [`indirect_b_body`] on an extended grid tiled row by row: each register tile covers
+/// up to `NR` real columns of one extended row, so no lane computes a discarded column
+/// and the tile's vectors are stored as they are (a row's last one masked to its real
+/// lanes). Where the rows' real columns fill whole vectors (24 of 28 in the notebook's
+/// 5x5 layer, on 8-lane vectors) it computes `ow / cols` of the flat grid's work. The
+/// sums are the flat grid's, in the same order.
+///
+/// # Safety
+/// As [`indirect_b_body`] with `ext`, except that B's rows are read, for each extended
+/// row `r` with real columns, from `b + offs[kk] + r * cols` up to its real columns
+/// rounded up to `NR`.
+#[inline(always)]
+unsafe fn indirect_b_rows<S: Simd, const MR: usize, const NV: usize>(
+    args: &IndirectBArgs,
+    x: &ExtOut,
+) {
+    let n = args.n;
+    // SAFETY: each tile reads B within its row's real columns rounded up to whole
+    // vectors, as the contract allows, and stores only the real columns of `m` rows of
+    // `y`.
+    unsafe {
+        for r in 0..n.div_ceil(x.cols) {
+            let real = x.ow.min(n - r * x.cols);
+            // The row's vectors in tiles as even as possible: 4 as 2 + 2, 7 as 3 + 2 + 2
+            // (a tile of 3 vectors with one used would compute three).
+            let nvec = real.div_ceil(S::LANES);
+            let tiles = nvec.div_ceil(NV);
+            let mut v0 = 0;
+            for t in 0..tiles {
+                let nv = (nvec - v0).div_ceil(tiles - t);
+                let e0 = v0 * S::LANES;
+                let width = (nv * S::LANES).min(real - e0);
+                match nv {
+                    3.. => row_tile::<S, MR, 3>(args, x, r, e0, width),
+                    2 => row_tile::<S, MR, 2>(args, x, r, e0, width),
+                    _ => row_tile::<S, MR, 1>(args, x, r, e0, width),
+                }
+                v0 += nv;
+            }
+        }
+    }
+}
+
+/// The tiles of [`indirect_b_rows`] for columns `e0..e0 + width` of extended row `r`
+/// (`width` at most `NV` vectors), every panel of A.
+///
+/// # Safety
+/// As [`indirect_b_rows`], for those columns.
+#[inline(always)]
+unsafe fn row_tile<S: Simd, const MR: usize, const NV: usize>(
+    args: &IndirectBArgs,
+    x: &ExtOut,
+    r: usize,
+    e0: usize,
+    width: usize,
+) {
+    let IndirectBArgs {
+        a, m, k, b, offs, ..
+    } = *args;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let one = S::splat(1.0);
+        let bb = b.add(r * x.cols + e0);
+        for ip in 0..m.div_ceil(MR) {
+            let rows = MR.min(m - ip * MR);
+            let ap = a.add(ip * MR * k);
+            let mut acc = [[S::zero(); NV]; MR];
+            for kk in 0..k {
+                let bp = bb.add(*offs.add(kk));
+                let mut bv = [S::zero(); NV];
+                for (v, bx) in bv.iter_mut().enumerate() {
+                    *bx = S::load(bp.add(v * S::LANES));
+                }
+                let ak = ap.add(kk * MR);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = S::splat(*ak.add(i));
+                    for (c, bvv) in row.iter_mut().zip(bv) {
+                        *c = S::fma(ai, bvv, *c);
+                    }
+                }
+            }
+            // A copy, as in `indirect_b_body`.
+            let fin = acc;
+            for (i, row) in fin.iter().enumerate().take(rows) {
+                let ri = ip * MR + i;
+                let yr = x.y.add(ri * x.ldy + r * x.ow + e0);
+                for (v, &val) in row.iter().enumerate() {
+                    let lanes = width.saturating_sub(v * S::LANES).min(S::LANES);
+                    let val = if x.bias.is_null() {
+                        val
+                    } else {
+                        // `1 * b + v`: `v + b` rounded once, as an add.
+                        S::fma(S::splat(*x.bias.add(ri)), one, val)
+                    };
+                    if lanes == S::LANES {
+                        S::store(yr.add(v * S::LANES), val);
+                    } else {
+                        S::store_strided(yr.add(v * S::LANES), 1, lanes, val);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `C = A x B` with B's rows read in place at offsets: `c[i * ldc + e] = sum_kk
@@ -499,6 +607,10 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
         ldc,
         ext,
     } = *args;
+    if let Some(x) = ext.filter(|x| x.by_rows) {
+        // SAFETY: the caller's contract, for the row-by-row tiling.
+        return unsafe { indirect_b_rows::<S, MR, NV>(args, &x) };
+    }
     let nr = NV * S::LANES;
     // SAFETY: reads stay inside the panels and B's rows as the contract allows; full
     // tiles store inside C's `m x n`, edge tiles go through a stack buffer and only

@@ -983,6 +983,25 @@ pub(crate) fn indirect_b_gemm_real(
     y: &mut [f32],
     ldy: usize,
 ) {
+    let by_rows = rows_pay(kernel, out.cols, out.ow);
+    real_columns(kernel, a, m, b, offs, n, out, y, ldy, by_rows);
+}
+
+/// [`indirect_b_gemm_real`], tiled row by row on the AVX-512 kernel's 256-bit tiles
+/// when `by_rows` (which needs the AVX-512 kernel and [`half_supported`]).
+#[allow(clippy::too_many_arguments)]
+fn real_columns(
+    kernel: Kernel,
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: RealColumns<'_>,
+    y: &mut [f32],
+    ldy: usize,
+    by_rows: bool,
+) {
     let RealColumns { cols, ow, bias } = out;
     assert!(
         cols > 0 && ow <= cols,
@@ -1004,6 +1023,10 @@ pub(crate) fn indirect_b_gemm_real(
         }
         return;
     }
+    assert!(
+        !by_rows || (kernel == Kernel::Avx512 && half_supported()),
+        "indirect B: row tiles need the AVX-512 kernel with AVX-512VL"
+    );
     let args = indirect::IndirectBArgs {
         ext: Some(indirect::ExtOut {
             y: y.as_mut_ptr(),
@@ -1011,12 +1034,47 @@ pub(crate) fn indirect_b_gemm_real(
             cols,
             ow,
             bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            by_rows,
         }),
         ..b_args(kernel, a, m, b, offs, n)
     };
+    if by_rows {
+        // Each row's tiles read its real columns rounded up to whole 8-lane vectors:
+        // the last row's reach past the furthest tap's start must be inside `b`.
+        let last_row = (n - 1) / cols * cols;
+        let reach = last_row + (n - last_row).min(ow).next_multiple_of(8);
+        let furthest = offs.iter().max().copied().unwrap_or(0);
+        assert!(
+            furthest + reach <= b.len(),
+            "indirect B: a row of B reads past its image"
+        );
+        // SAFETY: as below; the CPU runs the 256-bit tiles (asserted above), and every
+        // row's reads stay within `b` (the last row reaches furthest).
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { avx512::indirect_b_kernel_half(&args) };
+    }
     // SAFETY: `b_args` checked A, B and the CPU; every real column of every row lands
     // below `(m - 1) * ldy + real` in `y` (checked above), and the bias holds `m` floats.
     unsafe { run_indirect_b(kernel, &args) }
+}
+
+/// Whether [`indirect_b_gemm_real`] tiles an extended grid of `cols` columns, `ow`
+/// real, row by row on 256-bit vectors: with the AVX-512 kernel where
+/// [`half_vectors`] says (a Zen 4, on which a 256-bit FMA costs half a 512-bit one),
+/// when a row's real columns rounded up to whole 8-lane vectors are no more than the
+/// extended grid's columns. The row tiles then compute no more columns, and store
+/// whole vectors where the flat grid compresses each vector's real lanes.
+///
+/// Zen 4, 1 thread, phase forward, flat -> rows (medians of 6 interleaved runs):
+/// nb_32x1x5 (24 real of 28 columns) 2.89 -> 2.15 ms; 100 x 3 -> 16, 32x32, 3x3 pad 1
+/// (32 of 34) 1.19 -> 1.03; 100 x 4 -> 16, 56x56 (56 of 58) 5.10 -> 4.78. With as
+/// many columns either way (14 real of 16): seed_l1 0.146 -> 0.122; 100 x 1 -> 16,
+/// 14x14, 3x3 0.128 -> 0.094-0.114; with more taps per tile the stores weigh less:
+/// 100 x 2 -> 16, 28x28, 5x5 stride 2 0.432 -> 0.426, 100 x 6 -> 16, 14x14, 3x3
+/// 0.444 -> 0.441, and 100 x 3 -> 16, 28x28, 5x5 stride 2 0.615 -> 0.628, the one
+/// loss measured.
+fn rows_pay(kernel: Kernel, cols: usize, ow: usize) -> bool {
+    kernel == Kernel::Avx512 && ow > 0 && ow.next_multiple_of(8) <= cols && half_vectors()
 }
 
 /// A (`m x k`) packed in `kernel`'s `MR`-row micro-panels, zero-padded, as
@@ -1398,16 +1456,26 @@ mod indirect_tests {
         // (m, taps, rows of the grid, cols, real cols): grids narrower than a vector
         // (a vector across several rows), all columns real, one real column, rows of
         // A off the tile.
-        let cases: [(usize, usize, usize, usize, usize); 6] = [
+        let cases: [(usize, usize, usize, usize, usize); 9] = [
             (1, 1, 1, 1, 1),
             (16, 25, 24, 28, 24),
             (8, 9, 14, 16, 14),
             (13, 30, 7, 8, 7),
             (5, 4, 5, 5, 1),
             (33, 10, 3, 20, 20),
+            // Rows of 7 and 4 vectors of 8 (row tiles of 3 + 2 + 2 and 2 + 2), and 9.
+            (12, 7, 4, 60, 56),
+            (9, 5, 3, 40, 32),
+            (8, 3, 2, 11, 9),
         ];
         for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
-            for (m, k, h, cols, ow) in cases {
+            // The AVX-512 kernel also tiled row by row, on 256-bit vectors.
+            let rows_too = kernel == Kernel::Avx512 && half_supported();
+            for (m, k, h, cols, ow, by_rows) in cases
+                .into_iter()
+                .flat_map(|(m, k, h, c, o)| [(m, k, h, c, o, false), (m, k, h, c, o, true)])
+                .filter(|c| !c.5 || rows_too)
+            {
                 let n = h * cols;
                 let nr = kernel.tile().1;
                 let b = vals(k * 3 + n.next_multiple_of(nr) + 1, 4);
@@ -1429,11 +1497,12 @@ mod indirect_tests {
                     }
                     let mut y = vec![7.5f32; m * ldy];
                     let to = RealColumns { cols, ow, bias: bs };
-                    indirect_b_gemm_real(kernel, &a, m, &b, &offs, n, to, &mut y, ldy);
+                    real_columns(kernel, &a, m, &b, &offs, n, to, &mut y, ldy, by_rows);
                     let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
                         same,
-                        "{kernel:?} m {m} k {k} grid {h}x{cols} real {ow} bias {}",
+                        "{kernel:?} m {m} k {k} grid {h}x{cols} real {ow} bias {} rows \
+                         {by_rows}",
                         bs.is_some()
                     );
                 }

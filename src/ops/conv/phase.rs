@@ -8,9 +8,11 @@
 //!   ([`crate::gemm`]'s `indirect_b_gemm_real`) reads each tap's run of the planes in
 //!   place, `out (O, ext) = W x planes[tap + e]` per group, which comes out
 //!   channel-major; it stores the real columns of `out`, plus the bias, straight into
-//!   `y` (on AVX-512 one register compress and masked store per vector). The default forward of layers with
-//!   few input channels or groups, where the direct path's tile of output channels would
-//!   run half empty or cannot run.
+//!   `y` (on AVX-512 one register compress and masked store per vector; on a Zen 4 the
+//!   tiles run row by row on 256-bit vectors when the rows' real columns fill them, so
+//!   no lane computes a discarded column). The default forward of layers with few input
+//!   channels or groups, where the direct path's tile of output channels would run half
+//!   empty or cannot run.
 //! - Backward, per tile of whole images side by side: the extended column matrix is
 //!   built by contiguous copies and `dy` is spread onto the extended grid (zero in the
 //!   discarded columns). [`weight_grad`]: `dW += dy_ext x cols^T` (the discarded
