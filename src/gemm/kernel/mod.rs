@@ -10,6 +10,11 @@
 //! | `avx2`      | `__m256` | 6 x 16         | 12 ymm       |
 //! | `fallback`  | `[f32;8]`| 4 x 8          | plain Rust   |
 //!
+//! On a Zen 4 the AVX-512 kernel's indirect GEMMs (the direct and phase conv paths)
+//! also run 8 x 24 tiles of 256-bit vectors, the AVX2 vector operations compiled with
+//! AVX-512VL (32 registers), where 512-bit vectors would run half empty
+//! ([`Kernel::indirect_ldw`], `half_vectors`).
+//!
 //! The tile's `NR` side runs along the rows of C (C is made row-major by the loop nest
 //! when it can be), so full tiles load and store C with unit stride. Edge tiles and C
 //! with other strides go through a stack buffer holding the tile, so every element of C
