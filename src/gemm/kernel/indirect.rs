@@ -476,6 +476,41 @@ fn ext_lanes<S: Simd>(es: usize, n: usize, ext: &ExtOut) -> (u32, usize) {
     (keep, start)
 }
 
+/// One `MR x NV` tile's sums of the B-indirect kernels: `sum_kk a[i, kk] *
+/// b[offs[kk] + e]` for the `MR` rows of the A panel at `ap` and the `NV` vectors of
+/// columns from `b`.
+///
+/// # Safety
+/// `ap` holds `k * MR` readable f32, `offs` `k` offsets, and `b + offs[kk]` starts
+/// `NV * S::LANES` readable f32 for each; the caller runs under `S`'s target features.
+#[inline(always)]
+unsafe fn b_sums<S: Simd, const MR: usize, const NV: usize>(
+    ap: *const f32,
+    k: usize,
+    b: *const f32,
+    offs: *const usize,
+) -> [[S::V; NV]; MR] {
+    // SAFETY: the caller's contract covers every read.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; MR];
+        for kk in 0..k {
+            let bp = b.add(*offs.add(kk));
+            let mut bv = [S::zero(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = S::load(bp.add(v * S::LANES));
+            }
+            let ak = ap.add(kk * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = S::splat(*ak.add(i));
+                for (x, bvv) in row.iter_mut().zip(bv) {
+                    *x = S::fma(ai, bvv, *x);
+                }
+            }
+        }
+        acc
+    }
+}
+
 /// [`indirect_b_body`] on an extended grid tiled row by row: each register tile covers
 /// up to `NR` real columns of one extended row, so no lane computes a discarded column
 /// and the tile's vectors are stored as they are (a row's last one masked to its real
@@ -542,21 +577,7 @@ unsafe fn row_tile<S: Simd, const MR: usize, const NV: usize>(
         for ip in 0..m.div_ceil(MR) {
             let rows = MR.min(m - ip * MR);
             let ap = a.add(ip * MR * k);
-            let mut acc = [[S::zero(); NV]; MR];
-            for kk in 0..k {
-                let bp = bb.add(*offs.add(kk));
-                let mut bv = [S::zero(); NV];
-                for (v, bx) in bv.iter_mut().enumerate() {
-                    *bx = S::load(bp.add(v * S::LANES));
-                }
-                let ak = ap.add(kk * MR);
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = S::splat(*ak.add(i));
-                    for (c, bvv) in row.iter_mut().zip(bv) {
-                        *c = S::fma(ai, bvv, *c);
-                    }
-                }
-            }
+            let acc = b_sums::<S, MR, NV>(ap, k, bb, offs);
             // A copy, as in `indirect_b_body`.
             let fin = acc;
             for (i, row) in fin.iter().enumerate().take(rows) {
@@ -634,21 +655,7 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
             for ip in 0..m.div_ceil(MR) {
                 let rows = MR.min(m - ip * MR);
                 let ap = a.add(ip * MR * k);
-                let mut acc = [[S::zero(); NV]; MR];
-                for kk in 0..k {
-                    let bp = b.add(*offs.add(kk) + e0);
-                    let mut bv = [S::zero(); NV];
-                    for (v, x) in bv.iter_mut().enumerate() {
-                        *x = S::load(bp.add(v * S::LANES));
-                    }
-                    let ak = ap.add(kk * MR);
-                    for (i, row) in acc.iter_mut().enumerate() {
-                        let ai = S::splat(*ak.add(i));
-                        for (x, bvv) in row.iter_mut().zip(bv) {
-                            *x = S::fma(ai, bvv, *x);
-                        }
-                    }
-                }
+                let acc = b_sums::<S, MR, NV>(ap, k, b.add(e0), offs);
                 if let Some(x) = &ext {
                     // A copy: indexing the accumulators by a loop variable would keep
                     // them in memory through the loop above.
