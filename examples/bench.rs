@@ -347,6 +347,7 @@ fn gemm_json() -> Value {
     let blocks = |b: GemmBlocks| json!({"mr": b.mr, "nr": b.nr, "kc": b.kc, "mc": b.mc, "l2_budget": b.l2_budget, "nc": b.nc});
     json!({
         "kernel": k.name(),
+        "half_vectors": k.half_vectors(),
         "blocks": blocks(k.blocks()),
         "detected_blocks": blocks(k.detected_blocks()),
     })

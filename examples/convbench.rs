@@ -632,6 +632,8 @@ struct Context {
     reps: usize,
     peak: f64,
     kernel: &'static str,
+    /// The kernel runs narrow rows on 256-bit vectors (`Kernel::half_vectors`).
+    half_vectors: bool,
     cpu: String,
     /// `--memory-format`, as it is spelled there.
     layout: &'static str,
@@ -732,11 +734,16 @@ fn aligned(rows: &[Vec<String>], right: &[bool]) -> String {
 
 fn print_table(ctx: &Context, results: &[ShapeResult]) {
     println!(
-        "convbench: {} thread{}, FMA peak {:.1} GFLOP/s, GEMM kernel {}, {} reps, {} tensors, {}",
+        "convbench: {} thread{}, FMA peak {:.1} GFLOP/s, GEMM kernel {}{}, {} reps, {} tensors, {}",
         ctx.threads,
         if ctx.threads == 1 { "" } else { "s" },
         ctx.peak,
         ctx.kernel,
+        if ctx.half_vectors {
+            " (256-bit tiles for narrow rows)"
+        } else {
+            ""
+        },
         ctx.reps,
         ctx.layout,
         ctx.cpu
@@ -1002,6 +1009,7 @@ fn to_json(ctx: &Context, results: &[ShapeResult]) -> Value {
         "memory_format": ctx.layout,
         "reps": ctx.reps,
         "kernel": ctx.kernel,
+        "half_vectors": ctx.half_vectors,
         "fma_peak_gflops": round(ctx.peak, 1),
         "conv2d": conv2d,
         "shapes": shapes,
@@ -1044,6 +1052,7 @@ fn main() {
         reps: o.reps,
         peak: peak::fma_peak(o.threads),
         kernel: Kernel::selected().name(),
+        half_vectors: Kernel::selected().half_vectors(),
         cpu: cpu_name(),
         layout: match o.memory_format {
             MemoryFormat::ChannelsLast => "channels-last",

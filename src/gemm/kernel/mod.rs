@@ -126,13 +126,21 @@ impl Kernel {
         }
     }
 
+    /// Whether this kernel runs the conv paths' narrow rows on 256-bit vectors in this
+    /// process: the AVX-512 kernel on a Zen 4 (where a 256-bit FMA costs half a
+    /// 512-bit one), or as `CONVINIT_HALF_VECTORS=on|off` forces it (see
+    /// [the module docs](crate::gemm#default-kernel)). For benchmark reports.
+    pub fn half_vectors(self) -> bool {
+        self == Kernel::Avx512 && half_vectors()
+    }
+
     /// The row width of an [`indirect_gemm`] whose rows hold `channels` channels: a
     /// multiple of [`Kernel::lanes`], except that the AVX-512 kernel runs rows whose
     /// last 512-bit vector would be at most half used (1 to 8 channels past a multiple
     /// of 16) on 256-bit vectors (a multiple of 8) where [`half_vectors`] says so. At
     /// least one vector.
     pub(crate) fn indirect_ldw(self, channels: usize) -> usize {
-        let half = self == Kernel::Avx512 && (1..=8).contains(&(channels % 16)) && half_vectors();
+        let half = (1..=8).contains(&(channels % 16)) && self.half_vectors();
         let lanes = if half { 8 } else { self.lanes() };
         channels.next_multiple_of(lanes).max(lanes)
     }
@@ -1079,7 +1087,7 @@ fn real_columns(
 /// 0.444 -> 0.441, and 100 x 3 -> 16, 28x28, 5x5 stride 2 0.615 -> 0.628, the one
 /// loss measured.
 fn rows_pay(kernel: Kernel, cols: usize, ow: usize) -> bool {
-    kernel == Kernel::Avx512 && ow > 0 && ow.next_multiple_of(8) <= cols && half_vectors()
+    ow > 0 && ow.next_multiple_of(8) <= cols && kernel.half_vectors()
 }
 
 /// A (`m x k`) packed in `kernel`'s `MR`-row micro-panels, zero-padded, as
@@ -1314,6 +1322,36 @@ unsafe fn gather_group<const G: usize>(
 #[cfg(test)]
 mod indirect_tests {
     use super::*;
+
+    /// The 256-bit rows: the AVX-512 kernel's only, on a Zen 4 or as the setting says,
+    /// and then exactly for rows whose last 512-bit vector would be at most half used.
+    #[test]
+    fn narrow_rows_run_on_256_bit_vectors_where_chosen() {
+        assert!(!Kernel::Avx2.half_vectors() && !Kernel::Fallback.half_vectors());
+        let zen4 = crate::cpu::CpuInfo::get().microarch == crate::cpu::Microarch::Zen4;
+        let wanted = match std::env::var("CONVINIT_HALF_VECTORS").as_deref() {
+            Ok("on") => true,
+            Ok("off") => false,
+            _ => zen4,
+        };
+        let half = Kernel::Avx512.half_vectors();
+        assert_eq!(half, wanted && half_supported());
+        for channels in 0..=70 {
+            let ldw = Kernel::Avx512.indirect_ldw(channels);
+            let narrow = (1..=8).contains(&(channels % 16));
+            let want = match half && narrow {
+                true => channels.next_multiple_of(8),
+                false => channels.next_multiple_of(16).max(16),
+            };
+            assert_eq!(ldw, want, "{channels} channels, 256-bit rows {half}");
+            for k in [Kernel::Avx2, Kernel::Fallback] {
+                assert_eq!(
+                    k.indirect_ldw(channels),
+                    channels.next_multiple_of(8).max(8)
+                );
+            }
+        }
+    }
 
     /// Distinct floats of both signs.
     fn vals(len: usize, seed: usize) -> Vec<f32> {
