@@ -549,8 +549,9 @@ pub(crate) fn macro_kernel(
 
 /// Whether the AVX-512 kernel runs narrow rows of [`indirect_gemm`] on 256-bit vectors
 /// ([`Kernel::indirect_ldw`]): `CONVINIT_HALF_VECTORS=on` or `off` if set, else on a
-/// Zen 4 only. Needs AVX-512VL (for 32 registers) besides AVX2 and FMA; off without.
-/// Read once per process.
+/// Zen 4 only (another value is ignored with a warning on standard error). Needs
+/// AVX-512VL (for 32 registers) besides AVX2 and FMA; off without. Read once per
+/// process.
 ///
 /// Zen 4 issues a 512-bit FMA as two 256-bit halves, one a cycle, and a 256-bit FMA
 /// two a cycle: a 512-bit vector half empty costs a full vector's time there, twice
@@ -565,10 +566,16 @@ pub(crate) fn macro_kernel(
 pub(crate) fn half_vectors() -> bool {
     static HALF: OnceLock<bool> = OnceLock::new();
     *HALF.get_or_init(|| {
+        let zen4 = || crate::cpu::CpuInfo::get().microarch == crate::cpu::Microarch::Zen4;
         let wanted = match std::env::var("CONVINIT_HALF_VECTORS").as_deref() {
             Ok("on") => true,
             Ok("off") => false,
-            _ => crate::cpu::CpuInfo::get().microarch == crate::cpu::Microarch::Zen4,
+            Ok("") | Err(_) => zen4(),
+            Ok(v) => {
+                // A mistyped setting still runs correctly, and says so.
+                eprintln!("convinit: ignoring CONVINIT_HALF_VECTORS={v:?} (want on or off)");
+                zen4()
+            }
         };
         wanted && half_supported()
     })
