@@ -578,9 +578,7 @@ unsafe fn row_tile<S: Simd, const MR: usize, const NV: usize>(
             let rows = MR.min(m - ip * MR);
             let ap = a.add(ip * MR * k);
             let acc = b_sums::<S, MR, NV>(ap, k, bb, offs);
-            // A copy, as in `indirect_b_body`.
-            let fin = acc;
-            for (i, row) in fin.iter().enumerate().take(rows) {
+            for (i, row) in acc.iter().enumerate().take(rows) {
                 let ri = ip * MR + i;
                 let yr = x.y.add(ri * x.ldy + r * x.ow + e0);
                 for (v, &val) in row.iter().enumerate() {
@@ -657,11 +655,8 @@ pub(super) unsafe fn indirect_b_body<S: Simd, const MR: usize, const NV: usize>(
                 let ap = a.add(ip * MR * k);
                 let acc = b_sums::<S, MR, NV>(ap, k, b.add(e0), offs);
                 if let Some(x) = &ext {
-                    // A copy: indexing the accumulators by a loop variable would keep
-                    // them in memory through the loop above.
-                    let fin = acc;
                     let one = S::splat(1.0);
-                    for (i, row) in fin.iter().enumerate().take(rows) {
+                    for (i, row) in acc.iter().enumerate().take(rows) {
                         let r = ip * MR + i;
                         let yr = x.y.add(r * x.ldy);
                         for (&val, &(keep, start)) in row.iter().zip(&lanes_of) {
