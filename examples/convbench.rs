@@ -1325,6 +1325,7 @@ mod tests {
                 "auto",
                 "autotune",
                 "direct",
+                "clipped",
                 "columns",
                 "pointwise",
                 "phase",

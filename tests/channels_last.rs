@@ -16,9 +16,10 @@ use ndarray::{Array1, Array4};
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast];
 
 /// Every algorithm by name, and auto's choice.
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 9] = [
     "auto",
     "direct",
+    "clipped",
     "columns",
     "pointwise",
     "phase",

@@ -107,7 +107,7 @@ fn pointwise(geo: &Conv2dGeometry) -> bool {
 /// Whether an algorithm named `debug` (`"Direct"`, ...) runs `geo`, as documented.
 fn runs(name: &str, geo: &Conv2dGeometry) -> bool {
     match name {
-        "Direct" => geo.options.groups == 1,
+        "Direct" | "Clipped" => geo.options.groups == 1,
         "Pointwise" => pointwise(geo),
         "Depthwise" => geo.options.groups == geo.in_channels,
         "Columns" | "Phase" => true,

@@ -351,14 +351,32 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([32, 7, 28, 28], [8, 7, 3, 3], &p1).forward,
         ForwardAlgo::Phase
     );
+    // Too little work for Winograd: the direct forward, clipped to the image where
+    // at least 8% of the taps read padding (9.3% for a 3x3 kernel, padding 1, 14x14)
+    // and the weights are small.
     let small = plan([8, 64, 14, 14], [64, 64, 3, 3], &p1);
-    assert_eq!(small.forward, ForwardAlgo::Direct);
+    assert_eq!(small.forward, ForwardAlgo::Clipped);
     assert_eq!(small.input_grad, InputGradAlgo::Direct);
     let medium = plan([8, 32, 28, 28], [64, 32, 3, 3], &p1);
     assert_eq!(medium.forward, ForwardAlgo::WinogradF4);
     assert_eq!(medium.input_grad, InputGradAlgo::WinogradF4);
     let tiny = plan([2, 16, 14, 14], [16, 16, 3, 3], &p1);
-    assert_eq!(tiny.forward, ForwardAlgo::Direct);
+    assert_eq!(tiny.forward, ForwardAlgo::Clipped);
+    let s2 = p1.with_stride((2, 2));
+    // seed_l3: 31% of the taps in the padding.
+    assert_eq!(
+        plan([100, 16, 7, 7], [32, 16, 3, 3], &s2).forward,
+        ForwardAlgo::Clipped
+    );
+    // 4.7% of the taps in the padding; and large weights (2.4 MB).
+    assert_eq!(
+        plan([8, 16, 28, 28], [32, 16, 3, 3], &s2).forward,
+        ForwardAlgo::Direct
+    );
+    assert_eq!(
+        plan([8, 256, 7, 7], [256, 256, 3, 3], &s2).forward,
+        ForwardAlgo::Direct
+    );
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
     assert_eq!(strided.forward, ForwardAlgo::Direct);
     let grouped = plan([32, 64, 56, 56], [64, 32, 3, 3], &p1.with_groups(2));

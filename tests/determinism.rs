@@ -333,6 +333,53 @@ fn winograd_run() -> Vec<Vec<u32>> {
     out
 }
 
+/// The clipped forward forced, through the public setting and on an explicit parallel
+/// plan, both memory formats out: seed_l3's geometry on 13 images (a partial block),
+/// N = 1 with padding past the kernel (positions whose windows are all padding), and a
+/// dilated, unevenly strided kernel; with the direct forward's result beside it.
+fn clipped_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{
+        Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, ConvPlan, ForwardAlgo,
+        MemoryFormat, conv2d, conv2d_with_plan,
+    };
+    // N, C, H, W, O, kernel, stride, padding, dilation.
+    let shapes = [
+        (13, 16, 7, 7, 32, 3, (2, 2), (1, 1), (1, 1)),
+        (1, 8, 5, 4, 20, 2, (1, 1), (3, 3), (1, 1)),
+        (6, 12, 11, 9, 40, 3, (2, 1), (2, 3), (2, 1)),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(12);
+    for (n, c, h, w, o, k, s, p, d) in shapes {
+        let base = Conv2dOptions::new()
+            .with_stride(s)
+            .with_padding(p)
+            .with_dilation(d);
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (o, c, k, k));
+        let b: Array1<f32> = uniform(&mut rng, o);
+        let fixed = ConvAlgos::new().with_forward(ForwardAlgo::Clipped);
+        for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+            let opts = base.with_memory_format(format);
+            let forced = opts.with_algorithm(ConvAlgorithm::Fixed(fixed));
+            let y = conv2d(x.view(), wt.view(), Some(b.view()), &forced).unwrap();
+            let geo = Conv2dGeometry::new("t", [n, c, h, w], [o, c, k, k], &opts).unwrap();
+            let plan = ConvPlan {
+                parallel: true,
+                ..fixed.apply_to(ConvPlan::choose(&geo, 2))
+            };
+            let yp = conv2d_with_plan(x.view(), wt.view(), Some(b.view()), &opts, plan).unwrap();
+            assert_eq!(bits(&yp), bits(&y), "the parallel split changes nothing");
+            out.push(bits(&y));
+        }
+        let direct = base.with_algorithm(ConvAlgorithm::Fixed(ConvAlgos::named("direct").unwrap()));
+        out.push(bits(
+            &conv2d(x.view(), wt.view(), Some(b.view()), &direct).unwrap(),
+        ));
+    }
+    out
+}
+
 /// Runs `f` in a pool of each of [`THREADS`] and asserts the results are identical.
 fn assert_same_in_every_pool(what: &str, f: fn() -> Vec<Vec<u32>>) {
     let one = in_pool(THREADS[0], f);
@@ -460,6 +507,13 @@ fn winograd_is_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("winograd conv", winograd_run);
     // And on 3 threads, which splits the tasks unevenly.
     assert_eq!(in_pool(1, winograd_run), in_pool(3, winograd_run));
+}
+
+#[test]
+fn clipped_is_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("clipped conv", clipped_run);
+    // And on 3 threads, which splits the blocks unevenly.
+    assert_eq!(in_pool(1, clipped_run), in_pool(3, clipped_run));
 }
 
 #[test]

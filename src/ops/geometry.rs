@@ -362,4 +362,43 @@ impl Conv2dGeometry {
     pub(crate) fn col_cols(&self) -> usize {
         self.out_h * self.out_w
     }
+
+    /// For each output row (`rows`) or column (`!rows`), the kernel rows (columns) whose
+    /// taps read inside the input rather than its padding: `lo..hi` with `i * s + k * d`
+    /// in `p..p + H` for every `k` in it (an empty `0..0` when the whole window lies in
+    /// the padding).
+    pub(crate) fn taps_inside(&self, rows: bool) -> Vec<std::ops::Range<usize>> {
+        let o = &self.options;
+        let (out, input, k, s, p, d) = match rows {
+            true => (
+                self.out_h,
+                self.in_h,
+                self.kernel.0,
+                o.stride.0,
+                o.padding.0,
+                o.dilation.0,
+            ),
+            false => (
+                self.out_w,
+                self.in_w,
+                self.kernel.1,
+                o.stride.1,
+                o.padding.1,
+                o.dilation.1,
+            ),
+        };
+        (0..out)
+            .map(|i| {
+                // Tap `t` reads padded position `i * s + t * d`, inside when it is in
+                // `p..p + input`.
+                let start = i * s;
+                let lo = p.saturating_sub(start).div_ceil(d);
+                let hi = match (p + input).checked_sub(start + 1) {
+                    Some(last) => (last / d + 1).min(k),
+                    None => 0,
+                };
+                if lo < hi { lo..hi } else { 0..0 }
+            })
+            .collect()
+    }
 }

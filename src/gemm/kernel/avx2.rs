@@ -149,6 +149,16 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
     unsafe { super::fma_loop_body::<Avx2>(iters) }
 }
 
+/// Positions per register tile of the indirect kernels (the AVX2 kernel).
+const INDIRECT_MR: usize = 6;
+/// Most vectors of channels per register tile of the indirect kernels.
+const INDIRECT_NV: usize = 2;
+
+/// Rows per register tile of the indirect kernels on rows of `nvec` vectors.
+pub(super) fn indirect_tile_rows(nvec: usize) -> usize {
+    super::indirect::tile_rows::<INDIRECT_MR, INDIRECT_NV>(nvec)
+}
+
 /// The indirect (direct conv) kernel compiled for AVX2 and FMA: 6 positions x up to 16
 /// channels.
 ///
@@ -157,7 +167,7 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
-    unsafe { super::indirect::indirect_body::<Avx2, 6, 2>(args) }
+    unsafe { super::indirect::indirect_body::<Avx2, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// The indirect (direct conv) kernel, for rows of live channels, compiled for AVX2 and FMA: 6 positions x up to 16
@@ -168,7 +178,7 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx2`.
-    unsafe { super::indirect::indirect_body_live::<Avx2, 6, 2>(args) }
+    unsafe { super::indirect::indirect_body_live::<Avx2, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// The B-indirect (phase conv) kernel compiled for AVX2 and FMA: 6 x 16 tiles.

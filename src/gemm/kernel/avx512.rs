@@ -121,6 +121,16 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
     unsafe { super::fma_loop_body::<Avx512>(iters) }
 }
 
+/// Positions per register tile of the indirect kernels (the AVX-512 kernel (either vector width)).
+const INDIRECT_MR: usize = 8;
+/// Most vectors of channels per register tile of the indirect kernels.
+const INDIRECT_NV: usize = 3;
+
+/// Rows per register tile of the indirect kernels on rows of `nvec` vectors.
+pub(super) fn indirect_tile_rows(nvec: usize) -> usize {
+    super::indirect::tile_rows::<INDIRECT_MR, INDIRECT_NV>(nvec)
+}
+
 /// The indirect (direct conv) kernel compiled for AVX-512F: 8 positions x up to 48
 /// channels.
 ///
@@ -129,7 +139,7 @@ pub(super) unsafe fn fma_loop(iters: u64) -> f64 {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
-    unsafe { super::indirect::indirect_body::<Avx512, 8, 3>(args) }
+    unsafe { super::indirect::indirect_body::<Avx512, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// The indirect (direct conv) kernel, for rows of live channels, compiled for AVX-512F: 8 positions x up to 48
@@ -140,7 +150,7 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx512`.
-    unsafe { super::indirect::indirect_body_live::<Avx512, 8, 3>(args) }
+    unsafe { super::indirect::indirect_body_live::<Avx512, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// The indirect kernel on 256-bit vectors, for rows whose channels would leave half of
@@ -154,7 +164,7 @@ pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) 
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) unsafe fn indirect_kernel_half(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx2` and more.
-    unsafe { super::indirect::indirect_body::<super::avx2::Avx2, 8, 3>(args) }
+    unsafe { super::indirect::indirect_body::<super::avx2::Avx2, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// [`indirect_kernel_half`] for rows of live channels.
@@ -164,7 +174,9 @@ pub(super) unsafe fn indirect_kernel_half(args: &super::indirect::IndirectArgs) 
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) unsafe fn indirect_kernel_half_live(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; this function enables the ISA of `Avx2` and more.
-    unsafe { super::indirect::indirect_body_live::<super::avx2::Avx2, 8, 3>(args) }
+    unsafe {
+        super::indirect::indirect_body_live::<super::avx2::Avx2, INDIRECT_MR, INDIRECT_NV>(args)
+    }
 }
 
 /// The B-indirect kernel on 256-bit vectors, 8 x 24 tiles in 32 registers (the AVX2

@@ -59,13 +59,23 @@ pub(super) fn fma_loop(iters: u64) -> f64 {
     unsafe { super::fma_loop_body::<Fallback>(iters) }
 }
 
+/// Positions per register tile of the indirect kernels (the portable kernel).
+const INDIRECT_MR: usize = 4;
+/// Most vectors of channels per register tile of the indirect kernels.
+const INDIRECT_NV: usize = 1;
+
+/// Rows per register tile of the indirect kernels on rows of `nvec` vectors.
+pub(super) fn indirect_tile_rows(nvec: usize) -> usize {
+    super::indirect::tile_rows::<INDIRECT_MR, INDIRECT_NV>(nvec)
+}
+
 /// The portable indirect (direct conv) kernel: 4 positions x 8 channels.
 ///
 /// # Safety
 /// `args` satisfies `indirect_body`'s contract.
 pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; `Fallback` needs no target feature.
-    unsafe { super::indirect::indirect_body::<Fallback, 4, 1>(args) }
+    unsafe { super::indirect::indirect_body::<Fallback, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// The portable indirect (direct conv) kernel: 4 positions x 8 channels.
@@ -74,7 +84,7 @@ pub(super) unsafe fn indirect_kernel(args: &super::indirect::IndirectArgs) {
 /// `args` satisfies `indirect_body`'s contract.
 pub(super) unsafe fn indirect_kernel_live(args: &super::indirect::IndirectArgs) {
     // SAFETY: forwarded contract; `Fallback` needs no target feature.
-    unsafe { super::indirect::indirect_body_live::<Fallback, 4, 1>(args) }
+    unsafe { super::indirect::indirect_body_live::<Fallback, INDIRECT_MR, INDIRECT_NV>(args) }
 }
 
 /// The portable B-indirect (phase conv) kernel: 4 x 8 tiles.

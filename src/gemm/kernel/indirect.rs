@@ -100,7 +100,7 @@ unsafe fn body<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols>(
     unsafe {
         // Channel panels outside, positions inside: one panel of weights (`k x NR`)
         // stays in cache while every position streams past it.
-        if NVMAX == 3 && MR == 8 && nvec.is_multiple_of(4) {
+        if four_vector_panels::<MR, NVMAX>(nvec) {
             // Whole panels of four vectors (64 channels on AVX-512) in 6 x 4 tiles
             // rather than 8 x 3 + 8 x 1 or 8 x 2 + 8 x 2: 10 loads per 24 FMAs, each
             // tap's broadcasts loaded once per four vectors. 1 thread, direct path, ms
@@ -126,6 +126,21 @@ unsafe fn body<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols>(
             }
             v0 += nv;
         }
+    }
+}
+
+/// Whether [`indirect_body`] runs rows of `nvec` vectors in panels of four vectors, on
+/// 6 x 4 tiles.
+const fn four_vector_panels<const MR: usize, const NVMAX: usize>(nvec: usize) -> bool {
+    NVMAX == 3 && MR == 8 && nvec.is_multiple_of(4)
+}
+
+/// Rows (positions) per register tile of [`indirect_body`] on rows of `nvec` vectors: a
+/// call's rows run in tiles of this many, the last one possibly partial.
+pub(super) const fn tile_rows<const MR: usize, const NVMAX: usize>(nvec: usize) -> usize {
+    match four_vector_panels::<MR, NVMAX>(nvec) {
+        true => 6,
+        false => MR,
     }
 }
 

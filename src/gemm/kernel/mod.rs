@@ -145,6 +145,25 @@ impl Kernel {
         channels.next_multiple_of(lanes).max(lanes)
     }
 
+    /// Rows (positions) per register tile of an [`indirect_gemm`] on rows of `ldw` floats
+    /// (from [`Kernel::indirect_ldw`]): a call's rows run in tiles of this many, the last
+    /// one partial unless the caller makes its rows a multiple of it.
+    pub(crate) fn indirect_tile_rows(self, ldw: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if ldw.is_multiple_of(8) && !ldw.is_multiple_of(16) => {
+                avx512::indirect_tile_rows(ldw / 8)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::indirect_tile_rows(ldw / 16),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::indirect_tile_rows(ldw / 8),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2 => unreachable!("not supported on this arch"),
+            Kernel::Fallback => fallback::indirect_tile_rows(ldw / 8),
+        }
+    }
+
     /// Columns of one register tile (`NR`): the B-indirect kernel's reads of a row run
     /// up to a multiple of this.
     pub(crate) fn tile_cols(self) -> usize {

@@ -1,6 +1,7 @@
 //! [`ConvPlan::choose`]: the one place an algorithm and its knobs are picked per shape.
 //! Every threshold cites the measurement behind it (`examples/plan_sweep`, unless said).
 
+use super::clipped;
 use super::columns;
 use super::common::chunk_images;
 use super::depthwise;
@@ -51,6 +52,27 @@ const PHASE_MIN_OUT_W: usize = 12;
 /// 1.49 (their few output channels half fill the direct tile, and the phase forward
 /// needs no transpose); seed_l2 (8 channels) 0.109 -> 0.267, resnet_128s2 18.0 -> 20.2.
 const DIRECT_MIN_CHANNELS: usize = 8;
+
+/// Fewest of a conv's direct multiply-adds that read padding (the share of all taps of
+/// all windows, [`clipped::padding_share`]) for the clipped forward to replace the
+/// direct one: 1 thread, Zen 4, fwd ms, direct -> clipped, by share: seed_l3 and
+/// seed_l4 (31%) 0.160 -> 0.111 and 0.048 -> 0.028, 100 x 32 -> 64 4x4 s1 (31%) 0.557
+/// -> 0.406, 100 x 64 -> 64 7x7 s1 (18%) 3.36 -> 2.73, 100 x 16 -> 32 10x10 (13%) 0.91
+/// -> 0.79, seed_l2 (9.3%) 0.138 -> 0.117, 100 x 16 -> 32 14x14 (9.3%) 1.82 -> 1.71;
+/// below it even: 100 x 16 -> 32 20x20 (6.6%) 4.02 -> 4.04, 28x28 (4.7%) 7.76 ->
+/// 7.77, 100 x 3 -> 16 32x32 (4.1%) 1.55 -> 1.52 (medians of 6 interleaved runs). The
+/// AVX2 kernel (forced) the same way: seed_l3 0.193 -> 0.130, 14x14 2.00 -> 1.76,
+/// 32x32 1.44 -> 1.44, 20x20 4.24 -> 4.31.
+const CLIPPED_MIN_PADDING_SHARE: f64 = 0.08;
+
+/// Most bytes of packed weights (`K x ldw` floats) for the clipped forward: each class
+/// of positions runs on its own copy of its taps' weights, which a class of few
+/// positions per image (a corner: one) streams for a few rows per block. 1 thread, fwd
+/// ms, direct -> clipped: 100 x 64 -> 64 7x7 (147 KB) 3.36 -> 2.73; 32 x 128 -> 128
+/// 14x14 (590 KB) 17.3 -> 16.5; 32 x 256 -> 256 14x14 (2.4 MB) 68.4 -> 75.4; 32 x 512
+/// -> 512 7x7 (9.4 MB) 87 -> 110. A quarter of the L2 of every x86-64 core the crate
+/// has met (1 to 2 MB).
+const CLIPPED_MAX_WEIGHT_BYTES: usize = 256 << 10;
 
 /// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
 /// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
@@ -382,7 +404,15 @@ impl ConvPlan {
                     ForwardAlgo::WinogradF2
                 }
             } else if direct_forward {
-                ForwardAlgo::Direct
+                let weights = k
+                    .saturating_mul(kernel.indirect_ldw(geo.out_channels))
+                    .saturating_mul(4);
+                match clipped::padding_share(geo) >= CLIPPED_MIN_PADDING_SHARE
+                    && weights <= CLIPPED_MAX_WEIGHT_BYTES
+                {
+                    true => ForwardAlgo::Clipped,
+                    false => ForwardAlgo::Direct,
+                }
             } else {
                 ForwardAlgo::Phase
             },

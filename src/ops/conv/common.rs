@@ -6,7 +6,9 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::parallel::prelude::*;
-use ndarray::{Array1, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
+use ndarray::{
+    Array1, Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s,
+};
 
 use super::plan::ConvPlan;
 use crate::error::{Error, Result};
@@ -238,6 +240,30 @@ pub(super) fn for_each_image_tile(
     f: impl Fn(usize, ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
 ) -> Result<()> {
     let per = tile_images(y.dim().0);
+    for_each_tile_of(y, per, parallel, f)
+}
+
+/// [`for_each_image_tile`] with tiles of a multiple of `block` images (the one nearest
+/// below `ceil(N / MIN_SPLIT)`, at least `block`), for algorithms that run blocks of
+/// `block` images: only the batch's last block is partial.
+pub(super) fn for_each_image_block(
+    y: Out<'_>,
+    block: usize,
+    parallel: bool,
+    f: impl Fn(usize, ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
+) -> Result<()> {
+    let block = block.max(1);
+    let per = (tile_images(y.dim().0) / block).max(1) * block;
+    for_each_tile_of(y, per, parallel, f)
+}
+
+/// `f(first image, output tile)` over the tiles of `per` images of `y`.
+fn for_each_tile_of(
+    y: Out<'_>,
+    per: usize,
+    parallel: bool,
+    f: impl Fn(usize, ArrayViewMut3<'_, f32>) -> Result<()> + Sync,
+) -> Result<()> {
     let tiles: Vec<_> = y.tiles(per).into_iter().enumerate().collect();
     if parallel {
         tiles
@@ -249,6 +275,17 @@ pub(super) fn for_each_image_tile(
             .into_iter()
             .try_for_each(|(t, yt)| f(t * per, yt.into_view()))
     }
+}
+
+/// A forward whose output is the bias alone (no images, no output positions or
+/// channels, or an empty input: every tap in the padding): `y` (N, O, L), or (N, L, O)
+/// when `last`, filled with it (zeros without one).
+pub(super) fn fill_bias(y: Out<'_>, bias: Option<ArrayView1<'_, f32>>, last: bool) -> Result<()> {
+    let axis = if last { Axis(2) } else { Axis(1) };
+    for (oi, mut yo) in y.into_view().axis_iter_mut(axis).enumerate() {
+        yo.fill(bias.map_or(0.0, |b| b[oi]));
+    }
+    Ok(())
 }
 
 /// Images per forward tile of [`for_each_image_tile`]: `ceil(N / MIN_SPLIT)`, at least

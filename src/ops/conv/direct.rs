@@ -38,8 +38,8 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, Out, Zeroed, chunk_images, for_each_image_tile, resize, shape_err, tile_images,
-    with_scratch,
+    OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_tile, resize, shape_err,
+    tile_images, with_scratch,
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
@@ -93,7 +93,11 @@ struct BackwardScratch {
 /// Weights `(O, K)` packed `K x ldw`, tap-major, channels padded with zeros: one
 /// register transpose per 16 x 16 block (an element loop over ndarray's rows took 5% of
 /// seed_l3-sized forwards, on the calling thread while the pool waited).
-fn pack_weights(kernel: Kernel, w: ndarray::ArrayView2<'_, f32>, ldw: usize) -> Result<Vec<f32>> {
+pub(super) fn pack_weights(
+    kernel: Kernel,
+    w: ndarray::ArrayView2<'_, f32>,
+    ldw: usize,
+) -> Result<Vec<f32>> {
     let (o, k) = w.dim();
     let mut out = try_zeroed_vec(OP, k * ldw, || {
         format!("the packed weights {:?}", w.shape())
@@ -124,11 +128,7 @@ pub(super) fn forward(
     if n * o * l == 0 || ops.x.ncols() == 0 {
         // An empty image (no channels, or zero height or width, all padding): the output
         // is the bias.
-        let axis = if ops.y_last { Axis(2) } else { Axis(1) };
-        for (oi, mut yo) in y.into_view().axis_iter_mut(axis).enumerate() {
-            yo.fill(bias.map_or(0.0, |b| b[oi]));
-        }
-        return Ok(());
+        return fill_bias(y, bias, ops.y_last);
     }
     let kernel = ops.plan.kernel;
     let ldw = kernel.indirect_ldw(o);

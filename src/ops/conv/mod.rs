@@ -23,7 +23,8 @@
 //!   `columns` (im2col tiles, [`crate::ops`]'s `im2col` module), `pointwise` (the input
 //!   as the column matrix), `phase` (stride-phase planes), `depthwise` (one input
 //!   channel per group, plain vectorised loops, no GEMM), `winograd` (F(2x2, 3x3) and
-//!   F(4x4, 3x3) for 3x3 stride-1 convs, forward and input gradient only).
+//!   F(4x4, 3x3) for 3x3 stride-1 convs), `clipped` (a forward only: the direct
+//!   kernel on windows clipped to the image, positions grouped by their inside taps).
 //!
 //! Adding an algorithm costs its file, a variant in each pass enum it serves (and its
 //! `ALL` list), a `Family` with its rule in `unsupported`, an arm in the dispatch
@@ -54,6 +55,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod autotune;
 mod choose;
+mod clipped;
 mod columns;
 mod common;
 mod depthwise;
@@ -79,6 +81,7 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
     let o = &geo.options;
     let runs = match family {
         Family::Direct => direct::supports(geo),
+        Family::Clipped => clipped::supports(geo),
         Family::Columns => columns::supports(geo),
         Family::Pointwise => pointwise::supports(geo),
         Family::Phase => phase::supports(geo),
@@ -89,7 +92,7 @@ fn unsupported(family: Family, geo: &Conv2dGeometry) -> Option<String> {
         return None;
     }
     Some(match family {
-        Family::Direct => format!(
+        Family::Direct | Family::Clipped => format!(
             "it runs groups of 1 only, this conv has groups {}",
             o.groups
         ),
@@ -175,6 +178,7 @@ fn forward(ops: &Operands<'_>, bias: Option<ArrayView1<'_, f32>>, y: Out<'_>) ->
     match ops.plan.forward {
         ForwardAlgo::Direct => direct::forward(ops, bias, y),
         ForwardAlgo::Phase => phase::forward(ops, bias, y),
+        ForwardAlgo::Clipped => clipped::forward(ops, bias, y),
         algo => {
             let y = y.into_view();
             match algo {
@@ -183,7 +187,9 @@ fn forward(ops: &Operands<'_>, bias: Option<ArrayView1<'_, f32>>, y: Out<'_>) ->
                 ForwardAlgo::Depthwise => depthwise::forward(ops, bias, y),
                 ForwardAlgo::WinogradF2 => winograd::forward(ops, winograd::Tile::F2, bias, y),
                 ForwardAlgo::WinogradF4 => winograd::forward(ops, winograd::Tile::F4, bias, y),
-                ForwardAlgo::Direct | ForwardAlgo::Phase => unreachable!("matched above"),
+                ForwardAlgo::Direct | ForwardAlgo::Phase | ForwardAlgo::Clipped => {
+                    unreachable!("matched above")
+                }
             }
         }
     }
@@ -202,8 +208,10 @@ fn zeroes_tiles(geo: &Conv2dGeometry, plan: &ConvPlan) -> bool {
     let tile = [geo.out_channels, geo.col_cols(), size_of::<f32>()]
         .iter()
         .try_fold(per, |a, &d| a.checked_mul(d));
-    matches!(plan.forward, ForwardAlgo::Direct | ForwardAlgo::Phase)
-        && tile.is_some_and(|t| t <= FRESH_TILE_BYTES)
+    matches!(
+        plan.forward,
+        ForwardAlgo::Direct | ForwardAlgo::Phase | ForwardAlgo::Clipped
+    ) && tile.is_some_and(|t| t <= FRESH_TILE_BYTES)
 }
 
 /// Whether the input and weight gradients run fused (the same algorithm).
@@ -587,7 +595,7 @@ fn forward_layouts(
     plan: ConvPlan,
     (x_last, y_last): (bool, bool),
 ) -> Result<Array4<f32>> {
-    if plan.forward != ForwardAlgo::Direct {
+    if !matches!(plan.forward, ForwardAlgo::Direct | ForwardAlgo::Clipped) {
         let x = channel_major(x, || {
             format!("a contiguous copy of the input of {}", geo.describe())
         })?;
@@ -623,7 +631,10 @@ fn forward_layouts(
         .view_mut()
         .into_shape_with_order(dims)
         .map_err(shape_err)?;
-    direct::forward(&ops, bias, Out::View(y3))?;
+    match plan.forward {
+        ForwardAlgo::Clipped => clipped::forward(&ops, bias, Out::View(y3))?,
+        _ => direct::forward(&ops, bias, Out::View(y3))?,
+    }
     Ok(if y_last {
         y.permuted_axes([0, 3, 1, 2])
     } else {

@@ -42,6 +42,12 @@ pub enum ForwardAlgo {
     /// outputs, 4x fewer multiplications than a direct 3x3 conv (2.25x for F2) with a
     /// larger rounding error (`examples/winograd_error.rs`). The same geometries.
     WinogradF4,
+    /// The direct forward with every window clipped to the input: output positions
+    /// grouped by which kernel rows and columns of their windows fall inside it, one
+    /// indirect kernel call per group reading only those taps, in place (no padded copy,
+    /// no multiply-add on padding) (`clipped.rs`). The direct path's values. Groups of 1
+    /// only; forward only.
+    Clipped,
 }
 
 /// The algorithm of the input gradient `dx`, in [`ConvPlan::input_grad`].
@@ -198,6 +204,7 @@ pub(super) enum Family {
     Depthwise,
     WinogradF2,
     WinogradF4,
+    Clipped,
 }
 
 impl Family {
@@ -210,6 +217,7 @@ impl Family {
             Family::Depthwise => "depthwise",
             Family::WinogradF2 => "winograd2",
             Family::WinogradF4 => "winograd4",
+            Family::Clipped => "clipped",
         }
     }
 }
@@ -218,6 +226,7 @@ impl ForwardAlgo {
     /// Every forward algorithm, in the order benchmarks list them.
     pub const ALL: &'static [ForwardAlgo] = &[
         ForwardAlgo::Direct,
+        ForwardAlgo::Clipped,
         ForwardAlgo::Columns,
         ForwardAlgo::Pointwise,
         ForwardAlgo::Phase,
@@ -236,12 +245,14 @@ impl ForwardAlgo {
             ForwardAlgo::Depthwise => Family::Depthwise,
             ForwardAlgo::WinogradF2 => Family::WinogradF2,
             ForwardAlgo::WinogradF4 => Family::WinogradF4,
+            ForwardAlgo::Clipped => Family::Clipped,
         }
     }
 
-    /// The algorithm's lower-case name (`"direct"`, `"columns"`, `"pointwise"`,
-    /// `"phase"`, `"depthwise"`, `"winograd2"`, `"winograd4"`): the same word names the
-    /// same lowering in every pass enum.
+    /// The algorithm's lower-case name (`"direct"`, `"clipped"`, `"columns"`,
+    /// `"pointwise"`, `"phase"`, `"depthwise"`, `"winograd2"`, `"winograd4"`): the same
+    /// word names the same lowering in every pass enum (`"clipped"` is a forward
+    /// only).
     pub fn name(self) -> &'static str {
         self.family().name()
     }
