@@ -1379,6 +1379,28 @@ mod indirect_tests {
         }
     }
 
+    #[test]
+    fn tile_rows_follow_the_panels_each_row_width_runs_in() {
+        // AVX-512: 8 positions per tile, but 6 in the 6 x 4 tiles of rows of whole
+        // four-vector panels (64, 128, ... channels); 256-bit rows (odd multiples of 8)
+        // in 8 x 3 tiles. AVX2 6, portable 4.
+        #[cfg(target_arch = "x86_64")]
+        {
+            for (ldw, rows) in [(16, 8), (32, 8), (48, 8), (64, 6), (80, 8), (128, 6)] {
+                assert_eq!(Kernel::Avx512.indirect_tile_rows(ldw), rows, "{ldw}");
+            }
+            for ldw in [8, 24, 40] {
+                assert_eq!(Kernel::Avx512.indirect_tile_rows(ldw), 8, "{ldw}");
+            }
+            for ldw in [8, 16, 64, 128] {
+                assert_eq!(Kernel::Avx2.indirect_tile_rows(ldw), 6, "{ldw}");
+            }
+        }
+        for ldw in [8, 16, 64] {
+            assert_eq!(Kernel::Fallback.indirect_tile_rows(ldw), 4, "{ldw}");
+        }
+    }
+
     /// Distinct floats of both signs.
     fn vals(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
