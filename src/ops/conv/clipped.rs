@@ -86,7 +86,8 @@ pub(super) fn forward(
     let w = pack_weights(kernel, ops.w, ldw)?;
     let tile = kernel.indirect_tile_rows(ldw);
     let image = ops.x.ncols() * size_of::<f32>();
-    let block = (BLOCK_BYTES / (tile * image)).max(1) * tile;
+    // No more than the batch needs (tiny images would otherwise index thousands).
+    let block = ((BLOCK_BYTES / (tile * image)).max(1) * tile).min(n.next_multiple_of(tile));
     let key = Key {
         // Any batch size: the classes index one block.
         geo: Conv2dGeometry { batch: 0, ..*geo },
