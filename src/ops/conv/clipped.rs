@@ -32,6 +32,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use ndarray::{ArrayView1, ArrayViewMut3, Axis, s};
+use rayon::prelude::*;
 
 use super::common::{OP, Operands, Out, fill_bias, for_each_image_block, resize, with_scratch};
 use super::direct::pack_weights;
@@ -112,7 +113,7 @@ pub(super) fn forward(
             .for_each(|(d, &s)| *d = s);
     }
     with_scratch(&CLASSES, |classes| {
-        classes.prepare(key, &w)?;
+        classes.prepare(key, &w, ops.plan.parallel)?;
         let run = Run {
             ops,
             kernel,
@@ -153,7 +154,7 @@ struct Classes {
 
 impl Classes {
     /// The classes of `key`, their weights taken from `w` (packed `K x ldw`).
-    fn prepare(&mut self, key: Key, w: &[f32]) -> Result<()> {
+    fn prepare(&mut self, key: Key, w: &[f32], parallel: bool) -> Result<()> {
         if self.key != Some(key) {
             self.key = None;
             self.list = Class::all(&key);
@@ -170,11 +171,20 @@ impl Classes {
                     message: format!("the weights of the clipped path, {}", key.geo.describe()),
                 });
             }
+        }
+        let ldw = key.ldw;
+        let fill = |class: &mut Class| {
             for &(k0, taps) in &class.runs {
-                class
-                    .w
-                    .extend_from_slice(&w[k0 * key.ldw..(k0 + taps) * key.ldw]);
+                class.w.extend_from_slice(&w[k0 * ldw..(k0 + taps) * ldw]);
             }
+        };
+        // Over the pool when the forward goes there: the copies are 5x the packed
+        // weights (seed_l3's 100 KB, a 64-channel layer's 400 KB), and a pool left idle
+        // through them fell asleep (16 x 32 x 7x7 -> 64 at 2 threads: the copy 13% of
+        // the work, the other thread then late to its share).
+        match parallel {
+            true => self.list.par_iter_mut().for_each(fill),
+            false => self.list.iter_mut().for_each(fill),
         }
         Ok(())
     }
@@ -238,9 +248,13 @@ impl Class {
                             offs.push(ci * channel + (di * wd + j * dw) * pixel);
                         }
                         // The kernel row's inside taps are consecutive rows of the
-                        // packed weights.
-                        if !rx.is_empty() {
-                            runs.push(((ci * kh + i) * kw + rx.start, rx.len()));
+                        // packed weights, and follow the previous row's when both are
+                        // whole (one copy for the interior's weights).
+                        let start = (ci * kh + i) * kw + rx.start;
+                        match runs.last_mut() {
+                            _ if rx.is_empty() => {}
+                            Some((k0, taps)) if *k0 + *taps == start => *taps += rx.len(),
+                            _ => runs.push((start, rx.len())),
                         }
                     }
                 }
