@@ -29,15 +29,27 @@ fn median(reps: usize, mut f: impl FnMut()) -> f64 {
     ts[reps / 2]
 }
 
+/// Prints `msg` and the usage, and exits with status 2.
+fn usage(msg: &str) -> ! {
+    eprintln!("plan_sweep: {msg}\nusage: plan_sweep N C H W O k s p [threads]");
+    std::process::exit(2)
+}
+
 fn main() {
     let a: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|s| s.parse().expect("numbers"))
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| usage(&format!("{s:?} is not a whole number")))
+        })
         .collect();
-    let [n, c, h, w, o, k, s, p] = a[..8] else {
-        panic!("usage: plan_sweep N C H W O k s p [threads]")
+    let [n, c, h, w, o, k, s, p] = *a.get(..8).unwrap_or(&[]) else {
+        usage(&format!("8 or 9 numbers wanted, got {}", a.len()))
     };
-    let threads = a.get(8).copied().unwrap_or(2);
+    if a.len() > 9 {
+        usage(&format!("8 or 9 numbers wanted, got {}", a.len()));
+    }
+    let threads = a.get(8).copied().unwrap_or(2).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -52,8 +64,8 @@ fn main() {
         let opts = Conv2dOptions::new()
             .with_stride((s, s))
             .with_padding((p, p));
-        let geo =
-            Conv2dGeometry::new("sweep", [n, c, h, w], [o, c, k, k], &opts).expect("geometry");
+        let geo = Conv2dGeometry::new("sweep", [n, c, h, w], [o, c, k, k], &opts)
+            .unwrap_or_else(|e| usage(&e.to_string()));
         let base = ConvPlan::choose(&geo, threads);
         let y = conv2d_with_plan(x.view(), wt.view(), None, &opts, base).expect("conv");
         let dy = y.mapv(|v| v * 1e-3);
@@ -110,6 +122,13 @@ fn main() {
                 },
             ));
         }
+        plans.push((
+            "clipped fwd".into(),
+            ConvPlan {
+                forward: ForwardAlgo::Clipped,
+                ..base
+            },
+        ));
         plans.push((
             "phase fwd".into(),
             ConvPlan {
