@@ -385,3 +385,26 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         ForwardAlgo::WinogradF2 | ForwardAlgo::WinogradF4
     ));
 }
+
+/// The clipped forward reads only the taps inside the image, so padding far larger
+/// than the input costs no padded copy: a terabyte of it (which the direct path
+/// refuses to allocate, see `hardening`) runs under auto, each window that reaches the
+/// single input pixel summing it, every other output the bias.
+#[test]
+fn clipped_forward_runs_padding_far_past_memory() {
+    let side = 1usize << 19;
+    let opts = Conv2dOptions::new()
+        .with_padding((side, side))
+        .with_stride((side, side));
+    let x = Array4::<f32>::from_elem((1, 8, 1, 1), 2.0);
+    let w = Array4::<f32>::from_elem((3, 8, 1, 1), 0.5);
+    let b = Array1::from(vec![0.25, -1.0, 3.0]);
+    let geo = Conv2dGeometry::new("far", [1, 8, 1, 1], [3, 8, 1, 1], &opts).unwrap();
+    assert_eq!(ConvPlan::choose(&geo, 2).forward, ForwardAlgo::Clipped);
+    let y = convinit::ops::conv2d(x.view(), w.view(), Some(b.view()), &opts).unwrap();
+    assert_eq!(y.dim(), (1, 3, 3, 3));
+    for ((_, o, i, j), &v) in y.indexed_iter() {
+        let inside = if (i, j) == (1, 1) { 8.0 } else { 0.0 };
+        assert_eq!(v, inside + b[o], "y[{o}, {i}, {j}]");
+    }
+}
