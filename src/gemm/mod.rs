@@ -75,7 +75,7 @@ mod pack;
 pub use archparam::GemmBlocks;
 pub(crate) use kernel::{
     Channels, IndirectOut, Offsets, RealColumns, indirect_b_gemm, indirect_b_gemm_real,
-    indirect_gemm, pack_a_panels, pack_a_panels_into,
+    indirect_gemm, indirect_gemm_rows, pack_a_panels, pack_a_panels_into,
 };
 pub use kernel::{Kernel, fma_peak_gflops};
 pub use naive::sgemm_naive;

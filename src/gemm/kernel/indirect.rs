@@ -30,8 +30,10 @@ pub(crate) struct IndirectArgs {
     /// `k` tap offsets inside a window.
     pub offs: *const usize,
     pub k: usize,
-    /// Packed weights, `k x ldw`.
+    /// Packed weights, `k x ldw`; or rows of `ldw` anywhere in `w`, as `w_rows` says.
     pub w: *const f32,
+    /// Row `kk` of the weights starts at `w + w_rows[kk]`; null: at `w + kk * ldw`.
+    pub w_rows: *const usize,
     /// Channels per weight row and per output row (a multiple of the vector width).
     pub ldw: usize,
     /// Output, `rows` rows of `ldw` floats.
@@ -53,7 +55,8 @@ pub(crate) struct IndirectArgs {
 ///
 /// # Safety
 /// For every `p < rows` and `k' < k`, `x + bases[p] + offs[k']` is readable; `w` holds
-/// `k * ldw` readable f32; each output row's channels (from `c + p * ldw`, or from
+/// `k * ldw` readable f32 (when `w_rows` is not null, which then holds `k` offsets:
+/// `ldw` readable f32 from each `w + w_rows[k']`); each output row's channels (from `c + p * ldw`, or from
 /// `c + c_rows[p]` when `c_rows` is not null, which then holds `rows` offsets; channel
 /// `o` at `o * c_stride` from there, for `o` below `c_channels` or `ldw`) are
 /// writable; `bias`, when not null, holds `ldw` readable f32; `ldw` is a positive
@@ -95,6 +98,37 @@ unsafe fn body<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols>(
     args: &IndirectArgs,
     out: O,
 ) {
+    // SAFETY: the caller's contract, passed on; each reads the weights as `w_rows` says.
+    unsafe {
+        match args.w_rows.is_null() {
+            true => {
+                let w = Packed {
+                    w: args.w,
+                    ldw: args.ldw,
+                };
+                panels::<S, MR, NVMAX, O, Packed>(args, out, w)
+            }
+            false => {
+                let w = Indexed {
+                    w: args.w,
+                    rows: args.w_rows,
+                };
+                panels::<S, MR, NVMAX, O, Indexed>(args, out, w)
+            }
+        }
+    }
+}
+
+/// [`body`] with the weight rows where `w` says.
+///
+/// # Safety
+/// As [`indirect_body`].
+#[inline(always)]
+unsafe fn panels<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols, W: WeightRows>(
+    args: &IndirectArgs,
+    out: O,
+    w: W,
+) {
     let nvec = args.ldw / S::LANES;
     // SAFETY: each panel covers vectors below `nvec` (`ldw`), as `panel` requires.
     unsafe {
@@ -109,7 +143,7 @@ unsafe fn body<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols>(
             // the same. Tried: 12 x 2 for two vectors, three times slower (twelve row
             // pointers do not fit the general registers).
             for v0 in (0..nvec).step_by(4) {
-                panel::<S, 6, 4, O>(args, v0, out);
+                panel::<S, 6, 4, O, W>(args, v0, out, w);
             }
             return;
         }
@@ -120,9 +154,9 @@ unsafe fn body<S: Simd, const MR: usize, const NVMAX: usize, O: OutCols>(
         for p in 0..panels {
             let nv = (nvec - v0).div_ceil(panels - p);
             match nv {
-                3.. => panel::<S, MR, 3, O>(args, v0, out),
-                2 => panel::<S, MR, 2, O>(args, v0, out),
-                _ => panel::<S, MR, 1, O>(args, v0, out),
+                3.. => panel::<S, MR, 3, O, W>(args, v0, out, w),
+                2 => panel::<S, MR, 2, O, W>(args, v0, out, w),
+                _ => panel::<S, MR, 1, O, W>(args, v0, out, w),
             }
             v0 += nv;
         }
@@ -150,10 +184,11 @@ pub(super) const fn tile_rows<const MR: usize, const NVMAX: usize>(nvec: usize) 
 /// # Safety
 /// As [`indirect_body`], with `ldw >= (v0 + NV) * S::LANES`.
 #[inline(always)]
-unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
+unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols, W: WeightRows>(
     args: &IndirectArgs,
     v0: usize,
     out: O,
+    w: W,
 ) {
     let IndirectArgs {
         x,
@@ -161,7 +196,6 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
         rows,
         offs,
         k,
-        w,
         ldw,
         c,
         c_rows,
@@ -170,6 +204,9 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
         // `out` is built from them.
         c_stride: _,
         c_channels: _,
+        // `w` is built from them.
+        w: _,
+        w_rows: _,
     } = *args;
     // Where this panel's channels go.
     let out = out.past_lanes(v0 * S::LANES);
@@ -183,7 +220,7 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
         let blocks = k.div_ceil(KB).max(1);
         for kb in 0..blocks {
             let (k0, k1) = (kb * k / blocks, (kb + 1) * k / blocks);
-            let (wv, ob) = (w.add(k0 * ldw + v0 * S::LANES), offs.add(k0));
+            let (wv, ob) = (w.from(k0, v0 * S::LANES), offs.add(k0));
             // The bias goes onto the complete sums: after the last block.
             let bv = match bias.is_null() || kb + 1 < blocks {
                 true => std::ptr::null(),
@@ -204,12 +241,75 @@ unsafe fn panel<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
                 }
                 let (kk, add) = (k1 - k0, kb > 0 || accumulate);
                 if NV == 1 {
-                    tile_split::<S, MR, O>(&xs, ob, kk, wv, ldw, &cs, out, bv, valid, add);
+                    tile_split::<S, MR, O, W>(&xs, ob, kk, wv, &cs, out, bv, valid, add);
                 } else {
-                    tile::<S, MR, NV, O>(&xs, ob, kk, wv, ldw, &cs, out, bv, valid, add);
+                    tile::<S, MR, NV, O, W>(&xs, ob, kk, wv, &cs, out, bv, valid, add);
                 }
             }
         }
+    }
+}
+
+/// Where a panel's weight rows are: a type, so that packed rows (the usual case)
+/// compile as before, with no index to load per tap.
+trait WeightRows: Copy {
+    /// The rows from row `k0` on, from their lane `lane0`.
+    ///
+    /// # Safety
+    /// The result stays inside the weights, as [`indirect_body`] says.
+    unsafe fn from(self, k0: usize, lane0: usize) -> Self;
+    /// Where row `kk` starts.
+    ///
+    /// # Safety
+    /// `kk` is a row of the call, as [`indirect_body`] says.
+    unsafe fn row(self, kk: usize) -> *const f32;
+}
+
+/// Rows `ldw` floats apart.
+#[derive(Clone, Copy)]
+struct Packed {
+    w: *const f32,
+    ldw: usize,
+}
+
+impl WeightRows for Packed {
+    #[inline(always)]
+    unsafe fn from(self, k0: usize, lane0: usize) -> Self {
+        Packed {
+            // SAFETY: the caller's contract.
+            w: unsafe { self.w.add(k0 * self.ldw + lane0) },
+            ldw: self.ldw,
+        }
+    }
+    #[inline(always)]
+    unsafe fn row(self, kk: usize) -> *const f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.w.add(kk * self.ldw) }
+    }
+}
+
+/// Row `kk` at `w + rows[kk]`.
+#[derive(Clone, Copy)]
+struct Indexed {
+    w: *const f32,
+    rows: *const usize,
+}
+
+impl WeightRows for Indexed {
+    #[inline(always)]
+    unsafe fn from(self, k0: usize, lane0: usize) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe {
+            Indexed {
+                w: self.w.add(lane0),
+                rows: self.rows.add(k0),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn row(self, kk: usize) -> *const f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.w.add(*self.rows.add(kk)) }
     }
 }
 
@@ -318,12 +418,11 @@ impl OutCols for LiveLanes {
 /// `cs[i]`; with `add`, the `valid` rows must already be written.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize, O: OutCols, W: WeightRows>(
     xs: &[*const f32; MR],
     offs: *const usize,
     k: usize,
-    w: *const f32,
-    ldw: usize,
+    w: W,
     cs: &[*mut f32; MR],
     out: O,
     bias: *const f32,
@@ -342,7 +441,7 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
         }
         for kk in 0..k {
             let off = *offs.add(kk);
-            let wk = w.add(kk * ldw);
+            let wk = w.row(kk);
             let mut bv = [S::zero(); NV];
             for (v, b) in bv.iter_mut().enumerate() {
                 *b = S::load(wk.add(v * S::LANES));
@@ -380,12 +479,11 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize, O: OutCols>(
 /// As [`tile`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_split<S: Simd, const MR: usize, O: OutCols>(
+unsafe fn tile_split<S: Simd, const MR: usize, O: OutCols, W: WeightRows>(
     xs: &[*const f32; MR],
     offs: *const usize,
     k: usize,
-    w: *const f32,
-    ldw: usize,
+    w: W,
     cs: &[*mut f32; MR],
     out: O,
     bias: *const f32,
@@ -405,8 +503,8 @@ unsafe fn tile_split<S: Simd, const MR: usize, O: OutCols>(
         for kp in 0..pairs {
             let kk = 2 * kp;
             let (o0, o1) = (*offs.add(kk), *offs.add(kk + 1));
-            let b0 = S::load(w.add(kk * ldw));
-            let b1 = S::load(w.add((kk + 1) * ldw));
+            let b0 = S::load(w.row(kk));
+            let b1 = S::load(w.row(kk + 1));
             for ((e, d), xi) in even.iter_mut().zip(odd.iter_mut()).zip(xs) {
                 *e = S::fma(S::splat(*xi.add(o0)), b0, *e);
                 *d = S::fma(S::splat(*xi.add(o1)), b1, *d);
@@ -415,7 +513,7 @@ unsafe fn tile_split<S: Simd, const MR: usize, O: OutCols>(
         if k % 2 == 1 {
             let kk = k - 1;
             let o0 = *offs.add(kk);
-            let b0 = S::load(w.add(kk * ldw));
+            let b0 = S::load(w.row(kk));
             for (e, xi) in even.iter_mut().zip(xs) {
                 *e = S::fma(S::splat(*xi.add(o0)), b0, *e);
             }

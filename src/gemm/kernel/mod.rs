@@ -765,6 +765,25 @@ pub(crate) fn indirect_gemm(
     ldw: usize,
     out: IndirectOut<'_>,
 ) {
+    indirect_gemm_rows(kernel, x, bases, offs, (w, None), ldw, out);
+}
+
+/// [`indirect_gemm`] with row `k` of the weights at `w[w_rows[k]..]` (`ldw` floats from
+/// there) when `w_rows` is given, instead of at `w[k * ldw..]`: a subset of a conv's
+/// packed taps, read in place (the clipped forward's classes).
+///
+/// # Panics
+/// As [`indirect_gemm`], and if there are fewer row offsets than taps or a row runs
+/// past `w`.
+pub(crate) fn indirect_gemm_rows(
+    kernel: Kernel,
+    x: &[f32],
+    bases: OffsetsRef<'_>,
+    offs: OffsetsRef<'_>,
+    (w, w_rows): (&[f32], Option<OffsetsRef<'_>>),
+    ldw: usize,
+    out: IndirectOut<'_>,
+) {
     let (rows, k) = (bases.len(), offs.len());
     // The AVX-512 kernel's rows of odd multiples of 8 run on 256-bit vectors.
     let half = kernel == Kernel::Avx512 && ldw.is_multiple_of(8) && !ldw.is_multiple_of(16);
@@ -773,7 +792,16 @@ pub(crate) fn indirect_gemm(
         ldw > 0 && ldw.is_multiple_of(lanes),
         "indirect: ldw {ldw} is not a multiple of {lanes}"
     );
-    assert!(w.len() >= k * ldw, "indirect: packed weights too short");
+    match w_rows {
+        None => assert!(w.len() >= k * ldw, "indirect: packed weights too short"),
+        Some(r) => {
+            assert!(r.len() >= k, "indirect: fewer weight rows than taps");
+            assert!(
+                k == 0 || r.bound.checked_add(ldw).is_some_and(|e| e <= w.len()),
+                "indirect: a weight row past the weights"
+            );
+        }
+    }
     let IndirectOut {
         c,
         row_starts,
@@ -849,6 +877,7 @@ pub(crate) fn indirect_gemm(
         offs: offs.v.as_ptr(),
         k,
         w: w.as_ptr(),
+        w_rows: w_rows.map_or(std::ptr::null(), |r| r.v.as_ptr()),
         ldw,
         c: c.as_mut_ptr(),
         c_rows: row_starts.map_or(std::ptr::null(), |r| r.v.as_ptr()),
@@ -861,7 +890,8 @@ pub(crate) fn indirect_gemm(
         accumulate,
     };
     // SAFETY: the asserts above check every read of `x` (a bound on the bases plus a
-    // bound on the offsets is inside it), the lengths of `w` and the bias, every output
+    // bound on the offsets is inside it), the lengths of `w` (or every row `w_rows`
+    // points at: a bound on them plus `ldw` inside it) and the bias, every output
     // row against `c` (through the bound on the row starts and the span of a row's
     // channels), `ldw` against the vector width (8 floats for the AVX-512 kernel's
     // 256-bit tiles), and the CPU (AVX-512VL too for those).
@@ -1406,6 +1436,52 @@ mod indirect_tests {
         (0..len)
             .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
             .collect()
+    }
+
+    /// Weight rows read through an index are the rows of a packed copy, bit for bit:
+    /// a subset of a larger matrix's rows, out of order and repeated, for every kernel
+    /// and panel split (one-vector tiles split their sums: the same split either way),
+    /// depths past the tap block, and an index shorter than a copy would be.
+    #[test]
+    fn indexed_weight_rows_match_a_packed_copy() {
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+            let lanes = kernel.lanes();
+            let mut widths: Vec<usize> = [1, 2, 3, 4, 8].map(|v| v * lanes).into();
+            if kernel == Kernel::Avx512 && half_supported() {
+                widths.extend([8, 24]);
+            }
+            for ldw in widths {
+                for (rows, k) in [(1, 1), (9, 7), (14, 450)] {
+                    let all = k + 5;
+                    let x = vals(rows * 2 + k * 3 + 1, ldw);
+                    let bases = Offsets::new((0..rows).map(|p| p * 2).collect());
+                    let offs = Offsets::new((0..k).map(|t| t * 3).collect());
+                    let w = vals(all * ldw, 9);
+                    // Rows picked backwards with a stride, some twice.
+                    let pick: Vec<usize> = (0..k).map(|t| (all - 1 - t * 7 % all) * ldw).collect();
+                    let copy: Vec<f32> =
+                        pick.iter().flat_map(|&r| w[r..r + ldw].to_vec()).collect();
+                    let pick = Offsets::new(pick);
+                    let bias = vals(ldw, 3);
+                    let run = |w: (&[f32], Option<OffsetsRef<'_>>)| {
+                        let mut out = vals(rows * ldw, 4);
+                        let y = IndirectOut {
+                            bias: Some(&bias),
+                            ..IndirectOut::packed(&mut out, false)
+                        };
+                        indirect_gemm_rows(kernel, &x, bases.all(), offs.all(), w, ldw, y);
+                        out
+                    };
+                    let (indexed, packed) = (run((&w, Some(pick.all()))), run((&copy, None)));
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&indexed),
+                        bits(&packed),
+                        "{kernel:?} ldw {ldw} {rows}x{k}"
+                    );
+                }
+            }
+        }
     }
 
     /// `indirect_gemm` against a plain loop for every kernel, with channel widths that

@@ -62,17 +62,18 @@ const DIRECT_MIN_CHANNELS: usize = 8;
 /// below it even: 100 x 16 -> 32 20x20 (6.6%) 4.02 -> 4.04, 28x28 (4.7%) 7.76 ->
 /// 7.77, 100 x 3 -> 16 32x32 (4.1%) 1.55 -> 1.52 (medians of 6 interleaved runs). The
 /// AVX2 kernel (forced) the same way: seed_l3 0.193 -> 0.130, 14x14 2.00 -> 1.76,
-/// 32x32 1.44 -> 1.44, 20x20 4.24 -> 4.31.
+/// 32x32 1.44 -> 1.44, 20x20 4.24 -> 4.31. (Measured with each class's weights
+/// copied; read in place through an index, seed_l2..l4 time the same at 1 thread.)
 const CLIPPED_MIN_PADDING_SHARE: f64 = 0.08;
 
 /// Most bytes of packed weights (`K x ldw` floats) for the clipped forward: each class
-/// of positions runs on its own copy of its taps' weights, which a class of few
-/// positions per image (a corner: one) streams for a few rows per block. 1 thread, fwd
-/// ms, direct -> clipped: 100 x 64 -> 64 7x7 (147 KB) 3.36 -> 2.73; 32 x 128 -> 128
-/// 14x14 (590 KB) 17.3 -> 16.5; 32 x 256 -> 256 14x14 (2.4 MB) 68.4 -> 75.4; 32 x 512
-/// -> 512 7x7 (9.4 MB) 87 -> 110. A quarter of the L2 of every x86-64 core the crate
-/// has met (1 to 2 MB).
-const CLIPPED_MAX_WEIGHT_BYTES: usize = 256 << 10;
+/// of positions reads its taps' rows for its own rows only, and a class of few
+/// positions per block (a corner: one per image) streams them for a few rows. 1 thread,
+/// fwd ms, direct -> clipped: 100 x 64 -> 64 7x7 (147 KB) 3.50 -> 2.85; 32 x 128 -> 128
+/// 14x14 (590 KB) 17.8 -> 15.9; 32 x 256 -> 256 14x14 (2.4 MB) 70.7 -> 69.9; 32 x 512 ->
+/// 512 7x7 (9.4 MB) 83.0 -> 83.6 (the gain gone past the L2). The L2 of Zen 4 and Zen 5
+/// cores, half an Intel Xeon's.
+const CLIPPED_MAX_WEIGHT_BYTES: usize = 1 << 20;
 
 /// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
 /// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,

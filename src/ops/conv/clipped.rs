@@ -6,9 +6,13 @@
 //! zeros. Output positions whose windows keep the same kernel rows and the same kernel
 //! columns inside the input ([`Conv2dGeometry::taps_inside`]) form a class: the
 //! interior, each border strip, each corner. A class's taps are fixed, so it runs as
-//! one indirect GEMM call ([`crate::gemm::indirect_gemm`]) over its positions, with its
-//! own tap offsets (from each window's first inside tap, read in place from the input)
-//! and its own rows of the packed weights.
+//! one indirect GEMM call ([`crate::gemm::indirect_gemm_rows`]) over its positions, with
+//! its own tap offsets (from each window's first inside tap, read in place from the
+//! input) and an index of its taps' rows in the packed weights, read in place too. (A
+//! copy of each class's rows, about 5x the packed weights, cost more than the skipped
+//! taps saved once the weights passed 1 MB, and its fill, on the calling thread, left
+//! the pool idle: a batch of 16 x 32 x 7x7 -> 64 ran 1.39x the direct path's time at 2
+//! threads with it, 0.84x with the index.)
 //!
 //! The images go in blocks of the kernel's register-tile rows
 //! ([`Kernel::indirect_tile_rows`]): every class has a whole number of positions per
@@ -32,13 +36,12 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use ndarray::{ArrayView1, ArrayViewMut3, Axis, s};
-use rayon::prelude::*;
 
-use super::common::{OP, Operands, Out, fill_bias, for_each_image_block, resize, with_scratch};
+use super::common::{Operands, Out, fill_bias, for_each_image_block, resize, with_scratch};
 use super::direct::pack_weights;
 use super::layout::transpose_add;
 use crate::error::Result;
-use crate::gemm::{Channels, IndirectOut, Kernel, Offsets, indirect_gemm};
+use crate::gemm::{Channels, IndirectOut, Kernel, Offsets, indirect_gemm_rows};
 use crate::ops::geometry::Conv2dGeometry;
 
 /// Groups of 1, any other geometry.
@@ -113,11 +116,12 @@ pub(super) fn forward(
             .for_each(|(d, &s)| *d = s);
     }
     with_scratch(&CLASSES, |classes| {
-        classes.prepare(key, &w, ops.plan.parallel)?;
+        classes.prepare(key);
         let run = Run {
             ops,
             kernel,
             ldw,
+            w: &w,
             classes: &classes.list,
             block,
             bias: &padded_bias,
@@ -142,10 +146,10 @@ struct Key {
     row_len: usize,
 }
 
-/// The classes of the last geometry a thread ran, kept with their buffers: built anew
-/// on every call, their indexing and the allocation of their weights took 7 us of
-/// seed_l3's 0.12 ms forward, on the calling thread while the pool waited (and then,
-/// at 2 threads, slept: 0.107 ms against 0.09 for the direct path).
+/// The classes of the last geometry a thread ran: built anew on every call, their
+/// indexing took 7 us of seed_l3's 0.12 ms forward, on the calling thread while the
+/// pool waited (and then, at 2 threads, slept: 0.107 ms against 0.09 for the direct
+/// path).
 #[derive(Default)]
 struct Classes {
     key: Option<Key>,
@@ -153,40 +157,12 @@ struct Classes {
 }
 
 impl Classes {
-    /// The classes of `key`, their weights taken from `w` (packed `K x ldw`).
-    fn prepare(&mut self, key: Key, w: &[f32], parallel: bool) -> Result<()> {
+    /// The classes of `key`.
+    fn prepare(&mut self, key: Key) {
         if self.key != Some(key) {
-            self.key = None;
             self.list = Class::all(&key);
+            self.key = Some(key);
         }
-        self.key = Some(key);
-        for class in &mut self.list {
-            class.w.clear();
-            let len = class.offs.as_slice().len() * key.ldw;
-            if class.w.try_reserve_exact(len).is_err() {
-                self.key = None;
-                return Err(crate::Error::Alloc {
-                    op: OP,
-                    bytes: (len as u128) * 4,
-                    message: format!("the weights of the clipped path, {}", key.geo.describe()),
-                });
-            }
-        }
-        let ldw = key.ldw;
-        let fill = |class: &mut Class| {
-            for &(k0, taps) in &class.runs {
-                class.w.extend_from_slice(&w[k0 * ldw..(k0 + taps) * ldw]);
-            }
-        };
-        // Over the pool when the forward goes there: the copies are 5x the packed
-        // weights (seed_l3's 100 KB, a 64-channel layer's 400 KB), and a pool left idle
-        // through them fell asleep (16 x 32 x 7x7 -> 64 at 2 threads: the copy 13% of
-        // the work, the other thread then late to its share).
-        match parallel {
-            true => self.list.par_iter_mut().for_each(fill),
-            false => self.list.iter_mut().for_each(fill),
-        }
-        Ok(())
     }
 }
 
@@ -197,10 +173,9 @@ struct Class {
     per_image: usize,
     /// The taps inside: offsets from a window's first inside tap, in the input's layout.
     offs: Offsets,
-    /// Those taps as runs of consecutive rows of the packed weights: `(first, count)`.
-    runs: Vec<(usize, usize)>,
-    /// Those taps' rows of the packed weights, `offs.len() x ldw`.
-    w: Vec<f32>,
+    /// Where those taps' rows start in the packed weights (`ldw` floats each): the
+    /// kernel reads them in place.
+    w_rows: Offsets,
     /// Each row's first inside tap for a block of images (image by image, the class's
     /// positions in each), from the block's first float.
     bases: Offsets,
@@ -240,21 +215,13 @@ impl Class {
         for (ry, oys) in &row_groups {
             for (rx, oxs) in &col_groups {
                 let mut offs = Vec::with_capacity(c * ry.len() * rx.len());
-                let mut runs = Vec::with_capacity(c * ry.len());
+                let mut w_rows = Vec::with_capacity(c * ry.len() * rx.len());
                 for ci in 0..c {
                     for i in ry.clone() {
                         let di = (i - ry.start) * dh;
-                        for j in 0..rx.len() {
-                            offs.push(ci * channel + (di * wd + j * dw) * pixel);
-                        }
-                        // The kernel row's inside taps are consecutive rows of the
-                        // packed weights, and follow the previous row's when both are
-                        // whole (one copy for the interior's weights).
-                        let start = (ci * kh + i) * kw + rx.start;
-                        match runs.last_mut() {
-                            _ if rx.is_empty() => {}
-                            Some((k0, taps)) if *k0 + *taps == start => *taps += rx.len(),
-                            _ => runs.push((start, rx.len())),
+                        for (n, j) in rx.clone().enumerate() {
+                            offs.push(ci * channel + (di * wd + n * dw) * pixel);
+                            w_rows.push(((ci * kh + i) * kw + j) * key.ldw);
                         }
                     }
                 }
@@ -282,8 +249,7 @@ impl Class {
                 classes.push(Class {
                     per_image,
                     offs: Offsets::new(offs),
-                    runs,
-                    w: Vec::new(),
+                    w_rows: Offsets::new(w_rows),
                     bases: Offsets::new(bases),
                     rows: Offsets::new(rows),
                 });
@@ -298,6 +264,8 @@ struct Run<'a, 'x> {
     ops: &'a Operands<'x>,
     kernel: Kernel,
     ldw: usize,
+    /// The packed weights, `K x ldw`, whose rows each class reads.
+    w: &'a [f32],
     classes: &'a [Class],
     /// Images per block.
     block: usize,
@@ -362,15 +330,8 @@ impl Run<'_, '_> {
                 accumulate: false,
             };
             let bases = class.bases.prefix(rows);
-            indirect_gemm(
-                self.kernel,
-                xs,
-                bases,
-                class.offs.all(),
-                &class.w,
-                self.ldw,
-                y,
-            );
+            let w = (self.w, Some(class.w_rows.all()));
+            indirect_gemm_rows(self.kernel, xs, bases, class.offs.all(), w, self.ldw, y);
         }
     }
 }
