@@ -50,7 +50,8 @@ pub(super) fn supports(geo: &Conv2dGeometry) -> bool {
 }
 
 /// Most bytes of input per block of images (a multiple of the register-tile rows, at
-/// least one tile's worth): the block's images stay in L1 while each class reads them.
+/// least one tile's worth, unless [`MIN_BLOCKS`] asks for fewer images): the block's
+/// images stay in L1 while each class reads them.
 const BLOCK_BYTES: usize = 32 << 10;
 
 /// Fewest blocks a batch is cut into: 8 images of 64 x 14 x 14 (3x3, 64 output channels)
