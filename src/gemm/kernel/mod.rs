@@ -151,9 +151,7 @@ impl Kernel {
     pub(crate) fn indirect_tile_rows(self, ldw: usize) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if ldw.is_multiple_of(8) && !ldw.is_multiple_of(16) => {
-                avx512::indirect_tile_rows(ldw / 8)
-            }
+            Kernel::Avx512 if half_rows(self, ldw) => avx512::indirect_tile_rows(ldw / 8),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => avx512::indirect_tile_rows(ldw / 16),
             #[cfg(target_arch = "x86_64")]
@@ -742,6 +740,12 @@ impl<'a> IndirectOut<'a> {
     }
 }
 
+/// Whether [`indirect_gemm`] runs rows of `ldw` floats on 256-bit vectors: the AVX-512
+/// kernel's rows of odd multiples of 8.
+fn half_rows(kernel: Kernel, ldw: usize) -> bool {
+    kernel == Kernel::Avx512 && ldw.is_multiple_of(8) && !ldw.is_multiple_of(16)
+}
+
 /// The indirect GEMM of the direct conv path:
 /// `out[p][o] = sum_k x[bases[p] + offs[k]] * w[k * ldw + o] (+ bias[o])` for every
 /// position `p < bases.len()` and channel `o < ldw` (see the `indirect` module), row `p`
@@ -785,8 +789,7 @@ pub(crate) fn indirect_gemm_rows(
     out: IndirectOut<'_>,
 ) {
     let (rows, k) = (bases.len(), offs.len());
-    // The AVX-512 kernel's rows of odd multiples of 8 run on 256-bit vectors.
-    let half = kernel == Kernel::Avx512 && ldw.is_multiple_of(8) && !ldw.is_multiple_of(16);
+    let half = half_rows(kernel, ldw);
     let lanes = if half { 8 } else { kernel.lanes() };
     assert!(
         ldw > 0 && ldw.is_multiple_of(lanes),

@@ -38,7 +38,7 @@ use std::ops::Range;
 use ndarray::{ArrayView1, ArrayViewMut3, Axis, s};
 
 use super::common::{Operands, Out, fill_bias, for_each_image_block, resize, with_scratch};
-use super::direct::pack_weights;
+use super::direct::{pack_weights, padded_bias};
 use super::layout::transpose_add;
 use crate::error::Result;
 use crate::gemm::{Channels, IndirectOut, Kernel, Offsets, indirect_gemm_rows};
@@ -109,13 +109,7 @@ pub(super) fn forward(
         // they are stored); channel-major ones go to a position-major tile of `ldw`.
         row_len: if ops.y_last { o } else { ldw },
     };
-    let mut padded_bias = vec![0.0; ldw];
-    if let Some(bias) = bias {
-        padded_bias[..o]
-            .iter_mut()
-            .zip(bias)
-            .for_each(|(d, &s)| *d = s);
-    }
+    let padded_bias = padded_bias(bias, ldw);
     with_scratch(&CLASSES, |classes| {
         classes.prepare(key);
         let run = Run {
@@ -185,8 +179,7 @@ struct Class {
 }
 
 impl Class {
-    /// The classes of `key.geo`, their weights not yet filled: an input channels-last
-    /// when `key.x_last`, blocks of `key.block` images whose output rows are
+    /// The classes of `key.geo`: an input channels-last when `key.x_last`, blocks of `key.block` images whose output rows are
     /// `key.row_len` floats apart (channels-last output, or a position-major tile).
     fn all(key: &Key) -> Vec<Class> {
         let geo = &key.geo;

@@ -115,6 +115,15 @@ pub(super) fn pack_weights(
     Ok(out)
 }
 
+/// The bias padded with zeros to `ldw` (all zero without one), as the kernel adds it.
+pub(super) fn padded_bias(bias: Option<ArrayView1<'_, f32>>, ldw: usize) -> Vec<f32> {
+    let mut b = vec![0.0; ldw];
+    if let Some(bias) = bias {
+        b.iter_mut().zip(bias).for_each(|(d, &s)| *d = s);
+    }
+    b
+}
+
 /// Forward into `y`, on the rayon pool when the plan says so: `y` is (N, O, L), or
 /// (N, L, O) when `ops.y_last` (channels-last), `x` read in either layout
 /// (`ops.x_last`).
@@ -151,13 +160,7 @@ pub(super) fn forward(
     };
     let out = Output {
         rows: ops.y_last.then_some(starts),
-        bias: {
-            let mut b = vec![0.0; ldw];
-            if let Some(bias) = bias {
-                b[..o].iter_mut().zip(bias).for_each(|(d, &s)| *d = s);
-            }
-            b
-        },
+        bias: padded_bias(bias, ldw),
     };
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
