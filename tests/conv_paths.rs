@@ -293,7 +293,8 @@ fn every_forward_algorithm_overwrites_the_into_buffer() {
 }
 
 /// The Winograd defaults of `choose.rs`: F4 for both the forward and the input
-/// gradient of 3x3 stride-1 convs with 32 to 256 channels (16 forward) and enough work
+/// gradient of 3x3 stride-1 convs with 32 to 256 channels (16 forward; the input
+/// gradient also 24 input channels) and enough work
 /// (resnet_64, vgg_256), F2 past 256, the F4 weight gradient from 64 channels and 196
 /// tiles per reduction chunk, the direct path below 64 channels, on small batches, and for strided or
 /// grouped 3x3 convs.
@@ -338,6 +339,18 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     let narrow = plan([32, 16, 28, 28], [16, 16, 3, 3], &p1);
     assert_eq!(narrow.forward, ForwardAlgo::WinogradF4);
     assert_eq!(narrow.input_grad, InputGradAlgo::Direct);
+    // ... and 24 input channels (the channels it produces): a first layer of RGB
+    // images runs its input gradient on the column lowering, 16 channels direct.
+    let rgb = plan([8, 3, 224, 224], [64, 3, 3, 3], &p1);
+    assert_eq!(rgb.input_grad, InputGradAlgo::Columns);
+    assert_eq!(
+        plan([32, 16, 28, 28], [128, 16, 3, 3], &p1).input_grad,
+        InputGradAlgo::Direct
+    );
+    assert_eq!(
+        plan([32, 24, 28, 28], [128, 24, 3, 3], &p1).input_grad,
+        InputGradAlgo::WinogradF4
+    );
     let zen4 = convinit::cpu::CpuInfo::get().microarch == convinit::cpu::Microarch::Zen4
         && convinit::gemm::Kernel::selected() == convinit::gemm::Kernel::Avx512;
     let narrower = plan([32, 8, 28, 28], [8, 8, 3, 3], &p1);

@@ -131,6 +131,22 @@ const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 /// (0.1 M) 2.18 -> 2.62 | 1.16 -> 1.42.
 const WINOGRAD_MIN_CHANNELS: usize = 32;
 
+/// Fewest input channels (the rows of each of the 36 GEMMs, the channels it produces)
+/// for the Winograd input gradient by default: below, the GEMMs run on a few rows and
+/// the transforms of `dy` over all its channels are not shared; the direct input
+/// gradient (from 8 channels, [`DIRECT_MIN_CHANNELS`]) or the column lowering (below)
+/// is faster. Zen 4 (EPYC family 25 model 17), 3x3, padding 1, the whole backward with
+/// the direct weight gradient, medians of 4 interleaved rounds, dx direct (or columns)
+/// against F4, 1 thread: N = 32, 28x28, C -> 64 channels: 3 channels columns 0.49 (direct
+/// 0.88), 4: 0.65 (0.89), 8: 0.86, 16: 0.91, 24: 1.03; C -> 128: 8: 0.92, 16: 0.92, 24:
+/// 1.03, 32: 1.07; C -> 256: 8: 0.92, 16: 0.93, 24: 0.95, 32: 1.06; 2 threads, C -> 128:
+/// 16: 0.93, 24: 0.97, 32: 1.05, 48: 1.09; N = 8, 24 -> 64, 56x56: 1.15. A VGG or CIFAR
+/// first layer (3 -> 64, 224x224 or 32x32) had its backward 2.3x and 1.4x slower on F4
+/// than on the column lowering. The reason (few GEMM rows) holds on every CPU; the Xeon
+/// gains less from Winograd than a Zen 4 (twice the FMA throughput for the same
+/// transforms), so the bound is no lower there.
+const WINOGRAD_DX_MIN_IN_CHANNELS: usize = 24;
+
 /// Fewest `positions x channels` for the Winograd input gradient by default, the input
 /// positions `N * H * W` times the output channels (the forward has its own,
 /// [`WINOGRAD_FWD_MIN_WORK`]): the filter transform and the packing of `U` (`36 O C`
@@ -291,8 +307,9 @@ impl ConvPlan {
     ///   (`WINOGRAD_F4_MAX_CHANNELS`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
     /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
-    ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`) and `N * H * W * O` of at
-    ///   least 2^18 (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1
+    ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`), 24 input channels
+    ///   (`WINOGRAD_DX_MIN_IN_CHANNELS`) and `N * H * W * O` of at least 2^18
+    ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1
     ///   with at least 8 input channels (not
     ///   pointwise), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
@@ -366,6 +383,7 @@ impl ConvPlan {
                 (fwd_min_channels, WINOGRAD_FWD_MIN_WORK),
             );
         let winograd_dx = winograd
+            && geo.in_channels >= WINOGRAD_DX_MIN_IN_CHANNELS
             && work(
                 [geo.batch, geo.in_h, geo.in_w],
                 geo.out_channels,
