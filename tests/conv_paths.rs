@@ -381,14 +381,19 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([100, 16, 7, 7], [32, 16, 3, 3], &s2).forward,
         ForwardAlgo::Clipped
     );
-    // 4.7% of the taps in the padding; and large weights (2.4 MB).
+    // 4.7% of the taps in the padding; and large weights (9.4 MB) with 9.3%.
     assert_eq!(
         plan([8, 16, 28, 28], [32, 16, 3, 3], &s2).forward,
         ForwardAlgo::Direct
     );
     assert_eq!(
-        plan([8, 256, 7, 7], [256, 256, 3, 3], &s2).forward,
+        plan([8, 512, 14, 14], [512, 512, 3, 3], &s2).forward,
         ForwardAlgo::Direct
+    );
+    // Large weights (2.4 MB) with 30.6% of the taps in the padding.
+    assert_eq!(
+        plan([8, 256, 7, 7], [256, 256, 3, 3], &s2).forward,
+        ForwardAlgo::Clipped
     );
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
     assert_eq!(strided.forward, ForwardAlgo::Direct);

@@ -66,14 +66,28 @@ const DIRECT_MIN_CHANNELS: usize = 8;
 /// copied; read in place through an index, seed_l2..l4 time the same at 1 thread.)
 const CLIPPED_MIN_PADDING_SHARE: f64 = 0.08;
 
-/// Most bytes of packed weights (`K x ldw` floats) for the clipped forward: each class
-/// of positions reads its taps' rows for its own rows only, and a class of few
-/// positions per block (a corner: one per image) streams them for a few rows. 1 thread,
-/// fwd ms, direct -> clipped: 100 x 64 -> 64 7x7 (147 KB) 3.50 -> 2.85; 32 x 128 -> 128
-/// 14x14 (590 KB) 17.8 -> 15.9; 32 x 256 -> 256 14x14 (2.4 MB) 70.7 -> 69.9; 32 x 512 ->
-/// 512 7x7 (9.4 MB) 83.0 -> 83.6 (the gain gone past the L2). The L2 of Zen 4 and Zen 5
-/// cores, half an Intel Xeon's.
+/// Most bytes of packed weights (`K x ldw` floats) for the clipped forward at
+/// [`CLIPPED_MIN_PADDING_SHARE`]; larger weights need [`CLIPPED_LARGE_WEIGHTS_MIN_SHARE`].
+/// Each class of positions reads its taps' rows for its own rows only, and a class of
+/// few positions per block (a corner: one per image) streams them for a few rows. 1
+/// thread, fwd ms, direct -> clipped (9.3% of the taps in the padding, class weights
+/// copied): 100 x 64 -> 64 7x7 (147 KB) 3.50 -> 2.85; 32 x 128 -> 128 14x14 (590 KB)
+/// 17.8 -> 15.9; 32 x 256 -> 256 14x14 (2.4 MB) 70.7 -> 69.9; 32 x 512 -> 512 7x7 (9.4
+/// MB) 83.0 -> 83.6 (the gain gone past the L2). The L2 of Zen 4 and Zen 5 cores, half
+/// an Intel Xeon's.
 const CLIPPED_MAX_WEIGHT_BYTES: usize = 1 << 20;
+
+/// Fewest taps in the padding for the clipped forward of weights past
+/// [`CLIPPED_MAX_WEIGHT_BYTES`]: with the weight rows read in place, more taps skipped
+/// outweigh the classes' short streams of large weights. Zen 4 (EPYC family 25 model
+/// 17), `convbench --pass fwd`, medians of 4 interleaved rounds, clipped / direct
+/// time, 1 thread | 2 threads: 30.6% (16 x 256 -> 512, 7x7, stride 2, 4.7 MB) 0.88;
+/// 30.6% (32 x 256 -> 256 7x7 s2, 2.4 MB) 0.67; 27.8% (32 x 128 -> 256 8x8 5x5, 3.3
+/// MB) 0.77; 23% (32 x 64 -> 256 14x14 7x7, 3.2 MB) 0.80; 22.6% (32 x 96 -> 128 10x10
+/// 5x5 s2, 1.2 MB) 0.73 | 0.84, AVX2 kernel forced 0.90; but 16.4% (32 x 128 -> 256
+/// 14x14 5x5, 3.3 MB) 0.88 | 0.96, AVX2 1.01; 9.3% (16 x 512 -> 512 14x14 s2, 9.4 MB)
+/// 0.94 | 0.89, AVX2 1.06; 8.2% (32 x 256 -> 512 16x16 s2, 4.7 MB) 0.93 | 1.04.
+const CLIPPED_LARGE_WEIGHTS_MIN_SHARE: f64 = 0.2;
 
 /// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
 /// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
@@ -304,8 +318,11 @@ impl ConvPlan {
     ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`; 8 on a Zen 4 with the AVX-512 kernel,
     ///   `WINOGRAD_FWD_MIN_CHANNELS_ZEN4`) and `N * out_h * out_w * C` of at least
     ///   2^17 (`WINOGRAD_FWD_MIN_WORK`), `WinogradF2` instead above 256 channels
-    ///   (`WINOGRAD_F4_MAX_CHANNELS`); else `Direct` for groups of 1 with at least 8 input
-    ///   channels (`DIRECT_MIN_CHANNELS`), else `Phase`;
+    ///   (`WINOGRAD_F4_MAX_CHANNELS`); else for groups of 1 with at least 8 input
+    ///   channels (`DIRECT_MIN_CHANNELS`) `Clipped` where at least 8% of the taps read
+    ///   padding (`CLIPPED_MIN_PADDING_SHARE`; 20% for packed weights past 1 MB,
+    ///   `CLIPPED_MAX_WEIGHT_BYTES`, `CLIPPED_LARGE_WEIGHTS_MIN_SHARE`), else `Direct`;
+    ///   else `Phase`;
     /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
     ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`), 24 input channels
     ///   (`WINOGRAD_DX_MIN_IN_CHANNELS`) and `N * H * W * O` of at least 2^18
@@ -426,8 +443,10 @@ impl ConvPlan {
                 let weights = k
                     .saturating_mul(kernel.indirect_ldw(geo.out_channels))
                     .saturating_mul(4);
-                match clipped::padding_share(geo) >= CLIPPED_MIN_PADDING_SHARE
-                    && weights <= CLIPPED_MAX_WEIGHT_BYTES
+                let share = clipped::padding_share(geo);
+                match share >= CLIPPED_MIN_PADDING_SHARE
+                    && (weights <= CLIPPED_MAX_WEIGHT_BYTES
+                        || share >= CLIPPED_LARGE_WEIGHTS_MIN_SHARE)
                 {
                     true => ForwardAlgo::Clipped,
                     false => ForwardAlgo::Direct,
