@@ -364,6 +364,30 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([32, 7, 28, 28], [8, 7, 3, 3], &p1).forward,
         ForwardAlgo::Phase
     );
+    // Fewer than 8 input channels: the clipped forward from 20% of the taps in the
+    // padding (23% for 7x7, padding 3, 14x14), from 8% with the AVX-512 kernel and 2
+    // channels or more (8.4% for 5x5, padding 2, 28x28), else phase.
+    let p2 = Conv2dOptions::new().with_padding((2, 2));
+    let p3 = Conv2dOptions::new().with_padding((3, 3));
+    for c in [1, 3] {
+        assert_eq!(
+            plan([32, c, 14, 14], [32, c, 7, 7], &p3).forward,
+            ForwardAlgo::Clipped
+        );
+    }
+    assert_eq!(
+        plan([32, 1, 28, 28], [16, 1, 5, 5], &p2).forward,
+        ForwardAlgo::Phase
+    );
+    let avx512 = convinit::gemm::Kernel::selected() == convinit::gemm::Kernel::Avx512;
+    assert_eq!(
+        plan([32, 4, 28, 28], [16, 4, 5, 5], &p2).forward,
+        if avx512 {
+            ForwardAlgo::Clipped
+        } else {
+            ForwardAlgo::Phase
+        }
+    );
     // Too little work for Winograd: the direct forward, clipped to the image where
     // at least 8% of the taps read padding (9.3% for a 3x3 kernel, padding 1, 14x14)
     // and the weights are small.

@@ -89,6 +89,24 @@ const CLIPPED_MAX_WEIGHT_BYTES: usize = 1 << 20;
 /// 0.94 | 0.89, AVX2 1.06; 8.2% (32 x 256 -> 512 16x16 s2, 4.7 MB) 0.93 | 1.04.
 const CLIPPED_LARGE_WEIGHTS_MIN_SHARE: f64 = 0.2;
 
+/// Fewest taps in the padding for the clipped forward to replace the phase forward of
+/// a layer of fewer than [`DIRECT_MIN_CHANNELS`] input channels (NCHW; channels-last
+/// runs the direct forward, [`CLIPPED_MIN_PADDING_SHARE`]), except with the AVX-512
+/// kernel from 2 channels, which takes [`CLIPPED_MIN_PADDING_SHARE`]. Zen 4 (EPYC
+/// family 25 model 17), `N = 32`, fwd, clipped / phase time, medians of 4 interleaved
+/// rounds:
+/// - 23-31% of the taps in the padding (7x7, padding 3, 14x14 or 10x10): AVX-512, 1
+///   thread: 1 channel 0.69, 2: 0.67, 3: 0.40-0.63, 4: 0.62, 6: 0.61, 7: 0.60; 2
+///   threads: 1 channel 0.78, 3: 0.43-0.65; AVX2 forced, 1 thread: 1 channel 1.02, 2:
+///   0.79, 3: 0.68-0.72;
+/// - 8.4% (5x5, padding 2, 28x28): AVX-512, 1 thread: 2 channels 0.83, 3: 0.78, 4:
+///   0.73, 6: 0.70, 7: 0.70 (the full 512-bit tiles forced, `CONVINIT_HALF_VECTORS=off`:
+///   2: 0.93, 4: 0.80); 2 threads 2: 1.01, 4: 0.69; but 1 channel 0.98 (16 outputs),
+///   1.29 (6 outputs; seed_l1, 8 outputs, stride 2: 1.29); AVX2 forced: 2 channels
+///   1.55, 4: 1.13, 6: 1.05 (stride 2: 0.89);
+/// - 4.7% (3x3, padding 1, 28x28), below either bound: 0.99-1.11 from 2 to 7 channels.
+const CLIPPED_FEW_CHANNELS_MIN_SHARE: f64 = 0.2;
+
 /// Below this many multiply-adds in the whole conv (`N * O * L * K / groups`), run on the
 /// calling thread: waking the pool costs more than it saves. `plan_sweep`, 2 threads,
 /// on the im2col path, fwd ms serial -> parallel: seed_l1 (3.9 M) 0.40 -> 0.22, seed_l2
@@ -322,7 +340,9 @@ impl ConvPlan {
     ///   channels (`DIRECT_MIN_CHANNELS`) `Clipped` where at least 8% of the taps read
     ///   padding (`CLIPPED_MIN_PADDING_SHARE`; 20% for packed weights past 1 MB,
     ///   `CLIPPED_MAX_WEIGHT_BYTES`, `CLIPPED_LARGE_WEIGHTS_MIN_SHARE`), else `Direct`;
-    ///   else `Phase`;
+    ///   for fewer input channels (groups of 1) `Clipped` from 20% of the taps in the
+    ///   padding (`CLIPPED_FEW_CHANNELS_MIN_SHARE`; 8% with the AVX-512 kernel from 2
+    ///   channels), else `Phase`; grouped convs `Phase`;
     /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
     ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`), 24 input channels
     ///   (`WINOGRAD_DX_MIN_IN_CHANNELS`) and `N * H * W * O` of at least 2^18
@@ -450,6 +470,16 @@ impl ConvPlan {
                 {
                     true => ForwardAlgo::Clipped,
                     false => ForwardAlgo::Direct,
+                }
+            } else if o.groups == 1 {
+                let min_share = if kernel == Kernel::Avx512 && geo.in_channels >= 2 {
+                    CLIPPED_MIN_PADDING_SHARE
+                } else {
+                    CLIPPED_FEW_CHANNELS_MIN_SHARE
+                };
+                match clipped::padding_share(geo) >= min_share {
+                    true => ForwardAlgo::Clipped,
+                    false => ForwardAlgo::Phase,
                 }
             } else {
                 ForwardAlgo::Phase
