@@ -419,6 +419,23 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([8, 256, 7, 7], [256, 256, 3, 3], &s2).forward,
         ForwardAlgo::Clipped
     );
+    // A ResNet shortcut (1x1, stride 2): the column forward in NCHW, direct in
+    // channels-last.
+    let shortcut = Conv2dOptions::new().with_stride((2, 2));
+    let p = plan([32, 64, 56, 56], [128, 64, 1, 1], &shortcut);
+    assert_eq!(
+        (p.forward, p.input_grad, p.weight_grad),
+        (
+            ForwardAlgo::Columns,
+            InputGradAlgo::Direct,
+            WeightGradAlgo::Direct
+        )
+    );
+    let last = shortcut.with_memory_format(convinit::ops::MemoryFormat::ChannelsLast);
+    assert_eq!(
+        plan([32, 64, 56, 56], [128, 64, 1, 1], &last).forward,
+        ForwardAlgo::Direct
+    );
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
     assert_eq!(strided.forward, ForwardAlgo::Direct);
     let grouped = plan([32, 64, 56, 56], [64, 32, 3, 3], &p1.with_groups(2));
