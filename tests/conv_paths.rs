@@ -436,6 +436,18 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([32, 64, 56, 56], [128, 64, 1, 1], &last).forward,
         ForwardAlgo::Direct
     );
+    // A kernel nearly the input's size without padding: the direct input gradient
+    // would run mostly on `dy`'s padding (82% for 5x5 onto 7x7), the column one does
+    // not; 3x3 onto 7x7 (49%) stays direct.
+    let valid = Conv2dOptions::new();
+    assert_eq!(
+        plan([64, 32, 7, 7], [64, 32, 5, 5], &valid).input_grad,
+        InputGradAlgo::Columns
+    );
+    assert_eq!(
+        plan([64, 32, 7, 7], [64, 32, 3, 3], &valid).input_grad,
+        InputGradAlgo::Direct
+    );
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
     assert_eq!(strided.forward, ForwardAlgo::Direct);
     let grouped = plan([32, 64, 56, 56], [64, 32, 3, 3], &p1.with_groups(2));
