@@ -19,7 +19,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayVi
 
 use super::common::{
     MIN_SPLIT, Operands, group_col_grad, group_forward, group_weight_grad, images_per_tile, resize,
-    shape_err,
+    shape_err, zeroed_partial,
 };
 use crate::error::Result;
 use crate::ops::geometry::Conv2dGeometry;
@@ -247,7 +247,7 @@ fn backward_chunk(
     let (_, o, l) = dy.dim();
     let (kg, k) = (ops.w.ncols(), ops.geo.col_rows());
     let tile_cols = ops.plan.tile_cols;
-    let mut dw = Array2::<f32>::zeros((o, kg));
+    let mut dw = zeroed_partial(o, kg);
     let (mut cbuf, mut dybuf, mut dcbuf) = (Vec::new(), Vec::new(), Vec::new());
     // Tiles of this chunk: (first image, images, first column, columns).
     let per = images_per_tile(tile_cols, l);

@@ -148,6 +148,20 @@ pub(super) fn with_scratch<S: Default, T>(
     out
 }
 
+/// A reduction chunk's weight-gradient partial, `rows x cols` zeros, from the small
+/// buffers ([`crate::buffers::take_small_zeroed`]); `backward` hands every partial back
+/// once they are summed, so the next call's come from the same memory. Fresh, a
+/// partial of 256 KiB or more was faulted in on every call: the column path's backward
+/// of 128 x 64 x 5x5 -> 96, 5x5, ran 9 ms alone and 3 ms after another conv had left
+/// the allocator's mmap threshold above it (Zen 4, 1 thread).
+pub(super) fn zeroed_partial(rows: usize, cols: usize) -> Array2<f32> {
+    let len = rows
+        .checked_mul(cols)
+        .expect("a partial of a checked geometry");
+    Array2::from_shape_vec((rows, cols), crate::buffers::take_small_zeroed(len))
+        .expect("rows x cols floats")
+}
+
 /// Whole images per tile when an image has at most `tile_cols` positions, else 1.
 pub(super) fn images_per_tile(tile_cols: usize, l: usize) -> usize {
     (tile_cols / l.max(1)).max(1)

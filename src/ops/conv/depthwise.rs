@@ -41,7 +41,7 @@ use ndarray::parallel::prelude::*;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::slice::ParallelSliceMut;
 
-use super::common::{OP, Operands, resize, shape_err, with_scratch};
+use super::common::{OP, Operands, resize, shape_err, with_scratch, zeroed_partial};
 use crate::error::{Error, Result};
 use crate::gemm::Kernel;
 use crate::ops::geometry::Conv2dGeometry;
@@ -726,7 +726,7 @@ fn backward_chunk(
             tasks.map(|t| run(s, t)).collect::<Result<_>>()
         })?
     };
-    let mut dw = Array2::<f32>::zeros((o_all, kk));
+    let mut dw = zeroed_partial(o_all, kk);
     if want_dw {
         for (ci, part) in per_channel.iter().enumerate() {
             let rows = dw.as_slice_mut().expect("a fresh array is contiguous");

@@ -38,8 +38,8 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_tile, resize, shape_err,
-    tile_images, with_scratch,
+    OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_tile, resize, tile_images,
+    with_scratch, zeroed_partial,
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
@@ -592,7 +592,7 @@ impl Backward {
         // An empty image (every tap reads padding), no output channels or no images: dW
         // is zero or empty, and so is dx (zeroed by the caller).
         if ops.x.ncols() == 0 || geo.out_channels == 0 || nb == 0 {
-            return Ok(Array2::zeros((geo.col_rows(), geo.out_channels)));
+            return Ok(zeroed_partial(geo.col_rows(), geo.out_channels));
         }
         with_scratch(&BACKWARD, |bufs| {
             self.chunk_in(ops, dy, (n0, nb), dxc, want_dw, bufs)
@@ -648,13 +648,12 @@ impl Backward {
             &mut []
         };
         // The chunk's (K, O) partial; with whole vectors of output channels the kernel
-        // sums straight into it, else into `acc` (`ldo` wide), copied after. From the
-        // small buffers (`buffers::take_small_zeroed`), handed back after the sum; not
-        // the large buffers' cache: taking those for the partials left the ops after a
-        // large conv to fault theirs in afresh (dw_64 after vgg_256 in `bench`: 3.0-4.5
-        // -> 4.8-5.0 ms).
-        let mut partial = Array2::from_shape_vec((k, o), crate::buffers::take_small_zeroed(k * o))
-            .map_err(shape_err)?;
+        // sums straight into it, else into `acc` (`ldo` wide), copied after. Taken as
+        // every path's partials are (`zeroed_partial`): a kept buffer of their exact
+        // length; taking any large buffer that fitted from the cache left the ops after
+        // a large conv to fault theirs in afresh (dw_64 after vgg_256 in `bench`:
+        // 3.0-4.5 -> 4.8-5.0 ms).
+        let mut partial = zeroed_partial(k, o);
         let partial_s = partial.as_slice_mut().expect("a new array is contiguous");
         let target: &mut [f32] = match (want_dw, ldo == o) {
             (true, true) => partial_s,

@@ -1068,12 +1068,10 @@ fn backward_impl(
         }
         _ => sum_partials(&plan, &mut dw, &partials),
     }
-    // Summed: the direct path's partials came from the small buffers, and their memory
-    // serves its next call's (the other algorithms allocate their own).
-    if plan.weight_grad == WeightGradAlgo::Direct {
-        for (p, _) in partials {
-            crate::buffers::give_small(p.into_raw_vec_and_offset().0);
-        }
+    // Summed: the partials came from the small buffers (`common::zeroed_partial`), and
+    // their memory serves the next call's.
+    for (p, _) in partials {
+        crate::buffers::give_small(p.into_raw_vec_and_offset().0);
     }
     let dw = dw.into_shape_with_order(geo.w_shape()).map_err(shape_err)?;
     Ok((dx, dw, with_bias.then(|| db.mapv(|v| v as f32))))

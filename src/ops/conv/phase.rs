@@ -30,7 +30,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayVi
 
 use super::common::{
     OP, Operands, Out, for_each_image_tile, group_col_grad, group_weight_grad, images_per_tile,
-    resize, shape_err, with_scratch,
+    resize, shape_err, with_scratch, zeroed_partial,
 };
 use super::layout::{PhasePlane, phase_planes};
 use crate::error::Result;
@@ -230,7 +230,7 @@ fn backward_chunk_in(
     let o = dy.len_of(Axis(1));
     let (kg, k) = (ops.w.ncols(), geo.col_rows());
     let (ow, pc) = (geo.out_w, pg.cols);
-    let mut dw = Array2::<f32>::zeros((o, kg));
+    let mut dw = zeroed_partial(o, kg);
 
     let per = images_per_tile(ops.plan.tile_cols, pg.ext);
     for i in (0..nb).step_by(per) {

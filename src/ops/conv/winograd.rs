@@ -48,7 +48,7 @@ use ndarray::{
 };
 use rayon::slice::ParallelSliceMut;
 
-use super::common::{OP, Operands, resize, shape_err, with_scratch};
+use super::common::{OP, Operands, resize, shape_err, with_scratch, zeroed_partial};
 use crate::error::{Error, Result};
 use crate::gemm::{Kernel, indirect_b_gemm, pack_a_panels_into, sgemm_par};
 use crate::limits::{checked_len, try_resize};
@@ -1094,7 +1094,7 @@ pub(super) fn weight_grad(
 ) -> Result<Array2<f32>> {
     let geo = ops.geo;
     let (c, o) = (geo.in_channels, geo.out_channels);
-    let mut dw = Array2::<f32>::zeros((o, c * 9));
+    let mut dw = zeroed_partial(o, c * 9);
     let (ho, wo) = (geo.out_h, geo.out_w);
     if dw.is_empty() || nb == 0 || ho == 0 || wo == 0 {
         return Ok(dw);
