@@ -437,8 +437,9 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         ForwardAlgo::Direct
     );
     // A kernel nearly the input's size without padding: the direct input gradient
-    // would run mostly on `dy`'s padding (82% for 5x5 onto 7x7), the column one does
-    // not; 3x3 onto 7x7 (49%) stays direct.
+    // would gather mostly zeros from `dy`'s padding (5.4x the column lowering's work
+    // for 5x5 onto 7x7); 3x3 onto 7x7 (1.96x) and a padded 7x7 kernel on 5x5 (1x: the
+    // column lowering computes the padding's taps too) stay direct.
     let valid = Conv2dOptions::new();
     assert_eq!(
         plan([64, 32, 7, 7], [64, 32, 5, 5], &valid).input_grad,
@@ -446,6 +447,10 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     );
     assert_eq!(
         plan([64, 32, 7, 7], [64, 32, 3, 3], &valid).input_grad,
+        InputGradAlgo::Direct
+    );
+    assert_eq!(
+        plan([64, 64, 5, 5], [24, 64, 7, 7], &p3).input_grad,
         InputGradAlgo::Direct
     );
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));

@@ -54,16 +54,17 @@ const PHASE_MIN_OUT_W: usize = 12;
 /// needs no transpose); seed_l2 (8 channels) 0.109 -> 0.267, resnet_128s2 18.0 -> 20.2.
 const DIRECT_MIN_CHANNELS: usize = 8;
 
-/// Most of the direct input gradient's multiply-adds that may read the zero padding of
-/// `dy` ([`direct::input_grad_padding_share`]); past it the input gradient runs on the
-/// column lowering, which computes only the real pairs. Convs without padding whose
-/// kernel nears the input size: Zen 4 (EPYC family 25 model 17), the whole backward
-/// with the direct weight gradient, 1 thread, medians of 4 interleaved rounds, dx
-/// columns / direct time, by share: 96% (128 x 64 -> 96, 5x5 onto 5x5) 0.33; 94% (16 x
-/// 64 -> 256, 7x7 onto 8x8) 0.64; 82% (64 x 32 -> 64, 5x5 onto 7x7) 0.46; 75% (3x3
-/// onto 4x4) 0.84; 67% (7x7 onto 14x14) 0.77; 64% (5x5 onto 10x10) 0.75; 56% (3x3 onto
-/// 6x6) 0.89; but 43% (7x7, padding 3, 7x7) 1.50, and seed_l4 (31%) 1.93.
-const DIRECT_DX_MAX_PADDING_SHARE: f64 = 0.5;
+/// Most multiply-adds of the direct input gradient relative to the column lowering's
+/// ([`direct::input_grad_work_ratio`]); past it the input gradient runs on the column
+/// lowering. Convs without padding whose kernel nears the input size (the direct path
+/// gathers each pixel's taps from a zero-padded `dy`, mostly zeros there): Zen 4 (EPYC
+/// family 25 model 17), the whole backward with the direct weight gradient, 1 thread,
+/// medians of 4 interleaved rounds, dx columns / direct time, by ratio: 25 (128 x 64 ->
+/// 96, 5x5 onto 5x5) 0.33; 16 (16 x 64 -> 256, 7x7 onto 8x8) 0.64; 5.4 (64 x 32 -> 64,
+/// 5x5 onto 7x7) 0.46; 4 (3x3 onto 4x4) 0.84; 3.1 (7x7 onto 14x14) 0.77; 2.8 (5x5 onto
+/// 10x10) 0.75; 2.25 (3x3 onto 6x6) 0.89; but 1 (7x7, padding 3, on 7x7: both compute
+/// the padding's taps) 1.50, and on 5x5 (64 x 64 -> 24) 3.4, seed_l4 (1) 1.93.
+const DIRECT_DX_MAX_WORK_RATIO: f64 = 2.0;
 
 /// Fewest of a conv's direct multiply-adds that read padding (the share of all taps of
 /// all windows, [`clipped::padding_share`]) for the clipped forward to replace the
@@ -377,8 +378,8 @@ impl ConvPlan {
     ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`), 24 input channels
     ///   (`WINOGRAD_DX_MIN_IN_CHANNELS`) and `N * H * W * O` of at least 2^18
     ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
-    ///   channels (not pointwise) and at most half of its multiply-adds on `dy`'s
-    ///   padding (`DIRECT_DX_MAX_PADDING_SHARE`), else a column lowering: `Pointwise`, `Phase` for strided convs with
+    ///   channels (not pointwise) and at most twice the column lowering's multiply-adds
+    ///   (`DIRECT_DX_MAX_WORK_RATIO`), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
     /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 64 channels
@@ -526,7 +527,7 @@ impl ConvPlan {
                 }
             } else if direct
                 && !pointwise
-                && direct::input_grad_padding_share(geo) <= DIRECT_DX_MAX_PADDING_SHARE
+                && direct::input_grad_work_ratio(geo) <= DIRECT_DX_MAX_WORK_RATIO
             {
                 InputGradAlgo::Direct
             } else {

@@ -855,19 +855,23 @@ impl DirectIndex {
     }
 }
 
-/// The share of the direct input gradient's multiply-adds that read the zero padding
-/// of `dy`: each input pixel sums every tap of its class ([`TransposeIndex`]), while
-/// only the (output position, tap) pairs whose forward read lands inside the input
-/// carry a gradient ([`Conv2dGeometry::taps_inside`]). Near zero for padded convs; most
-/// of the work for a kernel nearly as large as the input without padding (5x5 onto
-/// 5x5: 96%). Row and column counts multiply, so this costs `O(k + min(H, s))` per
-/// side, whatever the padding.
-pub(super) fn input_grad_padding_share(geo: &Conv2dGeometry) -> f64 {
+/// The direct input gradient's multiply-adds relative to the column lowering's: each
+/// input pixel sums every tap of its class from a zero-padded `dy`
+/// ([`TransposeIndex`]), while the column lowering computes every tap of every output
+/// position (`out_h * out_w * kh * kw` per channel pair) before its scatter. Both
+/// compute the pairs that carry a gradient; the direct path adds those landing on
+/// `dy`'s padding, the column path those on the input's. About 1 for padded convs of
+/// any stride; large for a kernel nearly as large as the input without padding, whose
+/// few outputs each pixel reaches through most of its taps (5x5 onto 5x5: 25). Row
+/// and column counts multiply, so this costs `O(k + min(H, s))` per side, whatever
+/// the padding.
+pub(super) fn input_grad_work_ratio(geo: &Conv2dGeometry) -> f64 {
     let o = &geo.options;
-    let side = |rows: bool| -> (f64, f64) {
-        let (input, k, s, p, d) = match rows {
+    let side = |rows: bool| -> f64 {
+        let (input, out, k, s, p, d) = match rows {
             true => (
                 geo.in_h,
+                geo.out_h,
                 geo.kernel.0,
                 o.stride.0,
                 o.padding.0,
@@ -875,33 +879,25 @@ pub(super) fn input_grad_padding_share(geo: &Conv2dGeometry) -> f64 {
             ),
             false => (
                 geo.in_w,
+                geo.out_w,
                 geo.kernel.1,
                 o.stride.1,
                 o.padding.1,
                 o.dilation.1,
             ),
         };
-        let useful: usize = geo.taps_inside(rows).iter().map(|r| r.len()).sum();
         // Taps per class: `(i * d) % s`, sorted to count by binary search.
         let mut residues: Vec<usize> = (0..k).map(|i| (i * d) % s).collect();
         residues.sort_unstable();
         let taps =
             |r: usize| residues.partition_point(|&x| x <= r) - residues.partition_point(|&x| x < r);
         // The pixels of class `r = (iy + p) % s`: the first one, then every `s`.
-        let computed: usize = (0..input.min(s))
-            .map(|iy| {
-                let pixels = (input - 1 - iy) / s + 1;
-                pixels * taps((iy + p) % s)
-            })
+        let direct: usize = (0..input.min(s))
+            .map(|iy| ((input - 1 - iy) / s + 1) * taps((iy + p) % s))
             .sum();
-        (useful as f64, computed as f64)
+        direct as f64 / (out * k).max(1) as f64
     };
-    let ((uh, ch), (uw, cw)) = (side(true), side(false));
-    if ch * cw == 0.0 {
-        0.0
-    } else {
-        1.0 - uh * uw / (ch * cw)
-    }
+    side(true) * side(false)
 }
 
 /// The direct path's indexing of the input gradient, a transposed convolution run as a
@@ -1010,11 +1006,11 @@ mod tests {
     use super::*;
     use crate::ops::Conv2dOptions;
 
-    /// [`input_grad_padding_share`] against a count of what [`TransposeIndex`] runs
-    /// (every pixel times its class's taps) and of the pairs inside the input, over
-    /// strides, paddings, dilations and kernels up to past the input.
+    /// [`input_grad_work_ratio`] against a count of what [`TransposeIndex`] runs (every
+    /// pixel times its class's taps) over the column lowering's taps, over strides,
+    /// paddings, dilations and kernels up to past the input.
     #[test]
-    fn input_grad_padding_share_counts_what_the_transpose_index_runs() {
+    fn input_grad_work_ratio_counts_what_the_transpose_index_runs() {
         let mut checked = 0;
         for (h, w) in [(1, 1), (5, 5), (7, 4), (9, 6)] {
             for (k, s, p, d) in [
@@ -1039,27 +1035,9 @@ mod tests {
                     .iter()
                     .map(|c| c.pixels.len() * c.taps.len())
                     .sum();
-                let inside = |o: usize, i: usize, s: usize, d: usize, p: usize, n: usize| {
-                    (o * s + i * d).checked_sub(p).is_some_and(|x| x < n)
-                };
-                let mut useful = 0;
-                for oy in 0..g.out_h {
-                    for ox in 0..g.out_w {
-                        for i in 0..k {
-                            for j in 0..k {
-                                useful += usize::from(
-                                    inside(oy, i, s, d, p, h) && inside(ox, j, 1, 1, p / 2, w),
-                                );
-                            }
-                        }
-                    }
-                }
-                let want = if run == 0 {
-                    0.0
-                } else {
-                    1.0 - useful as f64 / run as f64
-                };
-                let got = input_grad_padding_share(&g);
+                let columns = (g.out_h * k * g.out_w * k).max(1);
+                let want = run as f64 / columns as f64;
+                let got = input_grad_work_ratio(&g);
                 assert!(
                     (got - want).abs() < 1e-12,
                     "{:?}: {got} vs {want}",
@@ -1069,9 +1047,12 @@ mod tests {
             }
         }
         assert!(checked >= 20, "{checked} geometries");
-        // A 5x5 kernel onto a 5x5 input: one window, each pixel of 25 sums one term.
+        // A 5x5 kernel onto a 5x5 input: each of 25 pixels sums 25 taps, for one window.
         let g = Conv2dGeometry::new("t", [1, 1, 5, 5], [1, 1, 5, 5], &Conv2dOptions::new());
-        let share = input_grad_padding_share(&g.unwrap());
-        assert!((share - 0.96).abs() < 1e-12);
+        assert_eq!(input_grad_work_ratio(&g.unwrap()), 25.0);
+        // Padding 3 for a 7x7 kernel on 5x5: the same work either way.
+        let p3 = Conv2dOptions::new().with_padding((3, 3));
+        let g = Conv2dGeometry::new("t", [1, 1, 5, 5], [1, 1, 7, 7], &p3);
+        assert_eq!(input_grad_work_ratio(&g.unwrap()), 1.0);
     }
 }
