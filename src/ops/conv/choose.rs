@@ -277,21 +277,17 @@ fn winograd_fwd_min_channels(microarch: Microarch, kernel: Kernel) -> usize {
     }
 }
 
-/// Smallest output side and fewest output channels for the F(4x4, 3x3) forward: a
-/// small image leaves its 4x4 tiles part empty (5x5 fills 39% of its four, 6x6 56%)
-/// and pays the transforms on the padding the clipped forward skips; few output
-/// channels leave each tile's GEMMs a few rows against its input transform. Zen 4
-/// (EPYC family 25 model 17), fwd, clipped / F4 time, medians of 4 interleaved rounds,
-/// 1 thread (2 threads): N = 64, 64 -> 64 channels: 5x5 0.45 (0.37), 6x6 0.66 (0.66),
-/// 7x7 0.95, but 8x8 1.24, 10x10 1.26, 12x12 1.81; N = 64, 128 channels 7x7: 8 outputs
-/// 0.65, 16: 0.63; N = 64, 64 channels 14x14: 8 outputs 0.93 (16: 0.82, kept: at 28x28
-/// 16 outputs are 1.11, 32: 1.50; 4 and 8 even there, 1.02 and 1.00). F(2x2, 3x3)
-/// past [`WINOGRAD_F4_MAX_CHANNELS`] keeps every size: its 2x2 tiles fill small images
+/// Smallest output side for the F(4x4, 3x3) forward: a small image leaves its 4x4
+/// tiles part empty (5x5 fills 39% of its four, 6x6 56%) and pays the transforms on
+/// the padding the clipped forward skips. Zen 4 (EPYC family 25 model 17), fwd,
+/// clipped / F4 time, medians of 4 interleaved rounds, 1 thread (2 threads): N = 64, 64
+/// -> 64 channels: 5x5 0.45 (0.37), 6x6 0.66 (0.66), 7x7 0.95, but 8x8 1.24, 10x10
+/// 1.26, 12x12 1.81; N = 64, 128 channels 7x7: 8 outputs 0.65, 16: 0.63. Few output
+/// channels alone make no rule: 8 outputs, 64 channels 14x14 0.93, 48 channels 12x12
+/// 1.20, 28x28 1.00 (4 outputs 1.02, 16: 1.11). F(2x2, 3x3) past
+/// [`WINOGRAD_F4_MAX_CHANNELS`] keeps every size: its 2x2 tiles fill small images
 /// (ResNet's 512-channel 7x7 layer: F2 59 ms, clipped 69, 1 thread).
 const WINOGRAD_F4_FWD_MIN_OUT_SIDE: usize = 8;
-
-/// See [`WINOGRAD_F4_FWD_MIN_OUT_SIDE`].
-const WINOGRAD_F4_FWD_MIN_OUT_CHANNELS: usize = 16;
 
 /// Most channels summed over (input channels forward, output channels for the input
 /// gradient) for F(4x4, 3x3) by default; F(2x2, 3x3) above. F4's error grows with the
@@ -381,8 +377,8 @@ impl ConvPlan {
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
     ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`; 8 on a Zen 4 with the AVX-512 kernel,
     ///   `WINOGRAD_FWD_MIN_CHANNELS_ZEN4`) and `N * out_h * out_w * C` of at least
-    ///   2^17 (`WINOGRAD_FWD_MIN_WORK`), outputs of at least 8x8 and 16 channels
-    ///   (`WINOGRAD_F4_FWD_MIN_OUT_SIDE`, `WINOGRAD_F4_FWD_MIN_OUT_CHANNELS`);
+    ///   2^17 (`WINOGRAD_FWD_MIN_WORK`), outputs of at least 8x8
+    ///   (`WINOGRAD_F4_FWD_MIN_OUT_SIDE`);
     ///   `WinogradF2` instead above 256 channels (`WINOGRAD_F4_MAX_CHANNELS`), any
     ///   size; else for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`) `Columns` for a strided 1x1 conv without
@@ -462,8 +458,7 @@ impl ConvPlan {
         };
         let kernel = Kernel::selected();
         let fwd_min_channels = winograd_fwd_min_channels(CpuInfo::get().microarch, kernel);
-        let f4_fits = geo.out_h.min(geo.out_w) >= WINOGRAD_F4_FWD_MIN_OUT_SIDE
-            && geo.out_channels >= WINOGRAD_F4_FWD_MIN_OUT_CHANNELS;
+        let f4_fits = geo.out_h.min(geo.out_w) >= WINOGRAD_F4_FWD_MIN_OUT_SIDE;
         let winograd_forward = winograd
             && (f4_fits || geo.in_channels > WINOGRAD_F4_MAX_CHANNELS)
             && work(
