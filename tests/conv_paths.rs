@@ -343,6 +343,20 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
     // images runs its input gradient on the column lowering, 16 channels direct.
     let rgb = plan([8, 3, 224, 224], [64, 3, 3, 3], &p1);
     assert_eq!(rgb.input_grad, InputGradAlgo::Columns);
+    // Under 8 input channels, stride 1: direct with at most 3 outputs per input
+    // channel, else the column lowering; strided layers keep the phase lowering.
+    assert_eq!(
+        plan([64, 4, 28, 28], [8, 4, 3, 3], &p1).input_grad,
+        InputGradAlgo::Direct
+    );
+    assert_eq!(
+        plan([64, 2, 28, 28], [16, 2, 3, 3], &p1).input_grad,
+        InputGradAlgo::Columns
+    );
+    assert_eq!(
+        plan([64, 4, 28, 28], [8, 4, 3, 3], &p1.with_stride((2, 2))).input_grad,
+        InputGradAlgo::Phase
+    );
     assert_eq!(
         plan([32, 16, 28, 28], [128, 16, 3, 3], &p1).input_grad,
         InputGradAlgo::Direct

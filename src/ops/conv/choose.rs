@@ -66,6 +66,21 @@ const DIRECT_MIN_CHANNELS: usize = 8;
 /// the padding's taps) 1.50, and on 5x5 (64 x 64 -> 24) 3.4, seed_l4 (1) 1.93.
 const DIRECT_DX_MAX_WORK_RATIO: f64 = 2.0;
 
+/// Most output channels per input channel for the direct input gradient of a
+/// stride-1 layer under [`DIRECT_MIN_CHANNELS`] input channels: its vectors run over
+/// the few input channels, but the column lowering's `W^T x dy` sums over the output
+/// channels, as few there. Zen 4 (EPYC family 25 model 17), N = 64, the whole backward
+/// with the direct weight gradient, dx direct / columns, medians of 4 interleaved
+/// rounds, 1 thread: 3x3 padding 1, 28x28, C -> O: 2 -> 4 1.01, 4 -> 4 0.97, 6 -> 4
+/// 0.48, 4 -> 8 0.87, 6 -> 8 0.65, 6 -> 16 1.03 (but 2 -> 8 1.21, 4 -> 16 1.01, 2 ->
+/// 16 1.64); 7x7 padding 3, 14x14: 2 -> 4 0.68, 4 -> 4 0.46, 6 -> 4 0.39, 4 -> 8 0.60,
+/// 6 -> 8 0.48, 3 -> 8 0.62, 6 -> 16 0.71 (but 2 -> 8 0.99, 4 -> 16 0.86, 2 -> 16
+/// 1.39); N = 32, 5x5: 6 -> 16 0.85, 4 -> 16 1.08; 3x3 with 32 outputs: 2: 1.86, 4:
+/// 1.24, 6: 1.17. The AVX2 kernel forced (4 -> 8 3x3 0.96, 3 -> 8 7x7 0.79, 6 -> 16
+/// 0.97) and 2 threads (0.84, 0.64) alike. Strided layers keep their phase input
+/// gradient: direct / phase 0.87-1.12 on five shapes.
+const DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN: usize = 3;
+
 /// Fewest of a conv's direct multiply-adds that read padding (the share of all taps of
 /// all windows, [`clipped::padding_share`]) for the clipped forward to replace the
 /// direct one: 1 thread, Zen 4, fwd ms, direct -> clipped, by share: seed_l3 and
@@ -392,8 +407,9 @@ impl ConvPlan {
     ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`), 24 input channels
     ///   (`WINOGRAD_DX_MIN_IN_CHANNELS`) and `N * H * W * O` of at least 2^18
     ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
-    ///   channels (not pointwise) and at most twice the column lowering's multiply-adds
-    ///   (`DIRECT_DX_MAX_WORK_RATIO`), else a column lowering: `Pointwise`, `Phase` for strided convs with
+    ///   channels (not pointwise; fewer with stride 1 and at most 3 output channels per
+    ///   input channel, `DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN`) and at most twice the
+    ///   column lowering's multiply-adds (`DIRECT_DX_MAX_WORK_RATIO`), else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
     /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 64 channels
@@ -541,7 +557,11 @@ impl ConvPlan {
                 } else {
                     InputGradAlgo::WinogradF2
                 }
-            } else if direct
+            } else if (direct
+                || o.stride == (1, 1)
+                    && geo.out_channels
+                        <= DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN.saturating_mul(geo.in_channels))
+                && o.groups == 1
                 && !pointwise
                 && direct::input_grad_work_ratio(geo) <= DIRECT_DX_MAX_WORK_RATIO
             {
