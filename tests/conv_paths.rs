@@ -196,6 +196,16 @@ fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
     assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Pointwise);
     let geo = Conv2dGeometry::new("test", [2, 8, 6, 6], [4, 8, 3, 3], &opts).unwrap();
     assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Direct);
+    // Input and output past half the L3: the forward copies the input into columns
+    // rather than read it from memory in place (the backward stays pointwise).
+    let l3 = convinit::cpu::CpuInfo::get().l3_bytes;
+    let n = l3 / (4 * 64 * 56 * 56) + 1;
+    let geo = Conv2dGeometry::new("test", [n, 64, 56, 56], [128, 64, 1, 1], &opts).unwrap();
+    let p = ConvPlan::choose(&geo, 1);
+    assert_eq!(
+        (p.forward, p.input_grad),
+        (ForwardAlgo::Columns, InputGradAlgo::Pointwise)
+    );
 }
 
 /// The direct path keeps each thread's padded buffers between calls and zeroes their

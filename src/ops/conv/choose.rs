@@ -81,6 +81,28 @@ const DIRECT_DX_MAX_WORK_RATIO: f64 = 2.0;
 /// gradient: direct / phase 0.87-1.12 on five shapes.
 const DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN: usize = 3;
 
+/// A pointwise conv whose input and output take more than half the L3
+/// ([`CpuInfo::l3_bytes`]) runs its forward on the column path: the pointwise forward's
+/// GEMM reads each image in place, from memory once the batch has left the cache, while
+/// the column path's copy streams it into a buffer the GEMM then finds in cache (the
+/// profile puts the difference in the GEMM's macro kernel). Zen 4 (EPYC family 25 model
+/// 17, 32 MiB L3), fwd, columns / pointwise, medians of 4 interleaved rounds, 1 thread,
+/// by input + output: 128 x 32 -> 24, 56x56 (90 MB) 0.69; 64 x 32 -> 24, 56x56 (45 MB)
+/// 0.76-0.79 (2 threads 0.79); pw_64x128 (77 MB) 0.95; 64 x 128 -> 32, 28x28 (32 MB)
+/// 0.90; 32 x 32 -> 24, 56x56 (22 MB) 0.81; 16 x 64 -> 32, 56x56 (19 MB) 0.82; but in
+/// cache the copy is only a cost: 32 x 256 -> 64, 14x14 (8 MB) 1.37; 32 x 128 -> 24,
+/// 14x14 (3.8 MB) 1.55; 4 x 32 -> 24, 56x56 (2.8 MB) 1.32; 16 x 64 -> 128, 14x14 (2.4
+/// MB) 1.11.
+fn pointwise_streams(geo: &Conv2dGeometry, l3_bytes: usize) -> bool {
+    let floats = geo.batch.saturating_mul(
+        (geo.in_channels
+            .saturating_mul(geo.in_h)
+            .saturating_mul(geo.in_w))
+        .saturating_add(geo.out_channels.saturating_mul(geo.col_cols())),
+    );
+    floats.saturating_mul(size_of::<f32>()) > l3_bytes / 2
+}
+
 /// Fewest of a conv's direct multiply-adds that read padding (the share of all taps of
 /// all windows, [`clipped::padding_share`]) for the clipped forward to replace the
 /// direct one: 1 thread, Zen 4, fwd ms, direct -> clipped, by share: seed_l3 and
@@ -388,7 +410,8 @@ impl ConvPlan {
     ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
     /// - a channels-last 1x1 / stride-1 / unpadded conv of groups of 1: `Direct` for all
     ///   three passes; otherwise:
-    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv; `WinogradF4` for a
+    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv (`Columns` when its
+    ///   input and output take more than half the L3, `pointwise_streams`); `WinogradF4` for a
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
     ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`; 8 on a Zen 4 with the AVX-512 kernel,
     ///   `WINOGRAD_FWD_MIN_CHANNELS_ZEN4`) and `N * out_h * out_w * C` of at least
@@ -514,6 +537,8 @@ impl ConvPlan {
             // stride-1 conv is a plain GEMM already, without the direct path's transpose.
             forward: if depthwise {
                 ForwardAlgo::Depthwise
+            } else if pointwise && pointwise_streams(geo, CpuInfo::get().l3_bytes) {
+                ForwardAlgo::Columns
             } else if pointwise {
                 ForwardAlgo::Pointwise
             } else if winograd_forward {
