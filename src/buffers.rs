@@ -108,15 +108,19 @@ fn take_f32(len: usize) -> Option<Vec<f32>> {
     if bytes_of(len) < MIN_BYTES {
         return None;
     }
-    with_cache(|c| {
-        let at = c
-            .free
-            .iter()
+    take_at(|free| {
+        free.iter()
             .enumerate()
             .filter(|(_, b)| fits(b, len))
             .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i)?;
-        let b = c.free.remove(at);
+            .map(|(i, _)| i)
+    })
+}
+
+/// Removes from the cache the buffer `pick` points at among the free ones, if any.
+fn take_at(pick: impl FnOnce(&[Vec<f32>]) -> Option<usize>) -> Option<Vec<f32>> {
+    with_cache(|c| {
+        let b = c.free.remove(pick(&c.free)?);
         c.bytes -= bytes_of(b.capacity());
         Some(b)
     })
@@ -221,19 +225,15 @@ fn with_small<T>(f: impl FnOnce(&mut Small) -> T) -> T {
 
 /// `len` zeros, in a buffer [`give_small`] kept when there is one of that length: from
 /// the small buffers, or for 256 KiB and more from the large buffers' cache (one of
-/// exactly that capacity), where [`give_small`] sends those. (Taking only from the small buffers, a weight-gradient
-/// partial of 256 KiB or more was faulted in afresh on every call: 64 x 64 x 4x4 -> 128
-/// channels, 3x3, took 2.2 ms for its backward against 1.3 ms at 112 channels, Zen 4.)
+/// exactly that capacity), where [`give_small`] sends those. (Taking only from the
+/// small buffers, a weight-gradient partial of 256 KiB or more was faulted in afresh on
+/// every call: 64 x 64 x 4x4 -> 128 channels, 3x3, took 2.2 ms for its backward against
+/// 1.3 ms at 112 channels, Zen 4.)
 pub(crate) fn take_small_zeroed(len: usize) -> Vec<f32> {
     if bytes_of(len) >= MIN_BYTES {
         // Only a buffer of this very capacity (a partial given back): taking any that
         // fitted could take the one a later op's output wanted.
-        let kept = with_cache(|c| {
-            let at = c.free.iter().rposition(|b| b.capacity() == len)?;
-            let b = c.free.remove(at);
-            c.bytes -= bytes_of(b.capacity());
-            Some(b)
-        });
+        let kept = take_at(|free| free.iter().rposition(|b| b.capacity() == len));
         return match kept {
             Some(mut v) => {
                 v.clear();

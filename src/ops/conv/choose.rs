@@ -482,6 +482,12 @@ impl ConvPlan {
             && o.memory_format == crate::ops::MemoryFormat::ChannelsLast;
         let pointwise = columns::pointwise_fits(geo) && !cl_pointwise;
         let direct = o.groups == 1 && (geo.in_channels >= DIRECT_MIN_CHANNELS || cl_pointwise);
+        // Under `DIRECT_MIN_CHANNELS`, the direct input gradient still pays with few
+        // output channels per input channel, at stride 1.
+        let few_channel_direct_dx = o.groups == 1
+            && o.stride == (1, 1)
+            && geo.out_channels
+                <= DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN.saturating_mul(geo.in_channels);
         // A channels-last output: the direct forward writes it as its kernel produces it,
         // where the others' output is transposed after. Forward ms, 2 threads, Intel Xeon
         // 6/207, direct (channels-last) against phase (channel-major, then the copy to
@@ -496,7 +502,8 @@ impl ConvPlan {
                 && positions.iter().fold(channels, |a, &d| a.saturating_mul(d)) >= min_work
         };
         let kernel = Kernel::selected();
-        let fwd_min_channels = winograd_fwd_min_channels(CpuInfo::get().microarch, kernel);
+        let cpu = CpuInfo::get();
+        let fwd_min_channels = winograd_fwd_min_channels(cpu.microarch, kernel);
         let f4_fits = geo.out_h.min(geo.out_w) >= WINOGRAD_F4_FWD_MIN_OUT_SIDE;
         let winograd_forward = winograd
             && (f4_fits || geo.in_channels > WINOGRAD_F4_MAX_CHANNELS)
@@ -537,7 +544,7 @@ impl ConvPlan {
             // stride-1 conv is a plain GEMM already, without the direct path's transpose.
             forward: if depthwise {
                 ForwardAlgo::Depthwise
-            } else if pointwise && pointwise_streams(geo, CpuInfo::get().l3_bytes) {
+            } else if pointwise && pointwise_streams(geo, cpu.l3_bytes) {
                 ForwardAlgo::Columns
             } else if pointwise {
                 ForwardAlgo::Pointwise
@@ -582,11 +589,7 @@ impl ConvPlan {
                 } else {
                     InputGradAlgo::WinogradF2
                 }
-            } else if (direct
-                || o.stride == (1, 1)
-                    && geo.out_channels
-                        <= DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN.saturating_mul(geo.in_channels))
-                && o.groups == 1
+            } else if (direct || few_channel_direct_dx)
                 && !pointwise
                 && direct::input_grad_work_ratio(geo) <= DIRECT_DX_MAX_WORK_RATIO
             {
