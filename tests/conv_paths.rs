@@ -206,6 +206,41 @@ fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
         (p.forward, p.input_grad),
         (ForwardAlgo::Columns, InputGradAlgo::Pointwise)
     );
+    // Small images in a batch of 16 or more, with the AVX-512 kernel: the input
+    // gradient direct, and the forward too from 64 input channels; not where the
+    // weight gradient is the pointwise GEMM (128 outputs, 64 inputs), nor in a batch
+    // of 8, nor on 28x28 images.
+    let avx512 = convinit::gemm::Kernel::selected() == convinit::gemm::Kernel::Avx512;
+    let plan = |x: [usize; 4], o: usize| {
+        let geo = Conv2dGeometry::new("test", x, [o, x[1], 1, 1], &opts).unwrap();
+        let p = ConvPlan::choose(&geo, 1);
+        (p.forward, p.input_grad, p.weight_grad)
+    };
+    let (pw, direct) = (ForwardAlgo::Pointwise, ForwardAlgo::Direct);
+    let (pw_dx, direct_dx) = (InputGradAlgo::Pointwise, InputGradAlgo::Direct);
+    let dw = WeightGradAlgo::Direct;
+    let want = |on: (ForwardAlgo, InputGradAlgo), off: (ForwardAlgo, InputGradAlgo)| {
+        let (f, i) = if avx512 { on } else { off };
+        (f, i, dw)
+    };
+    assert_eq!(
+        plan([128, 128, 8, 8], 8),
+        want((direct, direct_dx), (pw, pw_dx))
+    );
+    assert_eq!(
+        plan([16, 64, 20, 20], 32),
+        want((direct, direct_dx), (pw, pw_dx))
+    );
+    assert_eq!(
+        plan([64, 32, 14, 14], 16),
+        want((pw, direct_dx), (pw, pw_dx))
+    );
+    assert_eq!(plan([8, 128, 20, 20], 32), (pw, pw_dx, dw));
+    assert_eq!(plan([32, 64, 28, 28], 32), (pw, pw_dx, dw));
+    assert_eq!(
+        plan([32, 256, 7, 7], 256),
+        (pw, pw_dx, WeightGradAlgo::Pointwise)
+    );
 }
 
 /// The direct path keeps each thread's padded buffers between calls and zeroes their

@@ -103,6 +103,48 @@ fn pointwise_streams(geo: &Conv2dGeometry, l3_bytes: usize) -> bool {
     floats.saturating_mul(size_of::<f32>()) > l3_bytes / 2
 }
 
+/// A pointwise conv on small images (at most this many output positions each) in a
+/// batch of at least [`POINTWISE_DIRECT_MIN_BATCH`], whose weight gradient is not the
+/// pointwise GEMM ([`POINTWISE_DW_MIN_OUT`]), runs its input gradient on the direct
+/// path with the AVX-512 kernel, and its forward too from
+/// [`POINTWISE_DIRECT_FWD_MIN_CHANNELS`] input channels: the pointwise GEMM runs one
+/// small product per image (or copies a few side by side), the direct kernel tiles
+/// positions across the batch. Zen 4 (EPYC family 25 model 17), medians of 3-5
+/// interleaved rounds, direct / pointwise, 1 thread (2 threads), fwd ; bwd (both with
+/// the direct weight gradient):
+/// - 8x8: N = 128, 128 -> 8, 16, 32, 64: 0.72-0.81 (0.59) ; 0.44-0.76 (0.47); N = 64,
+///   64 -> 64: 0.80 (0.86) ; 0.63 (0.76);
+/// - 14x14 to 20x20, N = 16 to 64: 32 x 256 -> 64 14x14 0.87 (0.77) ; 0.94 (0.86); 64 x
+///   128 -> 64 10x10 0.88 ; 0.82; 32 x 96 -> 48 18x18 0.87 ; 0.92; 32 x 64 -> 32 20x20
+///   0.94-0.97 (0.82) ; 0.75-0.80 (0.77); 32 x 128 -> 64 20x20 0.90 (0.79) ; 0.97
+///   (0.90); 16 x 64 -> 32 12x12 and 16x16 0.91-0.93 (0.81-0.90) ; 0.68-0.79
+///   (0.71-0.77); 32 x 256 -> 8..64 16x16 0.76-1.01 ; 0.81-0.99; under 64 input
+///   channels the forward is even or slower (64 x 32 -> 8..64 14x14 0.86-1.11, 32 x 8
+///   -> 16 1.16, 16 x 16 -> 24 20x20 1.20) while the input gradient gains (0.58-0.81,
+///   0.76, 0.76);
+/// - but larger images lose: 28x28 and 24x24, N = 8 and 32, 8 to 64 outputs: fwd
+///   0.91-1.79, bwd 1.08-1.36; and small batches: N = 1, 2, 4, 8 (14x14, 7x7, 16x16,
+///   12x12, 20x20) fwd 0.82-1.27 (2 threads up to 2.0), bwd 1.04-1.35 (up to 2.25);
+/// - with the AVX2 kernel forced the direct path loses everywhere: fwd 0.62-1.67, bwd
+///   0.92-1.71. Where the weight gradient is the pointwise GEMM (128 outputs and 64
+///   inputs, 7x7 to 14x14) direct is even: fwd 0.95-1.29, bwd 0.95-1.02.
+const POINTWISE_DIRECT_MAX_POSITIONS: usize = 400;
+
+/// See [`POINTWISE_DIRECT_MAX_POSITIONS`].
+const POINTWISE_DIRECT_MIN_BATCH: usize = 16;
+
+/// See [`POINTWISE_DIRECT_MAX_POSITIONS`].
+const POINTWISE_DIRECT_FWD_MIN_CHANNELS: usize = 64;
+
+/// Whether the pointwise conv `geo` runs its input gradient (and with enough input
+/// channels its forward) direct: [`POINTWISE_DIRECT_MAX_POSITIONS`].
+fn pointwise_small_images(geo: &Conv2dGeometry, kernel: Kernel, pointwise_dw: bool) -> bool {
+    kernel == Kernel::Avx512
+        && !pointwise_dw
+        && geo.batch >= POINTWISE_DIRECT_MIN_BATCH
+        && geo.out_h.saturating_mul(geo.out_w) <= POINTWISE_DIRECT_MAX_POSITIONS
+}
+
 /// Fewest of a conv's direct multiply-adds that read padding (the share of all taps of
 /// all windows, [`clipped::padding_share`]) for the clipped forward to replace the
 /// direct one: 1 thread, Zen 4, fwd ms, direct -> clipped, by share: seed_l3 and
@@ -410,7 +452,9 @@ impl ConvPlan {
     ///   multiplier of at most 4 (`DEPTHWISE_MAX_MULTIPLIER`); otherwise:
     /// - a channels-last 1x1 / stride-1 / unpadded conv of groups of 1: `Direct` for all
     ///   three passes; otherwise:
-    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv (`Columns` when its
+    /// - forward: `Pointwise` for a 1x1 / stride-1 / unpadded conv (`Direct` with the
+    ///   AVX-512 kernel on images of at most 400 positions in batches of 16 or more from
+    ///   64 input channels, `POINTWISE_DIRECT_MAX_POSITIONS`; `Columns` when its
     ///   input and output take more than half the L3, `pointwise_streams`); `WinogradF4` for a
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
     ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`; 8 on a Zen 4 with the AVX-512 kernel,
@@ -432,7 +476,9 @@ impl ConvPlan {
     ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (not pointwise; fewer with stride 1 and at most 3 output channels per
     ///   input channel, `DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN`) and at most twice the
-    ///   column lowering's multiply-adds (`DIRECT_DX_MAX_WORK_RATIO`), else a column lowering: `Pointwise`, `Phase` for strided convs with
+    ///   column lowering's multiply-adds (`DIRECT_DX_MAX_WORK_RATIO`), and for
+    ///   pointwise convs of small images as the forward's rule (from 8 input channels),
+    ///   else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
     ///   within 2 MiB (`WHOLE_IMAGE_BYTES`), else `Columns`;
     /// - weight gradient: `WinogradF4` for such a 3x3 conv with at least 64 channels
@@ -503,6 +549,11 @@ impl ConvPlan {
         };
         let kernel = Kernel::selected();
         let cpu = CpuInfo::get();
+        let pointwise_dw = pointwise
+            && geo.out_channels >= POINTWISE_DW_MIN_OUT
+            && geo.in_channels >= POINTWISE_DW_MIN_IN;
+        let small_pointwise =
+            pointwise && direct && pointwise_small_images(geo, kernel, pointwise_dw);
         let fwd_min_channels = winograd_fwd_min_channels(cpu.microarch, kernel);
         let f4_fits = geo.out_h.min(geo.out_w) >= WINOGRAD_F4_FWD_MIN_OUT_SIDE;
         let winograd_forward = winograd
@@ -544,6 +595,8 @@ impl ConvPlan {
             // stride-1 conv is a plain GEMM already, without the direct path's transpose.
             forward: if depthwise {
                 ForwardAlgo::Depthwise
+            } else if small_pointwise && geo.in_channels >= POINTWISE_DIRECT_FWD_MIN_CHANNELS {
+                ForwardAlgo::Direct
             } else if pointwise && pointwise_streams(geo, cpu.l3_bytes) {
                 ForwardAlgo::Columns
             } else if pointwise {
@@ -589,9 +642,10 @@ impl ConvPlan {
                 } else {
                     InputGradAlgo::WinogradF2
                 }
-            } else if (direct || few_channel_direct_dx)
-                && !pointwise
-                && direct::input_grad_work_ratio(geo) <= DIRECT_DX_MAX_WORK_RATIO
+            } else if small_pointwise
+                || (direct || few_channel_direct_dx)
+                    && !pointwise
+                    && direct::input_grad_work_ratio(geo) <= DIRECT_DX_MAX_WORK_RATIO
             {
                 InputGradAlgo::Direct
             } else {
@@ -605,10 +659,7 @@ impl ConvPlan {
                 WeightGradAlgo::Depthwise
             } else if winograd_dw {
                 WeightGradAlgo::WinogradF4
-            } else if pointwise
-                && geo.out_channels >= POINTWISE_DW_MIN_OUT
-                && geo.in_channels >= POINTWISE_DW_MIN_IN
-            {
+            } else if pointwise_dw {
                 WeightGradAlgo::Pointwise
             } else if o.groups == 1 {
                 WeightGradAlgo::Direct
