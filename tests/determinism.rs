@@ -347,6 +347,9 @@ fn clipped_run() -> Vec<Vec<u32>> {
         (13, 16, 7, 7, 32, 3, (2, 2), (1, 1), (1, 1)),
         (1, 8, 5, 4, 20, 2, (1, 1), (3, 3), (1, 1)),
         (6, 12, 11, 9, 40, 3, (2, 1), (2, 3), (2, 1)),
+        // Blocks of images that depend on the pool (one block on one thread), with
+        // rows of one vector (16 output channels), whose tiles split the taps in two.
+        (10, 16, 10, 10, 16, 7, (2, 2), (3, 3), (1, 1)),
     ];
     let mut out = Vec::new();
     let mut rng = StdRng::seed_from_u64(12);

@@ -50,14 +50,34 @@ pub(super) fn supports(geo: &Conv2dGeometry) -> bool {
 }
 
 /// Most bytes of input per block of images (a multiple of the register-tile rows, at
-/// least one tile's worth, unless [`MIN_BLOCKS`] asks for fewer images): the block's
-/// images stay in L1 while each class reads them.
+/// least one tile's worth, unless [`BLOCKS_PER_THREAD`] asks for fewer images): the
+/// block's images stay in L1 while each class reads them.
 const BLOCK_BYTES: usize = 32 << 10;
 
-/// Fewest blocks a batch is cut into: 8 images of 64 x 14 x 14 (3x3, 64 output channels)
-/// ran at 2 threads 1.37x slower than the direct path in blocks of 6 and 2 images, and
-/// 0.93x its time at 1 thread.
-const MIN_BLOCKS: usize = 4;
+/// Blocks per thread a batch is cut into on the pool, so a thread the host slows
+/// leaves the other blocks to share, while that leaves blocks of at least half a
+/// register tile of images; else one block per thread, and one block on one thread.
+/// Blocks of fewer images than the tile's rows leave the tiles of the classes with one
+/// position per image part empty (below), which costs most with large kernels (49
+/// classes for 7x7, most of them one position per image). Zen 4 (EPYC family 25 model
+/// 17), fwd ms, medians of 4 interleaved rounds, clipped / direct:
+/// - 1 thread, with a block of at most a quarter of the batch (as before) -> one block:
+///   64 x 14x14 -> 64, 7x7, padding 3, N = 2, 4, 8: 1.39, 1.37, 1.01 -> 0.98, 0.88,
+///   0.87; 128 x 10x10 -> 16, 7x7, stride 2, N = 2, 4, 8: 2.00, 1.96, 1.16 -> 1.09,
+///   0.72, 0.60; 32 x 12x12 -> 32, 5x5, N = 2, 4, 8: 1.16, 1.16, 0.95 -> 0.95, 0.86,
+///   0.81; 3x3 kernels gain less (32 x 8x8 -> 64, N = 8: 0.86 -> 0.83); one image is
+///   one block either way (7x7: 1.40-1.46, 5x5: 1.14);
+/// - 2 threads, two blocks per thread -> one: N = 4 and 8, the same shapes: 7x7 1.39,
+///   1.01, 1.59, 1.18 -> 1.09, 0.89, 0.99, 0.65; 5x5 1.03, 0.97 -> 0.86, 0.81; 3x3
+///   (8x8 and 7x7) 0.93, 0.86, 0.98, 0.90 -> 0.86, 0.86, 0.88, 0.84; but N = 16 (blocks
+///   of 8 against 4) 0.87 -> 1.00 (7x7, 14x14), 0.83 -> 1.12 (3x3, 8x8), 0.87 -> 1.00
+///   (3x3, 7x7), though 0.80 -> 0.60 (7x7, stride 2); N = 32 equal (blocks of 8 either
+///   way).
+///
+/// An earlier measurement made the per-thread share: 8 images of 64 x 14 x 14 (3x3, 64
+/// output channels) ran at 2 threads 1.37x slower than the direct path in blocks of 6
+/// and 2 images (now 4 and 4).
+const BLOCKS_PER_THREAD: usize = 2;
 
 thread_local! {
     /// Each thread's position-major output tile (a channel-major output), reused across
@@ -96,9 +116,11 @@ pub(super) fn forward(
     let w = pack_weights(kernel, ops.w, ldw)?;
     let tile = kernel.indirect_tile_rows(ldw);
     let image = ops.x.ncols() * size_of::<f32>();
-    // At most a quarter of the batch, so the pool has blocks to share (and tiny images
-    // do not index thousands), whatever that leaves of the last tiles.
-    let block = ((BLOCK_BYTES / (tile * image)).max(1) * tile).min(n.div_ceil(MIN_BLOCKS));
+    let block = ((BLOCK_BYTES / (tile * image)).max(1) * tile).min(n.div_ceil(blocks(
+        n,
+        tile,
+        ops.plan.parallel.then(rayon::current_num_threads),
+    )));
     let key = Key {
         // Any batch size: the classes index one block.
         geo: Conv2dGeometry { batch: 0, ..*geo },
@@ -125,6 +147,16 @@ pub(super) fn forward(
             with_scratch(&TILE, |tile| run.images(n0, yt, tile))
         })
     })
+}
+
+/// Blocks to cut a batch of `n` images into, on `threads` of the pool (`None`: on the
+/// calling thread), with register tiles of `tile` rows: [`BLOCKS_PER_THREAD`].
+fn blocks(n: usize, tile: usize, threads: Option<usize>) -> usize {
+    match threads {
+        None => 1,
+        Some(t) if n.div_ceil(BLOCKS_PER_THREAD * t) >= tile / 2 => BLOCKS_PER_THREAD * t,
+        Some(t) => t,
+    }
 }
 
 /// What the classes of a forward depend on besides the weights' values.
