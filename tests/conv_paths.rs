@@ -470,6 +470,25 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([16, 512, 7, 7], [512, 512, 3, 3], &p1).forward,
         ForwardAlgo::WinogradF2
     );
+    // Below that work, F4 still for 2^25 multiply-adds over 64 full 4x4 tiles: one
+    // image through a wide layer, a few through 16x16 ones; not on 14x14 outputs (77%
+    // of their tiles), nor over 32 tiles.
+    assert_eq!(
+        plan([1, 16, 56, 56], [128, 16, 3, 3], &p1).forward,
+        ForwardAlgo::WinogradF4
+    );
+    assert_eq!(
+        plan([4, 64, 16, 16], [256, 64, 3, 3], &p1).forward,
+        ForwardAlgo::WinogradF4
+    );
+    assert_eq!(
+        plan([2, 64, 16, 16], [256, 64, 3, 3], &p1).forward,
+        ForwardAlgo::Clipped
+    );
+    assert_eq!(
+        plan([16, 16, 14, 14], [128, 16, 3, 3], &p1).forward,
+        ForwardAlgo::Clipped
+    );
     let tiny = plan([2, 16, 14, 14], [16, 16, 3, 3], &p1);
     assert_eq!(tiny.forward, ForwardAlgo::Clipped);
     let s2 = p1.with_stride((2, 2));

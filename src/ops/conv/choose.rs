@@ -347,6 +347,34 @@ const WINOGRAD_FWD_MIN_WORK: usize = 1 << 17;
 /// 14x14 0.079 -> 0.119 at 2 threads.
 const WINOGRAD_FWD_MIN_CHANNELS_ZEN4: usize = 8;
 
+/// ... or, below [`WINOGRAD_FWD_MIN_WORK`], at least this many multiply-adds (direct,
+/// `N * out_h * out_w * C * O * 9`) over at least [`WINOGRAD_FWD_MIN_TILES`] 4x4 output
+/// tiles: the work minimum counts the input side alone (the input transform, per tile
+/// and input channel), while F4's saving grows with the output channels too, so a few
+/// images through a wide layer pay. Zen 4 (EPYC family 25 model 17), fwd, medians of 4
+/// interleaved rounds, F4 against the next choice (clipped or direct), time of that /
+/// F4's, 1 thread | 2 threads | the AVX2 kernel forced, 1 thread: 4 x 64 -> 256, 16x16
+/// (151 M, 64 tiles) 1.32 | 1.16 | 1.94; 1 x 16 -> 128, 56x56 (58 M, 196 tiles) 1.19 |
+/// 1.88 | 1.30; 2 x 16 -> 128, 56x56 1.17 | 1.20 | 1.40; 2 x 64 -> 64, 28x28 (58 M, 98
+/// tiles) 1.00-1.05 | 0.94-1.00 | 1.10; 1 x 32 -> 128, 32x32 (38 M, 64 tiles) 1.22 | 1.99 |
+/// 1.50; 1 x 64 -> 64, 32x32 1.27 | 2.00 | 1.45 (at 2 threads the direct forward of one
+/// image runs on one thread; F4 splits its tile rows). Below: 1 x 64 -> 64, 28x28 (29 M,
+/// 49 tiles) 0.91-0.95; 2 x 64 -> 256, 16x16 (32 tiles) 1.02; 2 x 128 -> 128, 14x14 (32
+/// tiles) 0.79; 8 x 32 -> 32, 14x14 (15 M) 0.96.
+const WINOGRAD_FWD_MIN_MACS: usize = 1 << 25;
+
+/// See [`WINOGRAD_FWD_MIN_MACS`].
+const WINOGRAD_FWD_MIN_TILES: usize = 64;
+
+/// Fewest tenths of the 4x4 output tiles' floats that are outputs for
+/// [`WINOGRAD_FWD_MIN_MACS`]: 14x14 outputs fill 77% of their tiles (and 9% of the
+/// direct taps read padding, which the clipped forward skips), and there F4 and the
+/// clipped forward are even, 1 thread | 2 threads: N = 8, 64 -> 64 (58 M) 1.16 | 0.89;
+/// 4 x 64 -> 128 0.97 | 0.84; 16 x 16 -> 128 0.80 | 0.80; while full tiles stay even
+/// or better: 4 x 32 -> 64, 28x28 1.02 | 0.99, 8 x 16 -> 64 1.07 | 1.02 (the AVX2
+/// kernel forced: 1.10-1.37 on all five).
+const WINOGRAD_FWD_MIN_FILL_TENTHS: usize = 9;
+
 /// The forward's fewest input channels for Winograd with `kernel` on `microarch`.
 fn winograd_fwd_min_channels(microarch: Microarch, kernel: Kernel) -> usize {
     if microarch == Microarch::Zen4 && kernel == Kernel::Avx512 {
@@ -459,7 +487,8 @@ impl ConvPlan {
     ///   3x3 conv of stride 1, dilation 1 and groups of 1 with at least 16 input
     ///   channels (`WINOGRAD_FWD_MIN_CHANNELS`; 8 on a Zen 4 with the AVX-512 kernel,
     ///   `WINOGRAD_FWD_MIN_CHANNELS_ZEN4`) and `N * out_h * out_w * C` of at least
-    ///   2^17 (`WINOGRAD_FWD_MIN_WORK`), outputs of at least 8x8
+    ///   2^17 (`WINOGRAD_FWD_MIN_WORK`; or 2^25 multiply-adds over 64 output tiles,
+    ///   `WINOGRAD_FWD_MIN_MACS`), outputs of at least 8x8
     ///   (`WINOGRAD_F4_FWD_MIN_OUT_SIDE`);
     ///   `WinogradF2` instead above 256 channels (`WINOGRAD_F4_MAX_CHANNELS`), any
     ///   size; else for groups of 1 with at least 8 input
@@ -556,13 +585,20 @@ impl ConvPlan {
             pointwise && direct && pointwise_small_images(geo, kernel, pointwise_dw);
         let fwd_min_channels = winograd_fwd_min_channels(cpu.microarch, kernel);
         let f4_fits = geo.out_h.min(geo.out_w) >= WINOGRAD_F4_FWD_MIN_OUT_SIDE;
+        let image_tiles = geo.out_h.div_ceil(4).saturating_mul(geo.out_w.div_ceil(4));
+        let f4_tiles = geo.batch.saturating_mul(image_tiles);
+        // Outputs over the floats of their 4x4 tiles, in tenths.
+        let f4_fill = (geo.out_h * geo.out_w * 10).checked_div(image_tiles * 16);
         let winograd_forward = winograd
             && (f4_fits || geo.in_channels > WINOGRAD_F4_MAX_CHANNELS)
-            && work(
+            && (work(
                 [geo.batch, geo.out_h, geo.out_w],
                 geo.in_channels,
                 (fwd_min_channels, WINOGRAD_FWD_MIN_WORK),
-            );
+            ) || geo.in_channels >= fwd_min_channels
+                && f4_tiles >= WINOGRAD_FWD_MIN_TILES
+                && f4_fill >= Some(WINOGRAD_FWD_MIN_FILL_TENTHS)
+                && macs >= WINOGRAD_FWD_MIN_MACS);
         let winograd_dx = winograd
             && geo.in_channels >= WINOGRAD_DX_MIN_IN_CHANNELS
             && work(
