@@ -489,6 +489,13 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([16, 16, 14, 14], [128, 16, 3, 3], &p1).forward,
         ForwardAlgo::Clipped
     );
+    // One image on two threads: the direct forward splits its positions over the
+    // pool, the clipped one would run on one thread.
+    let geo = Conv2dGeometry::new("test", [1, 64, 14, 14], [64, 64, 3, 3], &p1).unwrap();
+    assert_eq!(ConvPlan::choose(&geo, 2).forward, ForwardAlgo::Direct);
+    assert_eq!(ConvPlan::choose(&geo, 1).forward, ForwardAlgo::Clipped);
+    let geo = Conv2dGeometry::new("test", [2, 64, 14, 14], [64, 64, 3, 3], &p1).unwrap();
+    assert_eq!(ConvPlan::choose(&geo, 2).forward, ForwardAlgo::Clipped);
     let tiny = plan([2, 16, 14, 14], [16, 16, 3, 3], &p1);
     assert_eq!(tiny.forward, ForwardAlgo::Clipped);
     let s2 = p1.with_stride((2, 2));

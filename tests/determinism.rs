@@ -512,6 +512,49 @@ fn winograd_is_bit_identical_across_thread_counts() {
     assert_eq!(in_pool(1, winograd_run), in_pool(3, winograd_run));
 }
 
+/// The direct forward of batches too small to share by images (1 and 3 images: each
+/// image's positions split over the pool when it has 2^20 multiply-adds per task), in
+/// both memory formats, with 16 and 40
+/// output channels (rows of one vector, and masked rows), with and without padding.
+fn direct_small_batch_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{
+        Conv2dOptions, ConvAlgorithm, ConvAlgos, ForwardAlgo, MemoryFormat, conv2d,
+    };
+    // N, C, H, W, O, kernel, stride, padding.
+    let shapes = [
+        (1, 32, 40, 40, 16, 3, (1, 1), (1, 1)),
+        (3, 8, 33, 31, 40, 5, (2, 1), (2, 0)),
+        (1, 24, 17, 17, 40, 1, (1, 1), (0, 0)),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(21);
+    for (n, c, h, w, o, k, s, p) in shapes {
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (o, c, k, k));
+        let b: Array1<f32> = uniform(&mut rng, o);
+        let fixed = ConvAlgos::new().with_forward(ForwardAlgo::Direct);
+        for format in [MemoryFormat::Contiguous, MemoryFormat::ChannelsLast] {
+            let opts = Conv2dOptions::new()
+                .with_stride(s)
+                .with_padding(p)
+                .with_memory_format(format)
+                .with_algorithm(ConvAlgorithm::Fixed(fixed));
+            let y = conv2d(x.view(), wt.view(), Some(b.view()), &opts).unwrap();
+            out.push(bits(&y));
+        }
+    }
+    out
+}
+
+#[test]
+fn direct_small_batches_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("direct conv, small batches", direct_small_batch_run);
+    assert_eq!(
+        in_pool(1, direct_small_batch_run),
+        in_pool(3, direct_small_batch_run)
+    );
+}
+
 #[test]
 fn clipped_is_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("clipped conv", clipped_run);

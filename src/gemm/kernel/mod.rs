@@ -656,6 +656,18 @@ impl Offsets {
     }
 }
 
+impl Offsets {
+    /// Those at `range`, with their own bound (a scan of them).
+    ///
+    /// # Panics
+    /// If the range runs past them.
+    pub(crate) fn range(&self, range: std::ops::Range<usize>) -> OffsetsRef<'_> {
+        let v = &self.v[range];
+        let bound = v.iter().max().copied().unwrap_or(0);
+        OffsetsRef { v, bound }
+    }
+}
+
 /// Some offsets of an [`Offsets`] with its bound.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OffsetsRef<'a> {

@@ -495,7 +495,8 @@ impl ConvPlan {
     ///   channels (`DIRECT_MIN_CHANNELS`) `Columns` for a strided 1x1 conv without
     ///   padding in a channel-major layout (`strided_pointwise`), `Clipped` where at least 8% of the taps read
     ///   padding (`CLIPPED_MIN_PADDING_SHARE`; 20% for packed weights past 1 MB,
-    ///   `CLIPPED_MAX_WEIGHT_BYTES`, `CLIPPED_LARGE_WEIGHTS_MIN_SHARE`), else `Direct`;
+    ///   `CLIPPED_MAX_WEIGHT_BYTES`, `CLIPPED_LARGE_WEIGHTS_MIN_SHARE`) unless the pool
+    ///   runs the batch split by positions (`direct::splits_positions`), else `Direct`;
     ///   for fewer input channels (groups of 1) `Clipped` from 20% of the taps in the
     ///   padding (`CLIPPED_FEW_CHANNELS_MIN_SHARE`; 8% with the AVX-512 kernel from 2
     ///   channels), else `Phase`; grouped convs `Phase`;
@@ -545,6 +546,7 @@ impl ConvPlan {
         let floats = geo
             .batch
             .saturating_mul(image.saturating_add(geo.out_channels * geo.col_cols()));
+        let parallel = (macs >= PARALLEL_MACS || floats >= PARALLEL_FLOATS) && threads > 1;
         // A channels-last pointwise conv runs all three passes direct: the pointwise
         // and column paths work on channel-major copies. Zen 4, 2 threads, `convbench
         // --memory-format channels-last`, fwd / bwd ms, pointwise -> direct, with the
@@ -650,9 +652,17 @@ impl ConvPlan {
                     .saturating_mul(kernel.indirect_ldw(geo.out_channels))
                     .saturating_mul(4);
                 let share = clipped::padding_share(geo);
+                // A batch the pool cannot share by images: the direct forward shares
+                // each image's positions, the clipped one runs its images' blocks
+                // (one image: one block, one thread). Zen 4, 2 threads, fwd, direct /
+                // clipped: one image of 64 x 14x14 -> 64 0.99, 32 x 28x28 -> 64 5x5
+                // 0.62, 16 x 56x56 -> 128 0.56 (F4 takes that one), but 128 x 7x7 ->
+                // 128 1.16; three images 0.90-0.97.
+                let uneven = parallel && direct::splits_positions(geo.batch, threads);
                 match share >= CLIPPED_MIN_PADDING_SHARE
                     && (weights <= CLIPPED_MAX_WEIGHT_BYTES
                         || share >= CLIPPED_LARGE_WEIGHTS_MIN_SHARE)
+                    && !uneven
                 {
                     true => ForwardAlgo::Clipped,
                     false => ForwardAlgo::Direct,
@@ -709,7 +719,7 @@ impl ConvPlan {
             // 0.08 / 0.17); 24-wide rows of nb_32x1x5 copy as fast by rows (fwd 2.2 ms
             // both) and scatter faster by rows (bwd 8.4 ms vs 9.3 ms).
             use_map: geo.out_w <= 16,
-            parallel: (macs >= PARALLEL_MACS || floats >= PARALLEL_FLOATS) && threads > 1,
+            parallel,
             kernel,
         }
     }

@@ -38,8 +38,8 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_tile, resize, tile_images,
-    with_scratch, zeroed_partial,
+    OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_block, for_each_image_tile,
+    resize, tile_images, with_scratch, zeroed_partial,
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
@@ -162,9 +162,154 @@ pub(super) fn forward(
         rows: ops.y_last.then_some(starts),
         bias: padded_bias(bias, ldw),
     };
+    let threads = rayon::current_num_threads();
+    let tasks = (SPLIT_TASKS_PER_THREAD * threads)
+        .min(o * l * ops.w.ncols() / SPLIT_MIN_TASK_MACS)
+        .min(l.div_ceil(kernel.indirect_tile_rows(ldw).max(1)));
+    if ops.plan.parallel && splits_positions(n, threads) && tasks > 1 {
+        return forward_positions(ops, &idx, kernel, &w, ldw, &out, tasks, y);
+    }
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
         with_scratch(&FORWARD, |bufs| {
             forward_tile(ops, &idx, &bases, kernel, &w, ldw, &out, n0, yt, bufs)
+        })
+    })
+}
+
+/// On the pool, a batch of fewer images than this per thread, and not a multiple of
+/// the threads, runs [`forward_positions`]: its image tasks would leave threads idle.
+/// Zen 4 (EPYC family 25 model 17), 2 threads, fwd ms, medians of 4, image tasks ->
+/// split: one image of 64 x 56x56 -> 128, stride 2: 1.10 -> 0.67; of 128 x 28x28 ->
+/// 128: 2.13 -> 1.22; of 512 x 7x7 -> 512: 4.8 -> 4.2; of 64 x 56x56 -> 64, 1x1: 0.31
+/// -> 0.17; three images of 64 x 28x28 -> 64: 1.11 -> 0.89. Two images (one per
+/// thread already) lose to the split's extra copy: 2 x 32 x 14x14 -> 64 0.083 -> 0.104,
+/// 2 x 64 x 28x28 -> 64 0.57 -> 0.62.
+const SPLIT_MAX_IMAGES_PER_THREAD: usize = 2;
+
+/// Whether a batch of `n` images on `threads` of the pool is too small to share by
+/// images ([`SPLIT_MAX_IMAGES_PER_THREAD`]), so the direct forward shares each
+/// image's positions instead (given the work, [`SPLIT_MIN_TASK_MACS`]).
+pub(super) fn splits_positions(n: usize, threads: usize) -> bool {
+    threads > 1 && n < SPLIT_MAX_IMAGES_PER_THREAD * threads && !n.is_multiple_of(threads)
+}
+
+/// Tasks per thread of [`forward_positions`], so a thread the host slows leaves the
+/// rest of the image to the others.
+const SPLIT_TASKS_PER_THREAD: usize = 4;
+
+/// Fewest multiply-adds per task of [`forward_positions`] (about 10 us): one image of
+/// 64 x 7x7 -> 64 (1.8 M) ran in 0.066 ms split against 0.046 on one thread.
+const SPLIT_MIN_TASK_MACS: usize = 1 << 20;
+
+/// Each thread's output tile and its channel-major copy, for [`forward_positions`].
+#[derive(Default)]
+struct SplitScratch {
+    tile: Vec<f32>,
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static SPLIT: RefCell<SplitScratch> = RefCell::default();
+}
+
+/// The forward of a small batch on the pool: every image padded once (on the calling
+/// thread), then the images' output positions cut into `tasks` runs each, of whole
+/// register tiles, all the runs shared over the pool at once. Each position's sums are
+/// those of [`forward_tile`] (a row's sum does not depend on the rows beside it in a
+/// tile), so the bits are the same.
+#[allow(clippy::too_many_arguments)]
+fn forward_positions(
+    ops: &Operands<'_>,
+    idx: &DirectIndex,
+    kernel: Kernel,
+    w: &[f32],
+    ldw: usize,
+    out: &Output,
+    tasks: usize,
+    y: Out<'_>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let geo = ops.geo;
+    let (n, o, l) = (geo.batch, geo.out_channels, geo.col_cols());
+    let img = image_len(geo, idx);
+    let bases = Offsets::new(idx.bases.clone());
+    let tile_rows = kernel.indirect_tile_rows(ldw).max(1);
+    let chunk = l.div_ceil(tasks).div_ceil(tile_rows).max(1) * tile_rows;
+    // Run `p0..p0 + len` of image `src` into `c`: rows packed, or at `rows` (a
+    // channels-last output whose channels are not whole vectors).
+    let run = |src: &[f32], p0: usize, len: usize, c: &mut [f32], rows: Option<&Offsets>| {
+        let y = IndirectOut {
+            c,
+            row_starts: rows.map(|s| s.prefix(len)),
+            channels: Channels::first(o, ldw),
+            bias: Some(&out.bias),
+            accumulate: false,
+        };
+        let bases = bases.range(p0..p0 + len);
+        indirect_gemm(kernel, src, bases, idx.offs.all(), w, ldw, y);
+    };
+    // One tile of the whole batch.
+    for_each_image_block(y, n, false, |_, mut yt| {
+        with_scratch(&FORWARD, |bufs| {
+            let xs = ops.x.rows().into_iter();
+            let xs = xs.map(|x| x.to_slice().expect("input rows are contiguous"));
+            let images: Vec<&[f32]> = match idx.is_input(geo) {
+                true => xs.collect(),
+                false => {
+                    let padded = padded_images(&mut bufs.padded, geo, idx, ops.x_last, n)?;
+                    for (x, dst) in xs.zip(padded.chunks_exact_mut(img)) {
+                        pad_x(kernel, x, geo, idx, ops.x_last, dst);
+                    }
+                    padded.chunks_exact(img).collect()
+                }
+            };
+            if let Some(starts) = &out.rows {
+                // Channels-last: each run's positions are rows of `y` in a row.
+                let yt = yt.as_slice_mut().expect("the output is contiguous");
+                let runs: Vec<_> = yt
+                    .chunks_exact_mut(l * o)
+                    .zip(&images)
+                    .flat_map(|(yn, &src)| {
+                        yn.chunks_mut(chunk * o).enumerate().map(move |r| (src, r))
+                    })
+                    .collect();
+                runs.into_par_iter().for_each(|(src, (ci, yc))| {
+                    run(src, ci * chunk, yc.len() / o, yc, starts.as_ref())
+                });
+                return Ok(());
+            }
+            // Channel-major: each run's tile transposed, then its part of every channel's
+            // row copied out.
+            let runs: Vec<_> = yt
+                .outer_iter_mut()
+                .zip(&images)
+                .flat_map(|(mut yn, &src)| {
+                    // Runs of `chunk` positions, as views that outlive `yn`.
+                    let mut runs = Vec::new();
+                    while yn.ncols() > 0 {
+                        let at = chunk.min(yn.ncols());
+                        let (head, rest) = yn.split_at(Axis(1), at);
+                        runs.push(head);
+                        yn = rest;
+                    }
+                    runs.into_iter().enumerate().map(move |r| (src, r))
+                })
+                .collect();
+            runs.into_par_iter().try_for_each(|(src, (ci, mut yc))| {
+                with_scratch(&SPLIT, |s| {
+                    let len = yc.ncols();
+                    let what = "an output tile of the direct path";
+                    resize(&mut s.tile, &[len, ldw], what, geo)?;
+                    resize(&mut s.rows, &[o, len], what, geo)?;
+                    run(src, ci * chunk, len, &mut s.tile, None);
+                    transpose_add(kernel, &s.tile, ldw, (len, o), None, &mut s.rows, len);
+                    for (mut dst, src) in yc.outer_iter_mut().zip(s.rows.chunks_exact(len)) {
+                        let dst = dst.as_slice_mut().expect("output rows are contiguous");
+                        dst.copy_from_slice(src);
+                    }
+                    Ok(())
+                })
+            })
         })
     })
 }
