@@ -354,13 +354,13 @@ const WINOGRAD_FWD_MIN_CHANNELS_ZEN4: usize = 8;
 /// images through a wide layer pay. Zen 4 (EPYC family 25 model 17), fwd, medians of 4
 /// interleaved rounds, F4 against the next choice (clipped or direct), time of that /
 /// F4's, 1 thread | 2 threads | the AVX2 kernel forced, 1 thread: 4 x 64 -> 256, 16x16
-/// (151 M, 64 tiles) 1.32 | 1.16 | 1.94; 1 x 16 -> 128, 56x56 (58 M, 196 tiles) 1.19 |
-/// 1.88 | 1.30; 2 x 16 -> 128, 56x56 1.17 | 1.20 | 1.40; 2 x 64 -> 64, 28x28 (58 M, 98
-/// tiles) 1.00-1.05 | 0.94-1.00 | 1.10; 1 x 32 -> 128, 32x32 (38 M, 64 tiles) 1.22 | 1.99 |
-/// 1.50; 1 x 64 -> 64, 32x32 1.27 | 2.00 | 1.45 (at 2 threads the direct forward of one
-/// image runs on one thread; F4 splits its tile rows). Below: 1 x 64 -> 64, 28x28 (29 M,
-/// 49 tiles) 0.91-0.95; 2 x 64 -> 256, 16x16 (32 tiles) 1.02; 2 x 128 -> 128, 14x14 (32
-/// tiles) 0.79; 8 x 32 -> 32, 14x14 (15 M) 0.96.
+/// (151 M, 64 tiles) 1.32 | 1.16, 0.90 | 1.94; 1 x 16 -> 128, 56x56 (58 M, 196 tiles)
+/// 1.19 | 1.05 | 1.30; 2 x 16 -> 128, 56x56 1.17 | 1.20 | 1.40; 2 x 64 -> 64, 28x28 (58
+/// M, 98 tiles) 1.00-1.05 | 0.94-1.00 | 1.10; 1 x 32 -> 128, 32x32 (38 M, 64 tiles) 1.22
+/// | 1.07 | 1.50; 1 x 64 -> 64, 32x32 1.27 | 1.15 | 1.45 (the 2-thread figures of one
+/// image against the direct forward split by positions, `direct::splits_positions`).
+/// Below: 1 x 64 -> 64, 28x28 (29 M, 49 tiles) 0.91-0.95; 2 x 64 -> 256, 16x16 (32
+/// tiles) 1.02; 2 x 128 -> 128, 14x14 (32 tiles) 0.79; 8 x 32 -> 32, 14x14 (15 M) 0.96.
 const WINOGRAD_FWD_MIN_MACS: usize = 1 << 25;
 
 /// See [`WINOGRAD_FWD_MIN_MACS`].
