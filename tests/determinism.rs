@@ -546,6 +546,44 @@ fn direct_small_batch_run() -> Vec<Vec<u32>> {
     out
 }
 
+/// The phase forward of batches too small to share by images (1 and 3 images: each
+/// image's output channels split over the pool in runs of weight panels), with groups
+/// and with more output channels than one panel.
+fn phase_small_batch_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{Conv2dOptions, ConvAlgorithm, ConvAlgos, ForwardAlgo, conv2d};
+    // N, C, H, W, O, kernel, stride, padding, groups.
+    let shapes = [
+        (1, 3, 40, 40, 64, 5, (2, 2), (2, 2), 1),
+        (3, 4, 30, 30, 40, 3, (1, 1), (1, 1), 2),
+        (1, 1, 48, 48, 100, 3, (1, 1), (0, 0), 1),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(22);
+    for (n, c, h, w, o, k, s, p, g) in shapes {
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (o, c / g, k, k));
+        let b: Array1<f32> = uniform(&mut rng, o);
+        let fixed = ConvAlgos::new().with_forward(ForwardAlgo::Phase);
+        let opts = Conv2dOptions::new()
+            .with_stride(s)
+            .with_padding(p)
+            .with_groups(g)
+            .with_algorithm(ConvAlgorithm::Fixed(fixed));
+        let y = conv2d(x.view(), wt.view(), Some(b.view()), &opts).unwrap();
+        out.push(bits(&y));
+    }
+    out
+}
+
+#[test]
+fn phase_small_batches_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("phase conv, small batches", phase_small_batch_run);
+    assert_eq!(
+        in_pool(1, phase_small_batch_run),
+        in_pool(3, phase_small_batch_run)
+    );
+}
+
 #[test]
 fn direct_small_batches_are_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("direct conv, small batches", direct_small_batch_run);
