@@ -51,6 +51,8 @@ struct Scratch {
     cols: Vec<f32>,
     out: Vec<f32>,
     dcols: Vec<f32>,
+    /// The planes of each image of [`forward_panels`]'s batch.
+    batch_planes: Vec<Vec<f32>>,
 }
 
 thread_local! {
@@ -156,7 +158,6 @@ fn forward_panels(
     bias: Option<ArrayView1<'_, f32>>,
     y: Out<'_>,
 ) -> Result<()> {
-    use rayon::prelude::*;
     let geo = ops.geo;
     let (n, o, l) = (geo.batch, geo.out_channels, geo.col_cols());
     let og = o / groups.len().max(1);
@@ -170,16 +171,36 @@ fn forward_panels(
     let rows = panels.div_ceil((tasks / groups.len().max(1)).max(1)) * mr;
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_vec());
     let extra = kernel.tile_cols() + pg.cols;
-    let planes = (0..n)
-        .map(|ni| {
-            let mut planes = Vec::new();
-            resize_planes(&mut planes, geo, pg, extra)?;
+    with_scratch(&SCRATCH, |scratch| {
+        let planes = &mut scratch.batch_planes;
+        planes.resize_with(n, Vec::new);
+        for (ni, planes) in planes.iter_mut().enumerate() {
+            resize_planes(planes, geo, pg, extra)?;
             let x = ops.x.row(ni);
             let x = x.as_slice().expect("input rows are contiguous");
-            phase_split(kernel, x, geo, pg, &mut planes);
-            Ok(planes)
-        })
-        .collect::<Result<Vec<_>>>()?;
+            phase_split(kernel, x, geo, pg, planes);
+        }
+        panel_runs(ops, pg, kernel, groups, bias.as_deref(), rows, planes, y)
+    })
+}
+
+/// [`forward_panels`]'s runs of `rows` output channels over the pool, every image's
+/// planes split.
+#[allow(clippy::too_many_arguments)]
+fn panel_runs(
+    ops: &Operands<'_>,
+    pg: &PhaseGeometry,
+    kernel: Kernel,
+    groups: &[(Vec<f32>, &[usize])],
+    bias: Option<&[f32]>,
+    rows: usize,
+    planes: &[Vec<f32>],
+    y: Out<'_>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let geo = ops.geo;
+    let (n, o, l) = (geo.batch, geo.out_channels, geo.col_cols());
+    let og = o / groups.len().max(1);
     for_each_image_block(y, n, false, |_, mut yt| {
         let yt = yt.as_slice_mut().expect("the output is contiguous");
         // (image, group, first row, its rows of y).
@@ -203,7 +224,7 @@ fn forward_panels(
             let to = RealColumns {
                 cols: pg.cols,
                 ow: geo.out_w,
-                bias: bias.as_deref().map(|b| &b[gi * og + r0..gi * og + r0 + m]),
+                bias: bias.map(|b| &b[gi * og + r0..gi * og + r0 + m]),
             };
             let a = &a[r0 * k..];
             indirect_b_gemm_real(kernel, a, m, &planes[ni], taps, pg.ext, to, yr, l);
