@@ -552,6 +552,19 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([64, 64, 5, 5], [24, 64, 7, 7], &p3).input_grad,
         InputGradAlgo::Direct
     );
+    // ... and with few output channels past twice the work: the column lowering's
+    // GEMM sums only `O` terms per element. 7x7 onto 16x16 (2.56x): 8 and 16 outputs
+    // (ratio x outputs 20 and 41) direct, 32 (82) columns.
+    for (o, want) in [
+        (8, InputGradAlgo::Direct),
+        (16, InputGradAlgo::Direct),
+        (32, InputGradAlgo::Columns),
+    ] {
+        assert_eq!(
+            plan([4, 32, 16, 16], [o, 32, 7, 7], &valid).input_grad,
+            want
+        );
+    }
     let strided = plan([32, 64, 56, 56], [64, 64, 3, 3], &p1.with_stride((2, 2)));
     assert_eq!(strided.forward, ForwardAlgo::Direct);
     let grouped = plan([32, 64, 56, 56], [64, 32, 3, 3], &p1.with_groups(2));

@@ -66,6 +66,19 @@ const DIRECT_MIN_CHANNELS: usize = 8;
 /// the padding's taps) 1.50, and on 5x5 (64 x 64 -> 24) 3.4, seed_l4 (1) 1.93.
 const DIRECT_DX_MAX_WORK_RATIO: f64 = 2.0;
 
+/// ... unless that ratio times the output channels is at most this: the column
+/// lowering's `W^T x dy` sums only `O` terms into each of its `C * kh * kw` rows and
+/// scatters them all, a cost that does not shrink with `O`, while the direct input
+/// gradient's does. Zen 4 (EPYC family 25 model 17), the whole backward with the direct
+/// weight gradient, medians of 4 interleaved rounds, dx columns / direct time, 1 thread,
+/// by ratio x outputs: 7x7 onto 16x16 (ratio 2.6), N = 4 and 32: 8 outputs (20) 2.22,
+/// 2.17; 16 (41) 1.79, 1.41; 32 (82) 1.24, 1.02; 64 0.82-1.27; 5x5 onto 12x12 (2.25):
+/// 8 (18) 2.33, 16 (36) 1.56, 32 (72) 1.11, 64 0.88; 5x5 onto 9x9 (3.2): 8 1.76, 16 (52)
+/// 1.22, 32 (104) 0.91; 5x5 onto 8x8 (4): 8 1.49, 16 (64) 1.00, 32 0.71; 7x7 onto 10x10
+/// (6.25): 8 (50) 1.20, 16 (100) 0.80, 64 0.47. At 2 threads the six points up to 64:
+/// 1.19-1.87; the AVX2 kernel forced: 1.13-2.00, 0.88 at 64.
+const DIRECT_DX_MAX_RATIO_TIMES_OUT: f64 = 64.0;
+
 /// Most output channels per input channel for the direct input gradient of a
 /// stride-1 layer under [`DIRECT_MIN_CHANNELS`] input channels: its vectors run over
 /// the few input channels, but the column lowering's `W^T x dy` sums over the output
@@ -506,7 +519,8 @@ impl ConvPlan {
     ///   (`WINOGRAD_MIN_WORK`); else `Direct` for groups of 1 with at least 8 input
     ///   channels (not pointwise; fewer with stride 1 and at most 3 output channels per
     ///   input channel, `DIRECT_DX_FEW_CHANNELS_MAX_OUT_PER_IN`) and at most twice the
-    ///   column lowering's multiply-adds (`DIRECT_DX_MAX_WORK_RATIO`), and for
+    ///   column lowering's multiply-adds (`DIRECT_DX_MAX_WORK_RATIO`; or that ratio
+    ///   times the output channels at most 64, `DIRECT_DX_MAX_RATIO_TIMES_OUT`), and for
     ///   pointwise convs of small images as the forward's rule (from 8 input channels),
     ///   else a column lowering: `Pointwise`, `Phase` for strided convs with
     ///   output rows of at least 12 (`PHASE_MIN_OUT_W`) and an extended column matrix
@@ -689,9 +703,11 @@ impl ConvPlan {
                     InputGradAlgo::WinogradF2
                 }
             } else if small_pointwise
-                || (direct || few_channel_direct_dx)
-                    && !pointwise
-                    && direct::input_grad_work_ratio(geo) <= DIRECT_DX_MAX_WORK_RATIO
+                || (direct || few_channel_direct_dx) && !pointwise && {
+                    let ratio = direct::input_grad_work_ratio(geo);
+                    ratio <= DIRECT_DX_MAX_WORK_RATIO
+                        || ratio * geo.out_channels as f64 <= DIRECT_DX_MAX_RATIO_TIMES_OUT
+                }
             {
                 InputGradAlgo::Direct
             } else {
