@@ -447,6 +447,25 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
             ForwardAlgo::Phase
         }
     );
+    // ... and with the AVX-512 kernel, from 2 channels, on output rows under 12
+    // whatever the padding (6 wide here); not one channel, nor 22-wide rows.
+    let s2 = Conv2dOptions::new().with_stride((2, 2));
+    assert_eq!(
+        plan([64, 4, 14, 14], [32, 4, 3, 3], &s2).forward,
+        if avx512 {
+            ForwardAlgo::Clipped
+        } else {
+            ForwardAlgo::Phase
+        }
+    );
+    assert_eq!(
+        plan([64, 1, 14, 14], [16, 1, 3, 3], &s2).forward,
+        ForwardAlgo::Phase
+    );
+    assert_eq!(
+        plan([64, 3, 24, 24], [32, 3, 3, 3], &Conv2dOptions::new()).forward,
+        ForwardAlgo::Phase
+    );
     // Too little work for Winograd: the direct forward, clipped to the image where
     // at least 8% of the taps read padding (9.3% for a 3x3 kernel, padding 1, 14x14)
     // and the weights are small.

@@ -212,6 +212,20 @@ const CLIPPED_LARGE_WEIGHTS_MIN_SHARE: f64 = 0.2;
 /// - 4.7% (3x3, padding 1, 28x28), below either bound: 0.99-1.11 from 2 to 7 channels.
 const CLIPPED_FEW_CHANNELS_MIN_SHARE: f64 = 0.2;
 
+/// Under 8 input channels with the AVX-512 kernel, from 2 channels, the clipped
+/// forward (then the direct kernel on every window) also for output rows shorter than
+/// this, whatever the padding: the phase forward's extended rows run part-empty
+/// register tiles there. Zen 4 (EPYC family 25 model 17), fwd, clipped / phase time,
+/// medians of 4 interleaved rounds, no padding, 1 thread (2 threads): 64 x 4 -> 32,
+/// 14x14 stride 2 (6 wide) 0.60-0.61 (0.62); 64 x 6 -> 32, 10x10 stride 2 0.26 (0.33);
+/// 64 x 2 -> 32, 14x14 stride 2 0.71; 64 x 4 -> 64, 5x5 stride 2 0.52; 32 x 3 -> 32,
+/// 20x20 stride 2 (9 wide) 0.86 (0.80); stride 1: 64 x 4 -> 32, 8x8 (6 wide) 0.69
+/// (0.69), 64 x 2 -> 16, 10x10 0.90 (0.86), 64 x 3 -> 64, 12x12 5x5 0.84 (0.80). But one
+/// channel 1.12 (1.01), and rows of 12 or more: 14x14 stride 1 (12 wide) 0.88, 28x28
+/// and 32x32 stride 2 (13 and 15) 0.92 and 1.06, 24x24 stride 1 (22) 1.11 (1.09). The
+/// AVX2 kernel forced: stride 2 0.46-1.02, stride 1 0.98-1.11, one channel 1.39.
+const CLIPPED_FEW_CHANNELS_MAX_OUT_W: usize = 12;
+
 /// A strided 1x1 conv without padding (a ResNet shortcut) runs its forward on the
 /// column path instead of the direct one (channel-major layouts, groups of 1): its
 /// lowering copies just the pixels the stride keeps before one GEMM, where the direct
@@ -512,7 +526,8 @@ impl ConvPlan {
     ///   runs the batch split by positions (`direct::splits_positions`), else `Direct`;
     ///   for fewer input channels (groups of 1) `Clipped` from 20% of the taps in the
     ///   padding (`CLIPPED_FEW_CHANNELS_MIN_SHARE`; 8% with the AVX-512 kernel from 2
-    ///   channels), else `Phase`; grouped convs `Phase`;
+    ///   channels, or any share on output rows under 12, `CLIPPED_FEW_CHANNELS_MAX_OUT_W`),
+    ///   else `Phase`; grouped convs `Phase`;
     /// - input gradient: `WinogradF4` (`WinogradF2` above 256) for such a 3x3 conv with
     ///   at least 32 output channels (`WINOGRAD_MIN_CHANNELS`), 24 input channels
     ///   (`WINOGRAD_DX_MIN_IN_CHANNELS`) and `N * H * W * O` of at least 2^18
@@ -687,7 +702,10 @@ impl ConvPlan {
                 } else {
                     CLIPPED_FEW_CHANNELS_MIN_SHARE
                 };
-                match clipped::padding_share(geo) >= min_share {
+                let short_rows = kernel == Kernel::Avx512
+                    && geo.in_channels >= 2
+                    && geo.out_w < CLIPPED_FEW_CHANNELS_MAX_OUT_W;
+                match clipped::padding_share(geo) >= min_share || short_rows {
                     true => ForwardAlgo::Clipped,
                     false => ForwardAlgo::Phase,
                 }
