@@ -484,6 +484,17 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([64, 64, 7, 7], [64, 64, 3, 3], &p1).forward,
         ForwardAlgo::Clipped
     );
+    // F2 on 6x6 and 7x7 outputs where the direct forward would run (no padding);
+    // not on 5x5.
+    let valid = Conv2dOptions::new();
+    assert_eq!(
+        plan([128, 128, 8, 8], [48, 128, 3, 3], &valid).forward,
+        ForwardAlgo::WinogradF2
+    );
+    assert_eq!(
+        plan([64, 64, 7, 7], [64, 64, 3, 3], &valid).forward,
+        ForwardAlgo::Direct
+    );
     // ... F2 (past 256 channels) on any size.
     assert_eq!(
         plan([16, 512, 7, 7], [512, 512, 3, 3], &p1).forward,

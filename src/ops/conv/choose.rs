@@ -423,6 +423,17 @@ fn winograd_fwd_min_channels(microarch: Microarch, kernel: Kernel) -> usize {
 /// (ResNet's 512-channel 7x7 layer: F2 59 ms, clipped 69, 1 thread).
 const WINOGRAD_F4_FWD_MIN_OUT_SIDE: usize = 8;
 
+/// Smallest output side for the F(2x2, 3x3) forward where F4's is too small for F4
+/// ([`WINOGRAD_F4_FWD_MIN_OUT_SIDE`]) and under 8% of the taps read padding (where the
+/// direct forward, not the clipped one, would run), with F4's channel and work
+/// minimums. Zen 4 (EPYC family 25 model 17), fwd, F2 / direct time, medians of 4
+/// interleaved rounds, no padding, 1 thread | 2 threads | AVX2 forced: 128 x 128 -> 48,
+/// 6x6 outputs 0.68 | 0.84 | 0.90; 128 x 64 -> 64, 6x6 0.76 | 0.93 | 0.96; 32 x 256 ->
+/// 256, 7x7 0.75 | 0.88 | 0.72; but 5x5 outputs 1.21 | 1.52 | 1.51, 4x4 1.05 | 1.11 |
+/// 0.84. With padding the clipped forward skips (6x6, 7x7, padding 1): F2 / clipped
+/// 0.93 (6x6), 1.50-1.51 (7x7).
+const WINOGRAD_F2_FWD_MIN_OUT_SIDE: usize = 6;
+
 /// Most channels summed over (input channels forward, output channels for the input
 /// gradient) for F(4x4, 3x3) by default; F(2x2, 3x3) above. F4's error grows with the
 /// sum and reaches the tests' tolerance: `examples/winograd_error.rs`, 14x14, max error
@@ -518,7 +529,8 @@ impl ConvPlan {
     ///   `WINOGRAD_FWD_MIN_MACS`), outputs of at least 8x8
     ///   (`WINOGRAD_F4_FWD_MIN_OUT_SIDE`);
     ///   `WinogradF2` instead above 256 channels (`WINOGRAD_F4_MAX_CHANNELS`), any
-    ///   size; else for groups of 1 with at least 8 input
+    ///   size, and on 6x6 and 7x7 outputs with under 8% of the taps in the padding
+    ///   (`WINOGRAD_F2_FWD_MIN_OUT_SIDE`); else for groups of 1 with at least 8 input
     ///   channels (`DIRECT_MIN_CHANNELS`) `Columns` for a strided 1x1 conv without
     ///   padding in a channel-major layout (`strided_pointwise`), `Clipped` where at least 8% of the taps read
     ///   padding (`CLIPPED_MIN_PADDING_SHARE`; 20% for packed weights past 1 MB,
@@ -630,6 +642,15 @@ impl ConvPlan {
                 && f4_tiles >= WINOGRAD_FWD_MIN_TILES
                 && f4_fill >= Some(WINOGRAD_FWD_MIN_FILL_TENTHS)
                 && macs >= WINOGRAD_FWD_MIN_MACS);
+        let f2_small_outputs = winograd
+            && !f4_fits
+            && geo.out_h.min(geo.out_w) >= WINOGRAD_F2_FWD_MIN_OUT_SIDE
+            && clipped::padding_share(geo) < CLIPPED_MIN_PADDING_SHARE
+            && work(
+                [geo.batch, geo.out_h, geo.out_w],
+                geo.in_channels,
+                (fwd_min_channels, WINOGRAD_FWD_MIN_WORK),
+            );
         let winograd_dx = winograd
             && geo.in_channels >= WINOGRAD_DX_MIN_IN_CHANNELS
             && work(
@@ -674,6 +695,8 @@ impl ConvPlan {
                 } else {
                     ForwardAlgo::WinogradF2
                 }
+            } else if f2_small_outputs {
+                ForwardAlgo::WinogradF2
             } else if direct_forward && strided_pointwise(geo) {
                 ForwardAlgo::Columns
             } else if direct_forward {
