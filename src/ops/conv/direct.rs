@@ -164,7 +164,7 @@ pub(super) fn forward(
     };
     let threads = rayon::current_num_threads();
     let tasks = (SPLIT_TASKS_PER_THREAD * threads)
-        .min(o * l * ops.w.ncols() / SPLIT_MIN_TASK_MACS)
+        .min(o.saturating_mul(l).saturating_mul(ops.w.ncols()) / SPLIT_MIN_TASK_MACS)
         .min(l.div_ceil(kernel.indirect_tile_rows(ldw).max(1)));
     if ops.plan.parallel && splits_positions(n, threads) && tasks > 1 {
         return forward_positions(ops, &idx, kernel, &w, ldw, &out, tasks, y);

@@ -158,6 +158,7 @@ fn forward_panels(
     bias: Option<ArrayView1<'_, f32>>,
     y: Out<'_>,
 ) -> Result<()> {
+    use rayon::prelude::*;
     let geo = ops.geo;
     let (n, o, l) = (geo.batch, geo.out_channels, geo.col_cols());
     let og = o / groups.len().max(1);
@@ -180,56 +181,37 @@ fn forward_panels(
             let x = x.as_slice().expect("input rows are contiguous");
             phase_split(kernel, x, geo, pg, planes);
         }
-        panel_runs(ops, pg, kernel, groups, bias.as_deref(), rows, planes, y)
-    })
-}
-
-/// [`forward_panels`]'s runs of `rows` output channels over the pool, every image's
-/// planes split.
-#[allow(clippy::too_many_arguments)]
-fn panel_runs(
-    ops: &Operands<'_>,
-    pg: &PhaseGeometry,
-    kernel: Kernel,
-    groups: &[(Vec<f32>, &[usize])],
-    bias: Option<&[f32]>,
-    rows: usize,
-    planes: &[Vec<f32>],
-    y: Out<'_>,
-) -> Result<()> {
-    use rayon::prelude::*;
-    let geo = ops.geo;
-    let (n, o, l) = (geo.batch, geo.out_channels, geo.col_cols());
-    let og = o / groups.len().max(1);
-    for_each_image_block(y, n, false, |_, mut yt| {
-        let yt = yt.as_slice_mut().expect("the output is contiguous");
-        // (image, group, first row, its rows of y).
-        let runs: Vec<_> = yt
-            .chunks_exact_mut(o * l)
-            .enumerate()
-            .flat_map(|(ni, yn)| {
-                yn.chunks_exact_mut(og * l)
-                    .enumerate()
-                    .flat_map(move |(gi, yg)| {
-                        yg.chunks_mut(rows * l)
-                            .enumerate()
-                            .map(move |(ri, yr)| (ni, gi, ri * rows, yr))
-                    })
-            })
-            .collect();
-        runs.into_par_iter().for_each(|(ni, gi, r0, yr)| {
-            let (a, taps) = &groups[gi];
-            let k = taps.len();
-            let m = yr.len() / l;
-            let to = RealColumns {
-                cols: pg.cols,
-                ow: geo.out_w,
-                bias: bias.map(|b| &b[gi * og + r0..gi * og + r0 + m]),
-            };
-            let a = &a[r0 * k..];
-            indirect_b_gemm_real(kernel, a, m, &planes[ni], taps, pg.ext, to, yr, l);
-        });
-        Ok(())
+        let (planes, bias) = (&*planes, bias.as_deref());
+        for_each_image_block(y, n, false, |_, mut yt| {
+            let yt = yt.as_slice_mut().expect("the output is contiguous");
+            // (image, group, first row, its rows of y).
+            let runs: Vec<_> = yt
+                .chunks_exact_mut(o * l)
+                .enumerate()
+                .flat_map(|(ni, yn)| {
+                    yn.chunks_exact_mut(og * l)
+                        .enumerate()
+                        .flat_map(move |(gi, yg)| {
+                            yg.chunks_mut(rows * l)
+                                .enumerate()
+                                .map(move |(ri, yr)| (ni, gi, ri * rows, yr))
+                        })
+                })
+                .collect();
+            runs.into_par_iter().for_each(|(ni, gi, r0, yr)| {
+                let (a, taps) = &groups[gi];
+                let k = taps.len();
+                let m = yr.len() / l;
+                let to = RealColumns {
+                    cols: pg.cols,
+                    ow: geo.out_w,
+                    bias: bias.map(|b| &b[gi * og + r0..gi * og + r0 + m]),
+                };
+                let a = &a[r0 * k..];
+                indirect_b_gemm_real(kernel, a, m, &planes[ni], taps, pg.ext, to, yr, l);
+            });
+            Ok(())
+        })
     })
 }
 
