@@ -575,6 +575,85 @@ fn phase_small_batch_run() -> Vec<Vec<u32>> {
     out
 }
 
+/// The backward of batches too small to share the pool by reduction chunks (1 and 3
+/// images): each chunk's input and weight gradients side by side on the pool, unfused,
+/// against the serial fused pass, on every algorithm that fuses (and two that do not),
+/// in both memory formats where the algorithm runs them.
+fn small_batch_backward_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{
+        Conv2dGeometry, Conv2dOptions, ConvAlgorithm, ConvAlgos, InputGradAlgo as I, MemoryFormat,
+        WeightGradAlgo as W, conv2d_backward, to_memory_format,
+    };
+    // N, C, H, W, O, kernel, stride (2), padding (2), groups; the two algorithms.
+    let cases = [
+        ([1, 32, 40, 40, 16, 3, 1, 1, 1, 1, 1], I::Direct, W::Direct),
+        ([3, 8, 33, 31, 40, 5, 2, 1, 2, 0, 1], I::Direct, W::Direct),
+        ([1, 8, 50, 50, 24, 3, 2, 1, 1, 0, 1], I::Columns, W::Columns),
+        ([3, 6, 30, 30, 40, 3, 1, 1, 1, 1, 2], I::Columns, W::Columns),
+        (
+            [1, 24, 30, 30, 40, 1, 1, 1, 0, 0, 1],
+            I::Pointwise,
+            W::Pointwise,
+        ),
+        ([1, 3, 40, 40, 64, 5, 2, 2, 2, 2, 1], I::Phase, W::Phase),
+        ([3, 4, 30, 30, 40, 3, 1, 1, 1, 1, 2], I::Phase, W::Phase),
+        (
+            [1, 32, 48, 48, 32, 3, 1, 1, 1, 1, 32],
+            I::Depthwise,
+            W::Depthwise,
+        ),
+        (
+            [1, 16, 40, 40, 24, 3, 1, 1, 1, 1, 1],
+            I::WinogradF4,
+            W::Direct,
+        ),
+        (
+            [1, 16, 40, 40, 24, 3, 1, 1, 2, 2, 1],
+            I::Columns,
+            W::WinogradF2,
+        ),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(23);
+    for ([n, c, h, w, o, k, sh, sw, ph, pw, g], dx, dw) in cases {
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (o, c / g, k, k));
+        let fixed = ConvAlgos::new().with_input_grad(dx).with_weight_grad(dw);
+        let formats: &[MemoryFormat] = match (dx, dw) {
+            (I::Direct, W::Direct) => &[MemoryFormat::Contiguous, MemoryFormat::ChannelsLast],
+            _ => &[MemoryFormat::Contiguous],
+        };
+        for &format in formats {
+            let opts = Conv2dOptions::new()
+                .with_stride((sh, sw))
+                .with_padding((ph, pw))
+                .with_groups(g)
+                .with_memory_format(format)
+                .with_algorithm(ConvAlgorithm::Fixed(fixed));
+            let geo = Conv2dGeometry::new("test", [n, c, h, w], [o, c / g, k, k], &opts).unwrap();
+            let dy: Array<f32, _> = uniform(&mut rng, geo.y_shape());
+            let (x, dy) = (
+                to_memory_format(x.view(), format).unwrap(),
+                to_memory_format(dy.view(), format).unwrap(),
+            );
+            let gr = conv2d_backward(x.view(), wt.view(), true, dy.view(), &opts).unwrap();
+            out.push(bits(&gr.dx));
+            out.push(bits(&gr.dw));
+            out.push(bits(gr.db.as_ref().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn small_batch_backwards_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("backward, small batches", small_batch_backward_run);
+    assert_eq!(
+        in_pool(1, small_batch_backward_run),
+        in_pool(3, small_batch_backward_run)
+    );
+}
+
 #[test]
 fn phase_small_batches_are_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("phase conv, small batches", phase_small_batch_run);
