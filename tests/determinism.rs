@@ -645,6 +645,46 @@ fn small_batch_backward_run() -> Vec<Vec<u32>> {
     out
 }
 
+/// The column algorithms' forward of batches too small to share the pool by images (1
+/// and 3 images: each image's columns cut into one run per thread), pointwise and
+/// im2col, with groups, and with a bias.
+fn column_small_batch_run() -> Vec<Vec<u32>> {
+    use convinit::ops::{Conv2dOptions, ConvAlgorithm, ConvAlgos, ForwardAlgo as F, conv2d};
+    // N, C, H, W, O, kernel, stride, padding, groups; the algorithm.
+    let cases = [
+        ([1, 128, 14, 15, 100, 1, 1, 0, 1], F::Pointwise),
+        ([3, 128, 20, 19, 128, 1, 1, 0, 2], F::Pointwise),
+        ([1, 32, 30, 29, 40, 3, 2, 1, 1], F::Columns),
+        ([3, 64, 20, 20, 48, 3, 1, 1, 4], F::Columns),
+    ];
+    let mut out = Vec::new();
+    let mut rng = StdRng::seed_from_u64(24);
+    for ([n, c, h, w, o, k, s, p, g], algo) in cases {
+        let x: Array<f32, _> = uniform(&mut rng, (n, c, h, w));
+        let wt: Array<f32, _> = uniform(&mut rng, (o, c / g, k, k));
+        let b: Array1<f32> = uniform(&mut rng, o);
+        let opts = Conv2dOptions::new()
+            .with_stride((s, s))
+            .with_padding((p, p))
+            .with_groups(g)
+            .with_algorithm(ConvAlgorithm::Fixed(ConvAlgos::new().with_forward(algo)));
+        out.push(bits(
+            &conv2d(x.view(), wt.view(), Some(b.view()), &opts).unwrap(),
+        ));
+        out.push(bits(&conv2d(x.view(), wt.view(), None, &opts).unwrap()));
+    }
+    out
+}
+
+#[test]
+fn column_small_batches_are_bit_identical_across_thread_counts() {
+    assert_same_in_every_pool("column conv, small batches", column_small_batch_run);
+    assert_eq!(
+        in_pool(1, column_small_batch_run),
+        in_pool(3, column_small_batch_run)
+    );
+}
+
 #[test]
 fn small_batch_backwards_are_bit_identical_across_thread_counts() {
     assert_same_in_every_pool("backward, small batches", small_batch_backward_run);

@@ -106,11 +106,15 @@ pub(super) fn forward(
     bias: Option<ArrayView1<'_, f32>>,
     mut y: ArrayViewMut3<'_, f32>,
 ) -> Result<()> {
-    let (n, _, l) = y.dim();
-    let tile_cols = ops.plan.tile_cols;
+    let (n, o, l) = y.dim();
+    let mut tile_cols = ops.plan.tile_cols;
     let per = images_per_tile(tile_cols, l);
+    let split = image_tile_cols(ops, (n, o, l));
     let mut tiles: Vec<(usize, usize, ArrayViewMut3<'_, f32>)> = Vec::new();
-    if per > 1 || l <= tile_cols {
+    if let Some(cols) = split {
+        tile_cols = tile_cols.min(cols);
+    }
+    if split.is_none() && (per > 1 || l <= tile_cols) {
         let per = per.min(n.div_ceil(MIN_SPLIT)).max(1);
         for (i, chunk) in y.axis_chunks_iter_mut(Axis(0), per).enumerate() {
             tiles.push((i * per, 0, chunk));
@@ -141,6 +145,33 @@ pub(super) fn forward(
         tiles.into_iter().try_for_each(|t| run(&mut bufs, t))
     }
 }
+
+/// The columns of each one-image tile of a parallel plan's forward of `y` `(n, o, l)`
+/// when the batch is too small to share the pool by images
+/// ([`super::direct::splits_positions`]): each image cut into one run of columns per
+/// thread (given the work, [`super::direct::split_tasks`]), whole [`SPLIT_COLS`]. A
+/// GEMM's sums do not depend on its columns, so the bits are those of whole-image
+/// tiles. Not more runs, as the direct forward has: every run packs the weights for its
+/// GEMM. Measured (2 threads, Zen 4, fwd ms, interleaved, image tiles -> split), one
+/// image, pointwise: 256 x 14x14 -> 512 0.54 -> 0.31, 64 x 56x56 -> 128 0.52 -> 0.27,
+/// 512 x 7x7 -> 512 0.33 -> 0.19, 1024 x 7x7 -> 256 0.34 -> 0.21; three of 256 x 14x14
+/// -> 256 0.56 -> 0.45; columns, 128 x 28x28 -> 256 1x1 stride 2 0.17 -> 0.12; runs of
+/// whole 48-column GEMM panels (five on 196 columns, three tasks against two) lost (256
+/// x 14x14 -> 512 0.52 -> 0.57), and so did the tile's GEMM split over the pool (0.52 ->
+/// 0.77: each of its calls packs the weights and wakes the pool).
+fn image_tile_cols(ops: &Operands<'_>, (n, o, l): (usize, usize, usize)) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    if !ops.plan.parallel || !super::direct::splits_positions(n, threads) {
+        return None;
+    }
+    let work = o.saturating_mul(l).saturating_mul(ops.w.ncols());
+    let tasks = super::direct::split_tasks(work, l.div_ceil(SPLIT_COLS), threads).min(threads);
+    (tasks > 1).then(|| l.div_ceil(tasks).next_multiple_of(SPLIT_COLS))
+}
+
+/// The column tiles of [`image_tile_cols`] are whole multiples of this: 16 floats, an
+/// AVX-512 vector, two AVX2 ones.
+const SPLIT_COLS: usize = 16;
 
 /// One forward tile: images `n0..n0 + b`, columns `l0..l0 + lt`, output `yt` (b, O, lt).
 fn forward_tile(

@@ -163,9 +163,12 @@ pub(super) fn forward(
         bias: padded_bias(bias, ldw),
     };
     let threads = rayon::current_num_threads();
-    let tasks = (SPLIT_TASKS_PER_THREAD * threads)
-        .min(o.saturating_mul(l).saturating_mul(ops.w.ncols()) / SPLIT_MIN_TASK_MACS)
-        .min(l.div_ceil(kernel.indirect_tile_rows(ldw).max(1)));
+    let work = o.saturating_mul(l).saturating_mul(ops.w.ncols());
+    let tasks = split_tasks(
+        work,
+        l.div_ceil(kernel.indirect_tile_rows(ldw).max(1)),
+        threads,
+    );
     if ops.plan.parallel && splits_positions(n, threads) && tasks > 1 {
         return forward_positions(ops, &idx, kernel, &w, ldw, &out, tasks, y);
     }
@@ -191,6 +194,15 @@ const SPLIT_MAX_IMAGES_PER_THREAD: usize = 2;
 /// image's positions instead (given the work, [`SPLIT_MIN_TASK_MACS`]).
 pub(super) fn splits_positions(n: usize, threads: usize) -> bool {
     threads > 1 && n < SPLIT_MAX_IMAGES_PER_THREAD * threads && !n.is_multiple_of(threads)
+}
+
+/// Tasks one image of `work` multiply-adds, in at most `runs` runs, is split into over
+/// `threads` ([`SPLIT_TASKS_PER_THREAD`], [`SPLIT_MIN_TASK_MACS`]): the direct
+/// forward's position runs, and the column algorithms' column tiles.
+pub(super) fn split_tasks(work: usize, runs: usize, threads: usize) -> usize {
+    (SPLIT_TASKS_PER_THREAD * threads)
+        .min(work / SPLIT_MIN_TASK_MACS)
+        .min(runs)
 }
 
 /// Tasks per thread of [`forward_positions`], so a thread the host slows leaves the
