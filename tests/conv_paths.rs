@@ -548,6 +548,26 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
         plan([8, 256, 7, 7], [256, 256, 3, 3], &s2).forward,
         ForwardAlgo::Clipped
     );
+    // Packed weights past three L2s (9.4 MB) over at most four 7x7 images (48 KiB of
+    // weights per output position): the column forward, which packs them once; eight
+    // images, 2.4 MB of weights and channels-last tensors keep the direct forward.
+    for n in [1, 4] {
+        assert_eq!(
+            plan([n, 512, 7, 7], [512, 512, 3, 3], &p1).forward,
+            ForwardAlgo::Columns
+        );
+    }
+    for (x, w, opts) in [
+        ([8, 512, 7, 7], [512, 512, 3, 3], p1),
+        ([1, 256, 7, 7], [256, 256, 3, 3], p1),
+        (
+            [1, 512, 7, 7],
+            [512, 512, 3, 3],
+            p1.with_memory_format(convinit::ops::MemoryFormat::ChannelsLast),
+        ),
+    ] {
+        assert_ne!(plan(x, w, &opts).forward, ForwardAlgo::Columns, "{x:?}");
+    }
     // A ResNet shortcut (1x1, stride 2): the column forward in NCHW, direct in
     // channels-last.
     let shortcut = Conv2dOptions::new().with_stride((2, 2));

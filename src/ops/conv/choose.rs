@@ -194,6 +194,37 @@ const CLIPPED_MAX_WEIGHT_BYTES: usize = 1 << 20;
 /// 0.94 | 0.89, AVX2 1.06; 8.2% (32 x 256 -> 512 16x16 s2, 4.7 MB) 0.93 | 1.04.
 const CLIPPED_LARGE_WEIGHTS_MIN_SHARE: f64 = 0.2;
 
+/// Packed weights of at least this many L2s, with at least
+/// [`STREAM_MIN_WEIGHT_BYTES_PER_POSITION`] of them per output position of the batch,
+/// run the im2col forward where the direct (or clipped) one would: the direct kernel
+/// streams its packed weights past each tile of positions, so a few positions (small
+/// images, few of them) leave it reading weights from beyond L2, while the column GEMM
+/// packs them once and runs every position past each block. Zen 4 (EPYC family 25
+/// model 17, L2 1 MiB), 3x3 convs C -> C, padding 1, interleaved, fwd, columns /
+/// direct, 1 thread | 2 threads: 512 (9.4 MB), one image of 7x7 0.55 | 0.35, 10x10
+/// 0.66 | 0.56, 14x14 0.86 | 0.67; two of 7x7 0.82 | 0.37, 10x10 0.84 | 0.68; three of
+/// 7x7 0.83 | 0.77; 384 (5.3 MB), one of 7x7 0.69 | 0.58, 10x10 0.81 | 0.58; two of 7x7
+/// 0.69 | 0.71; three of 7x7 0.98 | 0.64; 256 -> 512 stride 2 (4.7 MB), one of 7x7
+/// 0.37 | 0.51; with the AVX2 kernel forced, one image of 512 7x7 0.42 | 0.21, 384
+/// 10x10 0.63 | 0.44. Below either bound the direct forward wins or ties at 1 thread:
+/// 256 (2.4 MB, 2.3 L2s), one of 7x7 0.80-1.16 | 0.60-0.96 (AVX2 0.69 | 0.38), two of
+/// 7x7 (24 KiB per position) 1.09 | 0.83; 384, one of 14x14 0.90 | 0.73, three of
+/// 10x10 1.07 | 0.74; 192 (1.3 MB), one of 7x7 1.21 | 0.67, two 1.36 | 1.06. In L2s,
+/// not bytes: the L2 is what the direct kernel's weights overflow (Zen 5 has Zen 4's 1
+/// MiB; an Intel Xeon's 2 MiB doubles the bound).
+const STREAM_MIN_WEIGHT_L2S: usize = 3;
+
+/// See [`STREAM_MIN_WEIGHT_L2S`].
+const STREAM_MIN_WEIGHT_BYTES_PER_POSITION: usize = 32 << 10;
+
+/// Whether `weights` bytes of packed weights stream past too few output positions of
+/// `geo` for the direct forward ([`STREAM_MIN_WEIGHT_L2S`]).
+fn streams_weights(geo: &Conv2dGeometry, weights: usize, l2_bytes: usize) -> bool {
+    let positions = geo.batch.saturating_mul(geo.col_cols()).max(1);
+    weights >= STREAM_MIN_WEIGHT_L2S.saturating_mul(l2_bytes)
+        && weights / positions >= STREAM_MIN_WEIGHT_BYTES_PER_POSITION
+}
+
 /// Fewest taps in the padding for the clipped forward to replace the phase forward of
 /// a layer of fewer than [`DIRECT_MIN_CHANNELS`] input channels (NCHW; channels-last
 /// runs the direct forward, [`CLIPPED_MIN_PADDING_SHARE`]), except with the AVX-512
@@ -667,6 +698,12 @@ impl ConvPlan {
         let depthwise = depthwise::supports(geo)
             && o.groups > 1
             && geo.out_channels / geo.in_channels <= DEPTHWISE_MAX_MULTIPLIER;
+        // The column paths run channel-major: a channels-last conv on them copies.
+        let channels_last = o.memory_format == crate::ops::MemoryFormat::ChannelsLast;
+        // The direct forward's packed weights.
+        let weights = k
+            .saturating_mul(kernel.indirect_ldw(geo.out_channels))
+            .saturating_mul(4);
         // The column lowering of the backward passes that do not run direct.
         let (columns_dx, columns_dw) = if pointwise {
             (InputGradAlgo::Pointwise, WeightGradAlgo::Pointwise)
@@ -699,10 +736,12 @@ impl ConvPlan {
                 ForwardAlgo::WinogradF2
             } else if direct_forward && strided_pointwise(geo) {
                 ForwardAlgo::Columns
+            } else if direct_forward
+                && !channels_last
+                && streams_weights(geo, weights, cpu.l2_bytes)
+            {
+                ForwardAlgo::Columns
             } else if direct_forward {
-                let weights = k
-                    .saturating_mul(kernel.indirect_ldw(geo.out_channels))
-                    .saturating_mul(4);
                 let share = clipped::padding_share(geo);
                 // A batch the pool cannot share by images: the direct forward shares
                 // each image's positions, the clipped one runs its images' blocks
