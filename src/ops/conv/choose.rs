@@ -734,11 +734,9 @@ impl ConvPlan {
                 }
             } else if f2_small_outputs {
                 ForwardAlgo::WinogradF2
-            } else if direct_forward && strided_pointwise(geo) {
-                ForwardAlgo::Columns
             } else if direct_forward
-                && !channels_last
-                && streams_weights(geo, weights, cpu.l2_bytes)
+                && (strided_pointwise(geo)
+                    || !channels_last && streams_weights(geo, weights, cpu.l2_bytes))
             {
                 ForwardAlgo::Columns
             } else if direct_forward {
