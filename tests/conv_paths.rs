@@ -241,6 +241,23 @@ fn chooser_picks_pointwise_for_1x1_stride_1_unpadded() {
         plan([32, 256, 7, 7], 256),
         (pw, pw_dx, WeightGradAlgo::Pointwise)
     );
+    // The pointwise weight gradient for fewer input channels over 2^14 positions: any
+    // from 256 outputs, 8 from 128; not 4 -> 128, nor 8 x 28x28, nor the small images
+    // whose input gradient runs direct.
+    let pw_dw = WeightGradAlgo::Pointwise;
+    assert_eq!(plan([32, 3, 28, 28], 256).2, pw_dw);
+    assert_eq!(plan([8, 8, 56, 56], 128).2, pw_dw);
+    assert_eq!(plan([32, 4, 28, 28], 128).2, dw);
+    assert_eq!(plan([8, 3, 28, 28], 256).2, dw);
+    let small = plan([128, 32, 14, 14], 128);
+    assert_eq!(
+        small,
+        if avx512 {
+            (pw, direct_dx, dw)
+        } else {
+            (pw, pw_dx, pw_dw)
+        }
+    );
 }
 
 /// The direct path keeps each thread's padded buffers between calls and zeroes their

@@ -537,6 +537,31 @@ const POINTWISE_DW_MIN_OUT: usize = 128;
 /// See [`POINTWISE_DW_MIN_OUT`].
 const POINTWISE_DW_MIN_IN: usize = 64;
 
+/// Output channels from which a pointwise conv's weight gradient runs as the plain GEMM
+/// whatever its input channels (and from [`POINTWISE_DW_MIN_OUT`] with
+/// [`POINTWISE_DW_NARROW_MIN_IN`]), but on the small images whose input gradient runs
+/// direct ([`POINTWISE_DIRECT_MAX_POSITIONS`]). The direct weight gradient's output
+/// is `C x O`: few input channels leave its tiles' rows empty. Zen 4, `zz` interleaved
+/// (3 rounds), backward ms, dW direct -> pointwise (the input gradient as chosen), 1
+/// thread: 256 outputs, C = 1, 3, 4, 8, 16, 32, 48 on 32 x 28x28 and 8 x 56x56:
+/// 0.47-0.75 of the time; 128 outputs from 8 channels 0.59-0.91, under 8 0.63-1.11; 64
+/// outputs 0.83-1.33, 32 outputs 1.10-1.33. 2 threads: 3 -> 256 0.50, 1 -> 256 0.59, 8
+/// -> 128 0.62, 16 -> 128 0.82, 48 -> 128 0.81; the AVX2 kernel forced (1 thread)
+/// 0.43-0.77. The random sweep's worst gap (128 x 3 -> 256 on 40x40, 2 threads: 72.7 ->
+/// 21.5 ms). Small images stay direct (64 x 32 -> 128 14x14, 128 x 16 -> 256 7x7, 16 x
+/// 24 -> 128 16x16: pointwise for both gradients 1.03-1.24 of the direct ones), and so
+/// do batches under [`POINTWISE_DW_WIDE_MIN_POSITIONS`].
+const POINTWISE_DW_WIDE_OUT: usize = 256;
+
+/// Fewest output positions of the batch for [`POINTWISE_DW_WIDE_OUT`]'s rule: below,
+/// the two weight gradients tie (5 interleaved rounds, dW direct -> pointwise, 1
+/// thread): 3 -> 256 on 8 x 14x14 1.13, 32 x 14x14 0.95, 8 x 28x28 0.83-1.06; 8 -> 128
+/// on 8 x 28x28 1.01; from it (32 x 28x28, 8 x 56x56, 128 x 14x14) 0.47-0.80.
+const POINTWISE_DW_WIDE_MIN_POSITIONS: usize = 1 << 14;
+
+/// See [`POINTWISE_DW_WIDE_OUT`].
+const POINTWISE_DW_NARROW_MIN_IN: usize = 8;
+
 impl ConvPlan {
     /// The plan for `geo` on a pool of `threads` threads (`rayon::current_num_threads()`
     /// for the public ops), with the process's GEMM kernel ([`Kernel::selected`]:
@@ -657,6 +682,14 @@ impl ConvPlan {
             && geo.in_channels >= POINTWISE_DW_MIN_IN;
         let small_pointwise =
             pointwise && direct && pointwise_small_images(geo, kernel, pointwise_dw);
+        // Narrower inputs with wide outputs too, but for small images ([`POINTWISE_DW_WIDE_OUT`]).
+        let pointwise_dw = pointwise_dw
+            || pointwise
+                && !small_pointwise
+                && geo.batch.saturating_mul(geo.col_cols()) >= POINTWISE_DW_WIDE_MIN_POSITIONS
+                && (geo.out_channels >= POINTWISE_DW_WIDE_OUT
+                    || geo.out_channels >= POINTWISE_DW_MIN_OUT
+                        && geo.in_channels >= POINTWISE_DW_NARROW_MIN_IN);
         let fwd_min_channels = winograd_fwd_min_channels(cpu.microarch, kernel);
         let f4_fits = geo.out_h.min(geo.out_w) >= WINOGRAD_F4_FWD_MIN_OUT_SIDE;
         let image_tiles = geo.out_h.div_ceil(4).saturating_mul(geo.out_w.div_ceil(4));
