@@ -574,6 +574,13 @@ fn chooser_picks_winograd_for_large_3x3_stride_1_convs() {
             ForwardAlgo::Columns
         );
     }
+    // Not where the clipped forward skips the padding's taps (7x7 kernel on 7x7
+    // images, padding 3: 43% of them).
+    let p3 = Conv2dOptions::new().with_padding((3, 3));
+    assert_eq!(
+        plan([4, 128, 7, 7], [256, 128, 7, 7], &p3).forward,
+        ForwardAlgo::Clipped
+    );
     for (x, w, opts) in [
         ([8, 512, 7, 7], [512, 512, 3, 3], p1),
         ([1, 256, 7, 7], [256, 256, 3, 3], p1),

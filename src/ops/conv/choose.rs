@@ -196,7 +196,9 @@ const CLIPPED_LARGE_WEIGHTS_MIN_SHARE: f64 = 0.2;
 
 /// Packed weights of at least this many L2s, with at least
 /// [`STREAM_MIN_WEIGHT_BYTES_PER_POSITION`] of them per output position of the batch,
-/// run the im2col forward where the direct (or clipped) one would: the direct kernel
+/// run the im2col forward where the direct one would (not the clipped one, which skips
+/// the padding's taps: 4 x 128 -> 256 7x7 on 7x7, padding 3, 6.4 MB, 33 KiB per
+/// position: columns / clipped 1.47 at 1 thread in a random sweep): the direct kernel
 /// streams its packed weights past each tile of positions, so a few positions (small
 /// images, few of them) leave it reading weights from beyond L2, while the column GEMM
 /// packs them once and runs every position past each block. Zen 4 (EPYC family 25
@@ -767,10 +769,7 @@ impl ConvPlan {
                 }
             } else if f2_small_outputs {
                 ForwardAlgo::WinogradF2
-            } else if direct_forward
-                && (strided_pointwise(geo)
-                    || !channels_last && streams_weights(geo, weights, cpu.l2_bytes))
-            {
+            } else if direct_forward && strided_pointwise(geo) {
                 ForwardAlgo::Columns
             } else if direct_forward {
                 let share = clipped::padding_share(geo);
@@ -781,13 +780,16 @@ impl ConvPlan {
                 // 0.62, 16 x 56x56 -> 128 0.56 (F4 takes that one), but 128 x 7x7 ->
                 // 128 1.16; three images 0.90-0.97.
                 let uneven = parallel && direct::splits_positions(geo.batch, threads);
-                match share >= CLIPPED_MIN_PADDING_SHARE
+                let clipped = share >= CLIPPED_MIN_PADDING_SHARE
                     && (weights <= CLIPPED_MAX_WEIGHT_BYTES
                         || share >= CLIPPED_LARGE_WEIGHTS_MIN_SHARE)
-                    && !uneven
-                {
-                    true => ForwardAlgo::Clipped,
-                    false => ForwardAlgo::Direct,
+                    && !uneven;
+                if clipped {
+                    ForwardAlgo::Clipped
+                } else if !channels_last && streams_weights(geo, weights, cpu.l2_bytes) {
+                    ForwardAlgo::Columns
+                } else {
+                    ForwardAlgo::Direct
                 }
             } else if o.groups == 1 {
                 let min_share = if kernel == Kernel::Avx512 && geo.in_channels >= 2 {
