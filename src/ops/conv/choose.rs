@@ -543,8 +543,9 @@ const POINTWISE_DW_MIN_IN: usize = 64;
 /// whatever its input channels (and from [`POINTWISE_DW_MIN_OUT`] with
 /// [`POINTWISE_DW_NARROW_MIN_IN`]), but on the small images whose input gradient runs
 /// direct ([`POINTWISE_DIRECT_MAX_POSITIONS`]). The direct weight gradient's output
-/// is `C x O`: few input channels leave its tiles' rows empty. Zen 4, `zz` interleaved
-/// (3 rounds), backward ms, dW direct -> pointwise (the input gradient as chosen), 1
+/// is `C x O`: few input channels leave its tiles' rows empty. Zen 4, the two plans
+/// interleaved in one process (3 rounds), backward time, dW direct -> pointwise (the
+/// input gradient as chosen), 1
 /// thread: 256 outputs, C = 1, 3, 4, 8, 16, 32, 48 on 32 x 28x28 and 8 x 56x56:
 /// 0.47-0.75 of the time; 128 outputs from 8 channels 0.59-0.91, under 8 0.63-1.11; 64
 /// outputs 0.83-1.33, 32 outputs 1.10-1.33. 2 threads: 3 -> 256 0.50, 1 -> 256 0.59, 8
