@@ -3,7 +3,7 @@
 
 use super::clipped;
 use super::columns;
-use super::common::chunk_images;
+use super::common::{self, chunk_images};
 use super::depthwise;
 use super::direct;
 use super::phase::PhaseGeometry;
@@ -418,7 +418,7 @@ const WINOGRAD_FWD_MIN_CHANNELS_ZEN4: usize = 8;
 /// 1.19 | 1.05 | 1.30; 2 x 16 -> 128, 56x56 1.17 | 1.20 | 1.40; 2 x 64 -> 64, 28x28 (58
 /// M, 98 tiles) 1.00-1.05 | 0.94-1.00 | 1.10; 1 x 32 -> 128, 32x32 (38 M, 64 tiles) 1.22
 /// | 1.07 | 1.50; 1 x 64 -> 64, 32x32 1.27 | 1.15 | 1.45 (the 2-thread figures of one
-/// image against the direct forward split by positions, `direct::splits_positions`).
+/// image against the direct forward split by positions, `common::splits_images`).
 /// Below: 1 x 64 -> 64, 28x28 (29 M, 49 tiles) 0.91-0.95; 2 x 64 -> 256, 16x16 (32
 /// tiles) 1.02; 2 x 128 -> 128, 14x14 (32 tiles) 0.79; 8 x 32 -> 32, 14x14 (15 M) 0.96.
 const WINOGRAD_FWD_MIN_MACS: usize = 1 << 25;
@@ -594,7 +594,7 @@ impl ConvPlan {
     ///   padding in a channel-major layout (`strided_pointwise`), `Clipped` where at least 8% of the taps read
     ///   padding (`CLIPPED_MIN_PADDING_SHARE`; 20% for packed weights past 1 MB,
     ///   `CLIPPED_MAX_WEIGHT_BYTES`, `CLIPPED_LARGE_WEIGHTS_MIN_SHARE`) unless the pool
-    ///   runs the batch split by positions (`direct::splits_positions`), else `Direct`;
+    ///   runs the batch split by positions (`common::splits_images`), else `Direct`;
     ///   for fewer input channels (groups of 1) `Clipped` from 20% of the taps in the
     ///   padding (`CLIPPED_FEW_CHANNELS_MIN_SHARE`; 8% with the AVX-512 kernel from 2
     ///   channels, or any share on output rows under 12, `CLIPPED_FEW_CHANNELS_MAX_OUT_W`),
@@ -780,7 +780,7 @@ impl ConvPlan {
                 // clipped: one image of 64 x 14x14 -> 64 0.99, 32 x 28x28 -> 64 5x5
                 // 0.62, 16 x 56x56 -> 128 0.56 (F4 takes that one), but 128 x 7x7 ->
                 // 128 1.16; three images 0.90-0.97.
-                let uneven = parallel && direct::splits_positions(geo.batch, threads);
+                let uneven = parallel && common::splits_images(geo.batch, threads);
                 let clipped = share >= CLIPPED_MIN_PADDING_SHARE
                     && (weights <= CLIPPED_MAX_WEIGHT_BYTES
                         || share >= CLIPPED_LARGE_WEIGHTS_MIN_SHARE)

@@ -148,8 +148,8 @@ pub(super) fn forward(
 
 /// The columns of each one-image tile of a parallel plan's forward of `y` `(n, o, l)`
 /// when the batch is too small to share the pool by images
-/// ([`super::direct::splits_positions`]): each image cut into one run of columns per
-/// thread (given the work, [`super::direct::split_tasks`]), whole [`SPLIT_COLS`]. A
+/// ([`super::common::splits_images`]): each image cut into one run of columns per
+/// thread (given the work, [`super::common::split_tasks`]), whole [`SPLIT_COLS`]. A
 /// GEMM's sums do not depend on its columns, so the bits are those of whole-image
 /// tiles. Not more runs, as the direct forward has: every run packs the weights for its
 /// GEMM. Measured (2 threads, Zen 4, fwd ms, interleaved, image tiles -> split), one
@@ -161,11 +161,11 @@ pub(super) fn forward(
 /// 0.77: each of its calls packs the weights and wakes the pool).
 fn image_tile_cols(ops: &Operands<'_>, (n, o, l): (usize, usize, usize)) -> Option<usize> {
     let threads = rayon::current_num_threads();
-    if !ops.plan.parallel || !super::direct::splits_positions(n, threads) {
+    if !ops.plan.parallel || !super::common::splits_images(n, threads) {
         return None;
     }
     let work = o.saturating_mul(l).saturating_mul(ops.w.ncols());
-    let tasks = super::direct::split_tasks(work, l.div_ceil(SPLIT_COLS), threads).min(threads);
+    let tasks = super::common::split_tasks(work, l.div_ceil(SPLIT_COLS), threads).min(threads);
     (tasks > 1).then(|| l.div_ceil(tasks).next_multiple_of(SPLIT_COLS))
 }
 

@@ -31,6 +31,43 @@ pub const REDUCTION_CHUNK: usize = 8;
 /// any pool.
 pub(super) const MIN_SPLIT: usize = 8;
 
+/// On the pool, a batch of fewer images than this per thread, and not a multiple of
+/// the threads, shares each image over the pool instead (the direct forward's positions,
+/// `direct::forward_positions`; the phase forward's output channels, the column
+/// forwards' columns, the backward's two gradients): its image tasks would leave threads
+/// idle. Measured on the direct forward:
+/// Zen 4 (EPYC family 25 model 17), 2 threads, fwd ms, medians of 4, image tasks ->
+/// split: one image of 64 x 56x56 -> 128, stride 2: 1.10 -> 0.67; of 128 x 28x28 ->
+/// 128: 2.13 -> 1.22; of 512 x 7x7 -> 512: 4.8 -> 4.2; of 64 x 56x56 -> 64, 1x1: 0.31
+/// -> 0.17; three images of 64 x 28x28 -> 64: 1.11 -> 0.89. Two images (one per
+/// thread already) lose to the split's extra copy: 2 x 32 x 14x14 -> 64 0.083 -> 0.104,
+/// 2 x 64 x 28x28 -> 64 0.57 -> 0.62.
+const SPLIT_MAX_IMAGES_PER_THREAD: usize = 2;
+
+/// Whether a batch of `n` images on `threads` of the pool is too small to share by
+/// images ([`SPLIT_MAX_IMAGES_PER_THREAD`]), so each image is shared instead (given the
+/// work, [`split_tasks`]).
+pub(super) fn splits_images(n: usize, threads: usize) -> bool {
+    threads > 1 && n < SPLIT_MAX_IMAGES_PER_THREAD * threads && !n.is_multiple_of(threads)
+}
+
+/// Tasks one image of `work` multiply-adds, in at most `runs` runs, is split into over
+/// `threads` ([`SPLIT_TASKS_PER_THREAD`], [`SPLIT_MIN_TASK_MACS`]): the direct
+/// forward's position runs, and the column algorithms' column tiles.
+pub(super) fn split_tasks(work: usize, runs: usize, threads: usize) -> usize {
+    (SPLIT_TASKS_PER_THREAD * threads)
+        .min(work / SPLIT_MIN_TASK_MACS)
+        .min(runs)
+}
+
+/// Tasks per thread of an image's split ([`split_tasks`]), so a thread the host slows leaves the
+/// rest of the image to the others.
+const SPLIT_TASKS_PER_THREAD: usize = 4;
+
+/// Fewest multiply-adds per task of an image's split (about 10 us; the direct forward): one image of
+/// 64 x 7x7 -> 64 (1.8 M) ran in 0.066 ms split against 0.046 on one thread.
+const SPLIT_MIN_TASK_MACS: usize = 1 << 20;
+
 /// Images whose column matrix has at most this many entries are lowered through an
 /// index map when the plan asks for one.
 pub(super) const MAP_ENTRIES: usize = 1 << 16;

@@ -38,8 +38,8 @@ use std::cell::RefCell;
 use ndarray::{Array2, ArrayView1, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::common::{
-    OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_block, for_each_image_tile,
-    resize, tile_images, with_scratch, zeroed_partial,
+    self, OP, Operands, Out, Zeroed, chunk_images, fill_bias, for_each_image_block,
+    for_each_image_tile, resize, tile_images, with_scratch, zeroed_partial,
 };
 use super::layout::{copy_rows_add, pad_into, scatter_pixels, transpose_add};
 use crate::error::Result;
@@ -164,12 +164,12 @@ pub(super) fn forward(
     };
     let threads = rayon::current_num_threads();
     let work = o.saturating_mul(l).saturating_mul(ops.w.ncols());
-    let tasks = split_tasks(
+    let tasks = common::split_tasks(
         work,
         l.div_ceil(kernel.indirect_tile_rows(ldw).max(1)),
         threads,
     );
-    if ops.plan.parallel && splits_positions(n, threads) && tasks > 1 {
+    if ops.plan.parallel && common::splits_images(n, threads) && tasks > 1 {
         return forward_positions(ops, &idx, kernel, &w, ldw, &out, tasks, y);
     }
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
@@ -178,40 +178,6 @@ pub(super) fn forward(
         })
     })
 }
-
-/// On the pool, a batch of fewer images than this per thread, and not a multiple of
-/// the threads, runs [`forward_positions`]: its image tasks would leave threads idle.
-/// Zen 4 (EPYC family 25 model 17), 2 threads, fwd ms, medians of 4, image tasks ->
-/// split: one image of 64 x 56x56 -> 128, stride 2: 1.10 -> 0.67; of 128 x 28x28 ->
-/// 128: 2.13 -> 1.22; of 512 x 7x7 -> 512: 4.8 -> 4.2; of 64 x 56x56 -> 64, 1x1: 0.31
-/// -> 0.17; three images of 64 x 28x28 -> 64: 1.11 -> 0.89. Two images (one per
-/// thread already) lose to the split's extra copy: 2 x 32 x 14x14 -> 64 0.083 -> 0.104,
-/// 2 x 64 x 28x28 -> 64 0.57 -> 0.62.
-const SPLIT_MAX_IMAGES_PER_THREAD: usize = 2;
-
-/// Whether a batch of `n` images on `threads` of the pool is too small to share by
-/// images ([`SPLIT_MAX_IMAGES_PER_THREAD`]), so the direct forward shares each
-/// image's positions instead (given the work, [`SPLIT_MIN_TASK_MACS`]).
-pub(super) fn splits_positions(n: usize, threads: usize) -> bool {
-    threads > 1 && n < SPLIT_MAX_IMAGES_PER_THREAD * threads && !n.is_multiple_of(threads)
-}
-
-/// Tasks one image of `work` multiply-adds, in at most `runs` runs, is split into over
-/// `threads` ([`SPLIT_TASKS_PER_THREAD`], [`SPLIT_MIN_TASK_MACS`]): the direct
-/// forward's position runs, and the column algorithms' column tiles.
-pub(super) fn split_tasks(work: usize, runs: usize, threads: usize) -> usize {
-    (SPLIT_TASKS_PER_THREAD * threads)
-        .min(work / SPLIT_MIN_TASK_MACS)
-        .min(runs)
-}
-
-/// Tasks per thread of [`forward_positions`], so a thread the host slows leaves the
-/// rest of the image to the others.
-const SPLIT_TASKS_PER_THREAD: usize = 4;
-
-/// Fewest multiply-adds per task of [`forward_positions`] (about 10 us): one image of
-/// 64 x 7x7 -> 64 (1.8 M) ran in 0.066 ms split against 0.046 on one thread.
-const SPLIT_MIN_TASK_MACS: usize = 1 << 20;
 
 /// Each thread's output tile and its channel-major copy, for [`forward_positions`].
 #[derive(Default)]

@@ -307,9 +307,9 @@ fn prepared(direct: Option<&direct::Backward>) -> &direct::Backward {
 /// 14x14 -> 512 1x1 1.04 -> 0.59 (pointwise); three images of 64 x 28x28 -> 64 2.31 ->
 /// 1.81; small ones gain less (16 x 32x32 -> 16 0.107 -> 0.087; 64 x 28x28 -> 128
 /// stride 2 0.63 -> 0.62, its two halves slower side by side). The same rule as the
-/// direct forward's position split ([`direct::splits_positions`]).
+/// forward splits of one image ([`common::splits_images`]).
 fn splits_gradients(chunks: usize) -> bool {
-    direct::splits_positions(chunks, rayon::current_num_threads())
+    common::splits_images(chunks, rayon::current_num_threads())
 }
 
 /// The backward pass: `dx` (N, C * H * W, any contents: each chunk zeroes its own

@@ -128,7 +128,7 @@ pub(super) fn forward(
         })
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
-    if ops.plan.parallel && super::direct::splits_positions(geo.batch, threads) {
+    if ops.plan.parallel && super::common::splits_images(geo.batch, threads) {
         return forward_panels(ops, &pg, kernel, &groups, bias, y);
     }
     for_each_image_tile(y, ops.plan.parallel, |n0, yt| {
@@ -142,7 +142,7 @@ pub(super) fn forward(
 const PANEL_TASKS_PER_THREAD: usize = 2;
 
 /// The forward of a batch the pool cannot share by images
-/// ([`super::direct::splits_positions`]): every image's planes split once, then each
+/// ([`super::common::splits_images`]): every image's planes split once, then each
 /// image's output channels, in runs of whole panels of the packed weights, shared over
 /// the pool (a row's sums do not depend on the other rows of its panel or call, so the
 /// bits are [`forward_tile`]'s). Zen 4 (EPYC family 25 model 17), 2 threads, fwd ms,
